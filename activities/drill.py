@@ -1,0 +1,182 @@
+"""Activities of a drill: every side effect the DrillWorkflow needs, dispatched to providers.
+
+Grouped in one class that receives its providers (and their clients) in `__init__`, as the
+Temporal samples do. Activities are synchronous (the SDKs are) and run in the worker's thread pool.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Optional
+
+from pydantic import BaseModel
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.models import (
+    DrillContext,
+    DrillResult,
+    Environment,
+    IsolationProof,
+    Orphan,
+    RecoveryPoint,
+    RestoredResource,
+    TeardownReport,
+)
+from activities.providers import family_of, load_provider
+from activities.providers.base import Provider, ProviderError
+from drills.spec import IsolationSpec, Target
+
+log = logging.getLogger("drdrill.activities")
+
+
+class FindRecoveryPointInput(BaseModel):
+    ctx: DrillContext
+    target: Target
+
+
+class CreateIsolationInput(BaseModel):
+    ctx: DrillContext
+    family: str
+    isolation: IsolationSpec
+    targets: list[Target]
+
+
+class VerifyIsolationInput(BaseModel):
+    ctx: DrillContext
+    env: Environment
+
+
+class RestoreInput(BaseModel):
+    ctx: DrillContext
+    target: Target
+    point: RecoveryPoint
+    env: Environment
+
+
+class WaitReadyInput(BaseModel):
+    ctx: DrillContext
+    target: Target
+    resource: RestoredResource
+    timeout_seconds: float
+
+
+class TeardownInput(BaseModel):
+    ctx: DrillContext
+    env: Environment
+
+
+class ListOrphansInput(BaseModel):
+    family: str
+    now: datetime
+    active_drill_ids: list[str] = []
+
+
+class DeleteOrphanInput(BaseModel):
+    orphan: Orphan
+
+
+def provider_failure(exc: Exception, target: Optional[str] = None) -> ApplicationError:
+    """Turn a provider exception into the ApplicationError Temporal records (with a stable type)."""
+    if isinstance(exc, ApplicationError):
+        return exc
+    if isinstance(exc, ProviderError):
+        details = exc.finding(target).model_dump(mode="json")
+        return ApplicationError(exc.message, details, type=exc.code, non_retryable=not exc.retryable)
+    # Unknown exceptions are retried (the provider did not say it was permanent).
+    return ApplicationError(f"{type(exc).__name__}: {exc}", type="PROVIDER_ERROR", non_retryable=False)
+
+
+class DrillActivities:
+    """The activities of DrillWorkflow. `providers` maps family -> Provider; missing ones load lazily."""
+
+    def __init__(self, providers: Optional[dict[str, Provider]] = None, state_dir: Optional[str] = None):
+        self._providers: dict[str, Provider] = dict(providers or {})
+        self._lock = threading.Lock()
+        self.state_dir = Path(state_dir or default_state_dir())
+
+    def provider(self, family: str) -> Provider:
+        with self._lock:
+            if family not in self._providers:
+                self._providers[family] = load_provider(family)
+            return self._providers[family]
+
+    def close(self) -> None:
+        for p in self._providers.values():
+            try:
+                p.close()
+            except Exception:  # pragma: no cover - best effort at shutdown
+                log.exception("closing provider %s", p.family)
+
+    def _call(self, family: str, target: Optional[str], fn_name: str, *args: Any) -> Any:
+        try:
+            provider = self.provider(family)
+            return getattr(provider, fn_name)(*args)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a typed ApplicationError
+            raise provider_failure(exc, target) from exc
+
+    @activity.defn(name="find_recovery_point")
+    def find_recovery_point(self, inp: FindRecoveryPointInput) -> RecoveryPoint:
+        return self._call(family_of(inp.target.provider), inp.target.name, "find_recovery_point", inp.ctx, inp.target)
+
+    @activity.defn(name="create_isolation")
+    def create_isolation(self, inp: CreateIsolationInput) -> Environment:
+        return self._call(inp.family, None, "create_isolation", inp.ctx, inp.isolation, inp.targets)
+
+    @activity.defn(name="verify_isolation")
+    def verify_isolation(self, inp: VerifyIsolationInput) -> IsolationProof:
+        return self._call(inp.env.family, None, "verify_isolation", inp.ctx, inp.env)
+
+    @activity.defn(name="restore")
+    def restore(self, inp: RestoreInput) -> RestoredResource:
+        return self._call(family_of(inp.target.provider), inp.target.name, "restore", inp.ctx, inp.target, inp.point, inp.env)
+
+    @activity.defn(name="wait_ready")
+    def wait_ready(self, inp: WaitReadyInput) -> RestoredResource:
+        return self._call(
+            family_of(inp.target.provider), inp.target.name, "wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds
+        )
+
+    @activity.defn(name="teardown")
+    def teardown(self, inp: TeardownInput) -> TeardownReport:
+        attempt = activity.info().attempt
+        if attempt > 1:
+            log.warning("teardown of %s for drill %s: attempt %d", inp.env.id, inp.ctx.drill_id, attempt)
+        report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
+        report.attempt = attempt
+        return report
+
+    @activity.defn(name="list_orphans")
+    def list_orphans(self, inp: ListOrphansInput) -> list[Orphan]:
+        return self._call(inp.family, None, "list_orphans", inp.now, set(inp.active_drill_ids))
+
+    @activity.defn(name="delete_orphan")
+    def delete_orphan(self, inp: DeleteOrphanInput) -> str:
+        return self._call(family_of(inp.orphan.provider), None, "delete_orphan", inp.orphan)
+
+    @activity.defn(name="record_evidence")
+    def record_evidence(self, result: DrillResult) -> str:
+        """Write the run's evidence file (JSON, hash-chained timeline). Returns its path."""
+        from activities.evidence import write_evidence_file
+
+        return write_evidence_file(self.state_dir, result)
+
+
+def default_state_dir() -> str:
+    if os.environ.get("DRDRILL_STATE_DIR"):
+        return os.environ["DRDRILL_STATE_DIR"]
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "drdrill")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str, sort_keys=True)

@@ -1,0 +1,224 @@
+"""Data passed between the workflow and its activities (pydantic, through Temporal's pydantic converter)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, Field
+
+Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
+Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
+
+TAG_DRILL_ID = "drdrill:drill-id"
+TAG_TARGET = "drdrill:target"
+TAG_EXPIRES_AT = "drdrill:expires-at"
+
+
+class Finding(BaseModel):
+    """A problem worth an auditor's attention. `code` is stable: tools may match on it."""
+
+    code: str
+    message: str
+    severity: Literal["info", "warning", "error"] = "error"
+    target: Optional[str] = None
+    # A finding that makes the checks unprovable gives COULD_NOT_VERIFY rather than FAILED.
+    could_not_verify: bool = False
+
+
+class DrillContext(BaseModel):
+    """Who is asking: every provider call knows its drill, its tags and its deadline."""
+
+    drill_id: str
+    drill_name: str
+    declared: datetime
+    expires_at: datetime
+    state_dir: str = ""
+
+    def tags(self, target: Optional[str] = None) -> dict[str, str]:
+        tags = {TAG_DRILL_ID: self.drill_id, TAG_EXPIRES_AT: self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if target:
+            tags[TAG_TARGET] = target
+        return tags
+
+    def resource_name(self, target: Optional[str] = None, suffix: str = "", max_len: int = 63) -> str:
+        """Deterministic name: drdrill-<drill id>[-<target>][-<suffix>], lowercase.
+
+        Longer than `max_len` (GCP allows 63), the middle is cut and a short hash of the whole
+        keeps it unique and stable, so a retried activity finds the same resource.
+        """
+        parts = ["drdrill", self.drill_id]
+        if target:
+            parts.append(target)
+        if suffix:
+            parts.append(suffix)
+        name = "-".join(parts).lower()
+        if len(name) <= max_len:
+            return name
+        import hashlib
+
+        digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+        return (name[: max_len - 9].rstrip("-") + "-" + digest)[:max_len]
+
+
+class RecoveryPoint(BaseModel):
+    target: str
+    provider: str
+    id: str
+    consistent_time: datetime
+    size_bytes: Optional[int] = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    findings: list[Finding] = Field(default_factory=list)
+    candidates: int = 0
+
+
+class Environment(BaseModel):
+    """An isolated environment for one provider family in one drill."""
+
+    family: str
+    drill_id: str
+    id: str
+    description: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class IsolationCheck(BaseModel):
+    name: str
+    outcome: Outcome
+    detail: str = ""
+
+
+class IsolationProof(BaseModel):
+    family: str
+    environment_id: str
+    checks: list[IsolationCheck] = Field(default_factory=list)
+
+    @property
+    def outcome(self) -> Outcome:
+        if not self.checks:
+            return "COULD_NOT_VERIFY"
+        outcomes = {c.outcome for c in self.checks}
+        if "FAILED" in outcomes:
+            return "FAILED"
+        if outcomes - {"PASSED"}:
+            return "COULD_NOT_VERIFY"
+        return "PASSED"
+
+
+class RestoredResource(BaseModel):
+    target: str
+    provider: str
+    id: str
+    description: str = ""
+    # How validations reach it: e.g. {"dsn": "...", "database": "shop"} or {"host": ..., "port": ...}.
+    endpoint: dict[str, Any] = Field(default_factory=dict)
+    details: dict[str, Any] = Field(default_factory=dict)
+    findings: list[Finding] = Field(default_factory=list)
+    ready: bool = False
+
+
+class TeardownReport(BaseModel):
+    family: str
+    environment_id: str
+    deleted: list[str] = Field(default_factory=list)
+    already_gone: list[str] = Field(default_factory=list)
+    refused: list[str] = Field(default_factory=list)
+    attempt: int = 1
+    errors: list[str] = Field(default_factory=list)
+
+
+class Orphan(BaseModel):
+    provider: str
+    id: str
+    kind: str
+    drill_id: str
+    expires_at: Optional[datetime] = None
+    region: Optional[str] = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ValidationResult(BaseModel):
+    name: str
+    type: str
+    target: Optional[str] = None
+    required: bool = True
+    outcome: Outcome
+    detail: str = ""
+    measured: dict[str, Any] = Field(default_factory=dict)
+    started: Optional[datetime] = None
+    first_passed_at: Optional[datetime] = None
+    finished: Optional[datetime] = None
+    attempts: int = 0
+    findings: list[Finding] = Field(default_factory=list)
+
+
+class TimelineEvent(BaseModel):
+    phase: str
+    started: datetime
+    ended: Optional[datetime] = None
+    outcome: Outcome = "PASSED"
+    target: Optional[str] = None
+    detail: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ObjectiveResult(BaseModel):
+    name: Literal["RTO", "RPO"]
+    objective_seconds: float
+    achieved_seconds: Optional[float] = None
+    outcome: Outcome
+    detail: str = ""
+
+
+class DrillInput(BaseModel):
+    """What starts a DrillWorkflow."""
+
+    spec: Any  # drills.spec.DrillSpec (typed in workflows.drill to keep this module import-light)
+    drill_id: str
+    started_by: str = "cli"
+
+
+class TargetState(BaseModel):
+    target: str
+    provider: str
+    phase: str = "declared"
+    outcome: Optional[Outcome] = None
+    detail: str = ""
+
+
+class DrillStatus(BaseModel):
+    """What the `status` query answers while a drill runs."""
+
+    drill_id: str
+    name: str
+    phase: str
+    declared: Optional[datetime] = None
+    targets: list[TargetState] = Field(default_factory=list)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    hold_until: Optional[datetime] = None
+    verdict: Optional[Verdict] = None
+
+
+class DrillResult(BaseModel):
+    drill_id: str
+    run_id: str = ""
+    name: str
+    verdict: Verdict
+    declared: datetime
+    ended: datetime
+    started_by: str = "cli"
+    spec_sha256: Optional[str] = None
+    spec_text: Optional[str] = None
+    objectives: list[ObjectiveResult] = Field(default_factory=list)
+    rto_seconds: Optional[float] = None
+    rpo_seconds: Optional[float] = None
+    recovery_points: list[RecoveryPoint] = Field(default_factory=list)
+    environments: list[Environment] = Field(default_factory=list)
+    isolation: list[IsolationProof] = Field(default_factory=list)
+    restored: list[RestoredResource] = Field(default_factory=list)
+    validations: list[ValidationResult] = Field(default_factory=list)
+    findings: list[Finding] = Field(default_factory=list)
+    teardown: list[TeardownReport] = Field(default_factory=list)
+    timeline: list[TimelineEvent] = Field(default_factory=list)
+    cancelled: bool = False
+    evidence_path: Optional[str] = None

@@ -1,0 +1,39 @@
+"""Provider registry: family name -> module, imported lazily so a worker needs only the SDKs it uses."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Optional
+
+from activities.providers.base import Provider, ProviderError
+
+FAMILIES = {
+    "postgres": "activities.providers.postgres:PostgresProvider",
+    "aws": "activities.providers.aws:AwsProvider",
+    "azure": "activities.providers.azure:AzureProvider",
+    "gcp": "activities.providers.gcp:GcpProvider",
+    "sim": "activities.providers.sim:SimProvider",
+}
+
+
+def family_of(provider: str) -> str:
+    return provider.split(".", 1)[0]
+
+
+def load_provider(family: str, settings: Optional[dict] = None) -> Provider:
+    """Build the provider for `family`; each reads its settings from the environment (DRDRILL_*)."""
+    if family not in FAMILIES:
+        raise ProviderError("UNKNOWN_PROVIDER", f"unknown provider family {family!r}; known: {', '.join(FAMILIES)}")
+    module_name, cls_name = FAMILIES[family].split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ProviderError(
+            "PROVIDER_UNAVAILABLE", f"provider {family!r} cannot be loaded on this worker: {exc}"
+        ) from exc
+    cls = getattr(module, cls_name)
+    return cls.from_environment(os.environ, settings or {})
+
+
+__all__ = ["FAMILIES", "Provider", "ProviderError", "family_of", "load_provider"]

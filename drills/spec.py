@@ -1,0 +1,713 @@
+"""The drill file format: pydantic models and a YAML loader with clear errors.
+
+A drill file is YAML. Every mapping refuses unknown keys; every error names the
+file, the field path and what is allowed, so a typo never silently disables a
+check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.functional_validators import BeforeValidator
+
+# ---------------------------------------------------------------- durations
+
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+MAX_DURATION = timedelta(days=3660)
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse `30m`, `1h30m`, `2d`, `45s` (or a number of seconds) into a timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("a duration such as 30s, 15m, 1h30m or 7d, not a boolean")
+    if isinstance(value, (int, float)):
+        if value < 0 or value != value or value > MAX_DURATION.total_seconds():
+            raise ValueError("a duration must be between 0 and 3660d")
+        return timedelta(seconds=value)
+    if not isinstance(value, str):
+        raise ValueError("a duration such as 30s, 15m, 1h30m or 7d")
+    text = value.strip().replace(" ", "")
+    match = _DURATION_RE.match(text)
+    if not text or not match or not any(match.groups()):
+        raise ValueError(f"{value!r} is not a duration: write it like 30s, 15m, 1h30m or 7d")
+    d, h, m, s = (int(g) if g else 0 for g in match.groups())
+    if max(d, h, m, s) > 10**7:
+        raise ValueError(f"{value!r} is too large: a duration must be at most 3660d")
+    result = timedelta(days=d, hours=h, minutes=m, seconds=s)
+    if result > MAX_DURATION:
+        raise ValueError(f"{value!r} is too large: a duration must be at most 3660d")
+    return result
+
+
+def format_duration(td: timedelta | float | None) -> str:
+    """Render seconds or a timedelta compactly: 4.2s, 33s, 15m, 1h30m."""
+    if td is None:
+        return "-"
+    seconds = td.total_seconds() if isinstance(td, timedelta) else float(td)
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    days, rem = divmod(seconds, 86400)
+    hours, rem = divmod(rem, 3600)
+    minutes, secs = divmod(rem, 60)
+    parts = []
+    if days:
+        parts.append(f"{days}d")
+    if hours:
+        parts.append(f"{hours}h")
+    if minutes:
+        parts.append(f"{minutes}m")
+    if secs and not days:
+        parts.append(f"{secs}s")
+    return "".join(parts) or "0s"
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+
+
+def _aware(value: Any) -> Any:
+    if isinstance(value, datetime) and value.tzinfo is None:
+        raise ValueError("a time needs a timezone, e.g. 2026-11-24T14:00:00Z")
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise ValueError(f"{value!r} is not an ISO 8601 time such as 2026-11-24T14:00:00Z") from exc
+        if parsed.tzinfo is None:
+            raise ValueError("a time needs a timezone, e.g. 2026-11-24T14:00:00Z")
+        return parsed
+    return value
+
+
+AwareTime = Annotated[datetime, BeforeValidator(_aware)]
+
+NAME_RE = r"^[a-z][a-z0-9-]{0,39}$"
+NAME_HELP = "lowercase letters, digits and '-', starting with a letter, at most 40 characters"
+
+
+class Strict(BaseModel):
+    """Base for every drill-file mapping: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, populate_by_name=True)
+
+
+# ---------------------------------------------------------------- recovery points
+
+
+class RecoveryPointRule(Strict):
+    """Which recovery point (snapshot or backup) to restore."""
+
+    rule: Literal["latest", "at", "random"] = "latest"
+    at: Optional[AwareTime] = Field(None, description="rule 'at': newest point at or before this time")
+    within: Optional[Duration] = Field(None, description="rule 'random': pick among points no older than this")
+    seed: Optional[int] = Field(None, description="rule 'random': fix the choice (default: the drill id)")
+    max_age: Optional[Duration] = Field(None, description="a chosen point older than this is a finding")
+
+    @model_validator(mode="after")
+    def _rule_fields(self) -> "RecoveryPointRule":
+        if self.rule == "at" and self.at is None:
+            raise ValueError("rule 'at' needs 'at: <time>', e.g. at: 2026-11-24T14:00:00Z")
+        if self.rule != "at" and self.at is not None:
+            raise ValueError(f"'at' only applies to rule 'at' (this rule is '{self.rule}')")
+        if self.rule == "random" and self.within is None:
+            raise ValueError("rule 'random' needs 'within: <duration>', e.g. within: 30d")
+        if self.rule != "random" and self.within is not None:
+            raise ValueError(f"'within' only applies to rule 'random' (this rule is '{self.rule}')")
+        return self
+
+
+class RestoreOptions(Strict):
+    timeout: Duration = Field(timedelta(hours=2), description="deadline for restore plus readiness")
+    jobs: int = Field(2, ge=1, le=64, description="parallel restore jobs where the provider supports it")
+
+
+# ---------------------------------------------------------------- targets
+
+
+class TargetBase(Strict):
+    name: str = Field(pattern=NAME_RE)
+    recovery_point: RecoveryPointRule = Field(default_factory=RecoveryPointRule)
+    restore: RestoreOptions = Field(default_factory=RestoreOptions)
+
+    @property
+    def family(self) -> str:
+        return self.provider.split(".")[0]  # type: ignore[attr-defined]
+
+
+class PostgresSource(Strict):
+    repository: str = Field(description="backup repository directory (relative to the drill file)")
+    dsn_env: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding the source DSN (for `drdrill backup`)",
+    )
+    format: Literal["custom", "directory"] = "custom"
+    database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
+
+
+class PostgresTarget(TargetBase):
+    provider: Literal["postgres"]
+    source: PostgresSource
+
+
+class AwsEbsSource(Strict):
+    volume_id: str = Field(pattern=r"^vol-[0-9a-f]+$")
+    region: Optional[str] = None
+    snapshot_tags: dict[str, str] = Field(default_factory=dict)
+
+
+class AwsEc2Source(Strict):
+    instance_id: str = Field(pattern=r"^i-[0-9a-f]+$")
+    region: Optional[str] = None
+    instance_type: str = "t3.micro"
+    image_id: Optional[str] = Field(None, description="AMI to boot from (default: the instance's AMI or an AMI recovery point)")
+    snapshot_tags: dict[str, str] = Field(default_factory=dict)
+
+
+class AwsRdsSource(Strict):
+    db_instance_identifier: str
+    region: Optional[str] = None
+    db_instance_class: str = "db.t3.micro"
+    snapshot_type: Literal["any", "manual", "automated"] = "any"
+    snapshot_tags: dict[str, str] = Field(default_factory=dict)
+    point_in_time: bool = Field(False, description="with rule 'at': restore_db_instance_to_point_in_time")
+
+
+class AwsEbsTarget(TargetBase):
+    provider: Literal["aws.ebs"]
+    source: AwsEbsSource
+
+
+class AwsEc2Target(TargetBase):
+    provider: Literal["aws.ec2"]
+    source: AwsEc2Source
+
+
+class AwsRdsTarget(TargetBase):
+    provider: Literal["aws.rds"]
+    source: AwsRdsSource
+
+
+class AzureDiskSource(Strict):
+    disk_id: str = Field(description="ARM id of the source managed disk")
+    snapshot_tags: dict[str, str] = Field(default_factory=dict)
+
+
+class AzureVmSource(Strict):
+    vm_id: str = Field(description="ARM id of the source VM")
+    vm_size: str = "Standard_B1s"
+    snapshot_tags: dict[str, str] = Field(default_factory=dict)
+
+
+class AzureDiskTarget(TargetBase):
+    provider: Literal["azure.disk"]
+    source: AzureDiskSource
+
+
+class AzureVmTarget(TargetBase):
+    provider: Literal["azure.vm"]
+    source: AzureVmSource
+
+
+class GcpDiskSource(Strict):
+    project: str
+    zone: str
+    disk: str = Field(description="source disk name")
+    snapshot_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class GcpInstanceSource(Strict):
+    project: str
+    zone: str
+    instance: str = Field(description="source instance name")
+    machine_type: str = "e2-small"
+    snapshot_labels: dict[str, str] = Field(default_factory=dict)
+
+
+class GcpDiskTarget(TargetBase):
+    provider: Literal["gcp.disk"]
+    source: GcpDiskSource
+
+
+class GcpInstanceTarget(TargetBase):
+    provider: Literal["gcp.instance"]
+    source: GcpInstanceSource
+
+
+class SimSource(Strict):
+    """A simulated resource; `sim` is for dry runs, tests and benchmarks."""
+
+    resource: str = Field("db", description="name of the simulated source resource")
+    points: int = Field(5, ge=0, le=10000, description="simulated recovery points, one per `point_interval`")
+    point_interval: Duration = timedelta(hours=1)
+    restore_time: Duration = timedelta(seconds=1)
+    ready_after: Duration = timedelta(seconds=0)
+    faults: dict[str, Any] = Field(default_factory=dict, description="injected faults, see activities/providers/sim.py")
+
+
+class SimTarget(TargetBase):
+    provider: Literal["sim"]
+    source: SimSource = Field(default_factory=SimSource)
+
+
+Target = Annotated[
+    Union[
+        PostgresTarget,
+        AwsEbsTarget,
+        AwsEc2Target,
+        AwsRdsTarget,
+        AzureDiskTarget,
+        AzureVmTarget,
+        GcpDiskTarget,
+        GcpInstanceTarget,
+        SimTarget,
+    ],
+    Field(discriminator="provider"),
+]
+
+PROVIDERS = ["postgres", "aws.ebs", "aws.ec2", "aws.rds", "azure.disk", "azure.vm", "gcp.disk", "gcp.instance", "sim"]
+
+# ---------------------------------------------------------------- isolation
+
+
+class IsolationSpec(Strict):
+    """The isolated environment the targets are restored into (no route to production)."""
+
+    network_cidr: str = Field("10.213.0.0/16", description="address range of the drill's private network (clouds)")
+    allow_ingress_from: list[str] = Field(
+        default_factory=list,
+        description="CIDRs (or cloud security group ids) allowed to reach restored resources, for validation",
+    )
+    aws_region: Optional[str] = None
+    azure_location: Optional[str] = Field(None, description="Azure region for the drill's resource group")
+    azure_subscription_id: Optional[str] = None
+    gcp_project: Optional[str] = None
+    gcp_region: Optional[str] = None
+
+
+# ---------------------------------------------------------------- validations
+
+_EXPECT_RE = re.compile(r"^\s*(==|!=|>=|<=|>|<)\s*(.+?)\s*$")
+
+
+class ValidationBase(Strict):
+    name: Optional[str] = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$")
+    required: bool = Field(True, description="a required check gates the verdict and the RTO")
+    timeout: Duration = Field(timedelta(minutes=5), description="how long the check may keep retrying")
+
+
+class DataValidation(ValidationBase):
+    target: str = Field(description="name of a restored target")
+    database: Optional[str] = None
+
+
+class SqlValidation(DataValidation):
+    type: Literal["sql"]
+    query: str = Field(min_length=1)
+    expect: str = Field(description="comparison with the first column of the first row: '> 0', '== 42', \"== 'ok'\"")
+
+    @field_validator("expect")
+    @classmethod
+    def _expect(cls, v: str) -> str:
+        if not _EXPECT_RE.match(v):
+            raise ValueError(f"{v!r} is not a comparison: write '> 0', '>= 10', '== 42', '!= 0' or \"== 'ok'\"")
+        return v
+
+
+class RowCountValidation(DataValidation):
+    type: Literal["row_count"]
+    table: str = Field(min_length=1)
+    min: Optional[int] = Field(None, ge=0)
+    equals_manifest: bool = Field(False, description="the count must equal the backup manifest's count")
+
+    @model_validator(mode="after")
+    def _one(self) -> "RowCountValidation":
+        if self.min is None and not self.equals_manifest:
+            raise ValueError("row_count needs 'min: N' or 'equals_manifest: true'")
+        return self
+
+
+class ChecksumValidation(DataValidation):
+    type: Literal["checksum"]
+    tables: Optional[list[str]] = Field(None, description="default: every table in the manifest")
+
+
+class FreshnessValidation(DataValidation):
+    type: Literal["freshness"]
+    table: str = Field(min_length=1)
+    column: str = Field(min_length=1, description="a timestamp column; its newest value is the measured recovery point")
+    max_lag: Optional[Duration] = Field(None, description="default: the drill's RPO objective")
+
+
+class TcpValidation(ValidationBase):
+    type: Literal["tcp"]
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class HttpValidation(ValidationBase):
+    type: Literal["http"]
+    url: str = Field(pattern=r"^https?://")
+    expect_status: int = Field(200, ge=100, le=599)
+    contains: Optional[str] = None
+
+
+class CommandValidation(ValidationBase):
+    type: Literal["command"]
+    argv: list[str] = Field(min_length=1)
+    expect_exit: int = 0
+    target: Optional[str] = Field(None, description="target whose connection details are passed as DRDRILL_* variables")
+
+
+Validation = Annotated[
+    Union[
+        SqlValidation,
+        RowCountValidation,
+        ChecksumValidation,
+        FreshnessValidation,
+        TcpValidation,
+        HttpValidation,
+        CommandValidation,
+    ],
+    Field(discriminator="type"),
+]
+
+VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "tcp", "http", "command"]
+
+# ---------------------------------------------------------------- the rest
+
+
+class Objectives(Strict):
+    rto: Duration = Field(description="recovery time objective: declared → last required check passed")
+    rpo: Duration = Field(description="recovery point objective: data loss tolerated")
+
+
+class TeardownSpec(Strict):
+    hold: Duration = Field(timedelta(0), description="keep the environment this long after validation, for inspection")
+    max_hold: Duration = Field(timedelta(hours=8), description="upper bound for hold plus every extension")
+
+    @model_validator(mode="after")
+    def _bound(self) -> "TeardownSpec":
+        if self.hold > self.max_hold:
+            raise ValueError("hold is longer than max_hold: raise max_hold or shorten hold")
+        return self
+
+
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class QuarterlySchedule(Strict):
+    month: int = Field(1, ge=1, le=3, description="month of the quarter (1-3)")
+    day: int = Field(1, ge=1, le=28)
+    time: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+class ScheduleSpec(Strict):
+    quarterly: Optional[QuarterlySchedule] = None
+    cron: Optional[str] = None
+    timezone: str = "UTC"
+    jitter: Duration = timedelta(minutes=10)
+    catchup_window: Duration = timedelta(days=1)
+    paused: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if data == "quarterly":
+            return {"quarterly": {}}
+        if isinstance(data, dict) and data.get("quarterly") is None and "quarterly" in data:
+            data = dict(data)
+            data["quarterly"] = {}
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> "ScheduleSpec":
+        if (self.quarterly is None) == (self.cron is None):
+            raise ValueError("a schedule is either 'quarterly' or 'cron: \"<expression>\"', exactly one")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError(f"cron {self.cron!r} needs five fields: minute hour day-of-month month day-of-week")
+        return self
+
+
+class EvidenceSpec(Strict):
+    retention: Duration = Field(timedelta(days=7 * 365), description="how long evidence must be kept")
+    controls: list[str] = Field(default_factory=list, description="control ids this drill evidences")
+    s3_bucket: Optional[str] = Field(None, description="copy bundles to this Object Lock bucket")
+
+
+class NotifySpec(Strict):
+    webhooks_env: list[str] = Field(default_factory=list, description="environment variables holding webhook URLs")
+    on: list[Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR", "TEARDOWN"]] = Field(
+        default_factory=lambda: ["FAILED", "COULD_NOT_VERIFY", "ERROR", "TEARDOWN"]
+    )
+
+
+class DrillSpec(Strict):
+    version: Literal[1] = 1
+    name: str = Field(pattern=NAME_RE)
+    description: str = ""
+    owner: Optional[str] = None
+    objectives: Objectives
+    max_duration: Duration = Field(timedelta(hours=4), description="the drill is stopped and torn down after this")
+    targets: list[Target] = Field(min_length=1, max_length=500)
+    isolation: IsolationSpec = Field(default_factory=IsolationSpec)
+    validations: list[Validation] = Field(default_factory=list, max_length=1000)
+    teardown: TeardownSpec = Field(default_factory=TeardownSpec)
+    schedule: Optional[ScheduleSpec] = None
+    evidence: EvidenceSpec = Field(default_factory=EvidenceSpec)
+    notify: NotifySpec = Field(default_factory=NotifySpec)
+
+    # Set by the loader, not by the file.
+    source_path: Optional[str] = Field(None, exclude=False)
+    source_sha256: Optional[str] = None
+    source_text: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _references(self) -> "DrillSpec":
+        names = [t.name for t in self.targets]
+        seen: set[str] = set()
+        for i, n in enumerate(names):
+            if n in seen:
+                raise _RefError(("targets", i, "name"), f"target name {n!r} is used twice; target names must be unique")
+            seen.add(n)
+        for i, v in enumerate(self.validations):
+            tgt = getattr(v, "target", None)
+            if tgt is not None and tgt not in seen:
+                raise _RefError(
+                    ("validations", i, "target"),
+                    f"no target named {tgt!r}; this drill's targets are: {', '.join(names)}",
+                )
+        vnames = [self.validation_name(i) for i in range(len(self.validations))]
+        dupes = {n for n in vnames if vnames.count(n) > 1}
+        if dupes:
+            raise _RefError(("validations",), f"validation names must be unique; repeated: {', '.join(sorted(dupes))} (set 'name:')")
+        return self
+
+    def validation_name(self, index: int) -> str:
+        v = self.validations[index]
+        if v.name:
+            return v.name
+        tgt = getattr(v, "target", None)
+        return f"{v.type}:{tgt}" if tgt else f"{v.type}:{index}"
+
+    def target(self, name: str):
+        for t in self.targets:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+class _RefError(ValueError):
+    def __init__(self, loc: tuple, message: str):
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+# ---------------------------------------------------------------- loading
+
+
+class SpecError(Exception):
+    """A drill file that cannot be run. `problems` holds (field path, message) pairs."""
+
+    def __init__(self, path: str, problems: list[tuple[str, str]]):
+        self.path = path
+        self.problems = problems
+        lines = [f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"]
+        for loc, msg in problems:
+            lines.append(f"  {loc or '(file)'}: {msg}")
+        super().__init__("\n".join(lines))
+
+
+def _loc_str(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+_TARGET_TAGS = set(PROVIDERS)
+_VALIDATION_TAGS = set(VALIDATION_TYPES)
+
+
+def _allowed_keys(model: type[BaseModel]) -> list[str]:
+    return [n for n, f in model.model_fields.items() if n not in ("source_path", "source_sha256", "source_text")]
+
+
+def _model_at(loc: tuple, data: Any) -> Optional[type[BaseModel]]:
+    """Find the pydantic model that owns the mapping at `loc` (for 'allowed keys' hints)."""
+    model: Any = DrillSpec
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+            continue
+        if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return model
+        node = node.get(part) if isinstance(node, dict) else None
+        ann = field.annotation
+        model = _resolve(ann, node)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _resolve(ann: Any, node: Any) -> Any:
+    import typing
+
+    origin = typing.get_origin(ann)
+    args = typing.get_args(ann)
+    if origin is Annotated:
+        return _resolve(args[0], node)
+    if origin in (list,):
+        inner = args[0]
+        if isinstance(node, list) and node:
+            return _resolve(inner, node[0] if isinstance(node[0], dict) else None)
+        return _resolve(inner, None)
+    if origin is Union or str(origin) == "types.UnionType":
+        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if isinstance(node, dict):
+            for m in models:
+                for key in ("provider", "type"):
+                    f = m.model_fields.get(key)
+                    if f is not None and node.get(key) in typing.get_args(f.annotation):
+                        return m
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _resolve(inner[0], node)
+        return models[0] if len(models) == 1 else None
+    return ann
+
+
+def _friendly(err: dict, data: Any) -> tuple[str, str]:
+    loc = tuple(err.get("loc", ()))
+    # Discriminated unions add the tag to the path ("targets.0.postgres.source"); drop it.
+    clean = []
+    for i, part in enumerate(loc):
+        if isinstance(part, str) and (part in _TARGET_TAGS or part in _VALIDATION_TAGS) and i > 0 and isinstance(loc[i - 1], int):
+            continue
+        if isinstance(part, str) and part.startswith("function-"):
+            continue
+        clean.append(part)
+    loc = tuple(clean)
+    etype = err.get("type", "")
+    msg = err.get("msg", "")
+    if etype == "extra_forbidden":
+        owner = _model_at(loc[:-1], data)
+        allowed = ", ".join(_allowed_keys(owner)) if owner else ""
+        key = loc[-1] if loc else "?"
+        close = ""
+        if owner:
+            import difflib
+
+            match = difflib.get_close_matches(str(key), _allowed_keys(owner), n=1)
+            if match:
+                close = f" (did you mean '{match[0]}'?)"
+        return _loc_str(loc), f"unknown key '{key}'{close}; allowed here: {allowed}"
+    if etype == "union_tag_invalid":
+        ctx = err.get("ctx", {})
+        tag = ctx.get("tag", "?")
+        if loc and loc[0] == "targets":
+            return _loc_str(loc + ("provider",)), f"unknown provider {tag!r}; allowed: {', '.join(PROVIDERS)}"
+        return _loc_str(loc + ("type",)), f"unknown validation type {tag!r}; allowed: {', '.join(VALIDATION_TYPES)}"
+    if etype == "union_tag_not_found":
+        if loc and loc[0] == "targets":
+            return _loc_str(loc + ("provider",)), f"missing 'provider'; allowed: {', '.join(PROVIDERS)}"
+        return _loc_str(loc + ("type",)), f"missing 'type'; allowed: {', '.join(VALIDATION_TYPES)}"
+    if etype == "missing":
+        return _loc_str(loc), "required field is missing"
+    if etype == "literal_error":
+        return _loc_str(loc), msg.replace("Input should be", "must be")
+    if etype == "string_pattern_mismatch" and loc and loc[-1] == "name":
+        return _loc_str(loc), f"{err.get('input')!r} is not a valid name: {NAME_HELP}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    if msg.startswith("Assertion failed, "):
+        msg = msg[len("Assertion failed, ") :]
+    return _loc_str(loc), msg
+
+
+def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None) -> DrillSpec:
+    """Parse drill YAML text; raise SpecError naming the file, the field path and the fix."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(path, [(where, f"not valid YAML: {problem}")]) from None
+    except RecursionError:
+        raise SpecError(path, [("", "the YAML is nested too deeply")]) from None
+    if not isinstance(data, dict):
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise SpecError(path, [("", f"a drill file is a mapping with name, objectives and targets; this one is {kind}")])
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise SpecError(path, [(str(bad_keys[0]), "keys must be strings")])
+    for reserved in ("source_path", "source_sha256", "source_text"):
+        if reserved in data:
+            raise SpecError(path, [(reserved, f"unknown key '{reserved}'; it is set by drdrill")])
+    try:
+        spec = DrillSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, _RefError):
+                problems.append((_loc_str(ctx_err.loc), ctx_err.message))
+                continue
+            problems.append(_friendly(err, data))
+        seen = set()
+        unique = [p for p in problems if not (p in seen or seen.add(p))]
+        raise SpecError(path, unique) from None
+    except RecursionError:
+        raise SpecError(path, [("", "the YAML is nested too deeply")]) from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError(path, [("", f"cannot be read as a drill: {exc}")]) from None
+    spec.source_path = path
+    spec.source_sha256 = hashlib.sha256(text.encode()).hexdigest()
+    spec.source_text = text
+    if base_dir is not None:
+        for t in spec.targets:
+            if isinstance(t, PostgresTarget):
+                repo = Path(t.source.repository).expanduser()
+                if not repo.is_absolute():
+                    t.source.repository = str((base_dir / repo).resolve())
+    return spec
+
+
+def load_spec(path: str | Path) -> DrillSpec:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), [("", "no such file")]) from None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise SpecError(str(path), [("", f"cannot be read: {exc}")]) from None
+    return parse_spec(text, str(path), base_dir=p.resolve().parent)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)

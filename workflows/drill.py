@@ -1,0 +1,580 @@
+"""DrillWorkflow: one disaster-recovery drill, from declared disaster to torn-down evidence.
+
+Deterministic orchestration only: no I/O, time only from `workflow.now()`. Every side effect is an
+activity (activities/drill.py, activities/validation.py). Teardown always runs: on success, failure,
+cancellation, timeout (max_duration) and, because Temporal replays the workflow on another worker,
+after a worker crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+from typing import Any, Optional
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.drill import (
+        CreateIsolationInput,
+        DrillActivities,
+        FindRecoveryPointInput,
+        RestoreInput,
+        TeardownInput,
+        VerifyIsolationInput,
+        WaitReadyInput,
+    )
+    from activities.models import (
+        DrillContext,
+        DrillInput,
+        DrillResult,
+        DrillStatus,
+        Environment,
+        Finding,
+        IsolationProof,
+        ObjectiveResult,
+        Outcome,
+        RecoveryPoint,
+        RestoredResource,
+        TargetState,
+        TeardownReport,
+        TimelineEvent,
+        ValidationResult,
+        Verdict,
+    )
+    from activities.validation import ValidateInput, ValidationActivities
+    from drills.spec import DrillSpec, format_duration
+
+# Retry settings per kind of call. Bad input raises non-retryable errors, so these only retry
+# transient trouble (throttling, 5xx, a worker that died).
+QUICK_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=5)
+LONG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=1), maximum_attempts=4)
+# Teardown never gives up: a leaked restored database is worse than a slow drill.
+TEARDOWN_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=2), maximum_attempts=0
+)
+HEARTBEAT = timedelta(seconds=30)
+EXPIRY_MARGIN = timedelta(hours=1)
+
+
+@workflow.defn(name="DrillWorkflow")
+class DrillWorkflow:
+    def __init__(self) -> None:
+        self._status: Optional[DrillStatus] = None
+        self._released = False
+        self._hold_until: Optional[datetime] = None
+        self._max_hold_until: Optional[datetime] = None
+
+    # ------------------------------------------------------------ queries and signals
+
+    @workflow.query
+    def status(self) -> DrillStatus:
+        assert self._status is not None
+        return self._status
+
+    @workflow.signal
+    def release(self) -> None:
+        """End a hold for inspection now: tear down."""
+        self._released = True
+
+    @workflow.signal
+    def extend(self, seconds: float) -> None:
+        """Extend a hold for inspection, bounded by teardown.max_hold."""
+        if self._hold_until is None or self._max_hold_until is None:
+            return
+        wanted = self._hold_until + timedelta(seconds=max(0.0, float(seconds)))
+        self._hold_until = min(wanted, self._max_hold_until)
+        if self._status:
+            self._status.hold_until = self._hold_until
+
+    # ------------------------------------------------------------ the drill
+
+    @workflow.run
+    async def run(self, inp: DrillInput) -> DrillResult:
+        spec: DrillSpec = inp.spec if isinstance(inp.spec, DrillSpec) else DrillSpec.model_validate(inp.spec)
+        self.spec = spec
+        declared = workflow.now()
+        self.declared = declared
+        self.ctx = DrillContext(
+            drill_id=inp.drill_id,
+            drill_name=spec.name,
+            declared=declared,
+            expires_at=declared + spec.max_duration + spec.teardown.max_hold + EXPIRY_MARGIN,
+        )
+        self._status = DrillStatus(
+            drill_id=inp.drill_id,
+            name=spec.name,
+            phase="declared",
+            declared=declared,
+            targets=[TargetState(target=t.name, provider=t.provider) for t in spec.targets],
+        )
+        self.points: dict[str, RecoveryPoint] = {}
+        self.envs: dict[str, Environment] = {}
+        self.proofs: list[IsolationProof] = []
+        self.restored: dict[str, RestoredResource] = {}
+        self.validations: list[ValidationResult] = []
+        self.findings: list[Finding] = []
+        self.teardowns: list[TeardownReport] = []
+        self.broken = False
+        cancelled = False
+        self._event("declared", declared, declared, "PASSED", detail=f"drill {spec.name} declared; started by {inp.started_by}")
+
+        try:
+            await asyncio.wait_for(self._drill(), timeout=spec.max_duration.total_seconds())
+        except asyncio.TimeoutError:
+            self._finding(
+                "MAX_DURATION_EXCEEDED",
+                f"the drill ran longer than max_duration {format_duration(spec.max_duration)} and was stopped",
+            )
+        except (asyncio.CancelledError, CancelledError):
+            cancelled = True
+            self._finding("DRILL_CANCELLED", "the drill was cancelled before it finished", could_not_verify=True)
+        except Exception as exc:  # noqa: BLE001 - the drill itself broke: record it, still tear down
+            self.broken = True
+            self._finding("DRILL_ERROR", f"the drill broke: {_describe(exc)}")
+        finally:
+            await self._teardown()
+
+        result = self._result(inp, cancelled)
+        self._status.phase = "evidence"
+        try:
+            result.evidence_path = await workflow.execute_activity_method(
+                DrillActivities.record_evidence,
+                result,
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=20),
+            )
+        except ActivityError as exc:
+            result.findings.append(Finding(code="EVIDENCE_NOT_RECORDED", message=_describe(exc)))
+            result.verdict = "ERROR"
+        self._status.phase = "done"
+        self._status.verdict = result.verdict
+        if cancelled:
+            raise asyncio.CancelledError("drill cancelled; torn down and recorded")
+        return result
+
+    async def _drill(self) -> None:
+        spec = self.spec
+        # 1. recovery points, all targets at once
+        self._phase("recovery point")
+        started = workflow.now()
+        results = await asyncio.gather(*(self._find_point(t) for t in spec.targets), return_exceptions=False)
+        ok = all(results)
+        self._event(
+            "recovery point",
+            started,
+            workflow.now(),
+            "PASSED" if ok else "FAILED",
+            detail="; ".join(
+                f"{p.target} {p.id} ({format_duration(self.declared - p.consistent_time)} old)" for p in self.points.values()
+            ),
+        )
+        if not ok:
+            return
+
+        # 2. isolation per provider family, then proof that there is no way out
+        self._phase("isolate")
+        families = list(dict.fromkeys(t.family for t in spec.targets))
+        started = workflow.now()
+        envs = await asyncio.gather(*(self._isolate(f) for f in families))
+        if not all(envs):
+            self._event("isolate", started, workflow.now(), "FAILED", detail="could not create the isolated environment")
+            return
+        self._event("isolate", started, workflow.now(), "PASSED", detail="; ".join(e.description or e.id for e in self.envs.values()))
+
+        self._phase("verify isolation")
+        started = workflow.now()
+        proofs = await asyncio.gather(*(self._verify(e) for e in self.envs.values()))
+        self.proofs = [p for p in proofs if p is not None]
+        outcome = _worst([p.outcome for p in self.proofs] + (["COULD_NOT_VERIFY"] if None in proofs else []))
+        self._event(
+            "verify isolation",
+            started,
+            workflow.now(),
+            outcome,
+            detail="; ".join(f"{c.name}: {c.outcome}" for p in self.proofs for c in p.checks),
+        )
+        if outcome != "PASSED":
+            self._finding(
+                "ISOLATION_NOT_PROVEN" if outcome == "COULD_NOT_VERIFY" else "ISOLATION_BROKEN",
+                "the isolated environment could not be proven to have no route to production; nothing was restored into it",
+                could_not_verify=outcome == "COULD_NOT_VERIFY",
+            )
+            return
+
+        # 3. restore every target in parallel, each then waits until it serves
+        self._phase("restore")
+        started = workflow.now()
+        ready = await asyncio.gather(*(self._restore(t) for t in spec.targets))
+        self._event(
+            "restore",
+            started,
+            workflow.now(),
+            "PASSED" if all(ready) else "FAILED",
+            detail="; ".join(f"{r.target}: {r.description or r.id}" for r in self.restored.values()),
+        )
+
+        # 4. validations, in parallel; a check whose target did not come back is NOT_RUN
+        self._phase("validate")
+        started = workflow.now()
+        vals = await asyncio.gather(*(self._validate(i) for i in range(len(spec.validations))))
+        self.validations = list(vals)
+        if not spec.validations:
+            self._finding(
+                "NO_VALIDATIONS",
+                "the drill has no validations: a restore nobody checked proves nothing",
+                could_not_verify=True,
+            )
+        self._event(
+            "validate",
+            started,
+            workflow.now(),
+            _worst([v.outcome for v in self.validations if v.required]) if self.validations else "COULD_NOT_VERIFY",
+            detail="; ".join(f"{v.name} {v.outcome}" for v in self.validations),
+        )
+
+        # 5. hold for inspection, when asked for
+        await self._hold()
+
+    # ------------------------------------------------------------ phases
+
+    async def _find_point(self, target: Any) -> bool:
+        self._target(target.name, "recovery point")
+        try:
+            point: RecoveryPoint = await workflow.execute_activity_method(
+                DrillActivities.find_recovery_point,
+                FindRecoveryPointInput(ctx=self.ctx, target=target),
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            self._activity_finding(exc, target.name, "RECOVERY_POINT_NOT_FOUND")
+            self._target(target.name, "recovery point", "FAILED", _describe(exc))
+            return False
+        self.points[target.name] = point
+        for f in point.findings:
+            self.findings.append(f)
+        self._target(target.name, "recovery point", "PASSED", f"{point.id} at {point.consistent_time.isoformat()}")
+        return True
+
+    async def _isolate(self, family: str) -> Optional[Environment]:
+        targets = [t for t in self.spec.targets if t.family == family]
+        try:
+            env: Environment = await workflow.execute_activity_method(
+                DrillActivities.create_isolation,
+                CreateIsolationInput(ctx=self.ctx, family=family, isolation=self.spec.isolation, targets=targets),
+                start_to_close_timeout=timedelta(minutes=30),
+                heartbeat_timeout=timedelta(minutes=2),
+                retry_policy=LONG_RETRY,
+            )
+        except ActivityError as exc:
+            self._activity_finding(exc, None, "ISOLATION_FAILED")
+            # The environment may be half-created: remember it so teardown sweeps it by tag.
+            self.envs.setdefault(family, Environment(family=family, drill_id=self.ctx.drill_id, id=self.ctx.resource_name()))
+            return None
+        self.envs[family] = env
+        return env
+
+    async def _verify(self, env: Environment) -> Optional[IsolationProof]:
+        try:
+            return await workflow.execute_activity_method(
+                DrillActivities.verify_isolation,
+                VerifyIsolationInput(ctx=self.ctx, env=env),
+                start_to_close_timeout=timedelta(minutes=5),
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            self._activity_finding(exc, None, "ISOLATION_NOT_PROVEN", could_not_verify=True)
+            return None
+
+    async def _restore(self, target: Any) -> bool:
+        env = self.envs[target.family]
+        point = self.points[target.name]
+        timeout = target.restore.timeout
+        self._target(target.name, "restore")
+        try:
+            resource: RestoredResource = await workflow.execute_activity_method(
+                DrillActivities.restore,
+                RestoreInput(ctx=self.ctx, target=target, point=point, env=env),
+                start_to_close_timeout=timeout,
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=LONG_RETRY,
+            )
+            self.restored[target.name] = resource
+            self.findings.extend(resource.findings)
+            self._target(target.name, "wait ready")
+            resource = await workflow.execute_activity_method(
+                DrillActivities.wait_ready,
+                WaitReadyInput(ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds()),
+                start_to_close_timeout=timeout + timedelta(minutes=1),
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            self._activity_finding(exc, target.name, "RESTORE_FAILED")
+            self._target(target.name, "restore", "FAILED", _describe(exc))
+            return False
+        if resource.findings:
+            known = {(f.code, f.message) for f in self.findings}
+            self.findings.extend(f for f in resource.findings if (f.code, f.message) not in known)
+        self.restored[target.name] = resource
+        self._target(target.name, "ready", "PASSED", resource.description or resource.id)
+        return True
+
+    async def _validate(self, index: int) -> ValidationResult:
+        v = self.spec.validations[index]
+        name = self.spec.validation_name(index)
+        tname = getattr(v, "target", None)
+        resource = self.restored.get(tname) if tname else None
+        if tname and (resource is None or not resource.ready):
+            return ValidationResult(
+                name=name,
+                type=v.type,
+                target=tname,
+                required=v.required,
+                outcome="NOT_RUN",
+                detail=f"target {tname} was not restored",
+            )
+        try:
+            return await workflow.execute_activity_method(
+                ValidationActivities.validate,
+                ValidateInput(
+                    validation=v,
+                    name=name,
+                    resource=resource,
+                    point=self.points.get(tname) if tname else None,
+                    declared=self.declared,
+                    rpo_objective_seconds=self.spec.objectives.rpo.total_seconds(),
+                ),
+                start_to_close_timeout=v.timeout + timedelta(minutes=2),
+                heartbeat_timeout=HEARTBEAT,
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            return ValidationResult(
+                name=name,
+                type=v.type,
+                target=tname,
+                required=v.required,
+                outcome="COULD_NOT_VERIFY",
+                detail=f"the check could not run: {_describe(exc)}",
+            )
+
+    async def _hold(self) -> None:
+        hold = self.spec.teardown.hold
+        if hold <= timedelta(0):
+            return
+        self._phase("hold")
+        started = workflow.now()
+        self._hold_until = started + hold
+        self._max_hold_until = started + self.spec.teardown.max_hold
+        self._status.hold_until = self._hold_until
+        while not self._released:
+            remaining = (self._hold_until - workflow.now()).total_seconds()
+            if remaining <= 0:
+                break
+            try:
+                await workflow.wait_condition(lambda: self._released, timeout=remaining)
+            except asyncio.TimeoutError:
+                continue  # an extension may have moved hold_until: re-check
+        how = "released" if self._released else "hold expired"
+        self._event("hold", started, workflow.now(), "PASSED", detail=f"environment held for inspection; {how}")
+
+    async def _teardown(self) -> None:
+        """Tear down every environment, retrying until it succeeds; never skipped, never hidden."""
+        self._phase("teardown")
+        started = workflow.now()
+        envs = list(self.envs.values())
+        if not envs:
+            # Creation may have been interrupted before we heard back: tear down by tag anyway.
+            families = list(dict.fromkeys(t.family for t in self.spec.targets)) if self.points else []
+            envs = [Environment(family=f, drill_id=self.ctx.drill_id, id=self.ctx.resource_name()) for f in families]
+        reports = await asyncio.gather(*(self._teardown_one(e) for e in envs))
+        self.teardowns = list(reports)
+        retried = [r for r in reports if r.attempt > 1]
+        for r in retried:
+            self.findings.append(
+                Finding(
+                    code="TEARDOWN_RETRIED",
+                    severity="warning",
+                    message=f"teardown of {r.environment_id} succeeded on attempt {r.attempt}",
+                )
+            )
+        refused = [x for r in reports for x in r.refused]
+        if refused:
+            self.findings.append(
+                Finding(
+                    code="TEARDOWN_REFUSED_UNTAGGED",
+                    severity="warning",
+                    message="left alone because they lack this drill's tag: " + ", ".join(refused),
+                )
+            )
+        detail = "; ".join(
+            f"{r.environment_id}: deleted {len(r.deleted)}, already gone {len(r.already_gone)}"
+            + (f", attempt {r.attempt}" if r.attempt > 1 else "")
+            for r in reports
+        )
+        self._event("teardown", started, workflow.now(), "PASSED", detail=detail or "nothing was created")
+
+    async def _teardown_one(self, env: Environment) -> TeardownReport:
+        # Shielded: a cancellation of the workflow must not cancel its own cleanup.
+        handle = workflow.start_activity_method(
+            DrillActivities.teardown,
+            TeardownInput(ctx=self.ctx, env=env),
+            start_to_close_timeout=timedelta(minutes=30),
+            heartbeat_timeout=timedelta(minutes=2),
+            retry_policy=TEARDOWN_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        )
+        return await asyncio.shield(handle)
+
+    # ------------------------------------------------------------ measuring and judging
+
+    def _objectives(self) -> tuple[list[ObjectiveResult], Optional[float], Optional[float]]:
+        spec = self.spec
+        required = [v for v in self.validations if v.required]
+        rto: Optional[float] = None
+        rto_outcome: Outcome
+        rto_detail = ""
+        if required and all(v.outcome == "PASSED" and v.first_passed_at for v in required):
+            last = max(v.first_passed_at for v in required)  # type: ignore[type-var]
+            rto = (last - self.declared).total_seconds()
+            rto_outcome = "PASSED" if rto <= spec.objectives.rto.total_seconds() else "FAILED"
+            rto_detail = f"last required check passed {format_duration(rto)} after the disaster was declared"
+        elif any(v.outcome == "FAILED" for v in required) or (self.points and len(self.restored) < len(spec.targets)):
+            rto_outcome = "FAILED"
+            rto_detail = "the service was not shown to be recovered"
+        else:
+            rto_outcome = "COULD_NOT_VERIFY"
+            rto_detail = "no required check proved recovery"
+
+        rpo: Optional[float] = None
+        rpo_outcome: Outcome = "COULD_NOT_VERIFY"
+        rpo_detail = "no recovery point was chosen"
+        if self.points and len(self.points) == len(spec.targets):
+            oldest = min(p.consistent_time for p in self.points.values())
+            point_rpo = (self.declared - oldest).total_seconds()
+            measured = [v.measured.get("rpo_seconds") for v in self.validations if v.measured.get("rpo_seconds") is not None]
+            rpo = max([point_rpo] + [float(m) for m in measured])
+            rpo_outcome = "PASSED" if rpo <= spec.objectives.rpo.total_seconds() else "FAILED"
+            rpo_detail = f"recovery point {format_duration(point_rpo)} old"
+            if measured:
+                rpo_detail += f"; newest restored data {format_duration(max(measured))} old"
+        return (
+            [
+                ObjectiveResult(
+                    name="RTO", objective_seconds=spec.objectives.rto.total_seconds(), achieved_seconds=rto, outcome=rto_outcome, detail=rto_detail
+                ),
+                ObjectiveResult(
+                    name="RPO", objective_seconds=spec.objectives.rpo.total_seconds(), achieved_seconds=rpo, outcome=rpo_outcome, detail=rpo_detail
+                ),
+            ],
+            rto,
+            rpo,
+        )
+
+    def _result(self, inp: DrillInput, cancelled: bool) -> DrillResult:
+        objectives, rto, rpo = self._objectives()
+        verdict = _verdict(self.broken, self.findings, self.validations, objectives, self.proofs)
+        if cancelled:
+            verdict = "ERROR"
+        return DrillResult(
+            drill_id=self.ctx.drill_id,
+            run_id=workflow.info().run_id,
+            name=self.spec.name,
+            verdict=verdict,
+            declared=self.declared,
+            ended=workflow.now(),
+            started_by=inp.started_by,
+            spec_sha256=self.spec.source_sha256,
+            spec_text=self.spec.source_text,
+            objectives=objectives,
+            rto_seconds=rto,
+            rpo_seconds=rpo,
+            recovery_points=list(self.points.values()),
+            environments=list(self.envs.values()),
+            isolation=self.proofs,
+            restored=list(self.restored.values()),
+            validations=self.validations,
+            findings=self.findings,
+            teardown=self.teardowns,
+            timeline=self._status.timeline,
+            cancelled=cancelled,
+        )
+
+    # ------------------------------------------------------------ bookkeeping
+
+    def _phase(self, phase: str) -> None:
+        self._status.phase = phase
+
+    def _target(self, name: str, phase: str, outcome: Optional[Outcome] = None, detail: str = "") -> None:
+        for t in self._status.targets:
+            if t.target == name:
+                t.phase, t.outcome, t.detail = phase, outcome, detail
+        if outcome is not None:
+            now = workflow.now()
+            self._event(phase, now, now, outcome, target=name, detail=detail)
+
+    def _event(self, phase: str, started: datetime, ended: datetime, outcome: Outcome, target: Optional[str] = None, detail: str = "") -> None:
+        self._status.timeline.append(
+            TimelineEvent(phase=phase, started=started, ended=ended, outcome=outcome, target=target, detail=detail)
+        )
+
+    def _finding(self, code: str, message: str, target: Optional[str] = None, could_not_verify: bool = False) -> None:
+        self.findings.append(Finding(code=code, message=message, target=target, could_not_verify=could_not_verify))
+
+    def _activity_finding(self, exc: ActivityError, target: Optional[str], default_code: str, could_not_verify: bool = False) -> None:
+        cause = exc.cause
+        if isinstance(cause, ApplicationError) and cause.details:
+            try:
+                f = Finding.model_validate(cause.details[0])
+                self.findings.append(f)
+                return
+            except Exception:  # noqa: BLE001 - fall through to a generic finding
+                pass
+        code = cause.type if isinstance(cause, ApplicationError) and cause.type and cause.type.isupper() else default_code
+        self._finding(code, _describe(exc), target, could_not_verify=could_not_verify)
+
+
+_RANK = {"PASSED": 0, "NOT_RUN": 1, "COULD_NOT_VERIFY": 2, "FAILED": 3, "ERROR": 4}
+
+
+def _worst(outcomes: list) -> Outcome:
+    if not outcomes:
+        return "COULD_NOT_VERIFY"
+    worst = max(outcomes, key=lambda o: _RANK[o])
+    return "COULD_NOT_VERIFY" if worst == "NOT_RUN" else worst
+
+
+def _verdict(
+    broken: bool,
+    findings: list[Finding],
+    validations: list[ValidationResult],
+    objectives: list[ObjectiveResult],
+    proofs: list[IsolationProof],
+) -> Verdict:
+    if broken:
+        return "ERROR"
+    if any(f.severity == "error" and not f.could_not_verify for f in findings):
+        return "FAILED"
+    required = [v.outcome for v in validations if v.required]
+    if "FAILED" in required or any(o.outcome == "FAILED" for o in objectives):
+        return "FAILED"
+    if any(f.severity == "error" and f.could_not_verify for f in findings):
+        return "COULD_NOT_VERIFY"
+    if any(o != "PASSED" for o in required) or any(o.outcome != "PASSED" for o in objectives):
+        return "COULD_NOT_VERIFY"
+    if any(p.outcome != "PASSED" for p in proofs) or not validations:
+        return "COULD_NOT_VERIFY"
+    return "PASSED"
+
+
+def _describe(exc: BaseException) -> str:
+    """The innermost message of an activity failure, for findings and the timeline."""
+    seen = exc
+    while getattr(seen, "cause", None) is not None:
+        seen = seen.cause  # type: ignore[assignment]
+    msg = str(seen) or type(seen).__name__
+    return msg
