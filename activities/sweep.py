@@ -29,3 +29,8 @@ def sweep(
             except Exception as exc:  # noqa: BLE001 - one stuck orphan must not hide the others
                 out.append((orphan, f"failed: {exc}"))
     return out
+
+
+def failed(rows: list[tuple[Orphan, str]]) -> list[tuple[Orphan, str]]:
+    """The rows whose deletion failed or was refused (a sweep with any of these exits non-zero)."""
+    return [(o, a) for o, a in rows if a.startswith("failed") or a.startswith("refused")]

@@ -322,6 +322,7 @@ def sweep(
 ) -> None:
     """Find resources left by ended or expired drills (tagged by drdrill only) and delete them."""
     from activities.providers import load_provider
+    from activities.sweep import failed
     from activities.sweep import sweep as do_sweep
 
     loaded = {f: load_provider(f) for f in providers}
@@ -335,6 +336,8 @@ def sweep(
     for orphan, action in rows:
         table.add_row(orphan.provider, orphan.kind, orphan.id, orphan.drill_id, action)
     console.print(table)
+    if failed(rows):
+        raise typer.Exit(4)
 
 
 # ------------------------------------------------------------------ demo
