@@ -5,6 +5,12 @@
     DRDRILL_TASK_QUEUE   task queue (default "drdrill"; one per provider family lets cloud work run
                          only where its credentials are)
     DRDRILL_STATE_DIR    where evidence files and local clusters live
+    DRDRILL_LIMITS       drills at once per provider account/region, JSON ('{"postgres": 1, "aws:us-east-1": 4}')
+    DRDRILL_RESTORE_LIMITS  restores at once per key, JSON (same keys)
+    DRDRILL_METRICS_PORT drdrill's Prometheus metrics on this port (/metrics); unset: not served
+    DRDRILL_SDK_METRICS_PORT  the Temporal SDK's Prometheus metrics (default DRDRILL_METRICS_PORT + 1)
+    DRDRILL_LOG_FORMAT   text (default) or json; every line carries drill_id and run_id when known
+    DRDRILL_LOG_LEVEL    INFO (default), DEBUG, WARNING …
 """
 
 from __future__ import annotations
@@ -18,8 +24,14 @@ from drdrill.temporal import connect, running_worker, task_queue
 
 
 async def main() -> None:
-    logging.basicConfig(level=os.environ.get("DRDRILL_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    client = await connect()
+    from drdrill import logs, metrics
+
+    logs.setup()
+    port = metrics.serve()
+    runtime = metrics.sdk_runtime()
+    if port:
+        logging.getLogger("drdrill.worker").info("metrics on :%d/metrics (Temporal SDK metrics on the next port)", port)
+    client = await connect(runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -147,7 +147,15 @@ class DrillActivities:
         attempt = activity.info().attempt
         if attempt > 1:
             log.warning("teardown of %s for drill %s: attempt %d", inp.env.id, inp.ctx.drill_id, attempt)
-        report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
+        try:
+            report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
+        except ApplicationError as exc:
+            # Teardown is retried until it succeeds, whatever the provider calls the error (an
+            # ACCESS_DENIED while a role propagates, a resource still in use): giving up leaks
+            # restored data and fails the workflow before its evidence is recorded.
+            if exc.non_retryable:
+                raise ApplicationError(exc.message, *exc.details, type=exc.type, non_retryable=False) from exc
+            raise
         report.attempt = attempt
         return report
 
@@ -161,10 +169,12 @@ class DrillActivities:
 
     @activity.defn(name="record_evidence")
     def record_evidence(self, result: DrillResult) -> str:
-        """Write the run's evidence file (JSON, hash-chained timeline). Returns its path."""
-        from activities.evidence import write_evidence_file
+        """Record the run's evidence: the PostgreSQL evidence store (append-only, hash-chained,
+        idempotent on the drill id) and runs/<drill id>/{evidence.json,report.html,junit.xml}.
+        Returns evidence.json's path."""
+        from activities.evidence import record_run
 
-        return write_evidence_file(self.state_dir, result)
+        return record_run(self.state_dir, result)
 
 
 def default_state_dir() -> str:

@@ -1,7 +1,15 @@
 """Evidence: what happened in a drill, recorded so that tampering shows.
 
-Every timeline event carries the sha256 of its predecessor's record (a hash chain); the run's final
-record carries the chain head. `verify_chain` recomputes it.
+One run's evidence is a *record* (the run as a whole: spec as run and its sha256, verdict,
+objectives, recovery points, isolation facts, teardown proof, who started it, drdrill's version)
+and a list of *events* (every timeline event, then every validation result, then every finding).
+Events are hash-chained: each holds the sha256 of its predecessor, and
+hash = sha256(prev_hash + canonical JSON of {run, seq, kind, content}). The record holds the chain
+head and the number of events; record_hash = sha256(chain_head + canonical JSON of the record), so
+the final record cannot be changed either without it showing.
+
+The same document is written to <state>/runs/<drill id>/evidence.json and stored in PostgreSQL
+(drdrill/evidence_store.py); `verify_rows` is the one verification both use.
 """
 
 from __future__ import annotations
@@ -10,19 +18,133 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Optional
 
 from activities.models import DrillResult
 
 GENESIS = "0" * 64
+EVIDENCE_FORMAT = 1
+# Parts of the document that live in the event chain, in chain order; the rest is the run record.
+EVENT_KINDS = (("timeline", "timeline"), ("validation", "validations"), ("finding", "findings"))
+_NOT_RECORD = {"timeline", "validations", "findings", "events", "chain_head", "record_hash", "evidence_path"}
 
 
 def canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=False)
 
 
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+# ------------------------------------------------------------------ the chain
+
+
+def row_hash(run: str, seq: int, kind: str, content: Any, prev_hash: str) -> str:
+    return sha256(prev_hash + canonical({"run": run, "seq": seq, "kind": kind, "content": content}))
+
+
+def chain_rows(run: str, items: Iterable[tuple[str, Any]]) -> list[dict]:
+    """[(kind, content)] -> rows {run, seq, kind, content, prev_hash, hash}."""
+    prev = GENESIS
+    rows = []
+    for seq, (kind, content) in enumerate(items):
+        digest = row_hash(run, seq, kind, content, prev)
+        rows.append({"run": run, "seq": seq, "kind": kind, "content": content, "prev_hash": prev, "hash": digest})
+        prev = digest
+    return rows
+
+
+def record_hash(chain_head: str, record: dict) -> str:
+    return sha256(chain_head + canonical(record))
+
+
+def describe_row(row: dict) -> str:
+    content = row.get("content") or {}
+    kind = row.get("kind")
+    if not isinstance(content, dict):
+        return str(kind)
+    if kind == "timeline":
+        return content.get("phase", "?") + (f" {content['target']}" if content.get("target") else "")
+    if kind == "validation":
+        return f"validation {content.get('name', '?')}"
+    if kind == "finding":
+        return f"finding {content.get('code', '?')}"
+    return str(kind)
+
+
+def verify_rows(run: str, rows: list[dict], head: Optional[str] = None, count: Optional[int] = None) -> tuple[bool, str]:
+    """Recompute a run's chain. (ok, message); when not ok the message names the first bad row:
+    "run X event 4 (restore): content altered", "run X event 3 missing", "run X event inserted after 2".
+
+    `rows` are in storage order (seq, then insertion); `head` and `count` come from the run's final
+    record, so a row appended or removed at the end shows too.
+    """
+    prev = GENESIS
+    seen: dict[str, int] = {GENESIS: -1}
+    last: Optional[dict] = None
+    for i, row in enumerate(rows):
+        seq = row.get("seq")
+        label = f"run {run} event {seq} ({describe_row(row)})"
+        if not isinstance(seq, int) or seq > i:
+            return False, f"run {run} event {i} missing" + (f" (the next stored event is {seq})" if isinstance(seq, int) else "")
+        if seq < i:
+            return False, f"run {run} event inserted after {i - 1} (a second event {seq})"
+        own = row_hash(run, seq, row.get("kind", ""), row.get("content"), row.get("prev_hash", ""))
+        if row.get("prev_hash") == prev:
+            if own != row.get("hash"):
+                return False, f"{label}: content altered"
+        else:
+            nxt = rows[i + 1] if i + 1 < len(rows) else None
+            if row.get("prev_hash") in seen and seen[row["prev_hash"]] < i - 1:
+                k = seen[row["prev_hash"]]
+                return False, f"run {run} event inserted after {k}" if k >= 0 else f"run {run} event inserted before 0"
+            if nxt is not None and nxt.get("prev_hash") == prev:
+                return False, f"run {run} event inserted after {i - 1}"
+            for d in range(1, 4):  # later events renumbered after a deletion
+                if row_hash(run, seq + d, row.get("kind", ""), row.get("content"), row.get("prev_hash", "")) == row.get("hash"):
+                    return False, f"run {run} event {i} missing" + (f" (and {d - 1} more)" if d > 1 else "")
+            if own == row.get("hash") and last is not None:
+                return False, (
+                    f"run {run} event {i - 1} ({describe_row(last)}): content altered "
+                    f"(its hash was recomputed; event {i} still records the original)"
+                )
+            return False, f"{label}: content altered (it no longer follows event {i - 1})"
+        seen[row["hash"]] = i
+        prev = row["hash"]
+        last = row
+    n = len(rows)
+    if count is not None and n < count:
+        return False, f"run {run} event {n} missing" + (f" (and {count - n - 1} more)" if count - n > 1 else "")
+    if count is not None and n > count:
+        return False, f"run {run} event inserted after {count - 1}"
+    if head is not None and head != prev:
+        if last is not None:
+            return False, f"run {run} event {n - 1} ({describe_row(last)}): content altered (the chain head differs from the run's final record)"
+        return False, f"run {run}: the chain head differs from the run's final record"
+    return True, f"run {run}: {n} events intact, chain head {prev}"
+
+
+def verify_document(doc: dict) -> tuple[bool, str]:
+    """Verify an evidence.json document (or a bundle's) on its own."""
+    run = doc.get("drill_id", "?")
+    rows = doc.get("events")
+    if rows is None:  # evidence files written before the store existed
+        return verify_chain(doc.get("timeline", []))
+    record = split_record(doc)
+    ok, msg = verify_rows(run, rows, head=doc.get("chain_head"), count=record.get("event_count"))
+    if not ok:
+        return ok, msg
+    if record_hash(doc.get("chain_head", ""), record) != doc.get("record_hash"):
+        return False, f"run {run} final record: content altered"
+    return True, msg
+
+
+# ------------------------------------------------------------------ older helpers (timeline-only chain)
+
+
 def chain(events: list[dict]) -> list[dict]:
-    """Return events each with `prev_hash` and `hash` (sha256 over prev_hash + canonical event)."""
+    """Return events each with `seq`, `prev_hash` and `hash` (sha256 over prev_hash + canonical event)."""
     prev = GENESIS
     out = []
     for i, ev in enumerate(events):
@@ -35,7 +157,7 @@ def chain(events: list[dict]) -> list[dict]:
 
 
 def verify_chain(events: list[dict]) -> tuple[bool, str]:
-    """(ok, message naming the first bad event)."""
+    """(ok, message naming the first bad event) for a `chain()`ed list."""
     prev = GENESIS
     for i, ev in enumerate(events):
         if ev.get("seq") != i:
@@ -49,24 +171,97 @@ def verify_chain(events: list[dict]) -> tuple[bool, str]:
     return True, f"{len(events)} events, chain head {prev}"
 
 
+# ------------------------------------------------------------------ the document
+
+
+def _strip_nul(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return obj.replace("\x00", "")
+    if isinstance(obj, dict):
+        return {k: _strip_nul(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_strip_nul(v) for v in obj]
+    return obj
+
+
+def split_record(doc: dict) -> dict:
+    return {k: v for k, v in doc.items() if k not in _NOT_RECORD}
+
+
 def evidence_document(result: DrillResult) -> dict:
+    """The run's evidence: the redacted DrillResult plus its event chain, chain head and record hash."""
+    from drdrill import __version__
     from drdrill.redact import redact_obj
 
-    doc = redact_obj(result.model_dump(mode="json"))
-    doc["timeline"] = chain(doc.get("timeline", []))
-    doc["chain_head"] = doc["timeline"][-1]["hash"] if doc["timeline"] else GENESIS
-    from drdrill import __version__
-
+    raw = result.model_dump(mode="json")
+    raw["evidence_path"] = None
+    doc = _strip_nul(redact_obj(raw))
+    doc["spec_redacted"] = doc.get("spec_text") != raw.get("spec_text")
     doc["drdrill_version"] = __version__
+    doc["evidence_format"] = EVIDENCE_FORMAT
+    items = [(kind, content) for kind, key in EVENT_KINDS for content in doc.get(key) or []]
+    doc["events"] = chain_rows(result.drill_id, items)
+    doc["event_count"] = len(doc["events"])
+    doc["chain_head"] = doc["events"][-1]["hash"] if doc["events"] else GENESIS
+    doc["record_hash"] = record_hash(doc["chain_head"], split_record(doc))
     return doc
 
 
-def write_evidence_file(state_dir: Path, result: DrillResult) -> str:
-    """Write runs/<drill id>/evidence.json atomically (idempotent: same result, same file)."""
-    run_dir = Path(state_dir) / "runs" / result.drill_id
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "evidence.json"
-    tmp = run_dir / f".evidence.json.{os.getpid()}"
-    tmp.write_text(json.dumps(evidence_document(result), indent=2, sort_keys=True, default=str))
+def document_from_parts(record: dict, rows: list[dict], chain_head: str, rhash: str) -> dict:
+    """Rebuild the document from a stored record and its event rows."""
+    doc = dict(record)
+    for kind, key in EVENT_KINDS:
+        doc[key] = [r["content"] for r in rows if r["kind"] == kind]
+    doc["events"] = rows
+    doc["chain_head"] = chain_head
+    doc["record_hash"] = rhash
+    return doc
+
+
+def result_from_document(doc: dict) -> DrillResult:
+    return DrillResult.model_validate({k: v for k, v in doc.items() if k in DrillResult.model_fields})
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}"
+    tmp.write_text(text)
     os.replace(tmp, path)
-    return str(path)
+
+
+def write_bundle_files(run_dir: Path, doc: dict) -> dict[str, Path]:
+    """evidence.json, report.html and junit.xml for one run (idempotent: same document, same files)."""
+    from drdrill.reports import render_drill_html, render_junit
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"evidence.json": run_dir / "evidence.json", "report.html": run_dir / "report.html", "junit.xml": run_dir / "junit.xml"}
+    _atomic_write(paths["evidence.json"], json.dumps(doc, indent=2, sort_keys=True, default=str))
+    _atomic_write(paths["report.html"], render_drill_html(doc))
+    _atomic_write(paths["junit.xml"], render_junit(doc))
+    return paths
+
+
+def write_evidence_file(state_dir: Path, result: DrillResult, doc: Optional[dict] = None) -> str:
+    """Write runs/<drill id>/evidence.json (with report.html and junit.xml beside it). Returns its path."""
+    doc = doc if doc is not None else evidence_document(result)
+    paths = write_bundle_files(Path(state_dir) / "runs" / result.drill_id, doc)
+    return str(paths["evidence.json"])
+
+
+def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) -> str:
+    """What the record_evidence activity does: files first (the CLI reads them back after a
+    cancellation), then the PostgreSQL store (idempotent on the drill id). Returns evidence.json's path.
+
+    A retried activity whose first attempt already stored the run gets the stored chain back: the
+    files are rewritten from the store, so they always agree with it.
+    """
+    from drdrill.evidence_store import open_store
+
+    doc = evidence_document(result)
+    path = write_evidence_file(state_dir, result, doc)
+    with open_store(dsn) as store:
+        inserted = store.record(doc)
+        if not inserted:
+            stored = store.load(result.drill_id)
+            if stored.get("record_hash") != doc["record_hash"]:
+                path = write_evidence_file(state_dir, result, stored)
+    return path

@@ -176,6 +176,9 @@ class DrillInput(BaseModel):
     spec: Any  # drills.spec.DrillSpec (typed in workflows.drill to keep this module import-light)
     drill_id: str
     started_by: str = "cli"
+    # Heartbeat timeout of the long activities (default 30 s; isolation and teardown 2 min). Tests and
+    # simulations set a few seconds so a killed worker's activity moves to another worker quickly.
+    heartbeat_seconds: Optional[float] = None
 
 
 class TargetState(BaseModel):

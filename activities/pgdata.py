@@ -1,12 +1,23 @@
 """PostgreSQL data fingerprints shared by backups (the manifest) and validations (the check).
 
 A table's fingerprint is its row count and an order-independent content hash: the sum of a 64-bit
-hash of each row's text form. It is computed the same way at backup time (inside the exported
-snapshot) and after the restore, so equal fingerprints mean the same rows came back.
+hash of each row. It is computed the same way at backup time (inside the exported snapshot) and
+after the restore, so equal fingerprints mean the same rows came back.
+
+Two hash methods, recorded per table in the manifest (`"method"`), and the check always recomputes
+with the method the manifest names:
+- "record": sum(hash_record_extended(row, 0)), each column hashed in its binary form by its type's
+  extended hash function (PostgreSQL 14+). About 2.5x cheaper than "text" (no output functions),
+  and independent of session settings such as TimeZone and DateStyle. Values a type's hash treats
+  as equal hash alike (numeric 1.0 and 1.00, +0.0 and -0.0), which a restore does not change anyway.
+- "text": sum(hashtextextended(row::text, 0)): for tables with a column type that has no extended
+  hash function (json, xml, point, ...), servers before 14, and manifests written before "record"
+  existed (no "method" key).
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Optional
 
@@ -34,15 +45,29 @@ def table_ident(name: str) -> sql.Composable:
     return sql.Identifier(schema, table)
 
 
-def fingerprint_query(name: str) -> sql.Composable:
-    return sql.SQL("SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} AS t").format(
-        table_ident(name)
-    )
+_HASH = {
+    "record": "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {} AS t",
+    "text": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} AS t",
+}
+METHODS = tuple(_HASH)
 
 
-def fingerprint(conn: psycopg.Connection, name: str) -> dict:
-    rows, digest = conn.execute(fingerprint_query(name)).fetchone()
-    return {"rows": int(rows), "checksum": str(digest)}
+def fingerprint_query(name: str, method: str = "text") -> sql.Composable:
+    return sql.SQL(_HASH[method]).format(table_ident(name))
+
+
+def fingerprint(conn: psycopg.Connection, name: str, method: Optional[str] = None) -> dict:
+    """Row count and content hash of one table. `method` None: "record" where the table's column
+    types allow it, else "text" (tried inside a savepoint, so a snapshot transaction survives)."""
+    if method is None:
+        try:
+            with conn.transaction():
+                rows, digest = conn.execute(fingerprint_query(name, "record")).fetchone()
+            return {"rows": int(rows), "checksum": str(digest), "method": "record"}
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
+            method = "text"  # a column type without an extended hash function, or a server before 14
+    rows, digest = conn.execute(fingerprint_query(name, method)).fetchone()
+    return {"rows": int(rows), "checksum": str(digest), "method": method}
 
 
 def fingerprints_parallel(
@@ -50,23 +75,34 @@ def fingerprints_parallel(
     tables: Iterable[str],
     workers: int = 4,
     on_table: Optional[Callable[[str], None]] = None,
+    methods: Optional[dict[str, Optional[str]]] = None,
 ) -> dict[str, dict]:
-    """Fingerprint tables concurrently, one connection per worker (reads are independent)."""
+    """Fingerprint tables concurrently, one connection per worker (reads are independent).
+
+    Workers take the next table from a shared queue, so one large table does not leave the other
+    connections idle behind a fixed split. `methods` maps a table to the hash method to use (the
+    manifest's); a table not in it gets the best method its columns allow.
+    """
     tables = list(tables)
     out: dict[str, dict] = {}
+    queue = list(reversed(tables))
+    lock = threading.Lock()
 
-    def work(chunk: list[str]) -> dict[str, dict]:
+    def work() -> dict[str, dict]:
         res = {}
         with connect() as conn:
-            for t in chunk:
-                res[t] = fingerprint(conn, t)
+            while True:
+                with lock:
+                    if not queue:
+                        break
+                    t = queue.pop()
+                res[t] = fingerprint(conn, t, (methods or {}).get(t))
                 if on_table:
                     on_table(t)
         return res
 
     n = max(1, min(workers, len(tables)))
-    chunks = [tables[i::n] for i in range(n)]
     with ThreadPoolExecutor(max_workers=n) as pool:
-        for part in pool.map(work, chunks):
+        for part in pool.map(lambda _: work(), range(n)):
             out.update(part)
     return {t: out[t] for t in tables}

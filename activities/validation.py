@@ -246,7 +246,12 @@ def check_checksum(inp: ValidateInput, ct: float):
         return psycopg.connect(res.endpoint["dsn"], **kw)
 
     try:
-        got = fingerprints_parallel(connect, wanted, workers=int(os.environ.get("DRDRILL_CHECKSUM_WORKERS", "4")), on_table=lambda t: heartbeat({"table": t}))
+        # Recompute with the hash method the manifest used (manifests without one used "text").
+        methods = {t: tables[t].get("method", "text") for t in wanted}
+        got = fingerprints_parallel(
+            connect, wanted, workers=int(os.environ.get("DRDRILL_CHECKSUM_WORKERS", "4")),
+            on_table=lambda t: heartbeat({"table": t}), methods=methods,
+        )
     except psycopg.Error as exc:
         raise _query_error(exc) from exc
     bad = []
@@ -324,14 +329,24 @@ def check_command(inp: ValidateInput, ct: float):
         for k, val in inp.resource.endpoint.items():
             env[f"DRDRILL_{k.upper()}"] = str(val)
     try:
-        proc = subprocess.run(
-            v.argv, capture_output=True, text=True, timeout=max(1.0, v.timeout.total_seconds()), env=env, check=False
-        )
-    except FileNotFoundError as exc:
-        raise CouldNotVerify(f"command not found: {v.argv[0]}") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise CouldNotVerify(f"command did not finish within {format_duration(v.timeout)}") from exc
-    tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        proc = subprocess.Popen(v.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    except (FileNotFoundError, PermissionError) as exc:
+        raise CouldNotVerify(f"command cannot be run: {v.argv[0]}: {exc.strerror}") from exc
+    deadline = time.monotonic() + max(1.0, v.timeout.total_seconds())
+    try:
+        while True:
+            try:
+                output, _ = proc.communicate(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                heartbeat({"command": os.path.basename(v.argv[0])})  # raises when the drill is cancelled
+                if time.monotonic() > deadline:
+                    raise CouldNotVerify(f"command did not finish within {format_duration(v.timeout)}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    tail = (output or "").strip().splitlines()[-3:]
     detail = f"{os.path.basename(v.argv[0])} exited {proc.returncode} (expected {v.expect_exit})" + (
         f": {' | '.join(tail)}" if tail else ""
     )

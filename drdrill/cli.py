@@ -282,13 +282,14 @@ async def _list(limit: int) -> None:
 
     async with temporal(with_worker=False) as client:
         table = Table(box=None, header_style="bold")
-        for col in ("drill id", "state", "started", "closed"):
+        for col in ("drill id", "state", "phase", "started", "closed"):
             table.add_column(col)
         n = 0
         async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
             table.add_row(
                 wf.id,
                 wf.status.name if wf.status else "",
+                await _phase_of(client, wf),
                 f"{wf.start_time:%Y-%m-%d %H:%M:%S}" if wf.start_time else "",
                 f"{wf.close_time:%Y-%m-%d %H:%M:%S}" if wf.close_time else "",
             )
@@ -296,6 +297,21 @@ async def _list(limit: int) -> None:
             if n >= limit:
                 break
         console.print(table)
+
+
+async def _phase_of(client, wf) -> str:
+    """A running drill's phase ('queued' while it waits for a concurrency permit) or its verdict."""
+    from temporalio.client import WorkflowExecutionStatus
+
+    from activities.models import DrillStatus
+
+    if wf.status != WorkflowExecutionStatus.RUNNING:
+        return ""
+    try:
+        st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query("status", result_type=DrillStatus), timeout=5)
+        return st.phase
+    except Exception:  # noqa: BLE001 - no worker answering
+        return "?"
 
 
 @app.command()

@@ -29,7 +29,24 @@ _PATTERNS = [
     (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), MASK),
     # Slack-style webhook paths
     (re.compile(r"(hooks\.slack\.com/services/)[A-Za-z0-9/]+"), r"\1" + MASK),
+    # GCS signed URLs and Azure SAS / connection strings
+    (re.compile(r"((?:X-Goog-Signature|X-Goog-Credential)=)([^&\s\"']+)", re.I), r"\1" + MASK),
+    (re.compile(r"((?:AccountKey|SharedAccessKey|SharedAccessSignature|AccountSecret)=)([^;\s\"']+)", re.I), r"\1" + MASK),
+    # well-known token shapes: GitHub, Slack, JSON Web Tokens, private keys
+    (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}\b"), MASK),
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), MASK),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), MASK),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S), MASK),
+    # "password": "...", password: ... inside free text (JSON or YAML fragments)
+    (re.compile(r"""((?:["']?)(?:password|passwd|secret|token|api[_-]?key|secret[_-]?access[_-]?key)["']?\s*[:=]\s*["']?)([^"'\s,;}&]+)""", re.I), r"\1" + MASK),
 ]
+
+# Keys whose whole value is a secret (or a DSN, which may carry one): masked in structured evidence.
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(password|passwd|pwd|secret|token|dsn|conninfo|api[_-]?key|access[_-]?key|secret[_-]?key|private[_-]?key|"
+    r"authorization|credentials?|connection[_-]?string|presigned[_-]?url|signed[_-]?url|sas[_-]?url|webhook(_url)?)$",
+    re.I,
+)
 
 
 def register_secret(value: str) -> None:
@@ -61,10 +78,14 @@ def redact_obj(obj: Any) -> Any:
     if isinstance(obj, str):
         return redact(obj)
     if isinstance(obj, dict):
-        return {k: redact_obj(v) for k, v in obj.items()}
+        return {k: (MASK if _secret_key(k, v) else redact_obj(v)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [redact_obj(v) for v in obj]
     return obj
+
+
+def _secret_key(key: Any, value: Any) -> bool:
+    return isinstance(key, str) and isinstance(value, str) and bool(value) and bool(_SECRET_KEY.search(key))
 
 
 class RedactingFilter(logging.Filter):

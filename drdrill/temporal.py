@@ -11,6 +11,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import AsyncIterator, Optional
 
@@ -26,11 +27,13 @@ def task_queue() -> str:
     return os.environ.get("DRDRILL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
 
 
-async def connect(address: Optional[str] = None, namespace: Optional[str] = None) -> Client:
+async def connect(address: Optional[str] = None, namespace: Optional[str] = None, runtime=None) -> Client:
+    """A client with the pydantic converter; `runtime` (drdrill.metrics.sdk_runtime) exports SDK metrics."""
     return await Client.connect(
         address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
         namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
         data_converter=pydantic_data_converter,
+        **({"runtime": runtime} if runtime is not None else {}),
     )
 
 
@@ -44,6 +47,9 @@ def workflows() -> list:
         found.append(OrphanSweepWorkflow)
     except ImportError:
         pass
+    from workflows.limiter import LimiterWorkflow
+
+    found.append(LimiterWorkflow)
     return found
 
 
@@ -52,8 +58,13 @@ def activity_objects(providers: Optional[dict] = None, state_dir: Optional[str] 
     from activities.drill import DrillActivities
     from activities.validation import ValidationActivities
 
+    from activities.notify import NotifyActivities
+    from activities.ops import OpsActivities
+
     drill = DrillActivities(providers=providers, state_dir=state_dir)
     validation = ValidationActivities()
+    ops = OpsActivities(state_dir=state_dir)
+    notify = NotifyActivities()
     acts = [
         drill.find_recovery_point,
         drill.create_isolation,
@@ -65,6 +76,12 @@ def activity_objects(providers: Optional[dict] = None, state_dir: Optional[str] 
         drill.delete_orphan,
         drill.record_evidence,
         validation.validate,
+        ops.request_permit,
+        ops.closed_workflows,
+        ops.active_drill_ids,
+        ops.record_sweep,
+        ops.observe_result,
+        notify.notify,
     ]
     return acts, [drill]
 
@@ -88,6 +105,10 @@ async def running_worker(
         activities=acts,
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
+        # Heartbeats reach the server at least every 5 s, so a cancellation reaches a waiting
+        # activity promptly (the default lets up to 80% of the heartbeat timeout pass).
+        max_heartbeat_throttle_interval=timedelta(seconds=5),
+        default_heartbeat_throttle_interval=timedelta(seconds=5),
         workflow_runner=SandboxedWorkflowRunner(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "yaml", "drills", "activities")
         ),

@@ -222,12 +222,14 @@ class AwsRdsTarget(TargetBase):
 class AzureDiskSource(Strict):
     disk_id: str = Field(description="ARM id of the source managed disk")
     snapshot_tags: dict[str, str] = Field(default_factory=dict)
+    disk_sku: Optional[str] = Field(None, description="SKU of the restored disk, e.g. Premium_LRS (default: Azure's, Standard_LRS)")
 
 
 class AzureVmSource(Strict):
     vm_id: str = Field(description="ARM id of the source VM")
     vm_size: str = "Standard_B1s"
     snapshot_tags: dict[str, str] = Field(default_factory=dict)
+    disk_sku: Optional[str] = Field(None, description="SKU of the restored disks, e.g. Premium_LRS (default: Azure's, Standard_LRS)")
     snapshot_group_window: Duration = Field(
         timedelta(minutes=15),
         description="snapshots of the VM's OS and data disks taken within this of each other form one recovery point",
@@ -269,15 +271,76 @@ class GcpInstanceTarget(TargetBase):
     source: GcpInstanceSource
 
 
+SIM_OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown")
+SimOp = Literal["find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown"]
+
+
+class SimLatency(Strict):
+    """How long one simulated call takes: `2s` (fixed), {min: 1s, max: 3s} (uniform) or
+    {mean: 2s, stddev: 0.5} (normal, never below 0). Scaled by DRDRILL_SIM_SPEED."""
+
+    fixed: Optional[Duration] = None
+    min: Optional[Duration] = None
+    max: Optional[Duration] = None
+    mean: Optional[Duration] = None
+    stddev: Optional[Duration] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, (str, int, float, timedelta)) and not isinstance(data, bool):
+            return {"fixed": data}
+        return data
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> "SimLatency":
+        uniform = self.min is not None or self.max is not None
+        normal = self.mean is not None or self.stddev is not None
+        if sum([self.fixed is not None, uniform, normal]) != 1:
+            raise ValueError("a latency is a duration (2s), {min: 1s, max: 3s} or {mean: 2s, stddev: 1s}")
+        if uniform and (self.min is None or self.max is None or self.min > self.max):
+            raise ValueError("a uniform latency needs min <= max")
+        if normal and self.mean is None:
+            raise ValueError("a normal latency needs mean (and optionally stddev)")
+        return self
+
+
+class SimFaults(Strict):
+    """Injected faults of a simulated target (see activities/providers/sim.py). Counts are kept in
+    the shared state file, so they hold across retries and worker processes."""
+
+    throttle: int = Field(0, ge=0, le=1000, description="the first N calls of each operation raise a retryable THROTTLED")
+    transient_5xx: int = Field(0, ge=0, le=1000, description="the next N calls raise a retryable SERVICE_UNAVAILABLE (503)")
+    timeouts: int = Field(0, ge=0, le=1000, description="the next N calls raise a retryable REQUEST_TIMEOUT")
+    ops: Optional[list[SimOp]] = Field(None, description="operations throttle/transient_5xx/timeouts apply to (default: all)")
+    fail: list[SimOp] = Field(default_factory=list, description="operations that fail permanently (SIM_PERMANENT_FAILURE)")
+    never_ready: bool = Field(False, description="the restored resource never becomes ready (wait_ready hits its deadline)")
+    teardown_failures: int = Field(0, ge=0, le=1000, description="the first N teardown attempts fail (retryably)")
+    leaky_isolation: bool = Field(False, description="the isolated network has a route to production")
+    latency: dict[Literal["default", SimOp], SimLatency] = Field(default_factory=dict, description="per operation")
+
+    @field_validator("fail", "ops", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
 class SimSource(Strict):
     """A simulated resource; `sim` is for dry runs, tests and benchmarks."""
 
-    resource: str = Field("db", description="name of the simulated source resource")
+    resource: str = Field("db", max_length=200, description="name of the simulated source resource")
     points: int = Field(5, ge=0, le=10000, description="simulated recovery points, one per `point_interval`")
     point_interval: Duration = timedelta(hours=1)
     restore_time: Duration = timedelta(seconds=1)
     ready_after: Duration = timedelta(seconds=0)
-    faults: dict[str, Any] = Field(default_factory=dict, description="injected faults, see activities/providers/sim.py")
+    faults: SimFaults = Field(default_factory=SimFaults, description="injected faults, see activities/providers/sim.py")
+
+    @field_validator("point_interval")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("point_interval must be longer than 0s")
+        return v
 
 
 class SimTarget(TargetBase):
@@ -574,20 +637,28 @@ def _allowed_keys(model: type[BaseModel]) -> list[str]:
 
 def _model_at(loc: tuple, data: Any) -> Optional[type[BaseModel]]:
     """Find the pydantic model that owns the mapping at `loc` (for 'allowed keys' hints)."""
-    model: Any = DrillSpec
+    import typing
+
+    ann: Any = DrillSpec
     node = data
     for part in loc:
         if isinstance(part, int):
+            inner = ann
+            while typing.get_origin(inner) is Annotated:
+                inner = typing.get_args(inner)[0]
+            if typing.get_origin(inner) is list:
+                ann = typing.get_args(inner)[0]
             node = node[part] if isinstance(node, list) and part < len(node) else None
             continue
-        if model is None or not (isinstance(model, type) and issubclass(model, BaseModel)):
+        model = _resolve(ann, node)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
             return None
         field = model.model_fields.get(part)
         if field is None:
             return model
         node = node.get(part) if isinstance(node, dict) else None
         ann = field.annotation
-        model = _resolve(ann, node)
+    model = _resolve(ann, node)
     return model if isinstance(model, type) and issubclass(model, BaseModel) else None
 
 
@@ -709,14 +780,24 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     if base_dir is not None:
         for t in spec.targets:
             if isinstance(t, PostgresTarget):
-                repo = Path(os.path.expandvars(t.source.repository)).expanduser()
+                repo = Path(_expand(t.source.repository)).expanduser()
                 if "$" in str(repo):
+                    i = spec.targets.index(t)
                     raise SpecError(
                         path,
-                        [(f"targets.{t.name}.source.repository", f"{t.source.repository!r} names an environment variable that is not set")],
+                        [(f"targets[{i}].source.repository", f"{t.source.repository!r} names an environment variable that is not set")],
                     )
                 t.source.repository = str(repo if repo.is_absolute() else (base_dir / repo).resolve())
     return spec
+
+
+def _expand(text: str) -> str:
+    """Expand $VAR and ${VAR}; DRDRILL_STATE_DIR defaults to drdrill's state directory."""
+    env = dict(os.environ)
+    if "DRDRILL_STATE_DIR" not in env:
+        base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        env["DRDRILL_STATE_DIR"] = os.path.join(base, "drdrill")
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
 
 
 def load_spec(path: str | Path) -> DrillSpec:

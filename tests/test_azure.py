@@ -18,8 +18,7 @@ from activities.providers.azure import AzureProvider
 from activities.providers.base import ProviderError
 from drills.spec import load_spec, parse_spec
 
-sys.path.insert(0, str(Path(__file__).parent))
-from azure_fake import TOKEN, AzureFake  # noqa: E402
+from tests.azure_fake import TOKEN, AzureFake
 
 REPO = Path(__file__).resolve().parent.parent
 ROLE = json.loads((REPO / "deploy" / "azure" / "role.json").read_text())
@@ -311,6 +310,11 @@ def test_verify_isolation_fails_when_the_network_has_a_way_out(fake, provider, p
 
     report = provider.teardown(c, env)
     assert any(d.endswith("/publicIPAddresses/sneaky-ip") for d in report.deleted)
+    # The fake does not enforce RBAC. Under deploy/azure/role.json this deletion would be refused
+    # (the role grants no publicIPAddresses/delete, on purpose: it is assigned at subscription
+    # scope), teardown would keep failing and raise its alert: someone must look at a drill
+    # network that grew a public IP. The provider itself never drives this action.
+    fake.actions.discard("Microsoft.Network/publicIPAddresses/delete")
     assert provider.teardown(c, env).already_gone  # absent is success
     assert fake.drill_state() == []
 
@@ -390,3 +394,29 @@ def test_from_environment_reads_settings():
     assert (p.subscription_id, p.endpoint, p.location, p.polling_interval) == ("sub-1", "https://management.usgovcloudapi.net", "usgovvirginia", 3.0)
     assert p.credential_scopes == ["https://management.usgovcloudapi.net/.default"]
     assert type(p.credential).__name__ == "DefaultAzureCredential"
+
+
+def test_restore_is_idempotent_and_stays_in_the_snapshots_region(fake, provider, prod):
+    c = ctx("unit-restore")
+    spec = parse_spec(disk_drill(prod))
+    target = spec.targets[0]
+    target.source.disk_sku = "Premium_LRS"
+    point = provider.find_recovery_point(c, target)
+    env = provider.create_isolation(c, spec.isolation, spec.targets)
+
+    first = provider.restore(c, target, point, env)
+    again = provider.restore(c, target, point, env)  # a retried activity gets the same disk
+    assert first.id == again.id
+    (disk,) = fake.resources_in(env.details["resource_group"], "Microsoft.Compute/disks")
+    assert disk["sku"] == {"name": "Premium_LRS"}
+    assert disk["properties"]["networkAccessPolicy"] == "DenyAll"
+    assert disk["tags"]["drdrill:target"] == "orders"
+
+    elsewhere = env.model_copy(deep=True)
+    elsewhere.details["location"] = "northeurope"
+    with pytest.raises(ProviderError) as err:
+        provider.restore(c, target, point, elsewhere)
+    assert err.value.code == "AZURE_REGION_MISMATCH"
+
+    provider.teardown(c, env)
+    assert fake.drill_state() == []

@@ -270,7 +270,7 @@ def test_restore_and_isolation_are_idempotent_and_teardown_twice_is_harmless(fak
 
 def test_every_created_resource_is_labelled_and_validly_named(fake, gcp):
     ctx = _ctx("Label_Check.With.An.Unusually-Long-Drill-Identifier-That-Goes-On")
-    spec = parse_spec(INSTANCE_DRILL.replace("allow_ingress_from", "x") if False else INSTANCE_DRILL)
+    spec = parse_spec(INSTANCE_DRILL)
     target = spec.targets[0]
     env = gcp.create_isolation(ctx, spec.isolation, spec.targets)
     gcp.restore(ctx, target, gcp.find_recovery_point(ctx, target), env)

@@ -56,3 +56,107 @@ def test_demo_shaped_drill_passes_with_rto_and_rpo_from_timeline_and_manifest(dr
     assert {c.name: c.outcome for c in result.isolation[0].checks}["no TCP listener"] == "PASSED"
     assert result.teardown[0].deleted and clusters_left(cluster_root) == []
     assert Path(result.evidence_path).exists()
+
+
+def test_failing_validation_fails_the_drill_and_leaves_nothing_running(drill_harness, shop_repo, cluster_root):
+    validations = """  - {type: sql, target: shop, name: impossible, query: "SELECT count(*) FROM orders", expect: "> 1000000"}
+  - {type: checksum, target: shop}"""
+    result = drill_harness.run(drill_yaml(shop_repo, validations), providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "FAILED"
+    outcome = {v.name: v.outcome for v in result.validations}
+    assert outcome == {"impossible": "FAILED", "checksum:shop": "PASSED"}
+    assert "= 2000 (expected > 1000000)" in result.validations[0].detail
+    assert next(o for o in result.objectives if o.name == "RTO").outcome == "FAILED"
+    assert clusters_left(cluster_root) == []
+
+
+def _damage(repo: Path, how: str) -> Path:
+    point = next(p for p in repo.iterdir() if p.is_dir())
+    archive = point / "archive.dump"
+    data = archive.read_bytes()
+    if how == "truncate":
+        archive.write_bytes(data[: len(data) // 3])
+        # A truncated file that still matches its manifest: only the restore can tell.
+        import hashlib
+        import json
+
+        manifest = json.loads((point / "manifest.json").read_text())
+        manifest["archive_sha256"] = hashlib.sha256(archive.read_bytes()).hexdigest()
+        manifest["archive_size"] = archive.stat().st_size
+        (point / "manifest.json").write_text(json.dumps(manifest))
+    else:
+        archive.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    return point
+
+
+@pytest.mark.parametrize(
+    "how, code, words",
+    [
+        ("truncate", "ARCHIVE_UNREADABLE", "pg_restore cannot read archive.dump"),
+        ("flip-a-byte", "ARCHIVE_CHECKSUM_MISMATCH", "the backup was altered or damaged after it was taken"),
+    ],
+)
+def test_damaged_archive_is_a_finding_naming_it_never_passed(drill_harness, shop_repo, cluster_root, how, code, words):
+    point = _damage(shop_repo, how)
+    result = drill_harness.run(drill_yaml(shop_repo), providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "FAILED"
+    assert [f.code for f in result.findings] == [code], result.findings
+    finding = result.findings[0]
+    assert point.name in finding.message and words in finding.message and finding.target == "shop"
+    assert {v.outcome for v in result.validations} == {"NOT_RUN"}
+    assert clusters_left(cluster_root) == []
+
+
+def test_validation_that_cannot_connect_could_not_verify(drill_harness, shop_repo, cluster_root):
+    validations = """  - {type: checksum, target: shop}
+  - {type: sql, target: shop, name: wrong-database, database: no_such_db, timeout: 2s, query: "SELECT 1", expect: "== 1"}"""
+    result = drill_harness.run(drill_yaml(shop_repo, validations), providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "COULD_NOT_VERIFY"
+    check = next(v for v in result.validations if v.name == "wrong-database")
+    assert check.outcome == "COULD_NOT_VERIFY"
+    assert 'database "no_such_db" does not exist' in check.detail
+    assert next(o for o in result.objectives if o.name == "RTO").outcome == "COULD_NOT_VERIFY"
+    assert clusters_left(cluster_root) == []
+
+
+def test_cancelled_drill_still_tears_down(drill_harness, shop_repo, cluster_root):
+    validations = """  - {type: checksum, target: shop}
+  - {type: command, name: slow-smoke-test, argv: ["sleep", "600"], timeout: 15m}"""
+    seen = {}
+
+    async def cancel_while_validating(handle):
+        status = await wait_for_phase(handle, "validate")
+        seen["clusters"] = clusters_left(cluster_root)
+        await handle.cancel()
+
+    result = drill_harness.run(
+        drill_yaml(shop_repo, validations), providers={"postgres": PostgresProvider()}, during=cancel_while_validating
+    )
+
+    assert seen["clusters"], "the restored cluster existed while the drill ran"
+    assert result.cancelled and result.verdict == "ERROR"
+    assert [f.code for f in result.findings] == ["DRILL_CANCELLED"]
+    assert result.teardown[0].deleted
+    assert clusters_left(cluster_root) == []
+
+
+def test_stale_backup_is_a_finding(drill_harness, shop_repo, cluster_root):
+    extra = ""
+    yaml_text = drill_yaml(shop_repo).replace("restore: {jobs: 2, timeout: 5m}", "restore: {jobs: 2, timeout: 5m}\n    recovery_point: {rule: latest, max_age: 0s}")
+    result = drill_harness.run(yaml_text + extra, providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "FAILED"
+    assert [f.code for f in result.findings] == ["RECOVERY_POINT_STALE"]
+    assert clusters_left(cluster_root) == []
+
+
+def test_missing_backup_repository_names_the_fix(drill_harness, tmp_path, cluster_root):
+    result = drill_harness.run(drill_yaml(tmp_path / "nowhere"), providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "FAILED"
+    assert result.findings[0].code == "BACKUP_REPOSITORY_MISSING"
+    assert "run `drdrill backup` first" in result.findings[0].message
+    assert clusters_left(cluster_root) == []

@@ -46,6 +46,10 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.validation import ValidateInput, ValidationActivities
     from drills.spec import DrillSpec, format_duration
+    from activities.ops import drill_id_from_workflow_id
+
+from workflows import hooks as ops_hooks  # operations (issue 7): metrics, notifications
+from workflows.limiter import Permits  # operations (issue 7): concurrency limits
 
 # Retry settings per kind of call. Bad input raises non-retryable errors, so these only retry
 # transient trouble (throttling, 5xx, a worker that died).
@@ -66,6 +70,7 @@ class DrillWorkflow:
         self._released = False
         self._hold_until: Optional[datetime] = None
         self._max_hold_until: Optional[datetime] = None
+        self._permits = Permits()
 
     # ------------------------------------------------------------ queries and signals
 
@@ -78,6 +83,11 @@ class DrillWorkflow:
     def release(self) -> None:
         """End a hold for inspection now: tear down."""
         self._released = True
+
+    @workflow.signal
+    def permit_granted(self, request_id: str) -> None:
+        """A limiter (workflows/limiter.py) grants this drill a permit."""
+        self._permits.on_granted(request_id)
 
     @workflow.signal
     def extend(self, seconds: float) -> None:
@@ -95,16 +105,27 @@ class DrillWorkflow:
     async def run(self, inp: DrillInput) -> DrillResult:
         spec: DrillSpec = inp.spec if isinstance(inp.spec, DrillSpec) else DrillSpec.model_validate(inp.spec)
         self.spec = spec
+        hb = timedelta(seconds=inp.heartbeat_seconds) if inp.heartbeat_seconds else None
+        self.heartbeat = hb or HEARTBEAT
+        self.slow_heartbeat = hb or timedelta(minutes=2)  # isolation and teardown
+        # A scheduled run has no drill id of its own: it takes its workflow id ('<name>-<scheduled time>').
+        drill_id = inp.drill_id or drill_id_from_workflow_id(workflow.info().workflow_id)
+        # Wait for a permit per (provider family, account/region) before the disaster is declared.
+        self._status = DrillStatus(
+            drill_id=drill_id, name=spec.name, phase="declared", targets=[TargetState(target=t.name, provider=t.provider) for t in spec.targets]
+        )
+        queued_at = workflow.now()
+        queued = await self._permits.acquire_drill(spec, self._status)
         declared = workflow.now()
         self.declared = declared
         self.ctx = DrillContext(
-            drill_id=inp.drill_id,
+            drill_id=drill_id,
             drill_name=spec.name,
             declared=declared,
             expires_at=declared + spec.max_duration + spec.teardown.max_hold + EXPIRY_MARGIN,
         )
         self._status = DrillStatus(
-            drill_id=inp.drill_id,
+            drill_id=drill_id,
             name=spec.name,
             phase="declared",
             declared=declared,
@@ -119,6 +140,8 @@ class DrillWorkflow:
         self.teardowns: list[TeardownReport] = []
         self.broken = False
         cancelled = False
+        if queued:
+            self._event("queued", queued_at, declared, "PASSED", detail=f"waited for a {queued}")
         self._event("declared", declared, declared, "PASSED", detail=f"drill {spec.name} declared; started by {inp.started_by}")
 
         try:
@@ -136,6 +159,7 @@ class DrillWorkflow:
             self._finding("DRILL_ERROR", f"the drill broke: {_describe(exc)}")
         finally:
             await self._teardown()
+            await self._permits.release_all()
 
         result = self._result(inp, cancelled)
         self._status.phase = "evidence"
@@ -149,6 +173,7 @@ class DrillWorkflow:
         except ActivityError as exc:
             result.findings.append(Finding(code="EVIDENCE_NOT_RECORDED", message=_describe(exc)))
             result.verdict = "ERROR"
+        await ops_hooks.after_result(spec, result)
         self._status.phase = "done"
         self._status.verdict = result.verdict
         if cancelled:
@@ -207,7 +232,7 @@ class DrillWorkflow:
         # 3. restore every target in parallel, each then waits until it serves
         self._phase("restore")
         started = workflow.now()
-        ready = await asyncio.gather(*(self._restore(t) for t in spec.targets))
+        ready = await asyncio.gather(*(self._restore_limited(t) for t in spec.targets))
         self._event(
             "restore",
             started,
@@ -266,7 +291,7 @@ class DrillWorkflow:
                 DrillActivities.create_isolation,
                 CreateIsolationInput(ctx=self.ctx, family=family, isolation=self.spec.isolation, targets=targets),
                 start_to_close_timeout=timedelta(minutes=30),
-                heartbeat_timeout=timedelta(minutes=2),
+                heartbeat_timeout=self.slow_heartbeat,
                 retry_policy=LONG_RETRY,
             )
         except ActivityError as exc:
@@ -299,7 +324,7 @@ class DrillWorkflow:
                 DrillActivities.restore,
                 RestoreInput(ctx=self.ctx, target=target, point=point, env=env),
                 start_to_close_timeout=timeout,
-                heartbeat_timeout=HEARTBEAT,
+                heartbeat_timeout=self.heartbeat,
                 retry_policy=LONG_RETRY,
             )
             self.restored[target.name] = resource
@@ -309,7 +334,7 @@ class DrillWorkflow:
                 DrillActivities.wait_ready,
                 WaitReadyInput(ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds()),
                 start_to_close_timeout=timeout + timedelta(minutes=1),
-                heartbeat_timeout=HEARTBEAT,
+                heartbeat_timeout=self.heartbeat,
                 retry_policy=QUICK_RETRY,
             )
         except ActivityError as exc:
@@ -322,6 +347,14 @@ class DrillWorkflow:
         self.restored[target.name] = resource
         self._target(target.name, "ready", "PASSED", resource.description or resource.id)
         return True
+
+    async def _restore_limited(self, target: Any) -> bool:
+        """_restore within the restore limit of the target's account/region (DRDRILL_RESTORE_LIMITS)."""
+        await self._permits.acquire_restore(target, self.spec, on_wait=lambda: self._target(target.name, "restore queued"))
+        try:
+            return await self._restore(target)
+        finally:
+            await self._permits.release_restore(target, self.spec)
 
     async def _validate(self, index: int) -> ValidationResult:
         v = self.spec.validations[index]
@@ -349,7 +382,7 @@ class DrillWorkflow:
                     rpo_objective_seconds=self.spec.objectives.rpo.total_seconds(),
                 ),
                 start_to_close_timeout=v.timeout + timedelta(minutes=2),
-                heartbeat_timeout=HEARTBEAT,
+                heartbeat_timeout=self.heartbeat,
                 retry_policy=QUICK_RETRY,
             )
         except ActivityError as exc:
@@ -424,7 +457,7 @@ class DrillWorkflow:
             DrillActivities.teardown,
             TeardownInput(ctx=self.ctx, env=env),
             start_to_close_timeout=timedelta(minutes=30),
-            heartbeat_timeout=timedelta(minutes=2),
+            heartbeat_timeout=self.slow_heartbeat,
             retry_policy=TEARDOWN_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         )

@@ -339,10 +339,7 @@ class AzureProvider(Provider):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - mapped to a typed ProviderError
-            err = _error_of(exc)
-            err.message = f"{what}: {err.message}"
-            err.args = (err.message,)
-            raise err from exc
+            raise self._mapped(what, exc) from exc
 
     def _get_or_none(self, what: str, fn: Callable[[], Any]) -> Optional[dict]:
         try:
@@ -758,7 +755,9 @@ class AzureProvider(Provider):
 
     # ------------------------------------------------------------ restore
 
-    def _ensure_disk(self, c: _Clients, rg: str, name: str, snapshot: dict, ctx: DrillContext, target: str, location: str) -> Any:
+    def _ensure_disk(
+        self, c: _Clients, rg: str, name: str, snapshot: dict, ctx: DrillContext, target: str, location: str, sku: Optional[str]
+    ) -> Any:
         """Start (or find) the disk copied from `snapshot`. Returns a poller, or the disk JSON when it exists."""
         existing = self._get_or_none(f"reading disk {name}", lambda: c.compute.disks.get(rg, name))
         if existing is not None:
@@ -778,14 +777,21 @@ class AzureProvider(Provider):
         if snapshot.get("hyper_v_generation"):
             props["hyperVGeneration"] = snapshot["hyper_v_generation"]
         body: dict[str, Any] = {"location": location, "tags": ctx.tags(target), "properties": props}
-        sku = snapshot.get("sku")
-        if sku in ("Standard_LRS", "Premium_LRS", "StandardSSD_LRS", "Standard_ZRS", "Premium_ZRS", "StandardSSD_ZRS"):
-            body["sku"] = {"name": "StandardSSD_ZRS" if sku == "Standard_ZRS" else sku}
+        if sku:
+            body["sku"] = {"name": sku}
         return self._call(f"creating disk {name}", lambda: c.compute.disks.begin_create_or_update(rg, name, body))
 
-    def _disks(self, c: _Clients, rg: str, wanted: list[tuple[str, dict]], ctx: DrillContext, target: str, location: str) -> list[dict]:
+    def _disks(self, c: _Clients, rg: str, wanted: list[tuple[str, dict]], ctx: DrillContext, target: Any, location: str) -> list[dict]:
         """Create the disks in parallel (one poller each), then wait for all of them."""
-        started = [(name, self._ensure_disk(c, rg, name, snap, ctx, target, location)) for name, snap in wanted]
+        for name, snap in wanted:
+            if snap.get("location") and location and snap["location"].lower() != location.lower():
+                raise ProviderError(
+                    "AZURE_REGION_MISMATCH",
+                    f"target {target.name}: snapshot {snap.get('name')} is in {snap['location']} but the drill's resource group is in "
+                    f"{location}; a disk must be created in its snapshot's region (set isolation.azure_location: {snap['location']})",
+                )
+        sku = target.source.disk_sku
+        started = [(name, self._ensure_disk(c, rg, name, snap, ctx, target.name, location, sku)) for name, snap in wanted]
         out = []
         for name, p in started:
             out.append(p if isinstance(p, dict) else _j(self._wait(p, f"creating disk {name}")))
@@ -797,7 +803,7 @@ class AzureProvider(Provider):
         location = env.details.get("location") or point.metadata.get("location") or self.location
         if target.provider == "azure.disk":
             name = f"{target.name}-disk"
-            (disk,) = self._disks(c, rg, [(name, point.metadata)], ctx, target.name, location)
+            (disk,) = self._disks(c, rg, [(name, point.metadata)], ctx, target, location)
             return RestoredResource(
                 target=target.name,
                 provider=target.provider,
@@ -810,7 +816,7 @@ class AzureProvider(Provider):
             raise ProviderError("BAD_TARGET", f"the Azure provider does not restore {target.provider}")
         meta = point.metadata
         wanted = [(f"{target.name}-osdisk", meta["os"])] + [(f"{target.name}-data{d['lun']}", d) for d in meta.get("data", [])]
-        disks = self._disks(c, rg, wanted, ctx, target.name, location)
+        disks = self._disks(c, rg, wanted, ctx, target, location)
         os_disk, data_disks = disks[0], list(zip(meta.get("data", []), disks[1:]))
 
         nic_name = f"{target.name}-nic"

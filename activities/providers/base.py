@@ -73,13 +73,20 @@ def poll_until(
     initial: float = 0.25,
     maximum: float = 5.0,
     factor: float = 1.6,
+    proportion: float = 0.04,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Any:
     """Call `probe` until it returns without raising NotReadyYet, backing off with jitter.
 
+    The interval grows from `initial` by `factor` up to `maximum`, and beyond that to `proportion`
+    of the time waited so far: a resource that has taken 30 minutes is polled about every 70 s, not
+    every 5 s. That keeps the detection delay near proportion/2 of the wait (about 2%) while a long
+    wait costs a fraction of the calls (bench/readiness.py; a 1 h wait: about 130 calls, not 800).
     Heartbeats each poll. Returns the probe's value; raises ProviderError(READY_TIMEOUT) at the deadline.
     """
-    deadline = time.monotonic() + timeout
+    started = clock()
+    deadline = started + timeout
     delay = initial
     polls = 0
     while True:
@@ -88,11 +95,13 @@ def poll_until(
             return probe()
         except NotReadyYet as exc:
             heartbeat({"waiting_for": what, "polls": polls, "last": str(exc)})
-            remaining = deadline - time.monotonic()
+            now = clock()
+            remaining = deadline - now
             if remaining <= 0:
                 raise ProviderError("READY_TIMEOUT", f"{what} was not ready after {timeout:.0f}s ({polls} polls): {exc}") from None
+            delay = min(delay, max(maximum, proportion * (now - started)))
             sleep(min(delay * random.uniform(0.8, 1.0), remaining))
-            delay = min(delay * factor, maximum)
+            delay = delay * factor
 
 
 def select_point(

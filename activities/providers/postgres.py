@@ -189,7 +189,7 @@ def read_points(repository: str | Path, target: str) -> list[RecoveryPoint]:
 # ---------------------------------------------------------------------- restore findings
 
 _CLASSIFY = [
-    ("ARCHIVE_UNREADABLE", re.compile(r"(unexpected end of file|could not read input file|did not find magic string|input file appears to be a text format dump|could not open input file|corrupt|invalid compressed data|could not find block ID)", re.I)),
+    ("ARCHIVE_UNREADABLE", re.compile(r"(unexpected end of file|could not read (from )?input file|end of file|did not find magic string|input file appears to be a text format dump|could not open input file|corrupt|invalid compressed data|could not find block ID)", re.I)),
     ("MISSING_ROLE", re.compile(r'role "([^"]+)" does not exist', re.I)),
     ("MISSING_EXTENSION", re.compile(r'(extension "([^"]+)" is not available|could not open extension control file[^"]*"([^"]+)")', re.I)),
 ]
@@ -395,8 +395,14 @@ class PostgresProvider(Provider):
         reader.join()
         stderr = "".join(stderr_chunks)
         findings.extend(classify_restore_errors(stderr, target.name))
-        if any(f.code == "ARCHIVE_UNREADABLE" for f in findings):
-            raise ProviderError("ARCHIVE_UNREADABLE", next(f.message for f in findings if f.code == "ARCHIVE_UNREADABLE"))
+        unreadable = [f for f in findings if f.code == "ARCHIVE_UNREADABLE"]
+        if unreadable:
+            detail = unreadable[0].message.split(": ", 1)[-1]
+            raise ProviderError(
+                "ARCHIVE_UNREADABLE",
+                f"target {target.name}: pg_restore cannot read {archive.name} of {point.id}: {detail} "
+                "(the archive is truncated or corrupt)",
+            )
 
         # 4. Something must have come back.
         with psycopg.connect(cluster.dsn(dbname), autocommit=True, connect_timeout=10) as conn:

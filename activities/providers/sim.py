@@ -1,0 +1,487 @@
+"""The `sim` provider: a simulated cloud with latency and injected faults.
+
+Users dry-run a drill plan with it (`drdrill run --simulate`); the test suite and the benchmarks
+use it to make faults reproducible. It implements the whole provider interface against a JSON
+state file shared by every process that uses the same path (a flock serialises each
+read-modify-write), so several worker processes see the same resources, and a fault that "fails
+the first three teardowns" counts attempts across retries, processes and crashes.
+
+Environment:
+    DRDRILL_SIM_STATE  path of the shared state file
+                       (default <DRDRILL_STATE_DIR or ~/.local/state/drdrill>/sim-state.json)
+    DRDRILL_SIM_SPEED  multiplier for every simulated duration (latency, restore_time, ready_after);
+                       0.01 makes a "10 minute" restore take 6 s. Default 1.
+
+Faults (a target's `source.faults`, validated by drills.spec.SimFaults):
+
+    throttle: 2            the first 2 calls of each operation raise THROTTLED (retryable)
+    transient_5xx: 1       the next call raises SERVICE_UNAVAILABLE (retryable)
+    timeouts: 1            the next call raises REQUEST_TIMEOUT (retryable)
+    ops: [restore]         operations the three above apply to (default: all six)
+    fail: restore          operations that fail permanently (SIM_PERMANENT_FAILURE, not retried)
+    never_ready: true      the restored resource never becomes ready: wait_ready hits its deadline
+    teardown_failures: 3   the first 3 teardown attempts fail (TEARDOWN_FAILED, retryable)
+    leaky_isolation: true  the isolated network has a route to production (verify_isolation FAILS)
+    latency:               per operation (or `default`): 2s | {min: 1s, max: 3s} | {mean: 2s, stddev: 1s}
+      restore: 2s
+
+Operations: find_recovery_point, create_isolation, verify_isolation, restore, wait_ready, teardown.
+Every resource in the state carries tags; teardown, list_orphans and delete_orphan act only on
+resources tagged with the drill's id (tests plant untagged ones to prove it). The state also
+records which process is running which operation (`running`), for crash tests.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import random
+import time
+from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional
+
+from activities.models import (
+    TAG_DRILL_ID,
+    TAG_EXPIRES_AT,
+    TAG_TARGET,
+    DrillContext,
+    Environment,
+    IsolationCheck,
+    IsolationProof,
+    Orphan,
+    RecoveryPoint,
+    RestoredResource,
+    TeardownReport,
+)
+from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_point
+
+OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown")
+
+
+def default_state_path(env: Mapping[str, str] = os.environ) -> str:
+    if env.get("DRDRILL_SIM_STATE"):
+        return env["DRDRILL_SIM_STATE"]
+    base = env.get("DRDRILL_STATE_DIR") or os.path.join(
+        env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "drdrill"
+    )
+    return os.path.join(base, "sim-state.json")
+
+
+def _empty() -> dict:
+    return {"version": 1, "resources": {}, "counters": {}, "running": {}, "events": []}
+
+
+class SimState:
+    """The shared JSON state file. `edit()` holds an exclusive flock for a read-modify-write."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @contextmanager
+    def _locked(self, exclusive: bool) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a+") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _load(self) -> dict:
+        try:
+            data = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return _empty()
+        except (ValueError, OSError) as exc:
+            raise ProviderError("SIM_STATE_UNREADABLE", f"the sim state file {self.path} cannot be read: {exc}", retryable=True) from None
+        base = _empty()
+        base.update(data if isinstance(data, dict) else {})
+        return base
+
+    def read(self) -> dict:
+        with self._locked(exclusive=False):
+            return self._load()
+
+    @contextmanager
+    def edit(self) -> Iterator[dict]:
+        with self._locked(exclusive=True):
+            data = self._load()
+            yield data
+            if len(data["events"]) > 5000:
+                del data["events"][:-5000]
+            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(data, indent=1, sort_keys=True, default=str))
+            os.replace(tmp, self.path)
+
+    # ---- conveniences for tests, benchmarks and `drdrill` users
+
+    def resources(self) -> dict[str, dict]:
+        return self.read()["resources"]
+
+    def tagged(self, drill_id: Optional[str] = None) -> list[dict]:
+        """Resources carrying drdrill's drill-id tag (for `drill_id`, when given)."""
+        return [r for r in self.resources().values() if require_drill_tag(r.get("tags"), drill_id)]
+
+    def plant(self, resource_id: str, kind: str = "database", tags: Optional[dict] = None, **extra: Any) -> None:
+        """Put a resource into the simulated cloud (tests: an untagged production database)."""
+        with self.edit() as s:
+            s["resources"][resource_id] = {"id": resource_id, "kind": kind, "tags": dict(tags or {}), **extra}
+
+    def running(self, op: Optional[str] = None) -> list[dict]:
+        return [r for r in self.read()["running"].values() if op is None or r.get("op") == op]
+
+    def events(self, kind: Optional[str] = None) -> list[dict]:
+        return [e for e in self.read()["events"] if kind is None or e.get("kind") == kind]
+
+
+def _merge_faults(faults: list[dict]) -> dict:
+    """The faults of an environment shared by several targets: the worst of each."""
+    out: dict[str, Any] = {"throttle": 0, "transient_5xx": 0, "timeouts": 0, "ops": None, "fail": [], "teardown_failures": 0, "leaky_isolation": False, "latency": {}}
+    for f in faults:
+        for k in ("throttle", "transient_5xx", "timeouts", "teardown_failures"):
+            out[k] = max(out[k], int(f.get(k) or 0))
+        out["leaky_isolation"] = out["leaky_isolation"] or bool(f.get("leaky_isolation"))
+        if f.get("ops") is not None:
+            out["ops"] = sorted(set(out["ops"] or []) | set(f["ops"]))
+        out["fail"] = sorted(set(out["fail"]) | set(f.get("fail") or []))
+        for op, lat in (f.get("latency") or {}).items():
+            out["latency"].setdefault(op, lat)
+    return out
+
+
+def _seconds(value: Any) -> float:
+    if value is None:
+        return 0.0
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, (int, float)):
+        return float(value)
+    # ISO 8601 ("PT2S") after a round trip through JSON
+    from drills.spec import parse_duration
+
+    return parse_duration(value).total_seconds()
+
+
+def sample_latency(latency: Optional[dict], rng: random.Random = random._inst) -> float:  # type: ignore[attr-defined]
+    """Seconds for one call, from a SimLatency (as a dict): fixed, uniform or normal."""
+    if not latency:
+        return 0.0
+    if latency.get("fixed") is not None:
+        return _seconds(latency["fixed"])
+    if latency.get("min") is not None:
+        return rng.uniform(_seconds(latency["min"]), _seconds(latency["max"]))
+    return max(0.0, rng.gauss(_seconds(latency.get("mean")), _seconds(latency.get("stddev"))))
+
+
+def _faults_of(target: Any) -> dict:
+    source = getattr(target, "source", None)
+    faults = getattr(source, "faults", None)
+    if faults is None:
+        return {}
+    return faults.model_dump() if hasattr(faults, "model_dump") else dict(faults)
+
+
+def _liveness(details: Any) -> None:
+    """Heartbeat without acting on a cancellation (a blocking call in progress)."""
+    try:
+        from temporalio import activity
+
+        if activity.in_activity():
+            activity.heartbeat(details)
+    except RuntimeError:
+        pass
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_time(value: Optional[str]) -> Optional[datetime]:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+class SimProvider(Provider):
+    family = "sim"
+
+    def __init__(self, state_path: Optional[str | Path] = None, speed: float = 1.0, clock=time.time, sleep=time.sleep):
+        self.state = SimState(state_path or default_state_path())
+        self.speed = float(speed)
+        self.clock = clock
+        self._sleep = sleep
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], settings: dict) -> "SimProvider":
+        try:
+            speed = float(settings.get("speed") or env.get("DRDRILL_SIM_SPEED") or 1.0)
+        except ValueError:
+            raise ProviderError("BAD_SETTINGS", f"DRDRILL_SIM_SPEED must be a number, not {env.get('DRDRILL_SIM_SPEED')!r}") from None
+        if speed < 0:
+            raise ProviderError("BAD_SETTINGS", "DRDRILL_SIM_SPEED must not be negative")
+        return cls(settings.get("state") or default_state_path(env), speed=speed)
+
+    # ------------------------------------------------------------ fault machinery
+
+    def sleep(self, seconds: float, what: str, cancellable: bool = True) -> None:
+        """Sleep (already scaled), heartbeating so a dead worker is noticed. A cancellable sleep
+        (a poll) ends at a cancellation; an API call's latency does not: like a blocking SDK call,
+        it completes, and what it created exists."""
+        end = time.monotonic() + max(0.0, seconds)
+        while True:
+            if cancellable:
+                heartbeat({"sim": what})
+            else:
+                _liveness({"sim": what})
+            left = end - time.monotonic()
+            if left <= 0:
+                return
+            self._sleep(min(0.2, left))
+
+    def _latency(self, faults: dict, op: str) -> None:
+        lat = (faults.get("latency") or {})
+        seconds = sample_latency(lat.get(op) or lat.get("default")) * self.speed
+        if seconds > 0:
+            self.sleep(seconds, op, cancellable=False)
+
+    @contextmanager
+    def _operation(self, ctx_drill: str, scope: str, op: str, faults: dict) -> Iterator[int]:
+        """Count the call, mark this process as running it, inject faults, apply latency."""
+        key = f"{ctx_drill}/{scope}/{op}"
+        with self.state.edit() as s:
+            n = int(s["counters"].get(key, 0)) + 1
+            s["counters"][key] = n
+            s["running"][key] = {"op": op, "drill_id": ctx_drill, "scope": scope, "pid": os.getpid(), "call": n, "since": self.clock()}
+            s["events"].append({"kind": op, "drill_id": ctx_drill, "scope": scope, "call": n, "pid": os.getpid(), "at": self.clock()})
+        try:
+            if op in (faults.get("fail") or []):
+                raise ProviderError("SIM_PERMANENT_FAILURE", f"simulated permanent failure of {op} for {scope}", retryable=False)
+            ops = faults.get("ops")
+            if ops is None or op in ops:
+                throttle = int(faults.get("throttle") or 0)
+                t5xx = int(faults.get("transient_5xx") or 0)
+                touts = int(faults.get("timeouts") or 0)
+                if n <= throttle:
+                    raise ProviderError("THROTTLED", f"simulated throttling of {op} for {scope} (call {n})", retryable=True)
+                if n <= throttle + t5xx:
+                    raise ProviderError("SERVICE_UNAVAILABLE", f"simulated 503 from {op} for {scope} (call {n})", retryable=True)
+                if n <= throttle + t5xx + touts:
+                    self._latency(faults, op)
+                    raise ProviderError("REQUEST_TIMEOUT", f"simulated timeout of {op} for {scope} (call {n})", retryable=True)
+            self._latency(faults, op)
+            yield n
+        finally:
+            with self.state.edit() as s:
+                if s["running"].get(key, {}).get("pid") == os.getpid():
+                    s["running"].pop(key, None)
+
+    # ------------------------------------------------------------ the interface
+
+    def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
+        faults = _faults_of(target)
+        with self._operation(ctx.drill_id, target.name, "find_recovery_point", faults):
+            src = target.source
+            interval = src.point_interval
+            # Points every `interval`, aligned to it (like scheduled snapshots), the newest before `declared`.
+            epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
+            newest = epoch + ((ctx.declared - epoch) // interval) * interval
+            points = [
+                RecoveryPoint(
+                    target=target.name,
+                    provider="sim",
+                    id=f"sim-{src.resource}-{(newest - i * interval):%Y%m%dT%H%M%SZ}",
+                    consistent_time=newest - i * interval,
+                    size_bytes=1 << 30,
+                    metadata={"resource": src.resource, "simulated": True},
+                )
+                for i in range(src.points)
+            ]
+            rule = target.recovery_point
+            return select_point(
+                points,
+                rule.rule,
+                now=ctx.declared,
+                at=rule.at,
+                within=rule.within,
+                seed=rule.seed if rule.seed is not None else ctx.drill_id,
+                max_age=rule.max_age,
+                target=target.name,
+            )
+
+    def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
+        faults = _merge_faults([_faults_of(t) for t in targets])
+        env_id = ctx.resource_name()  # the id the workflow assumes when it never heard back
+        with self._operation(ctx.drill_id, env_id, "create_isolation", faults):
+            with self.state.edit() as s:
+                if env_id not in s["resources"]:
+                    s["resources"][env_id] = {
+                        "id": env_id,
+                        "kind": "network",
+                        "tags": ctx.tags(),
+                        "created": self.clock(),
+                        "cidr": getattr(isolation, "network_cidr", "10.213.0.0/16"),
+                        "routes": ["0.0.0.0/0 via production-gateway"] if faults["leaky_isolation"] else [],
+                        "faults": faults,
+                    }
+            return Environment(
+                family="sim",
+                drill_id=ctx.drill_id,
+                id=env_id,
+                description=f"simulated network {env_id}",
+                details={"state": str(self.state.path), "faults": faults},
+            )
+
+    def _env_faults(self, env: Environment) -> dict:
+        rec = self.state.resources().get(env.id) or {}
+        return rec.get("faults") or env.details.get("faults") or {}
+
+    def verify_isolation(self, ctx: DrillContext, env: Environment) -> IsolationProof:
+        faults = self._env_faults(env)
+        with self._operation(ctx.drill_id, env.id, "verify_isolation", faults):
+            rec = self.state.resources().get(env.id)
+            proof = IsolationProof(family="sim", environment_id=env.id)
+            if rec is None:
+                proof.checks.append(IsolationCheck(name="network exists", outcome="FAILED", detail=f"{env.id} is gone"))
+                return proof
+            tagged = require_drill_tag(rec.get("tags"), ctx.drill_id)
+            proof.checks.append(IsolationCheck(name="network tagged", outcome="PASSED" if tagged else "FAILED", detail=env.id))
+            routes = rec.get("routes") or []
+            proof.checks.append(
+                IsolationCheck(
+                    name="no route out",
+                    outcome="FAILED" if routes else "PASSED",
+                    detail=("routes: " + ", ".join(routes)) if routes else "the route table is empty",
+                )
+            )
+            return proof
+
+    def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
+        faults = _faults_of(target)
+        rid = ctx.resource_name(target.name)
+        with self._operation(ctx.drill_id, target.name, "restore", faults):
+            now = self.clock()
+            with self.state.edit() as s:
+                if env.id not in s["resources"]:
+                    raise ProviderError("ENVIRONMENT_GONE", f"the isolated network {env.id} does not exist", retryable=False)
+                rec = s["resources"].get(rid)
+                if rec is None:  # idempotent: a retried restore continues the first one
+                    done_at = now + target.source.restore_time.total_seconds() * self.speed
+                    rec = s["resources"][rid] = {
+                        "id": rid,
+                        "kind": "database",
+                        "tags": ctx.tags(target.name),
+                        "env": env.id,
+                        "target": target.name,
+                        "point": point.id,
+                        "created": now,
+                        "restored_at": done_at,
+                        "ready_at": done_at + target.source.ready_after.total_seconds() * self.speed,
+                        "never_ready": bool(faults.get("never_ready")),
+                        "created_by_pid": os.getpid(),
+                    }
+                done_at = float(rec["restored_at"])
+            self.sleep(done_at - self.clock(), f"restoring {rid}")
+            if rid not in self.state.resources():
+                raise ProviderError("RESOURCE_GONE", f"{rid} was deleted while it was being restored", retryable=False)
+            return RestoredResource(
+                target=target.name,
+                provider="sim",
+                id=rid,
+                description=f"simulated {target.source.resource} restored from {point.id}",
+                endpoint={"resource_id": rid, "sim_state": str(self.state.path)},
+                details={"point": point.id, "env": env.id},
+            )
+
+    def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
+        faults = _faults_of(target)
+        with self._operation(ctx.drill_id, target.name, "wait_ready", faults):
+
+            def probe() -> RestoredResource:
+                rec = self.state.resources().get(resource.id)
+                if rec is None:
+                    raise ProviderError("RESOURCE_GONE", f"{resource.id} no longer exists", retryable=False)
+                if rec.get("never_ready") or self.clock() < float(rec.get("ready_at") or 0):
+                    raise NotReadyYet(f"{resource.id} is still starting")
+                return resource.model_copy(update={"ready": True})
+
+            return poll_until(probe, timeout=timeout, what=f"simulated {resource.id}", initial=0.1, maximum=1.0)
+
+    def teardown(self, ctx: DrillContext, env: Environment) -> TeardownReport:
+        faults = self._env_faults(env)
+        report = TeardownReport(family="sim", environment_id=env.id)
+        with self._operation(ctx.drill_id, env.id, "teardown", faults) as call:
+            failures = int(faults.get("teardown_failures") or 0)
+            if call <= failures:
+                raise ProviderError(
+                    "TEARDOWN_FAILED", f"simulated: the cloud refused to delete {env.id} (attempt {call} of {failures} that fail)", retryable=True
+                )
+            state = self.state.read()["resources"]
+            # What this drill created in this environment, plus anything else tagged with its id.
+            candidates = [
+                rid
+                for rid, r in state.items()
+                if rid == env.id or r.get("env") == env.id or (r.get("tags") or {}).get(TAG_DRILL_ID) == ctx.drill_id
+            ]
+            # Restored resources first, the network last (as a cloud would insist).
+            candidates.sort(key=lambda rid: rid == env.id)
+            for rid in candidates:
+                heartbeat({"teardown": rid})
+                with self.state.edit() as s:
+                    rec = s["resources"].get(rid)
+                    if rec is None:
+                        report.already_gone.append(rid)
+                        continue
+                    if not require_drill_tag(rec.get("tags"), ctx.drill_id):
+                        report.refused.append(rid)
+                        continue
+                    del s["resources"][rid]
+                    s["events"].append({"kind": "deleted", "drill_id": ctx.drill_id, "scope": rid, "pid": os.getpid(), "at": self.clock()})
+                report.deleted.append(f"{rec.get('kind', 'resource')} {rid}")
+                if rid != candidates[-1]:
+                    self._latency(faults, "teardown")  # deleting takes time per resource
+            if env.id not in candidates:
+                report.already_gone.append(env.id)
+            return report
+
+    def list_orphans(self, now: datetime, active_drill_ids: set[str]) -> list[Orphan]:
+        out = []
+        for rid, r in sorted(self.state.resources().items()):
+            tags = r.get("tags") or {}
+            if not require_drill_tag(tags):
+                continue  # not ours
+            drill = tags[TAG_DRILL_ID]
+            expires = _parse_time(tags.get(TAG_EXPIRES_AT))
+            if drill in active_drill_ids and (expires is None or expires > now):
+                continue
+            out.append(
+                Orphan(
+                    provider="sim",
+                    id=rid,
+                    kind=str(r.get("kind", "resource")),
+                    drill_id=drill,
+                    expires_at=expires,
+                    details={"target": tags.get(TAG_TARGET)},
+                )
+            )
+        return out
+
+    def delete_orphan(self, orphan: Orphan) -> str:
+        with self.state.edit() as s:
+            rec = s["resources"].get(orphan.id)
+            if rec is None:
+                return "already gone"
+            if not orphan.drill_id or not require_drill_tag(rec.get("tags"), orphan.drill_id):
+                return "refused: not tagged by this drill"
+            del s["resources"][orphan.id]
+            s["events"].append({"kind": "swept", "drill_id": orphan.drill_id, "scope": orphan.id, "pid": os.getpid(), "at": self.clock()})
+            return "deleted"
+
+
+__all__ = ["SimProvider", "SimState", "default_state_path", "sample_latency", "OPS"]

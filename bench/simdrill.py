@@ -1,0 +1,37 @@
+"""Helpers shared by the sim benchmarks (1 and 3): a sim drill spec, a dev server + worker, a run."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Optional
+
+from activities.models import DrillInput, DrillResult
+from drills.spec import parse_spec
+
+
+def sim_spec(name: str, targets: int, restore_time: float, ready_after: float = 0.0, validate: bool = True):
+    """`targets` sim targets, each restoring in `restore_time` s; one cheap command check each
+    (/bin/true: the orchestration is measured, not a validation's own cost)."""
+    tl = "\n".join(
+        f"  - {{name: db{i}, provider: sim, source: {{restore_time: {restore_time}, ready_after: {ready_after}}}, restore: {{timeout: 30m}}}}"
+        for i in range(targets)
+    )
+    vl = "\n".join(f"  - {{type: command, target: db{i}, name: up-db{i}, timeout: 1m, argv: [/bin/true]}}" for i in range(targets)) if validate else "  []"
+    return parse_spec(
+        f"version: 1\nname: {name}\nobjectives: {{rto: 1h, rpo: 1d}}\nmax_duration: 1h\ntargets:\n{tl}\nvalidations:\n{vl}\n", "<bench>"
+    )
+
+
+async def start(client, queue: str, spec, drill_id: Optional[str] = None):
+    drill_id = drill_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    return await client.start_workflow(
+        "DrillWorkflow", DrillInput(spec=spec, drill_id=drill_id, started_by="bench"), id=drill_id, task_queue=queue, result_type=DrillResult
+    )
+
+
+async def run_one(client, queue: str, spec) -> tuple[float, DrillResult]:
+    t0 = time.perf_counter()
+    handle = await start(client, queue, spec)
+    result = await handle.result()
+    return time.perf_counter() - t0, result

@@ -1,0 +1,239 @@
+"""CLI: `drdrill evidence verify|export|list` and `drdrill report --period`.
+
+Registered by drdrill.cli.main() through `register(app)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+evidence_app = typer.Typer(no_args_is_help=True, help="The evidence store: verify the hash chain, export bundles.")
+
+DEFAULT_DRILLS = Path("drills")
+
+
+def _store():
+    from drdrill.evidence_store import EvidenceStoreError, open_store
+
+    try:
+        return open_store()
+    except EvidenceStoreError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+
+
+@evidence_app.command("verify")
+def verify(run: Optional[str] = typer.Argument(None, help="drill id (default: every run in the store)")) -> None:
+    """Recompute the hash chain; name the first row that was altered, deleted or inserted. Exit 1 if any."""
+    with _store() as store:
+        results = store.verify(run)
+    if not results:
+        console.print("the evidence store holds no runs")
+        return
+    bad = [r for r in results if not r.ok]
+    for r in results:
+        console.print(("ok       " if r.ok else "TAMPERED ") + r.message, markup=False, style=None if r.ok else "bold red")
+    console.print(f"{len(results) - len(bad)}/{len(results)} runs intact", markup=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@evidence_app.command("list")
+def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 2026Q4")) -> None:
+    """List the runs in the evidence store."""
+    from drdrill.reports import parse_period
+
+    since = until = None
+    if period:
+        since, until = parse_period(period)
+    with _store() as store:
+        docs = store.runs(since, until)
+    table = Table(box=None, header_style="bold")
+    for col in ("declared", "drill", "run", "verdict", "RTO", "RPO"):
+        table.add_column(col)
+    from drills.spec import format_duration
+
+    for d in docs:
+        table.add_row(d["declared"][:19], d["name"], d["drill_id"], d["verdict"], format_duration(d.get("rto_seconds")), format_duration(d.get("rpo_seconds")))
+    console.print(table)
+
+
+@evidence_app.command("import")
+def import_files(paths: list[Path] = typer.Argument(..., help="evidence.json files or directories holding runs/*/evidence.json")) -> None:
+    """Store evidence.json files (e.g. from another state directory) after verifying their chain."""
+    from activities.evidence import verify_document
+
+    files: list[Path] = []
+    for p in paths:
+        files += sorted(p.rglob("evidence.json")) if p.is_dir() else [p]
+    stored = skipped = bad = 0
+    with _store() as store:
+        for f in files:
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, ValueError) as exc:
+                err.print(f"{f}: not readable: {exc}", markup=False)
+                bad += 1
+                continue
+            ok, message = verify_document(doc) if "events" in doc else (False, "written before the evidence store existed")
+            if not ok:
+                err.print(f"{f}: not imported: {message}", markup=False)
+                bad += 1
+                continue
+            if store.record(doc):
+                stored += 1
+            else:
+                skipped += 1
+    console.print(f"{stored} runs stored, {skipped} already there, {bad} refused", markup=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@evidence_app.command("export")
+def export(
+    run: str = typer.Argument(..., help="drill id"),
+    out: Path = typer.Option(..., "--out", help="directory to write the bundle into"),
+    s3_bucket: Optional[str] = typer.Option(None, "--s3-bucket", help="also copy the bundle to this S3 Object Lock bucket (default: the spec's evidence.s3_bucket)"),
+    s3_prefix: str = typer.Option("drdrill", "--s3-prefix", help="key prefix in the bucket"),
+) -> None:
+    """Write a bundle: evidence.json, report.html, junit.xml, SHA256SUMS (optionally write-once to S3)."""
+    with _store() as store:
+        try:
+            doc = store.load(run)
+        except KeyError:
+            err.print(f"no run {run} in the evidence store", markup=False)
+            raise typer.Exit(2)
+        (result,) = store.verify(run)
+    paths = export_bundle(doc, out)
+    console.print(f"bundle for {run} in {out}", markup=False)
+    for p in paths:
+        console.print(f"  {p.name}", markup=False)
+    bucket = s3_bucket or spec_evidence(doc).get("s3_bucket")
+    if bucket:
+        keys = copy_to_s3(paths, bucket, f"{s3_prefix.strip('/')}/{run}", retention_until(doc))
+        console.print(f"copied to s3://{bucket}/{s3_prefix.strip('/')}/{run}/ (Object Lock COMPLIANCE until {retention_until(doc):%Y-%m-%d})", markup=False)
+        for k in keys:
+            console.print(f"  {k}", markup=False)
+    if not result.ok:
+        err.print(f"WARNING: the evidence of this run does not verify: {result.message}", markup=False)
+        raise typer.Exit(1)
+
+
+def export_bundle(doc: dict, out: Path) -> list[Path]:
+    from activities.evidence import write_bundle_files
+
+    out = Path(out)
+    paths = list(write_bundle_files(out, doc).values())
+    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in paths)
+    (out / "SHA256SUMS").write_text(sums)
+    return paths + [out / "SHA256SUMS"]
+
+
+def spec_evidence(doc: dict) -> dict:
+    import yaml
+
+    try:
+        data = yaml.safe_load(doc.get("spec_text") or "") or {}
+        return dict(data.get("evidence") or {})
+    except Exception:  # noqa: BLE001
+        return {}
+
+
+def retention_until(doc: dict) -> datetime:
+    """When the bundle may be deleted: the run's end plus the spec's evidence.retention (default 7y)."""
+    from datetime import timedelta
+
+    from drills.spec import parse_duration
+
+    retention = spec_evidence(doc).get("retention") or "7y"
+    try:
+        delta = parse_duration(retention)
+    except ValueError:
+        delta = timedelta(days=7 * 365)
+    ended = doc.get("ended") or doc["declared"]
+    return datetime.fromisoformat(str(ended).replace("Z", "+00:00")).astimezone(timezone.utc) + delta
+
+
+def copy_to_s3(paths: list[Path], bucket: str, prefix: str, retain_until: datetime) -> list[str]:
+    """put_object each file with Object Lock in COMPLIANCE mode: nobody, root included, can delete or
+    overwrite it before `retain_until`. The bucket must have Object Lock enabled."""
+    import base64
+
+    import boto3
+
+    endpoint = os.environ.get("DRDRILL_AWS_ENDPOINT_URL") or None
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    keys = []
+    for p in paths:
+        body = p.read_bytes()
+        key = f"{prefix}/{p.name}"
+        s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=body,
+            ContentMD5=base64.b64encode(hashlib.md5(body).digest()).decode(),  # noqa: S324 - required by Object Lock
+            ObjectLockMode="COMPLIANCE",
+            ObjectLockRetainUntilDate=retain_until,
+            Metadata={"sha256": hashlib.sha256(body).hexdigest()},
+        )
+        keys.append(key)
+    return keys
+
+
+def report(
+    period: str = typer.Option(..., "--period", help="2026Q4 (a quarter), 2026-11 (a month) or 2026 (a year)"),
+    drill: Optional[str] = typer.Option(None, "--drill", help="only this drill (by name)"),
+    fmt: str = typer.Option("html", "--format", help="html, json or csv"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write here (default: <state>/reports/<period>.<format>; '-' for stdout)"),
+    drills_dir: Path = typer.Option(DEFAULT_DRILLS, "--drills", help="drill files, to know which drills were scheduled"),
+) -> None:
+    """Every drill in a period: verdicts, RTO/RPO against objectives, missed scheduled drills, controls."""
+    from drdrill.reports import parse_period, period_report, render_period
+
+    if fmt not in ("html", "json", "csv"):
+        err.print(f"--format {fmt}: use html, json or csv", markup=False)
+        raise typer.Exit(2)
+    try:
+        parse_period(period)
+    except ValueError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+    with _store() as store:
+        data = period_report(store, period, drill=drill, drills_dir=drills_dir)
+    text = render_period(data, fmt)
+    if out is not None and str(out) == "-":
+        print(text, end="")
+        return
+    if out is None:
+        from drdrill.runtime import state_dir
+
+        name = f"{data['period']}{'-' + drill if drill else ''}.{fmt}"
+        out = state_dir() / "reports" / name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    s = data["summary"]
+    console.print(
+        f"{data['period']}: {s['runs']} runs, {s['passed']} passed, {s['missed']} scheduled drills missed, "
+        f"{sum(1 for c in data['controls'] if c['status'] == 'evidenced')}/{len(data['controls'])} controls evidenced",
+        markup=False,
+    )
+    for f in data["findings"]:
+        console.print(f"  finding {f['code']}: {f['message']}", markup=False)
+    console.print(f"report: {out}", markup=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(evidence_app, name="evidence")
+    app.command("report")(report)

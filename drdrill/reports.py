@@ -1,0 +1,679 @@
+"""Reports: the per-drill HTML report and JUnit XML, and the period report (HTML, JSON, CSV) that
+rolls drills up against compliance controls.
+
+HTML goes through Jinja2 templates (drdrill/templates, autoescaped), self-contained: inline CSS and
+inline SVG charts, no JavaScript, no external assets, print CSS so it prints on A4/Letter.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import jinja2
+from markupsafe import Markup
+
+from drills.spec import format_duration
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+COLOURS = {"PASSED": "#1a7f37", "FAILED": "#cf222e", "COULD_NOT_VERIFY": "#bf8700", "NOT_RUN": "#6e7781", "ERROR": "#8250df"}
+DATA_CHECKS = {"checksum", "row_count", "sql", "freshness"}
+
+
+def _parse_time(value: Any) -> Optional[datetime]:
+    if value is None or value == "":
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+
+
+def _fmt_time(value: Any) -> str:
+    t = _parse_time(value)
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def _dur(value: Any) -> str:
+    return format_duration(value) if value is not None else "not measured"
+
+
+def _environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["dur"] = _dur
+    env.filters["ts"] = _fmt_time
+    env.filters["colour"] = lambda outcome: COLOURS.get(outcome or "", "#6e7781")
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    return env
+
+
+# ------------------------------------------------------------------ per-drill report
+
+
+def _seconds_since(t: Any, t0: datetime) -> float:
+    parsed = _parse_time(t)
+    return (parsed - t0).total_seconds() if parsed else 0.0
+
+
+def _ticks(span: float, n: int = 6) -> list[float]:
+    if span <= 0:
+        return [0.0]
+    raw = span / (n - 1)
+    nice = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400, 604800]
+    step = next((s for s in nice if s >= raw), raw)
+    ticks, x = [], 0.0
+    while x <= span + 1e-9:
+        ticks.append(round(x, 3))
+        x += step
+    return ticks
+
+
+def timeline_svg(doc: dict) -> Markup:
+    """A Gantt-style chart: one bar per phase, one marker per target event, the RTO line."""
+    declared = _parse_time(doc["declared"])
+    events = [e for e in doc.get("timeline", []) if e.get("phase") != "declared"]
+    phases = [e for e in events if not e.get("target")]
+    targets = [e for e in events if e.get("target")]
+    ends = [_seconds_since(e.get("ended") or e.get("started"), declared) for e in events]
+    span = max(ends + [_seconds_since(doc.get("ended"), declared), 1.0])
+    if doc.get("rto_seconds"):
+        span = max(span, float(doc["rto_seconds"]))
+    left, width, row_h, top = 200, 660, 22, 24
+    rows = len(phases) + len(targets)
+    height = top + rows * row_h + 30
+
+    def x(sec: float) -> float:
+        return left + width * max(0.0, sec) / span
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {left + width + 20} {height}" '
+        f'width="100%" aria-label="timeline of every phase and target">'
+    ]
+    for tick in _ticks(span):
+        out.append(f'<line x1="{x(tick):.1f}" y1="{top - 6}" x2="{x(tick):.1f}" y2="{top + rows * row_h}" stroke="#d0d7de" stroke-width="1"/>')
+        out.append(f'<text x="{x(tick):.1f}" y="{top - 10}" font-size="10" text-anchor="middle" fill="#57606a">+{escape(format_duration(tick))}</text>')
+    y = top
+    for e in phases:
+        s = _seconds_since(e.get("started"), declared)
+        end = _seconds_since(e.get("ended") or e.get("started"), declared)
+        colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
+        label = e.get("phase", "")
+        took = format_duration(end - s)
+        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(label)}</text>')
+        out.append(
+            f'<rect x="{x(s):.1f}" y="{y + 4}" width="{max(2.0, x(end) - x(s)):.1f}" height="{row_h - 8}" fill="{colour}" rx="2">'
+            f"<title>{escape(label)}: {escape(e.get('outcome', ''))}, {escape(took)}</title></rect>"
+        )
+        out.append(
+            f'<text x="{min(x(end) + 4, left + width - 60):.1f}" y="{y + 15}" font-size="10" fill="#57606a">'
+            f"{escape(e.get('outcome', ''))} {escape(took)}</text>"
+        )
+        y += row_h
+    for e in targets:
+        s = _seconds_since(e.get("started"), declared)
+        colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
+        label = f"{e.get('target')} · {e.get('phase')}"
+        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="11" text-anchor="end" fill="#57606a">{escape(label)}</text>')
+        cx, cy = x(s), y + row_h / 2
+        out.append(
+            f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} {cx - 6:.1f},{cy:.1f}" fill="{colour}">'
+            f"<title>{escape(label)} {escape(e.get('outcome', ''))} at +{escape(format_duration(s))}</title></polygon>"
+        )
+        out.append(f'<text x="{min(cx + 10, left + width - 60):.1f}" y="{y + 15}" font-size="10" fill="#57606a">+{escape(format_duration(s))}</text>')
+        y += row_h
+    if doc.get("rto_seconds") is not None:
+        rx = x(float(doc["rto_seconds"]))
+        out.append(f'<line x1="{rx:.1f}" y1="{top - 4}" x2="{rx:.1f}" y2="{y}" stroke="#0969da" stroke-width="2" stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{rx:.1f}" y="{y + 14}" font-size="11" text-anchor="middle" fill="#0969da">RTO {escape(format_duration(doc["rto_seconds"]))}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def drill_context(doc: dict) -> dict:
+    declared = _parse_time(doc["declared"])
+    points = []
+    for p in doc.get("recovery_points", []):
+        t = _parse_time(p.get("consistent_time"))
+        points.append({**p, "age_seconds": (declared - t).total_seconds() if t else None})
+    timeline = {e.get("phase"): e for e in doc.get("timeline", []) if not e.get("target")}
+    teardown_event = timeline.get("teardown")
+    checks = [v for v in doc.get("validations", [])]
+    for v in checks:
+        v["first_passed_offset"] = _seconds_since(v["first_passed_at"], declared) if v.get("first_passed_at") else None
+    return {
+        "doc": doc,
+        "declared": declared,
+        "points": points,
+        "checks": checks,
+        "objectives": doc.get("objectives", []),
+        "timeline_svg": timeline_svg(doc),
+        "teardown_event": teardown_event,
+        "phase_events": [e for e in doc.get("timeline", []) if not e.get("target")],
+        "target_events": [e for e in doc.get("timeline", []) if e.get("target")],
+        "generated": datetime.now(timezone.utc),
+    }
+
+
+def render_drill_html(doc: dict) -> str:
+    return _environment().get_template("drill_report.html.j2").render(**drill_context(json.loads(json.dumps(doc, default=str))))
+
+
+def render_junit(doc: dict) -> str:
+    """One testsuite per drill: a testcase per validation and per objective (RTO, RPO)."""
+    name = doc.get("name", "drill")
+    declared = _parse_time(doc.get("declared"))
+    stamp = declared.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") if declared else ""
+    suite = ET.Element("testsuite", name=f"drdrill.{name}", timestamp=stamp, hostname="drdrill")
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    total = 0.0
+
+    def case(classname: str, case_name: str, outcome: str, detail: str, seconds: float = 0.0) -> None:
+        nonlocal total
+        tc = ET.SubElement(suite, "testcase", classname=classname, name=case_name, time=f"{max(seconds, 0.0):.3f}")
+        counts["tests"] += 1
+        total += max(seconds, 0.0)
+        if outcome == "FAILED":
+            counts["failures"] += 1
+            el = ET.SubElement(tc, "failure", message=detail[:500] or "failed", type="FAILED")
+            el.text = detail
+        elif outcome in ("COULD_NOT_VERIFY", "ERROR"):
+            counts["errors"] += 1
+            el = ET.SubElement(tc, "error", message=detail[:500] or outcome, type=outcome)
+            el.text = detail
+        elif outcome == "NOT_RUN":
+            counts["skipped"] += 1
+            ET.SubElement(tc, "skipped", message=detail[:500] or "not run")
+        elif detail:
+            ET.SubElement(tc, "system-out").text = detail
+
+    for v in doc.get("validations", []):
+        started, finished = _parse_time(v.get("started")), _parse_time(v.get("finished"))
+        secs = (finished - started).total_seconds() if started and finished else 0.0
+        case(f"drdrill.{name}.validation", v.get("name", "?"), v.get("outcome", "ERROR"), v.get("detail", ""), secs)
+    for o in doc.get("objectives", []):
+        detail = f"achieved {_dur(o.get('achieved_seconds'))}, objective {format_duration(o.get('objective_seconds'))}. {o.get('detail', '')}"
+        case(f"drdrill.{name}.objective", o.get("name", "?"), o.get("outcome", "ERROR"), detail.strip())
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("time", f"{total:.3f}")
+    props = ET.Element("properties")
+    for key in ("drill_id", "verdict", "started_by", "spec_sha256", "chain_head", "drdrill_version"):
+        ET.SubElement(props, "property", name=key, value=str(doc.get(key) or ""))
+    suite.insert(0, props)
+    root = ET.Element("testsuites", name="drdrill", tests=str(counts["tests"]), failures=str(counts["failures"]), errors=str(counts["errors"]))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+# ------------------------------------------------------------------ period report
+
+
+def parse_period(text: str) -> tuple[datetime, datetime]:
+    """2026Q4 -> [2026-10-01, 2027-01-01) UTC; also 2026 (a year) and 2026-11 (a month)."""
+    t = text.strip().upper()
+    m = re.fullmatch(r"(\d{4})-?Q([1-4])", t)
+    if m:
+        year, q = int(m.group(1)), int(m.group(2))
+        start = datetime(year, 3 * q - 2, 1, tzinfo=timezone.utc)
+        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc) if q == 4 else datetime(year, 3 * q + 1, 1, tzinfo=timezone.utc)
+        return start, end
+    m = re.fullmatch(r"(\d{4})-(\d{2})", t)
+    if m and 1 <= int(m.group(2)) <= 12:
+        year, month = int(m.group(1)), int(m.group(2))
+        start = datetime(year, month, 1, tzinfo=timezone.utc)
+        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+        return start, end
+    m = re.fullmatch(r"(\d{4})", t)
+    if m:
+        year = int(m.group(1))
+        return datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+    raise ValueError(f"{text!r} is not a period: write 2026Q4, 2026-11 or 2026")
+
+
+def _cron_field(field: str, lo: int, hi: int) -> set[int]:
+    out: set[int] = set()
+    for part in field.split(","):
+        step = 1
+        if "/" in part:
+            part, s = part.split("/", 1)
+            step = int(s)
+        if part in ("*", ""):
+            a, b = lo, hi
+        elif "-" in part:
+            a, b = (int(v) for v in part.split("-", 1))
+        else:
+            a = b = int(part)
+            if step != 1:
+                b = hi
+        out.update(range(a, b + 1, step))
+    return out
+
+
+def cron_times(expr: str, start: datetime, end: datetime, tz: Any) -> list[datetime]:
+    """Times a five-field cron expression fires in [start, end) (numeric fields; 0 or 7 = Sunday)."""
+    minute, hour, dom, month, dow = expr.split()
+    mins, hours = sorted(_cron_field(minute, 0, 59)), sorted(_cron_field(hour, 0, 23))
+    doms, months = _cron_field(dom, 1, 31), _cron_field(month, 1, 12)
+    dows = {d % 7 for d in _cron_field(dow, 0, 7)}
+    out = []
+    day = start.astimezone(tz).date() - timedelta(days=1)
+    last = end.astimezone(tz).date()
+    while day <= last:
+        cron_dow = (day.weekday() + 1) % 7
+        dom_ok, dow_ok = day.day in doms, cron_dow in dows
+        if dom != "*" and dow != "*":
+            day_ok = dom_ok or dow_ok
+        else:
+            day_ok = dom_ok and dow_ok
+        if day.month in months and day_ok:
+            for h in hours:
+                for mi in mins:
+                    t = datetime(day.year, day.month, day.day, h, mi, tzinfo=tz)
+                    if start <= t < end:
+                        out.append(t)
+        day += timedelta(days=1)
+    return out
+
+
+def scheduled_times(schedule: Any, start: datetime, end: datetime) -> list[datetime]:
+    from zoneinfo import ZoneInfo
+
+    tz = ZoneInfo(schedule.timezone)
+    if schedule.cron:
+        return cron_times(schedule.cron, start, end, tz)
+    q = schedule.quarterly
+    hh, mm = (int(v) for v in q.time.split(":"))
+    out = []
+    year = start.astimezone(tz).year - 1
+    while year <= end.astimezone(tz).year:
+        for qs in (1, 4, 7, 10):
+            t = datetime(year, qs + q.month - 1, q.day, hh, mm, tzinfo=tz)
+            if start <= t < end:
+                out.append(t)
+        year += 1
+    return sorted(out)
+
+
+@dataclass
+class ScheduledDrill:
+    name: str
+    path: str
+    schedule: Any
+    controls: list[str]
+
+
+def scheduled_drills(drills_dir: Path) -> tuple[list[ScheduledDrill], list[str]]:
+    """Drill files in `drills_dir` that have a (not paused) schedule; and problems reading the others."""
+    import yaml
+
+    from drills.spec import ScheduleSpec
+
+    found, problems = [], []
+    for path in sorted(Path(drills_dir).glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+            if not isinstance(data, dict) or not data.get("schedule"):
+                continue
+            schedule = ScheduleSpec.model_validate(data["schedule"])
+        except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
+            problems.append(f"{path}: schedule not readable: {exc}".splitlines()[0])
+            continue
+        if schedule.paused:
+            continue
+        controls = list((data.get("evidence") or {}).get("controls") or [])
+        found.append(ScheduledDrill(str(data.get("name", path.stem)), str(path), schedule, controls))
+    return found, problems
+
+
+@dataclass(frozen=True)
+class Control:
+    key: str
+    framework: str
+    id: str
+    title: str
+    satisfied_by: str
+    needs: tuple[str, ...]
+
+
+CONTROLS: tuple[Control, ...] = (
+    Control("SOC2-A1.2", "SOC 2", "A1.2", "Environmental protections, software, data backup processes and recovery infrastructure",
+            "a drill in the period restored a recorded recovery point into an isolated environment", ("ran", "restored", "isolation")),
+    Control("SOC2-A1.3", "SOC 2", "A1.3", "Recovery plan procedures supporting system recovery are tested",
+            "a PASSED drill in the period whose validations all passed", ("passed", "validated")),
+    Control("ISO27001-A.5.29", "ISO/IEC 27001:2022", "A.5.29", "Information security during disruption",
+            "restores ran in an environment proven to have no route to production, and were torn down", ("isolation", "teardown")),
+    Control("ISO27001-A.5.30", "ISO/IEC 27001:2022", "A.5.30", "ICT readiness for business continuity",
+            "a PASSED drill in the period met its RTO and RPO objectives", ("passed", "objectives")),
+    Control("ISO27001-A.8.13", "ISO/IEC 27001:2022", "A.8.13", "Information backup",
+            "backups were restored and their data validated (checksum, row counts, queries, freshness)", ("restored", "data_validated")),
+    Control("ISO27001-A.8.14", "ISO/IEC 27001:2022", "A.8.14", "Redundancy of information processing facilities",
+            "the service was brought up from backup in a separate environment within its RTO", ("restored", "isolation", "rto")),
+    Control("PCI-DSS-12.10.2", "PCI DSS v4.0", "12.10.2", "Incident response plan reviewed and tested at least once every 12 months",
+            "a PASSED drill in the period, and no scheduled drill missed", ("passed", "on_schedule")),
+    Control("HIPAA-164.308(a)(7)(ii)(D)", "HIPAA", "164.308(a)(7)(ii)(D)", "Contingency plan: testing and revision procedures",
+            "a drill in the period with its results and findings recorded", ("ran",)),
+    Control("DORA-Art.11", "DORA", "Art. 11", "Response and recovery: ICT business continuity plans tested",
+            "a PASSED drill met its RTO and RPO objectives, on schedule", ("passed", "objectives", "on_schedule")),
+    Control("DORA-Art.12", "DORA", "Art. 12", "Backup policies and procedures, restoration and recovery methods",
+            "backups restored into an isolated environment, data validated, RPO met", ("restored", "isolation", "data_validated", "rpo")),
+)
+
+NEED_GAP = {
+    "ran": "no drill ran in the period",
+    "passed": "no PASSED drill in the period",
+    "restored": "no drill restored every target",
+    "isolation": "no drill proved its isolation",
+    "teardown": "no drill proved a clean teardown",
+    "validated": "no drill passed all of its validations",
+    "data_validated": "no restore validation (checksum, row_count, sql or freshness) passed",
+    "objectives": "no drill met both its RTO and RPO objectives",
+    "rto": "RTO objective not met by any drill",
+    "rpo": "RPO objective not met by any drill",
+}
+
+
+def run_facts(doc: dict) -> dict[str, bool]:
+    objectives = {o.get("name"): o.get("outcome") for o in doc.get("objectives", [])}
+    phase = {e.get("phase"): e.get("outcome") for e in doc.get("timeline", []) if not e.get("target")}
+    vals = doc.get("validations", [])
+    required = [v for v in vals if v.get("required", True)]
+    teardown = doc.get("teardown", [])
+    isolation = doc.get("isolation", [])
+    return {
+        "ran": True,
+        "passed": doc.get("verdict") == "PASSED",
+        "restored": bool(doc.get("restored")) and phase.get("restore") == "PASSED",
+        "isolation": bool(isolation) and all(i.get("checks") and all(c.get("outcome") == "PASSED" for c in i["checks"]) for i in isolation),
+        "teardown": bool(teardown) and all(not t.get("errors") for t in teardown) and phase.get("teardown") == "PASSED",
+        "validated": bool(required) and all(v.get("outcome") == "PASSED" for v in required),
+        "data_validated": any(v.get("type") in DATA_CHECKS and v.get("outcome") == "PASSED" for v in vals),
+        "objectives": objectives.get("RTO") == "PASSED" and objectives.get("RPO") == "PASSED",
+        "rto": objectives.get("RTO") == "PASSED",
+        "rpo": objectives.get("RPO") == "PASSED",
+    }
+
+
+def _objective(doc: dict, name: str) -> dict:
+    return next((o for o in doc.get("objectives", []) if o.get("name") == name), {})
+
+
+def period_data(
+    runs: list[dict],
+    verified: dict[str, tuple[bool, str]],
+    period: str,
+    drills_dir: Optional[Path] = None,
+    drill: Optional[str] = None,
+    now: Optional[datetime] = None,
+) -> dict:
+    """Everything the period report shows, as plain data (the JSON format is exactly this)."""
+    start, end = parse_period(period)
+    now = now or datetime.now(timezone.utc)
+    runs = [r for r in runs if start <= _parse_time(r["declared"]) < end and (not drill or r.get("name") == drill)]
+    runs.sort(key=lambda r: (_parse_time(r["declared"]), r["drill_id"]))
+
+    findings: list[dict] = []
+    scheduled, problems = scheduled_drills(drills_dir) if drills_dir and Path(drills_dir).is_dir() else ([], [])
+    if drills_dir and not Path(drills_dir).is_dir():
+        problems.append(f"no drills directory {drills_dir}: scheduled drills were not checked (use --drills DIR)")
+    missed: list[dict] = []
+    upcoming: list[dict] = []
+    for sd in scheduled:
+        if drill and sd.name != drill:
+            continue
+        times = scheduled_times(sd.schedule, start, end)
+        declared = [_parse_time(r["declared"]) for r in runs if r.get("name") == sd.name]
+        for i, t in enumerate(times):
+            lo = start if i == 0 else t - sd.schedule.jitter
+            hi = times[i + 1] - sd.schedule.jitter if i + 1 < len(times) else end
+            if any(lo <= d < hi for d in declared):
+                continue
+            entry = {"drill": sd.name, "file": sd.path, "expected_at": t.astimezone(timezone.utc).isoformat()}
+            if t + sd.schedule.catchup_window + sd.schedule.jitter > now:
+                upcoming.append(entry)
+                continue
+            missed.append(entry)
+            findings.append(
+                {
+                    "code": "MISSED_SCHEDULED_DRILL",
+                    "severity": "error",
+                    "drill": sd.name,
+                    "drill_id": None,
+                    "message": f"drill {sd.name} ({sd.path}) was scheduled for {_fmt_time(t)} but did not run",
+                }
+            )
+
+    run_rows = []
+    for r in runs:
+        ok, message = verified.get(r["drill_id"], (False, "not verified"))
+        rto, rpo = _objective(r, "RTO"), _objective(r, "RPO")
+        facts = run_facts(r)
+        facts["intact"] = ok
+        run_rows.append(
+            {
+                "drill_id": r["drill_id"],
+                "name": r.get("name"),
+                "declared": r.get("declared"),
+                "verdict": r.get("verdict"),
+                "started_by": r.get("started_by"),
+                "rto_seconds": rto.get("achieved_seconds"),
+                "rto_objective_seconds": rto.get("objective_seconds"),
+                "rto_outcome": rto.get("outcome"),
+                "rpo_seconds": rpo.get("achieved_seconds"),
+                "rpo_objective_seconds": rpo.get("objective_seconds"),
+                "rpo_outcome": rpo.get("outcome"),
+                "validations": [{"name": v.get("name"), "outcome": v.get("outcome")} for v in r.get("validations", [])],
+                "findings": [f.get("code") for f in r.get("findings", [])],
+                "evidence_intact": ok,
+                "evidence_message": message,
+                "chain_head": r.get("chain_head"),
+                "facts": facts,
+            }
+        )
+        if not ok:
+            findings.append({"code": "EVIDENCE_TAMPERED", "severity": "error", "drill": r.get("name"), "drill_id": r["drill_id"], "message": message})
+        if r.get("verdict") != "PASSED":
+            findings.append(
+                {
+                    "code": f"DRILL_{r.get('verdict')}",
+                    "severity": "error" if r.get("verdict") in ("FAILED", "ERROR") else "warning",
+                    "drill": r.get("name"),
+                    "drill_id": r["drill_id"],
+                    "message": f"run {r['drill_id']} ended {r.get('verdict')}"
+                    + (": " + ", ".join(f.get("code", "") for f in r.get("findings", [])) if r.get("findings") else ""),
+                }
+            )
+
+    drills: dict[str, dict] = {}
+    for row in run_rows:
+        d = drills.setdefault(row["name"], {"name": row["name"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
+        d["runs"] += 1
+        d["passed"] += row["verdict"] == "PASSED"
+        d["last_verdict"] = row["verdict"]
+        d["points"].append({k: row[k] for k in ("drill_id", "declared", "verdict", "rto_seconds", "rto_objective_seconds", "rto_outcome", "rpo_seconds", "rpo_objective_seconds", "rpo_outcome")})
+    for m in missed:
+        drills.setdefault(m["drill"], {"name": m["drill"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
+
+    declared_by: dict[str, set[str]] = {}
+    for r in runs:
+        for key in _declared_controls(r):
+            declared_by.setdefault(key, set()).add(r.get("name"))
+    for sd in scheduled:
+        for key in sd.controls:
+            declared_by.setdefault(key, set()).add(sd.name)
+
+    controls = []
+    for c in CONTROLS:
+        run_needs = [n for n in c.needs if n != "on_schedule"]
+        evidencing = [row["drill_id"] for row in run_rows if row["facts"]["intact"] and all(row["facts"][n] for n in run_needs)]
+        gaps = []
+        for n in run_needs:
+            if not any(row["facts"][n] and row["facts"]["intact"] for row in run_rows):
+                gaps.append(NEED_GAP[n])
+        for row in run_rows:
+            if "rto" in run_needs + (["rto"] if "objectives" in run_needs else []) and row["rto_outcome"] == "FAILED":
+                gaps.append(f"RTO objective missed by run {row['drill_id']}")
+            if "rpo" in run_needs + (["rpo"] if "objectives" in run_needs else []) and row["rpo_outcome"] == "FAILED":
+                gaps.append(f"RPO objective missed by run {row['drill_id']}")
+            if not row["facts"]["intact"]:
+                gaps.append(f"evidence of run {row['drill_id']} failed verification")
+        if "on_schedule" in c.needs:
+            gaps += [f"scheduled drill {m['drill']} missed ({_fmt_time(m['expected_at'])})" for m in missed]
+        if not run_rows and NEED_GAP["ran"] not in gaps:
+            gaps.insert(0, NEED_GAP["ran"])
+        controls.append(
+            {
+                "key": c.key,
+                "framework": c.framework,
+                "id": c.id,
+                "title": c.title,
+                "satisfied_by": c.satisfied_by,
+                "evidenced_by": evidencing,
+                "declared_by": sorted(declared_by.get(c.key, set())),
+                "gaps": list(dict.fromkeys(gaps)),
+                "status": "evidenced" if evidencing and not gaps else ("partial" if evidencing else "gap"),
+            }
+        )
+
+    verdicts = [row["verdict"] for row in run_rows]
+    return {
+        "period": period.upper(),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "drill": drill,
+        "generated_at": now.isoformat(),
+        "summary": {
+            "runs": len(run_rows),
+            "passed": verdicts.count("PASSED"),
+            "failed": verdicts.count("FAILED"),
+            "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
+            "error": verdicts.count("ERROR"),
+            "missed": len(missed),
+            "evidence_intact": sum(1 for row in run_rows if row["evidence_intact"]),
+        },
+        "runs": run_rows,
+        "drills": list(drills.values()),
+        "missed": missed,
+        "upcoming": upcoming,
+        "findings": findings,
+        "controls": controls,
+        "problems": problems,
+    }
+
+
+def _declared_controls(doc: dict) -> list[str]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(doc.get("spec_text") or "") or {}
+        return list((data.get("evidence") or {}).get("controls") or [])
+    except Exception:  # noqa: BLE001
+        return []
+
+
+def trend_svg(points: list[dict], which: str) -> Markup:
+    """RTO or RPO achieved per run (chronological) against the objective (dashed)."""
+    key, obj_key, out_key = f"{which}_seconds", f"{which}_objective_seconds", f"{which}_outcome"
+    w, h, left, top, bottom = 320, 120, 48, 12, 22
+    values = [p[key] for p in points if p.get(key) is not None]
+    objectives = [p[obj_key] for p in points if p.get(obj_key)]
+    ymax = max(values + objectives + [1.0]) * 1.1
+    n = max(len(points), 1)
+
+    def px(i: int) -> float:
+        return left + (w - left - 10) * (i + 0.5) / n
+
+    def py(v: float) -> float:
+        return top + (h - top - bottom) * (1 - v / ymax)
+
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="trend" role="img" viewBox="0 0 {w} {h}" width="{w}" height="{h}" aria-label="{which.upper()} trend">']
+    out.append(f'<line x1="{left}" y1="{py(0):.1f}" x2="{w - 10}" y2="{py(0):.1f}" stroke="#8c959f"/>')
+    out.append(f'<text x="{left - 4}" y="{py(ymax / 1.1) + 4:.1f}" font-size="9" text-anchor="end" fill="#57606a">{escape(format_duration(ymax / 1.1))}</text>')
+    out.append(f'<text x="{left - 4}" y="{py(0) + 3:.1f}" font-size="9" text-anchor="end" fill="#57606a">0</text>')
+    if objectives:
+        oy = py(objectives[-1])
+        out.append(f'<line x1="{left}" y1="{oy:.1f}" x2="{w - 10}" y2="{oy:.1f}" stroke="#cf222e" stroke-dasharray="5 3"/>')
+        out.append(f'<text x="{w - 12}" y="{oy - 3:.1f}" font-size="9" text-anchor="end" fill="#cf222e">objective {escape(format_duration(objectives[-1]))}</text>')
+    line = [(px(i), py(p[key])) for i, p in enumerate(points) if p.get(key) is not None]
+    if len(line) > 1:
+        out.append('<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
+    for i, p in enumerate(points):
+        label = _fmt_time(p.get("declared"))[:10]
+        if p.get(key) is None:
+            out.append(f'<text x="{px(i):.1f}" y="{py(0) - 4:.1f}" font-size="9" text-anchor="middle" fill="#6e7781">n/a<title>{escape(p["drill_id"])}: not measured</title></text>')
+        else:
+            colour = COLOURS.get(p.get(out_key) or "", "#6e7781")
+            out.append(
+                f'<circle cx="{px(i):.1f}" cy="{py(p[key]):.1f}" r="4" fill="{colour}"><title>{escape(p["drill_id"])}: '
+                f'{escape(which.upper())} {escape(format_duration(p[key]))} ({escape(p.get(out_key) or "")})</title></circle>'
+            )
+        if n <= 8 or i in (0, n - 1):
+            out.append(f'<text x="{px(i):.1f}" y="{h - 6}" font-size="9" text-anchor="middle" fill="#57606a">{escape(label)}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def render_period_html(data: dict) -> str:
+    env = _environment()
+    trends = {d["name"]: {"rto": trend_svg(d["points"], "rto"), "rpo": trend_svg(d["points"], "rpo")} for d in data["drills"]}
+    return env.get_template("period_report.html.j2").render(data=data, trends=trends)
+
+
+def render_period_json(data: dict) -> str:
+    return json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
+
+
+CSV_COLUMNS = [
+    "record", "period", "drill", "drill_id", "declared", "verdict", "rto_seconds", "rto_objective_seconds", "rto_outcome",
+    "rpo_seconds", "rpo_objective_seconds", "rpo_outcome", "evidence_intact", "code", "control", "evidenced_by", "detail",
+]
+
+
+def render_period_csv(data: dict) -> str:
+    """One row per run, per finding and per control (column `record` says which)."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in data["runs"]:
+        w.writerow({**r, "record": "run", "period": data["period"], "drill": r["name"], "detail": "; ".join(r["findings"])})
+    for f in data["findings"]:
+        w.writerow({"record": "finding", "period": data["period"], "drill": f.get("drill"), "drill_id": f.get("drill_id"), "code": f["code"], "detail": f["message"]})
+    for c in data["controls"]:
+        w.writerow(
+            {
+                "record": "control",
+                "period": data["period"],
+                "control": f"{c['framework']} {c['id']}",
+                "evidenced_by": " ".join(c["evidenced_by"]),
+                "code": c["status"],
+                "detail": "; ".join(c["gaps"]),
+            }
+        )
+    return buf.getvalue()
+
+
+def period_report(store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None) -> dict:
+    """Read the period's runs from the evidence store, verify each, and build the report data."""
+    start, end = parse_period(period)
+    runs = store.runs(start, end, drill)
+    verified = {v.drill_id: (v.ok, v.message) for d in runs for v in store.verify(d["drill_id"])}
+    return period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now)
+
+
+def render_period(data: dict, fmt: str) -> str:
+    return {"html": render_period_html, "json": render_period_json, "csv": render_period_csv}[fmt](data)
+
+

@@ -1,0 +1,85 @@
+"""OrphanSweepWorkflow: find what ended or expired drills left behind, delete it, keep the record.
+
+Scheduled by `drdrill schedule sweep` (a Temporal Schedule), or started on demand. Each configured
+provider family lists resources carrying drdrill's tags whose drill is not running (or whose
+expiry passed); each is deleted after the provider re-checks its tag. Every sweep, also one that
+found nothing, is written as evidence.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.drill import DeleteOrphanInput, ListOrphansInput
+    from activities.models import Orphan
+    from activities.ops import SweepAction, SweepInput, SweepRecord
+
+RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5)
+
+
+def _describe(exc: BaseException) -> str:
+    while getattr(exc, "cause", None) is not None:
+        exc = exc.cause  # type: ignore[assignment]
+    return str(exc) or type(exc).__name__
+
+
+@workflow.defn(name="OrphanSweepWorkflow")
+class OrphanSweepWorkflow:
+    def __init__(self) -> None:
+        self._record: SweepRecord | None = None
+
+    @workflow.query
+    def progress(self) -> SweepRecord | None:
+        return self._record
+
+    @workflow.run
+    async def run(self, inp: SweepInput) -> SweepRecord:
+        info = workflow.info()
+        now = workflow.now()
+        rec = SweepRecord(sweep_id=info.workflow_id, run_id=info.run_id, started=now, ended=now, families=inp.families, dry_run=inp.dry_run)
+        self._record = rec
+        active = await workflow.execute_activity(
+            "active_drill_ids", result_type=list[str], start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY
+        )
+        rec.active_drill_ids = active
+        for family in inp.families:
+            try:
+                orphans: list[Orphan] = await workflow.execute_activity(
+                    "list_orphans",
+                    ListOrphansInput(family=family, now=now, active_drill_ids=active),
+                    result_type=list[Orphan],
+                    start_to_close_timeout=timedelta(minutes=10),
+                    retry_policy=RETRY,
+                )
+            except ActivityError as exc:
+                rec.errors.append(f"{family}: could not list orphans: {_describe(exc)}")
+                continue
+            for orphan in orphans:
+                if inp.dry_run:
+                    rec.actions.append(SweepAction(orphan=orphan, action="would delete"))
+                    continue
+                try:
+                    action = await workflow.execute_activity(
+                        "delete_orphan",
+                        DeleteOrphanInput(orphan=orphan),
+                        result_type=str,
+                        start_to_close_timeout=timedelta(minutes=30),
+                        retry_policy=RETRY,
+                    )
+                except ActivityError as exc:
+                    action = f"failed: {_describe(exc)}"
+                rec.actions.append(SweepAction(orphan=orphan, action=action))
+        rec.ended = workflow.now()
+        rec.evidence_path = await workflow.execute_activity(
+            "record_sweep",
+            rec,
+            result_type=str,
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=20),
+        )
+        return rec
