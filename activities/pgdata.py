@@ -46,14 +46,25 @@ def table_ident(name: str) -> sql.Composable:
 
 
 _HASH = {
-    "record": "SELECT count(*), coalesce(sum(hash_record_extended(t, 0)), 0)::text FROM {} AS t",
+    "record": "SELECT count(*), coalesce(sum(hash_record_extended({}, 0)), 0)::text FROM {} AS t",
     "text": "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)), 0)::text FROM {} AS t",
 }
 METHODS = tuple(_HASH)
 
+COLUMNS = "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
 
-def fingerprint_query(name: str, method: str = "text") -> sql.Composable:
-    return sql.SQL(_HASH[method]).format(table_ident(name))
+
+def fingerprint_query(name: str, method: str = "text", columns: Optional[list[str]] = None) -> sql.Composable:
+    if method == "text":
+        return sql.SQL(_HASH[method]).format(table_ident(name))
+    # ROW(c1, c2, ...) hashes exactly as the whole-row value `t` does (same columns, same order,
+    # dropped ones skipped), but costs about half: no copy of every tuple into a composite datum.
+    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in columns)) if columns else sql.SQL("t")
+    return sql.SQL(_HASH[method]).format(row, table_ident(name))
+
+
+def _columns(conn: psycopg.Connection, name: str) -> list[str]:
+    return [r[0] for r in conn.execute(COLUMNS, (table_ident(name).as_string(conn),)).fetchall()]
 
 
 def fingerprint(conn: psycopg.Connection, name: str, method: Optional[str] = None) -> dict:
@@ -62,11 +73,12 @@ def fingerprint(conn: psycopg.Connection, name: str, method: Optional[str] = Non
     if method is None:
         try:
             with conn.transaction():
-                rows, digest = conn.execute(fingerprint_query(name, "record")).fetchone()
+                rows, digest = conn.execute(fingerprint_query(name, "record", _columns(conn, name))).fetchone()
             return {"rows": int(rows), "checksum": str(digest), "method": "record"}
         except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
             method = "text"  # a column type without an extended hash function, or a server before 14
-    rows, digest = conn.execute(fingerprint_query(name, method)).fetchone()
+    columns = _columns(conn, name) if method == "record" else None
+    rows, digest = conn.execute(fingerprint_query(name, method, columns)).fetchone()
     return {"rows": int(rows), "checksum": str(digest), "method": method}
 
 

@@ -22,8 +22,10 @@ from rich.table import Table
 from drills.spec import DrillSpec, SpecError, format_duration, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
+_WIDTH = None if sys.stdout.isatty() else 200
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 EXIT = {"PASSED": 0, "FAILED": 1, "COULD_NOT_VERIFY": 3, "ERROR": 4}
 MARK = {"PASSED": "[green]\\[ok  ][/]", "FAILED": "[red]\\[FAIL][/]", "COULD_NOT_VERIFY": "[yellow]\\[CNV ][/]", "NOT_RUN": "[dim]\\[skip][/]", "ERROR": "[red]\\[ERR ][/]"}

@@ -82,8 +82,10 @@ def list_cmd() -> None:
         console.print("no schedules (run `drdrill schedule sync drills/`)")
         return
     table = Table(box=None, header_style="bold")
-    for col in ("schedule", "next run", "last run", "last verdict", "state", "note"):
+    table.add_column("schedule", no_wrap=True, min_width=max(len(r.schedule_id) for r in rows))
+    for col in ("next run", "last run", "last verdict", "state"):
         table.add_column(col)
+    table.add_column("note", overflow="fold")
     for r in rows:
         table.add_row(
             r.schedule_id,

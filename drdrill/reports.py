@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from html import escape
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Optional
 
 import jinja2
 from markupsafe import Markup

@@ -69,16 +69,25 @@ def cluster_root(tmp_path_factory, monkeypatch) -> Path:
     root.mkdir(mode=0o711)
     monkeypatch.setenv("DRDRILL_CLUSTER_ROOT", str(root))
     yield root
-    leftovers = [p for p in root.iterdir()]
-    for p in leftovers:  # a failed test must not leak servers into the next one
-        from activities.pglocal import LocalCluster
+    from activities.pglocal import LocalCluster
 
-        LocalCluster(p).destroy()
+    for p in list(root.iterdir()):  # a failed test must not leak servers into the next one
+        if p.is_dir():
+            LocalCluster(p).destroy()
+        else:
+            p.unlink()
     root.rmdir()
 
 
 def clusters_left(root: Path) -> list[str]:
-    """What a user would find still there: cluster directories or running servers."""
-    left = [str(p) for p in root.iterdir()]
-    left += [f"server running from {p}" for p in root.iterdir() if postmaster_alive(p)]
+    """What a user would find left by drills: tagged cluster directories or servers still running."""
+    from activities.pglocal import LocalCluster
+
+    left = []
+    for p in root.iterdir():
+        tags = LocalCluster(p).tags() if p.is_dir() else None
+        if tags and tags.get("drdrill:drill-id"):
+            left.append(str(p))
+            if postmaster_alive(p):
+                left.append(f"server running from {p}")
     return left

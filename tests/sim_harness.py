@@ -111,7 +111,11 @@ async def _run_sim(address, text, state, state_dir, during, speed):
         handle = await start(client, spec_of(text), queue)
         if during is not None:
             await during(handle)
-        return await final_result(handle, state_dir), handle
+        result = await final_result(handle, state_dir)
+        # A real worker lives on after a drill: let every simulated operation still running (an
+        # activity that ignored a cancellation, say) finish, so what it does afterwards counts.
+        await wait_until(lambda: not SimState(state).running(), timeout=120, what="simulated operations to end")
+        return result, handle
 
 
 async def wait_until(predicate: Callable[[], object], timeout: float = 60.0, what: str = "condition") -> object:

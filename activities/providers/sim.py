@@ -182,7 +182,7 @@ def _faults_of(target: Any) -> dict:
     faults = getattr(source, "faults", None)
     if faults is None:
         return {}
-    return faults.model_dump() if hasattr(faults, "model_dump") else dict(faults)
+    return faults.model_dump(mode="json") if hasattr(faults, "model_dump") else dict(faults)
 
 
 def _liveness(details: Any) -> None:
