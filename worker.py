@@ -30,7 +30,7 @@ async def main() -> None:
     port = metrics.serve()
     runtime = metrics.sdk_runtime()
     if port:
-        logging.getLogger("drdrill.worker").info("metrics on :%d/metrics (Temporal SDK metrics on the next port)", port)
+        logging.getLogger("drdrill.worker").info("drdrill metrics on :%d/metrics; Temporal SDK metrics per DRDRILL_SDK_METRICS_PORT (default the next port)", port)
     client = await connect(runtime=runtime)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

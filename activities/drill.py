@@ -83,13 +83,17 @@ class DeleteOrphanInput(BaseModel):
 
 def provider_failure(exc: Exception, target: Optional[str] = None) -> ApplicationError:
     """Turn a provider exception into the ApplicationError Temporal records (with a stable type)."""
+    from drdrill.redact import redact
+
     if isinstance(exc, ApplicationError):
         return exc
+    # Redacted here, at the source: the message becomes a finding, the workflow history and the logs.
     if isinstance(exc, ProviderError):
-        details = exc.finding(target).model_dump(mode="json")
-        return ApplicationError(exc.message, details, type=exc.code, non_retryable=not exc.retryable)
+        finding = exc.finding(target)
+        finding.message = redact(finding.message)
+        return ApplicationError(redact(exc.message), finding.model_dump(mode="json"), type=exc.code, non_retryable=not exc.retryable)
     # Unknown exceptions are retried (the provider did not say it was permanent).
-    return ApplicationError(f"{type(exc).__name__}: {exc}", type="PROVIDER_ERROR", non_retryable=False)
+    return ApplicationError(redact(f"{type(exc).__name__}: {exc}"), type="PROVIDER_ERROR", non_retryable=False)
 
 
 class DrillActivities:
@@ -118,7 +122,11 @@ class DrillActivities:
             provider = self.provider(family)
             return getattr(provider, fn_name)(*args)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed ApplicationError
-            raise provider_failure(exc, target) from exc
+            failure = provider_failure(exc, target)
+            if failure is not exc and _quotes_a_secret(exc):
+                # Temporal records the cause chain (message included) in the history: leave it out.
+                raise failure from None
+            raise failure from exc
 
     @activity.defn(name="find_recovery_point")
     def find_recovery_point(self, inp: FindRecoveryPointInput) -> RecoveryPoint:
@@ -175,6 +183,13 @@ class DrillActivities:
         from activities.evidence import record_run
 
         return record_run(self.state_dir, result)
+
+
+def _quotes_a_secret(exc: BaseException) -> bool:
+    from drdrill.redact import redact
+
+    text = str(exc)
+    return redact(text) != text
 
 
 def default_state_dir() -> str:

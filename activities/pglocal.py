@@ -231,10 +231,15 @@ class LocalCluster:
             pass
 
     def destroy(self) -> bool:
-        """Stop the server and delete the directory. Returns False when it was already gone."""
+        """Stop every server running from this directory and delete it. False when already gone."""
         if not self.path.exists():
             return False
         self.stop()
+        for pid_file in self.path.glob("*/postmaster.pid"):  # restored base backups live beside data/
+            try:
+                os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
+            except (OSError, ValueError, IndexError):
+                pass
         shutil.rmtree(self.path, ignore_errors=True)
         if self.path.exists():  # a file appeared while deleting (server still exiting)
             time.sleep(0.2)
@@ -255,3 +260,46 @@ def postmaster_alive(path: str | Path) -> bool:
         if "postgres" in cmd and needle in cmd:
             return True
     return False
+
+
+def server_major(bin_dir: Optional[str] = None) -> int:
+    """Major version of the PostgreSQL binaries in use (`postgres --version`)."""
+    out = subprocess.run([tool("postgres"), "--version"], capture_output=True, text=True).stdout
+    digits = "".join(c if c.isdigit() or c == "." else " " for c in out).split()
+    return int(digits[0].split(".")[0]) if digits else 0
+
+
+def adopt_data_dir(data: Path, sock: Path, port: int, log: Path) -> None:
+    """Make a copied data directory (a base backup) a private-socket cluster and start it.
+
+    It gets the same isolation settings as our own clusters: no TCP, no replication, no archiving,
+    and a pg_hba that only admits local socket connections.
+    """
+    for name in ("postmaster.pid", "standby.signal", "recovery.signal", "postmaster.opts"):
+        (data / name).unlink(missing_ok=True)
+    (data / "pg_hba.conf").write_text("# drdrill: Unix socket only\nlocal all all trust\n")
+    with open(data / "postgresql.auto.conf", "a") as fh:
+        fh.write(
+            "\n# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
+            f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
+            f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
+            f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n"
+        )
+    user = run_user()
+    for root, dirs, files in os.walk(data):
+        os.chmod(root, 0o700)
+        if user is not None:
+            os.chown(root, user.pw_uid, user.pw_gid)
+            for f in files:
+                os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
+    log.touch()
+    _chown(log)
+    proc = subprocess.run(
+        [tool("pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
+        capture_output=True,
+        text=True,
+        **_as_server_user(),
+    )
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise ClusterError(f"the restored base backup did not start: {proc.stderr.strip()} {' | '.join(tail)}")

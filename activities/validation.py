@@ -39,7 +39,15 @@ class ValidateInput(BaseModel):
 
 
 class CouldNotVerify(Exception):
-    """The check could not be carried out (no connection, bad query, missing tool)."""
+    """The check could not be carried out (no connection, bad query, missing tool).
+
+    `retry`: worth trying again until the deadline (a connection refused while a service starts);
+    False when trying again cannot help (no manifest to compare with, a query that does not parse).
+    """
+
+    def __init__(self, message: str, retry: bool = True):
+        super().__init__(message)
+        self.retry = retry
 
 
 class Failed(Exception):
@@ -62,7 +70,7 @@ def compare(actual: Any, expect: str) -> bool:
         try:
             expected = Decimal(raw)
         except Exception as exc:  # noqa: BLE001
-            raise CouldNotVerify(f"cannot compare with {raw!r}: quote text values, e.g. == 'ok'") from exc
+            raise CouldNotVerify(f"cannot compare with {raw!r}: quote text values, e.g. == 'ok'", retry=False) from exc
         if isinstance(actual, bool) or actual is None:
             raise Failed(f"got {actual!r}, expected a number {expect}")
         try:
@@ -71,7 +79,7 @@ def compare(actual: Any, expect: str) -> bool:
             raise Failed(f"got {actual!r}, expected a number {expect}") from exc
     if expected is None or isinstance(expected, bool):
         if op not in ("==", "!="):
-            raise CouldNotVerify(f"{expect}: only == and != apply to {raw}")
+            raise CouldNotVerify(f"{expect}: only == and != apply to {raw}", retry=False)
     try:
         return {
             "==": lambda a, b: a == b,
@@ -135,13 +143,19 @@ def run_validation(inp: ValidateInput, connect_timeout: float = 10.0) -> Validat
         except CouldNotVerify as exc:
             result.outcome, result.detail = "COULD_NOT_VERIFY", str(exc)
             last_error = str(exc)
-            if time.monotonic() >= deadline:
+            if not exc.retry or time.monotonic() >= deadline:
                 break
         time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
         delay = min(delay * 1.6, 5.0)
     if result.outcome != "PASSED" and last_error and result.attempts > 1:
         result.detail = f"{result.detail} (after {result.attempts} attempts over {format_duration(v.timeout)})"
     result.finished = _now()
+    # Redacted at the source: a check's output (a command printing its environment, an error
+    # quoting a DSN) becomes the workflow history, findings, evidence and reports.
+    from drdrill.redact import redact, redact_obj
+
+    result.detail = redact(result.detail)
+    result.measured = redact_obj(result.measured)
     if result.outcome == "FAILED" and v.type == "checksum":
         result.findings.append(Finding(code="CHECKSUM_MISMATCH", message=result.detail, target=result.target))
     return result
@@ -153,7 +167,7 @@ def run_validation(inp: ValidateInput, connect_timeout: float = 10.0) -> Validat
 def _connect(inp: ValidateInput, connect_timeout: float) -> psycopg.Connection:
     res = inp.resource
     if res is None or not res.endpoint.get("dsn"):
-        raise CouldNotVerify(f"target {getattr(inp.validation, 'target', '?')} exposes no database endpoint to check")
+        raise CouldNotVerify(f"target {getattr(inp.validation, 'target', '?')} exposes no database endpoint to check", retry=False)
     dsn = res.endpoint["dsn"]
     db = getattr(inp.validation, "database", None)
     kwargs: dict[str, Any] = {"connect_timeout": max(1, int(connect_timeout)), "autocommit": True}
@@ -176,7 +190,7 @@ def _query_error(exc: psycopg.Error) -> Exception:
         return Failed(f"the restored data lacks it: {_first_line(exc)}")
     if isinstance(exc, psycopg.OperationalError):
         return CouldNotVerify(f"connection lost: {_first_line(exc)}")
-    return CouldNotVerify(f"the query could not run: {_first_line(exc)}")
+    return CouldNotVerify(f"the query could not run: {_first_line(exc)}", retry=False)
 
 
 def check_sql(inp: ValidateInput, ct: float):
@@ -216,7 +230,7 @@ def check_row_count(inp: ValidateInput, ct: float):
     if v.equals_manifest:
         tables = _manifest(inp).get("tables", {})
         if table not in tables:
-            raise CouldNotVerify(f"the recovery point's manifest has no count for {table}")
+            raise CouldNotVerify(f"the recovery point's manifest has no count for {table}", retry=False)
         expected = tables[table]["rows"]
         ok = ok and rows == expected
         parts.append(f"manifest {expected}")
@@ -228,12 +242,12 @@ def check_checksum(inp: ValidateInput, ct: float):
     manifest = _manifest(inp)
     tables = manifest.get("tables")
     if not tables:
-        raise CouldNotVerify("the recovery point has no manifest of table checksums to compare with")
+        raise CouldNotVerify("the recovery point has no manifest of table checksums to compare with", retry=False)
     wanted = v.tables or list(tables)
     wanted = [t if "." in t else f"public.{t}" for t in wanted]
     missing_in_manifest = [t for t in wanted if t not in tables]
     if missing_in_manifest:
-        raise CouldNotVerify(f"not in the recovery point's manifest: {', '.join(missing_in_manifest)}")
+        raise CouldNotVerify(f"not in the recovery point's manifest: {', '.join(missing_in_manifest)}", retry=False)
     conn0 = _connect(inp, ct)
     conn0.close()
     res = inp.resource
@@ -282,7 +296,7 @@ def check_freshness(inp: ValidateInput, ct: float):
     if newest is None:
         raise Failed(f"{table}.{v.column} has no values: no data to measure freshness by")
     if not isinstance(newest, datetime):
-        raise CouldNotVerify(f"{table}.{v.column} is not a timestamp column (got {type(newest).__name__})")
+        raise CouldNotVerify(f"{table}.{v.column} is not a timestamp column (got {type(newest).__name__})", retry=False)
     if newest.tzinfo is None:
         newest = newest.replace(tzinfo=timezone.utc)
     lag = (inp.declared - newest).total_seconds()
@@ -331,7 +345,7 @@ def check_command(inp: ValidateInput, ct: float):
     try:
         proc = subprocess.Popen(v.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     except (FileNotFoundError, PermissionError) as exc:
-        raise CouldNotVerify(f"command cannot be run: {v.argv[0]}: {exc.strerror}") from exc
+        raise CouldNotVerify(f"command cannot be run: {v.argv[0]}: {exc.strerror}", retry=False) from exc
     deadline = time.monotonic() + max(1.0, v.timeout.total_seconds())
     try:
         while True:

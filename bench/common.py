@@ -66,7 +66,11 @@ def summary(xs: Iterable[float]) -> dict:
 
 def write_result(name: str, data: dict) -> Path:
     OUT.mkdir(parents=True, exist_ok=True)
-    data = {"benchmark": name, "command": " ".join([Path(sys.executable).name] + sys.argv), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    import __main__
+
+    spec = getattr(__main__, "__spec__", None)
+    command = " ".join(["python", "-m", spec.name] if spec else ["python", sys.argv[0]]) + " " + " ".join(sys.argv[1:])
+    data = {"benchmark": name, "command": command.strip(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": machine(), "load_at_end": load(), **data}
     path = OUT / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, default=str))

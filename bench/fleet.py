@@ -24,9 +24,8 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
 
-from activities.providers.sim import SimProvider
 from bench.common import load, time_limit, write_result
-from bench.simdrill import sim_spec, start
+from bench.simdrill import sim_provider, sim_spec, start
 from drdrill.temporal import DevServer, connect, running_worker
 
 
@@ -116,10 +115,11 @@ async def run(a) -> list[dict]:
         for n in [int(x) for x in a.sizes.split(",")]:
             for rep in range(a.runs):
                 queue = f"fleet-{uuid.uuid4().hex[:6]}"
-                sim = SimProvider(state_path=work / f"sim-{n}-{rep}.json", speed=1.0)
+                sim = sim_provider(a.state, work / f"sim-{n}-{rep}.json")
                 async with running_worker(client, task_queue_name=queue, providers={"sim": sim}, state_dir=str(work / "state")):
                     r = await one_size(client, queue, n, a.restore_time, a.sample)
                 r["run"] = rep + 1
+                r["state"] = a.state
                 out.append(r)
                 w = r["workflow_task_scheduled_to_completed"]
                 print(
@@ -140,11 +140,14 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--restore-time", type=float, default=5.0)
     ap.add_argument("--sample", type=int, default=100)
+    ap.add_argument("--state", choices=["file", "memory"], default="memory",
+                    help="the sim's state: memory (measures the worker) or its flock'd JSON file (measures the simulator too)")
+    ap.add_argument("--out", default="fleet")
     ap.add_argument("--timeout", type=float, default=2400)
     a = ap.parse_args()
     time_limit(a.timeout)
     out = asyncio.run(run(a))
-    print(write_result("fleet", {"runs": out}))
+    print(write_result(a.out, {"state": a.state, "runs": out}))
 
 
 if __name__ == "__main__":

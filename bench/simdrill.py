@@ -35,3 +35,51 @@ async def run_one(client, queue: str, spec) -> tuple[float, DrillResult]:
     handle = await start(client, queue, spec)
     result = await handle.result()
     return time.perf_counter() - t0, result
+
+
+class MemoryState:
+    """The sim's state kept in this process's memory (a lock instead of a flock'd JSON file).
+
+    Same interface as activities.providers.sim.SimState, for benchmarks that measure the
+    orchestrator rather than the simulator's file: the file-backed state rewrites the whole JSON
+    document under one exclusive lock on every operation, which serialises all drills of a worker.
+    """
+
+    def __init__(self, name: str = "memory"):
+        import threading
+        from pathlib import Path
+
+        from activities.providers.sim import _empty
+
+        self.path = Path(f"/nonexistent/{name}.json")
+        self._data = _empty()
+        self._lock = threading.RLock()
+
+    def read(self) -> dict:
+        with self._lock:
+            return {k: (dict(v) if isinstance(v, dict) else list(v)) if isinstance(v, (dict, list)) else v for k, v in self._data.items()}
+
+    def edit(self):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def _edit():
+            with self._lock:
+                yield self._data
+                if len(self._data["events"]) > 5000:
+                    del self._data["events"][:-5000]
+
+        return _edit()
+
+    def resources(self) -> dict:
+        return self.read()["resources"]
+
+
+def sim_provider(kind: str, path):
+    """A SimProvider on a fresh state: "file" (the real flock'd JSON file at `path`) or "memory"."""
+    from activities.providers.sim import SimProvider
+
+    p = SimProvider(state_path=path, speed=1.0)
+    if kind == "memory":
+        p.state = MemoryState()
+    return p

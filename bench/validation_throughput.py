@@ -92,7 +92,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--timeout", type=float, default=2400)
     ap.add_argument("--keep", action="store_true", help="keep the generated database (benchmark 5 reuses it)")
-    ap.add_argument("--methods", default="checksum,count,pg_dump")
+    ap.add_argument("--methods", default="checksum,count,pg_dump", help="also: checksum_text (the check before the record hash)")
     a = ap.parse_args()
     time_limit(a.timeout)
     dsn = datagen.generate(a.gb)
@@ -103,6 +103,10 @@ def main() -> None:
     # The manifest the check compares with: the same fingerprint, computed once up front (this also warms the cache).
     manifest = fingerprints_parallel(lambda: psycopg.connect(dsn, autocommit=True), tables, workers=workers)
     inp = checksum_input(dsn, manifest)
+    # The check as it was before the "record" hash (every table hashed as text): for comparison.
+    text_manifest = fingerprints_parallel(lambda: psycopg.connect(dsn, autocommit=True), tables, workers=workers,
+                                          methods={t: "text" for t in tables}) if "checksum_text" in a.methods else {}
+    inp_text = checksum_input(dsn, text_manifest)
     methods = a.methods.split(",")
     times: dict[str, list[float]] = {m: [] for m in methods}
     loads = []
@@ -110,6 +114,8 @@ def main() -> None:
         for m in methods:
             if m == "checksum":
                 times[m].append(run_checksum(inp))
+            elif m == "checksum_text":
+                times[m].append(run_checksum(inp_text))
             elif m == "count":
                 times[m].append(run_count_scan(dsn, tables, workers))
             elif m == "pg_dump":

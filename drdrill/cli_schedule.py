@@ -86,16 +86,23 @@ def list_cmd() -> None:
     for col in ("next run", "last run", "last verdict", "state"):
         table.add_column(col)
     table.add_column("note", overflow="fold")
+    table.add_column("last drill", overflow="fold")
     for r in rows:
         table.add_row(
             r.schedule_id,
             "-" if r.paused else _fmt(r.next_run),
-            _fmt(r.last_run) + (f" ({r.last_workflow_id})" if r.last_workflow_id else ""),
+            _fmt(r.last_run),
             r.last_verdict or "-",
             "paused" if r.paused else "active",
             escape(r.note),
+            r.last_workflow_id or "",
         )
-    console.print(table)
+    import shutil
+    import sys
+
+    # Piped (grep, CI logs): no terminal width to respect, keep each schedule on one line.
+    wide = Console(highlight=False, width=shutil.get_terminal_size().columns if sys.stdout.isatty() else 200)
+    wide.print(table)
 
 
 def _handle_id(name: str) -> str:

@@ -123,11 +123,9 @@ def embedded_cluster():
 
 def embedded_dsn() -> str:
     """Start (once) the embedded evidence PostgreSQL and return a DSN for its database."""
-    from activities.pglocal import cluster_root
-
     cluster = embedded_cluster()
-    lock_path = cluster_root() / f".evidence-{os.getuid()}.lock"
-    with open(lock_path, "w") as lock:
+    cluster.path.mkdir(mode=0o700, exist_ok=True)
+    with open(cluster.path / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not cluster.running():

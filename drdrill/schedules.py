@@ -313,8 +313,9 @@ async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> s
     from temporalio.client import WorkflowExecutionStatus
 
     from activities.models import DrillResult, DrillStatus
+    from activities.ops import SweepRecord
 
-    handle = client.get_workflow_handle(workflow_id)
+    handle = client.get_workflow_handle(workflow_id, result_type=SweepRecord if kind == "sweep" else DrillResult)
     try:
         desc = await handle.describe()
     except Exception:  # noqa: BLE001
@@ -326,16 +327,14 @@ async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> s
         except Exception:  # noqa: BLE001 - no worker answering
             return "running"
     if desc.status == WorkflowExecutionStatus.COMPLETED and kind == "sweep":
-        from activities.ops import SweepRecord
-
         try:
-            rec = await handle.result(result_type=SweepRecord)
+            rec = await handle.result()
             return f"swept: {len(rec.actions)} orphan(s)" + (f", {len(rec.errors)} error(s)" if rec.errors else "")
         except Exception:  # noqa: BLE001
             return "completed"
     if desc.status == WorkflowExecutionStatus.COMPLETED:
         try:
-            result = await handle.result(result_type=DrillResult)
+            result = await handle.result()
             return getattr(result, "verdict", None) or "completed"
         except Exception:  # noqa: BLE001
             return "completed"

@@ -144,6 +144,18 @@ def temporal_cli() -> str:
     return found
 
 
+def _die_with_parent() -> None:
+    """Linux: the dev server gets SIGTERM when the process that started it dies (even by SIGKILL),
+    so a killed test run or CLI never leaves a server behind."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
+    except (OSError, AttributeError):
+        pass
+
+
 class DevServer:
     """`temporal server start-dev` on a free loopback port, optionally persisted to a file."""
 
@@ -175,7 +187,7 @@ class DevServer:
         if self.db_filename:
             cmd += ["--db-filename", self.db_filename]
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

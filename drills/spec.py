@@ -172,7 +172,9 @@ class PostgresSource(Strict):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="name of the environment variable holding the source DSN (for `drdrill backup`)",
     )
-    format: Literal["custom", "directory"] = "custom"
+    format: Literal["custom", "directory", "base"] = Field(
+        "custom", description="custom: pg_dump -Fc; directory: pg_dump -Fd; base: pg_basebackup (a physical copy)"
+    )
     database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
 
 
@@ -748,6 +750,9 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
         raise SpecError(path, [(where, f"not valid YAML: {problem}")]) from None
     except RecursionError:
         raise SpecError(path, [("", "the YAML is nested too deeply")]) from None
+    except (ValueError, OverflowError, TypeError, MemoryError) as exc:
+        # PyYAML's constructors raise these for e.g. an integer of more than 4300 digits.
+        raise SpecError(path, [("", f"not valid YAML: {str(exc)[:200]}")]) from None
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise SpecError(path, [("", f"a drill file is a mapping with name, objectives and targets; this one is {kind}")])

@@ -47,6 +47,7 @@ def fake():
     f = AzureFake().start()
     yield f
     f.stop()
+    assert f.drill_state() == [], "the test left drill resources behind"
     # Least privilege: every ARM action this test drove is in deploy/azure/role.json.
     missing = sorted(a for a in f.actions if not covered_by_role(a))
     assert not missing, f"deploy/azure/role.json lacks {missing}"

@@ -17,6 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 
 from activities.models import DrillContext
 from activities.providers.base import ProviderError
+from activities.sweep import failed, sweep
 from activities.providers.gcp import (
     LABEL_DRILL_ID,
     LABEL_EXPIRES_AT,
@@ -328,6 +329,20 @@ def test_half_created_environment_is_torn_down_from_the_drill_id_alone(fake, gcp
     assert {d.split()[0] for d in report.deleted} == {"subnetwork", "network"}
 
 
+def test_a_refused_list_filter_falls_back_to_reading_everything(fake, gcp):
+    ctx = _ctx("filter")
+    spec = parse_spec(DISK_DRILL)
+    target = spec.targets[0]
+    env = gcp.create_isolation(ctx, spec.isolation, spec.targets)
+    gcp.restore(ctx, target, gcp.find_recovery_point(ctx, target), env)
+    bad = "Invalid value for field 'filter': '(labels.drdrill-drill-id = ...)'. Invalid list filter expression."
+    fake.inject("compute.disks.aggregatedList", status=400, reason="invalid", message=bad, times=1)
+    report = gcp.teardown(ctx, env)
+    assert any(d.startswith("disk ") for d in report.deleted)
+    # Production disks were read too, and left alone (they carry no drill label).
+    assert report.refused == []
+
+
 def test_verify_isolation_finds_a_route_out(fake, gcp):
     ctx = _ctx("leak")
     spec = parse_spec(DISK_DRILL)
@@ -370,10 +385,32 @@ def test_orphans_are_listed_and_swept(fake, gcp):
     with pytest.raises(ProviderError) as err:
         gcp.delete_orphan(network)
     assert err.value.retryable
-    order = {"instance": 0, "disk": 1, "firewall": 2, "subnetwork": 3, "network": 4}
-    done = [gcp.delete_orphan(o) for o in sorted(orphans, key=lambda o: order[o.kind])]
-    assert all(d.startswith(("deleted", "firewall", "subnetwork")) for d in done), done
+    # What `drdrill sweep` runs: list, then delete in the order listed (dependents first).
+    rows = sweep({"gcp": gcp}, NOW, active_drill_ids=[])
+    assert failed(rows) == []
+    assert sorted(o.kind for o, _ in rows) == kinds
+    assert all(a.startswith("deleted") for _, a in rows), rows
     assert gcp.list_orphans(NOW, set()) == []
+
+
+def test_sweep_refuses_a_resource_whose_label_changed(fake, gcp):
+    ctx = _ctx("relabel")
+    spec = parse_spec(DISK_DRILL)
+    target = spec.targets[0]
+    env = gcp.create_isolation(ctx, spec.isolation, spec.targets)
+    gcp.restore(ctx, target, gcp.find_recovery_point(ctx, target), env)
+    disk = next(o for o in gcp.list_orphans(NOW, set()) if o.kind == "disk")
+    # Between listing and deleting, someone adopts the disk (relabels it).
+    with fake.lock:
+        for (p, c, s, n), r in fake.store.items.items():
+            if c == "disks" and n == disk.details["name"]:
+                r["labels"] = {"owner": "someone-else"}
+                fake.store.seeded.add((p, c, s, n))
+    action = gcp.delete_orphan(disk)
+    assert action.startswith("refused")
+    assert failed([(disk, action)]) == [(disk, action)]
+    report = gcp.teardown(ctx, env)
+    assert report.refused == [] and all(not d.startswith("disk ") for d in report.deleted)  # not found by label: left alone
 
 
 def test_from_environment_uses_the_configured_endpoint(fake):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
-import psycopg
 
 from activities.models import DrillStatus
 from tests.conftest import wait_for_phase

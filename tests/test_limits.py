@@ -62,3 +62,42 @@ def test_without_limits_drills_do_not_queue(temporal_server, tmp_path, shop_repo
     results = asyncio.run(go())
     assert [r.verdict for r in results] == ["PASSED", "PASSED"]
     assert all(not any(e.phase == "queued" for e in r.timeline) for r in results)
+
+
+def test_a_queued_drill_cancelled_from_the_cli_leaves_the_queue(temporal_server, tmp_path, shop_repo, cluster_root, monkeypatch):
+    from temporalio.client import WorkflowExecutionStatus
+
+    from activities.ops import LimiterState, limiter_workflow_id
+
+    monkeypatch.setenv("DRDRILL_LIMITS", '{"postgres": 1}')
+    first_spec = spec_of(pg_drill(shop_repo, unique("holder"), extra="teardown: {hold: 1h}"))
+    second_spec = spec_of(pg_drill(shop_repo, unique("waiter")))
+
+    async def go():
+        async with service(temporal_server.address, tmp_path) as svc:
+            first = await svc.start(first_spec)
+            await wait_for_phase(first, "hold")
+            second = await svc.start(second_spec)
+            await wait_until(lambda: _is(second, "queued"), "the second drill to be queued")
+            limiter = svc.client.get_workflow_handle(limiter_workflow_id(svc.queue, "drill", "postgres"))
+            before = await limiter.query("state", result_type=LimiterState)
+            out = await svc.cli("cancel", second.id)
+            assert out.exit_code == 0, out.output
+
+            async def cancelled():
+                return (await second.describe()).status == WorkflowExecutionStatus.CANCELED
+
+            await wait_until(cancelled, "the queued drill to be cancelled")
+
+            async def left_queue():
+                st = await limiter.query("state", result_type=LimiterState)
+                return st if not st.queue else None
+
+            after = await wait_until(left_queue, "the limiter to drop the cancelled request")
+            await first.signal("release")
+            return before, after, await svc.result(first)
+
+    before, after, first = asyncio.run(go())
+    assert [r.label for r in before.holders] == [first_spec.name] and [r.label for r in before.queue] == [second_spec.name]
+    assert [r.label for r in after.holders] == [first_spec.name] and after.queue == []
+    assert first.verdict == "PASSED" and clusters_left(cluster_root) == []

