@@ -17,6 +17,7 @@ from typing import Any, Optional
 from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from activities.models import (
     DrillContext,
@@ -121,6 +122,8 @@ class DrillActivities:
         try:
             provider = self.provider(family)
             return getattr(provider, fn_name)(*args)
+        except TemporalCancelledError:
+            raise  # a cancelled drill: Temporal must see the cancellation, not a retryable failure
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed ApplicationError
             failure = provider_failure(exc, target)
             if failure is not exc and _quotes_a_secret(exc):

@@ -124,6 +124,11 @@ def embedded_cluster():
 def embedded_dsn() -> str:
     """Start (once) the embedded evidence PostgreSQL and return a DSN for its database."""
     cluster = embedded_cluster()
+    try:  # already up (the common case): one connection, not a `pg_ctl status` subprocess per drill
+        with psycopg.connect(cluster.dsn(EMBEDDED_DB), connect_timeout=5):
+            return cluster.dsn(EMBEDDED_DB)
+    except psycopg.OperationalError:
+        pass
     cluster.path.mkdir(mode=0o700, exist_ok=True)
     with open(cluster.path / "start.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

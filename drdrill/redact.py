@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Optional
 
 MASK = "***"
 _SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|_DSN$|^DSN|_KEY$|CREDENTIAL|WEBHOOK|_URL_SECRET)", re.I)
@@ -62,10 +62,10 @@ def secret_values() -> list[str]:
     return sorted(values, key=len, reverse=True)
 
 
-def redact(text: str) -> str:
+def redact(text: str, _values: Optional[list[str]] = None) -> str:
     if not text:
         return text
-    for value in secret_values():
+    for value in secret_values() if _values is None else _values:
         if value in text:
             text = text.replace(value, MASK)
     for rx, repl in _PATTERNS:
@@ -73,14 +73,16 @@ def redact(text: str) -> str:
     return text
 
 
-def redact_obj(obj: Any) -> Any:
-    """Redact every string inside a JSON-like structure."""
+def redact_obj(obj: Any, _values: Optional[list[str]] = None) -> Any:
+    """Redact every string inside a JSON-like structure (the secret values are read once)."""
+    if _values is None:
+        _values = secret_values()
     if isinstance(obj, str):
-        return redact(obj)
+        return redact(obj, _values)
     if isinstance(obj, dict):
-        return {k: (MASK if _secret_key(k, v) else redact_obj(v)) for k, v in obj.items()}
+        return {k: (MASK if _secret_key(k, v) else redact_obj(v, _values)) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
+        return [redact_obj(v, _values) for v in obj]
     return obj
 
 

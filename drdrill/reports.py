@@ -8,6 +8,7 @@ inline SVG charts, no JavaScript, no external assets, print CSS so it prints on 
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import re
@@ -45,7 +46,11 @@ def _dur(value: Any) -> str:
     return format_duration(value) if value is not None else "not measured"
 
 
+@functools.lru_cache(maxsize=1)
 def _environment() -> jinja2.Environment:
+    """One Environment per process, so each template is parsed and compiled once, not for every
+    drill (a fresh Environment per report made template compilation ~20% of a worker's CPU at
+    fleet scale: bench/RESULTS.md §3). Nothing mutates it after it is built."""
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATES)),
         autoescape=True,

@@ -739,10 +739,24 @@ def _friendly(err: dict, data: Any) -> tuple[str, str]:
     return _loc_str(loc), msg
 
 
+class _DrillLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as
+    booleans, which turns `notify: {on: [FAILED]}` into a key `True` and a country code `NO` into false."""
+
+
+_DrillLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_DrillLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
 def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None) -> DrillSpec:
     """Parse drill YAML text; raise SpecError naming the file, the field path and the fix."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_DrillLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -111,3 +111,11 @@ def test_relative_repository_is_resolved_against_the_drill_file(tmp_path):
     f = tmp_path / "d.yaml"
     f.write_text(GOOD.replace("/var/backups/shop", "backups/shop"))
     assert load_spec(f).targets[0].source.repository == str(tmp_path / "backups" / "shop")
+
+
+def test_yaml_1_2_booleans_so_on_is_a_key():
+    from drills.spec import parse_spec
+
+    spec = parse_spec(GOOD + "notify: {webhooks_env: [HOOK], on: [PASSED, FAILED]}\n", "d.yaml")
+    assert spec.notify.on == ["PASSED", "FAILED"]
+    assert parse_spec(GOOD.replace("type: checksum, target: shop", "type: checksum, target: shop, required: false"), "d.yaml").validations[0].required is False

@@ -297,6 +297,8 @@ class DrillWorkflow:
 
     async def _isolate(self, family: str) -> Optional[Environment]:
         targets = [t for t in self.spec.targets if t.family == family]
+        # Until we hear back, the environment may be half-created: teardown finds it by tag.
+        self.envs.setdefault(family, Environment(family=family, drill_id=self.ctx.drill_id, id=self.ctx.resource_name()))
         try:
             env: Environment = await workflow.execute_activity_method(
                 DrillActivities.create_isolation,
@@ -304,11 +306,12 @@ class DrillWorkflow:
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=self.slow_heartbeat,
                 retry_policy=LONG_RETRY,
+                # On cancellation, wait until the activity has stopped: teardown must not run
+                # while a create call is still in flight, or what it creates afterwards leaks.
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as exc:
             self._activity_finding(exc, None, "ISOLATION_FAILED")
-            # The environment may be half-created: remember it so teardown sweeps it by tag.
-            self.envs.setdefault(family, Environment(family=family, drill_id=self.ctx.drill_id, id=self.ctx.resource_name()))
             return None
         self.envs[family] = env
         return env
@@ -337,6 +340,7 @@ class DrillWorkflow:
                 start_to_close_timeout=timeout,
                 heartbeat_timeout=self.heartbeat,
                 retry_policy=LONG_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
             self.restored[target.name] = resource
             self.findings.extend(resource.findings)
@@ -347,6 +351,7 @@ class DrillWorkflow:
                 start_to_close_timeout=timeout + timedelta(minutes=1),
                 heartbeat_timeout=self.heartbeat,
                 retry_policy=QUICK_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as exc:
             self._activity_finding(exc, target.name, "RESTORE_FAILED")

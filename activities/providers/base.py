@@ -60,7 +60,9 @@ def heartbeat(*details: Any) -> None:
         if activity.in_activity():
             activity.heartbeat(*details)
             if activity.is_cancelled():
-                raise ProviderError("CANCELLED", "the activity was cancelled", retryable=True)
+                from temporalio.exceptions import CancelledError
+
+                raise CancelledError("the drill was cancelled")
     except RuntimeError:
         pass
 

@@ -436,12 +436,17 @@ class PostgresProvider(Provider):
 
         reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
         reader.start()
-        while proc.poll() is None:
-            heartbeat({"target": target.name, "step": "pg_restore", "seconds": round(time.monotonic() - started, 1)})
-            try:
-                proc.wait(timeout=2)
-            except subprocess.TimeoutExpired:
-                pass
+        try:
+            while proc.poll() is None:
+                heartbeat({"target": target.name, "step": "pg_restore", "seconds": round(time.monotonic() - started, 1)})
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if proc.poll() is None:  # cancelled (or the worker is shutting down): stop pg_restore too
+                proc.kill()
+                proc.wait()
         reader.join()
         stderr = "".join(stderr_chunks)
         findings.extend(classify_restore_errors(stderr, target.name))
