@@ -24,7 +24,7 @@ from pydantic import BaseModel
 from temporalio import activity
 
 from activities.models import Finding, RecoveryPoint, RestoredResource, ValidationResult
-from activities.pgdata import fingerprint, fingerprints_parallel, table_ident
+from activities.pgdata import fingerprints_parallel, table_ident
 from activities.providers.base import heartbeat
 from drills.spec import Validation, format_duration
 

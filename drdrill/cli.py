@@ -181,7 +181,7 @@ async def follow(handle, spec: DrillSpec):
     from activities.models import DrillStatus
 
     shown = 0
-    header = False
+    header = queued = False
     task = asyncio.create_task(_result(handle))
     while True:
         try:
@@ -189,15 +189,19 @@ async def follow(handle, spec: DrillSpec):
         except Exception:  # noqa: BLE001 - not started yet, or already closed
             status = None
         if status is not None:
-            if not header:
+            if not header and (status.declared is not None or task.done()):
                 console.print(
                     f"drill [bold]{spec.name}[/]  run {handle.id}  declared {status.declared:%H:%M:%SZ}"
                     if status.declared else f"drill {spec.name}  run {handle.id}"
                 )
                 header = True
-            for ev in status.timeline[shown:]:
-                _print_event(ev, status.declared)
-            shown = len(status.timeline)
+            elif not header and status.phase == "queued" and not queued:
+                console.print(f"drill {spec.name}  run {handle.id}  queued: waiting for a concurrency permit")
+                queued = True
+            if header:
+                for ev in status.timeline[shown:]:
+                    _print_event(ev, status.declared)
+                shown = len(status.timeline)
         if task.done():
             break
         await asyncio.wait({task}, timeout=0.5)

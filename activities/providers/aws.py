@@ -52,7 +52,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_point
+from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 # Every IAM action any AwsProvider called in this process ("ec2:DescribeVpcs", ...).
 CALLED_ACTIONS: set[str] = set()
@@ -316,17 +316,7 @@ class AwsProvider(Provider):
             points = self._rds_points(target)
         else:
             raise ProviderError("BAD_SPEC", f"the aws provider does not handle {kind!r}")
-        rule = target.recovery_point
-        return select_point(
-            points,
-            rule.rule,
-            now=ctx.declared,
-            at=rule.at,
-            within=rule.within,
-            seed=rule.seed if rule.seed is not None else ctx.drill_id,
-            max_age=rule.max_age,
-            target=target.name,
-        )
+        return select_for_target(points, ctx, target)
 
     def _snapshots(self, region: str, volume_ids: list[str], snapshot_tags: Mapping[str, str]) -> list[dict]:
         filters = [{"Name": "volume-id", "Values": volume_ids}, {"Name": "status", "Values": ["completed"]}]

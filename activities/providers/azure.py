@@ -51,7 +51,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_point
+from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
 
 log = logging.getLogger("drdrill.azure")
 
@@ -422,7 +422,6 @@ class AzureProvider(Provider):
         return None
 
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
-        rule = target.recovery_point
         src = target.source
         if target.provider == "azure.disk":
             d = parse_id(src.disk_id, "Microsoft.Compute/disks")
@@ -445,16 +444,7 @@ class AzureProvider(Provider):
             raise ProviderError("BAD_TARGET", f"the Azure provider does not restore {target.provider}")
         if not points:
             raise ProviderError("RECOVERY_POINT_NOT_FOUND", f"target {target.name}: {where}")
-        return select_point(
-            points,
-            rule.rule,
-            now=ctx.declared,
-            at=rule.at,
-            within=rule.within,
-            seed=rule.seed if rule.seed is not None else ctx.drill_id,
-            max_age=rule.max_age,
-            target=target.name,
-        )
+        return select_for_target(points, ctx, target)
 
     def _vm_points(self, ctx: DrillContext, target: Any) -> tuple[list[RecoveryPoint], str]:
         src = target.source

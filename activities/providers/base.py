@@ -161,6 +161,25 @@ def select_point(
     return chosen
 
 
+def select_for_target(points: Sequence[RecoveryPoint], ctx: DrillContext, target: Any) -> RecoveryPoint:
+    """Apply `target.recovery_point` to candidate points, as of the drill's declared time.
+
+    A random choice is seeded by the drill and target (or the rule's own seed), so a retried
+    activity picks the same point and each target of a drill draws independently.
+    """
+    rule = target.recovery_point
+    return select_point(
+        points,
+        rule.rule,
+        now=ctx.declared,
+        at=rule.at,
+        within=rule.within,
+        seed=rule.seed if rule.seed is not None else f"{ctx.drill_id}/{target.name}",
+        max_age=rule.max_age,
+        target=target.name,
+    )
+
+
 def require_drill_tag(tags: Optional[dict[str, str]], drill_id: Optional[str] = None) -> bool:
     """True when `tags` say drdrill created this resource (for `drill_id`, when given)."""
     if not tags or not isinstance(tags, dict):

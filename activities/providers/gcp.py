@@ -101,7 +101,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_point
+from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 LABEL_DRILL_ID = "drdrill-drill-id"
 LABEL_TARGET = "drdrill-target"
@@ -440,7 +440,6 @@ class GcpProvider(Provider):
 
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
         src = target.source
-        rule = target.recovery_point
         if target.provider == "gcp.disk":
             disk = self._get("disks", {"project": src.project, "zone": src.zone, "disk": src.disk}, f"source disk {src.disk}")
             disk_link = disk.self_link if disk is not None else f"projects/{src.project}/zones/{src.zone}/disks/{src.disk}"
@@ -470,16 +469,7 @@ class GcpProvider(Provider):
         if not candidates:
             labels = f" labelled {src.snapshot_labels}" if src.snapshot_labels else ""
             raise ProviderError("RECOVERY_POINT_NOT_FOUND", f"target {target.name}: no READY snapshot{labels} of {source_desc} in project {src.project}")
-        point = select_point(
-            candidates,
-            rule.rule,
-            now=ctx.declared,
-            at=rule.at,
-            within=rule.within,
-            seed=rule.seed if rule.seed is not None else ctx.drill_id,
-            max_age=rule.max_age,
-            target=target.name,
-        )
+        point = select_for_target(candidates, ctx, target)
         chosen = [point.metadata["snapshot"]]
         # Other disks of an instance: the newest snapshot no later than the boot snapshot plus a
         # small skew (snapshots of one instance are taken together, not atomically).

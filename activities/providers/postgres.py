@@ -44,7 +44,7 @@ from activities.models import (
 )
 from activities.pgdata import fingerprints_parallel, list_tables
 from activities.pglocal import ClusterError, LocalCluster, cluster_root, tool
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_point
+from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 MANIFEST = "manifest.json"
 
@@ -298,17 +298,7 @@ class PostgresProvider(Provider):
                 "RECOVERY_POINT_NOT_FOUND",
                 f"target {target.name}: no backups in {target.source.repository} (run `drdrill backup`)",
             )
-        rule = target.recovery_point
-        return select_point(
-            points,
-            rule.rule,
-            now=ctx.declared,
-            at=rule.at,
-            within=rule.within,
-            seed=rule.seed if rule.seed is not None else f"{ctx.drill_id}/{target.name}",
-            max_age=rule.max_age,
-            target=target.name,
-        )
+        return select_for_target(points, ctx, target)
 
     def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
         cluster = self.cluster(ctx)

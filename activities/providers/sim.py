@@ -56,7 +56,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_point
+from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
 
 OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown")
 
@@ -303,17 +303,7 @@ class SimProvider(Provider):
                 )
                 for i in range(src.points)
             ]
-            rule = target.recovery_point
-            return select_point(
-                points,
-                rule.rule,
-                now=ctx.declared,
-                at=rule.at,
-                within=rule.within,
-                seed=rule.seed if rule.seed is not None else ctx.drill_id,
-                max_age=rule.max_age,
-                target=target.name,
-            )
+            return select_for_target(points, ctx, target)
 
     def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
         faults = _merge_faults([_faults_of(t) for t in targets])
