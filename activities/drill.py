@@ -100,8 +100,11 @@ def provider_failure(exc: Exception, target: Optional[str] = None) -> Applicatio
 class DrillActivities:
     """The activities of DrillWorkflow. `providers` maps family -> Provider; missing ones load lazily."""
 
-    def __init__(self, providers: Optional[dict[str, Provider]] = None, state_dir: Optional[str] = None):
+    def __init__(
+        self, providers: Optional[dict[str, Provider]] = None, state_dir: Optional[str] = None, host_queue: str = ""
+    ):
         self._providers: dict[str, Provider] = dict(providers or {})
+        self.host_queue = host_queue
         self._lock = threading.Lock()
         self.state_dir = Path(state_dir or default_state_dir())
 
@@ -130,6 +133,15 @@ class DrillActivities:
                 # Temporal records the cause chain (message included) in the history: leave it out.
                 raise failure from None
             raise failure from exc
+
+    @activity.defn(name="claim_host")
+    def claim_host(self, family: str) -> str:
+        """The task queue of this worker's host, for a family whose resources live on the host
+        (postgres clusters): the workflow then runs every activity of that family there, so the
+        restore, the checks and the teardown all see the same disk. "" when any worker will do."""
+        from activities.providers import HOST_BOUND
+
+        return self.host_queue if family in HOST_BOUND else ""
 
     @activity.defn(name="find_recovery_point")
     def find_recovery_point(self, inp: FindRecoveryPointInput) -> RecoveryPoint:

@@ -53,7 +53,19 @@ def workflows() -> list:
     return found
 
 
-def activity_objects(providers: Optional[dict] = None, state_dir: Optional[str] = None) -> tuple[list, list]:
+def host_queue(base: str) -> str:
+    """This host's own task queue: `<queue>@<host id>` (DRDRILL_HOST_ID, default the hostname).
+
+    Keep the host id stable across restarts (e.g. a StatefulSet pod name), so that a restarted
+    worker picks up the teardown of what the previous process on this host created."""
+    import socket as _socket
+
+    return f"{base}@{os.environ.get('DRDRILL_HOST_ID') or _socket.gethostname()}"
+
+
+def activity_objects(
+    providers: Optional[dict] = None, state_dir: Optional[str] = None, host_queue_name: str = ""
+) -> tuple[list, list]:
     """(activity callables, objects to close) for every activity drdrill has."""
     from activities.drill import DrillActivities
     from activities.validation import ValidationActivities
@@ -61,11 +73,12 @@ def activity_objects(providers: Optional[dict] = None, state_dir: Optional[str] 
     from activities.notify import NotifyActivities
     from activities.ops import OpsActivities
 
-    drill = DrillActivities(providers=providers, state_dir=state_dir)
+    drill = DrillActivities(providers=providers, state_dir=state_dir, host_queue=host_queue_name)
     validation = ValidationActivities()
     ops = OpsActivities(state_dir=state_dir)
     notify = NotifyActivities()
     acts = [
+        drill.claim_host,
         drill.find_recovery_point,
         drill.create_isolation,
         drill.verify_isolation,
@@ -94,13 +107,28 @@ async def running_worker(
     providers: Optional[dict] = None,
     state_dir: Optional[str] = None,
     max_concurrent_activities: int = 100,
+    disable_eager_activities: bool = False,
 ) -> AsyncIterator[Worker]:
-    """Run a worker with every workflow and activity until the block exits, then shut it down cleanly."""
-    acts, closables = activity_objects(providers, state_dir)
+    """Run a worker with every workflow and activity until the block exits, then shut it down cleanly.
+
+    A second worker polls this host's own queue (activities only), for providers whose resources
+    live on the host: see DrillActivities.claim_host."""
+    queue = task_queue_name or task_queue()
+    acts, closables = activity_objects(providers, state_dir, host_queue(queue))
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities, thread_name_prefix="drdrill-activity")
+    host_worker = Worker(
+        client,
+        task_queue=host_queue(queue),
+        activities=acts,
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+        max_heartbeat_throttle_interval=timedelta(seconds=5),
+        default_heartbeat_throttle_interval=timedelta(seconds=5),
+    )
     worker = Worker(
         client,
-        task_queue=task_queue_name or task_queue(),
+        task_queue=queue,
+        disable_eager_activity_execution=disable_eager_activities,
         workflows=workflows(),
         activities=acts,
         activity_executor=executor,
@@ -113,15 +141,16 @@ async def running_worker(
             restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "yaml", "drills", "activities")
         ),
     )
-    task = asyncio.create_task(worker.run())
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(host_worker.run())]
     try:
         yield worker
     finally:
-        await worker.shutdown()
-        try:
-            await task
-        except Exception:  # noqa: BLE001 - already reported by the worker
-            pass
+        await asyncio.gather(worker.shutdown(), host_worker.shutdown(), return_exceptions=True)
+        for task in tasks:
+            try:
+                await task
+            except Exception:  # noqa: BLE001 - already reported by the worker
+                pass
         executor.shutdown(wait=True, cancel_futures=True)
         for c in closables:
             c.close()

@@ -216,3 +216,47 @@ def test_base_backup_restores_as_its_own_isolated_cluster(drill_harness, tmp_pat
     checksum = result.validations[2]
     assert checksum.outcome == "COULD_NOT_VERIFY" and "no manifest of table checksums" in checksum.detail
     assert clusters_left(cluster_root) == []
+
+
+def test_every_postgres_activity_of_a_drill_runs_on_the_host_that_holds_its_cluster(temporal_server, shop_repo, cluster_root, tmp_path):
+    """Two workers on one task queue, on two "hosts": the cluster lives on one host's disk, so its
+    restore, checks and teardown must all run there, whichever worker picked up the drill."""
+    import uuid
+
+    from activities.models import DrillInput, DrillResult
+    from drdrill.temporal import connect, running_worker
+    from drills.spec import parse_spec
+
+    spec = parse_spec(drill_yaml(shop_repo), "<test>")
+    queue = f"hosts-{uuid.uuid4().hex[:6]}"
+
+    async def go():
+        import os
+
+        client = await connect(temporal_server.address)
+        other = await connect(temporal_server.address)  # one client per "host", as separate processes would have
+        os.environ["DRDRILL_HOST_ID"] = "host-a"
+        # Each host has its own disk: a cluster made on one is invisible to the other.
+        disk_a, disk_b = PostgresProvider(root=str(cluster_root / "a")), PostgresProvider(root=str(cluster_root / "b"))
+        async with running_worker(client, task_queue_name=queue, state_dir=str(tmp_path / "a"), providers={"postgres": disk_a}, disable_eager_activities=True):
+            os.environ["DRDRILL_HOST_ID"] = "host-b"
+            async with running_worker(other, task_queue_name=queue, state_dir=str(tmp_path / "b"), providers={"postgres": disk_b}, disable_eager_activities=True):
+                results = []
+                for i in range(4):
+                    results.append(
+                        await client.execute_workflow(
+                            "DrillWorkflow",
+                            DrillInput(spec=spec, drill_id=f"hosts-{i}-{uuid.uuid4().hex[:4]}", started_by="test"),
+                            id=f"hosts-{i}-{uuid.uuid4().hex[:6]}",
+                            task_queue=queue,
+                            result_type=DrillResult,
+                        )
+                    )
+        os.environ.pop("DRDRILL_HOST_ID", None)
+        return results, client
+
+    results, client = asyncio.run(go())
+    for result in results:
+        assert result.verdict == "PASSED", result.findings
+        assert result.teardown[0].deleted, "the teardown found the cluster it was meant to delete"
+    assert clusters_left(cluster_root / "a") == [] and clusters_left(cluster_root / "b") == []

@@ -134,6 +134,7 @@ class DrillWorkflow:
         )
         self.points: dict[str, RecoveryPoint] = {}
         self.envs: dict[str, Environment] = {}
+        self.hosts: dict[str, str] = {}  # family -> the host task queue its resources live on
         self.proofs: list[IsolationProof] = []
         self.restored: dict[str, RestoredResource] = {}
         self.validations: list[ValidationResult] = []
@@ -297,12 +298,22 @@ class DrillWorkflow:
 
     async def _isolate(self, family: str) -> Optional[Environment]:
         targets = [t for t in self.spec.targets if t.family == family]
+        try:
+            # Resources that live on a worker's own disk (postgres clusters) pin the family to
+            # that worker's host: every later activity for it goes to the host's queue.
+            self.hosts[family] = await workflow.execute_activity_method(
+                DrillActivities.claim_host, family, start_to_close_timeout=timedelta(seconds=30), retry_policy=QUICK_RETRY
+            )
+        except ActivityError as exc:
+            self._activity_finding(exc, None, "ISOLATION_FAILED")
+            return None
         # Until we hear back, the environment may be half-created: teardown finds it by tag.
         self.envs.setdefault(family, Environment(family=family, drill_id=self.ctx.drill_id, id=self.ctx.resource_name()))
         try:
             env: Environment = await workflow.execute_activity_method(
                 DrillActivities.create_isolation,
                 CreateIsolationInput(ctx=self.ctx, family=family, isolation=self.spec.isolation, targets=targets),
+                task_queue=self._queue(family),
                 start_to_close_timeout=timedelta(minutes=30),
                 heartbeat_timeout=self.slow_heartbeat,
                 retry_policy=LONG_RETRY,
@@ -321,6 +332,7 @@ class DrillWorkflow:
             return await workflow.execute_activity_method(
                 DrillActivities.verify_isolation,
                 VerifyIsolationInput(ctx=self.ctx, env=env),
+                task_queue=self._queue(env.family),
                 start_to_close_timeout=timedelta(minutes=5),
                 retry_policy=QUICK_RETRY,
             )
@@ -337,6 +349,7 @@ class DrillWorkflow:
             resource: RestoredResource = await workflow.execute_activity_method(
                 DrillActivities.restore,
                 RestoreInput(ctx=self.ctx, target=target, point=point, env=env),
+                task_queue=self._queue(target.family),
                 start_to_close_timeout=timeout,
                 heartbeat_timeout=self.heartbeat,
                 retry_policy=LONG_RETRY,
@@ -348,6 +361,7 @@ class DrillWorkflow:
             resource = await workflow.execute_activity_method(
                 DrillActivities.wait_ready,
                 WaitReadyInput(ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds()),
+                task_queue=self._queue(target.family),
                 start_to_close_timeout=timeout + timedelta(minutes=1),
                 heartbeat_timeout=self.heartbeat,
                 retry_policy=QUICK_RETRY,
@@ -397,6 +411,7 @@ class DrillWorkflow:
                     declared=self.declared,
                     rpo_objective_seconds=self.spec.objectives.rpo.total_seconds(),
                 ),
+                task_queue=self._queue(self.spec.target(tname).family) if tname else None,
                 start_to_close_timeout=v.timeout + timedelta(minutes=2),
                 heartbeat_timeout=self.heartbeat,
                 retry_policy=QUICK_RETRY,
@@ -481,11 +496,16 @@ class DrillWorkflow:
                     raise
                 self._late_cancel = True
 
+    def _queue(self, family: str) -> Optional[str]:
+        """The task queue for a family's activities: its host's, when it has one, else the drill's."""
+        return self.hosts.get(family) or None
+
     async def _teardown_one(self, env: Environment) -> TeardownReport:
         # Shielded: a cancellation of the workflow must not cancel its own cleanup.
         handle = workflow.start_activity_method(
             DrillActivities.teardown,
             TeardownInput(ctx=self.ctx, env=env),
+            task_queue=self._queue(env.family),
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=self.slow_heartbeat,
             retry_policy=TEARDOWN_RETRY,

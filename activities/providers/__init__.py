@@ -17,6 +17,11 @@ FAMILIES = {
 }
 
 
+# Families whose resources live on the worker's own machine (a local cluster on a Unix socket):
+# every activity of one drill for them must run on the same host. See DrillActivities.claim_host.
+HOST_BOUND = {"postgres"}
+
+
 def family_of(provider: str) -> str:
     return provider.split(".", 1)[0]
 
@@ -36,4 +41,4 @@ def load_provider(family: str, settings: Optional[dict] = None) -> Provider:
     return cls.from_environment(os.environ, settings or {})
 
 
-__all__ = ["FAMILIES", "Provider", "ProviderError", "family_of", "load_provider"]
+__all__ = ["FAMILIES", "HOST_BOUND", "Provider", "ProviderError", "family_of", "load_provider"]

@@ -531,6 +531,10 @@ class PostgresProvider(Provider):
         report = TeardownReport(family=self.family, environment_id=env.id)
         path = Path(env.details.get("path") or self.cluster(ctx).path)
         cluster = LocalCluster(path)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            # Never delete outside our own cluster root, whatever an environment record says.
+            report.refused.append(f"{path} (outside this worker's cluster root {self.root})")
+            return report
         if not path.exists():
             report.already_gone.append(str(path))
             return report
