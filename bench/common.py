@@ -15,7 +15,7 @@ from typing import Any, Iterable
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-OUT = HERE / "out"
+OUT = Path(os.environ.get("DRDRILL_BENCH_OUT") or HERE / "out")  # run_all --quick writes to out/quick
 ADMIN_DSN = os.environ.get("DRDRILL_BENCH_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 

@@ -48,6 +48,13 @@ def sequential(spec, state: Path) -> float:
 
 async def run(a) -> dict:
     work = Path(tempfile.mkdtemp(prefix="drb-ovh-"))
+    try:
+        return await _run(a, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+async def _run(a, work: Path) -> dict:
     sizes = [int(x) for x in a.sizes.split(",")]
     out: dict = {"restore_time": a.restore_time, "seq_restore_time": a.seq_restore_time, "drill": {}, "sequential": {}}
     server = DevServer(log_path=str(work / "temporal.log")).start()
@@ -80,7 +87,6 @@ async def run(a) -> dict:
             print(f"sequential n={n} run {i + 1}: {walls[-1]:.2f}s = {walls[-1] / a.seq_restore_time:.2f} T  load {load()}", flush=True)
         s = summary(walls)
         out["sequential"][n] = {**s, "ratio": s["median"] / a.seq_restore_time}
-    shutil.rmtree(work, ignore_errors=True)
     return out
 
 
