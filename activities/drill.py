@@ -70,6 +70,8 @@ class WaitReadyInput(BaseModel):
 class TeardownInput(BaseModel):
     ctx: DrillContext
     env: Environment
+    # Names of the environment variables holding webhook URLs to alert while teardown keeps failing.
+    alert_webhooks_env: list[str] = []
 
 
 class ListOrphansInput(BaseModel):
@@ -173,6 +175,9 @@ class DrillActivities:
         try:
             report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
         except ApplicationError as exc:
+            from activities.notify import alert_failing_teardown
+
+            alert_failing_teardown(inp.alert_webhooks_env, inp.ctx.drill_id, inp.ctx.drill_name, inp.env.id, attempt, exc.message)
             # Teardown is retried until it succeeds, whatever the provider calls the error (an
             # ACCESS_DENIED while a role propagates, a resource still in use): giving up leaks
             # restored data and fails the workflow before its evidence is recorded.

@@ -71,28 +71,49 @@ class NotifyActivities:
 
     @activity.defn(name="notify")
     def notify(self, inp: NotifyInput) -> str:
-        url = os.environ.get(inp.webhook_env, "").strip()
-        if not url:
-            raise ApplicationError(
-                f"webhook variable {inp.webhook_env} is not set on this worker", type="WEBHOOK_NOT_CONFIGURED", non_retryable=True
-            )
-        register_secret(url)
-        data = json.dumps(message(inp)).encode()
-        req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", "User-Agent": "drdrill"})
+        return send(inp, self.timeout)
+
+
+ALERT_ATTEMPTS = (3, 10, 30, 100)
+
+
+def alert_failing_teardown(webhooks_env: list[str], drill_id: str, drill_name: str, env_id: str, attempt: int, error: str) -> None:
+    """Called by the teardown activity while it keeps failing (attempts 3, 10, 30, 100, then every
+    100th): someone must know now, not when the teardown finally succeeds. Never raises."""
+    if not webhooks_env or not (attempt in ALERT_ATTEMPTS or (attempt > 100 and attempt % 100 == 0)):
+        return
+    summary = f"teardown of {env_id} failed {attempt} times and is still being retried: {error}"
+    for name in webhooks_env:
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                status = resp.status
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            if 400 <= status < 500 and status not in (408, 429):
-                raise ApplicationError(
-                    f"webhook {inp.webhook_env} refused the message: HTTP {status}", type="WEBHOOK_REFUSED", non_retryable=True
-                ) from None
-            raise ApplicationError(f"webhook {inp.webhook_env}: HTTP {status}", type="WEBHOOK_UNAVAILABLE") from None
-        except (urllib.error.URLError, OSError) as exc:
-            # Never echo the URL: it is a secret (it authorises posting to the channel).
+            send(NotifyInput(webhook_env=name, event="TEARDOWN", drill_id=drill_id, drill_name=drill_name, verdict="TEARDOWN_FAILING", summary=summary))
+        except Exception as exc:  # noqa: BLE001 - an alert must not break the teardown's own retries
+            log.warning("teardown alert to %s failed: %s", name, redact(str(exc)))
+
+
+def send(inp: NotifyInput, timeout: float = 10.0) -> str:
+    """POST the message to the URL held by `inp.webhook_env`; ApplicationError on failure."""
+    url = os.environ.get(inp.webhook_env, "").strip()
+    if not url:
+        raise ApplicationError(
+            f"webhook variable {inp.webhook_env} is not set on this worker", type="WEBHOOK_NOT_CONFIGURED", non_retryable=True
+        )
+    register_secret(url)
+    data = json.dumps(message(inp)).encode()
+    req = urllib.request.Request(url, data=data, method="POST", headers={"Content-Type": "application/json", "User-Agent": "drdrill"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+        if 400 <= status < 500 and status not in (408, 429):
             raise ApplicationError(
-                f"webhook {inp.webhook_env} unreachable: {redact(str(getattr(exc, 'reason', exc)))}", type="WEBHOOK_UNAVAILABLE"
+                f"webhook {inp.webhook_env} refused the message: HTTP {status}", type="WEBHOOK_REFUSED", non_retryable=True
             ) from None
-        log.info("notified %s of drill %s (%s): HTTP %s", inp.webhook_env, inp.drill_id, inp.event, status)
-        return f"HTTP {status}"
+        raise ApplicationError(f"webhook {inp.webhook_env}: HTTP {status}", type="WEBHOOK_UNAVAILABLE") from None
+    except (urllib.error.URLError, OSError) as exc:
+        # Never echo the URL: it is a secret (it authorises posting to the channel).
+        raise ApplicationError(
+            f"webhook {inp.webhook_env} unreachable: {redact(str(getattr(exc, 'reason', exc)))}", type="WEBHOOK_UNAVAILABLE"
+        ) from None
+    log.info("notified %s of drill %s (%s): HTTP %s", inp.webhook_env, inp.drill_id, inp.event, status)
+    return f"HTTP {status}"

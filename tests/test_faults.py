@@ -124,3 +124,24 @@ def test_a_teardown_failing_with_a_non_retryable_error_is_still_retried(temporal
     assert result.verdict == "PASSED", result.findings
     assert result.teardown[0].attempt == 3 and "TEARDOWN_RETRIED" in codes(result)
     assert leaked(state) == []
+
+
+def test_a_teardown_that_keeps_failing_alerts_while_it_is_still_failing(temporal_server, tmp_path, monkeypatch):
+    """The third failed attempt already pages someone; the drill then finishes once teardown works."""
+    from tests.test_notify import Receiver
+
+    state = tmp_path / "sim.json"
+    with Receiver() as hook:
+        monkeypatch.setenv("DRILL_HOOK", hook.url)
+        text = sim_yaml(source="{restore_time: 0.1, faults: {teardown_failures: 3}}", extra="notify: {webhooks_env: [DRILL_HOOK], on: [FAILED]}")
+        result, _ = run_sim(temporal_server.address, text, state, tmp_path)
+        no_teardown_alerts = [p for p in hook.posts if p["json"]["event"] == "TEARDOWN"]
+        text = sim_yaml(source="{restore_time: 0.1, faults: {teardown_failures: 3}}", extra="notify: {webhooks_env: [DRILL_HOOK]}")
+        result, _ = run_sim(temporal_server.address, text, state, tmp_path)
+    alerts = [p["json"] for p in hook.posts if p["json"]["event"] == "TEARDOWN"]
+
+    assert no_teardown_alerts == [], "a drill that did not ask for TEARDOWN alerts gets none"
+    assert result.verdict == "PASSED" and result.teardown[0].attempt == 4
+    failing = [a for a in alerts if a["verdict"] == "TEARDOWN_FAILING"]
+    assert len(failing) == 1 and "failed 3 times and is still being retried" in failing[0]["text"]
+    assert leaked(state) == []

@@ -504,7 +504,11 @@ class DrillWorkflow:
         # Shielded: a cancellation of the workflow must not cancel its own cleanup.
         handle = workflow.start_activity_method(
             DrillActivities.teardown,
-            TeardownInput(ctx=self.ctx, env=env),
+            TeardownInput(
+                ctx=self.ctx,
+                env=env,
+                alert_webhooks_env=self.spec.notify.webhooks_env if "TEARDOWN" in self.spec.notify.on else [],
+            ),
             task_queue=self._queue(env.family),
             start_to_close_timeout=timedelta(minutes=30),
             heartbeat_timeout=self.slow_heartbeat,
