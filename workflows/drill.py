@@ -125,13 +125,7 @@ class DrillWorkflow:
             declared=declared,
             expires_at=declared + spec.max_duration + spec.teardown.max_hold + EXPIRY_MARGIN,
         )
-        self._status = DrillStatus(
-            drill_id=drill_id,
-            name=spec.name,
-            phase="declared",
-            declared=declared,
-            targets=[TargetState(target=t.name, provider=t.provider) for t in spec.targets],
-        )
+        self._status.phase, self._status.declared = "declared", declared
         self.points: dict[str, RecoveryPoint] = {}
         self.envs: dict[str, Environment] = {}
         self.hosts: dict[str, str] = {}  # family -> the host task queue its resources live on
