@@ -42,7 +42,7 @@ def _wait_up(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"moto_server at {url} did not answer within {timeout}s")
-        time.sleep(delay)  # waiting for a subprocess to listen (a condition, polled)
+        time.sleep(delay)  # allowed: polling for the moto_server subprocess to listen (a condition)
         delay = min(delay * 1.5, 0.5)
 
 

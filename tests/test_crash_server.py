@@ -33,7 +33,7 @@ async def _run(server: DevServer, state, tmp_path, phase: str) -> DrillResult:
     import sys
 
     script = tmp_path / "wait_for_gate.py"
-    script.write_text("import pathlib, sys, time\nwhile not pathlib.Path(sys.argv[1]).exists():\n    time.sleep(0.05)\n")
+    script.write_text("import pathlib, sys, time\nwhile not pathlib.Path(sys.argv[1]).exists():\n    time.sleep(0.05)\n")  # allowed: a check that waits for the test's gate file
     text = sim_yaml(
         source="{restore_time: 6}" if phase == "restore" else "{restore_time: 0.1}",
         validations=f"  - {{type: command, target: db0, name: waits-for-gate, timeout: 2m, argv: [{sys.executable}, {script}, {gate / 'open'}]}}",

@@ -24,7 +24,7 @@ PHASES = {
     "verify isolation": dict(source=f"{{restore_time: 0.1, faults: {{latency: {{verify_isolation: {SLOW}}}}}}}"),
     "restore": dict(source="{restore_time: 30}"),
     "validate": dict(
-        validations=f"  - {{type: command, name: slow-check, timeout: 1m, argv: [{sys.executable}, -c, 'import time; time.sleep(60)']}}"
+        validations=f"  - {{type: command, name: slow-check, timeout: 1m, argv: [{sys.executable}, -c, 'import time; time.sleep(60)']}}"  # allowed: a check that is busy when cancelled
     ),
     "hold": dict(extra="teardown: {hold: 10m}"),
 }
