@@ -6,11 +6,10 @@ Temporal samples do. Activities are synchronous (the SDKs are) and run in the wo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -217,11 +216,3 @@ def default_state_dir() -> str:
         return os.environ["DRDRILL_STATE_DIR"]
     base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "drdrill")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def dumps(obj: Any) -> str:
-    return json.dumps(obj, default=str, sort_keys=True)

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -266,7 +266,3 @@ def _store_sweep(data: dict) -> None:
         fn(data)
     except Exception:  # noqa: BLE001 - the JSON file is the record; the store is a copy
         log.exception("could not copy the sweep into the evidence store")
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)

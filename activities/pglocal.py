@@ -262,7 +262,7 @@ def postmaster_alive(path: str | Path) -> bool:
     return False
 
 
-def server_major(bin_dir: Optional[str] = None) -> int:
+def server_major() -> int:
     """Major version of the PostgreSQL binaries in use (`postgres --version`)."""
     out = subprocess.run([tool("postgres"), "--version"], capture_output=True, text=True).stdout
     digits = "".join(c if c.isdigit() or c == "." else " " for c in out).split()

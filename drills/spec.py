@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -828,7 +828,3 @@ def load_spec(path: str | Path) -> DrillSpec:
     except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
         raise SpecError(str(path), [("", f"cannot be read: {exc}")]) from None
     return parse_spec(text, str(path), base_dir=p.resolve().parent)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
