@@ -1,5 +1,8 @@
 """The drdrill worker: every workflow and activity, against the Temporal named by the environment.
 
+This module assembles the worker (`running_worker`, used by the CLI and the tests too) and lists
+every workflow and activity drdrill has. Run it as `python worker.py`.
+
     TEMPORAL_ADDRESS     host:port of the Temporal frontend (default localhost:7233)
     TEMPORAL_NAMESPACE   namespace (default "default")
     DRDRILL_TASK_QUEUE   task queue (default "drdrill"; one per provider family lets cloud work run
@@ -19,16 +22,132 @@ import asyncio
 import logging
 import os
 import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import AsyncIterator, Optional
 
-from drdrill.temporal import connect, running_worker, task_queue
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.drill import DrillActivities
+from activities.notify import NotifyActivities
+from activities.ops import OpsActivities
+from activities.validation import ValidationActivities
+from drdrill import metrics
+from drdrill.app import logs
+from drdrill.app.temporal import connect, sdk_runtime, task_queue
+from workflows.drill import DrillWorkflow
+from workflows.limiter import LimiterWorkflow
+from workflows.sweep import OrphanSweepWorkflow
+
+
+def workflows() -> list:
+    """Every workflow drdrill has."""
+    return [DrillWorkflow, OrphanSweepWorkflow, LimiterWorkflow]
+
+
+def host_queue(base: str) -> str:
+    """This host's own task queue: `<queue>@<host id>` (DRDRILL_HOST_ID, default the hostname).
+
+    Keep the host id stable across restarts (e.g. a StatefulSet pod name), so that a restarted
+    worker picks up the teardown of what the previous process on this host created."""
+    return f"{base}@{os.environ.get('DRDRILL_HOST_ID') or socket.gethostname()}"
+
+
+def activity_objects(
+    providers: Optional[dict] = None, state_dir: Optional[str] = None, host_queue_name: str = ""
+) -> tuple[list, list]:
+    """(activity callables, objects to close) for every activity drdrill has."""
+    drill = DrillActivities(providers=providers, state_dir=state_dir, host_queue=host_queue_name)
+    validation = ValidationActivities()
+    ops = OpsActivities(state_dir=state_dir)
+    notify = NotifyActivities()
+    acts = [
+        drill.claim_host,
+        drill.find_recovery_point,
+        drill.create_isolation,
+        drill.verify_isolation,
+        drill.restore,
+        drill.wait_ready,
+        drill.teardown,
+        drill.list_orphans,
+        drill.delete_orphan,
+        drill.record_evidence,
+        validation.validate,
+        ops.request_permit,
+        ops.closed_workflows,
+        ops.active_drill_ids,
+        ops.record_sweep,
+        ops.observe_result,
+        notify.notify,
+    ]
+    return acts, [drill]
+
+
+@asynccontextmanager
+async def running_worker(
+    client: Client,
+    *,
+    task_queue_name: Optional[str] = None,
+    providers: Optional[dict] = None,
+    state_dir: Optional[str] = None,
+    max_concurrent_activities: int = 100,
+    disable_eager_activities: bool = False,
+) -> AsyncIterator[Worker]:
+    """Run a worker with every workflow and activity until the block exits, then shut it down cleanly.
+
+    A second worker polls this host's own queue (activities only), for providers whose resources
+    live on the host: see DrillActivities.claim_host."""
+    queue = task_queue_name or task_queue()
+    acts, closables = activity_objects(providers, state_dir, host_queue(queue))
+    executor = ThreadPoolExecutor(max_workers=max_concurrent_activities, thread_name_prefix="drdrill-activity")
+    host_worker = Worker(
+        client,
+        task_queue=host_queue(queue),
+        activities=acts,
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+        max_heartbeat_throttle_interval=timedelta(seconds=5),
+        default_heartbeat_throttle_interval=timedelta(seconds=5),
+    )
+    worker = Worker(
+        client,
+        task_queue=queue,
+        disable_eager_activity_execution=disable_eager_activities,
+        workflows=workflows(),
+        activities=acts,
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+        # Heartbeats reach the server at least every 5 s, so a cancellation reaches a waiting
+        # activity promptly (the default lets up to 80% of the heartbeat timeout pass).
+        max_heartbeat_throttle_interval=timedelta(seconds=5),
+        default_heartbeat_throttle_interval=timedelta(seconds=5),
+        workflow_runner=SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "yaml", "drdrill", "activities")
+        ),
+    )
+    tasks = [asyncio.create_task(worker.run()), asyncio.create_task(host_worker.run())]
+    try:
+        yield worker
+    finally:
+        await asyncio.gather(worker.shutdown(), host_worker.shutdown(), return_exceptions=True)
+        for task in tasks:
+            try:
+                await task
+            except Exception:  # noqa: BLE001 - already reported by the worker
+                pass
+        executor.shutdown(wait=True, cancel_futures=True)
+        for c in closables:
+            c.close()
 
 
 async def main() -> None:
-    from drdrill import logs, metrics
-
     logs.setup()
     port = metrics.serve()
-    runtime = metrics.sdk_runtime()
+    runtime = sdk_runtime()
     if port:
         logging.getLogger("drdrill.worker").info("drdrill metrics on :%d/metrics; Temporal SDK metrics per DRDRILL_SDK_METRICS_PORT (default the next port)", port)
     client = await connect(runtime=runtime)

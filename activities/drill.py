@@ -18,7 +18,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
-from activities.models import (
+from drdrill.evidence.record import record_run
+from drdrill.core.models import (
     DrillContext,
     DrillResult,
     Environment,
@@ -28,9 +29,9 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers import family_of, load_provider
-from activities.providers.base import Provider, ProviderError
-from drills.spec import IsolationSpec, Target
+from drdrill.providers import family_of, load_provider
+from drdrill.providers.base import Provider, ProviderError
+from drdrill.core.spec import IsolationSpec, Target
 
 log = logging.getLogger("drdrill.activities")
 
@@ -85,7 +86,7 @@ class DeleteOrphanInput(BaseModel):
 
 def provider_failure(exc: Exception, target: Optional[str] = None) -> ApplicationError:
     """Turn a provider exception into the ApplicationError Temporal records (with a stable type)."""
-    from drdrill.redact import redact
+    from drdrill.core.redact import redact
 
     if isinstance(exc, ApplicationError):
         return exc
@@ -140,7 +141,7 @@ class DrillActivities:
         """The task queue of this worker's host, for a family whose resources live on the host
         (postgres clusters): the workflow then runs every activity of that family there, so the
         restore, the checks and the teardown all see the same disk. "" when any worker will do."""
-        from activities.providers import HOST_BOUND
+        from drdrill.providers import HOST_BOUND
 
         return self.host_queue if family in HOST_BOUND else ""
 
@@ -174,7 +175,7 @@ class DrillActivities:
         try:
             report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
         except ApplicationError as exc:
-            from activities.notify import alert_failing_teardown
+            from drdrill.notify import alert_failing_teardown
 
             alert_failing_teardown(inp.alert_webhooks_env, inp.ctx.drill_id, inp.ctx.drill_name, inp.env.id, attempt, exc.message)
             # Teardown is retried until it succeeds, whatever the provider calls the error (an
@@ -199,20 +200,11 @@ class DrillActivities:
         """Record the run's evidence: the PostgreSQL evidence store (append-only, hash-chained,
         idempotent on the drill id) and runs/<drill id>/{evidence.json,report.html,junit.xml}.
         Returns evidence.json's path."""
-        from activities.evidence import record_run
-
         return record_run(self.state_dir, result)
 
 
 def _quotes_a_secret(exc: BaseException) -> bool:
-    from drdrill.redact import redact
+    from drdrill.core.redact import redact
 
     text = str(exc)
     return redact(text) != text
-
-
-def default_state_dir() -> str:
-    if os.environ.get("DRDRILL_STATE_DIR"):
-        return os.environ["DRDRILL_STATE_DIR"]
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "drdrill")

@@ -1,7 +1,7 @@
 """Benchmark 3: fleet scale.
 
 N concurrent drills (1 sim target each, restore T seconds, one /bin/true check) started at once
-against one worker (drdrill.temporal.running_worker defaults: 100 activity slots, SDK default
+against one worker (worker.running_worker defaults: 100 activity slots, SDK default
 workflow cache of 1000) and a Temporal dev server, all on this machine. Reports drills per
 minute (N / (last completion - first start)), workflow task latency p50/p99 (scheduled ->
 completed, and its schedule-to-start part, from the histories of a sample of the drills), activity
@@ -26,7 +26,8 @@ from temporalio.api.enums.v1 import EventType
 
 from bench.common import load, time_limit, write_result
 from bench.simdrill import sim_provider, sim_spec, start
-from drdrill.temporal import DevServer, connect, running_worker
+from drdrill.app.temporal import DevServer, connect
+from worker import running_worker
 
 
 def rss_mib() -> float:

@@ -22,11 +22,12 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from activities.models import DrillContext
-from activities.providers.sim import SimProvider
+from drdrill.core.models import DrillContext
+from drdrill.providers.sim import SimProvider
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_one, sim_provider, sim_spec
-from drdrill.temporal import DevServer, connect, running_worker
+from drdrill.app.temporal import DevServer, connect
+from worker import running_worker
 
 
 def sequential(spec, state: Path) -> float:

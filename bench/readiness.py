@@ -2,7 +2,7 @@
 
 How long after a resource becomes ready the drill notices, and how many provider calls the wait
 costs. A simulated resource becomes ready R seconds after the wait starts (R jittered ±10% per
-trial); we run the product's real `activities.providers.base.poll_until` against it on a virtual
+trial); we run the product's real `drdrill.providers.base.poll_until` against it on a virtual
 clock (its `sleep` advances the clock, its `clock` reads it), so hours of waiting take
 milliseconds and every schedule sees the same ready times. Compared with polling at a fixed 15 s
 (boto3 waiters' default delay) and with poll_until's schedule before this benchmark (proportion=0:
@@ -19,7 +19,7 @@ import random
 import statistics
 import time
 
-from activities.providers.base import NotReadyYet, poll_until
+from drdrill.providers.base import NotReadyYet, poll_until
 from bench.common import summary, time_limit, write_result
 
 READY_TIMES = [30, 120, 300, 600, 1800, 3600]

@@ -22,13 +22,14 @@ from pathlib import Path
 
 import psycopg
 
-from activities.models import DrillInput, DrillResult
-from activities.pglocal import LocalCluster, tool
-from activities.providers.postgres import PostgresProvider, take_backup
+from drdrill.core.models import DrillInput, DrillResult
+from drdrill.providers.pglocal import LocalCluster, tool
+from drdrill.providers.postgres import PostgresProvider, take_backup
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result
-from drdrill.temporal import DevServer, connect, running_worker
-from drills.spec import parse_spec
+from drdrill.app.temporal import DevServer, connect
+from worker import running_worker
+from drdrill.core.spec import parse_spec
 
 DRILL = """
 version: 1

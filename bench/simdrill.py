@@ -6,8 +6,8 @@ import time
 import uuid
 from typing import Optional
 
-from activities.models import DrillInput, DrillResult
-from drills.spec import parse_spec
+from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.spec import parse_spec
 
 
 def sim_spec(name: str, targets: int, restore_time: float, ready_after: float = 0.0, validate: bool = True):
@@ -40,7 +40,7 @@ async def run_one(client, queue: str, spec) -> tuple[float, DrillResult]:
 class MemoryState:
     """The sim's state kept in this process's memory (a lock instead of a flock'd JSON file).
 
-    Same interface as activities.providers.sim.SimState, for benchmarks that measure the
+    Same interface as drdrill.providers.sim.SimState, for benchmarks that measure the
     orchestrator rather than the simulator's file: the file-backed state rewrites the whole JSON
     document under one exclusive lock on every operation, which serialises all drills of a worker.
     """
@@ -49,7 +49,7 @@ class MemoryState:
         import threading
         from pathlib import Path
 
-        from activities.providers.sim import _empty
+        from drdrill.providers.sim import _empty
 
         self.path = Path(f"/nonexistent/{name}.json")
         self._data = _empty()
@@ -77,7 +77,7 @@ class MemoryState:
 
 def sim_provider(kind: str, path):
     """A SimProvider on a fresh state: "file" (the real flock'd JSON file at `path`) or "memory"."""
-    from activities.providers.sim import SimProvider
+    from drdrill.providers.sim import SimProvider
 
     p = SimProvider(state_path=path, speed=1.0)
     if kind == "memory":

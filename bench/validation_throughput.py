@@ -19,14 +19,14 @@ from datetime import datetime, timezone
 import psycopg
 from psycopg import sql
 
-from activities.models import RecoveryPoint, RestoredResource
-from activities.pgdata import fingerprints_parallel, list_tables, table_ident
-from activities.pglocal import tool
-from activities.providers.postgres import libpq_env
-from activities.validation import ValidateInput, run_validation
+from drdrill.core.models import RecoveryPoint, RestoredResource
+from drdrill.providers.pgdata import fingerprints_parallel, list_tables, table_ident
+from drdrill.providers.pglocal import tool
+from drdrill.providers.postgres import libpq_env
+from drdrill.validation import ValidateInput, run_validation
 from bench import datagen
 from bench.common import load, sh, summary, time_limit, write_result
-from drills.spec import parse_spec
+from drdrill.core.spec import parse_spec
 
 
 def checksum_input(dsn: str, manifest_tables: dict) -> ValidateInput:

@@ -52,17 +52,3 @@ def serve(port: Optional[int] = None, addr: str = "0.0.0.0", registry: Collector
         port = int(raw)
     start_http_server(port, addr=addr, registry=registry)
     return port
-
-
-def sdk_runtime(port: Optional[int] = None, addr: str = "0.0.0.0"):
-    """A Temporal Runtime exporting the SDK's metrics to Prometheus on `port` (None: default runtime)."""
-    if port is None:
-        raw = os.environ.get("DRDRILL_SDK_METRICS_PORT", "").strip()
-        if not raw and os.environ.get("DRDRILL_METRICS_PORT", "").strip():
-            raw = str(int(os.environ["DRDRILL_METRICS_PORT"]) + 1)
-        if not raw:
-            return None
-        port = int(raw)
-    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-
-    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{addr}:{port}")))

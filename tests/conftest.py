@@ -18,9 +18,10 @@ from typing import Awaitable, Callable, Optional
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 
-from activities.models import DrillInput, DrillResult, DrillStatus
-from drdrill.temporal import DevServer, connect, running_worker
-from drills.spec import DrillSpec, load_spec, parse_spec
+from drdrill.core.models import DrillInput, DrillResult, DrillStatus
+from drdrill.app.temporal import DevServer, connect
+from worker import running_worker
+from drdrill.core.spec import DrillSpec, load_spec, parse_spec
 from tests.evidence_fixtures import evidence_store_dsn  # noqa: F401  (evidence store for every test: issue 6)
 
 REPO = Path(__file__).resolve().parent.parent

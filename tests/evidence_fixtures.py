@@ -51,7 +51,7 @@ def sample_result(name: str = "sample", drill_id: str | None = None, declared=No
     """A complete DrillResult as the workflow returns it (timeline, checks, findings, teardown)."""
     from datetime import datetime, timedelta, timezone
 
-    from activities.models import (
+    from drdrill.core.models import (
         DrillResult, Environment, Finding, IsolationCheck, IsolationProof, ObjectiveResult, RecoveryPoint,
         RestoredResource, TeardownReport, TimelineEvent, ValidationResult,
     )

@@ -14,10 +14,11 @@ from typing import AsyncIterator, Optional
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from typer.testing import CliRunner
 
-from activities.models import DrillInput, DrillResult, DrillStatus
-from activities.providers.postgres import PostgresProvider
-from drdrill.temporal import connect, running_worker
-from drills.spec import DrillSpec, parse_spec
+from drdrill.core.models import DrillInput, DrillResult, DrillStatus
+from drdrill.providers.postgres import PostgresProvider
+from drdrill.app.temporal import connect
+from worker import running_worker
+from drdrill.core.spec import DrillSpec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 

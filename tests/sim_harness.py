@@ -19,10 +19,11 @@ from typing import Awaitable, Callable, Optional
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from activities.models import DrillInput, DrillResult, DrillStatus
-from activities.providers.sim import SimProvider, SimState
-from drdrill.temporal import connect, running_worker
-from drills.spec import DrillSpec, parse_spec
+from drdrill.core.models import DrillInput, DrillResult, DrillStatus
+from drdrill.providers.sim import SimProvider, SimState
+from drdrill.app.temporal import connect
+from worker import running_worker
+from drdrill.core.spec import DrillSpec, parse_spec
 
 REPO = Path(__file__).resolve().parent.parent
 SPEED = 1.0  # sim durations in these tests are written in real seconds
@@ -46,7 +47,7 @@ def sim_yaml(
     )
     if validations is None:
         validations = "\n".join(
-            f"  - {{type: command, target: db{i}, name: ready-db{i}, timeout: 30s, argv: [{sys.executable}, -m, drdrill.simulate, check]}}"
+            f"  - {{type: command, target: db{i}, name: ready-db{i}, timeout: 30s, argv: [{sys.executable}, -m, drdrill.app.simulate, check]}}"
             for i in range(targets)
         )
     return f"""

@@ -11,16 +11,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from activities.models import TAG_DRILL_ID, TAG_EXPIRES_AT, TAG_TARGET, DrillContext
-from activities.providers.aws import AwsProvider
-from activities.providers.base import ProviderError
-from activities.sweep import failed, sweep
-from drills.spec import parse_spec
+from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, TAG_TARGET, DrillContext
+from drdrill.providers.aws import AwsProvider
+from drdrill.providers.base import ProviderError
+from drdrill.providers.sweep import failed, sweep
+from drdrill.core.spec import parse_spec
 from tests.conftest import wait_for_phase
 from tests.moto_server import OTHER_REGION, REGION, aws, moto_endpoint  # noqa: F401
 
 PY = sys.executable
-CHECK = f'["{PY}", "-m", "activities.providers.aws"]'
+CHECK = f'["{PY}", "-m", "drdrill.providers.aws"]'
 
 
 def drill(name: str, targets: str, validations: str, extra: str = "") -> str:
@@ -374,7 +374,7 @@ def test_teardown_refuses_what_lacks_the_drill_tag(aws):
 
 @pytest.mark.parametrize("name", ["aws-ebs", "aws-ec2", "aws-rds"])
 def test_example_drill_files_load(name):
-    from drills.spec import load_spec
+    from drdrill.core.spec import load_spec
     from tests.moto_server import REPO
 
     spec = load_spec(REPO / "drills" / f"{name}.yaml")

@@ -1,6 +1,6 @@
 """The shipped IAM policy covers every AWS API action the provider calls, and deletes only tagged things.
 
-Actions are recorded by the provider's botocore `before-call` hook (activities.providers.aws.
+Actions are recorded by the provider's botocore `before-call` hook (drdrill.providers.aws.
 CALLED_ACTIONS) across the whole test session; this module also drives a full lifecycle of every
 target kind itself so it is complete when run alone.
 """
@@ -12,10 +12,10 @@ import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from activities.models import DrillContext
-from activities.providers import aws as aws_module
-from activities.sweep import sweep
-from drills.spec import parse_spec
+from drdrill.core.models import DrillContext
+from drdrill.providers import aws as aws_module
+from drdrill.providers.sweep import sweep
+from drdrill.core.spec import parse_spec
 from tests.moto_server import aws, moto_endpoint  # noqa: F401
 
 POLICY = Path(__file__).resolve().parent.parent / "deploy" / "aws" / "iam-policy.json"

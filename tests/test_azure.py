@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 from azure.core.credentials import AccessToken
 
-from activities.models import DrillContext, Environment, Orphan
-from activities.providers.azure import AzureProvider
-from activities.providers.base import ProviderError
-from drills.spec import load_spec, parse_spec
+from drdrill.core.models import DrillContext, Environment, Orphan
+from drdrill.providers.azure import AzureProvider
+from drdrill.providers.base import ProviderError
+from drdrill.core.spec import load_spec, parse_spec
 
 from tests.azure_fake import TOKEN, AzureFake
 

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from activities.models import DrillResult
-from activities.providers.sim import SimState
-from drdrill.temporal import connect
+from drdrill.core.models import DrillResult
+from drdrill.providers.sim import SimState
+from drdrill.app.temporal import connect
 from tests.sim_harness import WorkerProcess, leaked, phase_of, sim_yaml, spec_of, start, wait_until
 
 HEARTBEAT = 3.0

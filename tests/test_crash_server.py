@@ -8,9 +8,10 @@ import uuid
 
 import pytest
 
-from activities.models import DrillResult
-from activities.providers.sim import SimProvider, SimState
-from drdrill.temporal import DevServer, connect, running_worker
+from drdrill.core.models import DrillResult
+from drdrill.providers.sim import SimProvider, SimState
+from drdrill.app.temporal import DevServer, connect
+from worker import running_worker
 from tests.sim_harness import leaked, phase_of, sim_yaml, spec_of, start, wait_until
 
 

@@ -12,10 +12,11 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from activities.evidence import evidence_document, record_run, result_from_document, verify_document
-from activities.providers.postgres import PostgresProvider
-from drdrill.cli_evidence import register
-from drdrill.evidence_store import SCHEMA, SCHEMA_VERSION, EvidenceStore, open_store
+from drdrill.evidence.chain import evidence_document, result_from_document, verify_document
+from drdrill.evidence.record import record_run
+from drdrill.providers.postgres import PostgresProvider
+from drdrill.app.cli_evidence import register
+from drdrill.evidence.store import SCHEMA, SCHEMA_VERSION, EvidenceStore, open_store
 from tests.evidence_fixtures import ADMIN_DSN, sample_result
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 from tests.moto_server import moto_endpoint  # noqa: F401
@@ -104,7 +105,7 @@ def _alter_content(store, run):
 
 
 def _alter_and_rehash(store, run):
-    from activities.evidence import row_hash
+    from drdrill.evidence.chain import row_hash
 
     kind, body, prev, _ = _row(store, run, 4)
     content = json.loads(body)
@@ -137,7 +138,7 @@ def _insert_duplicate(store, run):
 
 
 def _insert_chained_and_renumber(store, run):
-    from activities.evidence import row_hash
+    from drdrill.evidence.chain import row_hash
 
     _, _, _, h2 = _row(store, run, 2)
     content = {"phase": "restore", "outcome": "PASSED", "detail": "forged", "started": None, "ended": None, "target": None, "data": {}}
@@ -151,7 +152,7 @@ def _insert_chained_and_renumber(store, run):
 
 
 def _append(store, run):
-    from activities.evidence import row_hash
+    from drdrill.evidence.chain import row_hash
 
     last = store.conn.execute(f"SELECT max(seq) FROM {E} WHERE drill_id = %s", (run,)).fetchone()[0]
     _, _, _, head = _row(store, run, last)
@@ -206,7 +207,7 @@ def test_schema_is_created_and_migrated_by_version():
         conn.execute(f'CREATE DATABASE "{name}"')
     dsn = ADMIN_DSN.replace("dbname=postgres", f"dbname={name}")
     try:
-        from drdrill import evidence_store
+        from drdrill.evidence import store as evidence_store
 
         # An older drdrill created version 1 only ...
         s = EvidenceStore(dsn)

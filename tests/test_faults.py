@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from activities.providers.base import ProviderError
-from activities.providers.sim import SimProvider, SimState
+from drdrill.providers.base import ProviderError
+from drdrill.providers.sim import SimProvider, SimState
 from tests.sim_harness import leaked, run_sim, sim_yaml
 
 
@@ -108,7 +108,8 @@ def test_a_teardown_failing_with_a_non_retryable_error_is_still_retried(temporal
     import asyncio
     import uuid
 
-    from drdrill.temporal import connect, running_worker
+    from drdrill.app.temporal import connect
+    from worker import running_worker
     from tests.sim_harness import final_result, spec_of, start
 
     state = tmp_path / "sim.json"

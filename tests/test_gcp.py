@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from google.auth.credentials import AnonymousCredentials
 
-from activities.models import DrillContext
-from activities.providers.base import ProviderError
-from activities.sweep import failed, sweep
-from activities.providers.gcp import (
+from drdrill.core.models import DrillContext
+from drdrill.providers.base import ProviderError
+from drdrill.providers.sweep import failed, sweep
+from drdrill.providers.gcp import (
     LABEL_DRILL_ID,
     LABEL_EXPIRES_AT,
     GcpProvider,
@@ -26,7 +26,7 @@ from activities.providers.gcp import (
     gcp_name,
     label_value,
 )
-from drills.spec import load_spec, parse_spec
+from drdrill.core.spec import load_spec, parse_spec
 from tests.gcp_fake import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, ComputeFake
 
 REPO = Path(__file__).resolve().parent.parent
@@ -312,7 +312,7 @@ def test_name_taken_by_someone_else_is_refused(fake, gcp):
 
 
 def _bare_env(ctx):
-    from activities.models import Environment
+    from drdrill.core.models import Environment
 
     return Environment(family="gcp", drill_id=ctx.drill_id, id=ctx.resource_name())
 

@@ -7,7 +7,7 @@ import asyncio
 from datetime import timedelta
 
 
-from activities.models import DrillStatus
+from drdrill.core.models import DrillStatus
 from tests.conftest import wait_for_phase
 from tests.ops_helpers import pg_drill, service, spec_of, unique
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401

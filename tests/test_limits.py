@@ -67,7 +67,7 @@ def test_without_limits_drills_do_not_queue(temporal_server, tmp_path, shop_repo
 def test_a_queued_drill_cancelled_from_the_cli_leaves_the_queue(temporal_server, tmp_path, shop_repo, cluster_root, monkeypatch):
     from temporalio.client import WorkflowExecutionStatus
 
-    from activities.ops import LimiterState, limiter_workflow_id
+    from drdrill.core.operations import LimiterState, limiter_workflow_id
 
     monkeypatch.setenv("DRDRILL_LIMITS", '{"postgres": 1}')
     first_spec = spec_of(pg_drill(shop_repo, unique("holder"), extra="teardown: {hold: 1h}"))

@@ -9,8 +9,9 @@ import json
 import logging
 import urllib.request
 
-from drdrill import logs, metrics
-from drdrill.temporal import free_port
+from drdrill.app import logs
+from drdrill import metrics
+from drdrill.app.temporal import free_port, sdk_runtime
 from tests.ops_helpers import pg_drill, service, spec_of, unique
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 
@@ -30,7 +31,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 def test_worker_serves_drdrill_and_sdk_metrics(temporal_server, tmp_path, shop_repo, cluster_root):
     port = metrics.serve(free_port(), addr="127.0.0.1")
     sdk_port = free_port()
-    runtime = metrics.sdk_runtime(sdk_port, addr="127.0.0.1")
+    runtime = sdk_runtime(sdk_port, addr="127.0.0.1")
     name = unique("measured")
     spec = spec_of(pg_drill(shop_repo, name))
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import psycopg
 
-from activities.evidence import record_run
-from drdrill.evidence_store import SCHEMA
-from drdrill.redact import redact, redact_obj
+from drdrill.evidence.record import record_run
+from drdrill.evidence.store import SCHEMA
+from drdrill.core.redact import redact, redact_obj
 from tests.evidence_fixtures import sample_result
 
 SECRETS = {

@@ -13,9 +13,9 @@ from tempfile import TemporaryDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activities.models import TAG_DRILL_ID, TAG_EXPIRES_AT, DrillContext, Environment, Orphan
-from activities.providers.sim import SimProvider, SimState
-from activities.sweep import sweep
+from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, DrillContext, Environment, Orphan
+from drdrill.providers.sim import SimProvider, SimState
+from drdrill.providers.sweep import sweep
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 DRILLS = ["d1", "d2", "D1", "d1 ", ""]

@@ -9,9 +9,10 @@ import sys
 import uuid
 from pathlib import Path
 
-from activities.providers.base import ProviderError
-from activities.providers.sim import SimProvider
-from drdrill.temporal import connect, running_worker
+from drdrill.providers.base import ProviderError
+from drdrill.providers.sim import SimProvider
+from drdrill.app.temporal import connect
+from worker import running_worker
 from tests.sim_harness import WorkerProcess, final_result, leaked, sim_yaml, spec_of, start, wait_until
 
 PASSWORD = "Tr0ub4dor-and-3-s3cret"

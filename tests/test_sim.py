@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from activities.models import TAG_DRILL_ID, DrillContext
-from activities.providers.base import ProviderError
-from activities.providers.sim import SimProvider, SimState, default_state_path, sample_latency
-from drdrill.simulate import simulated
-from drills.spec import SpecError, load_spec, parse_spec
+from drdrill.core.models import TAG_DRILL_ID, DrillContext
+from drdrill.providers.base import ProviderError
+from drdrill.providers.sim import SimProvider, SimState, default_state_path, sample_latency
+from drdrill.app.simulate import simulated
+from drdrill.core.spec import SpecError, load_spec, parse_spec
 from tests.sim_harness import REPO, leaked, run_sim, sim_yaml, spec_of
 
 

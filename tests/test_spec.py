@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from drills.spec import SpecError, format_duration, load_spec, parse_duration
+from drdrill.core.spec import SpecError, format_duration, load_spec, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
@@ -92,7 +92,7 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
 
 def test_rules_need_their_fields():
     with pytest.raises(SpecError) as exc:
-        from drills.spec import parse_spec
+        from drdrill.core.spec import parse_spec
 
         parse_spec(GOOD.replace("    source: {repository: /var/backups/shop}\n", "    source: {repository: /r}\n    recovery_point: {rule: random}\n"), "d.yaml")
     assert exc.value.problems == [("targets[0].recovery_point", "rule 'random' needs 'within: <duration>', e.g. within: 30d")]
@@ -114,7 +114,7 @@ def test_relative_repository_is_resolved_against_the_drill_file(tmp_path):
 
 
 def test_yaml_1_2_booleans_so_on_is_a_key():
-    from drills.spec import parse_spec
+    from drdrill.core.spec import parse_spec
 
     spec = parse_spec(GOOD + "notify: {webhooks_env: [HOOK], on: [PASSED, FAILED]}\n", "d.yaml")
     assert spec.notify.on == ["PASSED", "FAILED"]

@@ -12,7 +12,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drills.spec import DrillSpec, SpecError, parse_spec
+from drdrill.core.spec import DrillSpec, SpecError, parse_spec
 
 PATH = "fuzz/ünïcode drill.yaml"
 

@@ -26,7 +26,7 @@ with workflow.unsafe.imports_passed_through():
         VerifyIsolationInput,
         WaitReadyInput,
     )
-    from activities.models import (
+    from drdrill.core.models import (
         DrillContext,
         DrillInput,
         DrillResult,
@@ -44,9 +44,10 @@ with workflow.unsafe.imports_passed_through():
         ValidationResult,
         Verdict,
     )
-    from activities.validation import ValidateInput, ValidationActivities
-    from drills.spec import DrillSpec, format_duration
-    from activities.ops import drill_id_from_workflow_id
+    from activities.validation import ValidationActivities
+    from drdrill.validation import ValidateInput
+    from drdrill.core.spec import DrillSpec, format_duration
+    from drdrill.core.operations import drill_id_from_workflow_id
 
 from workflows import hooks as ops_hooks  # operations (issue 7): metrics, notifications
 from workflows.limiter import Permits  # operations (issue 7): concurrency limits

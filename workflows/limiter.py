@@ -20,7 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.ops import (
+    from drdrill.core.operations import (
         LimiterRequest,
         LimiterState,
         PermitAnswer,

@@ -16,8 +16,8 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.drill import DeleteOrphanInput, ListOrphansInput
-    from activities.models import Orphan
-    from activities.ops import SweepAction, SweepInput, SweepRecord
+    from drdrill.core.models import Orphan
+    from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5)
 

@@ -7,11 +7,11 @@ teardown, evidence) without touching a cloud.
 
 Validations: every check that names a target (sql, row_count, checksum, freshness, and a command
 with `target:`) becomes a simulated check of the same name that proves the simulated target was
-restored and is ready (`python -m drdrill.simulate check`, reading the sim state). Checks that
+restored and is ready (`python -m drdrill.app.simulate check`, reading the sim state). Checks that
 need real hosts (tcp, http, a command without a target) are dropped, and the drill's description
 says which. A simulated verdict says the plan runs end to end; it proves nothing about real data.
 
-    python -m drdrill.simulate check     exit 0 when $DRDRILL_RESOURCE_ID exists and is ready
+    python -m drdrill.app.simulate check     exit 0 when $DRDRILL_RESOURCE_ID exists and is ready
                                          in $DRDRILL_SIM_STATE
 """
 
@@ -22,7 +22,7 @@ import sys
 from datetime import timedelta
 from typing import Any
 
-from drills.spec import DrillSpec
+from drdrill.core.spec import DrillSpec
 
 
 def simulated(spec: DrillSpec) -> DrillSpec:
@@ -60,7 +60,7 @@ def simulated(spec: DrillSpec) -> DrillSpec:
                 "target": target,
                 "required": v.required,
                 "timeout": v.timeout.total_seconds(),
-                "argv": [sys.executable, "-m", "drdrill.simulate", "check"],
+                "argv": [sys.executable, "-m", "drdrill.app.simulate", "check"],
             }
         )
     data["targets"] = targets
@@ -80,7 +80,7 @@ def simulated(spec: DrillSpec) -> DrillSpec:
 
 def check(env: dict) -> int:
     """The simulated check: the restored resource exists, is tagged and is ready."""
-    from activities.providers.sim import SimState
+    from drdrill.providers.sim import SimState
 
     rid, path = env.get("DRDRILL_RESOURCE_ID"), env.get("DRDRILL_SIM_STATE")
     if not rid or not path:
@@ -104,5 +104,5 @@ if __name__ == "__main__":  # pragma: no cover - exercised through the command v
 
     if sys.argv[1:] == ["check"]:
         sys.exit(check(dict(os.environ)))
-    print(json.dumps({"usage": "python -m drdrill.simulate check"}))
+    print(json.dumps({"usage": "python -m drdrill.app.simulate check"}))
     sys.exit(2)

@@ -36,9 +36,9 @@ from temporalio.client import (
     ScheduleUpdateInput,
 )
 
-from activities.models import DrillInput
-from activities.ops import SweepInput
-from drills.spec import DrillSpec, SpecError, load_spec
+from drdrill.core.models import DrillInput
+from drdrill.core.operations import SweepInput
+from drdrill.core.spec import DrillSpec, SpecError, load_spec
 
 MEMO_KIND = "drdrill"
 MEMO_HASH = "drdrill_spec_hash"
@@ -312,8 +312,8 @@ async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> s
     """PASSED/FAILED/… for a finished drill, 'running (<phase>)' for a running one."""
     from temporalio.client import WorkflowExecutionStatus
 
-    from activities.models import DrillResult, DrillStatus
-    from activities.ops import SweepRecord
+    from drdrill.core.models import DrillResult, DrillStatus
+    from drdrill.core.operations import SweepRecord
 
     handle = client.get_workflow_handle(workflow_id, result_type=SweepRecord if kind == "sweep" else DrillResult)
     try:

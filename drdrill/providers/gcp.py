@@ -90,7 +90,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Mapping, Optional
 
-from activities.models import (
+from drdrill.core.models import (
     DrillContext,
     Environment,
     Finding,
@@ -101,7 +101,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
+from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 LABEL_DRILL_ID = "drdrill-drill-id"
 LABEL_TARGET = "drdrill-target"

@@ -8,19 +8,19 @@ hash = sha256(prev_hash + canonical JSON of {run, seq, kind, content}). The reco
 head and the number of events; record_hash = sha256(chain_head + canonical JSON of the record), so
 the final record cannot be changed either without it showing.
 
-The same document is written to <state>/runs/<drill id>/evidence.json and stored in PostgreSQL
-(drdrill/evidence_store.py); `verify_rows` is the one verification both use.
+The same document is written to <state>/runs/<drill id>/evidence.json (drdrill/evidence/record.py)
+and stored in PostgreSQL (drdrill/evidence/store.py); `verify_rows` is the one verification both use.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-from pathlib import Path
 from typing import Any, Iterable, Optional
 
-from activities.models import DrillResult
+from drdrill import __version__
+from drdrill.core.models import DrillResult
+from drdrill.core.redact import redact_obj
 
 GENESIS = "0" * 64
 EVIDENCE_FORMAT = 1
@@ -190,9 +190,6 @@ def split_record(doc: dict) -> dict:
 
 def evidence_document(result: DrillResult) -> dict:
     """The run's evidence: the redacted DrillResult plus its event chain, chain head and record hash."""
-    from drdrill import __version__
-    from drdrill.redact import redact_obj
-
     raw = result.model_dump(mode="json")
     raw["evidence_path"] = None
     doc = _strip_nul(redact_obj(raw))
@@ -220,48 +217,3 @@ def document_from_parts(record: dict, rows: list[dict], chain_head: str, rhash: 
 
 def result_from_document(doc: dict) -> DrillResult:
     return DrillResult.model_validate({k: v for k, v in doc.items() if k in DrillResult.model_fields})
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.parent / f".{path.name}.{os.getpid()}"
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_bundle_files(run_dir: Path, doc: dict) -> dict[str, Path]:
-    """evidence.json, report.html and junit.xml for one run (idempotent: same document, same files)."""
-    from drdrill.reports import render_drill_html, render_junit
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"evidence.json": run_dir / "evidence.json", "report.html": run_dir / "report.html", "junit.xml": run_dir / "junit.xml"}
-    _atomic_write(paths["evidence.json"], json.dumps(doc, indent=2, sort_keys=True, default=str))
-    _atomic_write(paths["report.html"], render_drill_html(doc))
-    _atomic_write(paths["junit.xml"], render_junit(doc))
-    return paths
-
-
-def write_evidence_file(state_dir: Path, result: DrillResult, doc: Optional[dict] = None) -> str:
-    """Write runs/<drill id>/evidence.json (with report.html and junit.xml beside it). Returns its path."""
-    doc = doc if doc is not None else evidence_document(result)
-    paths = write_bundle_files(Path(state_dir) / "runs" / result.drill_id, doc)
-    return str(paths["evidence.json"])
-
-
-def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) -> str:
-    """What the record_evidence activity does: files first (the CLI reads them back after a
-    cancellation), then the PostgreSQL store (idempotent on the drill id). Returns evidence.json's path.
-
-    A retried activity whose first attempt already stored the run gets the stored chain back: the
-    files are rewritten from the store, so they always agree with it.
-    """
-    from drdrill.evidence_store import open_store
-
-    doc = evidence_document(result)
-    path = write_evidence_file(state_dir, result, doc)
-    with open_store(dsn) as store:
-        inserted = store.record(doc)
-        if not inserted:
-            stored = store.load(result.drill_id)
-            if stored.get("record_hash") != doc["record_hash"]:
-                path = write_evidence_file(state_dir, result, stored)
-    return path

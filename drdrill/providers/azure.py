@@ -39,7 +39,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Mapping, Optional
 
-from activities.models import (
+from drdrill.core.models import (
     TAG_DRILL_ID,
     TAG_EXPIRES_AT,
     DrillContext,
@@ -51,7 +51,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
+from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
 
 log = logging.getLogger("drdrill.azure")
 

@@ -6,14 +6,14 @@ import importlib
 import os
 from typing import Optional
 
-from activities.providers.base import Provider, ProviderError
+from drdrill.providers.base import Provider, ProviderError
 
 FAMILIES = {
-    "postgres": "activities.providers.postgres:PostgresProvider",
-    "aws": "activities.providers.aws:AwsProvider",
-    "azure": "activities.providers.azure:AzureProvider",
-    "gcp": "activities.providers.gcp:GcpProvider",
-    "sim": "activities.providers.sim:SimProvider",
+    "postgres": "drdrill.providers.postgres:PostgresProvider",
+    "aws": "drdrill.providers.aws:AwsProvider",
+    "azure": "drdrill.providers.azure:AzureProvider",
+    "gcp": "drdrill.providers.gcp:GcpProvider",
+    "sim": "drdrill.providers.sim:SimProvider",
 }
 
 

@@ -26,7 +26,7 @@ from typing import Iterator, Optional
 
 import psycopg
 
-from activities.evidence import canonical, document_from_parts, split_record, verify_rows, record_hash
+from drdrill.evidence.chain import canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
 
 SCHEMA = "drdrill_evidence"
 EMBEDDED_DB = "drdrill_evidence"
@@ -87,6 +87,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
         """,
     ),
+    (
+        3,
+        "orphan sweeps, append-only",
+        f"""
+        CREATE TABLE {SCHEMA}.sweeps (
+            sweep_id    text PRIMARY KEY,
+            started     timestamptz NOT NULL,
+            ended       timestamptz NOT NULL,
+            dry_run     boolean NOT NULL,
+            record      text NOT NULL,
+            record_hash text NOT NULL,
+            recorded_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX sweeps_started ON {SCHEMA}.sweeps (started);
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {SCHEMA}.sweeps
+            FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {SCHEMA}.sweeps
+            FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -110,8 +130,8 @@ def embedded_cluster():
     under the cluster root; when we are not root, its data directory is in the state directory so the
     evidence survives a cleaned /tmp. As root the server runs as an unprivileged user that cannot
     enter root's home, so the data stays beside the socket under the cluster root."""
-    from activities.drill import default_state_dir
-    from activities.pglocal import LocalCluster, cluster_root, run_user
+    from drdrill.core.paths import default_state_dir
+    from drdrill.providers.pglocal import LocalCluster, cluster_root, run_user
 
     cluster = LocalCluster(cluster_root() / f"evidence-{os.getuid()}")
     if run_user() is None:
@@ -147,6 +167,12 @@ def evidence_dsn() -> str:
     return os.environ.get("DRDRILL_EVIDENCE_DSN") or embedded_dsn()
 
 
+def record_sweep(record: dict) -> bool:
+    """Keep an orphan sweep in the evidence store (DRDRILL_EVIDENCE_DSN or the embedded one)."""
+    with open_store() as store:
+        return store.record_sweep(record)
+
+
 @contextmanager
 def open_store(dsn: Optional[str] = None) -> Iterator["EvidenceStore"]:
     store = EvidenceStore(dsn or evidence_dsn())
@@ -169,7 +195,7 @@ class EvidenceStore:
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
         except psycopg.OperationalError as exc:
-            from drdrill.redact import redact
+            from drdrill.core.redact import redact
 
             raise EvidenceStoreError(f"cannot reach the evidence store: {redact(str(exc)).strip()}") from None
 
@@ -212,7 +238,7 @@ class EvidenceStore:
     # -------------------------------------------------------------- writing
 
     def record(self, doc: dict) -> bool:
-        """Store one run's evidence document (activities.evidence.evidence_document). Idempotent on
+        """Store one run's evidence document (drdrill.evidence.chain.evidence_document). Idempotent on
         the drill id: a second call stores nothing and returns False."""
         record = split_record(doc)
         run = doc["drill_id"]
@@ -248,6 +274,27 @@ class EvidenceStore:
                     [(run, e["seq"], e["kind"], canonical(e["content"]), e["prev_hash"], e["hash"]) for e in doc["events"]],
                 )
         return True
+
+    def record_sweep(self, record: dict) -> bool:
+        """Store one orphan sweep (a redacted SweepRecord as JSON). Idempotent on the sweep id."""
+        text = canonical(record)
+        with self.conn.transaction():
+            row = self.conn.execute(
+                f"""INSERT INTO {SCHEMA}.sweeps (sweep_id, started, ended, dry_run, record, record_hash)
+                    VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sweep_id) DO NOTHING RETURNING sweep_id""",
+                (record["sweep_id"], _dt(record["started"]), _dt(record["ended"]), bool(record.get("dry_run")), text, sha256(text)),
+            ).fetchone()
+        return row is not None
+
+    def sweeps(self, since: Optional[datetime] = None, until: Optional[datetime] = None) -> list[dict]:
+        """Stored sweeps, oldest first."""
+        with self.conn.transaction():
+            rows = self.conn.execute(
+                f"SELECT record FROM {SCHEMA}.sweeps WHERE started >= coalesce(%s, '-infinity'::timestamptz) "
+                f"AND started < coalesce(%s, 'infinity'::timestamptz) ORDER BY started, sweep_id",
+                (since, until),
+            ).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     # -------------------------------------------------------------- reading
 

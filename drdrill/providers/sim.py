@@ -12,7 +12,7 @@ Environment:
     DRDRILL_SIM_SPEED  multiplier for every simulated duration (latency, restore_time, ready_after);
                        0.01 makes a "10 minute" restore take 6 s. Default 1.
 
-Faults (a target's `source.faults`, validated by drills.spec.SimFaults):
+Faults (a target's `source.faults`, validated by drdrill.core.spec.SimFaults):
 
     throttle: 2            the first 2 calls of each operation raise THROTTLED (retryable)
     transient_5xx: 1       the next call raises SERVICE_UNAVAILABLE (retryable)
@@ -43,7 +43,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
-from activities.models import (
+from drdrill.core.models import (
     TAG_DRILL_ID,
     TAG_EXPIRES_AT,
     TAG_TARGET,
@@ -56,7 +56,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
+from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
 
 OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown")
 
@@ -161,7 +161,7 @@ def _seconds(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     # ISO 8601 ("PT2S") after a round trip through JSON
-    from drills.spec import parse_duration
+    from drdrill.core.spec import parse_duration
 
     return parse_duration(value).total_seconds()
 
@@ -187,13 +187,7 @@ def _faults_of(target: Any) -> dict:
 
 def _liveness(details: Any) -> None:
     """Heartbeat without acting on a cancellation (a blocking call in progress)."""
-    try:
-        from temporalio import activity
-
-        if activity.in_activity():
-            activity.heartbeat(details)
-    except RuntimeError:
-        pass
+    heartbeat(details, stop_if_cancelled=False)
 
 
 def _iso(t: float) -> str:

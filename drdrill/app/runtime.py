@@ -15,8 +15,9 @@ from typing import AsyncIterator, Optional
 
 from temporalio.client import Client
 
-from activities.drill import default_state_dir
-from drdrill.temporal import DevServer, connect, running_worker
+from drdrill.core.paths import default_state_dir
+from drdrill.app.temporal import DevServer, connect
+from worker import running_worker
 
 
 def state_dir() -> Path:

@@ -173,7 +173,7 @@ class ObjectiveResult(BaseModel):
 class DrillInput(BaseModel):
     """What starts a DrillWorkflow."""
 
-    spec: Any  # drills.spec.DrillSpec (typed in workflows.drill to keep this module import-light)
+    spec: Any  # drdrill.core.spec.DrillSpec (typed in workflows.drill to keep this module import-light)
     drill_id: str
     started_by: str = "cli"
     # Heartbeat timeout of the long activities (default 30 s; isolation and teardown 2 min). Tests and

@@ -1,6 +1,6 @@
 """CLI: `drdrill evidence verify|export|list` and `drdrill report --period`.
 
-Registered by drdrill.cli.main() through `register(app)`.
+Registered by drdrill.app.cli.main() through `register(app)`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ DEFAULT_DRILLS = Path("drills")
 
 
 def _store():
-    from drdrill.evidence_store import EvidenceStoreError, open_store
+    from drdrill.evidence.store import EvidenceStoreError, open_store
 
     try:
         return open_store()
@@ -53,7 +53,7 @@ def verify(run: Optional[str] = typer.Argument(None, help="drill id (default: ev
 @evidence_app.command("list")
 def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 2026Q4")) -> None:
     """List the runs in the evidence store."""
-    from drdrill.reports import parse_period
+    from drdrill.app.reports import parse_period
 
     since = until = None
     if period:
@@ -63,7 +63,7 @@ def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 
     table = Table(box=None, header_style="bold")
     for col in ("declared", "drill", "run", "verdict", "RTO", "RPO"):
         table.add_column(col)
-    from drills.spec import format_duration
+    from drdrill.core.spec import format_duration
 
     for d in docs:
         table.add_row(d["declared"][:19], d["name"], d["drill_id"], d["verdict"], format_duration(d.get("rto_seconds")), format_duration(d.get("rpo_seconds")))
@@ -73,7 +73,7 @@ def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 
 @evidence_app.command("import")
 def import_files(paths: list[Path] = typer.Argument(..., help="evidence.json files or directories holding runs/*/evidence.json")) -> None:
     """Store evidence.json files (e.g. from another state directory) after verifying their chain."""
-    from activities.evidence import verify_document
+    from drdrill.evidence.chain import verify_document
 
     files: list[Path] = []
     for p in paths:
@@ -132,7 +132,7 @@ def export(
 
 
 def export_bundle(doc: dict, out: Path) -> list[Path]:
-    from activities.evidence import write_bundle_files
+    from drdrill.evidence.record import write_bundle_files
 
     out = Path(out)
     paths = list(write_bundle_files(out, doc).values())
@@ -155,7 +155,7 @@ def retention_until(doc: dict) -> datetime:
     """When the bundle may be deleted: the run's end plus the spec's evidence.retention (default 7y)."""
     from datetime import timedelta
 
-    from drills.spec import parse_duration
+    from drdrill.core.spec import parse_duration
 
     retention = spec_evidence(doc).get("retention") or "7y"
     try:
@@ -200,7 +200,7 @@ def report(
     drills_dir: Path = typer.Option(DEFAULT_DRILLS, "--drills", help="drill files, to know which drills were scheduled"),
 ) -> None:
     """Every drill in a period: verdicts, RTO/RPO against objectives, missed scheduled drills, controls."""
-    from drdrill.reports import parse_period, period_report, render_period
+    from drdrill.app.reports import parse_period, period_report, render_period
 
     if fmt not in ("html", "json", "csv"):
         err.print(f"--format {fmt}: use html, json or csv", markup=False)
@@ -217,7 +217,7 @@ def report(
         print(text, end="")
         return
     if out is None:
-        from drdrill.runtime import state_dir
+        from drdrill.app.runtime import state_dir
 
         name = f"{data['period']}{'-' + drill if drill else ''}.{fmt}"
         out = state_dir() / "reports" / name

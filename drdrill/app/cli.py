@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from drills.spec import DrillSpec, SpecError, format_duration, load_spec
+from drdrill.core.spec import DrillSpec, SpecError, format_duration, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
 # Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
@@ -68,7 +68,7 @@ def lint(files: List[Path] = typer.Argument(..., help="drill files to check")) -
 @app.command()
 def backup(drill: Path = typer.Argument(..., help="drill file whose postgres targets to back up")) -> None:
     """Take a backup of each postgres target's source (DSN from the variable named by dsn_env)."""
-    from activities.providers.postgres import take_backup
+    from drdrill.providers.postgres import take_backup
 
     spec = _load(drill)
     done = 0
@@ -85,7 +85,7 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
         try:
             point = take_backup(dsn, t.source.repository, fmt=t.source.format, jobs=t.restore.jobs)
         except Exception as exc:  # noqa: BLE001 - report, never echo the DSN
-            from drdrill.redact import redact
+            from drdrill.core.redact import redact
 
             err.print(f"target {t.name}: backup failed: {redact(str(exc))}", markup=False)
             raise typer.Exit(4)
@@ -116,7 +116,7 @@ def run(
     """Run one drill and show its progress; exit 0 only when it PASSED."""
     spec = _load(drill)
     if simulate:
-        from drdrill.simulate import simulated
+        from drdrill.app.simulate import simulated
 
         spec = simulated(spec)
     verdict = asyncio.run(_run(spec, drill_id or new_drill_id(spec), wait, as_json, worker or None))
@@ -124,9 +124,9 @@ def run(
 
 
 async def _run(spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool]) -> Optional[str]:
-    from activities.models import DrillInput, DrillResult
-    from drdrill.runtime import EmbeddedBusy, temporal
-    from drdrill.temporal import task_queue
+    from drdrill.core.models import DrillInput, DrillResult
+    from drdrill.app.runtime import EmbeddedBusy, temporal
+    from drdrill.app.temporal import task_queue
 
     try:
         async with temporal(with_worker=with_worker) as client:
@@ -163,12 +163,12 @@ def _user() -> str:
 async def _result(handle):
     from temporalio.client import WorkflowFailureError
 
-    from activities.models import DrillResult
+    from drdrill.core.models import DrillResult
 
     try:
         return await handle.result()
     except WorkflowFailureError:
-        from activities.drill import default_state_dir
+        from drdrill.core.paths import default_state_dir
 
         path = Path(default_state_dir()) / "runs" / handle.id / "evidence.json"
         if path.exists():
@@ -178,7 +178,7 @@ async def _result(handle):
 
 async def follow(handle, spec: DrillSpec):
     """Print each phase as it completes, then the checks, the objectives and the verdict."""
-    from activities.models import DrillStatus
+    from drdrill.core.models import DrillStatus
 
     shown = 0
     header = queued = False
@@ -259,8 +259,8 @@ def status(drill_id: str = typer.Argument(..., help="drill id")) -> None:
 
 
 async def _status(drill_id: str) -> None:
-    from activities.models import DrillStatus
-    from drdrill.runtime import temporal
+    from drdrill.core.models import DrillStatus
+    from drdrill.app.runtime import temporal
 
     async with temporal(with_worker=None) as client:
         handle = client.get_workflow_handle(drill_id)
@@ -284,7 +284,7 @@ def list_runs(limit: int = typer.Option(20, help="how many runs")) -> None:
 
 
 async def _list(limit: int) -> None:
-    from drdrill.runtime import temporal
+    from drdrill.app.runtime import temporal
 
     async with temporal(with_worker=False) as client:
         table = Table(box=None, header_style="bold")
@@ -309,7 +309,7 @@ async def _phase_of(client, wf) -> str:
     """A running drill's phase ('queued' while it waits for a concurrency permit) or its verdict."""
     from temporalio.client import WorkflowExecutionStatus
 
-    from activities.models import DrillStatus
+    from drdrill.core.models import DrillStatus
 
     if wf.status != WorkflowExecutionStatus.RUNNING:
         return ""
@@ -325,7 +325,7 @@ def cancel(drill_id: str = typer.Argument(..., help="drill id")) -> None:
     """Cancel a running drill; its teardown still runs."""
 
     async def go():
-        from drdrill.runtime import temporal
+        from drdrill.app.runtime import temporal
 
         async with temporal(with_worker=None) as client:
             await client.get_workflow_handle(drill_id).cancel()
@@ -343,9 +343,9 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list orphans, delete nothing"),
 ) -> None:
     """Find resources left by ended or expired drills (tagged by drdrill only) and delete them."""
-    from activities.providers import load_provider
-    from activities.sweep import failed
-    from activities.sweep import sweep as do_sweep
+    from drdrill.providers import load_provider
+    from drdrill.providers.sweep import failed
+    from drdrill.providers.sweep import sweep as do_sweep
 
     loaded = {f: load_provider(f) for f in providers}
     rows = do_sweep(loaded, now=datetime.now(timezone.utc), active_drill_ids=set(), dry_run=dry_run)
@@ -368,7 +368,7 @@ def sweep(
 @app.command()
 def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample production database afterwards")) -> None:
     """Run a complete PostgreSQL drill with nothing installed: embedded Temporal, a sample database, a backup."""
-    from drdrill.demo import run_demo
+    from drdrill.app.demo import run_demo
 
     try:
         code = run_demo(console, keep=keep)
@@ -379,7 +379,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample produc
 
 
 def main() -> None:
-    for extra in ("drdrill.cli_evidence", "drdrill.cli_schedule"):
+    for extra in ("drdrill.app.cli_evidence", "drdrill.app.cli_schedule"):
         try:
             module = __import__(extra, fromlist=["register"])
             module.register(app)

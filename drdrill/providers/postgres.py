@@ -29,7 +29,7 @@ from typing import Any, Mapping, Optional
 
 import psycopg
 
-from activities.models import (
+from drdrill.core.models import (
     TAG_DRILL_ID,
     TAG_EXPIRES_AT,
     DrillContext,
@@ -42,9 +42,9 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.pgdata import fingerprints_parallel, list_tables
-from activities.pglocal import ClusterError, LocalCluster, cluster_root, tool
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
+from drdrill.providers.pgdata import fingerprints_parallel, list_tables
+from drdrill.providers.pglocal import ClusterError, LocalCluster, cluster_root, tool
+from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 MANIFEST = "manifest.json"
 
@@ -473,7 +473,7 @@ class PostgresProvider(Provider):
 
     def _restore_base(self, ctx, target, point, cluster: LocalCluster, archive: Path, manifest: dict) -> RestoredResource:
         """A base backup becomes its own cluster beside the drill's, on the same private socket."""
-        from activities.pglocal import adopt_data_dir, server_major
+        from drdrill.providers.pglocal import adopt_data_dir, server_major
 
         backup_major = int(str(manifest.get("server_version", "0")).split(".")[0])
         ours = server_major()

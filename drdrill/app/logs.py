@@ -16,7 +16,7 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from drdrill.redact import RedactingFilter, redact
+from drdrill.core.redact import RedactingFilter, redact
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 
-from activities.pglocal import LocalCluster, cluster_root
-from activities.providers.postgres import take_backup
-from drills.spec import load_spec
+from drdrill.providers.pglocal import LocalCluster, cluster_root
+from drdrill.providers.postgres import take_backup
+from drdrill.core.spec import load_spec
 
-DRILL = Path(__file__).resolve().parent.parent / "drills" / "demo-postgres.yaml"
+DRILL = Path(__file__).resolve().parents[2] / "drills" / "demo-postgres.yaml"
 
 SEED = """
 CREATE TABLE IF NOT EXISTS customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE, created_at timestamptz DEFAULT now());
@@ -57,8 +57,8 @@ class Writer(threading.Thread):
 
 
 def run_demo(console: Console, keep: bool = False) -> int:
-    from drdrill.cli import EXIT, _run, new_drill_id
-    from drdrill.runtime import state_dir
+    from drdrill.app.cli import EXIT, _run, new_drill_id
+    from drdrill.app.runtime import state_dir
 
     state = state_dir()
     prod = LocalCluster(cluster_root() / f"demo-production-{os.getuid()}")

@@ -1,6 +1,6 @@
 """CLI commands for operating drills: `drdrill schedule …`, `drdrill release`, `drdrill extend`.
 
-Registered by drdrill.cli.main() through `register(app)`. They talk to the Temporal service named by
+Registered by drdrill.app.cli.main() through `register(app)`. They talk to the Temporal service named by
 TEMPORAL_ADDRESS (or the embedded one, see drdrill/runtime.py).
 """
 
@@ -22,13 +22,13 @@ schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules for dr
 
 
 def _client_ctx():
-    from drdrill.runtime import temporal
+    from drdrill.app.runtime import temporal
 
     return temporal(with_worker=False)
 
 
 def _run(coro):
-    from drdrill.runtime import EmbeddedBusy
+    from drdrill.app.runtime import EmbeddedBusy
 
     try:
         return asyncio.run(coro)
@@ -47,8 +47,8 @@ def sync_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
 ) -> None:
     """Create, update and delete schedules so they match every drill file with a `schedule`."""
-    from drdrill import schedules
-    from drdrill.temporal import task_queue
+    from drdrill.app import schedules
+    from drdrill.app.temporal import task_queue
 
     async def go():
         async with _client_ctx() as client:
@@ -70,8 +70,8 @@ def sync_cmd(
 @schedule_app.command("list")
 def list_cmd() -> None:
     """Schedules drdrill manages: next run, last run and its verdict, paused state and note."""
-    from drdrill import schedules
-    from drdrill.temporal import task_queue
+    from drdrill.app import schedules
+    from drdrill.app.temporal import task_queue
 
     async def go():
         async with _client_ctx() as client:
@@ -106,7 +106,7 @@ def list_cmd() -> None:
 
 
 def _handle_id(name: str) -> str:
-    from drdrill.schedules import SWEEP_SCHEDULE_ID, schedule_id
+    from drdrill.app.schedules import SWEEP_SCHEDULE_ID, schedule_id
 
     if name.startswith("drdrill-") or name == SWEEP_SCHEDULE_ID:
         return name
@@ -167,9 +167,9 @@ def sweep_schedule_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="sweeps only list orphans (recorded), delete nothing"),
 ) -> None:
     """Install (or update) the scheduled orphan sweep (OrphanSweepWorkflow)."""
-    from drdrill import schedules
-    from drdrill.temporal import task_queue
-    from drills.spec import parse_duration
+    from drdrill.app import schedules
+    from drdrill.app.temporal import task_queue
+    from drdrill.core.spec import parse_duration
 
     try:
         interval = parse_duration(every)
@@ -204,8 +204,8 @@ def extend_cmd(
     duration: str = typer.Argument(..., help="how much longer to hold, e.g. 30m (bounded by teardown.max_hold)"),
 ) -> None:
     """Hold a drill's environment longer (never past teardown.max_hold)."""
-    from activities.models import DrillStatus
-    from drills.spec import parse_duration
+    from drdrill.core.models import DrillStatus
+    from drdrill.core.spec import parse_duration
 
     try:
         seconds = parse_duration(duration).total_seconds()

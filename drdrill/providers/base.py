@@ -21,7 +21,8 @@ from abc import ABC, abstractmethod
 from datetime import datetime, timedelta
 from typing import Any, Callable, Optional, Sequence
 
-from activities.models import (
+from drdrill.core.progress import heartbeat
+from drdrill.core.models import (
     TAG_DRILL_ID,
     DrillContext,
     Environment,
@@ -50,21 +51,6 @@ class ProviderError(Exception):
 
 class NotReadyYet(Exception):
     """Raised by a readiness probe that should be polled again."""
-
-
-def heartbeat(*details: Any) -> None:
-    """Heartbeat the running activity (no-op outside an activity, e.g. in `drdrill backup`)."""
-    try:
-        from temporalio import activity
-
-        if activity.in_activity():
-            activity.heartbeat(*details)
-            if activity.is_cancelled():
-                from temporalio.exceptions import CancelledError
-
-                raise CancelledError("the drill was cancelled")
-    except RuntimeError:
-        pass
 
 
 def poll_until(
@@ -197,7 +183,7 @@ class Provider(ABC):
 
     @abstractmethod
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
-        """Pick the recovery point for `target` (a drills.spec target model) by its rule."""
+        """Pick the recovery point for `target` (a drdrill.core.spec target model) by its rule."""
 
     @abstractmethod
     def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:

@@ -9,8 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Iterable
 
-from activities.models import Orphan
-from activities.providers.base import Provider
+from drdrill.core.models import Orphan
+from drdrill.providers.base import Provider
 
 
 def sweep(

@@ -38,7 +38,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionError
 
-from activities.models import (
+from drdrill.core.models import (
     TAG_DRILL_ID,
     TAG_EXPIRES_AT,
     TAG_TARGET,
@@ -52,7 +52,7 @@ from activities.models import (
     RestoredResource,
     TeardownReport,
 )
-from activities.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
+from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 # Every IAM action any AwsProvider called in this process ("ec2:DescribeVpcs", ...).
 CALLED_ACTIONS: set[str] = set()
@@ -1541,7 +1541,7 @@ def _describe_perms(perms: Iterable[dict]) -> list[str]:
 
 
 def check_restored(argv: Optional[list[str]] = None, env: Optional[Mapping[str, str]] = None) -> int:
-    """`python -m activities.providers.aws check`: read the restored resource back from AWS.
+    """`python -m drdrill.providers.aws check`: read the restored resource back from AWS.
 
     A `command` validation runs it with the resource's endpoint as DRDRILL_* variables. It proves
     what the AWS API can prove: the volume/instance/DB exists, is usable, came from the chosen

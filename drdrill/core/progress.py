@@ -1,0 +1,28 @@
+"""Progress from long waits (restores, readiness polls, checks), reported without knowing who listens.
+
+Providers and validations call `heartbeat(...)` on every poll. They know nothing of Temporal: the
+activities layer installs the listener (activities/__init__.py), which heartbeats the running
+activity and raises when the drill was cancelled, so a cancellation stops the wait. Outside an
+activity (`drdrill backup`, a unit test) nobody listens and `heartbeat` does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+_listener: Optional[Callable[..., None]] = None
+
+
+def set_listener(listener: Optional[Callable[..., None]]) -> None:
+    """Install the function that receives every heartbeat (None: nobody listens)."""
+    global _listener
+    _listener = listener
+
+
+def heartbeat(*details: Any, stop_if_cancelled: bool = True) -> None:
+    """Report progress; the listener raises to stop the work when the drill was cancelled.
+
+    `stop_if_cancelled=False`: only say "still alive" (a blocking call in progress that cannot be
+    interrupted at this point)."""
+    if _listener is not None:
+        _listener(*details, stop_if_cancelled=stop_if_cancelled)

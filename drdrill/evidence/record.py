@@ -1,0 +1,54 @@
+"""Recording a run's evidence: the files of runs/<drill id>/ and the evidence store, kept in agreement."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+from drdrill.core.models import DrillResult
+from drdrill.evidence.chain import evidence_document
+from drdrill.evidence.render import render_drill_html, render_junit
+from drdrill.evidence.store import open_store
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_bundle_files(run_dir: Path, doc: dict) -> dict[str, Path]:
+    """evidence.json, report.html and junit.xml for one run (idempotent: same document, same files)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"evidence.json": run_dir / "evidence.json", "report.html": run_dir / "report.html", "junit.xml": run_dir / "junit.xml"}
+    _atomic_write(paths["evidence.json"], json.dumps(doc, indent=2, sort_keys=True, default=str))
+    _atomic_write(paths["report.html"], render_drill_html(doc))
+    _atomic_write(paths["junit.xml"], render_junit(doc))
+    return paths
+
+
+def write_evidence_file(state_dir: Path, result: DrillResult, doc: Optional[dict] = None) -> str:
+    """Write runs/<drill id>/evidence.json (with report.html and junit.xml beside it). Returns its path."""
+    doc = doc if doc is not None else evidence_document(result)
+    paths = write_bundle_files(Path(state_dir) / "runs" / result.drill_id, doc)
+    return str(paths["evidence.json"])
+
+
+def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) -> str:
+    """What the record_evidence activity does: files first (the CLI reads them back after a
+    cancellation), then the PostgreSQL store (idempotent on the drill id). Returns evidence.json's path.
+
+    A retried activity whose first attempt already stored the run gets the stored chain back: the
+    files are rewritten from the store, so they always agree with it.
+    """
+    doc = evidence_document(result)
+    path = write_evidence_file(state_dir, result, doc)
+    with open_store(dsn) as store:
+        inserted = store.record(doc)
+        if not inserted:
+            stored = store.load(result.drill_id)
+            if stored.get("record_hash") != doc["record_hash"]:
+                path = write_evidence_file(state_dir, result, stored)
+    return path

@@ -1,0 +1,210 @@
+"""The per-drill report: self-contained HTML (Jinja2, autoescaped; inline CSS and SVG, no JavaScript,
+print CSS for A4/Letter) and JUnit XML, rendered from a run's evidence document.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import xml.etree.ElementTree as ET
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Optional
+
+import jinja2
+from markupsafe import Markup
+
+from drdrill.core.spec import format_duration
+from drdrill.core.times import parse_time
+
+TEMPLATES = Path(__file__).resolve().parent / "templates"
+COLOURS = {"PASSED": "#1a7f37", "FAILED": "#cf222e", "COULD_NOT_VERIFY": "#bf8700", "NOT_RUN": "#6e7781", "ERROR": "#8250df"}
+DATA_CHECKS = {"checksum", "row_count", "sql", "freshness"}
+
+
+def fmt_time(value: Any) -> str:
+    t = parse_time(value)
+    return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def _dur(value: Any) -> str:
+    return format_duration(value) if value is not None else "not measured"
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """One Environment per process, so each template is parsed and compiled once, not for every
+    drill (a fresh Environment per report made template compilation ~20% of a worker's CPU at
+    fleet scale: bench/RESULTS.md §3). Nothing mutates it after it is built."""
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["dur"] = _dur
+    env.filters["ts"] = fmt_time
+    env.filters["colour"] = lambda outcome: COLOURS.get(outcome or "", "#6e7781")
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
+    return env
+
+
+# ------------------------------------------------------------------ per-drill report
+
+
+def _seconds_since(t: Any, t0: datetime) -> float:
+    parsed = parse_time(t)
+    return (parsed - t0).total_seconds() if parsed else 0.0
+
+
+def _ticks(span: float, n: int = 6) -> list[float]:
+    if span <= 0:
+        return [0.0]
+    raw = span / (n - 1)
+    nice = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14400, 43200, 86400, 604800]
+    step = next((s for s in nice if s >= raw), raw)
+    ticks, x = [], 0.0
+    while x <= span + 1e-9:
+        ticks.append(round(x, 3))
+        x += step
+    return ticks
+
+
+def timeline_svg(doc: dict) -> Markup:
+    """A Gantt-style chart: one bar per phase, one marker per target event, the RTO line."""
+    declared = parse_time(doc["declared"])
+    events = [e for e in doc.get("timeline", []) if e.get("phase") != "declared"]
+    phases = [e for e in events if not e.get("target")]
+    targets = [e for e in events if e.get("target")]
+    ends = [_seconds_since(e.get("ended") or e.get("started"), declared) for e in events]
+    span = max(ends + [_seconds_since(doc.get("ended"), declared), 1.0])
+    if doc.get("rto_seconds"):
+        span = max(span, float(doc["rto_seconds"]))
+    left, width, row_h, top = 200, 660, 22, 24
+    rows = len(phases) + len(targets)
+    height = top + rows * row_h + 30
+
+    def x(sec: float) -> float:
+        return left + width * max(0.0, sec) / span
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {left + width + 20} {height}" '
+        f'width="100%" aria-label="timeline of every phase and target">'
+    ]
+    for tick in _ticks(span):
+        out.append(f'<line x1="{x(tick):.1f}" y1="{top - 6}" x2="{x(tick):.1f}" y2="{top + rows * row_h}" stroke="#d0d7de" stroke-width="1"/>')
+        out.append(f'<text x="{x(tick):.1f}" y="{top - 10}" font-size="10" text-anchor="middle" fill="#57606a">+{escape(format_duration(tick))}</text>')
+    y = top
+    for e in phases:
+        s = _seconds_since(e.get("started"), declared)
+        end = _seconds_since(e.get("ended") or e.get("started"), declared)
+        colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
+        label = e.get("phase", "")
+        took = format_duration(end - s)
+        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(label)}</text>')
+        out.append(
+            f'<rect x="{x(s):.1f}" y="{y + 4}" width="{max(2.0, x(end) - x(s)):.1f}" height="{row_h - 8}" fill="{colour}" rx="2">'
+            f"<title>{escape(label)}: {escape(e.get('outcome', ''))}, {escape(took)}</title></rect>"
+        )
+        out.append(
+            f'<text x="{min(x(end) + 4, left + width - 60):.1f}" y="{y + 15}" font-size="10" fill="#57606a">'
+            f"{escape(e.get('outcome', ''))} {escape(took)}</text>"
+        )
+        y += row_h
+    for e in targets:
+        s = _seconds_since(e.get("started"), declared)
+        colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
+        label = f"{e.get('target')} · {e.get('phase')}"
+        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="11" text-anchor="end" fill="#57606a">{escape(label)}</text>')
+        cx, cy = x(s), y + row_h / 2
+        out.append(
+            f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} {cx - 6:.1f},{cy:.1f}" fill="{colour}">'
+            f"<title>{escape(label)} {escape(e.get('outcome', ''))} at +{escape(format_duration(s))}</title></polygon>"
+        )
+        out.append(f'<text x="{min(cx + 10, left + width - 60):.1f}" y="{y + 15}" font-size="10" fill="#57606a">+{escape(format_duration(s))}</text>')
+        y += row_h
+    if doc.get("rto_seconds") is not None:
+        rx = x(float(doc["rto_seconds"]))
+        out.append(f'<line x1="{rx:.1f}" y1="{top - 4}" x2="{rx:.1f}" y2="{y}" stroke="#0969da" stroke-width="2" stroke-dasharray="4 3"/>')
+        out.append(f'<text x="{rx:.1f}" y="{y + 14}" font-size="11" text-anchor="middle" fill="#0969da">RTO {escape(format_duration(doc["rto_seconds"]))}</text>')
+    out.append("</svg>")
+    return Markup("".join(out))
+
+
+def drill_context(doc: dict) -> dict:
+    declared = parse_time(doc["declared"])
+    points = []
+    for p in doc.get("recovery_points", []):
+        t = parse_time(p.get("consistent_time"))
+        points.append({**p, "age_seconds": (declared - t).total_seconds() if t else None})
+    timeline = {e.get("phase"): e for e in doc.get("timeline", []) if not e.get("target")}
+    teardown_event = timeline.get("teardown")
+    checks = [v for v in doc.get("validations", [])]
+    for v in checks:
+        v["first_passed_offset"] = _seconds_since(v["first_passed_at"], declared) if v.get("first_passed_at") else None
+    return {
+        "doc": doc,
+        "declared": declared,
+        "points": points,
+        "checks": checks,
+        "objectives": doc.get("objectives", []),
+        "timeline_svg": timeline_svg(doc),
+        "teardown_event": teardown_event,
+        "phase_events": [e for e in doc.get("timeline", []) if not e.get("target")],
+        "target_events": [e for e in doc.get("timeline", []) if e.get("target")],
+        "generated": datetime.now(timezone.utc),
+    }
+
+
+def render_drill_html(doc: dict) -> str:
+    return environment().get_template("drill_report.html.j2").render(**drill_context(json.loads(json.dumps(doc, default=str))))
+
+
+def render_junit(doc: dict) -> str:
+    """One testsuite per drill: a testcase per validation and per objective (RTO, RPO)."""
+    name = doc.get("name", "drill")
+    declared = parse_time(doc.get("declared"))
+    stamp = declared.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") if declared else ""
+    suite = ET.Element("testsuite", name=f"drdrill.{name}", timestamp=stamp, hostname="drdrill")
+    counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+    total = 0.0
+
+    def case(classname: str, case_name: str, outcome: str, detail: str, seconds: float = 0.0) -> None:
+        nonlocal total
+        tc = ET.SubElement(suite, "testcase", classname=classname, name=case_name, time=f"{max(seconds, 0.0):.3f}")
+        counts["tests"] += 1
+        total += max(seconds, 0.0)
+        if outcome == "FAILED":
+            counts["failures"] += 1
+            el = ET.SubElement(tc, "failure", message=detail[:500] or "failed", type="FAILED")
+            el.text = detail
+        elif outcome in ("COULD_NOT_VERIFY", "ERROR"):
+            counts["errors"] += 1
+            el = ET.SubElement(tc, "error", message=detail[:500] or outcome, type=outcome)
+            el.text = detail
+        elif outcome == "NOT_RUN":
+            counts["skipped"] += 1
+            ET.SubElement(tc, "skipped", message=detail[:500] or "not run")
+        elif detail:
+            ET.SubElement(tc, "system-out").text = detail
+
+    for v in doc.get("validations", []):
+        started, finished = parse_time(v.get("started")), parse_time(v.get("finished"))
+        secs = (finished - started).total_seconds() if started and finished else 0.0
+        case(f"drdrill.{name}.validation", v.get("name", "?"), v.get("outcome", "ERROR"), v.get("detail", ""), secs)
+    for o in doc.get("objectives", []):
+        detail = f"achieved {_dur(o.get('achieved_seconds'))}, objective {format_duration(o.get('objective_seconds'))}. {o.get('detail', '')}"
+        case(f"drdrill.{name}.objective", o.get("name", "?"), o.get("outcome", "ERROR"), detail.strip())
+    for key, value in counts.items():
+        suite.set(key, str(value))
+    suite.set("time", f"{total:.3f}")
+    props = ET.Element("properties")
+    for key in ("drill_id", "verdict", "started_by", "spec_sha256", "chain_head", "drdrill_version"):
+        ET.SubElement(props, "property", name=key, value=str(doc.get(key) or ""))
+    suite.insert(0, props)
+    root = ET.Element("testsuites", name="drdrill", tests=str(counts["tests"]), failures=str(counts["failures"]), errors=str(counts["errors"]))
+    root.append(suite)
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
