@@ -341,25 +341,113 @@ def cancel(drill_id: str = typer.Argument(..., help="drill id")) -> None:
 def sweep(
     providers: List[str] = typer.Option(["postgres"], "--provider", "-p", help="provider families to sweep"),
     dry_run: bool = typer.Option(False, "--dry-run", help="list orphans, delete nothing"),
+    worker: bool = typer.Option(False, "--worker", help="with TEMPORAL_ADDRESS: also run a worker in this process"),
 ) -> None:
-    """Find resources left by ended or expired drills (tagged by drdrill only) and delete them."""
-    from drdrill.providers import load_provider
-    from drdrill.providers.sweep import failed
-    from drdrill.providers.sweep import sweep as do_sweep
+    """Find resources left by ended or expired drills (tagged by drdrill only) and delete them.
 
-    loaded = {f: load_provider(f) for f in providers}
-    rows = do_sweep(loaded, now=datetime.now(timezone.utc), active_drill_ids=set(), dry_run=dry_run)
-    if not rows:
-        console.print("no orphans")
-        return
-    table = Table(box=None, header_style="bold")
-    for col in ("provider", "kind", "id", "drill", "action"):
-        table.add_column(col)
-    for orphan, action in rows:
-        table.add_row(orphan.provider, orphan.kind, orphan.id, orphan.drill_id, action)
-    console.print(table)
-    if failed(rows):
+    Runs the OrphanSweepWorkflow, which asks Temporal which drills are running and leaves their
+    resources alone. Without Temporal, only resources whose expiry has passed are considered.
+    """
+    from temporalio.client import WorkflowFailureError
+
+    from drdrill.providers.sweep import failed
+
+    families = _sweep_families(providers)
+    try:
+        record = asyncio.run(_sweep(families, dry_run, worker or None))
+    except WorkflowFailureError as exc:
+        err.print(f"the sweep did not finish: {exc.cause or exc}", markup=False)
         raise typer.Exit(4)
+    _print_sweep(record)
+    if record.errors or failed([(a.orphan, a.action) for a in record.actions]):
+        raise typer.Exit(4)
+
+
+def _sweep_families(providers: List[str]) -> list[str]:
+    from drdrill.providers import FAMILIES
+
+    families = list(dict.fromkeys(providers))
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        err.print(f"--provider {unknown[0]}: unknown provider family; use one of: {', '.join(FAMILIES)}", markup=False)
+        raise typer.Exit(2)
+    return families
+
+
+async def _sweep(families: list[str], dry_run: bool, with_worker: Optional[bool]):
+    """The sweep's record: from the OrphanSweepWorkflow, or, when Temporal cannot be reached, from
+    an in-process sweep that takes only expired resources (it cannot tell which drills run)."""
+    from drdrill.core.operations import SweepInput, SweepRecord
+    from drdrill.app.runtime import EmbeddedBusy, temporal
+    from drdrill.app.temporal import task_queue
+
+    sweep_id = f"drdrill-sweep-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
+    reached = False
+    try:
+        async with temporal(with_worker=with_worker) as client:
+            reached = True
+            return await client.execute_workflow(
+                "OrphanSweepWorkflow",
+                SweepInput(families=families, dry_run=dry_run),
+                id=sweep_id,
+                task_queue=task_queue(),
+                result_type=SweepRecord,
+            )
+    except (EmbeddedBusy, RuntimeError) as exc:  # connect and the embedded server raise RuntimeError
+        if reached:
+            raise
+        err.print(
+            "Temporal unreachable: only expired resources considered; resources of drills that may "
+            f"still be running are left alone ({exc})",
+            markup=False,
+        )
+    return _sweep_expired_only(sweep_id, families, dry_run)
+
+
+def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
+    """Sweep in this process, counting every drill as running; recorded as evidence like any sweep."""
+    from activities.ops import OpsActivities
+    from drdrill.core.operations import SweepAction, SweepRecord
+    from drdrill.providers import load_provider
+    from drdrill.providers.sweep import sweep as do_sweep
+    from drdrill.app.runtime import state_dir
+
+    now = datetime.now(timezone.utc)
+    record = SweepRecord(sweep_id=sweep_id, started=now, ended=now, families=families, dry_run=dry_run)
+    for family in families:
+        provider = None
+        try:
+            provider = load_provider(family)
+            rows = do_sweep({family: provider}, now=now, dry_run=dry_run, expired_only=True)
+        except Exception as exc:  # noqa: BLE001 - one provider out of reach must not hide the others
+            record.errors.append(f"{family}: could not list orphans: {exc}")
+            continue
+        finally:
+            if provider is not None:
+                provider.close()
+        record.actions += [SweepAction(orphan=o, action=a) for o, a in rows]
+    record.ended = datetime.now(timezone.utc)
+    record.evidence_path = OpsActivities(state_dir=str(state_dir())).record_sweep(record)
+    return record
+
+
+def _print_sweep(record) -> None:
+    from rich.markup import escape
+
+    if record.actions:
+        table = Table(box=None, header_style="bold")
+        for col in ("provider", "kind", "id", "drill", "action"):
+            table.add_column(col)
+        for a in record.actions:
+            o = a.orphan
+            table.add_row(escape(o.provider), escape(o.kind), escape(o.id), escape(o.drill_id), escape(a.action))
+        console.print(table)
+    else:
+        console.print("no orphans")
+    for e in record.errors:
+        err.print(f"error: {e}", markup=False)
+    if record.evidence_path:
+        console.print(f"evidence: {record.evidence_path}", markup=False)
 
 
 # ------------------------------------------------------------------ demo

@@ -1,0 +1,110 @@
+"""`drdrill sweep` as a user runs it (the real command, in a subprocess) against AWS on moto_server:
+it never touches a running drill's resources, it still removes what an ended drill left, and when
+Temporal cannot be reached it takes only resources whose expiry has passed.
+
+After every test the `aws` fixture asserts that no resource carrying a drdrill tag is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT
+from drdrill.app.temporal import free_port
+from tests.conftest import wait_for_phase
+from tests.moto_server import aws, moto_endpoint  # noqa: F401
+from tests.ops_helpers import service, spec_of, unique
+from tests.test_aws_drill import CHECK, drill
+
+DRDRILL = str(Path(sys.executable).parent / "drdrill")
+
+
+def sweep_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
+    """`drdrill sweep ARGS` with the test's environment (moto's endpoint and credentials) plus `env`."""
+    return subprocess.run([DRDRILL, "sweep", *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=240)
+
+
+def tagged_vpc(world, cidr: str, drill_id: str, expires: datetime) -> str:
+    """A VPC as a drill leaves it: tagged with its drill id and its expiry."""
+    tags = [{"Key": TAG_DRILL_ID, "Value": drill_id}, {"Key": TAG_EXPIRES_AT, "Value": f"{expires:%Y-%m-%dT%H:%M:%SZ}"}]
+    return world.ec2.create_vpc(CidrBlock=cidr, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])["Vpc"]["VpcId"]
+
+
+def evidence_of(proc: subprocess.CompletedProcess) -> dict:
+    return json.loads(Path(proc.stdout.split("evidence: ")[1].split()[0]).read_text())
+
+
+def test_sweep_leaves_every_resource_of_a_held_drill(temporal_server, tmp_path, aws):
+    vol, _ = aws.volume_with_snapshots(n=1)
+    spec = spec_of(
+        drill(
+            unique("held"),
+            f"  - {{name: data, provider: aws.ebs, source: {{volume_id: {vol}}}}}",
+            f"  - {{type: command, name: volume-restored, target: data, argv: {CHECK}}}",
+            "teardown: {hold: 20m}",
+        )
+    )
+
+    async def go():
+        async with service(temporal_server.address, tmp_path, providers={"aws": aws.provider}) as svc:
+            handle = await svc.start(spec)
+            await wait_for_phase(handle, "hold")
+            held = aws.tagged()
+            # The CLI runs in its own process; the test's worker (its event loop) must keep running.
+            proc = await asyncio.to_thread(sweep_cli, svc.env(), "--provider", "aws")
+            after = aws.tagged()
+            await handle.signal("release")
+            return handle.id, held, proc, after, await svc.result(handle)
+
+    drill_id, held, proc, after, result = asyncio.run(go())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no orphans" in proc.stdout and "deleted" not in proc.stdout and drill_id not in proc.stdout
+    assert "Temporal unreachable" not in proc.stderr
+    # Every resource of the held drill survived the sweep: the VPC, its subnets, its security group, the volume.
+    assert len(held) >= 3 and after == held
+    assert drill_id in evidence_of(proc)["active_drill_ids"]
+    # The drill, released, tears its environment down itself.
+    assert result.verdict == "PASSED", result.findings
+    assert result.teardown[0].deleted and aws.tagged() == []
+
+
+def test_sweep_removes_what_an_ended_drill_left(temporal_server, tmp_path, aws):
+    ended = unique("ended")
+    # Not expired yet: only the drill having ended makes its VPC an orphan.
+    vpc = tagged_vpc(aws, "10.9.0.0/16", ended, datetime.now(timezone.utc) + timedelta(hours=1))
+
+    async def go():
+        async with service(temporal_server.address, tmp_path, providers={"aws": aws.provider}) as svc:
+            return await asyncio.to_thread(sweep_cli, svc.env(), "-p", "aws")
+
+    proc = asyncio.run(go())
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if vpc in line]
+    assert row.split()[:4] == ["aws", "vpc", vpc, ended] and "deleted" in row
+    assert aws.tagged() == []
+    (action,) = evidence_of(proc)["actions"]
+    assert action["orphan"]["id"] == vpc and "deleted" in action["action"]
+
+
+def test_without_temporal_the_sweep_takes_only_expired_resources(tmp_path, aws):
+    now = datetime.now(timezone.utc)
+    expired = tagged_vpc(aws, "10.9.0.0/16", unique("expired"), now - timedelta(hours=1))
+    # Its drill may still be running: nothing but an expiry in the past lets a blind sweep take it.
+    current = tagged_vpc(aws, "10.8.0.0/16", unique("maybe-running"), now + timedelta(hours=1))
+
+    env = {"TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "DRDRILL_STATE_DIR": str(tmp_path / "state")}
+    proc = sweep_cli(env, "--provider", "aws")
+
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Temporal unreachable: only expired resources considered" in proc.stderr
+    (row,) = [line for line in proc.stdout.splitlines() if "vpc-" in line]
+    assert expired in row and "deleted" in row
+    assert aws.tagged() == [f"vpc {current}"]
+    assert evidence_of(proc)["actions"][0]["orphan"]["id"] == expired
+    aws.ec2.delete_vpc(VpcId=current)  # what a later sweep does once it expires; the fixture checks for leftovers
