@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
@@ -117,14 +117,61 @@ class RestoredResource(BaseModel):
     ready: bool = False
 
 
+DeletionResult = Literal["deleted", "already_gone", "refused", "failed", "would_delete"]
+
+
+class DeletionOutcome(BaseModel):
+    """What happened to one resource in a teardown or a sweep: the one outcome type every provider
+    returns and the sweep, the metrics, the evidence and the reports read.
+
+    deleted: drdrill deleted it (and saw it gone); already_gone: it did not exist any more;
+    refused: left alone because it is not provably this drill's (reason says why); failed: the
+    deletion was tried and did not succeed (reason); would_delete: a dry run's answer."""
+
+    kind: str
+    id: str
+    result: DeletionResult
+    reason: str = ""
+    region: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.id}"
+
+    def __str__(self) -> str:
+        text = f"{self.label}: {self.result.replace('_', ' ')}"
+        return f"{text} ({self.reason})" if self.reason else text
+
+
 class TeardownReport(BaseModel):
     family: str
     environment_id: str
-    deleted: list[str] = Field(default_factory=list)
-    already_gone: list[str] = Field(default_factory=list)
-    refused: list[str] = Field(default_factory=list)
+    outcomes: list[DeletionOutcome] = Field(default_factory=list)
     attempt: int = 1
     errors: list[str] = Field(default_factory=list)
+
+    def _labels(self, result: str) -> list[str]:
+        return [o.label + (f" ({o.reason})" if o.reason and result == "refused" else "") for o in self.outcomes if o.result == result]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def deleted(self) -> list[str]:
+        return self._labels("deleted")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def already_gone(self) -> list[str]:
+        return self._labels("already_gone")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def refused(self) -> list[str]:
+        return self._labels("refused")
+
+    def add(self, kind: str, id: str, result: DeletionResult, reason: str = "", region: Optional[str] = None) -> DeletionOutcome:
+        outcome = DeletionOutcome(kind=kind, id=id, result=result, reason=reason, region=region)
+        self.outcomes.append(outcome)
+        return outcome
 
 
 class Orphan(BaseModel):

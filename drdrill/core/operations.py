@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any, Optional
 
 from pydantic import BaseModel, Field
-from drdrill.core.models import Orphan
+from drdrill.core.models import DeletionOutcome, Orphan
 
 LIMITER_WORKFLOW = "DrillLimiterWorkflow"
 DRILL_WORKFLOW = "DrillWorkflow"
@@ -118,7 +118,18 @@ class SweepInput(BaseModel):
 
 class SweepAction(BaseModel):
     orphan: Orphan
-    action: str
+    outcome: DeletionOutcome
+
+    @property
+    def action(self) -> str:
+        """How the sweep table shows it: 'deleted', 'refused (tag …)', 'would delete'."""
+        text = self.outcome.result.replace("_", " ")
+        return f"{text} ({self.outcome.reason})" if self.outcome.reason else text
+
+    @property
+    def failed(self) -> bool:
+        """A deletion that failed or was refused: a sweep with any of these exits non-zero."""
+        return self.outcome.result in ("failed", "refused")
 
 
 class SweepRecord(BaseModel):

@@ -18,12 +18,17 @@ from __future__ import annotations
 import random
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from drdrill.core.progress import heartbeat
+from drdrill.core.times import parse_time_or_none
 from drdrill.core.models import (
     TAG_DRILL_ID,
+    TAG_EXPIRES_AT,
+    TAG_TARGET,
+    DeletionOutcome,
     DrillContext,
     Environment,
     Finding,
@@ -176,10 +181,65 @@ def require_drill_tag(tags: Optional[dict[str, str]], drill_id: Optional[str] = 
     return drill_id is None or value == drill_id
 
 
+@dataclass
+class Resource:
+    """One resource a provider found carrying drdrill's tags (or named by an environment).
+
+    `kind` is one of the provider's DELETE_ORDER kinds; `scope` is where it lives (an AWS region, a
+    GCP zone or project, an Azure resource group, a directory); `extra` holds whatever the
+    provider's own primitives need to delete it (a VPC id, a state)."""
+
+    kind: str
+    id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    scope: Optional[str] = None
+    state: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.id}"
+
+
+class NotOurs(Exception):
+    """Raised by a provider's `current_tags` for a resource it must never touch, whatever its tags
+    say (a directory outside its root); the message is the reason recorded as `refused`."""
+
+
 class Provider(ABC):
-    """One provider family (postgres, aws, azure, gcp, sim). Construct with its clients/settings."""
+    """One provider family (postgres, aws, azure, gcp, sim): a template in the style of libcloud's
+    NodeDriver. Construct with its clients and settings (`from_environment`).
+
+    A provider supplies two kinds of methods.
+
+    The drill's steps, which are its own: `find_recovery_point`, `create_isolation`,
+    `verify_isolation`, `restore`, `wait_ready`.
+
+    The primitives of cleaning up, from which this class builds teardown, the orphan listing and the
+    orphan deletion once, for every provider:
+    - `DELETE_ORDER`: its resource kinds, in the order they must be deleted (instances before the
+      volumes and networks they use); `CONTAINERS`: the kinds that hold others (a VPC, a network).
+      A container is kept when anything inside it is not provably this drill's;
+    - `inventory(drill_id, env)`: every resource carrying drdrill's tag (this drill's only, when
+      `drill_id` is given; within `env`'s scope, when given);
+    - `current_tags(resource)`: the tags it carries now, None when it no longer exists;
+    - `delete(resource)`: delete it and wait until it is gone; True when it was deleted, False when
+      it was already gone;
+    - `named_resources(env)`: what the environment record names (optional): a named resource the
+      tag search did not find is either gone or not ours, and the report says which;
+    - `map_error(exc)`: turn one of its SDK's exceptions into a ProviderError (used by `call`).
+    """
 
     family: str = ""
+    DELETE_ORDER: tuple[str, ...] = ()
+    CONTAINERS: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_environment(cls, env: Mapping[str, str], settings: Optional[dict] = None) -> "Provider":
+        """Build the provider from the worker's environment (DRDRILL_* variables, SDK credentials)."""
+        return cls()
+
+    # ------------------------------------------------------------------ the drill's steps
 
     @abstractmethod
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
@@ -201,24 +261,160 @@ class Provider(ABC):
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         """Wait (heartbeating) until the restored resource serves; fill in its endpoint."""
 
-    @abstractmethod
+    # ------------------------------------------------------------------ primitives of cleaning up
+
+    def inventory(self, drill_id: Optional[str] = None, env: Optional[Environment] = None) -> list[Resource]:
+        """Every resource carrying drdrill's tag (this drill's only, when `drill_id` is given)."""
+        raise NotImplementedError
+
+    def current_tags(self, resource: Resource) -> Optional[dict[str, str]]:
+        """The resource's tags now; None when it does not exist. May raise NotOurs."""
+        raise NotImplementedError
+
+    def delete(self, resource: Resource) -> bool:
+        """Delete the resource and wait until it is gone: True if deleted, False if already gone."""
+        raise NotImplementedError
+
+    def named_resources(self, env: Environment) -> list[Resource]:
+        """Resources the environment record names (their tags unknown). Default: none."""
+        return []
+
+    def map_error(self, exc: Exception) -> Optional[ProviderError]:
+        """The ProviderError for one of this provider's SDK exceptions; None: not an SDK error."""
+        return None
+
+    # ------------------------------------------------------------------ shared helpers
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Call the SDK, turning its errors into ProviderErrors (`map_error`)."""
+        try:
+            return fn(*args, **kwargs)
+        except ProviderError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - mapped, or passed on as it is
+            mapped = self.map_error(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+
+    def resource_of(self, orphan: Orphan) -> Resource:
+        """The Resource an orphan (from `list_orphans`) stands for."""
+        return Resource(orphan.kind, orphan.id, scope=orphan.region, state=orphan.details.get("state", ""), extra=dict(orphan.details.get("extra") or {}))
+
+    # ------------------------------------------------------------------ the algorithms, once
+
     def teardown(self, ctx: DrillContext, env: Environment) -> TeardownReport:
-        """Delete everything this drill created in `env` and only that. Absent is success."""
+        """Delete everything this drill created in `env` and only that, in DELETE_ORDER.
 
-    @abstractmethod
+        Absent is success. A resource without this drill's tag is refused, and a container holding
+        one is kept (refused) too, so a network with something not ours in it is never deleted.
+        Every failure is retryable: the workflow retries teardown until it succeeds, and alerts."""
+        try:
+            return self._teardown(ctx, env)
+        except ProviderError as exc:
+            exc.retryable = True
+            raise
+        except Exception as exc:  # noqa: BLE001 - an SDK error the provider did not map
+            mapped = self.map_error(exc) or ProviderError("TEARDOWN_FAILED", f"{type(exc).__name__}: {exc}")
+            mapped.retryable = True
+            raise mapped from exc
+
+    def _teardown(self, ctx: DrillContext, env: Environment) -> TeardownReport:
+        report = TeardownReport(family=self.family, environment_id=env.id)
+        found = self.inventory(ctx.drill_id, env)
+        found_ids = {(r.kind, r.id) for r in found}
+        for named in self.named_resources(env):
+            if (named.kind, named.id) in found_ids:
+                continue
+            try:
+                tags = self.current_tags(named)
+            except NotOurs as why:
+                report.add(named.kind, named.id, "refused", str(why), named.scope)
+                continue
+            if tags is None:
+                report.add(named.kind, named.id, "already_gone", region=named.scope)
+            elif not require_drill_tag(tags, ctx.drill_id):
+                report.add(named.kind, named.id, "refused", f"it lacks {TAG_DRILL_ID}={ctx.drill_id}", named.scope)
+        for res in self._in_delete_order(found):
+            if not require_drill_tag(res.tags, ctx.drill_id):  # the inventory filters by tag: never, but check
+                report.add(res.kind, res.id, "refused", f"it lacks {TAG_DRILL_ID}={ctx.drill_id}", res.scope)
+                continue
+            if res.kind in self.CONTAINERS and report.refused:
+                report.add(res.kind, res.id, "refused", "kept: it holds resources without this drill's tag", res.scope)
+                continue
+            heartbeat({"deleting": res.label})
+            try:
+                deleted = self.delete(res)
+            except ProviderError as exc:
+                if report.refused:
+                    exc.message = f"{exc.message}; left alone because they lack {TAG_DRILL_ID}={ctx.drill_id}: {', '.join(report.refused)}"
+                    exc.args = (exc.message,)
+                raise
+            report.add(res.kind, res.id, "deleted" if deleted else "already_gone", region=res.scope)
+        return report
+
+    def _in_delete_order(self, resources: list[Resource]) -> list[Resource]:
+        def rank(r: Resource) -> int:
+            if r.kind not in self.DELETE_ORDER:
+                raise ProviderError("BAD_STATE", f"{self.family}: unknown resource kind {r.kind!r} (not in DELETE_ORDER)")
+            return self.DELETE_ORDER.index(r.kind)
+
+        return sorted(resources, key=lambda r: (rank(r), r.id))
+
     def list_orphans(self, now: datetime, active_drill_ids: set[str]) -> list[Orphan]:
-        """Tagged resources whose drill is not active or whose expires-at has passed."""
+        """Tagged resources whose drill is not active, or whose drdrill:expires-at has passed.
 
-    @abstractmethod
-    def delete_orphan(self, orphan: Orphan) -> str:
-        """Delete one orphan (re-checking its tag first). Returns what was done."""
+        A resource whose expiry tag is missing or malformed counts as not expired."""
+        out: list[Orphan] = []
+        for res in self._in_delete_order(self.inventory()):
+            drill = res.tags.get(TAG_DRILL_ID, "")
+            if not require_drill_tag(res.tags):
+                continue
+            expires = parse_time_or_none(res.tags.get(TAG_EXPIRES_AT))
+            expired = expires is not None and expires < now
+            if drill in active_drill_ids and not expired:
+                continue
+            out.append(
+                Orphan(
+                    provider=self.family,
+                    id=res.id,
+                    kind=res.kind,
+                    drill_id=drill,
+                    expires_at=expires,
+                    region=res.scope,
+                    details={
+                        "target": res.tags.get(TAG_TARGET),
+                        "state": res.state,
+                        "reason": "expired" if expired else "drill not active",
+                        "delete_order": self.DELETE_ORDER.index(res.kind),
+                        "extra": res.extra,
+                    },
+                )
+            )
+        return sorted(out, key=lambda o: (o.drill_id, o.details["delete_order"], o.id))
+
+    def delete_orphan(self, orphan: Orphan) -> DeletionOutcome:
+        """Delete one orphan after re-reading its tags: it must still carry its drill's tag."""
+        res = self.resource_of(orphan)
+        if res.kind not in self.DELETE_ORDER:
+            raise ProviderError("BAD_STATE", f"{self.family}: unknown resource kind {res.kind!r}")
+        try:
+            tags = self.current_tags(res)
+        except NotOurs as why:
+            return DeletionOutcome(kind=res.kind, id=res.id, result="refused", reason=str(why), region=res.scope)
+        if tags is None:
+            return DeletionOutcome(kind=res.kind, id=res.id, result="already_gone", region=res.scope)
+        if not orphan.drill_id or not require_drill_tag(tags, orphan.drill_id):
+            return DeletionOutcome(
+                kind=res.kind,
+                id=res.id,
+                result="refused",
+                reason=f"tag {TAG_DRILL_ID} is {tags.get(TAG_DRILL_ID)!r}, expected {orphan.drill_id!r}",
+                region=res.scope,
+            )
+        res.tags = tags
+        deleted = self.delete(res)
+        return DeletionOutcome(kind=res.kind, id=res.id, result="deleted" if deleted else "already_gone", region=res.scope)
 
     def close(self) -> None:
         """Release clients."""
-
-
-def _default_from_environment(cls, env, settings):  # pragma: no cover - trivial
-    return cls()
-
-
-Provider.from_environment = classmethod(_default_from_environment)  # type: ignore[attr-defined]
