@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
+from drdrill.core.paths import default_state_dir
 from drdrill.evidence.record import record_run
 from drdrill.core.models import (
     DrillContext,
