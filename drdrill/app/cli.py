@@ -33,11 +33,21 @@ VERDICT_STYLE = {"PASSED": "bold green", "FAILED": "bold red", "COULD_NOT_VERIFY
 
 
 def _load(path: Path) -> DrillSpec:
+    """Load a drill file, or exit 2 with its problems; print its warnings (on stderr) before anything runs."""
     try:
-        return load_spec(path)
+        spec = load_spec(path)
     except SpecError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2)
+    _print_warnings(spec)
+    return spec
+
+
+def _print_warnings(spec: DrillSpec) -> int:
+    warnings = spec.warnings()
+    for warning in warnings:
+        err.print(f"warning: {warning}", markup=False)
+    return len(warnings)
 
 
 def new_drill_id(spec: DrillSpec) -> str:
@@ -50,15 +60,18 @@ def new_drill_id(spec: DrillSpec) -> str:
 
 @app.command()
 def lint(files: List[Path] = typer.Argument(..., help="drill files to check")) -> None:
-    """Check drill files without running them."""
+    """Check drill files without running them. Problems exit 2; warnings are printed and exit 0."""
     bad = 0
     for f in files:
         try:
             spec = load_spec(f)
-            console.print(f"{f}: ok ({len(spec.targets)} targets, {len(spec.validations)} validations)")
         except SpecError as exc:
             bad += 1
             err.print(str(exc), markup=False)
+            continue
+        warned = _print_warnings(spec)
+        note = f", {warned} warning{'s' if warned != 1 else ''}" if warned else ""
+        console.print(f"{f}: ok ({len(spec.targets)} targets, {len(spec.validations)} validations{note})", markup=False)
     raise typer.Exit(2 if bad else 0)
 
 

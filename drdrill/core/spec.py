@@ -10,9 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import (
@@ -596,6 +597,43 @@ class DrillSpec(Strict):
                 return t
         raise KeyError(name)
 
+    def warnings(self) -> list["SpecWarning"]:
+        """What this drill allows but almost certainly does not mean. A warning never stops a drill:
+        `drdrill lint` prints it and exits 0, `drdrill run` prints it before starting."""
+        path = self.source_path or "<drill>"
+        return [SpecWarning(path, field, message) for check in WARNING_CHECKS for field, message in check(self)]
+
+
+# ---------------------------------------------------------------- warnings
+
+
+@dataclass(frozen=True)
+class SpecWarning:
+    """A drill file that runs, but not as its author expects: the file, the field path and the fix."""
+
+    path: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.field}: {self.message}"
+
+
+def _rto_beyond_max_duration(spec: DrillSpec) -> Iterator[tuple[str, str]]:
+    """The drill is stopped and torn down at max_duration, so an RTO above it can never be met."""
+    rto, limit = spec.objectives.rto, spec.max_duration
+    if rto > limit:
+        yield (
+            "objectives.rto",
+            f"objectives.rto ({format_duration(rto)}) is longer than max_duration ({format_duration(limit)}); "
+            "the drill is stopped at max_duration, so it can never meet this objective: "
+            f"raise max_duration to at least {format_duration(rto)} or lower objectives.rto",
+        )
+
+
+# Each check yields (field path, message with the fix); add new warnings here.
+WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (_rto_beyond_max_duration,)
+
 
 class _RefError(ValueError):
     def __init__(self, loc: tuple, message: str):
@@ -741,7 +779,32 @@ def _friendly(err: dict, data: Any) -> tuple[str, str]:
 
 class _DrillLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false. YAML 1.1 also reads on/off/yes/no as
-    booleans, which turns `notify: {on: [FAILED]}` into a key `True` and a country code `NO` into false."""
+    booleans, which turns `notify: {on: [FAILED]}` into a key `True` and a country code `NO` into false.
+
+    It also records repeated keys: YAML requires keys to be unique, but PyYAML keeps the last value,
+    so a second `owner:` or `max_duration:` would silently replace the first."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []  # (line, message)
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first_line: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` may be overridden on purpose; only explicit keys must be unique
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = first_line.get(key)
+            except TypeError:
+                continue  # an unhashable key: SafeLoader reports it below
+            if first is None:
+                first_line[key] = line
+            else:
+                where = "earlier on the same line" if first == line else f"at line {first}"
+                self.duplicates.append((line, f"duplicate key '{key}' (first {where}); remove one"))
+        return super().construct_mapping(node, deep=deep)
 
 
 _DrillLoader.yaml_implicit_resolvers = {
@@ -756,7 +819,7 @@ _DrillLoader.add_implicit_resolver(
 def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None) -> DrillSpec:
     """Parse drill YAML text; raise SpecError naming the file, the field path and the fix."""
     try:
-        data = yaml.load(text, Loader=_DrillLoader)  # noqa: S506 - a SafeLoader subclass
+        data, duplicates = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -767,6 +830,8 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     except (ValueError, OverflowError, TypeError, MemoryError) as exc:
         # PyYAML's constructors raise these for e.g. an integer of more than 4300 digits.
         raise SpecError(path, [("", f"not valid YAML: {str(exc)[:200]}")]) from None
+    if duplicates:
+        raise SpecError(path, [(f"line {line}", message) for line, message in duplicates])
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise SpecError(path, [("", f"a drill file is a mapping with name, objectives and targets; this one is {kind}")])
@@ -796,27 +861,91 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     spec.source_path = path
     spec.source_sha256 = hashlib.sha256(text.encode()).hexdigest()
     spec.source_text = text
-    if base_dir is not None:
-        for t in spec.targets:
-            if isinstance(t, PostgresTarget):
-                repo = Path(_expand(t.source.repository)).expanduser()
-                if "$" in str(repo):
-                    i = spec.targets.index(t)
-                    raise SpecError(
-                        path,
-                        [(f"targets[{i}].source.repository", f"{t.source.repository!r} names an environment variable that is not set")],
-                    )
-                t.source.repository = str(repo if repo.is_absolute() else (base_dir / repo).resolve())
+    _resolve_paths(spec, path, base_dir)
     return spec
 
 
-def _expand(text: str) -> str:
-    """Expand $VAR and ${VAR}; DRDRILL_STATE_DIR defaults to drdrill's state directory."""
-    env = dict(os.environ)
-    if "DRDRILL_STATE_DIR" not in env:
-        base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-        env["DRDRILL_STATE_DIR"] = os.path.join(base, "drdrill")
-    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: env.get(m.group(1) or m.group(2), m.group(0)), text)
+def _load_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
+    """The document and its repeated keys as (line, message), in the file's order."""
+    loader = _DrillLoader(text)
+    try:
+        return loader.get_single_data(), sorted(loader.duplicates)
+    finally:
+        loader.dispose()
+
+
+# ---------------------------------------------------------------- paths
+
+
+def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
+    """Every field of a drill that names a file or directory: (field path, owner, attribute)."""
+    for i, t in enumerate(spec.targets):
+        if isinstance(t, PostgresTarget):
+            yield f"targets[{i}].source.repository", t.source, "repository"
+
+
+def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None:
+    """Expand variables and `~` in every path of the drill; with `base_dir`, make relative paths
+    relative to the drill file. Every bad path is reported at once, and nothing is created."""
+    problems = []
+    for field, owner, attr in _drill_paths(spec):
+        try:
+            value = expand_path(getattr(owner, attr))
+            if base_dir is not None and not os.path.isabs(value):
+                value = str((base_dir / value).resolve())
+        except (ValueError, OSError, RuntimeError) as exc:
+            problems.append((field, str(exc)))
+            continue
+        setattr(owner, attr, value)
+    if problems:
+        raise SpecError(path, problems)
+
+
+def default_state_dir(env: Mapping[str, str] = os.environ) -> str:
+    """drdrill's state directory: DRDRILL_STATE_DIR, else $XDG_STATE_HOME/drdrill, else
+    ~/.local/state/drdrill. The rule of activities.drill.default_state_dir, which `drdrill run`, `demo` and
+    the worker use (drdrill.runtime.state_dir exports it as DRDRILL_STATE_DIR): so a drill linted or
+    backed up without the variable set names the directory a run will read."""
+    if env.get("DRDRILL_STATE_DIR"):
+        return env["DRDRILL_STATE_DIR"]
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+    return os.path.join(base, "drdrill")
+
+
+_VARIABLE_RE = re.compile(r"\$(?:\{(?P<braced>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))?")
+_VARIABLE_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def expand_path(text: str, env: Mapping[str, str] = os.environ) -> str:
+    """Expand `${VAR}`, `$VAR` and a leading `~` in a path from a drill file.
+
+    A variable that is not set (or is empty) is an error, never left in the path: `${VAR}/backups`
+    kept literally is a relative directory that `drdrill backup` would create wherever it runs, and
+    an empty one turns `${VAR}/backups` into `/backups`. DRDRILL_STATE_DIR is always known: it
+    defaults to drdrill's state directory, as it does for `drdrill run`."""
+
+    def variable(match: re.Match) -> str:
+        name = match.group("braced") if match.group("braced") is not None else match.group("bare")
+        if name is None or not _VARIABLE_NAME_RE.match(name):
+            raise ValueError(f"{text!r} has a '$' that is not a variable such as ${{BACKUP_ROOT}}: remove it or write an absolute path")
+        value = env.get(name)
+        if not value and name == "DRDRILL_STATE_DIR":
+            value = default_state_dir(env)
+            if value.startswith("~"):
+                value = ""  # no home directory to put the state directory in
+        if not value:
+            state = "empty" if name in env else "not set"
+            raise ValueError(f"{text!r} uses ${{{name}}}, which is {state}: set {name} or write an absolute path")
+        return value
+
+    expanded = _VARIABLE_RE.sub(variable, text)
+    if expanded.startswith("~"):
+        home = os.path.expanduser(expanded)
+        if home.startswith("~"):
+            user = expanded[1:].split("/", 1)[0] or "the current user"
+            raise ValueError(f"{text!r} starts with '~', but there is no home directory for {user}: write an absolute path")
+        expanded = home
+    return expanded
 
 
 def load_spec(path: str | Path) -> DrillSpec:
