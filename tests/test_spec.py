@@ -170,7 +170,7 @@ def test_a_path_variable_that_is_not_set_is_an_error_and_nothing_is_written(tmp_
 
 def test_parsing_without_a_drill_file_expands_paths_too(monkeypatch, tmp_path):
     """In-memory drills (no base directory) once kept `${VAR}` verbatim, relative to the working directory."""
-    from drills.spec import parse_spec
+    from drdrill.core.spec import parse_spec
 
     monkeypatch.delenv(UNSET, raising=False)
     monkeypatch.setenv("DRDRILL_TEST_BACKUP_ROOT", str(tmp_path))
@@ -203,8 +203,8 @@ def test_a_path_that_cannot_be_expanded_is_an_error(tmp_path, repository, messag
 
 def test_drdrill_state_dir_defaults_to_the_state_directory_a_run_uses(monkeypatch, tmp_path):
     """Lint and `drdrill backup` without DRDRILL_STATE_DIR name the directory `drdrill run` reads
-    (drdrill.runtime.state_dir exports activities.drill.default_state_dir as DRDRILL_STATE_DIR)."""
-    from activities.drill import default_state_dir
+    (drdrill.app.runtime.state_dir exports drdrill.core.paths.default_state_dir as DRDRILL_STATE_DIR)."""
+    from drdrill.core.paths import default_state_dir
 
     monkeypatch.delenv("DRDRILL_STATE_DIR", raising=False)
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
@@ -250,7 +250,7 @@ def test_lint_refuses_duplicate_keys_naming_both_lines(tmp_path):
 
 
 def test_a_merge_key_may_be_overridden_and_booleans_stay_yaml_1_2():
-    from drills.spec import parse_spec
+    from drdrill.core.spec import parse_spec
 
     text = GOOD.replace("    source: {repository: /var/backups/shop}\n", "    source: &src {repository: /var/backups/shop, format: custom}\n")
     text = text.replace("validations:", "  - {name: copy, provider: postgres, source: {<<: *src, format: directory}}\nvalidations:")
@@ -277,7 +277,7 @@ def test_lint_warns_when_the_rto_exceeds_max_duration_and_still_exits_0(tmp_path
 
 
 def test_warnings_are_part_of_the_spec(tmp_path):
-    from drills.spec import parse_spec
+    from drdrill.core.spec import parse_spec
 
     assert [str(w) for w in parse_spec(SLOW_RTO, "d.yaml").warnings()] == [f"d.yaml: {SLOW_RTO_WARNING}"]
     assert parse_spec(GOOD.replace("rto: 15m", "rto: 30m") + "max_duration: 30m\n", "d.yaml").warnings() == []

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import Mapping
 
 
-def default_state_dir() -> str:
-    """DRDRILL_STATE_DIR, else $XDG_STATE_HOME/drdrill, else ~/.local/state/drdrill."""
-    if os.environ.get("DRDRILL_STATE_DIR"):
-        return os.environ["DRDRILL_STATE_DIR"]
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+def default_state_dir(env: Mapping[str, str] = os.environ) -> str:
+    """DRDRILL_STATE_DIR, else $XDG_STATE_HOME/drdrill, else ~/.local/state/drdrill (an empty
+    variable counts as unset). The CLI, the worker and the drill format (a drill's
+    `${DRDRILL_STATE_DIR}` when the variable is unset) all use this one rule."""
+    if env.get("DRDRILL_STATE_DIR"):
+        return env["DRDRILL_STATE_DIR"]
+    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "drdrill")

@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic.functional_validators import BeforeValidator
 
+from drdrill.core.paths import default_state_dir
+
 # ---------------------------------------------------------------- durations
 
 _DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -899,17 +901,6 @@ def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None
         setattr(owner, attr, value)
     if problems:
         raise SpecError(path, problems)
-
-
-def default_state_dir(env: Mapping[str, str] = os.environ) -> str:
-    """drdrill's state directory: DRDRILL_STATE_DIR, else $XDG_STATE_HOME/drdrill, else
-    ~/.local/state/drdrill. The rule of activities.drill.default_state_dir, which `drdrill run`, `demo` and
-    the worker use (drdrill.runtime.state_dir exports it as DRDRILL_STATE_DIR): so a drill linted or
-    backed up without the variable set names the directory a run will read."""
-    if env.get("DRDRILL_STATE_DIR"):
-        return env["DRDRILL_STATE_DIR"]
-    base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return os.path.join(base, "drdrill")
 
 
 _VARIABLE_RE = re.compile(r"\$(?:\{(?P<braced>[^}]*)\}|(?P<bare>[A-Za-z_][A-Za-z0-9_]*))?")
