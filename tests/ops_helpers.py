@@ -51,8 +51,8 @@ def unique(prefix: str) -> str:
 
 def cli(*args: str, env: Optional[dict] = None):
     """Run the drdrill CLI as a user would (all commands registered); returns the click Result."""
-    from drdrill import cli as cli_mod
-    from drdrill import cli_schedule
+    from drdrill.app import cli as cli_mod
+    from drdrill.app import cli_schedule
 
     if not any(getattr(g, "name", None) == "schedule" for g in cli_mod.app.registered_groups):
         cli_schedule.register(cli_mod.app)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field, computed_field
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
@@ -149,6 +149,22 @@ class TeardownReport(BaseModel):
     outcomes: list[DeletionOutcome] = Field(default_factory=list)
     attempt: int = 1
     errors: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_label_lists(cls, data: Any) -> Any:
+        """Read reports written before outcomes were typed (evidence files keep them for years):
+        lists of "kind id" labels under deleted / already_gone / refused become outcomes."""
+        if not isinstance(data, dict) or data.get("outcomes"):
+            return data
+        outcomes = []
+        for result in ("deleted", "already_gone", "refused"):
+            for label in data.get(result) or []:
+                kind, _, rest = str(label).partition(" ")
+                ident, _, reason = rest.partition(" (")
+                outcomes.append({"kind": kind, "id": ident or kind, "result": result, "reason": reason.rstrip(")")})
+        rest = {k: v for k, v in data.items() if k not in ("deleted", "already_gone", "refused")}
+        return {**rest, "outcomes": outcomes}
 
     def _labels(self, result: str) -> list[str]:
         return [o.label + (f" ({o.reason})" if o.reason and result == "refused" else "") for o in self.outcomes if o.result == result]
