@@ -120,11 +120,20 @@ class DrillWorkflow:
         queued = await self._permits.acquire_drill(spec, self._status)
         declared = workflow.now()
         self.declared = declared
+        if inp.as_of is not None and inp.as_of > declared and any(t.provider != "sim" for t in spec.targets):
+            await self._permits.release_all()
+            raise ApplicationError(
+                f"as_of {inp.as_of.isoformat()} is later than the declared time {declared.isoformat()}: a real cloud has no "
+                "recovery points from the future; use a moment in the past, or run the drill simulated (drdrill run --simulate)",
+                type="AS_OF_IN_THE_FUTURE",
+                non_retryable=True,
+            )
         self.ctx = DrillContext(
             drill_id=drill_id,
             drill_name=spec.name,
             declared=declared,
             expires_at=declared + spec.max_duration + spec.teardown.max_hold + EXPIRY_MARGIN,
+            as_of=inp.as_of or declared,
         )
         self._status.phase, self._status.declared = "declared", declared
         self.points: dict[str, RecoveryPoint] = {}
@@ -139,7 +148,8 @@ class DrillWorkflow:
         cancelled = False
         if queued:
             self._event("queued", queued_at, declared, "PASSED", detail=f"waited for a {queued}")
-        self._event("declared", declared, declared, "PASSED", detail=f"drill {spec.name} declared; started by {inp.started_by}")
+        as_of = f"; recovery points chosen as of {inp.as_of.isoformat()}" if inp.as_of is not None else ""
+        self._event("declared", declared, declared, "PASSED", detail=f"drill {spec.name} declared; started by {inp.started_by}{as_of}")
 
         try:
             await asyncio.wait_for(self._drill(), timeout=spec.max_duration.total_seconds())
@@ -200,7 +210,7 @@ class DrillWorkflow:
             workflow.now(),
             "PASSED" if ok else "FAILED",
             detail="; ".join(
-                f"{p.target} {p.id} ({format_duration(self.declared - p.consistent_time)} old)" for p in self.points.values()
+                f"{p.target} {p.id} ({format_duration(self.ctx.as_of - p.consistent_time)} old)" for p in self.points.values()
             ),
         )
         if not ok:
@@ -536,10 +546,14 @@ class DrillWorkflow:
         rpo_outcome: Outcome = "COULD_NOT_VERIFY"
         rpo_detail = "no recovery point was chosen"
         if self.points and len(self.points) == len(spec.targets):
+            # RPO is data lost at the moment the points were chosen as of (the declared time unless
+            # the drill ran as of another moment); checks measure data age from the declared time.
+            as_of = self.ctx.as_of or self.declared
+            shift = (as_of - self.declared).total_seconds()
             oldest = min(p.consistent_time for p in self.points.values())
-            point_rpo = (self.declared - oldest).total_seconds()
-            measured = [v.measured.get("rpo_seconds") for v in self.validations if v.measured.get("rpo_seconds") is not None]
-            rpo = max([point_rpo] + [float(m) for m in measured])
+            point_rpo = (as_of - oldest).total_seconds()
+            measured = [float(v.measured["rpo_seconds"]) + shift for v in self.validations if v.measured.get("rpo_seconds") is not None]
+            rpo = max([point_rpo] + measured)
             rpo_outcome = "PASSED" if rpo <= spec.objectives.rpo.total_seconds() else "FAILED"
             rpo_detail = f"recovery point {format_duration(point_rpo)} old"
             if measured:
@@ -569,6 +583,7 @@ class DrillWorkflow:
             verdict=verdict,
             declared=self.declared,
             ended=workflow.now(),
+            as_of=inp.as_of,
             started_by=inp.started_by,
             spec_sha256=self.spec.source_sha256,
             spec_text=self.spec.source_text,

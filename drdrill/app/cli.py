@@ -125,6 +125,13 @@ def run(
     simulate: bool = typer.Option(False, "--simulate", help="dry-run the plan against the sim provider"),
     drill_id: Optional[str] = typer.Option(None, "--id", help="drill id (default: <name>-<time>-<random>)"),
     worker: bool = typer.Option(False, "--worker", help="with TEMPORAL_ADDRESS: also run a worker in this process"),
+    as_of: Optional[str] = typer.Option(
+        None,
+        "--as-of",
+        metavar="TIME",
+        help="choose recovery points as if the disaster were declared at TIME (e.g. 2028-01-03T00:00:00Z); "
+        "a future TIME only with --simulate",
+    ),
 ) -> None:
     """Run one drill and show its progress; exit 0 only when it PASSED."""
     spec = _load(drill)
@@ -132,11 +139,36 @@ def run(
         from drdrill.app.simulate import simulated
 
         spec = simulated(spec)
-    verdict = asyncio.run(_run(spec, drill_id or new_drill_id(spec), wait, as_json, worker or None))
+    moment = _as_of(as_of, spec) if as_of is not None else None
+    verdict = asyncio.run(_run(spec, drill_id or new_drill_id(spec), wait, as_json, worker or None, moment))
     raise typer.Exit(EXIT.get(verdict, 0) if verdict else 0)
 
 
-async def _run(spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool]) -> Optional[str]:
+def _as_of(text: str, spec: DrillSpec) -> datetime:
+    """`--as-of` as an aware time; a future one only when every target is simulated (a real cloud
+    has no recovery points from the future). Bad input exits 2."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from drdrill.core.spec import AwareTime
+
+    try:
+        moment = TypeAdapter(AwareTime).validate_python(text)
+    except ValidationError as exc:
+        err.print(f"--as-of {text}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", markup=False)
+        raise typer.Exit(2)
+    if moment > datetime.now(timezone.utc) and any(t.provider != "sim" for t in spec.targets):
+        err.print(
+            f"--as-of {text} is in the future: a real cloud has no recovery points from the future; "
+            "use a past time, or add --simulate to dry-run the plan as of that date",
+            markup=False,
+        )
+        raise typer.Exit(2)
+    return moment
+
+
+async def _run(
+    spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool], as_of: Optional[datetime] = None
+) -> Optional[str]:
     from drdrill.core.models import DrillInput, DrillResult
     from drdrill.app.runtime import EmbeddedBusy, temporal
     from drdrill.app.temporal import task_queue
@@ -145,7 +177,7 @@ async def _run(spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_w
         async with temporal(with_worker=with_worker) as client:
             handle = await client.start_workflow(
                 "DrillWorkflow",
-                DrillInput(spec=spec, drill_id=drill_id, started_by=f"cli:{_user()}"),
+                DrillInput(spec=spec, drill_id=drill_id, started_by=f"cli:{_user()}", as_of=as_of),
                 id=drill_id,
                 task_queue=task_queue(),
                 result_type=DrillResult,
@@ -153,6 +185,8 @@ async def _run(spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_w
             if not wait:
                 console.print(f"started drill {spec.name} as {drill_id}")
                 return None
+            if as_of is not None and not as_json:
+                console.print(f"recovery points chosen as of {as_of.isoformat()}")
             if as_json:
                 result = await _result(handle)
                 print(result.model_dump_json(indent=2))

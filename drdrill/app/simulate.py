@@ -11,6 +11,10 @@ restored and is ready (`python -m drdrill.app.simulate check`, reading the sim s
 need real hosts (tcp, http, a command without a target) are dropped, and the drill's description
 says which. A simulated verdict says the plan runs end to end; it proves nothing about real data.
 
+The simulated recovery points end at the drill's "now": the declared time, or the moment given as
+`DrillInput.as_of` (`drdrill run --simulate --as-of 2028-01-03T00:00:00Z`), so a plan can be
+dry-run as of any date, including a future one.
+
     python -m drdrill.app.simulate check     exit 0 when $DRDRILL_RESOURCE_ID exists and is ready
                                          in $DRDRILL_SIM_STATE
 """

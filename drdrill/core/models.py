@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, Field, computed_field, model_validator
+from pydantic import AwareDatetime, BaseModel, Field, computed_field, model_validator
 
 Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
@@ -34,6 +34,15 @@ class DrillContext(BaseModel):
     declared: datetime
     expires_at: datetime
     state_dir: str = ""
+    # The moment recovery points are chosen "as of" (the drill's "now" for its rules). Defaults to
+    # `declared`; DrillInput.as_of moves it, so a simulated drill runs as if on another date.
+    as_of: Optional[datetime] = None
+
+    @model_validator(mode="after")
+    def _as_of_defaults_to_declared(self) -> "DrillContext":
+        if self.as_of is None:
+            self.as_of = self.declared
+        return self
 
     def tags(self, target: Optional[str] = None) -> dict[str, str]:
         tags = {TAG_DRILL_ID: self.drill_id, TAG_EXPIRES_AT: self.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")}
@@ -242,6 +251,10 @@ class DrillInput(BaseModel):
     # Heartbeat timeout of the long activities (default 30 s; isolation and teardown 2 min). Tests and
     # simulations set a few seconds so a killed worker's activity moves to another worker quickly.
     heartbeat_seconds: Optional[float] = None
+    # Choose recovery points as if the disaster were declared at this moment (timezone required).
+    # RTO is still measured from the real declared time; RPO from this one. A moment later than the
+    # real declared time is refused unless every target is simulated: a real cloud has no future snapshots.
+    as_of: Optional[AwareDatetime] = None
 
 
 class TargetState(BaseModel):
@@ -272,6 +285,8 @@ class DrillResult(BaseModel):
     verdict: Verdict
     declared: datetime
     ended: datetime
+    # Set when the recovery points were chosen as of another moment than `declared` (DrillInput.as_of).
+    as_of: Optional[datetime] = None
     started_by: str = "cli"
     spec_sha256: Optional[str] = None
     spec_text: Optional[str] = None

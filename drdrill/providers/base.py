@@ -153,16 +153,27 @@ def select_point(
 
 
 def select_for_target(points: Sequence[RecoveryPoint], ctx: DrillContext, target: Any) -> RecoveryPoint:
-    """Apply `target.recovery_point` to candidate points, as of the drill's declared time.
+    """Apply `target.recovery_point` to candidate points, as of the drill's `as_of` moment (its
+    declared time unless the drill was started "as of" another moment).
 
-    A random choice is seeded by the drill and target (or the rule's own seed), so a retried
-    activity picks the same point and each target of a drill draws independently.
+    A drill as of an earlier moment only sees the points that existed then: a later one would be a
+    recovery point from after the disaster. A random choice is seeded by the drill and target (or
+    the rule's own seed), so a retried activity picks the same point and each target of a drill
+    draws independently.
     """
     rule = target.recovery_point
+    now = ctx.as_of or ctx.declared
+    if now < ctx.declared:
+        existing = [p for p in points if p.consistent_time <= now]
+        if points and not existing:
+            raise ProviderError(
+                "RECOVERY_POINT_NOT_FOUND", f"target {target.name}: no recovery point existed as of {now.isoformat()}"
+            )
+        points = existing
     return select_point(
         points,
         rule.rule,
-        now=ctx.declared,
+        now=now,
         at=rule.at,
         within=rule.within,
         seed=rule.seed if rule.seed is not None else f"{ctx.drill_id}/{target.name}",

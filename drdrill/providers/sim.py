@@ -25,6 +25,9 @@ Faults (a target's `source.faults`, validated by drdrill.core.spec.SimFaults):
     latency:               per operation (or `default`): 2s | {min: 1s, max: 3s} | {mean: 2s, stddev: 1s}
       restore: 2s
 
+Recovery points: `source.points` of them, one every `source.point_interval`, the newest at or before
+the drill's `as_of` (its declared time unless the drill runs as of another moment, see DrillInput).
+
 Operations: find_recovery_point, create_isolation, verify_isolation, restore, wait_ready, teardown.
 Every resource in the state carries tags; teardown, list_orphans and delete_orphan act only on
 resources tagged with the drill's id (tests plant untagged ones to prove it). The state also
@@ -283,9 +286,11 @@ class SimProvider(Provider):
         with self._operation(ctx.drill_id, target.name, "find_recovery_point", faults):
             src = target.source
             interval = src.point_interval
-            # Points every `interval`, aligned to it (like scheduled snapshots), the newest before `declared`.
+            # Points every `interval`, aligned to it (like scheduled snapshots), the newest at or before
+            # the drill's "now" (`as_of`, the declared time unless the drill runs as of another date).
             epoch = datetime(2000, 1, 1, tzinfo=timezone.utc)
-            newest = epoch + ((ctx.declared - epoch) // interval) * interval
+            now = ctx.as_of or ctx.declared
+            newest = epoch + ((now - epoch) // interval) * interval
             points = [
                 RecoveryPoint(
                     target=target.name,
