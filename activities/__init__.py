@@ -7,7 +7,7 @@ a cancelled drill raises CancelledError there, which stops the wait.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 from temporalio import activity
 from temporalio.exceptions import CancelledError
@@ -23,4 +23,11 @@ def _heartbeat(*details: Any, stop_if_cancelled: bool = True) -> None:
         raise CancelledError("the drill was cancelled")
 
 
-progress.set_listener(_heartbeat)
+def _interval() -> Optional[float]:
+    """A third of the running activity's heartbeat timeout: a long sleep heartbeats that often."""
+    if not activity.in_activity() or not activity.info().heartbeat_timeout:
+        return None
+    return max(0.01, activity.info().heartbeat_timeout.total_seconds() / 3)
+
+
+progress.set_listener(_heartbeat, _interval)

@@ -18,14 +18,14 @@ from bench import datagen
 from bench.common import OUT, load
 
 FULL = {
-    "readiness": (["--trials", "200", "--real-trials", "5"], 900),
+    "readiness": (["--trials", "200"], 900),
     "overhead": (["--restore-time", "30", "--runs", "5", "--sizes", "1,10,50", "--seq-restore-time", "1"], 1800),
     "fleet": (["--sizes", "100,500,1000", "--restore-time", "5", "--runs", "1"], 2400),
     "validation_throughput": (["--gb", "1", "--runs", "5"], 1800),
     "restore_rto": (["--gb", "1", "--runs", "5", "--jobs", "2"], 3000),
 }
 QUICK = {
-    "readiness": (["--trials", "20", "--real-trials", "1", "--real-ready", "3"], 120),
+    "readiness": (["--trials", "20"], 120),
     "overhead": (["--restore-time", "2", "--runs", "1", "--sizes", "1,5", "--seq-restore-time", "0.2"], 300),
     "fleet": (["--sizes", "20", "--restore-time", "1", "--sample", "5"], 300),
     "validation_throughput": (["--gb", "0.02", "--runs", "1"], 300),

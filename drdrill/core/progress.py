@@ -11,12 +11,20 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 _listener: Optional[Callable[..., None]] = None
+_interval: Optional[Callable[[], Optional[float]]] = None
 
 
-def set_listener(listener: Optional[Callable[..., None]]) -> None:
-    """Install the function that receives every heartbeat (None: nobody listens)."""
-    global _listener
-    _listener = listener
+def set_listener(listener: Optional[Callable[..., None]], interval: Optional[Callable[[], Optional[float]]] = None) -> None:
+    """Install the function that receives every heartbeat (None: nobody listens), and the one that
+    says how often the listener needs one (seconds; None when it does not care)."""
+    global _listener, _interval
+    _listener, _interval = listener, interval
+
+
+def heartbeat_interval(default: float = 10.0) -> float:
+    """How long work may go without a heartbeat: what the listener asks for, else `default`."""
+    wanted = _interval() if _interval is not None else None
+    return wanted if wanted else default
 
 
 def heartbeat(*details: Any, stop_if_cancelled: bool = True) -> None:

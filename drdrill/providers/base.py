@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from drdrill.core.progress import heartbeat
+from drdrill.core.progress import heartbeat, heartbeat_interval
 from drdrill.core.times import parse_time_or_none
+from drdrill.providers.readiness import ReadinessSchedule
 from drdrill.core.models import (
     TAG_DRILL_ID,
     TAG_EXPIRES_AT,
@@ -66,35 +67,59 @@ def poll_until(
     initial: float = 0.25,
     maximum: float = 5.0,
     factor: float = 1.6,
-    proportion: float = 0.04,
+    proportion: float = 0.15,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    expected: Optional[float] = None,
+    spread: Optional[float] = None,
+    seed: Any = None,
 ) -> Any:
-    """Call `probe` until it returns without raising NotReadyYet, backing off with jitter.
+    """Call `probe` until it returns without raising NotReadyYet; return the probe's value.
 
-    The interval grows from `initial` by `factor` up to `maximum`, and beyond that to `proportion`
-    of the time waited so far: a resource that has taken 30 minutes is polled about every 70 s, not
-    every 5 s. That keeps the detection delay near proportion/2 of the wait (about 2%) while a long
-    wait costs a fraction of the calls (bench/readiness.py; a 1 h wait: about 130 calls, not 800).
-    Heartbeats each poll. Returns the probe's value; raises ProviderError(READY_TIMEOUT) at the deadline.
+    When to probe again is `ReadinessSchedule`'s answer (drdrill/providers/readiness.py, which
+    states what it guarantees). Without `expected` the interval grows from `initial` by `factor`
+    to `maximum`, then to `proportion` of the time waited (at most 30 s). With `expected` (seconds
+    from the start of *this* wait until the resource is ready, e.g. from earlier drills of the
+    same target: drdrill/evidence/history.py) and optionally its `spread`, probes are sparse
+    early and dense around the expected finish, so the detection delay, which the measured RTO
+    carries, is max(5 s, 0.2% of the wait) wherever the probe budget allows. Either way a wait of
+    10 minutes or more costs no more probes than polling every 15 s. `seed` seeds the jitter.
+
+    The provider's own ready time: poll_until returns the probe's value unchanged, so a probe can
+    carry what the cloud reports. A provider that knows when the resource became ready puts it in
+    the RestoredResource its wait_ready returns, as `details["ready_at"]` (ISO 8601 with a zone).
+    The RTO then uses `readiness.ready_time(readiness.reported_ready_at(resource), noticed=...)`,
+    which falls back to the time the drill noticed when there is none or it is implausible.
+
+    Heartbeats after every probe that is not ready, and during a long sleep at least every third
+    of the activity's heartbeat timeout (10 s outside an activity), so the sleep neither outlives
+    the heartbeat timeout nor delays a cancellation. Raises ProviderError(READY_TIMEOUT) at the
+    deadline, after one last probe there.
     """
+    schedule = ReadinessSchedule(
+        expected=expected, spread=spread, deadline=timeout, initial=initial, maximum=maximum, factor=factor,
+        proportion=proportion, seed=seed,
+    )
+    pause = heartbeat_interval()
     started = clock()
-    deadline = started + timeout
-    delay = initial
     polls = 0
     while True:
         polls += 1
         try:
             return probe()
         except NotReadyYet as exc:
-            heartbeat({"waiting_for": what, "polls": polls, "last": str(exc)})
-            now = clock()
-            remaining = deadline - now
-            if remaining <= 0:
+            waiting = {"waiting_for": what, "polls": polls, "last": str(exc)}
+            heartbeat(waiting)
+            waited = clock() - started
+            if waited >= timeout:
                 raise ProviderError("READY_TIMEOUT", f"{what} was not ready after {timeout:.0f}s ({polls} polls): {exc}") from None
-            delay = min(delay, max(maximum, proportion * (now - started)))
-            sleep(min(delay * random.uniform(0.8, 1.0), remaining))
-            delay = delay * factor
+            nap = schedule.next_sleep(waited, polls)
+            while nap > 1e-9:
+                piece = min(nap, pause)
+                sleep(piece)
+                nap -= piece
+                if nap > 1e-9:
+                    heartbeat({**waiting, "sleeping": round(nap, 1)})
 
 
 def select_point(
