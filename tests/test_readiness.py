@@ -7,6 +7,7 @@ of waiting take milliseconds and the assertions are on simulated times and probe
 
 from __future__ import annotations
 
+import time
 import dataclasses
 import math
 import statistics
@@ -306,3 +307,19 @@ def test_a_single_earlier_run_gives_a_prior_with_a_20_percent_spread(tmp_path):
     _run(tmp_path, "db", "main", start=datetime.now(timezone.utc).replace(microsecond=0), seconds=300)
     history = restore_history(tmp_path, "db", "main")
     assert (history.typical, history.spread, history.runs) == (300, 60, 1)
+
+
+def test_an_expected_ready_time_set_around_a_wait_reaches_every_poll_within_it():
+    """The activity sets the expectation once; each poll inside the provider's wait_ready gets the
+    time left until that moment, and none outside the block does."""
+    from drdrill.providers.readiness import expected_from_now, expecting_ready_in
+
+    assert expected_from_now(time.monotonic()) == (None, None)
+    with expecting_ready_in(600.0, spread=60.0):
+        start = time.monotonic()
+        left, spread = expected_from_now(start)
+        assert 599.0 <= left <= 600.0 and spread == 60.0
+        assert expected_from_now(start + 700.0)[0] == 0.0  # later than expected: due now
+    assert expected_from_now(time.monotonic()) == (None, None)
+    with expecting_ready_in(None):
+        assert expected_from_now(time.monotonic()) == (None, None)

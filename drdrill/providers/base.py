@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from drdrill.core.progress import heartbeat, heartbeat_interval
 from drdrill.core.times import parse_time_or_none
-from drdrill.providers.readiness import ReadinessSchedule
+from drdrill.providers.readiness import ReadinessSchedule, expected_from_now
 from drdrill.core.models import (
     TAG_DRILL_ID,
     TAG_EXPIRES_AT,
@@ -84,6 +84,8 @@ def poll_until(
     early and dense around the expected finish, so the detection delay, which the measured RTO
     carries, is max(5 s, 0.2% of the wait) wherever the probe budget allows. Either way a wait of
     10 minutes or more costs no more probes than polling every 15 s. `seed` seeds the jitter.
+    Without `expected`, the expectation set by `readiness.expecting_ready_in` around the provider's
+    wait_ready (by the activity, from the target's restore history) applies.
 
     The provider's own ready time: poll_until returns the probe's value unchanged, so a probe can
     carry what the cloud reports. A provider that knows when the resource became ready puts it in
@@ -96,6 +98,8 @@ def poll_until(
     the heartbeat timeout nor delays a cancellation. Raises ProviderError(READY_TIMEOUT) at the
     deadline, after one last probe there.
     """
+    if expected is None and clock is time.monotonic:
+        expected, spread = expected_from_now(clock())  # set by the activity: earlier drills' restore time
     schedule = ReadinessSchedule(
         expected=expected, spread=spread, deadline=timeout, initial=initial, maximum=maximum, factor=factor,
         proportion=proportion, seed=seed,

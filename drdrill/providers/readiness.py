@@ -52,8 +52,11 @@ from __future__ import annotations
 
 import math
 import random
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 DEFAULT_SPREAD = 0.2  # without a spread, the prior is taken to be good to within 20%
 MIN_SLEEP = 1e-3  # seconds: never probe twice at the same instant
@@ -272,3 +275,32 @@ def ready_time(reported: Optional[datetime], *, noticed: datetime, not_before: O
     if reported is None or reported > noticed or (not_before is not None and reported < not_before):
         return noticed
     return reported
+
+
+# ---------------------------------------------------------------------- the expected finish of a wait
+
+# (monotonic time the resource should be ready at, spread in seconds), set around a provider's
+# wait_ready by the activity that knows earlier drills of the target (activities/drill.py).
+_EXPECTED: ContextVar[Optional[tuple[float, Optional[float]]]] = ContextVar("drdrill_expected_ready", default=None)
+
+
+@contextmanager
+def expecting_ready_in(seconds: Optional[float], spread: Optional[float] = None) -> Iterator[None]:
+    """Within this block, every `poll_until` that is not told otherwise expects the resource ready
+    `seconds` from now (± `spread`). A provider's wait_ready may poll several times in a row (the
+    instance runs, then its status checks pass): each wait gets the time left until that moment.
+    None: no prior."""
+    token = _EXPECTED.set((time.monotonic() + seconds, spread) if seconds is not None and seconds > 0 else None)
+    try:
+        yield
+    finally:
+        _EXPECTED.reset(token)
+
+
+def expected_from_now(now: float) -> tuple[Optional[float], Optional[float]]:
+    """(seconds from `now` (monotonic) until the expected ready time, spread), or (None, None)."""
+    found = _EXPECTED.get()
+    if found is None:
+        return None, None
+    at, spread = found
+    return max(0.0, at - now), spread
