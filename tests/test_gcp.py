@@ -17,7 +17,6 @@ from google.auth.credentials import AnonymousCredentials
 
 from drdrill.core.models import DrillContext
 from drdrill.providers.base import ProviderError
-from drdrill.providers.sweep import failed, sweep
 from drdrill.providers.gcp import (
     LABEL_DRILL_ID,
     LABEL_EXPIRES_AT,
@@ -308,7 +307,9 @@ def test_name_taken_by_someone_else_is_refused(fake, gcp):
         gcp.create_isolation(ctx, spec.isolation, spec.targets)
     assert err.value.code == "NAME_TAKEN"
     report = gcp.teardown(ctx, _bare_env(ctx))
-    assert report.refused == [f"network {PROJECT}/{gcp_name(ctx, suffix='net')}"] and report.deleted == []
+    refused = [o for o in report.outcomes if o.result == "refused"]
+    assert [(o.kind, o.id) for o in refused] == [("network", f"{PROJECT}/{gcp_name(ctx, suffix='net')}")]
+    assert ctx.drill_id in refused[0].reason and report.deleted == []
 
 
 def _bare_env(ctx):
@@ -386,10 +387,9 @@ def test_orphans_are_listed_and_swept(fake, gcp):
         gcp.delete_orphan(network)
     assert err.value.retryable
     # What `drdrill sweep` runs: list, then delete in the order listed (dependents first).
-    rows = sweep({"gcp": gcp}, NOW, active_drill_ids=[])
-    assert failed(rows) == []
-    assert sorted(o.kind for o, _ in rows) == kinds
-    assert all(a.startswith("deleted") for _, a in rows), rows
+    outcomes = [gcp.delete_orphan(o) for o in gcp.list_orphans(NOW, set())]
+    assert sorted(o.kind for o in outcomes) == kinds
+    assert [o.result for o in outcomes] == ["deleted"] * len(kinds), outcomes
     assert gcp.list_orphans(NOW, set()) == []
 
 
@@ -401,16 +401,20 @@ def test_sweep_refuses_a_resource_whose_label_changed(fake, gcp):
     gcp.restore(ctx, target, gcp.find_recovery_point(ctx, target), env)
     disk = next(o for o in gcp.list_orphans(NOW, set()) if o.kind == "disk")
     # Between listing and deleting, someone adopts the disk (relabels it).
-    with fake.lock:
-        for (p, c, s, n), r in fake.store.items.items():
-            if c == "disks" and n == disk.details["name"]:
-                r["labels"] = {"owner": "someone-else"}
-                fake.store.seeded.add((p, c, s, n))
-    action = gcp.delete_orphan(disk)
-    assert action.startswith("refused")
-    assert failed([(disk, action)]) == [(disk, action)]
+    _relabel(fake, disk.id, {"owner": "someone-else"})
+    outcome = gcp.delete_orphan(disk)
+    assert outcome.result == "refused" and ctx.drill_id in outcome.reason
     report = gcp.teardown(ctx, env)
     assert report.refused == [] and all(not d.startswith("disk ") for d in report.deleted)  # not found by label: left alone
+
+
+def _relabel(fake, disk_id: str, labels: dict) -> None:
+    """Someone adopts a drill's disk: it gets their labels, and it is theirs now (no leftover)."""
+    project, zone, name = disk_id.split("/")
+    key = (project, "disks", f"zones/{zone}", name)
+    with fake.lock:
+        fake.store.items[key]["labels"] = labels
+        fake.store.seeded.add(key)
 
 
 def test_from_environment_uses_the_configured_endpoint(fake):
