@@ -330,6 +330,30 @@ def test_half_created_environment_is_torn_down_from_the_drill_id_alone(fake, gcp
     assert {d.split()[0] for d in report.deleted} == {"subnetwork", "network"}
 
 
+def test_a_network_holding_someone_elses_firewall_rule_is_kept(fake, gcp):
+    ctx = _ctx("shared")
+    spec = parse_spec(DISK_DRILL)
+    env = gcp.create_isolation(ctx, spec.isolation, spec.targets)
+    # Someone adds a rule of their own to the drill's network.
+    with fake.lock:
+        fake._new("firewalls", PROJECT, "global", "ops-debug", {
+            "network": env.details["network_self_link"], "direction": "INGRESS", "priority": 1000,
+            "allowed": [{"IPProtocol": "tcp"}], "sourceRanges": ["10.0.0.0/8"], "description": "ops debugging",
+        })
+    report = gcp.teardown(ctx, env)
+    results = {(o.kind, o.id.rsplit("/", 1)[-1]): o for o in report.outcomes}
+    assert results[("firewall", "ops-debug")].result == "refused"
+    assert sorted(n for (k, n), o in results.items() if k == "firewall" and o.result == "deleted") == sorted(env.details["firewalls"])
+    for kept in (("subnetwork", env.details["subnetwork"]), ("network", env.details["network"])):
+        assert results[kept].result == "refused" and "kept" in results[kept].reason
+    # Once their rule is gone, the next attempt (the workflow retries teardown) removes the rest.
+    with fake.lock:
+        fake.store.items.pop((PROJECT, "firewalls", "global", "ops-debug"))
+    again = gcp.teardown(ctx, env)
+    assert sorted(o.kind for o in again.outcomes if o.result == "deleted") == ["network", "subnetwork"]
+    assert again.refused == []
+
+
 def test_a_refused_list_filter_falls_back_to_reading_everything(fake, gcp):
     ctx = _ctx("filter")
     spec = parse_spec(DISK_DRILL)
@@ -415,6 +439,39 @@ def _relabel(fake, disk_id: str, labels: dict) -> None:
     with fake.lock:
         fake.store.items[key]["labels"] = labels
         fake.store.seeded.add(key)
+
+
+def _left_behind_disk(fake, ctx: DrillContext) -> str:
+    """A restored disk a crashed worker left behind, labelled as `restore` labels it."""
+    name = gcp_name(ctx, "orders-data")
+    with fake.lock:
+        fake._new("disks", PROJECT, f"zones/{ZONE}", name, {"sizeGb": "20", "status": "READY", "labels": gcp_labels(ctx, "orders-data")})
+    return name
+
+
+def test_sweep_deletes_an_ended_drills_disk_and_refuses_a_relabelled_one(fake, gcp):
+    # A drill id GCP labels cannot hold verbatim (upper case) is still recognised as running.
+    ended, adopted, running = _ctx("ended"), _ctx("adopted"), _ctx("Running")
+    names = {c.drill_id: _left_behind_disk(fake, c) for c in (ended, adopted, running)}
+
+    orphans = {o.drill_id: o for o in gcp.list_orphans(NOW, {running.drill_id})}
+    assert sorted(orphans) == sorted([ended.drill_id, adopted.drill_id])
+    assert orphans[ended.drill_id].kind == "disk" and orphans[ended.drill_id].id == f"{PROJECT}/{ZONE}/{names[ended.drill_id]}"
+    assert orphans[ended.drill_id].expires_at == ended.expires_at.replace(microsecond=0)
+    assert orphans[ended.drill_id].details["reason"] == "drill not active"
+
+    # Between listing and deleting, someone adopts one of the disks.
+    _relabel(fake, orphans[adopted.drill_id].id, {"owner": "someone-else"})
+    deleted = gcp.delete_orphan(orphans[ended.drill_id])
+    refused = gcp.delete_orphan(orphans[adopted.drill_id])
+
+    assert (deleted.kind, deleted.id, deleted.result) == ("disk", orphans[ended.drill_id].id, "deleted")
+    assert refused.result == "refused" and adopted.drill_id in refused.reason
+    left = {d["name"] for d in fake.resources("disks")}
+    assert names[ended.drill_id] not in left and names[adopted.drill_id] in left and names[running.drill_id] in left
+    # The running drill's own teardown finds its disk by label and deletes it.
+    report = gcp.teardown(running, _bare_env(running))
+    assert [(o.kind, o.result) for o in report.outcomes if o.kind == "disk"] == [("disk", "deleted")]
 
 
 def test_from_environment_uses_the_configured_endpoint(fake):
