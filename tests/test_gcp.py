@@ -17,7 +17,6 @@ from google.auth.credentials import AnonymousCredentials
 
 from drdrill.core.models import DrillContext
 from drdrill.providers.base import ProviderError
-from drdrill.providers.sweep import failed, sweep
 from drdrill.providers.gcp import (
     LABEL_DRILL_ID,
     LABEL_EXPIRES_AT,
@@ -308,7 +307,9 @@ def test_name_taken_by_someone_else_is_refused(fake, gcp):
         gcp.create_isolation(ctx, spec.isolation, spec.targets)
     assert err.value.code == "NAME_TAKEN"
     report = gcp.teardown(ctx, _bare_env(ctx))
-    assert report.refused == [f"network {PROJECT}/{gcp_name(ctx, suffix='net')}"] and report.deleted == []
+    refused = [o for o in report.outcomes if o.result == "refused"]
+    assert [(o.kind, o.id) for o in refused] == [("network", f"{PROJECT}/{gcp_name(ctx, suffix='net')}")]
+    assert ctx.drill_id in refused[0].reason and report.deleted == []
 
 
 def _bare_env(ctx):
@@ -327,6 +328,30 @@ def test_half_created_environment_is_torn_down_from_the_drill_id_alone(fake, gcp
     # What the workflow passes when create_isolation failed: an Environment without details.
     report = gcp.teardown(ctx, _bare_env(ctx))
     assert {d.split()[0] for d in report.deleted} == {"subnetwork", "network"}
+
+
+def test_a_network_holding_someone_elses_firewall_rule_is_kept(fake, gcp):
+    ctx = _ctx("shared")
+    spec = parse_spec(DISK_DRILL)
+    env = gcp.create_isolation(ctx, spec.isolation, spec.targets)
+    # Someone adds a rule of their own to the drill's network.
+    with fake.lock:
+        fake._new("firewalls", PROJECT, "global", "ops-debug", {
+            "network": env.details["network_self_link"], "direction": "INGRESS", "priority": 1000,
+            "allowed": [{"IPProtocol": "tcp"}], "sourceRanges": ["10.0.0.0/8"], "description": "ops debugging",
+        })
+    report = gcp.teardown(ctx, env)
+    results = {(o.kind, o.id.rsplit("/", 1)[-1]): o for o in report.outcomes}
+    assert results[("firewall", "ops-debug")].result == "refused"
+    assert sorted(n for (k, n), o in results.items() if k == "firewall" and o.result == "deleted") == sorted(env.details["firewalls"])
+    for kept in (("subnetwork", env.details["subnetwork"]), ("network", env.details["network"])):
+        assert results[kept].result == "refused" and "kept" in results[kept].reason
+    # Once their rule is gone, the next attempt (the workflow retries teardown) removes the rest.
+    with fake.lock:
+        fake.store.items.pop((PROJECT, "firewalls", "global", "ops-debug"))
+    again = gcp.teardown(ctx, env)
+    assert sorted(o.kind for o in again.outcomes if o.result == "deleted") == ["network", "subnetwork"]
+    assert again.refused == []
 
 
 def test_a_refused_list_filter_falls_back_to_reading_everything(fake, gcp):
@@ -386,10 +411,9 @@ def test_orphans_are_listed_and_swept(fake, gcp):
         gcp.delete_orphan(network)
     assert err.value.retryable
     # What `drdrill sweep` runs: list, then delete in the order listed (dependents first).
-    rows = sweep({"gcp": gcp}, NOW, active_drill_ids=[])
-    assert failed(rows) == []
-    assert sorted(o.kind for o, _ in rows) == kinds
-    assert all(a.startswith("deleted") for _, a in rows), rows
+    outcomes = [gcp.delete_orphan(o) for o in gcp.list_orphans(NOW, set())]
+    assert sorted(o.kind for o in outcomes) == kinds
+    assert [o.result for o in outcomes] == ["deleted"] * len(kinds), outcomes
     assert gcp.list_orphans(NOW, set()) == []
 
 
@@ -401,16 +425,53 @@ def test_sweep_refuses_a_resource_whose_label_changed(fake, gcp):
     gcp.restore(ctx, target, gcp.find_recovery_point(ctx, target), env)
     disk = next(o for o in gcp.list_orphans(NOW, set()) if o.kind == "disk")
     # Between listing and deleting, someone adopts the disk (relabels it).
-    with fake.lock:
-        for (p, c, s, n), r in fake.store.items.items():
-            if c == "disks" and n == disk.details["name"]:
-                r["labels"] = {"owner": "someone-else"}
-                fake.store.seeded.add((p, c, s, n))
-    action = gcp.delete_orphan(disk)
-    assert action.startswith("refused")
-    assert failed([(disk, action)]) == [(disk, action)]
+    _relabel(fake, disk.id, {"owner": "someone-else"})
+    outcome = gcp.delete_orphan(disk)
+    assert outcome.result == "refused" and ctx.drill_id in outcome.reason
     report = gcp.teardown(ctx, env)
     assert report.refused == [] and all(not d.startswith("disk ") for d in report.deleted)  # not found by label: left alone
+
+
+def _relabel(fake, disk_id: str, labels: dict) -> None:
+    """Someone adopts a drill's disk: it gets their labels, and it is theirs now (no leftover)."""
+    project, zone, name = disk_id.split("/")
+    key = (project, "disks", f"zones/{zone}", name)
+    with fake.lock:
+        fake.store.items[key]["labels"] = labels
+        fake.store.seeded.add(key)
+
+
+def _left_behind_disk(fake, ctx: DrillContext) -> str:
+    """A restored disk a crashed worker left behind, labelled as `restore` labels it."""
+    name = gcp_name(ctx, "orders-data")
+    with fake.lock:
+        fake._new("disks", PROJECT, f"zones/{ZONE}", name, {"sizeGb": "20", "status": "READY", "labels": gcp_labels(ctx, "orders-data")})
+    return name
+
+
+def test_sweep_deletes_an_ended_drills_disk_and_refuses_a_relabelled_one(fake, gcp):
+    # A drill id GCP labels cannot hold verbatim (upper case) is still recognised as running.
+    ended, adopted, running = _ctx("ended"), _ctx("adopted"), _ctx("Running")
+    names = {c.drill_id: _left_behind_disk(fake, c) for c in (ended, adopted, running)}
+
+    orphans = {o.drill_id: o for o in gcp.list_orphans(NOW, {running.drill_id})}
+    assert sorted(orphans) == sorted([ended.drill_id, adopted.drill_id])
+    assert orphans[ended.drill_id].kind == "disk" and orphans[ended.drill_id].id == f"{PROJECT}/{ZONE}/{names[ended.drill_id]}"
+    assert orphans[ended.drill_id].expires_at == ended.expires_at.replace(microsecond=0)
+    assert orphans[ended.drill_id].details["reason"] == "drill not active"
+
+    # Between listing and deleting, someone adopts one of the disks.
+    _relabel(fake, orphans[adopted.drill_id].id, {"owner": "someone-else"})
+    deleted = gcp.delete_orphan(orphans[ended.drill_id])
+    refused = gcp.delete_orphan(orphans[adopted.drill_id])
+
+    assert (deleted.kind, deleted.id, deleted.result) == ("disk", orphans[ended.drill_id].id, "deleted")
+    assert refused.result == "refused" and adopted.drill_id in refused.reason
+    left = {d["name"] for d in fake.resources("disks")}
+    assert names[ended.drill_id] not in left and names[adopted.drill_id] in left and names[running.drill_id] in left
+    # The running drill's own teardown finds its disk by label and deletes it.
+    report = gcp.teardown(running, _bare_env(running))
+    assert [(o.kind, o.result) for o in report.outcomes if o.kind == "disk"] == [("disk", "deleted")]
 
 
 def test_from_environment_uses_the_configured_endpoint(fake):
