@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 
+from drdrill.evidence_store import embedded_server
 from drdrill.temporal import connect, running_worker, task_queue
 
 
@@ -36,9 +37,12 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_worker(client, max_concurrent_activities=int(os.environ.get("DRDRILL_MAX_ACTIVITIES", "100"))):
-        logging.getLogger("drdrill.worker").info("worker polling task queue %s", task_queue())
-        await stop.wait()
+    # The embedded evidence PostgreSQL (without DRDRILL_EVIDENCE_DSN) runs while the worker lives
+    # and is stopped when it exits.
+    with embedded_server():
+        async with running_worker(client, max_concurrent_activities=int(os.environ.get("DRDRILL_MAX_ACTIVITIES", "100"))):
+            logging.getLogger("drdrill.worker").info("worker polling task queue %s", task_queue())
+            await stop.wait()
     logging.getLogger("drdrill.worker").info("worker stopped cleanly")
 
 

