@@ -10,7 +10,10 @@ azure-mgmt-* clients accept it as they would accept Azure:
 - long-running operations: disk PUT answers 202 with Azure-AsyncOperation and Location headers and
   no body; VM and network PUTs answer 201 with provisioningState Creating/Updating and an
   Azure-AsyncOperation header; resource-group DELETE answers 202 with a Location header whose
-  monitor answers 202 until done, then 200. Operations finish after `polls_to_finish` status polls
+  monitor answers 202 until done, then 200; a resource DELETE answers 202 with Azure-AsyncOperation
+  and Location headers (204 when there is nothing to delete), and is refused while another
+  resource uses the one to delete (an attached disk, a NIC of a VM, a subnet with NICs, an NSG
+  of a subnet), as ARM refuses it. Operations finish after `polls_to_finish` status polls
   (no clock involved);
 - 404 bodies in ARM's error format ({"error": {"code": "ResourceNotFound", ...}});
 - 429 with Retry-After, on demand (`throttle`); failed operations on demand (`fail`).
@@ -533,7 +536,58 @@ class AzureFake:
         if method == "PUT":
             self.actions.add(f"{rtype}/write")
             return self._put(rg, rtype, name, rid, body or {}, query)
+        if method == "DELETE":
+            self.actions.add(f"{rtype}/delete")
+            return self._delete(rg, rtype, rid, query)
         raise ArmError(405, "MethodNotAllowed", f"The fake does not implement {method} on {rtype}.")
+
+    def _delete(self, rg: str, rtype: str, rid: str, query: dict):
+        """DELETE a resource as ARM does: 204 when there is nothing to delete, a refusal while another
+        resource uses it, otherwise 202 and a long-running operation (Azure-AsyncOperation, Location)."""
+        self._need_group(rg)
+        resource = self.resources.get(rid.lower())
+        if resource is None:
+            return 204, {}, None
+        self._refuse_if_in_use(resource)
+        resource["properties"]["provisioningState"] = "Deleting"
+
+        def done() -> None:
+            self.resources.pop(rid.lower(), None)
+            for d in self.resources.values():  # a VM's disks are detached (deleteOption Detach), not deleted
+                if d["type"] == "Microsoft.Compute/disks" and d["properties"].get("managedBy", "").lower() == rid.lower():
+                    d["properties"]["diskState"] = "Unattached"
+                    d["properties"].pop("managedBy")
+
+        def failed() -> None:
+            resource["properties"]["provisioningState"] = "Failed"
+
+        ns = rtype.split("/")[0]
+        op = self._operation(ns, done, failed, self._fault("DELETE", rtype))
+        status_url = f"{self._local.base}/subscriptions/{self.subscription_id}/providers/{ns}/locations/{resource['location']}/operations/{op.id}?api-version={query['api-version']}"
+        return 202, {"Azure-AsyncOperation": status_url, "Location": status_url + "&monitor=true"}, None
+
+    def _refuse_if_in_use(self, resource: dict) -> None:
+        """ARM's refusals to delete what another resource still uses (so the deletion order matters)."""
+        rid, rtype, p = resource["id"].lower(), resource["type"], resource["properties"]
+        others = list(self.resources.values())
+        if rtype == "Microsoft.Compute/disks" and p.get("managedBy"):
+            raise ArmError(409, "OperationNotAllowed", f"Disk {resource['name']} is attached to VM {p['managedBy']}.")
+        if rtype == "Microsoft.Network/networkInterfaces":
+            users = [o["id"] for o in others if any(n.get("id", "").lower() == rid for n in ((o["properties"].get("networkProfile") or {}).get("networkInterfaces") or []))]
+            if users:
+                raise ArmError(400, "NicInUse", f"Network Interface {resource['id']} is used by existing resource {users[0]}. "
+                                                "In order to delete the network interface, it must be dissociated from the resource.")
+        if rtype == "Microsoft.Network/virtualNetworks":
+            users = [o["id"] for o in others for ipc in o["properties"].get("ipConfigurations") or []
+                     if ((ipc.get("properties") or {}).get("subnet") or {}).get("id", "").lower().startswith(rid + "/subnets/")]
+            if users:
+                raise ArmError(400, "InUseSubnetCannotBeDeleted", f"Subnet of {resource['id']} is in use by {users[0]} and cannot be deleted.")
+        if rtype == "Microsoft.Network/networkSecurityGroups":
+            users = [s["id"] for o in others for s in o["properties"].get("subnets") or []
+                     if ((s.get("properties") or {}).get("networkSecurityGroup") or {}).get("id", "").lower() == rid]
+            if users:
+                raise ArmError(400, "InUseNetworkSecurityGroupCannotBeDeleted",
+                               f"Network security group {resource['id']} cannot be deleted because it is in use by {users[0]}.")
 
     def _get(self, rg: str, rtype: str, name: str) -> dict:
         self._need_group(rg)
@@ -553,6 +607,8 @@ class AzureFake:
         return r
 
     def _put(self, rg: str, rtype: str, name: str, rid: str, body: dict, query: dict):
+        # Long (about 120 lines) on purpose: one branch per resource type, each holding the checks
+        # ARM makes on that type's PUT (references, join actions, attachments), read side by side.
         g = self._need_group(rg)
         if g["properties"]["provisioningState"] == "Deleting":
             raise ArmError(409, "ResourceGroupBeingDeleted", f"The resource group '{rg}' is being deleted.")

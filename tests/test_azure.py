@@ -309,14 +309,20 @@ def test_verify_isolation_fails_when_the_network_has_a_way_out(fake, provider, p
     assert proof.outcome == "FAILED"
     assert failed == {"no peering", "no gateway or public endpoint", "outbound denied", "inbound only from validation sources"}
 
+    # drdrill did not create the public IP: teardown leaves it alone, and the network and the group
+    # that hold it (deleting the group would delete it too), and says so; a person must look at a
+    # drill network that grew a public IP.
     report = provider.teardown(c, env)
-    assert any(d.endswith("/publicIPAddresses/sneaky-ip") for d in report.deleted)
-    # The fake does not enforce RBAC. Under deploy/azure/role.json this deletion would be refused
-    # (the role grants no publicIPAddresses/delete, on purpose: it is assigned at subscription
-    # scope), teardown would keep failing and raise its alert: someone must look at a drill
-    # network that grew a public IP. The provider itself never drives this action.
-    fake.actions.discard("Microsoft.Network/publicIPAddresses/delete")
-    assert provider.teardown(c, env).already_gone  # absent is success
+    refused = {o.id.rsplit("/", 1)[1]: o.reason for o in report.outcomes if o.result == "refused"}
+    assert set(refused) == {"sneaky-ip", "isolated-vnet", "isolated-nsg", rg} and not report.deleted
+    assert "does not create" in refused["sneaky-ip"]
+    assert "without this drill's tag" in refused[rg]
+    assert rg.lower() in fake.groups and fake.get(env.details["vnet_id"]) is not None
+
+    fake.resources.pop(f"{fake.rg_id(rg)}/providers/Microsoft.Network/publicIPAddresses/sneaky-ip".lower())  # the person removes it
+    again = provider.teardown(c, env)
+    assert [(o.kind, o.result) for o in again.outcomes] == [("vnet", "deleted"), ("nsg", "deleted"), ("resource_group", "deleted")]
+    assert [o.result for o in provider.teardown(c, env).outcomes] == ["already_gone"]  # absent is success
     assert fake.drill_state() == []
 
 
@@ -344,17 +350,53 @@ def test_orphans_are_listed_and_deleted(fake, provider, prod):
     fake.add_group("drdrill-lookalike")  # no tag: never an orphan
 
     orphans = provider.list_orphans(NOW, {"live-drill"})
-    assert [(o.drill_id, o.details["reason"]) for o in orphans] == [("old-drill", "expired")]
-    assert provider.list_orphans(NOW + timedelta(days=1), {"live-drill"})[-1].drill_id == "live-drill"  # expired too
+    assert {(o.drill_id, o.details["reason"]) for o in orphans} == {("old-drill", "expired")}
+    assert [o.kind for o in orphans] == ["vnet", "nsg", "resource_group"]  # in deletion order: the group last
+    assert "live-drill" in {o.drill_id for o in provider.list_orphans(NOW + timedelta(days=1), {"live-drill"})}  # expired too
 
     forged = Orphan(provider="azure", id=live_env.details["resource_group_id"], kind="resource_group", drill_id="old-drill")
-    assert provider.delete_orphan(forged).startswith("refused")
-    assert "deleted" in provider.delete_orphan(orphans[0])
-    assert "already gone" in provider.delete_orphan(orphans[0])
-    assert [o.drill_id for o in provider.list_orphans(NOW, set())] == ["live-drill"]
+    refused = provider.delete_orphan(forged)
+    assert refused.result == "refused" and "'live-drill'" in refused.reason
+    assert [provider.delete_orphan(o).result for o in orphans] == ["deleted"] * 3
+    assert [provider.delete_orphan(o).result for o in orphans] == ["already_gone"] * 3
+    assert {o.drill_id for o in provider.list_orphans(NOW, set())} == {"live-drill"}
     provider.teardown(live, live_env)
     assert fake.drill_state() == []
     assert "drdrill-lookalike" in fake.groups
+
+
+def test_sweep_deletes_an_ended_drill_and_refuses_what_changed_since_the_listing(fake, provider, prod):
+    spec = parse_spec(disk_drill(prod))
+    ended, retagged, crowded = ctx("ended-drill"), ctx("retagged-drill"), ctx("crowded-drill")
+    envs = {c.drill_id: provider.create_isolation(c, spec.isolation, spec.targets) for c in (ended, retagged, crowded)}
+    # Someone put a public IP of their own into one drill's resource group.
+    their_ip = fake._put_raw(envs["crowded-drill"].id, "Microsoft.Network/publicIPAddresses", "their-ip", {"properties": {}})["id"]
+
+    orphans = provider.list_orphans(NOW, {"running-drill"})  # none of the three drills is running
+    assert {o.drill_id for o in orphans} == {"ended-drill", "retagged-drill", "crowded-drill"}
+    assert all(o.details["reason"] == "drill not active" for o in orphans)
+    # Between the listing and the deletion, another drill's tag was put on one drill's VNet.
+    fake.resources[envs["retagged-drill"].details["vnet_id"].lower()]["tags"]["drdrill:drill-id"] = "someone-else"
+
+    outcomes = {(o.drill_id, o.kind): provider.delete_orphan(o) for o in orphans}
+
+    results = {key: out.result for key, out in outcomes.items()}
+    assert {kind: r for (drill, kind), r in results.items() if drill == "ended-drill"} == {"vnet": "deleted", "nsg": "deleted", "resource_group": "deleted"}
+    assert fake.resources_in(envs["ended-drill"].id) == [] and envs["ended-drill"].id not in fake.groups
+    assert results[("retagged-drill", "vnet")] == "refused"
+    assert outcomes[("retagged-drill", "vnet")].reason == "tag drdrill:drill-id is 'someone-else', expected 'retagged-drill'"
+    # What holds the retagged VNet or the public IP is kept, and the reason names what it holds.
+    for drill, holds in (("retagged-drill", "isolated-vnet"), ("crowded-drill", "their-ip")):
+        for kind in ("nsg", "resource_group") if drill == "retagged-drill" else ("vnet", "nsg", "resource_group"):
+            assert results[(drill, kind)] == "refused", (drill, kind)
+            assert outcomes[(drill, kind)].reason.startswith("kept:") and holds in outcomes[(drill, kind)].reason
+    assert fake.get(their_ip) is not None and fake.get(envs["retagged-drill"].details["vnet_id"]) is not None
+
+    # Once a person has taken the public IP away and given the VNet its tag back, the next sweep finishes.
+    fake.resources.pop(their_ip.lower())
+    fake.resources[envs["retagged-drill"].details["vnet_id"].lower()]["tags"]["drdrill:drill-id"] = "retagged-drill"
+    assert {provider.delete_orphan(o).result for o in provider.list_orphans(NOW, set())} == {"deleted"}
+    assert provider.list_orphans(NOW, set()) == []
 
 
 def test_fake_speaks_arm_errors(fake, provider):
