@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 from typing import Any, Optional
+
+
+_FRACTION = re.compile(r"(\.\d+)")
 
 
 def parse_time(value: Any) -> Optional[datetime]:
@@ -14,7 +18,8 @@ def parse_time(value: Any) -> Optional[datetime]:
         return None
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
-    parsed = datetime.fromisoformat(str(value).strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    text = _FRACTION.sub(lambda m: m.group(1)[:7].ljust(7, "0"), str(value).strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    parsed = datetime.fromisoformat(text)  # fractions as microseconds (ARM writes 7 digits; Python 3.10 reads only 3 or 6)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
