@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Literal, Optional
 
@@ -65,8 +66,6 @@ class DrillContext(BaseModel):
         name = "-".join(parts).lower()
         if len(name) <= max_len:
             return name
-        import hashlib
-
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         return (name[: max_len - 9].rstrip("-") + "-" + digest)[:max_len]
 
