@@ -22,6 +22,7 @@ from drdrill.core.models import DrillInput, DrillResult, DrillStatus
 from drdrill.app.temporal import DevServer, connect
 from worker import running_worker
 from drdrill.core.spec import DrillSpec, load_spec, parse_spec
+from workflows.drill import DrillWorkflow
 from tests.evidence_fixtures import evidence_store_dsn  # noqa: F401  (evidence store for every test: issue 6)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,11 +68,10 @@ class DrillHarness:
         drill_id = drill_id or f"{spec.name}-{uuid.uuid4().hex[:6]}"
         async with running_worker(client, task_queue_name=queue, providers=providers, state_dir=str(self.state_dir)):
             handle = await client.start_workflow(
-                "DrillWorkflow",
+                DrillWorkflow.run,
                 DrillInput(spec=spec, drill_id=drill_id, started_by="test"),
                 id=drill_id,
                 task_queue=queue,
-                result_type=DrillResult,
             )
             if during is not None:
                 await during(handle)
@@ -89,7 +89,7 @@ async def wait_for_phase(handle: WorkflowHandle, phase: str, timeout: float = 12
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
-        status: DrillStatus = await handle.query("status", result_type=DrillStatus)
+        status: DrillStatus = await handle.query(DrillWorkflow.status)
         if status.phase == phase:
             return status
         if status.phase in ("done",) or loop.time() > deadline:

@@ -19,6 +19,7 @@ from drdrill.providers.postgres import PostgresProvider
 from drdrill.app.temporal import connect
 from worker import running_worker
 from drdrill.core.spec import DrillSpec, parse_spec
+from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -72,11 +73,10 @@ class Service:
     async def start(self, spec: DrillSpec, drill_id: Optional[str] = None) -> WorkflowHandle:
         drill_id = drill_id or unique(spec.name)
         return await self.client.start_workflow(
-            "DrillWorkflow",
+            DrillWorkflow.run,
             DrillInput(spec=spec, drill_id=drill_id, started_by="test"),
             id=drill_id,
             task_queue=self.queue,
-            result_type=DrillResult,
         )
 
     async def result(self, handle: WorkflowHandle) -> DrillResult:
@@ -117,5 +117,5 @@ async def wait_until(check, what: str, timeout: float = 60.0, interval: float = 
 
 
 async def phase(handle: WorkflowHandle) -> str:
-    st: DrillStatus = await handle.query("status", result_type=DrillStatus)
+    st: DrillStatus = await handle.query(DrillWorkflow.status)
     return st.phase

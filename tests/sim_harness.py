@@ -24,6 +24,7 @@ from drdrill.providers.sim import SimProvider, SimState
 from drdrill.app.temporal import connect
 from worker import running_worker
 from drdrill.core.spec import DrillSpec, parse_spec
+from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
 SPEED = 1.0  # sim durations in these tests are written in real seconds
@@ -85,11 +86,10 @@ async def final_result(handle: WorkflowHandle, state_dir: Path) -> DrillResult:
 async def start(client: Client, spec: DrillSpec, queue: str, drill_id: Optional[str] = None, heartbeat: float = HEARTBEAT) -> WorkflowHandle:
     drill_id = drill_id or f"{spec.name}-{uuid.uuid4().hex[:6]}"
     return await client.start_workflow(
-        "DrillWorkflow",
+        DrillWorkflow.run,
         DrillInput(spec=spec, drill_id=drill_id, started_by="test", heartbeat_seconds=heartbeat),
         id=drill_id,
         task_queue=queue,
-        result_type=DrillResult,
     )
 
 
@@ -132,7 +132,7 @@ async def wait_until(predicate: Callable[[], object], timeout: float = 60.0, wha
 
 
 async def phase_of(handle: WorkflowHandle) -> str:
-    status: DrillStatus = await handle.query("status", result_type=DrillStatus)
+    status: DrillStatus = await handle.query(DrillWorkflow.status)
     return status.phase
 
 

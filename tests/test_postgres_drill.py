@@ -223,10 +223,11 @@ def test_every_postgres_activity_of_a_drill_runs_on_the_host_that_holds_its_clus
     restore, checks and teardown must all run there, whichever worker picked up the drill."""
     import uuid
 
-    from drdrill.core.models import DrillInput, DrillResult
+    from drdrill.core.models import DrillInput
     from drdrill.app.temporal import connect
     from worker import running_worker
     from drdrill.core.spec import parse_spec
+    from workflows.drill import DrillWorkflow
 
     spec = parse_spec(drill_yaml(shop_repo), "<test>")
     queue = f"hosts-{uuid.uuid4().hex[:6]}"
@@ -246,11 +247,10 @@ def test_every_postgres_activity_of_a_drill_runs_on_the_host_that_holds_its_clus
                 for i in range(4):
                     results.append(
                         await client.execute_workflow(
-                            "DrillWorkflow",
+                            DrillWorkflow.run,
                             DrillInput(spec=spec, drill_id=f"hosts-{i}-{uuid.uuid4().hex[:4]}", started_by="test"),
                             id=f"hosts-{i}-{uuid.uuid4().hex[:6]}",
                             task_queue=queue,
-                            result_type=DrillResult,
                         )
                     )
         os.environ.pop("DRDRILL_HOST_ID", None)

@@ -19,7 +19,8 @@ from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.record import record_run
 from drdrill.app.cli_evidence import register
 from drdrill.evidence.store import open_store
-from drdrill.app.reports import cron_times, parse_period, period_report, render_period
+from drdrill.app.reports import parse_period, period_report, render_period
+from drdrill.core.calendar import cron_times
 from drdrill.evidence.render import render_drill_html, render_junit
 from tests.evidence_fixtures import sample_result
 

@@ -24,6 +24,7 @@ from drdrill.app.simulate import simulated
 from drdrill.app.temporal import connect
 from worker import running_worker
 from drdrill.core.spec import DrillSpec, SpecError, load_spec, parse_spec
+from workflows.drill import DrillWorkflow
 from tests.sim_harness import REPO, leaked, run_sim, sim_yaml, spec_of
 
 SHIPPED = sorted(p.name for p in (REPO / "drills").glob("*.yaml"))
@@ -224,11 +225,10 @@ async def _run_all(address: str, specs: list[DrillSpec], as_of: datetime, state:
             drill_id = f"{spec.name}-{uuid.uuid4().hex[:6]}"
             handles.append(
                 await client.start_workflow(
-                    "DrillWorkflow",
+                    DrillWorkflow.run,
                     DrillInput(spec=spec, drill_id=drill_id, started_by="test", heartbeat_seconds=2, as_of=as_of),
                     id=drill_id,
                     task_queue=queue,
-                    result_type=DrillResult,
                 )
             )
         return list(await asyncio.gather(*(h.result() for h in handles)))
@@ -272,11 +272,10 @@ validations:
         async with running_worker(client, task_queue_name=queue, providers={}, state_dir=str(tmp_path)):
             drill_id = f"ebs-{uuid.uuid4().hex[:6]}"
             handle = await client.start_workflow(
-                "DrillWorkflow",
+                DrillWorkflow.run,
                 DrillInput(spec=spec, drill_id=drill_id, as_of=datetime.now(timezone.utc) + timedelta(days=1)),
                 id=drill_id,
                 task_queue=queue,
-                result_type=DrillResult,
             )
             with pytest.raises(WorkflowFailureError) as exc:
                 await handle.result()

@@ -1,9 +1,9 @@
 """DrillWorkflow: one disaster-recovery drill, from declared disaster to torn-down evidence.
 
 Deterministic orchestration only: no I/O, time only from `workflow.now()`. Every side effect is an
-activity (activities/drill.py, activities/validation.py). Teardown always runs: on success, failure,
-cancellation, timeout (max_duration) and, because Temporal replays the workflow on another worker,
-after a worker crash.
+activity (activities/drill.py, activities/validation.py); what the outcome means is judged by
+drdrill/core/judging.py. Teardown always runs: on success, failure, cancellation, timeout
+(max_duration) and, because Temporal replays the workflow on another worker, after a worker crash.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
         Environment,
         Finding,
         IsolationProof,
-        ObjectiveResult,
         Outcome,
         RecoveryPoint,
         RestoredResource,
@@ -42,11 +41,11 @@ with workflow.unsafe.imports_passed_through():
         TeardownReport,
         TimelineEvent,
         ValidationResult,
-        Verdict,
     )
     from activities.validation import ValidationActivities
     from drdrill.validation import ValidateInput
-    from drdrill.core.spec import DrillSpec, format_duration
+    from drdrill.core import judging
+    from drdrill.core.spec import DrillSpec, Target, format_duration
     from drdrill.core.operations import drill_id_from_workflow_id
 
 from workflows import hooks as ops_hooks  # operations (issue 7): metrics, notifications
@@ -73,6 +72,16 @@ class DrillWorkflow:
         self._hold_until: Optional[datetime] = None
         self._max_hold_until: Optional[datetime] = None
         self._permits = Permits()
+        # What the drill found, made and proved, by target name or provider family.
+        self.points: dict[str, RecoveryPoint] = {}
+        self.envs: dict[str, Environment] = {}
+        self.hosts: dict[str, str] = {}  # family -> the host task queue its resources live on
+        self.proofs: list[IsolationProof] = []
+        self.restored: dict[str, RestoredResource] = {}
+        self.validations: list[ValidationResult] = []
+        self.findings: list[Finding] = []
+        self.teardowns: list[TeardownReport] = []
+        self.broken = False
 
     # ------------------------------------------------------------ queries and signals
 
@@ -105,14 +114,35 @@ class DrillWorkflow:
 
     @workflow.run
     async def run(self, inp: DrillInput) -> DrillResult:
-        spec: DrillSpec = inp.spec if isinstance(inp.spec, DrillSpec) else DrillSpec.model_validate(inp.spec)
-        self.spec = spec
+        """Declare the disaster, drill within max_duration, always tear down, then judge and record."""
+        self.spec: DrillSpec = inp.spec
         hb = timedelta(seconds=inp.heartbeat_seconds) if inp.heartbeat_seconds else None
         self.heartbeat = hb or HEARTBEAT
         self.slow_heartbeat = hb or timedelta(minutes=2)  # isolation and teardown
+        await self._declare(inp)
+        cancelled = await self._drill_and_tear_down()
+        if self._late_cancel and not cancelled:
+            self.findings.append(
+                Finding(
+                    code="CANCELLED_DURING_TEARDOWN",
+                    severity="warning",
+                    message="cancellation was requested during teardown: the teardown was finished and the evidence recorded first",
+                )
+            )
+        result = self._result(inp, cancelled)
+        await self._record(result)
+        await ops_hooks.after_result(self.spec, result)
+        self._status.phase = "done"
+        self._status.verdict = result.verdict
+        if cancelled or self._late_cancel:
+            raise asyncio.CancelledError("drill cancelled; torn down and recorded")
+        return result
+
+    async def _declare(self, inp: DrillInput) -> None:
+        """Wait for a permit per (provider family, account/region), then declare the disaster."""
+        spec = self.spec
         # A scheduled run has no drill id of its own: it takes its workflow id ('<name>-<scheduled time>').
         drill_id = inp.drill_id or drill_id_from_workflow_id(workflow.info().workflow_id)
-        # Wait for a permit per (provider family, account/region) before the disaster is declared.
         self._status = DrillStatus(
             drill_id=drill_id, name=spec.name, phase="declared", targets=[TargetState(target=t.name, provider=t.provider) for t in spec.targets]
         )
@@ -136,27 +166,20 @@ class DrillWorkflow:
             as_of=inp.as_of or declared,
         )
         self._status.phase, self._status.declared = "declared", declared
-        self.points: dict[str, RecoveryPoint] = {}
-        self.envs: dict[str, Environment] = {}
-        self.hosts: dict[str, str] = {}  # family -> the host task queue its resources live on
-        self.proofs: list[IsolationProof] = []
-        self.restored: dict[str, RestoredResource] = {}
-        self.validations: list[ValidationResult] = []
-        self.findings: list[Finding] = []
-        self.teardowns: list[TeardownReport] = []
-        self.broken = False
-        cancelled = False
         if queued:
             self._event("queued", queued_at, declared, "PASSED", detail=f"waited for a {queued}")
         as_of = f"; recovery points chosen as of {inp.as_of.isoformat()}" if inp.as_of is not None else ""
         self._event("declared", declared, declared, "PASSED", detail=f"drill {spec.name} declared; started by {inp.started_by}{as_of}")
 
+    async def _drill_and_tear_down(self) -> bool:
+        """Run the drill's steps within max_duration and tear down whatever happened; True when cancelled."""
+        cancelled = False
         try:
-            await asyncio.wait_for(self._drill(), timeout=spec.max_duration.total_seconds())
+            await asyncio.wait_for(self._drill(), timeout=self.spec.max_duration.total_seconds())
         except asyncio.TimeoutError:
             self._finding(
                 "MAX_DURATION_EXCEEDED",
-                f"the drill ran longer than max_duration {format_duration(spec.max_duration)} and was stopped",
+                f"the drill ran longer than max_duration {format_duration(self.spec.max_duration)} and was stopped",
             )
         except (asyncio.CancelledError, CancelledError):
             cancelled = True
@@ -167,16 +190,10 @@ class DrillWorkflow:
         finally:
             await self._teardown()
             await self._permits.release_all()
+        return cancelled
 
-        if self._late_cancel and not cancelled:
-            self.findings.append(
-                Finding(
-                    code="CANCELLED_DURING_TEARDOWN",
-                    severity="warning",
-                    message="cancellation was requested during teardown: the teardown was finished and the evidence recorded first",
-                )
-            )
-        result = self._result(inp, cancelled)
+    async def _record(self, result: DrillResult) -> None:
+        """Record the evidence, to the end even when cancelled meanwhile; a failure is an ERROR verdict."""
         self._status.phase = "evidence"
         try:
             result.evidence_path = await self._to_the_end(
@@ -190,19 +207,24 @@ class DrillWorkflow:
         except ActivityError as exc:
             result.findings.append(Finding(code="EVIDENCE_NOT_RECORDED", message=_describe(exc)))
             result.verdict = "ERROR"
-        await ops_hooks.after_result(spec, result)
-        self._status.phase = "done"
-        self._status.verdict = result.verdict
-        if cancelled or self._late_cancel:
-            raise asyncio.CancelledError("drill cancelled; torn down and recorded")
-        return result
 
     async def _drill(self) -> None:
-        spec = self.spec
-        # 1. recovery points, all targets at once
+        """The drill's steps in order; a step that fails stops the ones that depend on it."""
+        if not await self._recovery_points():
+            return
+        if not await self._isolation():
+            return
+        await self._restore_all()
+        await self._validations()
+        await self._hold()
+
+    # ------------------------------------------------------------ steps
+
+    async def _recovery_points(self) -> bool:
+        """1. Recovery points, all targets at once."""
         self._phase("recovery point")
         started = workflow.now()
-        results = await asyncio.gather(*(self._find_point(t) for t in spec.targets), return_exceptions=False)
+        results = await asyncio.gather(*(self._find_point(t) for t in self.spec.targets), return_exceptions=False)
         ok = all(results)
         self._event(
             "recovery point",
@@ -213,30 +235,27 @@ class DrillWorkflow:
                 f"{p.target} {p.id} ({format_duration(self.ctx.as_of - p.consistent_time)} old)" for p in self.points.values()
             ),
         )
-        if not ok:
-            return
+        return ok
 
-        # 2. isolation per provider family, then proof that there is no way out
+    async def _isolation(self) -> bool:
+        """2. Isolation per provider family, then proof that there is no way out."""
         self._phase("isolate")
-        families = list(dict.fromkeys(t.family for t in spec.targets))
+        families = list(dict.fromkeys(t.family for t in self.spec.targets))
         started = workflow.now()
         envs = await asyncio.gather(*(self._isolate(f) for f in families))
         if not all(envs):
             self._event("isolate", started, workflow.now(), "FAILED", detail="could not create the isolated environment")
-            return
+            return False
         self._event("isolate", started, workflow.now(), "PASSED", detail="; ".join(e.description or e.id for e in self.envs.values()))
 
         self._phase("verify isolation")
         started = workflow.now()
         proofs = await asyncio.gather(*(self._verify(e) for e in self.envs.values()))
         self.proofs = [p for p in proofs if p is not None]
-        outcome = _worst([p.outcome for p in self.proofs] + (["COULD_NOT_VERIFY"] if None in proofs else []))
+        outcome = judging.worst([p.outcome for p in self.proofs] + (["COULD_NOT_VERIFY"] if None in proofs else []))
+        checks = [c for p in self.proofs for c in p.checks]
         self._event(
-            "verify isolation",
-            started,
-            workflow.now(),
-            outcome,
-            detail=_summary([c.outcome for p in self.proofs for c in p.checks], [c.name for p in self.proofs for c in p.checks]),
+            "verify isolation", started, workflow.now(), outcome, detail=judging.summary([c.outcome for c in checks], [c.name for c in checks])
         )
         if outcome != "PASSED":
             self._finding(
@@ -244,12 +263,14 @@ class DrillWorkflow:
                 "the isolated environment could not be proven to have no route to production; nothing was restored into it",
                 could_not_verify=outcome == "COULD_NOT_VERIFY",
             )
-            return
+            return False
+        return True
 
-        # 3. restore every target in parallel, each then waits until it serves
+    async def _restore_all(self) -> None:
+        """3. Restore every target in parallel; each then waits until it serves."""
         self._phase("restore")
         started = workflow.now()
-        ready = await asyncio.gather(*(self._restore_limited(t) for t in spec.targets))
+        ready = await asyncio.gather(*(self._restore_limited(t) for t in self.spec.targets))
         self._event(
             "restore",
             started,
@@ -258,7 +279,9 @@ class DrillWorkflow:
             detail="; ".join(f"{r.target}: {r.description or r.id}" for r in self.restored.values()),
         )
 
-        # 4. validations, in parallel; a check whose target did not come back is NOT_RUN
+    async def _validations(self) -> None:
+        """4. Validations, in parallel; a check whose target did not come back is NOT_RUN."""
+        spec = self.spec
         self._phase("validate")
         started = workflow.now()
         vals = await asyncio.gather(*(self._validate(i) for i in range(len(spec.validations))))
@@ -273,16 +296,13 @@ class DrillWorkflow:
             "validate",
             started,
             workflow.now(),
-            _worst([v.outcome for v in self.validations if v.required]) if self.validations else "COULD_NOT_VERIFY",
-            detail=_summary([v.outcome for v in self.validations], [v.name for v in self.validations]),
+            judging.worst(v.outcome for v in self.validations if v.required) if self.validations else "COULD_NOT_VERIFY",
+            detail=judging.summary([v.outcome for v in self.validations], [v.name for v in self.validations]),
         )
 
-        # 5. hold for inspection, when asked for
-        await self._hold()
+    # ------------------------------------------------------------ one target, one family, one check
 
-    # ------------------------------------------------------------ phases
-
-    async def _find_point(self, target: Any) -> bool:
+    async def _find_point(self, target: Target) -> bool:
         self._target(target.name, "recovery point")
         try:
             point: RecoveryPoint = await workflow.execute_activity_method(
@@ -345,7 +365,7 @@ class DrillWorkflow:
             self._activity_finding(exc, None, "ISOLATION_NOT_PROVEN", could_not_verify=True)
             return None
 
-    async def _restore(self, target: Any) -> bool:
+    async def _restore(self, target: Target) -> bool:
         env = self.envs[target.family]
         point = self.points[target.name]
         timeout = target.restore.timeout
@@ -383,7 +403,7 @@ class DrillWorkflow:
         self._target(target.name, "ready", "PASSED", resource.description or resource.id)
         return True
 
-    async def _restore_limited(self, target: Any) -> bool:
+    async def _restore_limited(self, target: Target) -> bool:
         """_restore within the restore limit of the target's account/region (DRDRILL_RESTORE_LIMITS)."""
         await self._permits.acquire_restore(target, self.spec, on_wait=lambda: self._target(target.name, "restore queued"))
         try:
@@ -522,65 +542,18 @@ class DrillWorkflow:
         )
         return await asyncio.shield(handle)
 
-    # ------------------------------------------------------------ measuring and judging
 
-    def _objectives(self) -> tuple[list[ObjectiveResult], Optional[float], Optional[float]]:
-        spec = self.spec
-        required = [v for v in self.validations if v.required]
-        rto: Optional[float] = None
-        rto_outcome: Outcome
-        rto_detail = ""
-        if required and all(v.outcome == "PASSED" and v.first_passed_at for v in required):
-            last = max(v.first_passed_at for v in required)  # type: ignore[type-var]
-            rto = (last - self.declared).total_seconds()
-            rto_outcome = "PASSED" if rto <= spec.objectives.rto.total_seconds() else "FAILED"
-            rto_detail = f"last required check passed {format_duration(rto)} after the disaster was declared"
-        elif any(v.outcome == "FAILED" for v in required) or (self.points and len(self.restored) < len(spec.targets)):
-            rto_outcome = "FAILED"
-            rto_detail = "the service was not shown to be recovered"
-        else:
-            rto_outcome = "COULD_NOT_VERIFY"
-            rto_detail = "no required check proved recovery"
-
-        rpo: Optional[float] = None
-        rpo_outcome: Outcome = "COULD_NOT_VERIFY"
-        rpo_detail = "no recovery point was chosen"
-        if self.points and len(self.points) == len(spec.targets):
-            # RPO is data lost at the moment the points were chosen as of (the declared time unless
-            # the drill ran as of another moment); checks measure data age from the declared time.
-            as_of = self.ctx.as_of or self.declared
-            shift = (as_of - self.declared).total_seconds()
-            oldest = min(p.consistent_time for p in self.points.values())
-            point_rpo = (as_of - oldest).total_seconds()
-            measured = [float(v.measured["rpo_seconds"]) + shift for v in self.validations if v.measured.get("rpo_seconds") is not None]
-            rpo = max([point_rpo] + measured)
-            rpo_outcome = "PASSED" if rpo <= spec.objectives.rpo.total_seconds() else "FAILED"
-            rpo_detail = f"recovery point {format_duration(point_rpo)} old"
-            if measured:
-                rpo_detail += f"; newest restored data {format_duration(max(measured))} old"
-        return (
-            [
-                ObjectiveResult(
-                    name="RTO", objective_seconds=spec.objectives.rto.total_seconds(), achieved_seconds=rto, outcome=rto_outcome, detail=rto_detail
-                ),
-                ObjectiveResult(
-                    name="RPO", objective_seconds=spec.objectives.rpo.total_seconds(), achieved_seconds=rpo, outcome=rpo_outcome, detail=rpo_detail
-                ),
-            ],
-            rto,
-            rpo,
-        )
+    # ------------------------------------------------------------ the result
 
     def _result(self, inp: DrillInput, cancelled: bool) -> DrillResult:
-        objectives, rto, rpo = self._objectives()
-        verdict = _verdict(self.broken, self.findings, self.validations, objectives, self.proofs)
-        if cancelled:
-            verdict = "ERROR"
+        """What the drill found and proved, judged (drdrill/core/judging.py)."""
+        objectives = judging.objectives(self.spec, self.declared, self.points, self.restored, self.validations, as_of=self.ctx.as_of)
+        rto, rpo = objectives
         return DrillResult(
             drill_id=self.ctx.drill_id,
             run_id=workflow.info().run_id,
             name=self.spec.name,
-            verdict=verdict,
+            verdict=judging.verdict(self.findings, self.validations, objectives, self.proofs, broken=self.broken, cancelled=cancelled),
             declared=self.declared,
             ended=workflow.now(),
             as_of=inp.as_of,
@@ -588,8 +561,8 @@ class DrillWorkflow:
             spec_sha256=self.spec.source_sha256,
             spec_text=self.spec.source_text,
             objectives=objectives,
-            rto_seconds=rto,
-            rpo_seconds=rpo,
+            rto_seconds=rto.achieved_seconds,
+            rpo_seconds=rpo.achieved_seconds,
             recovery_points=list(self.points.values()),
             environments=list(self.envs.values()),
             isolation=self.proofs,
@@ -633,49 +606,6 @@ class DrillWorkflow:
                 pass
         code = cause.type if isinstance(cause, ApplicationError) and cause.type and cause.type.isupper() else default_code
         self._finding(code, _describe(exc), target, could_not_verify=could_not_verify)
-
-
-_RANK = {"PASSED": 0, "NOT_RUN": 1, "COULD_NOT_VERIFY": 2, "FAILED": 3, "ERROR": 4}
-
-
-def _worst(outcomes: list) -> Outcome:
-    if not outcomes:
-        return "COULD_NOT_VERIFY"
-    worst = max(outcomes, key=lambda o: _RANK[o])
-    return "COULD_NOT_VERIFY" if worst == "NOT_RUN" else worst
-
-
-def _verdict(
-    broken: bool,
-    findings: list[Finding],
-    validations: list[ValidationResult],
-    objectives: list[ObjectiveResult],
-    proofs: list[IsolationProof],
-) -> Verdict:
-    if broken:
-        return "ERROR"
-    if any(f.severity == "error" and not f.could_not_verify for f in findings):
-        return "FAILED"
-    required = [v.outcome for v in validations if v.required]
-    if "FAILED" in required or any(o.outcome == "FAILED" for o in objectives):
-        return "FAILED"
-    if any(f.severity == "error" and f.could_not_verify for f in findings):
-        return "COULD_NOT_VERIFY"
-    if any(o != "PASSED" for o in required) or any(o.outcome != "PASSED" for o in objectives):
-        return "COULD_NOT_VERIFY"
-    if any(p.outcome != "PASSED" for p in proofs) or not validations:
-        return "COULD_NOT_VERIFY"
-    return "PASSED"
-
-
-def _summary(outcomes: list, names: list) -> str:
-    """'4/4 passed' or '3/4 passed; orders-fresh FAILED' for a phase's timeline line."""
-    passed = sum(1 for o in outcomes if o == "PASSED")
-    bad = [f"{n} {o}" for n, o in zip(names, outcomes) if o != "PASSED"]
-    text = f"{passed}/{len(outcomes)} passed"
-    if passed == len(outcomes) and names:
-        text += ": " + ", ".join(names)
-    return text + ("; " + ", ".join(bad) if bad else "")
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,6 +13,8 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.notify import NotifyActivities
+    from activities.ops import OpsActivities
     from drdrill.core.models import DrillResult
     from drdrill.notify import NotifyInput
 
@@ -51,8 +53,8 @@ def _summary(result: DrillResult) -> str:
 async def after_result(spec, result: DrillResult) -> None:
     """Update metrics and send the configured notifications; never changes the verdict."""
     calls = [
-        workflow.execute_activity(
-            "observe_result", result, start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3)
+        workflow.execute_activity_method(
+            OpsActivities.observe_result, result, start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3)
         )
     ]
     for event in notify_events(spec, result):
@@ -62,8 +64,8 @@ async def after_result(spec, result: DrillResult) -> None:
             summary = "; ".join(teardown_trouble(result))
         for env in spec.notify.webhooks_env:
             calls.append(
-                workflow.execute_activity(
-                    "notify",
+                workflow.execute_activity_method(
+                    NotifyActivities.notify,
                     NotifyInput(
                         webhook_env=env,
                         event=event,
@@ -77,7 +79,6 @@ async def after_result(spec, result: DrillResult) -> None:
                         objectives=[o.model_dump(mode="json") for o in result.objectives],
                         evidence_path=result.evidence_path,
                     ),
-                    result_type=str,
                     start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=NOTIFY_RETRY,
                 )

@@ -20,6 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.ops import OpsActivities
     from drdrill.core.operations import (
         LimiterRequest,
         LimiterState,
@@ -92,6 +93,7 @@ class LimiterWorkflow:
 
     async def _grant(self, r: PermitRequest) -> None:
         try:
+            # By name: the requester is a DrillWorkflow (workflows/drill.py), which imports this module.
             await workflow.get_external_workflow_handle(r.workflow_id).signal("permit_granted", r.request_id)
         except Exception:  # noqa: BLE001 - the requester is gone: its permit is free again
             workflow.logger.warning("requester %s is gone; freeing its permit", r.workflow_id)
@@ -102,8 +104,8 @@ class LimiterWorkflow:
         if not ids:
             return
         try:
-            closed = await workflow.execute_activity(
-                "closed_workflows", ids, result_type=list[str], start_to_close_timeout=timedelta(minutes=1), retry_policy=QUICK
+            closed = await workflow.execute_activity_method(
+                OpsActivities.closed_workflows, ids, start_to_close_timeout=timedelta(minutes=1), retry_policy=QUICK
             )
         except ActivityError:
             return
@@ -153,15 +155,14 @@ class Permits:
 
     async def _request(self, kind: str, key: str, label: str, rid: str) -> PermitAnswer:
         info = workflow.info()
-        return await workflow.execute_activity(
-            "request_permit",
+        return await workflow.execute_activity_method(
+            OpsActivities.request_permit,
             RequestPermitInput(
                 kind=kind,
                 key=key,
                 task_queue=info.task_queue,
                 request=PermitRequest(request_id=rid, workflow_id=info.workflow_id, label=label, requested_at=workflow.now()),
             ),
-            result_type=PermitAnswer,
             start_to_close_timeout=timedelta(minutes=1),
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10),
         )
@@ -172,7 +173,7 @@ class Permits:
             return
         try:
             await asyncio.shield(
-                asyncio.ensure_future(workflow.get_external_workflow_handle(limiter_id).signal("release", rid))
+                asyncio.ensure_future(workflow.get_external_workflow_handle(limiter_id).signal(LimiterWorkflow.release, rid))
             )
         except Exception:  # noqa: BLE001 - the limiter also frees permits of ended drills
             workflow.logger.warning("could not release permit %s", rid)

@@ -7,6 +7,7 @@ Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file or an argument), 3 COU
 from __future__ import annotations
 
 import asyncio
+import getpass
 import json
 import os
 import secrets
@@ -16,10 +17,23 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-from drdrill.core.spec import DrillSpec, SpecError, format_duration, load_spec
+from drdrill.app import cli_evidence, cli_schedule
+from drdrill.app.demo import sample_production
+from drdrill.app.runtime import EmbeddedBusy, temporal
+from drdrill.app.simulate import simulated
+from drdrill.app.temporal import task_queue
+from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.paths import default_state_dir
+from drdrill.core.redact import redact
+from drdrill.core.spec import AwareTime, DrillSpec, SpecError, format_duration, load_spec
+from drdrill.providers.postgres import take_backup
+from workflows.drill import DrillWorkflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
 # Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
@@ -81,8 +95,6 @@ def lint(files: List[Path] = typer.Argument(..., help="drill files to check")) -
 @app.command()
 def backup(drill: Path = typer.Argument(..., help="drill file whose postgres targets to back up")) -> None:
     """Take a backup of each postgres target's source (DSN from the variable named by dsn_env)."""
-    from drdrill.providers.postgres import take_backup
-
     spec = _load(drill)
     done = 0
     for t in spec.targets:
@@ -98,8 +110,6 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
         try:
             point = take_backup(dsn, t.source.repository, fmt=t.source.format, jobs=t.restore.jobs)
         except Exception as exc:  # noqa: BLE001 - report, never echo the DSN
-            from drdrill.core.redact import redact
-
             err.print(f"target {t.name}: backup failed: {redact(str(exc))}", markup=False)
             raise typer.Exit(4)
         manifest = json.loads((point / "manifest.json").read_text())
@@ -136,8 +146,6 @@ def run(
     """Run one drill and show its progress; exit 0 only when it PASSED."""
     spec = _load(drill)
     if simulate:
-        from drdrill.app.simulate import simulated
-
         spec = simulated(spec)
     moment = _as_of(as_of, spec) if as_of is not None else None
     verdict = asyncio.run(_run(spec, drill_id or new_drill_id(spec), wait, as_json, worker or None, moment))
@@ -147,10 +155,6 @@ def run(
 def _as_of(text: str, spec: DrillSpec) -> datetime:
     """`--as-of` as an aware time; a future one only when every target is simulated (a real cloud
     has no recovery points from the future). Bad input exits 2."""
-    from pydantic import TypeAdapter, ValidationError
-
-    from drdrill.core.spec import AwareTime
-
     try:
         moment = TypeAdapter(AwareTime).validate_python(text)
     except ValidationError as exc:
@@ -169,18 +173,13 @@ def _as_of(text: str, spec: DrillSpec) -> datetime:
 async def _run(
     spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool], as_of: Optional[datetime] = None
 ) -> Optional[str]:
-    from drdrill.core.models import DrillInput, DrillResult
-    from drdrill.app.runtime import EmbeddedBusy, temporal
-    from drdrill.app.temporal import task_queue
-
     try:
         async with temporal(with_worker=with_worker) as client:
             handle = await client.start_workflow(
-                "DrillWorkflow",
+                DrillWorkflow.run,
                 DrillInput(spec=spec, drill_id=drill_id, started_by=f"cli:{_user()}", as_of=as_of),
                 id=drill_id,
                 task_queue=task_queue(),
-                result_type=DrillResult,
             )
             if not wait:
                 console.print(f"started drill {spec.name} as {drill_id}")
@@ -200,23 +199,15 @@ async def _run(
 
 def _user() -> str:
     try:
-        import getpass
-
         return getpass.getuser()
     except Exception:  # noqa: BLE001
         return "unknown"
 
 
 async def _result(handle):
-    from temporalio.client import WorkflowFailureError
-
-    from drdrill.core.models import DrillResult
-
     try:
         return await handle.result()
     except WorkflowFailureError:
-        from drdrill.core.paths import default_state_dir
-
         path = Path(default_state_dir()) / "runs" / handle.id / "evidence.json"
         if path.exists():
             return DrillResult.model_validate(json.loads(path.read_text()))
@@ -225,14 +216,12 @@ async def _result(handle):
 
 async def follow(handle, spec: DrillSpec):
     """Print each phase as it completes, then the checks, the objectives and the verdict."""
-    from drdrill.core.models import DrillStatus
-
     shown = 0
     header = queued = False
     task = asyncio.create_task(_result(handle))
     while True:
         try:
-            status: DrillStatus = await handle.query("status", result_type=DrillStatus)
+            status = await handle.query(DrillWorkflow.status)
         except Exception:  # noqa: BLE001 - not started yet, or already closed
             status = None
         if status is not None:
@@ -266,14 +255,10 @@ def _print_event(ev, declared) -> None:
     if ev.ended and ev.started and ev.target is None:
         took = format_duration((ev.ended - ev.started).total_seconds())
     who = f"{ev.target}  " if ev.target else ""
-    from rich.markup import escape
-
     console.print(f"  {MARK.get(ev.outcome, ev.outcome)} {ev.phase:<16} {who}{escape(ev.detail)}  [dim]{took}[/]")
 
 
 def print_result(result) -> None:
-    from rich.markup import escape
-
     if result.validations:
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         table.add_column("check")
@@ -306,16 +291,13 @@ def status(drill_id: str = typer.Argument(..., help="drill id")) -> None:
 
 
 async def _status(drill_id: str) -> None:
-    from drdrill.core.models import DrillStatus
-    from drdrill.app.runtime import temporal
-
     async with temporal(with_worker=None) as client:
         handle = client.get_workflow_handle(drill_id)
         desc = await handle.describe()
         state = desc.status.name if desc.status else "UNKNOWN"
         line = f"{drill_id}: {state}"
         try:
-            st: DrillStatus = await handle.query("status", result_type=DrillStatus)
+            st = await handle.query(DrillWorkflow.status)
             line += f", phase {st.phase}" + (f", verdict {st.verdict}" if st.verdict else "")
             for t in st.targets:
                 line += f"\n  {t.target:<16} {t.phase:<16} {t.outcome or ''} {t.detail}"
@@ -331,8 +313,6 @@ def list_runs(limit: int = typer.Option(20, help="how many runs")) -> None:
 
 
 async def _list(limit: int) -> None:
-    from drdrill.app.runtime import temporal
-
     async with temporal(with_worker=False) as client:
         table = Table(box=None, header_style="bold")
         for col in ("drill id", "state", "phase", "started", "closed"):
@@ -354,14 +334,10 @@ async def _list(limit: int) -> None:
 
 async def _phase_of(client, wf) -> str:
     """A running drill's phase ('queued' while it waits for a concurrency permit) or its verdict."""
-    from temporalio.client import WorkflowExecutionStatus
-
-    from drdrill.core.models import DrillStatus
-
     if wf.status != WorkflowExecutionStatus.RUNNING:
         return ""
     try:
-        st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query("status", result_type=DrillStatus), timeout=5)
+        st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query(DrillWorkflow.status), timeout=5)
         return st.phase
     except Exception:  # noqa: BLE001 - no worker answering
         return "?"
@@ -372,8 +348,6 @@ def cancel(drill_id: str = typer.Argument(..., help="drill id")) -> None:
     """Cancel a running drill; its teardown still runs."""
 
     async def go():
-        from drdrill.app.runtime import temporal
-
         async with temporal(with_worker=None) as client:
             await client.get_workflow_handle(drill_id).cancel()
 
@@ -503,23 +477,27 @@ def _print_sweep(record) -> None:
 @app.command()
 def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample production database afterwards")) -> None:
     """Run a complete PostgreSQL drill with nothing installed: embedded Temporal, a sample database, a backup."""
-    from drdrill.app.demo import run_demo
-
     try:
-        code = run_demo(console, keep=keep)
+        with sample_production(console, keep=keep) as spec:
+            verdict = asyncio.run(_run(spec, new_drill_id(spec), True, False, None))
     except SpecError as exc:
         err.print(str(exc), markup=False)
-        code = 2
-    raise typer.Exit(code)
+        raise typer.Exit(2)
+    raise typer.Exit(EXIT.get(verdict or "ERROR", 4))
+
+
+# ------------------------------------------------------------------ command groups of their own modules
+
+# Each module's register(app) adds its commands; a new group is one more entry.
+COMMAND_GROUPS = [
+    cli_evidence,
+    cli_schedule,
+]
+for _group in COMMAND_GROUPS:
+    _group.register(app)
 
 
 def main() -> None:
-    for extra in ("drdrill.app.cli_evidence", "drdrill.app.cli_schedule"):
-        try:
-            module = __import__(extra, fromlist=["register"])
-            module.register(app)
-        except ImportError:
-            pass
     app()
 
 

@@ -1,21 +1,31 @@
 """CLI: `drdrill evidence verify|export|list` and `drdrill report --period`.
 
-Registered by drdrill.app.cli.main() through `register(app)`.
+Registered by drdrill.app.cli through `register(app)`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
 from contextlib import ExitStack, contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
+
+from drdrill.app.reports import parse_period, period_report, render_period
+from drdrill.app.runtime import state_dir
+from drdrill.core.spec import format_duration, parse_duration
+from drdrill.evidence.chain import verify_document
+from drdrill.evidence.record import write_bundle_files
+from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
+from drdrill.providers.pglocal import ClusterError
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -29,9 +39,6 @@ DEFAULT_DRILLS = Path("drills")
 def _store() -> Iterator:
     """The evidence store, for one command: an embedded server the command starts is stopped when
     it ends. A store that cannot be reached or started is a clear message, not a traceback."""
-    from drdrill.providers.pglocal import ClusterError
-    from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
-
     with embedded_server(), ExitStack() as stack:
         try:
             store = stack.enter_context(open_store())
@@ -60,8 +67,6 @@ def verify(run: Optional[str] = typer.Argument(None, help="drill id (default: ev
 @evidence_app.command("list")
 def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 2026Q4")) -> None:
     """List the runs in the evidence store."""
-    from drdrill.app.reports import parse_period
-
     since = until = None
     if period:
         since, until = parse_period(period)
@@ -70,8 +75,6 @@ def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 
     table = Table(box=None, header_style="bold")
     for col in ("declared", "drill", "run", "verdict", "RTO", "RPO"):
         table.add_column(col)
-    from drdrill.core.spec import format_duration
-
     for d in docs:
         table.add_row(d["declared"][:19], d["name"], d["drill_id"], d["verdict"], format_duration(d.get("rto_seconds")), format_duration(d.get("rpo_seconds")))
     console.print(table)
@@ -80,8 +83,6 @@ def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 
 @evidence_app.command("import")
 def import_files(paths: list[Path] = typer.Argument(..., help="evidence.json files or directories holding runs/*/evidence.json")) -> None:
     """Store evidence.json files (e.g. from another state directory) after verifying their chain."""
-    from drdrill.evidence.chain import verify_document
-
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("evidence.json")) if p.is_dir() else [p]
@@ -139,8 +140,6 @@ def export(
 
 
 def export_bundle(doc: dict, out: Path) -> list[Path]:
-    from drdrill.evidence.record import write_bundle_files
-
     out = Path(out)
     paths = list(write_bundle_files(out, doc).values())
     sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in paths)
@@ -149,8 +148,6 @@ def export_bundle(doc: dict, out: Path) -> list[Path]:
 
 
 def spec_evidence(doc: dict) -> dict:
-    import yaml
-
     try:
         data = yaml.safe_load(doc.get("spec_text") or "") or {}
         return dict(data.get("evidence") or {})
@@ -160,10 +157,6 @@ def spec_evidence(doc: dict) -> dict:
 
 def retention_until(doc: dict) -> datetime:
     """When the bundle may be deleted: the run's end plus the spec's evidence.retention (default 7y)."""
-    from datetime import timedelta
-
-    from drdrill.core.spec import parse_duration
-
     retention = spec_evidence(doc).get("retention") or "7y"
     try:
         delta = parse_duration(retention)
@@ -176,9 +169,7 @@ def retention_until(doc: dict) -> datetime:
 def copy_to_s3(paths: list[Path], bucket: str, prefix: str, retain_until: datetime) -> list[str]:
     """put_object each file with Object Lock in COMPLIANCE mode: nobody, root included, can delete or
     overwrite it before `retain_until`. The bucket must have Object Lock enabled."""
-    import base64
-
-    import boto3
+    import boto3  # the AWS SDK, only for this optional copy: not loaded by every drdrill command
 
     endpoint = os.environ.get("DRDRILL_AWS_ENDPOINT_URL") or None
     s3 = boto3.client("s3", endpoint_url=endpoint)
@@ -207,8 +198,6 @@ def report(
     drills_dir: Path = typer.Option(DEFAULT_DRILLS, "--drills", help="drill files, to know which drills were scheduled"),
 ) -> None:
     """Every drill in a period: verdicts, RTO/RPO against objectives, missed scheduled drills, controls."""
-    from drdrill.app.reports import parse_period, period_report, render_period
-
     if fmt not in ("html", "json", "csv"):
         err.print(f"--format {fmt}: use html, json or csv", markup=False)
         raise typer.Exit(2)
@@ -224,8 +213,6 @@ def report(
         print(text, end="")
         return
     if out is None:
-        from drdrill.app.runtime import state_dir
-
         name = f"{data['period']}{'-' + drill if drill else ''}.{fmt}"
         out = state_dir() / "reports" / name
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,12 +1,14 @@
 """CLI commands for operating drills: `drdrill schedule …`, `drdrill release`, `drdrill extend`.
 
-Registered by drdrill.app.cli.main() through `register(app)`. They talk to the Temporal service named by
+Registered by drdrill.app.cli through `register(app)`. They talk to the Temporal service named by
 TEMPORAL_ADDRESS (or the embedded one, see drdrill/runtime.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -15,6 +17,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from drdrill.app import schedules
+from drdrill.app.runtime import EmbeddedBusy, temporal
+from drdrill.app.schedules import SWEEP_SCHEDULE_ID, schedule_id
+from drdrill.app.temporal import task_queue
+from drdrill.core.spec import parse_duration
+from workflows.drill import DrillWorkflow
+
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -22,14 +31,10 @@ schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules for dr
 
 
 def _client_ctx():
-    from drdrill.app.runtime import temporal
-
     return temporal(with_worker=False)
 
 
 def _run(coro):
-    from drdrill.app.runtime import EmbeddedBusy
-
     try:
         return asyncio.run(coro)
     except EmbeddedBusy as exc:
@@ -47,9 +52,6 @@ def sync_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan, change nothing"),
 ) -> None:
     """Create, update and delete schedules so they match every drill file with a `schedule`."""
-    from drdrill.app import schedules
-    from drdrill.app.temporal import task_queue
-
     async def go():
         async with _client_ctx() as client:
             return await schedules.sync(client, paths, task_queue(), dry_run=dry_run)
@@ -70,9 +72,6 @@ def sync_cmd(
 @schedule_app.command("list")
 def list_cmd() -> None:
     """Schedules drdrill manages: next run, last run and its verdict, paused state and note."""
-    from drdrill.app import schedules
-    from drdrill.app.temporal import task_queue
-
     async def go():
         async with _client_ctx() as client:
             return await schedules.rows(client, task_queue())
@@ -97,17 +96,12 @@ def list_cmd() -> None:
             escape(r.note),
             r.last_workflow_id or "",
         )
-    import shutil
-    import sys
-
     # Piped (grep, CI logs): no terminal width to respect, keep each schedule on one line.
     wide = Console(highlight=False, width=shutil.get_terminal_size().columns if sys.stdout.isatty() else 200)
     wide.print(table)
 
 
 def _handle_id(name: str) -> str:
-    from drdrill.app.schedules import SWEEP_SCHEDULE_ID, schedule_id
-
     if name.startswith("drdrill-") or name == SWEEP_SCHEDULE_ID:
         return name
     return schedule_id(name)
@@ -167,10 +161,6 @@ def sweep_schedule_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="sweeps only list orphans (recorded), delete nothing"),
 ) -> None:
     """Install (or update) the scheduled orphan sweep (OrphanSweepWorkflow)."""
-    from drdrill.app import schedules
-    from drdrill.app.temporal import task_queue
-    from drdrill.core.spec import parse_duration
-
     try:
         interval = parse_duration(every)
     except ValueError as exc:
@@ -193,7 +183,7 @@ def release_cmd(drill_id: str = typer.Argument(..., help="drill id (workflow id)
 
     async def go():
         async with _client_ctx() as client:
-            await client.get_workflow_handle(drill_id).signal("release")
+            await client.get_workflow_handle(drill_id).signal(DrillWorkflow.release)
 
     _signal(go, drill_id)
     console.print(f"{drill_id}: released; it tears down now")
@@ -204,9 +194,6 @@ def extend_cmd(
     duration: str = typer.Argument(..., help="how much longer to hold, e.g. 30m (bounded by teardown.max_hold)"),
 ) -> None:
     """Hold a drill's environment longer (never past teardown.max_hold)."""
-    from drdrill.core.models import DrillStatus
-    from drdrill.core.spec import parse_duration
-
     try:
         seconds = parse_duration(duration).total_seconds()
     except ValueError as exc:
@@ -216,9 +203,9 @@ def extend_cmd(
     async def go():
         async with _client_ctx() as client:
             handle = client.get_workflow_handle(drill_id)
-            await handle.signal("extend", seconds)
+            await handle.signal(DrillWorkflow.extend, seconds)
             try:
-                return await handle.query("status", result_type=DrillStatus)
+                return await handle.query(DrillWorkflow.status)
             except Exception:  # noqa: BLE001 - no worker answering right now
                 return None
 

@@ -8,17 +8,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import psycopg
 from rich.console import Console
 
+from drdrill.app.runtime import state_dir
 from drdrill.providers.pglocal import LocalCluster, cluster_root
 from drdrill.providers.postgres import take_backup
-from drdrill.core.spec import load_spec
+from drdrill.core.spec import DrillSpec, load_spec
 
 DRILL = Path(__file__).resolve().parents[2] / "drills" / "demo-postgres.yaml"
 
@@ -56,10 +58,11 @@ class Writer(threading.Thread):
                 self.rows += 1
 
 
-def run_demo(console: Console, keep: bool = False) -> int:
-    from drdrill.app.cli import EXIT, _run, new_drill_id
-    from drdrill.app.runtime import state_dir
+@contextmanager
+def sample_production(console: Console, keep: bool = False) -> Iterator[DrillSpec]:
+    """A sample production database with a writer and a fresh backup; yields the demo drill to run.
 
+    Afterwards the writer stops and the database is removed (unless `keep`), and the report is named."""
     state = state_dir()
     prod = LocalCluster(cluster_root() / f"demo-production-{os.getuid()}")
     console.print("[bold]drdrill demo[/]: a PostgreSQL drill, end to end")
@@ -80,7 +83,7 @@ def run_demo(console: Console, keep: bool = False) -> int:
         point = take_backup(dsn, spec.targets[0].source.repository)
         console.print(f"  backup            {point}")
         console.print()
-        verdict = asyncio.run(_run(spec, new_drill_id(spec), True, False, None))
+        yield spec
     finally:
         writer.stop.set()
         writer.join(timeout=5)
@@ -90,7 +93,6 @@ def run_demo(console: Console, keep: bool = False) -> int:
     if report:
         console.print(f"  report: {report}")
     console.print(f"  the writer added {writer.rows} orders during the demo; the backup and the drill's RPO account for them")
-    return EXIT.get(verdict or "ERROR", 4)
 
 
 def _report_hint(state: Path) -> str:

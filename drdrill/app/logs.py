@@ -16,6 +16,8 @@ import os
 from datetime import datetime, timezone
 from typing import Any, Optional
 
+from temporalio import activity
+
 from drdrill.core.redact import RedactingFilter, redact
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
@@ -28,8 +30,6 @@ class ContextFilter(logging.Filter):
         ctx: Optional[dict] = getattr(record, "temporal_activity", None) or getattr(record, "temporal_workflow", None)
         if ctx is None:
             try:
-                from temporalio import activity
-
                 info = activity.info()
                 ctx = {"workflow_id": info.workflow_id, "workflow_run_id": info.workflow_run_id, "activity_type": info.activity_type}
             except RuntimeError:

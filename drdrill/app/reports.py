@@ -14,14 +14,16 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any, Optional
 
 import jinja2
+import yaml
 from markupsafe import Markup
 
+from drdrill.app.schedules import ScheduledDrill, due_times, scheduled_drills
 from drdrill.core.spec import format_duration
 from drdrill.core.times import parse_time
 from drdrill.evidence.render import COLOURS, DATA_CHECKS, environment, fmt_time
@@ -49,101 +51,6 @@ def parse_period(text: str) -> tuple[datetime, datetime]:
         year = int(m.group(1))
         return datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
     raise ValueError(f"{text!r} is not a period: write 2026Q4, 2026-11 or 2026")
-
-
-def _cron_field(field: str, lo: int, hi: int) -> set[int]:
-    out: set[int] = set()
-    for part in field.split(","):
-        step = 1
-        if "/" in part:
-            part, s = part.split("/", 1)
-            step = int(s)
-        if part in ("*", ""):
-            a, b = lo, hi
-        elif "-" in part:
-            a, b = (int(v) for v in part.split("-", 1))
-        else:
-            a = b = int(part)
-            if step != 1:
-                b = hi
-        out.update(range(a, b + 1, step))
-    return out
-
-
-def cron_times(expr: str, start: datetime, end: datetime, tz: Any) -> list[datetime]:
-    """Times a five-field cron expression fires in [start, end) (numeric fields; 0 or 7 = Sunday)."""
-    minute, hour, dom, month, dow = expr.split()
-    mins, hours = sorted(_cron_field(minute, 0, 59)), sorted(_cron_field(hour, 0, 23))
-    doms, months = _cron_field(dom, 1, 31), _cron_field(month, 1, 12)
-    dows = {d % 7 for d in _cron_field(dow, 0, 7)}
-    out = []
-    day = start.astimezone(tz).date() - timedelta(days=1)
-    last = end.astimezone(tz).date()
-    while day <= last:
-        cron_dow = (day.weekday() + 1) % 7
-        dom_ok, dow_ok = day.day in doms, cron_dow in dows
-        if dom != "*" and dow != "*":
-            day_ok = dom_ok or dow_ok
-        else:
-            day_ok = dom_ok and dow_ok
-        if day.month in months and day_ok:
-            for h in hours:
-                for mi in mins:
-                    t = datetime(day.year, day.month, day.day, h, mi, tzinfo=tz)
-                    if start <= t < end:
-                        out.append(t)
-        day += timedelta(days=1)
-    return out
-
-
-def scheduled_times(schedule: Any, start: datetime, end: datetime) -> list[datetime]:
-    from zoneinfo import ZoneInfo
-
-    tz = ZoneInfo(schedule.timezone)
-    if schedule.cron:
-        return cron_times(schedule.cron, start, end, tz)
-    q = schedule.quarterly
-    hh, mm = (int(v) for v in q.time.split(":"))
-    out = []
-    year = start.astimezone(tz).year - 1
-    while year <= end.astimezone(tz).year:
-        for qs in (1, 4, 7, 10):
-            t = datetime(year, qs + q.month - 1, q.day, hh, mm, tzinfo=tz)
-            if start <= t < end:
-                out.append(t)
-        year += 1
-    return sorted(out)
-
-
-@dataclass
-class ScheduledDrill:
-    name: str
-    path: str
-    schedule: Any
-    controls: list[str]
-
-
-def scheduled_drills(drills_dir: Path) -> tuple[list[ScheduledDrill], list[str]]:
-    """Drill files in `drills_dir` that have a (not paused) schedule; and problems reading the others."""
-    import yaml
-
-    from drdrill.core.spec import ScheduleSpec
-
-    found, problems = [], []
-    for path in sorted(Path(drills_dir).glob("*.y*ml")):
-        try:
-            data = yaml.safe_load(path.read_text())
-            if not isinstance(data, dict) or not data.get("schedule"):
-                continue
-            schedule = ScheduleSpec.model_validate(data["schedule"])
-        except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
-            problems.append(f"{path}: schedule not readable: {exc}".splitlines()[0])
-            continue
-        if schedule.paused:
-            continue
-        controls = list((data.get("evidence") or {}).get("controls") or [])
-        found.append(ScheduledDrill(str(data.get("name", path.stem)), str(path), schedule, controls))
-    return found, problems
 
 
 @dataclass(frozen=True)
@@ -232,16 +139,60 @@ def period_data(
     runs = [r for r in runs if start <= parse_time(r["declared"]) < end and (not drill or r.get("name") == drill)]
     runs.sort(key=lambda r: (parse_time(r["declared"]), r["drill_id"]))
 
-    findings: list[dict] = []
     scheduled, problems = scheduled_drills(drills_dir) if drills_dir and Path(drills_dir).is_dir() else ([], [])
     if drills_dir and not Path(drills_dir).is_dir():
         problems.append(f"no drills directory {drills_dir}: scheduled drills were not checked (use --drills DIR)")
+    due = [sd for sd in scheduled if not drill or sd.name == drill]
+    missed, upcoming, findings = _due_drills(due, runs, start, end, now)
+    run_rows, run_findings = _run_rows(runs, verified)
+    findings += run_findings
+
+    drills: dict[str, dict] = {}
+    for row in run_rows:
+        d = drills.setdefault(row["name"], {"name": row["name"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
+        d["runs"] += 1
+        d["passed"] += row["verdict"] == "PASSED"
+        d["last_verdict"] = row["verdict"]
+        d["points"].append({k: row[k] for k in ("drill_id", "declared", "verdict", "rto_seconds", "rto_objective_seconds", "rto_outcome", "rpo_seconds", "rpo_objective_seconds", "rpo_outcome")})
+    for m in missed:
+        drills.setdefault(m["drill"], {"name": m["drill"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
+
+    verdicts = [row["verdict"] for row in run_rows]
+    return {
+        "period": period.upper(),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+        "drill": drill,
+        "generated_at": now.isoformat(),
+        "summary": {
+            "runs": len(run_rows),
+            "passed": verdicts.count("PASSED"),
+            "failed": verdicts.count("FAILED"),
+            "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
+            "error": verdicts.count("ERROR"),
+            "missed": len(missed),
+            "evidence_intact": sum(1 for row in run_rows if row["evidence_intact"]),
+        },
+        "runs": run_rows,
+        "drills": list(drills.values()),
+        "missed": missed,
+        "upcoming": upcoming,
+        "findings": findings,
+        "controls": _controls(run_rows, missed, _declared_by(runs, scheduled)),
+        "problems": problems,
+    }
+
+
+def _due_drills(
+    scheduled: list[ScheduledDrill], runs: list[dict], start: datetime, end: datetime, now: datetime
+) -> tuple[list[dict], list[dict], list[dict]]:
+    """(missed, upcoming, findings): every time a scheduled drill was due in the period without a
+    run declared between that time and the next (each widened by the jitter), as of `now`."""
     missed: list[dict] = []
     upcoming: list[dict] = []
+    findings: list[dict] = []
     for sd in scheduled:
-        if drill and sd.name != drill:
-            continue
-        times = scheduled_times(sd.schedule, start, end)
+        times = due_times(sd.schedule, start, end)
         declared = [parse_time(r["declared"]) for r in runs if r.get("name") == sd.name]
         for i, t in enumerate(times):
             lo = start if i == 0 else t - sd.schedule.jitter
@@ -262,8 +213,12 @@ def period_data(
                     "message": f"drill {sd.name} ({sd.path}) was scheduled for {fmt_time(t)} but did not run",
                 }
             )
+    return missed, upcoming, findings
 
-    run_rows = []
+
+def _run_rows(runs: list[dict], verified: dict[str, tuple[bool, str]]) -> tuple[list[dict], list[dict]]:
+    """One row per run (with the facts the controls need), and the findings about the runs."""
+    run_rows, findings = [], []
     for r in runs:
         ok, message = verified.get(r["drill_id"], (False, "not verified"))
         rto, rpo = _objective(r, "RTO"), _objective(r, "RPO")
@@ -303,17 +258,11 @@ def period_data(
                     + (": " + ", ".join(f.get("code", "") for f in r.get("findings", [])) if r.get("findings") else ""),
                 }
             )
+    return run_rows, findings
 
-    drills: dict[str, dict] = {}
-    for row in run_rows:
-        d = drills.setdefault(row["name"], {"name": row["name"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
-        d["runs"] += 1
-        d["passed"] += row["verdict"] == "PASSED"
-        d["last_verdict"] = row["verdict"]
-        d["points"].append({k: row[k] for k in ("drill_id", "declared", "verdict", "rto_seconds", "rto_objective_seconds", "rto_outcome", "rpo_seconds", "rpo_objective_seconds", "rpo_outcome")})
-    for m in missed:
-        drills.setdefault(m["drill"], {"name": m["drill"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
 
+def _declared_by(runs: list[dict], scheduled: list[ScheduledDrill]) -> dict[str, set[str]]:
+    """{control key: names of the drills whose files say they evidence it}."""
     declared_by: dict[str, set[str]] = {}
     for r in runs:
         for key in _declared_controls(r):
@@ -321,7 +270,11 @@ def period_data(
     for sd in scheduled:
         for key in sd.controls:
             declared_by.setdefault(key, set()).add(sd.name)
+    return declared_by
 
+
+def _controls(run_rows: list[dict], missed: list[dict], declared_by: dict[str, set[str]]) -> list[dict]:
+    """Each compliance control: the runs that evidence it, and its gaps."""
     controls = []
     for c in CONTROLS:
         run_needs = [n for n in c.needs if n != "on_schedule"]
@@ -354,36 +307,10 @@ def period_data(
                 "status": "evidenced" if evidencing and not gaps else ("partial" if evidencing else "gap"),
             }
         )
-
-    verdicts = [row["verdict"] for row in run_rows]
-    return {
-        "period": period.upper(),
-        "start": start.isoformat(),
-        "end": end.isoformat(),
-        "drill": drill,
-        "generated_at": now.isoformat(),
-        "summary": {
-            "runs": len(run_rows),
-            "passed": verdicts.count("PASSED"),
-            "failed": verdicts.count("FAILED"),
-            "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
-            "error": verdicts.count("ERROR"),
-            "missed": len(missed),
-            "evidence_intact": sum(1 for row in run_rows if row["evidence_intact"]),
-        },
-        "runs": run_rows,
-        "drills": list(drills.values()),
-        "missed": missed,
-        "upcoming": upcoming,
-        "findings": findings,
-        "controls": controls,
-        "problems": problems,
-    }
+    return controls
 
 
 def _declared_controls(doc: dict) -> list[str]:
-    import yaml
-
     try:
         data = yaml.safe_load(doc.get("spec_text") or "") or {}
         return list((data.get("evidence") or {}).get("controls") or [])

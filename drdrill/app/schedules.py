@@ -21,12 +21,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional
+from zoneinfo import ZoneInfo
 
+import yaml
 from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
     ScheduleCalendarSpec,
+    ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleRange,
@@ -34,11 +37,16 @@ from temporalio.client import (
     ScheduleState,
     ScheduleUpdate,
     ScheduleUpdateInput,
+    WorkflowExecutionStatus,
 )
 
-from drdrill.core.models import DrillInput
-from drdrill.core.operations import SweepInput
+from drdrill.core.calendar import EVERY_WEEKDAY, Calendar
+from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.spec import DrillSpec, SpecError, load_spec
+from drdrill.core.spec import ScheduleSpec as DrillSchedule
+from workflows.drill import DrillWorkflow
+from workflows.sweep import OrphanSweepWorkflow
 
 MEMO_KIND = "drdrill"
 MEMO_HASH = "drdrill_spec_hash"
@@ -52,23 +60,80 @@ def schedule_id(name: str) -> str:
     return f"drdrill-{name}"
 
 
+# ------------------------------------------------------------------ a drill's calendar
+
+
+def calendar_of(schedule: DrillSchedule) -> Calendar:
+    """The times a drill's `schedule:` fires, in its time zone (drdrill/core/calendar.py)."""
+    if schedule.quarterly is not None:
+        q = schedule.quarterly
+        return Calendar.quarterly(q.month, q.day, q.time)
+    return Calendar.cron(schedule.cron)  # type: ignore[arg-type]
+
+
+def due_times(schedule: DrillSchedule, start: datetime, end: datetime) -> list[datetime]:
+    """When the drill was (or is) due in [start, end): the times its Temporal Schedule fires,
+    before jitter, as wall-clock times in the schedule's time zone."""
+    return calendar_of(schedule).times(start, end, ZoneInfo(schedule.timezone))
+
+
 def drill_spec_of(spec: DrillSpec) -> ScheduleSpec:
+    """The Temporal schedule spec of a drill's `schedule:`. A cron line goes to Temporal as written
+    (the same line `due_times` reads); a quarterly schedule as the calendar `calendar_of` gives."""
     s = spec.schedule
     assert s is not None
-    if s.quarterly is not None:
-        q = s.quarterly
-        hour, minute = (int(x) for x in q.time.split(":"))
-        months = [ScheduleRange(q.month + 3 * i) for i in range(4)]
-        cal = ScheduleCalendarSpec(
-            second=[ScheduleRange(0)],
-            minute=[ScheduleRange(minute)],
-            hour=[ScheduleRange(hour)],
-            day_of_month=[ScheduleRange(q.day)],
-            month=months,
-            comment=f"quarterly: month {q.month} of each quarter, day {q.day}, {q.time} {s.timezone}",
-        )
-        return ScheduleSpec(calendars=[cal], time_zone_name=s.timezone, jitter=s.jitter)
-    return ScheduleSpec(cron_expressions=[s.cron], time_zone_name=s.timezone, jitter=s.jitter)  # type: ignore[list-item]
+    if s.quarterly is None:
+        return ScheduleSpec(cron_expressions=[s.cron], time_zone_name=s.timezone, jitter=s.jitter)  # type: ignore[list-item]
+    q = s.quarterly
+    comment = f"quarterly: month {q.month} of each quarter, day {q.day}, {q.time} {s.timezone}"
+    return ScheduleSpec(calendars=[_temporal_calendar(calendar_of(s), comment)], time_zone_name=s.timezone, jitter=s.jitter)
+
+
+def _temporal_calendar(cal: Calendar, comment: str) -> ScheduleCalendarSpec:
+    if cal.either_day:  # Temporal matches every field: "either day" would need two calendars
+        raise ValueError("a calendar whose day of month or day of week suffices has no single Temporal calendar")
+    weekdays = {} if cal.days_of_week == EVERY_WEEKDAY else {"day_of_week": [ScheduleRange(d) for d in sorted(cal.days_of_week)]}
+    return ScheduleCalendarSpec(
+        second=[ScheduleRange(0)],
+        minute=[ScheduleRange(m) for m in cal.minutes],
+        hour=[ScheduleRange(h) for h in cal.hours],
+        day_of_month=[ScheduleRange(d) for d in sorted(cal.days_of_month)],
+        month=[ScheduleRange(m) for m in sorted(cal.months)],
+        comment=comment,
+        **weekdays,
+    )
+
+
+@dataclass
+class ScheduledDrill:
+    """A drill file with a schedule, read for the period report."""
+
+    name: str
+    path: str
+    schedule: DrillSchedule
+    controls: list[str]
+
+
+def scheduled_drills(drills_dir: Path) -> tuple[list[ScheduledDrill], list[str]]:
+    """Drill files in `drills_dir` that have a (not paused) schedule; and problems reading the others.
+
+    Only the `schedule:` (and the name and controls) must be valid: whether a drill was due does
+    not depend on the rest of its file, nor on the environment the file's other fields refer to."""
+    found, problems = [], []
+    for path in sorted(Path(drills_dir).glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+            if not isinstance(data, dict) or not data.get("schedule"):
+                continue
+            schedule = DrillSchedule.model_validate(data["schedule"])
+        except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
+            problems.append(f"{path}: schedule not readable: {exc}".splitlines()[0])
+            continue
+        if schedule.paused:
+            continue
+        controls = list((data.get("evidence") or {}).get("controls") or [])
+        found.append(ScheduledDrill(str(data.get("name", path.stem)), str(path), schedule, controls))
+    return found, problems
 
 
 def spec_hash(spec: DrillSpec, task_queue: str) -> str:
@@ -88,7 +153,7 @@ def build(spec: DrillSpec, task_queue: str) -> Schedule:
     assert s is not None
     return Schedule(
         action=ScheduleActionStartWorkflow(
-            "DrillWorkflow",
+            DrillWorkflow.run,
             DrillInput(spec=spec, drill_id="", started_by=f"schedule:{sid}"),
             id=spec.name,
             task_queue=task_queue,
@@ -249,11 +314,9 @@ async def install_sweep(
     client: Client, task_queue: str, families: list[str], every: timedelta, dry_run: bool = False
 ) -> str:
     """Create or update the orphan-sweep schedule (OrphanSweepWorkflow every `every`)."""
-    from temporalio.client import ScheduleIntervalSpec
-
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
-            "OrphanSweepWorkflow", SweepInput(families=families, dry_run=dry_run), id="drdrill-sweep", task_queue=task_queue
+            OrphanSweepWorkflow.run, SweepInput(families=families, dry_run=dry_run), id="drdrill-sweep", task_queue=task_queue
         ),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=every),
@@ -310,11 +373,6 @@ async def rows(client: Client, task_queue: Optional[str] = None) -> list[Schedul
 
 async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> str:
     """PASSED/FAILED/… for a finished drill, 'running (<phase>)' for a running one."""
-    from temporalio.client import WorkflowExecutionStatus
-
-    from drdrill.core.models import DrillResult, DrillStatus
-    from drdrill.core.operations import SweepRecord
-
     handle = client.get_workflow_handle(workflow_id, result_type=SweepRecord if kind == "sweep" else DrillResult)
     try:
         desc = await handle.describe()
@@ -322,7 +380,7 @@ async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> s
         return "unknown"
     if desc.status == WorkflowExecutionStatus.RUNNING:
         try:
-            st = await handle.query("status", result_type=DrillStatus)
+            st = await handle.query(DrillWorkflow.status)
             return f"running ({st.phase})"
         except Exception:  # noqa: BLE001 - no worker answering
             return "running"

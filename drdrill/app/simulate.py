@@ -22,11 +22,14 @@ dry-run as of any date, including a future one.
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 from datetime import timedelta
 from typing import Any
 
 from drdrill.core.spec import DrillSpec
+from drdrill.providers.sim import SimState
 
 
 def simulated(spec: DrillSpec) -> DrillSpec:
@@ -84,8 +87,6 @@ def simulated(spec: DrillSpec) -> DrillSpec:
 
 def check(env: dict) -> int:
     """The simulated check: the restored resource exists, is tagged and is ready."""
-    from drdrill.providers.sim import SimState
-
     rid, path = env.get("DRDRILL_RESOURCE_ID"), env.get("DRDRILL_SIM_STATE")
     if not rid or not path:
         print("no simulated resource to check (DRDRILL_RESOURCE_ID / DRDRILL_SIM_STATE unset)")
@@ -94,8 +95,6 @@ def check(env: dict) -> int:
     if rec is None:
         print(f"{rid} does not exist")
         return 1
-    import time
-
     if rec.get("never_ready") or time.time() < float(rec.get("ready_at") or 0):
         print(f"{rid} is not ready")
         return 1
@@ -104,8 +103,6 @@ def check(env: dict) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover - exercised through the command validation
-    import os
-
     if sys.argv[1:] == ["check"]:
         sys.exit(check(dict(os.environ)))
     print(json.dumps({"usage": "python -m drdrill.app.simulate check"}))

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 DEFAULT_TASK_QUEUE = "drdrill"
 
@@ -53,8 +56,6 @@ def _die_with_parent() -> None:
     """Linux: the dev server gets SIGTERM when the process that started it dies (even by SIGKILL),
     so a killed test run or CLI never leaves a server behind."""
     try:
-        import ctypes
-
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, 15)  # PR_SET_PDEATHSIG, SIGTERM
     except (OSError, AttributeError):
@@ -123,8 +124,6 @@ class DevServer:
             except Exception:  # noqa: BLE001 - not up yet
                 pass
 
-        import threading
-
         t = threading.Thread(target=ask)
         t.start()
         t.join(timeout=10)
@@ -158,6 +157,4 @@ def sdk_runtime(port: Optional[int] = None, addr: str = "0.0.0.0"):
         if not raw:
             return None
         port = int(raw)
-    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{addr}:{port}")))

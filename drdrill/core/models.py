@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from typing import Any, Literal, Optional
 
 from pydantic import AwareDatetime, BaseModel, Field, computed_field, model_validator
+
+from drdrill.core.spec import DrillSpec
 
 Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
@@ -33,7 +36,6 @@ class DrillContext(BaseModel):
     drill_name: str
     declared: datetime
     expires_at: datetime
-    state_dir: str = ""
     # The moment recovery points are chosen "as of" (the drill's "now" for its rules). Defaults to
     # `declared`; DrillInput.as_of moves it, so a simulated drill runs as if on another date.
     as_of: Optional[datetime] = None
@@ -64,8 +66,6 @@ class DrillContext(BaseModel):
         name = "-".join(parts).lower()
         if len(name) <= max_len:
             return name
-        import hashlib
-
         digest = hashlib.sha256(name.encode()).hexdigest()[:8]
         return (name[: max_len - 9].rstrip("-") + "-" + digest)[:max_len]
 
@@ -245,7 +245,7 @@ class ObjectiveResult(BaseModel):
 class DrillInput(BaseModel):
     """What starts a DrillWorkflow."""
 
-    spec: Any  # drdrill.core.spec.DrillSpec (typed in workflows.drill to keep this module import-light)
+    spec: DrillSpec
     drill_id: str
     started_by: str = "cli"
     # Heartbeat timeout of the long activities (default 30 s; isolation and teardown 2 min). Tests and

@@ -39,6 +39,7 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
+from drdrill.core.spec import IsolationSpec, Target
 
 
 class ProviderError(Exception):
@@ -282,11 +283,11 @@ class Provider(ABC):
     # ------------------------------------------------------------------ the drill's steps
 
     @abstractmethod
-    def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
+    def find_recovery_point(self, ctx: DrillContext, target: Target) -> RecoveryPoint:
         """Pick the recovery point for `target` (a drdrill.core.spec target model) by its rule."""
 
     @abstractmethod
-    def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
+    def create_isolation(self, ctx: DrillContext, isolation: IsolationSpec, targets: list[Target]) -> Environment:
         """Create (idempotently) the drill's isolated environment for this family's targets."""
 
     @abstractmethod
@@ -294,11 +295,11 @@ class Provider(ABC):
         """Read the environment back and prove there is no route to production."""
 
     @abstractmethod
-    def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
+    def restore(self, ctx: DrillContext, target: Target, point: RecoveryPoint, env: Environment) -> RestoredResource:
         """Restore `point` into `env` (idempotently: deterministic names / client tokens)."""
 
     @abstractmethod
-    def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
+    def wait_ready(self, ctx: DrillContext, target: Target, resource: RestoredResource, timeout: float) -> RestoredResource:
         """Wait (heartbeating) until the restored resource serves; fill in its endpoint."""
 
     # ------------------------------------------------------------------ primitives of cleaning up

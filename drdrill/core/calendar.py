@@ -1,0 +1,93 @@
+"""When a drill is due: the calendar of a `schedule:` (quarterly, or a five-field cron line).
+
+Pure date arithmetic: no Temporal, no clock. drdrill/app/schedules.py turns a drill's schedule into
+a Temporal Schedule and, from the same `Calendar`, answers which times fell due in a period (the
+period report's "which drills were due, which were missed").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
+
+QUARTER_STARTS = (1, 4, 7, 10)
+EVERY_WEEKDAY = frozenset(range(7))
+
+
+@dataclass(frozen=True)
+class Calendar:
+    """The times a schedule fires: every combination of these fields, in the schedule's time zone.
+
+    Days follow cron: a day matches when its day of month and its day of week both match, except
+    when both fields are restricted (`either_day`): then either one suffices."""
+
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days_of_month: frozenset[int]
+    months: frozenset[int]
+    days_of_week: frozenset[int] = EVERY_WEEKDAY  # 0 = Sunday
+    either_day: bool = False
+
+    @classmethod
+    def quarterly(cls, month: int, day: int, time: str) -> "Calendar":
+        """`month` of each quarter (1-3), on `day`, at `time` ('HH:MM')."""
+        hour, minute = (int(x) for x in time.split(":"))
+        return cls(minutes=(minute,), hours=(hour,), days_of_month=frozenset({day}), months=frozenset(q + month - 1 for q in QUARTER_STARTS))
+
+    @classmethod
+    def cron(cls, expr: str) -> "Calendar":
+        """A five-field cron line with numeric fields (`*`, lists, ranges, steps; 0 or 7 = Sunday)."""
+        minute, hour, dom, month, dow = expr.split()
+        return cls(
+            minutes=tuple(sorted(_cron_field(minute, 0, 59))),
+            hours=tuple(sorted(_cron_field(hour, 0, 23))),
+            days_of_month=frozenset(_cron_field(dom, 1, 31)),
+            months=frozenset(_cron_field(month, 1, 12)),
+            days_of_week=frozenset(d % 7 for d in _cron_field(dow, 0, 7)),
+            either_day=dom != "*" and dow != "*",
+        )
+
+    def day_matches(self, day) -> bool:
+        if day.month not in self.months:
+            return False
+        dom_ok, dow_ok = day.day in self.days_of_month, (day.weekday() + 1) % 7 in self.days_of_week
+        return dom_ok or dow_ok if self.either_day else dom_ok and dow_ok
+
+    def times(self, start: datetime, end: datetime, tz: tzinfo) -> list[datetime]:
+        """Every time this calendar fires in [start, end), as wall-clock times in `tz`, in order."""
+        out = []
+        day = start.astimezone(tz).date() - timedelta(days=1)
+        last = end.astimezone(tz).date()
+        while day <= last:
+            if self.day_matches(day):
+                for h in self.hours:
+                    for mi in self.minutes:
+                        t = datetime(day.year, day.month, day.day, h, mi, tzinfo=tz)
+                        if start <= t < end:
+                            out.append(t)
+            day += timedelta(days=1)
+        return out
+
+
+def cron_times(expr: str, start: datetime, end: datetime, tz: tzinfo) -> list[datetime]:
+    """Times a five-field cron expression fires in [start, end) (numeric fields; 0 or 7 = Sunday)."""
+    return Calendar.cron(expr).times(start, end, tz)
+
+
+def _cron_field(field: str, lo: int, hi: int) -> set[int]:
+    out: set[int] = set()
+    for part in field.split(","):
+        step = 1
+        if "/" in part:
+            part, s = part.split("/", 1)
+            step = int(s)
+        if part in ("*", ""):
+            a, b = lo, hi
+        elif "-" in part:
+            a, b = (int(v) for v in part.split("-", 1))
+        else:
+            a = b = int(part)
+            if step != 1:
+                b = hi
+        out.update(range(a, b + 1, step))
+    return out
