@@ -16,7 +16,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from drdrill.evidence.chain import evidence_document, record_run
+from drdrill.evidence.chain import evidence_document
+from drdrill.evidence.record import record_run
 from drdrill.app.cli_evidence import register
 from drdrill.evidence.store import embedded_cluster, embedded_server, open_store
 from tests.evidence_fixtures import sample_result
