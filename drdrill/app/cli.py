@@ -473,6 +473,9 @@ def main() -> None:
             module.register(app)
         except ImportError:
             pass
+    from drdrill.app import cli_check  # not optional: a failure to import it must show
+
+    cli_check.register(app)
     app()
 
 
