@@ -30,8 +30,8 @@ from __future__ import annotations
 from typing import Any
 
 from drdrill.core.models import DrillContext, Environment, RecoveryPoint, RestoredResource
-from drdrill.providers.aws.clients import CALLED_ACTIONS, AwsError, client_token, rds_identifier
-from drdrill.providers.aws.ec2 import SNAPSHOT_SET_TOLERANCE, Ec2Targets
+from drdrill.providers.aws.clients import CALLED_ACTIONS, AwsError
+from drdrill.providers.aws.ec2 import Ec2Targets
 from drdrill.providers.aws.isolation import AwsIsolation
 from drdrill.providers.aws.primitives import CONTAINERS, DELETE_ORDER, AwsPrimitives
 from drdrill.providers.aws.rds import RdsTargets
@@ -83,13 +83,4 @@ class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives):
         return res
 
 
-__all__ = [
-    "CALLED_ACTIONS",
-    "CONTAINERS",
-    "DELETE_ORDER",
-    "SNAPSHOT_SET_TOLERANCE",
-    "AwsError",
-    "AwsProvider",
-    "client_token",
-    "rds_identifier",
-]
+__all__ = ["CALLED_ACTIONS", "CONTAINERS", "DELETE_ORDER", "AwsError", "AwsProvider"]
