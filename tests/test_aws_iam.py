@@ -78,7 +78,7 @@ targets:
     orphans = [o for o in p.list_orphans(now, set()) if o.kind in ("ec2-instance", "ami")]
     assert {o.kind for o in orphans} == {"ec2-instance", "ami"}
     for o in orphans:
-        assert p.delete_orphan(o).endswith("deleted")
+        assert p.delete_orphan(o).result == "deleted"
     p.teardown(ctx, env)
     assert sweep({"aws": p}, now=now, active_drill_ids=set(), dry_run=False) == []
 

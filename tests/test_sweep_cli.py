@@ -17,8 +17,9 @@ from pathlib import Path
 
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT
 from drdrill.app.temporal import free_port
+from drdrill.providers.aws import AwsProvider
 from tests.conftest import wait_for_phase
-from tests.moto_server import aws, moto_endpoint  # noqa: F401
+from tests.moto_server import REGION, aws, moto_endpoint  # noqa: F401
 from tests.ops_helpers import service, spec_of, unique
 from tests.test_aws_drill import CHECK, drill
 
@@ -108,3 +109,60 @@ def test_without_temporal_the_sweep_takes_only_expired_resources(tmp_path, aws):
     assert aws.tagged() == [f"vpc {current}"]
     assert evidence_of(proc)["actions"][0]["orphan"]["id"] == expired
     aws.ec2.delete_vpc(VpcId=current)  # what a later sweep does once it expires; the fixture checks for leftovers
+
+
+def test_delete_orphan_refuses_a_resource_whose_drill_tag_changed_after_listing(aws):
+    now = datetime.now(timezone.utc)
+    ended = unique("ended")
+    claimed = tagged_vpc(aws, "10.9.0.0/16", ended, now + timedelta(hours=1))
+    untagged = tagged_vpc(aws, "10.8.0.0/16", ended, now + timedelta(hours=1))
+    orphans = {o.id: o for o in aws.provider.list_orphans(now, set())}
+    assert set(orphans) == {claimed, untagged}
+    # Between the listing and the deletion another drill claims one VPC; the other loses drdrill's tag.
+    aws.ec2.create_tags(Resources=[claimed], Tags=[{"Key": TAG_DRILL_ID, "Value": "another-drill"}])
+    aws.ec2.delete_tags(Resources=[untagged], Tags=[{"Key": TAG_DRILL_ID}])
+
+    taken = aws.provider.delete_orphan(orphans[claimed])
+    lost = aws.provider.delete_orphan(orphans[untagged])
+
+    assert (taken.kind, taken.id, taken.result, taken.region) == ("vpc", claimed, "refused", REGION)
+    assert "another-drill" in taken.reason and ended in taken.reason
+    assert (lost.kind, lost.id, lost.result) == ("vpc", untagged, "refused")
+    assert TAG_DRILL_ID in lost.reason and ended in lost.reason
+    assert len(aws.ec2.describe_vpcs(VpcIds=[claimed, untagged])["Vpcs"]) == 2  # both left alone
+    for vpc in (claimed, untagged):
+        aws.ec2.delete_vpc(VpcId=vpc)  # what their owners do; the fixture checks for leftovers
+
+
+class ClaimedWhileSweeping(AwsProvider):
+    """The real provider, and another drill claiming `vpc` just after the sweep listed it as an
+    orphan: the race the tag re-check before every deletion exists for, made to happen every time."""
+
+    def __init__(self, world, vpc: str, claimant: str):
+        super().__init__(world.session, endpoint_url=world.url, region=REGION, poll_initial=0.05, poll_max=0.5)
+        self.world, self.vpc, self.claimant = world, vpc, claimant
+
+    def list_orphans(self, now, active_drill_ids):
+        orphans = super().list_orphans(now, active_drill_ids)
+        self.world.ec2.create_tags(Resources=[self.vpc], Tags=[{"Key": TAG_DRILL_ID, "Value": self.claimant}])
+        return orphans
+
+
+def test_sweep_refuses_what_another_drill_claimed_and_exits_non_zero(temporal_server, tmp_path, aws):
+    ended = unique("ended")
+    vpc = tagged_vpc(aws, "10.9.0.0/16", ended, datetime.now(timezone.utc) + timedelta(hours=1))
+    provider = ClaimedWhileSweeping(aws, vpc, claimant=unique("claimant"))
+
+    async def go():
+        async with service(temporal_server.address, tmp_path, providers={"aws": provider}) as svc:
+            return await asyncio.to_thread(sweep_cli, svc.env(), "--provider", "aws")
+
+    try:
+        proc = asyncio.run(go())
+    finally:
+        provider.close()
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    output = proc.stdout + proc.stderr
+    assert vpc in output and "refused" in output
+    assert aws.ec2.describe_vpcs(VpcIds=[vpc])["Vpcs"]  # left to the drill that claimed it
+    aws.ec2.delete_vpc(VpcId=vpc)  # what that drill's teardown does; the fixture checks for leftovers
