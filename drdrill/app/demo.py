@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 from rich.console import Console
 
-from drdrill.providers.pglocal import LocalCluster, cluster_root
+from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
 from drdrill.providers.postgres import take_backup
 from drdrill.core.spec import load_spec
 

@@ -131,7 +131,7 @@ def embedded_cluster():
     evidence survives a cleaned /tmp. As root the server runs as an unprivileged user that cannot
     enter root's home, so the data stays beside the socket under the cluster root."""
     from drdrill.core.paths import default_state_dir
-    from drdrill.providers.pglocal import LocalCluster, cluster_root, run_user
+    from drdrill.providers.postgres.cluster import LocalCluster, cluster_root, run_user
 
     cluster = LocalCluster(cluster_root() / f"evidence-{os.getuid()}")
     if run_user() is None:

@@ -42,8 +42,8 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
-from drdrill.providers.pgdata import fingerprints_parallel, list_tables
-from drdrill.providers.pglocal import ClusterError, LocalCluster, cluster_root, tool
+from drdrill.providers.postgres.data import fingerprints_parallel, list_tables
+from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root, tool
 from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
 
 MANIFEST = "manifest.json"
@@ -473,7 +473,7 @@ class PostgresProvider(Provider):
 
     def _restore_base(self, ctx, target, point, cluster: LocalCluster, archive: Path, manifest: dict) -> RestoredResource:
         """A base backup becomes its own cluster beside the drill's, on the same private socket."""
-        from drdrill.providers.pglocal import adopt_data_dir, server_major
+        from drdrill.providers.postgres.cluster import adopt_data_dir, server_major
 
         backup_major = int(str(manifest.get("server_version", "0")).split(".")[0])
         ours = server_major()
