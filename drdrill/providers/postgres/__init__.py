@@ -6,7 +6,7 @@
     provider.py  PostgresProvider: the drill's steps and the primitives of cleaning up
 """
 
-from drdrill.providers.postgres.provider import take_backup
+from drdrill.providers.postgres.backup import take_backup
 from drdrill.providers.postgres.provider import PostgresProvider
 
 __all__ = ["PostgresProvider", "take_backup"]
