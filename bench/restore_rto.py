@@ -3,7 +3,7 @@
 The whole postgres drill (real Temporal dev server, real worker, PostgresProvider: throwaway
 cluster, archive sha256, pg_restore -j, readiness, checksum + sql validations, teardown, evidence)
 on a generated database, against a hand-run restore of the same archive: initdb + start of an
-equivalent throwaway cluster (drdrill/providers/pglocal.py LocalCluster), createdb, `pg_restore -j N`.
+equivalent throwaway cluster (drdrill/providers/postgres/cluster.py LocalCluster), createdb, `pg_restore -j N`.
 Runs alternate (bare, drill, bare, drill, ...) so background load hits both alike.
 
     python -m bench.restore_rto --gb 1 --runs 5 --jobs 2
@@ -23,7 +23,7 @@ from pathlib import Path
 import psycopg
 
 from drdrill.core.models import DrillInput, DrillResult
-from drdrill.providers.pglocal import LocalCluster, tool
+from drdrill.providers.postgres.cluster import LocalCluster, tool
 from drdrill.providers.postgres import PostgresProvider, take_backup
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result

@@ -20,9 +20,9 @@ import psycopg
 from psycopg import sql
 
 from drdrill.core.models import RecoveryPoint, RestoredResource
-from drdrill.providers.pgdata import fingerprints_parallel, list_tables, table_ident
-from drdrill.providers.pglocal import tool
-from drdrill.providers.postgres import libpq_env
+from drdrill.providers.postgres.data import fingerprints_parallel, list_tables, table_ident
+from drdrill.providers.postgres.cluster import tool
+from drdrill.providers.postgres.backup import libpq_env
 from drdrill.validation import ValidateInput, run_validation
 from bench import datagen
 from bench.common import load, sh, summary, time_limit, write_result

@@ -23,7 +23,7 @@ import psycopg
 from pydantic import BaseModel
 
 from drdrill.core.models import Finding, RecoveryPoint, RestoredResource, ValidationResult
-from drdrill.providers.pgdata import fingerprints_parallel, table_ident
+from drdrill.providers.postgres.data import fingerprints_parallel, table_ident
 from drdrill.core.progress import heartbeat
 from drdrill.core.spec import Validation, format_duration
 

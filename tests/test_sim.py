@@ -62,7 +62,8 @@ def test_the_provider_interface_directly(tmp_path):
     assert all(r["tags"][TAG_DRILL_ID] == "d1" for r in SimState(sim.state.path).resources().values())
     report = sim.teardown(ctx, env)
     assert len(report.deleted) == 2 and SimState(sim.state.path).resources() == {}
-    assert sim.teardown(ctx, env).already_gone == [env.id]  # deleting the absent is success
+    again = sim.teardown(ctx, env).outcomes  # deleting the absent is success
+    assert [(o.kind, o.id, o.result) for o in again] == [("network", env.id, "already_gone")]
 
 
 def test_no_recovery_point_and_leaky_isolation(tmp_path):

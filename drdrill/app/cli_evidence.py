@@ -25,7 +25,7 @@ from drdrill.core.spec import format_duration, parse_duration
 from drdrill.evidence.chain import verify_document
 from drdrill.evidence.record import write_bundle_files
 from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
-from drdrill.providers.pglocal import ClusterError
+from drdrill.providers.postgres.cluster import ClusterError
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

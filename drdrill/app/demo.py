@@ -18,7 +18,7 @@ import psycopg
 from rich.console import Console
 
 from drdrill.app.runtime import state_dir
-from drdrill.providers.pglocal import LocalCluster, cluster_root
+from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
 from drdrill.providers.postgres import take_backup
 from drdrill.core.spec import DrillSpec, load_spec
 

@@ -155,7 +155,7 @@ def store_home(state_dir: Optional[str | Path] = None) -> Path:
     private home (0700). Rather than open root's home to every user, the store of root's default
     state directory (~/.local/state/drdrill) lives in /var/lib/drdrill/evidence."""
     from drdrill.core.paths import default_state_dir
-    from drdrill.providers.pglocal import run_user
+    from drdrill.providers.postgres.cluster import run_user
 
     state = Path(state_dir or default_state_dir()).expanduser().resolve()
     if run_user() is not None and state == _default_state_in_home():
@@ -177,7 +177,7 @@ def embedded_cluster(state_dir: Optional[str | Path] = None):
     reboot, and each state directory has its own. Its Unix socket must stay short (~107 bytes), so
     it lives under the cluster root, in a directory named after a hash of the store's home: two
     state directories never share a socket or a server."""
-    from drdrill.providers.pglocal import LocalCluster, cluster_root
+    from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
 
     home = store_home(state_dir)
     cluster = LocalCluster(cluster_root() / f"evidence-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}")
@@ -251,7 +251,7 @@ def _prepare_home(home: Path) -> None:
     directory inside it: the home is 0711 (root's, traversable, not listable) and every directory
     above it that this user cannot enter gets the search (x) permission it lacks, and only that:
     nothing becomes listable or readable. Each such change is logged."""
-    from drdrill.providers.pglocal import run_user
+    from drdrill.providers.postgres.cluster import run_user
 
     user = run_user()
     home.mkdir(mode=0o711 if user else 0o700, parents=True, exist_ok=True)
@@ -281,7 +281,7 @@ def _note_old_layout(cluster) -> None:
         return
     _noted_old.add(old)
     from drdrill.core.paths import default_state_dir
-    from drdrill.providers.pglocal import LocalCluster
+    from drdrill.providers.postgres.cluster import LocalCluster
 
     previous = LocalCluster(old)
     if not previous.data.exists():  # as a non-root user, the old layout kept its data in the state directory

@@ -1,10 +1,34 @@
-"""The `sim` provider: a simulated cloud with latency and injected faults.
+"""The `sim` provider: a simulated cloud, and the smallest complete example of a provider.
 
 Users dry-run a drill plan with it (`drdrill run --simulate`); the test suite and the benchmarks
-use it to make faults reproducible. It implements the whole provider interface against a JSON
-state file shared by every process that uses the same path (a flock serialises each
-read-modify-write), so several worker processes see the same resources, and a fault that "fails
-the first three teardowns" counts attempts across retries, processes and crashes.
+use it to make faults reproducible. Its cloud is a JSON state file shared by every process that
+uses the same path (a flock serialises each read-modify-write), so several worker processes see
+the same resources, and a fault that "fails the first three teardowns" counts attempts across
+retries, processes and crashes.
+
+Adding a provider: copy the shape of this module
+------------------------------------------------
+A provider subclasses `drdrill.providers.base.Provider` (read its docstring) and supplies:
+
+1. The drill's steps, which only it knows (the section of that name below):
+   `find_recovery_point`   list the candidate points; `select_for_target` applies the drill's rule;
+   `create_isolation`      idempotently: names from `ctx.resource_name()`, `ctx.tags()` on everything;
+   `verify_isolation`      read the environment back, one IsolationCheck per fact proven;
+   `restore`               idempotently: a retried restore continues the first one;
+   `wait_ready`            a probe raising NotReadyYet, polled by `poll_until` (never a loop of its own).
+2. The primitives of cleaning up (the last section below). From these the base class builds
+   teardown, the orphan listing and the orphan deletion once for every provider, with the tag
+   re-check before each deletion and the typed DeletionOutcome each one returns:
+   `DELETE_ORDER`          its resource kinds, in the order they must be deleted;
+   `CONTAINERS`            the kinds holding others: kept while anything inside is not ours;
+   `inventory()`           every resource carrying drdrill's tag (one drill's, when asked);
+   `named_resources()`     what the environment record names, so an untagged one is reported refused;
+   `current_tags()`        a resource's tags now, None when it is gone (raise NotOurs to refuse it);
+   `delete()`              delete it and wait until it is gone; False when it was already gone.
+   Never write a teardown, an orphan listing, a tag check or a time parser of your own.
+3. A test fake of its cloud, so the drill runs end to end against real servers: this module's
+   fake is its state file; the clouds have moto_server (tests/moto_server.py) and HTTP fakes
+   (tests/azure_fake.py, tests/gcp_fake.py). Then register the family in providers/__init__.py.
 
 Environment:
     DRDRILL_SIM_STATE  path of the shared state file
@@ -29,11 +53,11 @@ Recovery points: `source.points` of them, one every `source.point_interval`, the
 the drill's `as_of` (its declared time unless the drill runs as of another moment, see DrillInput).
 
 Operations: find_recovery_point, create_isolation, verify_isolation, restore, wait_ready, teardown.
-Every resource in the state carries tags; teardown, list_orphans and delete_orphan act only on
-resources tagged with the drill's id (tests plant untagged ones to prove it). The state also
-records which process is running which operation (`running`), for crash tests.
+A teardown's faults strike its first call (the inventory of what the drill tagged), and each
+deletion takes the `teardown` latency. Every resource in the state carries tags; tests plant
+untagged ones to prove teardown and sweeps leave them alone. The state also records which process
+is running which operation (`running`), for crash tests.
 """
-
 from __future__ import annotations
 
 import fcntl
@@ -48,18 +72,23 @@ from typing import Any, Iterator, Mapping, Optional
 
 from drdrill.core.models import (
     TAG_DRILL_ID,
-    TAG_EXPIRES_AT,
-    TAG_TARGET,
     DrillContext,
     Environment,
     IsolationCheck,
     IsolationProof,
-    Orphan,
     RecoveryPoint,
     RestoredResource,
-    TeardownReport,
 )
-from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, require_drill_tag, select_for_target
+from drdrill.providers.base import (
+    NotReadyYet,
+    Provider,
+    ProviderError,
+    Resource,
+    heartbeat,
+    poll_until,
+    require_drill_tag,
+    select_for_target,
+)
 
 OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown")
 
@@ -193,21 +222,10 @@ def _liveness(details: Any) -> None:
     heartbeat(details, stop_if_cancelled=False)
 
 
-def _iso(t: float) -> str:
-    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_time(value: Optional[str]) -> Optional[datetime]:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 class SimProvider(Provider):
     family = "sim"
+    DELETE_ORDER = ("database", "snapshot", "disk", "network")
+    CONTAINERS = frozenset({"network"})
 
     def __init__(self, state_path: Optional[str | Path] = None, speed: float = 1.0, clock=time.time, sleep=time.sleep):
         self.state = SimState(state_path or default_state_path())
@@ -279,7 +297,7 @@ class SimProvider(Provider):
                 if s["running"].get(key, {}).get("pid") == os.getpid():
                     s["running"].pop(key, None)
 
-    # ------------------------------------------------------------ the interface
+    # ------------------------------------------------------------ the drill's steps
 
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
         faults = _faults_of(target)
@@ -402,75 +420,59 @@ class SimProvider(Provider):
 
             return poll_until(probe, timeout=timeout, what=f"simulated {resource.id}", initial=0.1, maximum=1.0)
 
-    def teardown(self, ctx: DrillContext, env: Environment) -> TeardownReport:
+    # ------------------------------------------------------------ primitives of cleaning up
+    # The simulated cloud is one scope: a resource is a record in the state file, of one of the
+    # DELETE_ORDER kinds; a database records the network it lives in ("env").
+
+    def inventory(self, drill_id: Optional[str] = None, env: Optional[Environment] = None) -> list[Resource]:
+        if env is None:
+            return self._tagged(drill_id)
+        # A teardown begins with this call, so it is the simulated "teardown" operation: its
+        # faults (throttling, teardown_failures, latency) strike here, once per attempt.
         faults = self._env_faults(env)
-        report = TeardownReport(family="sim", environment_id=env.id)
-        with self._operation(ctx.drill_id, env.id, "teardown", faults) as call:
+        with self._operation(drill_id or env.drill_id, env.id, "teardown", faults) as call:
             failures = int(faults.get("teardown_failures") or 0)
             if call <= failures:
                 raise ProviderError(
                     "TEARDOWN_FAILED", f"simulated: the cloud refused to delete {env.id} (attempt {call} of {failures} that fail)", retryable=True
                 )
-            state = self.state.read()["resources"]
-            # What this drill created in this environment, plus anything else tagged with its id.
-            candidates = [
-                rid
-                for rid, r in state.items()
-                if rid == env.id or r.get("env") == env.id or (r.get("tags") or {}).get(TAG_DRILL_ID) == ctx.drill_id
-            ]
-            # Restored resources first, the network last (as a cloud would insist).
-            candidates.sort(key=lambda rid: rid == env.id)
-            for rid in candidates:
-                heartbeat({"teardown": rid})
-                with self.state.edit() as s:
-                    rec = s["resources"].get(rid)
-                    if rec is None:
-                        report.already_gone.append(rid)
-                        continue
-                    if not require_drill_tag(rec.get("tags"), ctx.drill_id):
-                        report.refused.append(rid)
-                        continue
-                    del s["resources"][rid]
-                    s["events"].append({"kind": "deleted", "drill_id": ctx.drill_id, "scope": rid, "pid": os.getpid(), "at": self.clock()})
-                report.deleted.append(f"{rec.get('kind', 'resource')} {rid}")
-                if rid != candidates[-1]:
-                    self._latency(faults, "teardown")  # deleting takes time per resource
-            if env.id not in candidates:
-                report.already_gone.append(env.id)
-            return report
+            return self._tagged(drill_id)
 
-    def list_orphans(self, now: datetime, active_drill_ids: set[str]) -> list[Orphan]:
-        out = []
-        for rid, r in sorted(self.state.resources().items()):
-            tags = r.get("tags") or {}
-            if not require_drill_tag(tags):
-                continue  # not ours
-            drill = tags[TAG_DRILL_ID]
-            expires = _parse_time(tags.get(TAG_EXPIRES_AT))
-            if drill in active_drill_ids and (expires is None or expires > now):
-                continue
-            out.append(
-                Orphan(
-                    provider="sim",
-                    id=rid,
-                    kind=str(r.get("kind", "resource")),
-                    drill_id=drill,
-                    expires_at=expires,
-                    details={"target": tags.get(TAG_TARGET)},
-                )
-            )
-        return out
+    def _tagged(self, drill_id: Optional[str]) -> list[Resource]:
+        return [
+            Resource(rec["kind"], rid, tags=dict(rec["tags"]))
+            for rid, rec in sorted(self.state.resources().items())
+            if rec.get("kind") in self.DELETE_ORDER and require_drill_tag(rec.get("tags"), drill_id)
+        ]
 
-    def delete_orphan(self, orphan: Orphan) -> str:
+    def named_resources(self, env: Environment) -> list[Resource]:
+        """The network itself and everything recorded as living in it, whoever tagged it."""
+        state = self.state.resources()
+        named = [Resource(str((state.get(env.id) or {}).get("kind") or "network"), env.id)]
+        named += [Resource(str(rec.get("kind")), rid) for rid, rec in sorted(state.items()) if rec.get("env") == env.id and rid != env.id]
+        return named
+
+    def current_tags(self, resource: Resource) -> Optional[dict[str, str]]:
+        rec = self.state.resources().get(resource.id)
+        if rec is None:
+            return None
+        tags = rec.get("tags")
+        return dict(tags) if isinstance(tags, dict) else {}
+
+    def delete(self, resource: Resource) -> bool:
+        self._latency(self._faults_near(resource.id), "teardown")  # deleting takes time, per resource
         with self.state.edit() as s:
-            rec = s["resources"].get(orphan.id)
-            if rec is None:
-                return "already gone"
-            if not orphan.drill_id or not require_drill_tag(rec.get("tags"), orphan.drill_id):
-                return "refused: not tagged by this drill"
-            del s["resources"][orphan.id]
-            s["events"].append({"kind": "swept", "drill_id": orphan.drill_id, "scope": orphan.id, "pid": os.getpid(), "at": self.clock()})
-            return "deleted"
+            if s["resources"].pop(resource.id, None) is None:
+                return False
+            s["events"].append({"kind": "deleted", "drill_id": resource.tags.get(TAG_DRILL_ID), "scope": resource.id, "pid": os.getpid(), "at": self.clock()})
+        return True
+
+    def _faults_near(self, resource_id: str) -> dict:
+        """The faults of the network a resource lives in (or is)."""
+        state = self.state.resources()
+        rec = state.get(resource_id) or {}
+        network = state.get(rec.get("env")) if rec.get("env") else rec
+        return (network or {}).get("faults") or {}
 
 
 __all__ = ["SimProvider", "SimState", "default_state_path", "sample_latency", "OPS"]

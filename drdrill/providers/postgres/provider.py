@@ -1,12 +1,4 @@
-"""The postgres provider: pg_dump backups restored into throwaway clusters on a private socket.
-
-Backup repository layout (one directory per recovery point, written atomically):
-
-    <repository>/<YYYYmmddTHHMMSSZ>-<id>/
-        manifest.json    consistent time, server version, per-table rows and content checksums,
-                         archive sha256 and size, all taken inside the dump's exported snapshot
-        archive.dump     pg_dump -Fc   (or archive/ for -Fd)
-        globals.sql      roles (pg_dumpall --globals-only), when the source allows it
+"""The postgres provider: pg_dump backups (backup.py) restored into throwaway clusters on a private socket.
 
 Isolation is a new cluster per drill (initdb + pg_ctl) in a 0700 directory under the cluster root,
 listening only on a Unix socket inside that directory: `listen_addresses = ''`. Every target is
@@ -16,223 +8,41 @@ restored into its own database there, in parallel, with `pg_restore -j`.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
 import subprocess
 import time
-import uuid
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import psycopg
 
 from drdrill.core.models import (
-    TAG_DRILL_ID,
-    TAG_EXPIRES_AT,
     DrillContext,
     Environment,
     Finding,
     IsolationCheck,
     IsolationProof,
-    Orphan,
     RecoveryPoint,
     RestoredResource,
-    TeardownReport,
 )
-from drdrill.providers.pgdata import fingerprints_parallel, list_tables
-from drdrill.providers.pglocal import ClusterError, LocalCluster, cluster_root, tool
-from drdrill.providers.base import NotReadyYet, Provider, ProviderError, heartbeat, poll_until, select_for_target
+from drdrill.providers.postgres.backup import read_points, sha256_path
+from drdrill.providers.postgres.data import list_tables
+from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, adopt_data_dir, cluster_root, server_major, tool
+from drdrill.providers.base import (
+    NotOurs,
+    NotReadyYet,
+    Provider,
+    ProviderError,
+    Resource,
+    heartbeat,
+    poll_until,
+    require_drill_tag,
+    select_for_target,
+)
 
-MANIFEST = "manifest.json"
-
-
-# ---------------------------------------------------------------------- backups
-
-
-def sha256_path(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, or of a directory archive (its files in name order)."""
-    h = hashlib.sha256()
-    size = 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-    return h.hexdigest(), size
-
-
-def libpq_env(dsn: str) -> dict[str, str]:
-    """DSN -> PG* environment variables, so no secret ever reaches a command line."""
-    params = psycopg.conninfo.conninfo_to_dict(dsn)
-    mapping = {
-        "host": "PGHOST",
-        "port": "PGPORT",
-        "user": "PGUSER",
-        "password": "PGPASSWORD",
-        "dbname": "PGDATABASE",
-        "sslmode": "PGSSLMODE",
-        "sslrootcert": "PGSSLROOTCERT",
-        "sslcert": "PGSSLCERT",
-        "sslkey": "PGSSLKEY",
-        "options": "PGOPTIONS",
-        "application_name": "PGAPPNAME",
-    }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
-    for key, value in params.items():
-        if key in mapping and value is not None:
-            env[mapping[key]] = str(value)
-    return env
-
-
-def take_base_backup(dsn: str, repository: str | Path) -> Path:
-    """A physical base backup (pg_basebackup -Fp -X stream) of the whole source cluster.
-
-    Its consistent time is recorded as the moment the backup started: the copy holds everything
-    committed by then (and possibly a little more), so the RPO measured from it is never flattering.
-    A physical copy has no per-table fingerprints: checksum validations of it cannot be verified.
-    """
-    repo = Path(repository)
-    repo.mkdir(parents=True, exist_ok=True)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        started, version, dbname, user = conn.execute(
-            "SELECT now(), current_setting('server_version'), current_database(), current_user"
-        ).fetchone()
-    stamp = started.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    point_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
-    work = repo / f".tmp-{point_id}"
-    work.mkdir()
-    archive = work / "base"
-    proc = subprocess.run(
-        [tool("pg_basebackup"), "-D", str(archive), "-Fp", "-X", "stream", "--checkpoint=fast", "--no-sync"],
-        env=libpq_env(dsn),
-        capture_output=True,
-        text=True,
-    )
-    if proc.returncode != 0:
-        shutil.rmtree(work, ignore_errors=True)
-        raise RuntimeError(f"pg_basebackup failed: {proc.stderr.strip()}")
-    digest, size = sha256_path(archive)
-    manifest = {
-        "format": "base",
-        "archive": archive.name,
-        "archive_sha256": digest,
-        "archive_size": size,
-        "consistent_time": started.astimezone(timezone.utc).isoformat(),
-        "server_version": version,
-        "database": dbname,
-        "connect_as": user,
-        "tables": {},
-        "taken_with": "pg_basebackup -Fp -X stream",
-    }
-    (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    final = repo / point_id
-    os.replace(work, final)
-    return final
-
-
-def take_backup(dsn: str, repository: str | Path, fmt: str = "custom", jobs: int = 2) -> Path:
-    """Back up the database at `dsn` into `repository`; return the recovery point's directory.
-
-    The dump and the manifest read the same exported snapshot, so the manifest's row counts and
-    checksums describe exactly what the archive holds, as of the snapshot's `now()`.
-    """
-    if fmt == "base":
-        return take_base_backup(dsn, repository)
-    repo = Path(repository)
-    repo.mkdir(parents=True, exist_ok=True)
-    with psycopg.connect(dsn, autocommit=False) as conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot, consistent, version, dbname = conn.execute(
-            "SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_database()"
-        ).fetchone()
-        tables = list_tables(conn)
-        stamp = consistent.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-        point_id = f"{stamp}-{uuid.uuid4().hex[:8]}"
-        work = repo / f".tmp-{point_id}"
-        work.mkdir()
-        try:
-            archive = work / ("archive.dump" if fmt == "custom" else "archive")
-            cmd = [tool("pg_dump"), f"--snapshot={snapshot}", "--no-sync", "-f", str(archive)]
-            cmd += ["-Fc"] if fmt == "custom" else ["-Fd", "-j", str(max(1, jobs))]
-            dump = subprocess.Popen(cmd, env=libpq_env(dsn), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-            def snap_conn():
-                c = psycopg.connect(dsn, autocommit=False)
-                c.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                c.execute(psycopg.sql.SQL("SET TRANSACTION SNAPSHOT {}").format(psycopg.sql.Literal(snapshot)))
-                return c
-
-            fps = fingerprints_parallel(snap_conn, tables, workers=jobs)
-            _, err = dump.communicate()
-            if dump.returncode != 0:
-                raise RuntimeError(f"pg_dump failed: {err.strip()}")
-        finally:
-            conn.rollback()
-        globals_note = ""
-        glob = subprocess.run(
-            [tool("pg_dumpall"), "--globals-only", "--no-role-passwords", "-f", str(work / "globals.sql")],
-            env=libpq_env(dsn),
-            capture_output=True,
-            text=True,
-        )
-        if glob.returncode != 0:
-            (work / "globals.sql").unlink(missing_ok=True)
-            globals_note = glob.stderr.strip().splitlines()[0] if glob.stderr.strip() else "pg_dumpall failed"
-        digest, size = sha256_path(archive)
-        manifest = {
-            "format": fmt,
-            "archive": archive.name,
-            "archive_sha256": digest,
-            "archive_size": size,
-            "consistent_time": consistent.astimezone(timezone.utc).isoformat(),
-            "server_version": version,
-            "database": dbname,
-            "tables": fps,
-            "globals": (work / "globals.sql").exists(),
-            "globals_note": globals_note,
-            "taken_with": "pg_dump " + ("-Fc" if fmt == "custom" else f"-Fd -j {jobs}"),
-        }
-        (work / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-        final = repo / point_id
-        os.replace(work, final)
-        return final
-    raise AssertionError("unreachable")
-
-
-def read_points(repository: str | Path, target: str) -> list[RecoveryPoint]:
-    repo = Path(repository)
-    if not repo.is_dir():
-        raise ProviderError(
-            "BACKUP_REPOSITORY_MISSING",
-            f"target {target}: backup repository {repo} does not exist (run `drdrill backup` first)",
-        )
-    points = []
-    for d in sorted(repo.iterdir()):
-        if d.name.startswith(".") or not (d / MANIFEST).is_file():
-            continue
-        try:
-            m = json.loads((d / MANIFEST).read_text())
-            consistent = datetime.fromisoformat(m["consistent_time"])
-        except (OSError, ValueError, KeyError):
-            continue  # an unreadable manifest is not a recovery point; the repository check reports it
-        points.append(
-            RecoveryPoint(
-                target=target,
-                provider="postgres",
-                id=d.name,
-                consistent_time=consistent,
-                size_bytes=m.get("archive_size"),
-                metadata={"path": str(d), "manifest": m},
-            )
-        )
-    return points
-
+CLUSTER = "cluster"
 
 # ---------------------------------------------------------------------- restore findings
 
@@ -268,6 +78,7 @@ class PostgresProvider(Provider):
     """Restores pg_dump archives into throwaway local clusters."""
 
     family = "postgres"
+    DELETE_ORDER = (CLUSTER,)
 
     def __init__(self, root: Optional[str] = None):
         self._root = root
@@ -368,6 +179,7 @@ class PostgresProvider(Provider):
         return IsolationProof(family=self.family, environment_id=env.id, checks=checks)
 
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
+        # Over 80 lines on purpose: the four numbered steps of one restore read best in order.
         cluster = LocalCluster(env.details["path"])
         point_dir = Path(point.metadata["path"])
         manifest = point.metadata.get("manifest") or {}
@@ -473,8 +285,6 @@ class PostgresProvider(Provider):
 
     def _restore_base(self, ctx, target, point, cluster: LocalCluster, archive: Path, manifest: dict) -> RestoredResource:
         """A base backup becomes its own cluster beside the drill's, on the same private socket."""
-        from drdrill.providers.pglocal import adopt_data_dir, server_major
-
         backup_major = int(str(manifest.get("server_version", "0")).split(".")[0])
         ours = server_major()
         if backup_major != ours:
@@ -527,54 +337,33 @@ class PostgresProvider(Provider):
         ready.ready = True
         return ready
 
-    def teardown(self, ctx: DrillContext, env: Environment) -> TeardownReport:
-        report = TeardownReport(family=self.family, environment_id=env.id)
-        path = Path(env.details.get("path") or self.cluster(ctx).path)
-        cluster = LocalCluster(path)
-        if not path.resolve().is_relative_to(self.root.resolve()):
-            # Never delete outside our own cluster root, whatever an environment record says.
-            report.refused.append(f"{path} (outside this worker's cluster root {self.root})")
-            return report
-        if not path.exists():
-            report.already_gone.append(str(path))
-            return report
-        tags = cluster.tags()
-        if not tags or tags.get(TAG_DRILL_ID) != ctx.drill_id:
-            report.refused.append(str(path))
-            return report
-        heartbeat({"teardown": str(path)})
-        cluster.destroy()
-        report.deleted.append(f"cluster {path} (stopped, directory removed)")
-        return report
+    # ---------------------------------------------------------------- primitives of cleaning up
+    # One kind of resource: a cluster directory under this worker's cluster root, tagged by the
+    # marker file its creation writes first. Teardown, orphans and sweeps come from Provider.
 
-    def list_orphans(self, now: datetime, active_drill_ids: set[str]) -> list[Orphan]:
-        orphans = []
+    def inventory(self, drill_id: Optional[str] = None, env: Optional[Environment] = None) -> list[Resource]:
         root = self.root
-        for d in sorted(root.iterdir()) if root.exists() else []:
+        found = []
+        for d in sorted(p for p in root.iterdir() if p.is_dir()):
             tags = LocalCluster(d).tags()
-            if not tags or not tags.get(TAG_DRILL_ID):
-                continue  # not ours
-            expires = _parse_time(tags.get(TAG_EXPIRES_AT))
-            drill = tags[TAG_DRILL_ID]
-            if drill in active_drill_ids and (expires is None or expires > now):
-                continue
-            orphans.append(
-                Orphan(provider="postgres", id=str(d), kind="cluster", drill_id=drill, expires_at=expires, details={"path": str(d)})
-            )
-        return orphans
+            if require_drill_tag(tags, drill_id):
+                found.append(Resource(CLUSTER, str(d), tags=dict(tags), scope=str(root)))  # type: ignore[arg-type]
+        return found
 
-    def delete_orphan(self, orphan: Orphan) -> str:
-        cluster = LocalCluster(orphan.id)
-        tags = cluster.tags()
-        if not tags or tags.get(TAG_DRILL_ID) != orphan.drill_id:
-            return "refused: not tagged by this drill"
-        return "deleted" if cluster.destroy() else "already gone"
+    def named_resources(self, env: Environment) -> list[Resource]:
+        path = env.details.get("path")
+        return [Resource(CLUSTER, str(Path(path)), scope=str(self.root))] if path else []
 
+    def current_tags(self, resource: Resource) -> Optional[dict[str, str]]:
+        path = Path(resource.id)
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            # Never delete outside our own cluster root, whatever an environment record or an orphan says.
+            raise NotOurs(f"outside this worker's cluster root {self.root}")
+        if not path.exists():
+            return None
+        tags = LocalCluster(path).tags()
+        return tags if isinstance(tags, dict) else {}
 
-def _parse_time(value: Optional[str]) -> Optional[datetime]:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    def delete(self, resource: Resource) -> bool:
+        """Stop every server running from the directory and remove it."""
+        return LocalCluster(resource.id).destroy()
