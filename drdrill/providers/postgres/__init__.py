@@ -3,7 +3,11 @@
     cluster.py   throwaway local clusters (initdb, pg_ctl) and the PostgreSQL binaries
     data.py      table listing and content fingerprints (backups write them, validations check them)
     backup.py    `drdrill backup`: the backup repository, written and read
-    provider.py  PostgresProvider: the drill's steps and the primitives of cleaning up
+    binaries.py  the PostgreSQL installs of the worker, by major version
+    sources.py   RecoverySource: one kind of backup a target is recovered from
+    repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
+    findings.py  restore tools' stderr into findings with stable codes
+    provider.py  PostgresProvider: isolation, readiness, the primitives of cleaning up; dispatches to sources
 """
 
 from drdrill.providers.postgres.backup import take_backup

@@ -21,7 +21,6 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 from drdrill.core.models import Finding
 from drdrill.providers.base import ProviderError

@@ -1,4 +1,8 @@
-"""The postgres provider: pg_dump backups (backup.py) restored into throwaway clusters on a private socket.
+"""The postgres provider: backups restored into throwaway clusters on a private socket.
+
+What a target is restored from is its source's business (sources.py: drdrill's own repository in
+repository.py, …); the provider creates and proves the isolation, waits until the restored
+database serves, and cleans up.
 
 Isolation is a new cluster per drill (initdb + pg_ctl) in a 0700 directory under the cluster root,
 listening only on a Unix socket inside that directory: `listen_addresses = ''`. Every target is
@@ -7,12 +11,7 @@ restored into its own database there, in parallel, with `pg_restore -j`.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
-import shutil
-import subprocess
-import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -27,52 +26,20 @@ from drdrill.core.models import (
     RecoveryPoint,
     RestoredResource,
 )
-from drdrill.providers.postgres.backup import read_points, sha256_path
-from drdrill.providers.postgres.data import list_tables
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, adopt_data_dir, cluster_root, server_major, tool
+from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
+from drdrill.providers.postgres.repository import DrdrillRepository
+from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
     NotOurs,
     NotReadyYet,
     Provider,
     ProviderError,
     Resource,
-    heartbeat,
     poll_until,
     require_drill_tag,
-    select_for_target,
 )
 
 CLUSTER = "cluster"
-
-# ---------------------------------------------------------------------- restore findings
-
-_CLASSIFY = [
-    ("ARCHIVE_UNREADABLE", re.compile(r"(unexpected end of file|could not read (from )?input file|end of file|did not find magic string|input file appears to be a text format dump|could not open input file|corrupt|invalid compressed data|could not find block ID)", re.I)),
-    ("MISSING_ROLE", re.compile(r'role "([^"]+)" does not exist', re.I)),
-    ("MISSING_EXTENSION", re.compile(r'(extension "([^"]+)" is not available|could not open extension control file[^"]*"([^"]+)")', re.I)),
-]
-
-
-def classify_restore_errors(stderr: str, target: str) -> list[Finding]:
-    """Turn pg_restore's stderr into findings with stable codes (one per distinct problem)."""
-    findings: dict[tuple[str, str], Finding] = {}
-    for line in stderr.splitlines():
-        low = line.lower()
-        if "error" not in low and "fatal" not in low:
-            continue
-        if "warning: errors ignored on restore" in low:
-            continue
-        code = "RESTORE_ERROR"
-        for c, rx in _CLASSIFY:
-            if rx.search(line):
-                code = c
-                break
-        msg = line.split("error:", 1)[-1].strip() if "error:" in line else line.strip()
-        key = (code, msg)
-        if key not in findings:
-            findings[key] = Finding(code=code, message=f"target {target}: {msg}", target=target)
-    return list(findings.values())
-
 
 class PostgresProvider(Provider):
     """Restores pg_dump archives into throwaway local clusters."""
@@ -103,13 +70,7 @@ class PostgresProvider(Provider):
     # ---------------------------------------------------------------- interface
 
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
-        points = read_points(target.source.repository, target.name)
-        if not points:
-            raise ProviderError(
-                "RECOVERY_POINT_NOT_FOUND",
-                f"target {target.name}: no backups in {target.source.repository} (run `drdrill backup`)",
-            )
-        return select_for_target(points, ctx, target)
+        return source_of(target).find(ctx, target)
 
     def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
         cluster = self.cluster(ctx)
@@ -179,146 +140,7 @@ class PostgresProvider(Provider):
         return IsolationProof(family=self.family, environment_id=env.id, checks=checks)
 
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
-        # Over 80 lines on purpose: the four numbered steps of one restore read best in order.
-        cluster = LocalCluster(env.details["path"])
-        point_dir = Path(point.metadata["path"])
-        manifest = point.metadata.get("manifest") or {}
-        archive = point_dir / manifest.get("archive", "archive.dump")
-        dbname = target.source.database or target.name
-        endpoint = {"dsn": cluster.dsn(dbname), "database": dbname, "socket_dir": str(cluster.sock)}
-        findings: list[Finding] = []
-
-        # 1. The archive is what the manifest says it is, before anything is restored from it.
-        heartbeat({"target": target.name, "step": "checksum"})
-        if not archive.exists():
-            raise ProviderError("ARCHIVE_MISSING", f"target {target.name}: archive {archive} is missing")
-        digest, size = sha256_path(archive)
-        if digest != manifest.get("archive_sha256"):
-            raise ProviderError(
-                "ARCHIVE_CHECKSUM_MISMATCH",
-                f"target {target.name}: archive {archive.name} of {point.id} has sha256 {digest[:16]}…, "
-                f"the manifest says {str(manifest.get('archive_sha256'))[:16]}… ({size} bytes, manifest {manifest.get('archive_size')}): "
-                "the backup was altered or damaged after it was taken",
-            )
-        if manifest.get("format") == "base":
-            return self._restore_base(ctx, target, point, cluster, archive, manifest)
-        listing = subprocess.run([tool("pg_restore"), "-l", str(archive)], capture_output=True, text=True)
-        if listing.returncode != 0:
-            raise ProviderError(
-                "ARCHIVE_UNREADABLE",
-                f"target {target.name}: pg_restore cannot read {archive.name} of {point.id}: "
-                + (listing.stderr.strip().splitlines() or ["unknown error"])[-1],
-            )
-
-        # 2. A fresh database (a retried attempt starts over: idempotent).
-        with psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=10) as conn:
-            done = conn.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (dbname,)
-            ).fetchone()
-            if done and done[0] == f"drdrill restored {point.id}":
-                return RestoredResource(
-                    target=target.name, provider="postgres", id=f"{cluster.path}/{dbname}", endpoint=endpoint,
-                    description=f"pg_restore -j {target.restore.jobs}", details={"point": point.id, "resumed": True},
-                )
-            if done:
-                conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(dbname)))
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(psycopg.sql.Identifier(dbname)))
-
-        # 3. Roles first (pg_dump does not carry them), then the archive.
-        if (point_dir / "globals.sql").exists():
-            subprocess.run(
-                [tool("psql"), "-X", "-q", "-d", cluster.dsn(dbname), "-f", str(point_dir / "globals.sql")],
-                capture_output=True, text=True,
-            )
-        cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), str(archive)]
-        started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        stderr_chunks: list[str] = []
-        import threading
-
-        reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
-        reader.start()
-        try:
-            while proc.poll() is None:
-                heartbeat({"target": target.name, "step": "pg_restore", "seconds": round(time.monotonic() - started, 1)})
-                try:
-                    proc.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            if proc.poll() is None:  # cancelled (or the worker is shutting down): stop pg_restore too
-                proc.kill()
-                proc.wait()
-        reader.join()
-        stderr = "".join(stderr_chunks)
-        findings.extend(classify_restore_errors(stderr, target.name))
-        unreadable = [f for f in findings if f.code == "ARCHIVE_UNREADABLE"]
-        if unreadable:
-            detail = unreadable[0].message.split(": ", 1)[-1]
-            raise ProviderError(
-                "ARCHIVE_UNREADABLE",
-                f"target {target.name}: pg_restore cannot read {archive.name} of {point.id}: {detail} "
-                "(the archive is truncated or corrupt)",
-            )
-
-        # 4. Something must have come back.
-        with psycopg.connect(cluster.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
-            restored_tables = list_tables(conn)
-            if manifest.get("tables") and not restored_tables:
-                findings.append(
-                    Finding(code="EMPTY_RESTORE", message=f"target {target.name}: the restore produced no tables", target=target.name)
-                )
-            conn.execute(
-                psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    psycopg.sql.Identifier(dbname), psycopg.sql.Literal(f"drdrill restored {point.id}")
-                )
-            )
-        return RestoredResource(
-            target=target.name,
-            provider="postgres",
-            id=f"{cluster.path}/{dbname}",
-            description=f"pg_restore -j {target.restore.jobs}, {len(restored_tables)} tables",
-            endpoint=endpoint,
-            details={"point": point.id, "exit_code": proc.returncode, "tables": len(restored_tables), "seconds": round(time.monotonic() - started, 3)},
-            findings=findings,
-        )
-
-    def _restore_base(self, ctx, target, point, cluster: LocalCluster, archive: Path, manifest: dict) -> RestoredResource:
-        """A base backup becomes its own cluster beside the drill's, on the same private socket."""
-        backup_major = int(str(manifest.get("server_version", "0")).split(".")[0])
-        ours = server_major()
-        if backup_major != ours:
-            raise ProviderError(
-                "VERSION_MISMATCH",
-                f"target {target.name}: base backup {point.id} is PostgreSQL {backup_major}, the restore binaries "
-                f"are {ours}: set DRDRILL_PG_BINDIR to PostgreSQL {backup_major} binaries",
-            )
-        port = 5433 + int(hashlib.sha256(target.name.encode()).hexdigest(), 16) % 1000
-        data = cluster.path / f"{target.name}-data"
-        dbname = target.source.database or manifest.get("database") or "postgres"
-        endpoint = {
-            "dsn": f"host={cluster.sock} port={port} user={manifest.get('connect_as', 'postgres')} dbname={dbname}",
-            "database": dbname,
-            "socket_dir": str(cluster.sock),
-        }
-        heartbeat({"target": target.name, "step": "copy base backup"})
-        if data.exists():  # a retried attempt starts over
-            subprocess.run([tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], capture_output=True)
-            shutil.rmtree(data)
-        started = time.monotonic()
-        shutil.copytree(archive, data, symlinks=True)
-        try:
-            adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target.name}.log")
-        except ClusterError as exc:
-            raise ProviderError("RESTORE_ERROR", f"target {target.name}: {exc}") from exc
-        return RestoredResource(
-            target=target.name,
-            provider="postgres",
-            id=str(data),
-            description=f"base backup started as its own cluster on the private socket (port {port})",
-            endpoint=endpoint,
-            details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base"},
-        )
+        return source_of(target).restore(ctx, target, point, LocalCluster(env.details["path"]))
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         def probe():
@@ -367,3 +189,8 @@ class PostgresProvider(Provider):
     def delete(self, resource: Resource) -> bool:
         """Stop every server running from the directory and remove it."""
         return LocalCluster(resource.id).destroy()
+
+
+def source_of(target: Any) -> RecoverySource:
+    """The RecoverySource for a postgres target's `source`."""
+    return DrdrillRepository()
