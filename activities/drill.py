@@ -196,8 +196,13 @@ class DrillActivities:
     @activity.defn(name="delete_orphan")
     def delete_orphan(self, inp: DeleteOrphanInput) -> DeletionOutcome:
         """What happened to the orphan: deleted, already gone, or refused (its tag changed). A
-        deletion that could not be done raises, and is retried; the sweep records it as failed."""
-        return self._call(family_of(inp.orphan.provider), None, "delete_orphan", inp.orphan)
+        deletion that could not be done raises, and is retried; the sweep records it as failed.
+        An answer of another type fails here, at once, rather than the workflow decoding it."""
+        family = family_of(inp.orphan.provider)
+        outcome = self._call(family, None, "delete_orphan", inp.orphan)
+        if not isinstance(outcome, DeletionOutcome):
+            raise ApplicationError(f"provider {family} answered {outcome!r}, not a DeletionOutcome", type="BAD_PROVIDER_ANSWER", non_retryable=True)
+        return outcome
 
     @activity.defn(name="record_evidence")
     def record_evidence(self, result: DrillResult) -> str:

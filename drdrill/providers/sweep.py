@@ -41,7 +41,7 @@ def sweep(
 def delete_one(provider: Provider, orphan: Orphan) -> DeletionOutcome:
     """The provider's outcome; an exception is a `failed` outcome: one stuck orphan must not hide the others."""
     try:
-        return provider.delete_orphan(orphan)
+        return DeletionOutcome.model_validate(provider.delete_orphan(orphan))
     except Exception as exc:  # noqa: BLE001 - reported, never swallowed: the sweep then fails
         return outcome_of(orphan, "failed", getattr(exc, "message", None) or str(exc) or type(exc).__name__)
 
