@@ -159,9 +159,16 @@ def test_postgres_refuses_a_cluster_whose_tag_changed_and_one_outside_its_root(t
     outside = _cluster_dir(tmp_path / f"drdrill-{drill}", drill, now)
     forged = provider.delete_orphan(orphan.model_copy(update={"id": str(outside)}))
     assert (forged.result, forged.reason) == ("refused", f"outside this worker's cluster root {cluster_root}")
-    ctx = DrillContext(drill_id=drill, drill_name="x", declared=now, expires_at=now + timedelta(hours=1))
-    env = Environment(family="postgres", drill_id=drill, id=str(outside), details={"path": str(outside)})
-    report = provider.teardown(ctx, env)
+    # Nor is a symlink in the root leading there: not listed, so no teardown follows it.
+    link = cluster_root / f"drdrill-{drill}-link"
+    link.symlink_to(outside)
+    try:
+        assert [o.id for o in provider.list_orphans(now, set())] == [str(mine)]
+        ctx = DrillContext(drill_id=drill, drill_name="x", declared=now, expires_at=now + timedelta(hours=1))
+        env = Environment(family="postgres", drill_id=drill, id=str(outside), details={"path": str(outside)})
+        report = provider.teardown(ctx, env)
+    finally:
+        link.unlink()
     assert report.refused == [f"cluster {outside} (outside this worker's cluster root {cluster_root})"]
     assert report.deleted == [] and outside.exists() and mine.exists()
 
