@@ -21,6 +21,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 from drdrill.core.paths import default_state_dir
 from drdrill.evidence.record import record_run
 from drdrill.core.models import (
+    DeletionOutcome,
     DrillContext,
     DrillResult,
     Environment,
@@ -193,8 +194,15 @@ class DrillActivities:
         return self._call(inp.family, None, "list_orphans", inp.now, set(inp.active_drill_ids))
 
     @activity.defn(name="delete_orphan")
-    def delete_orphan(self, inp: DeleteOrphanInput) -> str:
-        return self._call(family_of(inp.orphan.provider), None, "delete_orphan", inp.orphan)
+    def delete_orphan(self, inp: DeleteOrphanInput) -> DeletionOutcome:
+        """What happened to the orphan: deleted, already gone, or refused (its tag changed). A
+        deletion that could not be done raises, and is retried; the sweep records it as failed.
+        An answer of another type fails here, at once, rather than the workflow decoding it."""
+        family = family_of(inp.orphan.provider)
+        outcome = self._call(family, None, "delete_orphan", inp.orphan)
+        if not isinstance(outcome, DeletionOutcome):
+            raise ApplicationError(f"provider {family} answered {outcome!r}, not a DeletionOutcome", type="BAD_PROVIDER_ANSWER", non_retryable=True)
+        return outcome
 
     @activity.defn(name="record_evidence")
     def record_evidence(self, result: DrillResult) -> str:

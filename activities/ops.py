@@ -118,10 +118,11 @@ class OpsActivities:
 
     @activity.defn(name="record_sweep")
     def record_sweep(self, record: SweepRecord) -> str:
-        """Keep the sweep as evidence: <state_dir>/sweeps/<time>-<id>.json (and the evidence store, when there is one)."""
+        """Keep the sweep as evidence: <state_dir>/sweeps/<time>-<id>.json and the evidence store.
+        Metrics count every orphan found, and the `deleted` outcomes, per provider."""
         for a in record.actions:
             metrics.ORPHANS_FOUND.labels(provider=a.orphan.provider).inc()
-            if a.action.startswith("deleted"):
+            if a.outcome.result == "deleted":
                 metrics.ORPHANS_DELETED.labels(provider=a.orphan.provider).inc()
         folder = self.state_dir / "sweeps"
         folder.mkdir(parents=True, exist_ok=True)

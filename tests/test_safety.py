@@ -72,11 +72,14 @@ def test_teardown_deletes_only_what_carries_this_drills_tag(cloud, drill_id, env
         deleted = set(before) - set(after)
         for rid in deleted:
             assert _ours(before[rid], drill_id), f"teardown of {drill_id} deleted {rid} tagged {before[rid].get('tags')}"
-        # ...and everything it left in its environment that is not its own was reported as refused.
-        for rid in report.refused:
-            assert rid in after and not _ours(after[rid], drill_id)
-        # Nothing of its own survives a teardown.
-        assert not [rid for rid, rec in after.items() if _ours(rec, drill_id)]
+        # ...and everything it left in its environment that is not its own was reported as refused,
+        # as was a network of its own kept because something not its own was found.
+        refused = {o.id: o for o in report.outcomes if o.result == "refused"}
+        for rid, outcome in refused.items():
+            assert rid in after and outcome.reason
+            assert not _ours(after[rid], drill_id) or outcome.reason.startswith("kept:"), outcome
+        # Nothing else of its own survives a teardown.
+        assert not [rid for rid, rec in after.items() if _ours(rec, drill_id) and rid not in refused]
 
 
 @SAFETY
@@ -97,11 +100,13 @@ def test_sweep_never_deletes_an_untagged_resource_nor_an_active_drills(cloud, ac
         for rid in set(before) - set(after):
             t = before[rid].get("tags")
             assert isinstance(t, dict) and isinstance(t.get(TAG_DRILL_ID), str) and t[TAG_DRILL_ID], f"swept untagged {rid}: {t}"
-        for orphan, action in rows:
-            if action == "deleted":
+        for orphan, outcome in rows:
+            if outcome.result == "deleted":
                 drill = before[orphan.id]["tags"][TAG_DRILL_ID]
                 expires = before[orphan.id]["tags"].get(TAG_EXPIRES_AT)
                 assert drill not in active or expires == "2026-06-01T11:00:00Z", (drill, active, expires)
-        for orphan, action in forged_results:
-            if action == "deleted":
+        for orphan, outcome in forged_results:
+            if outcome.result == "deleted":
                 assert _ours(before[orphan.id], orphan.drill_id)
+            elif not _ours(before.get(orphan.id, {}), orphan.drill_id) and orphan.id in after:
+                assert outcome.result == "refused" and outcome.reason, outcome

@@ -90,7 +90,7 @@ def test_sweep_removes_what_an_ended_drill_left(temporal_server, tmp_path, aws):
     assert row.split()[:4] == ["aws", "vpc", vpc, ended] and "deleted" in row
     assert aws.tagged() == []
     (action,) = evidence_of(proc)["actions"]
-    assert action["orphan"]["id"] == vpc and "deleted" in action["action"]
+    assert action["orphan"]["id"] == vpc and action["outcome"]["result"] == "deleted"
 
 
 def test_without_temporal_the_sweep_takes_only_expired_resources(tmp_path, aws):

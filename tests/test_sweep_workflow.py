@@ -47,7 +47,7 @@ def test_sweep_removes_what_a_killed_drill_left_and_records_it(temporal_server, 
             return killed.id, alive.id, sweep, left, alive_result
 
     killed_id, alive_id, sweep, left_after_sweep, alive_result = asyncio.run(go())
-    assert [(a.orphan.drill_id, a.action) for a in sweep.actions] == [(killed_id, "deleted")]
+    assert [(a.orphan.drill_id, a.outcome.result) for a in sweep.actions] == [(killed_id, "deleted")]
     assert alive_id in sweep.active_drill_ids
     # The running drill kept its cluster through the sweep, and tore it down itself.
     assert len(left_after_sweep) == 1 and alive_id in left_after_sweep[0]
@@ -56,5 +56,5 @@ def test_sweep_removes_what_a_killed_drill_left_and_records_it(temporal_server, 
     # The sweep is evidence: a JSON record naming the orphan and what was done with it.
     record = json.loads((tmp_path / "sweeps").joinpath(sweep.evidence_path.rsplit("/", 1)[-1]).read_text())
     assert record["actions"][0]["orphan"]["drill_id"] == killed_id
-    assert record["actions"][0]["action"] == "deleted"
+    assert record["actions"][0]["outcome"]["result"] == "deleted"
     assert record["families"] == ["postgres"]

@@ -491,13 +491,13 @@ class DrillWorkflow:
                     message=f"teardown of {r.environment_id} succeeded on attempt {r.attempt}",
                 )
             )
-        refused = [x for r in reports for x in r.refused]
+        refused = [o for r in reports for o in r.outcomes if o.result == "refused"]
         if refused:
             self.findings.append(
                 Finding(
                     code="TEARDOWN_REFUSED_UNTAGGED",
                     severity="warning",
-                    message="left alone because they lack this drill's tag: " + ", ".join(refused),
+                    message="left alone, not provably this drill's: " + "; ".join(f"{o.label} ({o.reason or 'no reason given'})" for o in refused),
                 )
             )
         detail = "; ".join(

@@ -15,9 +15,11 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.drill import DeleteOrphanInput, ListOrphansInput
-    from drdrill.core.models import Orphan
+    from activities.drill import DeleteOrphanInput, DrillActivities, ListOrphansInput
+    from activities.ops import OpsActivities
+    from drdrill.core.models import DeletionOutcome, Orphan
     from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
+    from drdrill.providers.sweep import outcome_of
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5)
 
@@ -43,16 +45,14 @@ class OrphanSweepWorkflow:
         now = workflow.now()
         rec = SweepRecord(sweep_id=info.workflow_id, run_id=info.run_id, started=now, ended=now, families=inp.families, dry_run=inp.dry_run)
         self._record = rec
-        active = await workflow.execute_activity(
-            "active_drill_ids", result_type=list[str], start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY
+        rec.active_drill_ids = await workflow.execute_activity_method(
+            OpsActivities.active_drill_ids, start_to_close_timeout=timedelta(minutes=2), retry_policy=RETRY
         )
-        rec.active_drill_ids = active
         for family in inp.families:
             try:
-                orphans: list[Orphan] = await workflow.execute_activity(
-                    "list_orphans",
-                    ListOrphansInput(family=family, now=now, active_drill_ids=active),
-                    result_type=list[Orphan],
+                orphans: list[Orphan] = await workflow.execute_activity_method(
+                    DrillActivities.list_orphans,
+                    ListOrphansInput(family=family, now=now, active_drill_ids=rec.active_drill_ids),
                     start_to_close_timeout=timedelta(minutes=10),
                     retry_policy=RETRY,
                 )
@@ -60,26 +60,25 @@ class OrphanSweepWorkflow:
                 rec.errors.append(f"{family}: could not list orphans: {_describe(exc)}")
                 continue
             for orphan in orphans:
-                if inp.dry_run:
-                    rec.actions.append(SweepAction(orphan=orphan, action="would delete"))
-                    continue
-                try:
-                    action = await workflow.execute_activity(
-                        "delete_orphan",
-                        DeleteOrphanInput(orphan=orphan),
-                        result_type=str,
-                        start_to_close_timeout=timedelta(minutes=30),
-                        retry_policy=RETRY,
-                    )
-                except ActivityError as exc:
-                    action = f"failed: {_describe(exc)}"
-                rec.actions.append(SweepAction(orphan=orphan, action=action))
+                outcome = outcome_of(orphan, "would_delete") if inp.dry_run else await self._delete(orphan)
+                rec.actions.append(SweepAction(orphan=orphan, outcome=outcome))
         rec.ended = workflow.now()
-        rec.evidence_path = await workflow.execute_activity(
-            "record_sweep",
+        rec.evidence_path = await workflow.execute_activity_method(
+            OpsActivities.record_sweep,
             rec,
-            result_type=str,
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=20),
         )
         return rec
+
+    async def _delete(self, orphan: Orphan) -> DeletionOutcome:
+        """The provider's outcome; a delete that keeps failing is a `failed` outcome, and the sweep goes on."""
+        try:
+            return await workflow.execute_activity_method(
+                DrillActivities.delete_orphan,
+                DeleteOrphanInput(orphan=orphan),
+                start_to_close_timeout=timedelta(minutes=30),
+                retry_policy=RETRY,
+            )
+        except ActivityError as exc:
+            return outcome_of(orphan, "failed", _describe(exc))

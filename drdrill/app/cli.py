@@ -368,10 +368,9 @@ def sweep(
 
     Runs the OrphanSweepWorkflow, which asks Temporal which drills are running and leaves their
     resources alone. Without Temporal, only resources whose expiry has passed are considered.
+    Exits 4 when a deletion failed or was refused, or a provider could not be listed.
     """
     from temporalio.client import WorkflowFailureError
-
-    from drdrill.providers.sweep import failed
 
     families = _sweep_families(providers)
     try:
@@ -380,7 +379,7 @@ def sweep(
         err.print(f"the sweep did not finish: {exc.cause or exc}", markup=False)
         raise typer.Exit(4)
     _print_sweep(record)
-    if record.errors or failed([(a.orphan, a.action) for a in record.actions]):
+    if record.errors or any(a.failed for a in record.actions):
         raise typer.Exit(4)
 
 
@@ -446,7 +445,7 @@ def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
         finally:
             if provider is not None:
                 provider.close()
-        record.actions += [SweepAction(orphan=o, action=a) for o, a in rows]
+        record.actions += [SweepAction(orphan=o, outcome=outcome) for o, outcome in rows]
     record.ended = datetime.now(timezone.utc)
     record.evidence_path = OpsActivities(state_dir=str(state_dir())).record_sweep(record)
     return record
@@ -457,11 +456,13 @@ def _print_sweep(record) -> None:
 
     if record.actions:
         table = Table(box=None, header_style="bold")
-        for col in ("provider", "kind", "id", "drill", "action"):
+        for col in ("provider", "kind", "id", "drill", "outcome", "reason"):
             table.add_column(col)
         for a in record.actions:
-            o = a.orphan
-            table.add_row(escape(o.provider), escape(o.kind), escape(o.id), escape(o.drill_id), escape(a.action))
+            o, outcome = a.orphan, a.outcome
+            result = outcome.result.replace("_", " ")
+            shown = f"[red]{result}[/]" if a.failed else result
+            table.add_row(escape(o.provider), escape(o.kind), escape(o.id), escape(o.drill_id), shown, escape(outcome.reason))
         console.print(table)
     else:
         console.print("no orphans")

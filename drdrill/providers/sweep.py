@@ -7,11 +7,14 @@ Providers only ever list resources carrying drdrill's tags, and re-check the tag
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Iterable
 
-from drdrill.core.models import Orphan
+from drdrill.core.models import DeletionOutcome, DeletionResult, Orphan
+from drdrill.core.times import parse_time
 from drdrill.providers.base import Provider
+
+Row = tuple[Orphan, DeletionOutcome]
 
 
 def sweep(
@@ -20,25 +23,32 @@ def sweep(
     active_drill_ids: Iterable[str] = (),
     dry_run: bool = False,
     expired_only: bool = False,
-) -> list[tuple[Orphan, str]]:
-    """[(orphan, action)] for every orphan of every provider; deletes unless `dry_run`.
+) -> list[Row]:
+    """[(orphan, outcome)] for every orphan of every provider; deletes unless `dry_run`.
 
     `expired_only` is for a sweep that cannot tell which drills are running (Temporal is out of
     reach): every drill then counts as running, so only a resource whose `drdrill:expires-at` has
     passed is an orphan, and one without an expiry is never taken.
     """
     active = set(active_drill_ids)
-    out: list[tuple[Orphan, str]] = []
+    out: list[Row] = []
     for family, provider in providers.items():
         for orphan in _orphans(provider, now, active, expired_only):
-            if dry_run:
-                out.append((orphan, "would delete"))
-                continue
-            try:
-                out.append((orphan, provider.delete_orphan(orphan)))
-            except Exception as exc:  # noqa: BLE001 - one stuck orphan must not hide the others
-                out.append((orphan, f"failed: {exc}"))
+            out.append((orphan, outcome_of(orphan, "would_delete") if dry_run else delete_one(provider, orphan)))
     return out
+
+
+def delete_one(provider: Provider, orphan: Orphan) -> DeletionOutcome:
+    """The provider's outcome; an exception is a `failed` outcome: one stuck orphan must not hide the others."""
+    try:
+        return DeletionOutcome.model_validate(provider.delete_orphan(orphan))
+    except Exception as exc:  # noqa: BLE001 - reported, never swallowed: the sweep then fails
+        return outcome_of(orphan, "failed", getattr(exc, "message", None) or str(exc) or type(exc).__name__)
+
+
+def outcome_of(orphan: Orphan, result: DeletionResult, reason: str = "") -> DeletionOutcome:
+    """The outcome for `orphan` when the provider did not give one (a dry run, a failure)."""
+    return DeletionOutcome(kind=orphan.kind, id=orphan.id, result=result, reason=reason, region=orphan.region)
 
 
 def _orphans(provider: Provider, now: datetime, active: set[str], expired_only: bool) -> list[Orphan]:
@@ -50,14 +60,10 @@ def _orphans(provider: Provider, now: datetime, active: set[str], expired_only: 
 
 
 def _expired(orphan: Orphan, now: datetime) -> bool:
-    expires = orphan.expires_at
-    if expires is None:
-        return False
-    if expires.tzinfo is None:
-        expires = expires.replace(tzinfo=timezone.utc)  # tags are written in UTC
-    return expires < now
+    expires = parse_time(orphan.expires_at)  # tags are written in UTC
+    return expires is not None and expires < now
 
 
-def failed(rows: list[tuple[Orphan, str]]) -> list[tuple[Orphan, str]]:
+def failed(rows: list[Row]) -> list[Row]:
     """The rows whose deletion failed or was refused (a sweep with any of these exits non-zero)."""
-    return [(o, a) for o, a in rows if a.startswith("failed") or a.startswith("refused")]
+    return [(o, outcome) for o, outcome in rows if outcome.result in ("failed", "refused")]

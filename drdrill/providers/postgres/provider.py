@@ -166,7 +166,8 @@ class PostgresProvider(Provider):
     def inventory(self, drill_id: Optional[str] = None, env: Optional[Environment] = None) -> list[Resource]:
         root = self.root
         found = []
-        for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        # drdrill creates real directories only: a symlink (perhaps to somewhere else) is not ours.
+        for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()):
             tags = LocalCluster(d).tags()
             if require_drill_tag(tags, drill_id):
                 found.append(Resource(CLUSTER, str(d), tags=dict(tags), scope=str(root)))  # type: ignore[arg-type]
