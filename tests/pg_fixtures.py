@@ -84,6 +84,8 @@ def clusters_left(root: Path) -> list[str]:
     from drdrill.providers.postgres.cluster import LocalCluster
 
     left = []
+    if not root.exists():  # a host whose worker never created a cluster
+        return left
     for p in root.iterdir():
         tags = LocalCluster(p).tags() if p.is_dir() else None
         if tags and tags.get("drdrill:drill-id"):
