@@ -7,9 +7,8 @@ Temporal samples do. Activities are synchronous (the SDKs are) and run in the wo
 from __future__ import annotations
 
 import logging
-import os
 import threading
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -19,7 +18,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from drdrill.core.paths import default_state_dir
+from drdrill.evidence.history import restore_history
 from drdrill.evidence.record import record_run
+from drdrill.providers.readiness import expecting_ready_in
 from drdrill.core.models import (
     DeletionOutcome,
     DrillContext,
@@ -67,6 +68,9 @@ class WaitReadyInput(BaseModel):
     target: Target
     resource: RestoredResource
     timeout_seconds: float
+    # When the target's restore started: earlier drills' restore → ready times then say when it
+    # should be ready, and readiness polling is dense around that moment (providers/readiness.py).
+    restore_started: Optional[datetime] = None
 
 
 class TeardownInput(BaseModel):
@@ -165,9 +169,26 @@ class DrillActivities:
 
     @activity.defn(name="wait_ready")
     def wait_ready(self, inp: WaitReadyInput) -> RestoredResource:
-        return self._call(
-            family_of(inp.target.provider), inp.target.name, "wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds
-        )
+        history = None
+        if inp.restore_started is not None:
+            history = restore_history(self.state_dir, inp.ctx.drill_name, inp.target.name, provider=family_of(inp.target.provider))
+        if history is None:  # the target's first drill here: no prior
+            return self._call(
+                family_of(inp.target.provider), inp.target.name, "wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds
+            )
+        elapsed = (datetime.now(timezone.utc) - inp.restore_started).total_seconds()
+        with expecting_ready_in(max(0.0, history.typical - elapsed), history.spread):
+            ready: RestoredResource = self._call(
+                family_of(inp.target.provider), inp.target.name, "wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds
+            )
+        # What the readiness polling expected, for the evidence: the RTO's detection delay is
+        # smallest around this moment.
+        ready.details["readiness_prior"] = {
+            "expected_seconds": round(history.typical, 3),
+            "spread_seconds": round(history.spread, 3),
+            "earlier_runs": history.runs,
+        }
+        return ready
 
     @activity.defn(name="teardown")
     def teardown(self, inp: TeardownInput) -> TeardownReport:

@@ -370,6 +370,7 @@ class DrillWorkflow:
         point = self.points[target.name]
         timeout = target.restore.timeout
         self._target(target.name, "restore")
+        restore_started = workflow.now()
         try:
             resource: RestoredResource = await workflow.execute_activity_method(
                 DrillActivities.restore,
@@ -385,7 +386,9 @@ class DrillWorkflow:
             self._target(target.name, "wait ready")
             resource = await workflow.execute_activity_method(
                 DrillActivities.wait_ready,
-                WaitReadyInput(ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds()),
+                WaitReadyInput(
+                    ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds(), restore_started=restore_started
+                ),
                 task_queue=self._queue(target.family),
                 start_to_close_timeout=timeout + timedelta(minutes=1),
                 heartbeat_timeout=self.heartbeat,
@@ -400,6 +403,9 @@ class DrillWorkflow:
             known = {(f.code, f.message) for f in self.findings}
             self.findings.extend(f for f in resource.findings if (f.code, f.message) not in known)
         self.restored[target.name] = resource
+        # The target's own restore span (restore started → ready noticed): the next drill of this
+        # target expects its readiness around the same time (drdrill.evidence.history).
+        self._event("restore", restore_started, workflow.now(), "PASSED", target=target.name, detail=resource.description or resource.id)
         self._target(target.name, "ready", "PASSED", resource.description or resource.id)
         return True
 
