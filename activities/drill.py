@@ -32,7 +32,9 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
-from drdrill.providers import family_of, load_provider
+from drdrill.core.redact import redact
+from drdrill.notify import alert_failing_teardown
+from drdrill.providers import HOST_BOUND, family_of, load_provider
 from drdrill.providers.base import Provider, ProviderError
 from drdrill.core.spec import IsolationSpec, Target
 
@@ -92,8 +94,6 @@ class DeleteOrphanInput(BaseModel):
 
 def provider_failure(exc: Exception, target: Optional[str] = None) -> ApplicationError:
     """Turn a provider exception into the ApplicationError Temporal records (with a stable type)."""
-    from drdrill.core.redact import redact
-
     if isinstance(exc, ApplicationError):
         return exc
     # Redacted here, at the source: the message becomes a finding, the workflow history and the logs.
@@ -147,8 +147,6 @@ class DrillActivities:
         """The task queue of this worker's host, for a family whose resources live on the host
         (postgres clusters): the workflow then runs every activity of that family there, so the
         restore, the checks and the teardown all see the same disk. "" when any worker will do."""
-        from drdrill.providers import HOST_BOUND
-
         return self.host_queue if family in HOST_BOUND else ""
 
     @activity.defn(name="find_recovery_point")
@@ -198,8 +196,6 @@ class DrillActivities:
         try:
             report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
         except ApplicationError as exc:
-            from drdrill.notify import alert_failing_teardown
-
             alert_failing_teardown(inp.alert_webhooks_env, inp.ctx.drill_id, inp.ctx.drill_name, inp.env.id, attempt, exc.message)
             # Teardown is retried until it succeeds, whatever the provider calls the error (an
             # ACCESS_DENIED while a role propagates, a resource still in use): giving up leaks
@@ -234,7 +230,5 @@ class DrillActivities:
 
 
 def _quotes_a_secret(exc: BaseException) -> bool:
-    from drdrill.core.redact import redact
-
     text = str(exc)
     return redact(text) != text

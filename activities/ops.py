@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -37,8 +36,7 @@ from drdrill.core.operations import (
     limiter_workflow_id,
 )
 from drdrill.core.paths import default_state_dir
-from drdrill.core.redact import redact_obj
-from drdrill.evidence.store import record_sweep as store_sweep
+from drdrill.evidence.record import record_sweep
 
 log = logging.getLogger("drdrill.ops")
 
@@ -124,17 +122,7 @@ class OpsActivities:
             metrics.ORPHANS_FOUND.labels(provider=a.orphan.provider).inc()
             if a.outcome.result == "deleted":
                 metrics.ORPHANS_DELETED.labels(provider=a.orphan.provider).inc()
-        folder = self.state_dir / "sweeps"
-        folder.mkdir(parents=True, exist_ok=True)
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", record.sweep_id)
-        path = folder / f"{record.started:%Y%m%dT%H%M%SZ}-{safe}.json"
-        record.evidence_path = str(path)
-        data = redact_obj(record.model_dump(mode="json"))
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-        tmp.replace(path)
-        _store_sweep(data)
-        return str(path)
+        return record_sweep(self.state_dir, record)
 
     @activity.defn(name="observe_result")
     def observe_result(self, result: DrillResult) -> None:
@@ -142,10 +130,3 @@ class OpsActivities:
         metrics.observe_result(result)
 
 
-
-def _store_sweep(data: dict) -> None:
-    """Also keep the sweep in the evidence store (the JSON file is the record; the store a copy)."""
-    try:
-        store_sweep(data)
-    except Exception:  # noqa: BLE001 - never lose the file because the store is down
-        log.exception("could not copy the sweep into the evidence store")

@@ -25,15 +25,20 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from drdrill.app import cli_check, cli_evidence, cli_schedule
 from drdrill.app.demo import sample_production
-from drdrill.app.runtime import EmbeddedBusy, temporal
+from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.simulate import simulated
 from drdrill.app.temporal import task_queue
 from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
+from drdrill.evidence.record import record_sweep
 from drdrill.core.spec import AwareTime, DrillSpec, SpecError, format_duration, load_spec
+from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
+from drdrill.providers.sweep import sweep as do_sweep
 from workflows.drill import DrillWorkflow
+from workflows.sweep import OrphanSweepWorkflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
 # Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
@@ -370,8 +375,6 @@ def sweep(
     resources alone. Without Temporal, only resources whose expiry has passed are considered.
     Exits 4 when a deletion failed or was refused, or a provider could not be listed.
     """
-    from temporalio.client import WorkflowFailureError
-
     families = _sweep_families(providers)
     try:
         record = asyncio.run(_sweep(families, dry_run, worker or None))
@@ -384,8 +387,6 @@ def sweep(
 
 
 def _sweep_families(providers: List[str]) -> list[str]:
-    from drdrill.providers import FAMILIES
-
     families = list(dict.fromkeys(providers))
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
@@ -397,21 +398,13 @@ def _sweep_families(providers: List[str]) -> list[str]:
 async def _sweep(families: list[str], dry_run: bool, with_worker: Optional[bool]):
     """The sweep's record: from the OrphanSweepWorkflow, or, when Temporal cannot be reached, from
     an in-process sweep that takes only expired resources (it cannot tell which drills run)."""
-    from drdrill.core.operations import SweepInput, SweepRecord
-    from drdrill.app.runtime import EmbeddedBusy, temporal
-    from drdrill.app.temporal import task_queue
-
     sweep_id = f"drdrill-sweep-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
     reached = False
     try:
         async with temporal(with_worker=with_worker) as client:
             reached = True
             return await client.execute_workflow(
-                "OrphanSweepWorkflow",
-                SweepInput(families=families, dry_run=dry_run),
-                id=sweep_id,
-                task_queue=task_queue(),
-                result_type=SweepRecord,
+                OrphanSweepWorkflow.run, SweepInput(families=families, dry_run=dry_run), id=sweep_id, task_queue=task_queue()
             )
     except (EmbeddedBusy, RuntimeError) as exc:  # connect and the embedded server raise RuntimeError
         if reached:
@@ -426,12 +419,6 @@ async def _sweep(families: list[str], dry_run: bool, with_worker: Optional[bool]
 
 def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
     """Sweep in this process, counting every drill as running; recorded as evidence like any sweep."""
-    from activities.ops import OpsActivities
-    from drdrill.core.operations import SweepAction, SweepRecord
-    from drdrill.providers import load_provider
-    from drdrill.providers.sweep import sweep as do_sweep
-    from drdrill.app.runtime import state_dir
-
     now = datetime.now(timezone.utc)
     record = SweepRecord(sweep_id=sweep_id, started=now, ended=now, families=families, dry_run=dry_run)
     for family in families:
@@ -447,13 +434,11 @@ def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
                 provider.close()
         record.actions += [SweepAction(orphan=o, outcome=outcome) for o, outcome in rows]
     record.ended = datetime.now(timezone.utc)
-    record.evidence_path = OpsActivities(state_dir=str(state_dir())).record_sweep(record)
+    record.evidence_path = record_sweep(state_dir(), record)
     return record
 
 
 def _print_sweep(record) -> None:
-    from rich.markup import escape
-
     if record.actions:
         table = Table(box=None, header_style="bold")
         for col in ("provider", "kind", "id", "drill", "outcome", "reason"):

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Optional
 
 from drdrill.core.models import DrillResult
+from drdrill.core.operations import SweepRecord
+from drdrill.core.redact import redact_obj
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.render import render_drill_html, render_junit
 from drdrill.evidence.store import open_store
+
+log = logging.getLogger("drdrill.evidence")
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -52,3 +58,21 @@ def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) 
             if stored.get("record_hash") != doc["record_hash"]:
                 path = write_evidence_file(state_dir, result, stored)
     return path
+
+
+def record_sweep(state_dir: Path, record: SweepRecord) -> str:
+    """Keep an orphan sweep as evidence: <state_dir>/sweeps/<time>-<id>.json (redacted), and a copy
+    in the evidence store. The file is the record: a store that is down loses nothing. Returns its path."""
+    folder = Path(state_dir) / "sweeps"
+    folder.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", record.sweep_id)
+    path = folder / f"{record.started:%Y%m%dT%H%M%SZ}-{safe}.json"
+    record.evidence_path = str(path)
+    data = redact_obj(record.model_dump(mode="json"))
+    _atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
+    try:
+        with open_store() as store:
+            store.record_sweep(data)
+    except Exception:  # noqa: BLE001 - never lose the file because the store is down
+        log.exception("could not copy the sweep into the evidence store")
+    return str(path)

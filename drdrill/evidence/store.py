@@ -32,7 +32,10 @@ from typing import Iterator, Optional
 
 import psycopg
 
+from drdrill.core.paths import default_state_dir
+from drdrill.core.redact import redact
 from drdrill.evidence.chain import canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
+from drdrill.providers.postgres.cluster import LocalCluster, cluster_root, run_user
 
 SCHEMA = "drdrill_evidence"
 EMBEDDED_DB = "drdrill_evidence"
@@ -154,9 +157,6 @@ def store_home(state_dir: Optional[str | Path] = None) -> Path:
     One exception: as root, the server runs as an unprivileged user, which cannot enter root's
     private home (0700). Rather than open root's home to every user, the store of root's default
     state directory (~/.local/state/drdrill) lives in /var/lib/drdrill/evidence."""
-    from drdrill.core.paths import default_state_dir
-    from drdrill.providers.postgres.cluster import run_user
-
     state = Path(state_dir or default_state_dir()).expanduser().resolve()
     if run_user() is not None and state == _default_state_in_home():
         return ROOT_STORE_HOME
@@ -177,8 +177,6 @@ def embedded_cluster(state_dir: Optional[str | Path] = None):
     reboot, and each state directory has its own. Its Unix socket must stay short (~107 bytes), so
     it lives under the cluster root, in a directory named after a hash of the store's home: two
     state directories never share a socket or a server."""
-    from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
-
     home = store_home(state_dir)
     cluster = LocalCluster(cluster_root() / f"evidence-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}")
     cluster.data = home / "pgdata"
@@ -251,8 +249,6 @@ def _prepare_home(home: Path) -> None:
     directory inside it: the home is 0711 (root's, traversable, not listable) and every directory
     above it that this user cannot enter gets the search (x) permission it lacks, and only that:
     nothing becomes listable or readable. Each such change is logged."""
-    from drdrill.providers.postgres.cluster import run_user
-
     user = run_user()
     home.mkdir(mode=0o711 if user else 0o700, parents=True, exist_ok=True)
     if user is None:
@@ -280,9 +276,6 @@ def _note_old_layout(cluster) -> None:
     if old in _noted_old or not old.is_dir():
         return
     _noted_old.add(old)
-    from drdrill.core.paths import default_state_dir
-    from drdrill.providers.postgres.cluster import LocalCluster
-
     previous = LocalCluster(old)
     if not previous.data.exists():  # as a non-root user, the old layout kept its data in the state directory
         previous.data = Path(default_state_dir()).expanduser() / "evidence-pgdata"
@@ -370,12 +363,6 @@ def evidence_dsn() -> str:
     return os.environ.get("DRDRILL_EVIDENCE_DSN") or embedded_dsn()
 
 
-def record_sweep(record: dict) -> bool:
-    """Keep an orphan sweep in the evidence store (DRDRILL_EVIDENCE_DSN or the embedded one)."""
-    with open_store() as store:
-        return store.record_sweep(record)
-
-
 @contextmanager
 def open_store(dsn: Optional[str] = None) -> Iterator["EvidenceStore"]:
     store = EvidenceStore(dsn or evidence_dsn())
@@ -398,8 +385,6 @@ class EvidenceStore:
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
         except psycopg.OperationalError as exc:
-            from drdrill.core.redact import redact
-
             raise EvidenceStoreError(f"cannot reach the evidence store: {redact(str(exc)).strip()}") from None
 
     def close(self) -> None:

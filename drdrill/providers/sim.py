@@ -70,6 +70,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
+from drdrill.core.spec import parse_duration
 from drdrill.core.models import (
     TAG_DRILL_ID,
     DrillContext,
@@ -193,8 +194,6 @@ def _seconds(value: Any) -> float:
     if isinstance(value, (int, float)):
         return float(value)
     # ISO 8601 ("PT2S") after a round trip through JSON
-    from drdrill.core.spec import parse_duration
-
     return parse_duration(value).total_seconds()
 
 
