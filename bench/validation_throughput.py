@@ -1,6 +1,6 @@
 """Benchmark 4: data validation throughput.
 
-drdrill's checksum validation (activities/validation.py check_checksum: per table count(*) and
+drdrill's checksum validation (drdrill/validation.py check_checksum: per table count(*) and
 sum(hashtextextended(row::text, 0)), tables in parallel connections) on a generated database,
 against (a) `pg_dump | sha256sum`, the common alternative, and (b) the physical limit, a parallel
 sequential scan (SELECT count(*) per table, same connections). Throughput = bytes of table data

@@ -1,7 +1,7 @@
 """DrillWorkflow: one disaster-recovery drill, from declared disaster to torn-down evidence.
 
 Deterministic orchestration only: no I/O, time only from `workflow.now()`. Every side effect is an
-activity (activities/drill.py, activities/validation.py); what the outcome means is judged by
+activity (activities/drill.py, activities/validation.py: adapters over drdrill/providers and drdrill/validation.py); what the outcome means is judged by
 drdrill/core/judging.py. Teardown always runs: on success, failure, cancellation, timeout
 (max_duration) and, because Temporal replays the workflow on another worker, after a worker crash.
 """

@@ -1,7 +1,7 @@
 """CLI commands for operating drills: `drdrill schedule …`, `drdrill release`, `drdrill extend`.
 
 Registered by drdrill.app.cli through `register(app)`. They talk to the Temporal service named by
-TEMPORAL_ADDRESS (or the embedded one, see drdrill/runtime.py).
+TEMPORAL_ADDRESS (or the embedded one, see drdrill/app/runtime.py).
 """
 
 from __future__ import annotations

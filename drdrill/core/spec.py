@@ -311,7 +311,7 @@ class SimLatency(Strict):
 
 
 class SimFaults(Strict):
-    """Injected faults of a simulated target (see activities/providers/sim.py). Counts are kept in
+    """Injected faults of a simulated target (see drdrill/providers/sim.py). Counts are kept in
     the shared state file, so they hold across retries and worker processes."""
 
     throttle: int = Field(0, ge=0, le=1000, description="the first N calls of each operation raise a retryable THROTTLED")
@@ -338,7 +338,7 @@ class SimSource(Strict):
     point_interval: Duration = timedelta(hours=1)
     restore_time: Duration = timedelta(seconds=1)
     ready_after: Duration = timedelta(seconds=0)
-    faults: SimFaults = Field(default_factory=SimFaults, description="injected faults, see activities/providers/sim.py")
+    faults: SimFaults = Field(default_factory=SimFaults, description="injected faults, see drdrill/providers/sim.py")
 
     @field_validator("point_interval")
     @classmethod

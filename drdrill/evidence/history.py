@@ -3,7 +3,7 @@
 `poll_until` polls sparsely early and densely around the expected finish when it knows how long
 the restore should take (drdrill/providers/readiness.py). That expectation comes from the
 evidence of earlier runs of the same drill: `<state_dir>/runs/<drill id>/evidence.json`
-(activities/evidence.py), whose `timeline` holds, per target, a "ready" event with the target's
+(drdrill/evidence/chain.py), whose `timeline` holds, per target, a "ready" event with the target's
 name, and the run's "restore" stage event, which starts when the restores start.
 
 One earlier run gives one duration, restore start → ready:

@@ -4,7 +4,7 @@ A drill measures its RTO when it *notices* that a restored resource is ready, so
 delay (ready → noticed) is an error in the RTO. Polling often keeps that error small but costs
 provider API calls, and a drill fleet that polls too often gets throttled. `ReadinessSchedule`
 says how long a wait sleeps before its next probe. It is pure (no clock, no SDK, no Temporal):
-`poll_until` (activities/providers/base.py) gives it the time waited and the number of probes.
+`poll_until` (drdrill/providers/base.py) gives it the time waited and the number of probes.
 
 The yardstick is polling every 15 s (the boto3 waiters' default). What the schedule guarantees,
 with the default parameters (bench/readiness.py measures it):
