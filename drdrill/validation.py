@@ -23,9 +23,17 @@ import psycopg
 from pydantic import BaseModel
 
 from drdrill.core.models import Finding, RecoveryPoint, RestoredResource, ValidationResult
-from drdrill.providers.postgres.data import fingerprints_parallel, table_ident
+from drdrill.providers.postgres.data import fingerprints_parallel, list_tables, table_ident
 from drdrill.core.progress import heartbeat
 from drdrill.core.spec import Validation, format_duration
+
+
+class VolumeBaseline(BaseModel):
+    """A target's row counts in an earlier run: what a `volume` check compares with."""
+
+    drill_id: str
+    declared: datetime
+    rows: dict[str, int]
 
 
 class ValidateInput(BaseModel):
@@ -35,6 +43,12 @@ class ValidateInput(BaseModel):
     point: Optional[RecoveryPoint] = None
     declared: datetime
     rpo_objective_seconds: float
+    # Whose earlier runs a `volume` check compares with (the workflow sets it).
+    drill_name: Optional[str] = None
+    # For `volume`, filled in from the evidence by the validate activity (this layer reads no
+    # evidence): the counts of the last PASSED run, or why the earlier runs could not be read.
+    baseline: Optional[VolumeBaseline] = None
+    baseline_problem: Optional[str] = None
 
 
 class CouldNotVerify(Exception):
@@ -44,9 +58,10 @@ class CouldNotVerify(Exception):
     False when trying again cannot help (no manifest to compare with, a query that does not parse).
     """
 
-    def __init__(self, message: str, retry: bool = True):
+    def __init__(self, message: str, retry: bool = True, measured: Optional[dict] = None):
         super().__init__(message)
         self.retry = retry
+        self.measured = measured or {}  # what the check did measure (a volume check's first counts)
 
 
 class Failed(Exception):
@@ -130,6 +145,7 @@ def run_validation(inp: ValidateInput, connect_timeout: float = 10.0) -> Validat
             last_error = str(exc)
         except CouldNotVerify as exc:
             result.outcome, result.detail = "COULD_NOT_VERIFY", str(exc)
+            result.measured.update(exc.measured)
             last_error = str(exc)
             if not exc.retry or time.monotonic() >= deadline:
                 break
@@ -146,6 +162,8 @@ def run_validation(inp: ValidateInput, connect_timeout: float = 10.0) -> Validat
     result.measured = redact_obj(result.measured)
     if result.outcome == "FAILED" and v.type == "checksum":
         result.findings.append(Finding(code="CHECKSUM_MISMATCH", message=result.detail, target=result.target))
+    if result.outcome == "FAILED" and v.type == "volume":
+        result.findings.append(Finding(code="VOLUME_DROPPED", message=result.detail, target=result.target))
     return result
 
 
@@ -201,9 +219,39 @@ def _manifest(inp: ValidateInput) -> dict:
     return inp.point.metadata.get("manifest", {}) or {}
 
 
+HOW_TO_GET_A_MANIFEST = (
+    "take the backups with `drdrill backup` (format custom or directory): it records every table's rows and "
+    "content checksum in the dump's own snapshot; without one, prove the data with row_count min, sql, freshness or volume"
+)
+
+
+def _manifest_tables(inp: ValidateInput, what: str) -> dict:
+    """The manifest's per-table counts and checksums; a point without them cannot be compared with
+    (COULD_NOT_VERIFY, never a pass), and the message says how to get them."""
+    manifest = _manifest(inp)
+    point = inp.point.id if inp.point is not None else "the recovery point"
+    if not manifest:
+        raise CouldNotVerify(
+            f"{what}: recovery point {point} has no manifest of table checksums to compare with (it was not taken by "
+            f"`drdrill backup`): {HOW_TO_GET_A_MANIFEST}",
+            retry=False,
+        )
+    if manifest.get("format") == "base":
+        raise CouldNotVerify(
+            f"{what}: recovery point {point} is a base backup (a physical copy), with no manifest of table checksums to "
+            f"compare with: {HOW_TO_GET_A_MANIFEST}",
+            retry=False,
+        )
+    tables = manifest.get("tables")
+    if not tables:
+        raise CouldNotVerify(f"{what}: the manifest of recovery point {point} lists no tables to compare with", retry=False)
+    return tables
+
+
 def check_row_count(inp: ValidateInput, ct: float):
     v = inp.validation
     table = v.table if "." in v.table else f"public.{v.table}"
+    tables = _manifest_tables(inp, "equals_manifest") if v.equals_manifest else {}
     with _connect(inp, ct) as conn:
         try:
             from psycopg import sql
@@ -216,7 +264,6 @@ def check_row_count(inp: ValidateInput, ct: float):
         ok = ok and rows >= v.min
         parts.append(f"min {v.min}")
     if v.equals_manifest:
-        tables = _manifest(inp).get("tables", {})
         if table not in tables:
             raise CouldNotVerify(f"the recovery point's manifest has no count for {table}", retry=False)
         expected = tables[table]["rows"]
@@ -227,10 +274,7 @@ def check_row_count(inp: ValidateInput, ct: float):
 
 def check_checksum(inp: ValidateInput, ct: float):
     v = inp.validation
-    manifest = _manifest(inp)
-    tables = manifest.get("tables")
-    if not tables:
-        raise CouldNotVerify("the recovery point has no manifest of table checksums to compare with", retry=False)
+    tables = _manifest_tables(inp, "checksum")
     wanted = v.tables or list(tables)
     wanted = [t if "." in t else f"public.{t}" for t in wanted]
     missing_in_manifest = [t for t in wanted if t not in tables]
@@ -291,6 +335,65 @@ def check_freshness(inp: ValidateInput, ct: float):
     limit = v.max_lag.total_seconds() if v.max_lag is not None else inp.rpo_objective_seconds
     detail = f"newest {table}.{v.column} is {format_duration(lag)} before the disaster (limit {format_duration(limit)})"
     return detail, {"newest": newest.isoformat(), "rpo_seconds": max(0.0, lag)}, lag <= limit
+
+
+def check_volume(inp: ValidateInput, ct: float):
+    """Each table's rows now against the last PASSED run of the drill (`inp.baseline`): a table that
+    lost more than the tolerance fails, naming both counts; growth and new tables never do. The
+    counts are measured (and recorded) even when there is nothing to compare with yet, so the first
+    run becomes the baseline of the next."""
+    v = inp.validation
+    base = inp.baseline
+    with _connect(inp, ct) as conn:
+        try:
+            present = list_tables(conn)
+            named = [t if "." in t else f"public.{t}" for t in v.tables] if v.tables else None
+            wanted = named or sorted(set(present) | set(base.rows if base else {}))
+            counts = {}
+            for t in wanted:
+                if t in present:
+                    heartbeat({"check": inp.name, "table": t})
+                    counts[t] = conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(table_ident(t))).fetchone()[0]
+        except psycopg.Error as exc:
+            raise _query_error(exc) from exc
+    absent = [t for t in named or [] if t not in present and not (base and t in base.rows)]
+    if absent:
+        raise Failed(f"the restored data lacks {', '.join(absent)}")
+    measured: dict[str, Any] = {"tables": counts, "tolerance_percent": v.tolerance}
+    if inp.baseline_problem:
+        raise CouldNotVerify(inp.baseline_problem, retry=False, measured=measured)
+    if base is None:
+        measured["first_run"] = True
+        raise CouldNotVerify(
+            f"first run: no earlier PASSED run of drill {inp.drill_name or 'this drill'} recorded row counts of target {v.target} to compare "
+            f"with; this run's counts ({len(counts)} tables, {sum(counts.values())} rows) are the baseline of the next",
+            retry=False,
+            measured=measured,
+        )
+    measured["baseline_run"] = base.drill_id
+    compared = [t for t in wanted if t in base.rows]
+    if not compared and base.rows:
+        raise CouldNotVerify(
+            f"run {base.drill_id}, the last PASSED one, counted none of these tables: {', '.join(wanted)}", retry=False, measured=measured
+        )
+    lost = []
+    for t in compared:
+        before, now = base.rows[t], counts.get(t)
+        if before > 0 and ((now is None) or (before - now) * 100 > v.tolerance * before):
+            if now is None:
+                lost.append(f"{t}: missing from the restore, {before} rows in run {base.drill_id}")
+            else:
+                lost.append(f"{t}: {now} rows, {before} in run {base.drill_id} (-{(before - now) * 100 / before:.0f}%)")
+    new = [t for t in wanted if t not in base.rows]
+    tolerance = f"{v.tolerance:g}%"
+    if lost:
+        return (
+            f"{len(lost)}/{len(compared)} tables lost more than {tolerance} of their rows since the last PASSED run: " + "; ".join(lost),
+            measured,
+            False,
+        )
+    detail = f"{len(compared)}/{len(compared)} tables within {tolerance} of run {base.drill_id} ({sum(counts.values())} rows)"
+    return detail + (f"; {len(new)} new: {', '.join(new)}" if new else ""), measured, True
 
 
 # ------------------------------------------------------------------ service checks
@@ -362,6 +465,7 @@ _CHECKS = {
     "row_count": check_row_count,
     "checksum": check_checksum,
     "freshness": check_freshness,
+    "volume": check_volume,
     "tcp": check_tcp,
     "http": check_http,
     "command": check_command,

@@ -441,6 +441,7 @@ class DrillWorkflow:
                     point=self.points.get(tname) if tname else None,
                     declared=self.declared,
                     rpo_objective_seconds=self.spec.objectives.rpo.total_seconds(),
+                    drill_name=self.spec.name,
                 ),
                 task_queue=self._queue(self.spec.target(tname).family) if tname else None,
                 start_to_close_timeout=v.timeout + timedelta(minutes=2),

@@ -181,9 +181,18 @@ class PostgresSource(Strict):
     database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
 
 
+class PostgresRestoreOptions(RestoreOptions):
+    structure_reference: Optional[str] = Field(
+        None,
+        description="file listing the catalog objects the restore must have (relative to the drill file; "
+        "written by `drdrill reference write`): STRUCTURE_MISSING / STRUCTURE_UNEXPECTED against it",
+    )
+
+
 class PostgresTarget(TargetBase):
     provider: Literal["postgres"]
     source: PostgresSource
+    restore: PostgresRestoreOptions = Field(default_factory=PostgresRestoreOptions)
 
 
 class AwsEbsSource(Strict):
@@ -442,6 +451,32 @@ class FreshnessValidation(DataValidation):
     max_lag: Optional[Duration] = Field(None, description="default: the drill's RPO objective")
 
 
+def _percent(value: Any) -> float:
+    """`10%` (or a number of percent) -> 10.0, between 0 and 100."""
+    text = value.strip()[:-1].strip() if isinstance(value, str) and value.strip().endswith("%") else None
+    try:
+        number = float(text) if text is not None else (float(value) if not isinstance(value, (bool, str)) else None)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or number != number:
+        raise ValueError(f"{value!r} is not a percentage: write it like 10%")
+    if not 0 <= number <= 100:
+        raise ValueError(f"{value!r} is not between 0% and 100%")
+    return number
+
+
+Percent = Annotated[float, BeforeValidator(_percent)]
+
+
+class VolumeValidation(DataValidation):
+    """Row counts against the last PASSED run of the same drill: a table that lost more than
+    `tolerance` of its rows fails; growth never does. The first run has nothing to compare with."""
+
+    type: Literal["volume"]
+    tolerance: Percent = Field(10.0, description="a table may lose at most this share of its rows, e.g. 10%")
+    tables: Optional[list[str]] = Field(None, description="default: every table of the restore (and of the earlier run)")
+
+
 class TcpValidation(ValidationBase):
     type: Literal["tcp"]
     host: str
@@ -468,6 +503,7 @@ Validation = Annotated[
         RowCountValidation,
         ChecksumValidation,
         FreshnessValidation,
+        VolumeValidation,
         TcpValidation,
         HttpValidation,
         CommandValidation,
@@ -475,7 +511,7 @@ Validation = Annotated[
     Field(discriminator="type"),
 ]
 
-VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "tcp", "http", "command"]
+VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "volume", "tcp", "http", "command"]
 
 # ---------------------------------------------------------------- the rest
 
@@ -884,6 +920,8 @@ def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
     for i, t in enumerate(spec.targets):
         if isinstance(t, PostgresTarget):
             yield f"targets[{i}].source.repository", t.source, "repository"
+            if t.restore.structure_reference:
+                yield f"targets[{i}].restore.structure_reference", t.restore, "structure_reference"
 
 
 def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None:

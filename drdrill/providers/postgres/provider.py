@@ -27,6 +27,7 @@ from drdrill.core.models import (
     RestoredResource,
 )
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
+from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.repository import DrdrillRepository
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
@@ -156,6 +157,10 @@ class PostgresProvider(Provider):
             ready.findings.append(
                 Finding(code="ISOLATION_BROKEN", message=f"target {target.name}: restored server listens on TCP ({listen!r})", target=target.name)
             )
+        # It serves; now what came back: sequences, materialized views, emptiness, the structure.
+        inspection = inspect_restored(resource.endpoint["dsn"], target)
+        ready.findings.extend(inspection.findings)
+        ready.details.update(inspection.details)
         ready.ready = True
         return ready
 
