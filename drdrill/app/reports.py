@@ -8,18 +8,15 @@ HTML goes through the same Jinja2 environment and style as the per-drill report
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import re
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from typing import Any, Optional
 
-import jinja2
 import yaml
 from markupsafe import Markup
 

@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import jinja2
 from markupsafe import Markup
