@@ -437,7 +437,7 @@ class DrillWorkflow:
                 ValidateInput(
                     validation=v,
                     name=name,
-                    resource=resource,
+                    resource=_for_checks(resource),
                     point=self.points.get(tname) if tname else None,
                     declared=self.declared,
                     rpo_objective_seconds=self.spec.objectives.rpo.total_seconds(),
@@ -622,3 +622,11 @@ def _describe(exc: BaseException) -> str:
         seen = seen.cause  # type: ignore[assignment]
     msg = str(seen) or type(seen).__name__
     return msg
+
+
+def _for_checks(resource: Optional[RestoredResource]) -> Optional[RestoredResource]:
+    """The restored resource as a check needs it: without the restored structure (a list of every
+    catalog object, kept in the evidence), which would otherwise travel in every check's input."""
+    if resource is None or "structure" not in resource.details:
+        return resource
+    return resource.model_copy(update={"details": {k: v for k, v in resource.details.items() if k != "structure"}})
