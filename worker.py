@@ -63,7 +63,7 @@ def activity_objects(
 ) -> tuple[list, list]:
     """(activity callables, objects to close) for every activity drdrill has."""
     drill = DrillActivities(providers=providers, state_dir=state_dir, host_queue=host_queue_name)
-    validation = ValidationActivities()
+    validation = ValidationActivities(state_dir=state_dir)
     ops = OpsActivities(state_dir=state_dir)
     notify = NotifyActivities()
     acts = [

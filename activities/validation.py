@@ -25,22 +25,23 @@ from drdrill.validation import ValidateInput, VolumeBaseline, run_validation
 class ValidationActivities:
     """Stateless; grouped in a class, as the Temporal samples group activities."""
 
-    def __init__(self, connect_timeout: float = 10.0):
+    def __init__(self, connect_timeout: float = 10.0, state_dir: Optional[str] = None):
         self.connect_timeout = connect_timeout
+        self.state_dir = state_dir  # whose evidence store holds the earlier runs (None: the default)
 
     @activity.defn(name="validate")
     def validate(self, inp: ValidateInput) -> ValidationResult:
         if inp.validation.type == "volume" and inp.drill_name and inp.baseline is None and inp.baseline_problem is None:
-            inp = with_volume_baseline(inp)
+            inp = with_volume_baseline(inp, self.state_dir)
         return run_validation(inp, self.connect_timeout)
 
 
-def with_volume_baseline(inp: ValidateInput) -> ValidateInput:
+def with_volume_baseline(inp: ValidateInput, state_dir: Optional[str] = None) -> ValidateInput:
     """`inp` with the counts of the last PASSED run, or with why the evidence could not be read (a
     check that cannot compare is COULD_NOT_VERIFY, never a pass)."""
     target = inp.validation.target  # type: ignore[union-attr]
     try:
-        with open_store() as store:
+        with open_store(state_dir=state_dir) as store:
             baseline = last_passed_counts(store, inp.drill_name or "", target, before=inp.declared)
     except Exception as exc:  # noqa: BLE001 - the store unreachable or a record unreadable: say so in the check
         problem = f"the evidence of earlier runs of drill {inp.drill_name} could not be read: {redact(str(exc)).strip()}"

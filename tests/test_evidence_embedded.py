@@ -148,6 +148,24 @@ def test_the_store_survives_a_restart_of_its_server_with_the_chain_intact(embedd
     assert (old / "data").is_dir()
 
 
+def test_the_store_starts_under_another_cluster_root_with_its_evidence(embedded, monkeypatch):
+    """The data outlives the cluster root its socket was first made under (a cleaned /tmp, another
+    DRDRILL_CLUSTER_ROOT): the next command starts the same store on a socket under the new root."""
+    state = embedded.use("moved")
+    result = sample_result("moved-root")
+    with embedded_server():
+        record_run(state, result)
+    shutil.rmtree(embedded_cluster(state).path)  # the old socket directory is gone, as after a reboot
+    other_root = embedded.root / "elsewhere"
+    other_root.mkdir(mode=0o711)
+    monkeypatch.setenv("DRDRILL_CLUSTER_ROOT", str(other_root))
+    with embedded_server(), open_store() as store:
+        assert embedded_cluster(state).path.parent == other_root
+        assert store.latest() == result.drill_id
+        assert [v.ok for v in store.verify(result.drill_id)] == [True]
+    assert embedded.processes() == []
+
+
 def test_demo_leaves_no_process_behind_and_keeps_its_evidence_in_the_state_directory(embedded):
     state = embedded.use("state")
     env = clean_env(DRDRILL_STATE_DIR=str(state), DRDRILL_CLUSTER_ROOT=str(embedded.root))

@@ -51,7 +51,7 @@ def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) 
     """
     doc = evidence_document(result)
     path = write_evidence_file(state_dir, result, doc)
-    with open_store(dsn) as store:
+    with open_store(dsn, state_dir=state_dir) as store:
         inserted = store.record(doc)
         if not inserted:
             stored = store.load(result.drill_id)
@@ -71,7 +71,7 @@ def record_sweep(state_dir: Path, record: SweepRecord) -> str:
     data = redact_obj(record.model_dump(mode="json"))
     _atomic_write(path, json.dumps(data, indent=2, sort_keys=True))
     try:
-        with open_store() as store:
+        with open_store(state_dir=state_dir) as store:
             store.record_sweep(data)
     except Exception:  # noqa: BLE001 - never lose the file because the store is down
         log.exception("could not copy the sweep into the evidence store")

@@ -359,13 +359,15 @@ def _let_go(cluster, users) -> None:
         users.close()
 
 
-def evidence_dsn() -> str:
-    return os.environ.get("DRDRILL_EVIDENCE_DSN") or embedded_dsn()
+def evidence_dsn(state_dir: Optional[str | Path] = None) -> str:
+    """DRDRILL_EVIDENCE_DSN, else the embedded store of `state_dir` (default: the state directory)."""
+    return os.environ.get("DRDRILL_EVIDENCE_DSN") or embedded_dsn(state_dir)
 
 
 @contextmanager
-def open_store(dsn: Optional[str] = None) -> Iterator["EvidenceStore"]:
-    store = EvidenceStore(dsn or evidence_dsn())
+def open_store(dsn: Optional[str] = None, state_dir: Optional[str | Path] = None) -> Iterator["EvidenceStore"]:
+    """The evidence store at `dsn`, else the one of `state_dir` (evidence_dsn), migrated."""
+    store = EvidenceStore(dsn or evidence_dsn(state_dir))
     try:
         store.migrate()
         yield store

@@ -200,8 +200,10 @@ class LocalCluster:
         if not self.log.exists():
             self.log.touch()
             _chown(self.log)
+        # The socket directory is given at every start, not only at creation: a kept data directory
+        # (the evidence store) outlives the cluster root its socket was first made under.
         proc = subprocess.run(
-            [self.tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout)],
+            [self.tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout), "-o", f"-k '{self.sock}'"],
             capture_output=True,
             text=True,
             **_as_server_user(),
