@@ -19,6 +19,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from drdrill.core.paths import default_state_dir
+from drdrill.evidence.coverage import last_restored
 from drdrill.evidence.record import record_run
 from drdrill.core.models import (
     DrillContext,
@@ -30,11 +31,17 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
+from drdrill.core.selection import Discovery
 from drdrill.providers import family_of, load_provider
 from drdrill.providers.base import Provider, ProviderError
 from drdrill.core.spec import IsolationSpec, Target
 
 log = logging.getLogger("drdrill.activities")
+
+
+class DiscoverInput(BaseModel):
+    ctx: DrillContext
+    target: Target  # a target with `select:`
 
 
 class FindRecoveryPointInput(BaseModel):
@@ -145,6 +152,25 @@ class DrillActivities:
         from drdrill.providers import HOST_BOUND
 
         return self.host_queue if family in HOST_BOUND else ""
+
+    @activity.defn(name="discover")
+    def discover(self, inp: DiscoverInput) -> Discovery:
+        """The resources a selecting target matches (its provider's `discover`), and when each was
+        last restored (the evidence store): what drdrill/core/selection.py chooses from.
+
+        A restore history that cannot be read is no reason to stop the drill: every candidate then
+        counts as never restored, and the selection's record says so."""
+        t = inp.target
+        resources = self._call(family_of(t.provider), t.name, "discover", t.provider, t.select)
+        last, note = {}, ""
+        try:
+            last = last_restored([r.key for r in resources])
+        except Exception as exc:  # noqa: BLE001 - the evidence store is out of reach: choose without it
+            from drdrill.core.redact import redact
+
+            note = f"the restore history could not be read, so every candidate counted as never restored: {redact(str(exc))}"
+            log.warning("drill %s: %s", inp.ctx.drill_id, note)
+        return Discovery(target=t.name, resources=resources, last_restored=last, history_note=note)
 
     @activity.defn(name="find_recovery_point")
     def find_recovery_point(self, inp: FindRecoveryPointInput) -> RecoveryPoint:

@@ -31,6 +31,7 @@ from typing import Any
 
 from drdrill.core.models import DrillContext, Environment, RecoveryPoint, RestoredResource
 from drdrill.providers.aws.clients import CALLED_ACTIONS, AwsError
+from drdrill.providers.aws.discover import AwsDiscovery
 from drdrill.providers.aws.ec2 import Ec2Targets
 from drdrill.providers.aws.isolation import AwsIsolation
 from drdrill.providers.aws.primitives import CONTAINERS, DELETE_ORDER, AwsPrimitives
@@ -38,7 +39,7 @@ from drdrill.providers.aws.rds import RdsTargets
 from drdrill.providers.base import ProviderError, select_for_target
 
 
-class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives):
+class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscovery):
     """The aws family: each drill step dispatches on the target kind (aws.ebs, aws.ec2, aws.rds)."""
 
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:

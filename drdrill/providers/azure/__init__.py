@@ -40,8 +40,9 @@ from typing import Any, Mapping, Optional
 from azure.identity import DefaultAzureCredential
 
 from drdrill.core.models import DrillContext, Environment, IsolationProof, RecoveryPoint, RestoredResource
+from drdrill.core.selection import ProtectedResource
 from drdrill.providers.base import ProviderError
-from drdrill.providers.azure import disk, isolation, vm
+from drdrill.providers.azure import discover, disk, isolation, vm
 from drdrill.providers.azure.primitives import PUBLIC_ARM, AzurePrimitives, parse_id
 
 __all__ = ["AzureProvider", "parse_id"]
@@ -101,3 +102,9 @@ class AzureProvider(AzurePrimitives):
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         return self._module_for(target).wait_ready(self, resource, timeout)
+
+    def discover(self, kind: str, selection: Any) -> list[ProtectedResource]:
+        return discover.discover(self, kind, selection)
+
+    def protected_inventory(self, protected_tag: Optional[str]) -> list[ProtectedResource]:
+        return discover.protected_inventory(self, protected_tag)

@@ -57,7 +57,8 @@ from __future__ import annotations
 from typing import Any
 
 from drdrill.core.models import DrillContext, Environment, IsolationProof, RecoveryPoint, RestoredResource
-from drdrill.providers.gcp import disk, instance, isolation
+from drdrill.core.selection import ProtectedResource
+from drdrill.providers.gcp import discover, disk, instance, isolation
 from drdrill.providers.gcp.labels import LABEL_DRILL_ID, LABEL_EXPIRES_AT, LABEL_MANAGED, LABEL_TARGET, gcp_labels, gcp_name, label_value
 from drdrill.providers.gcp.primitives import GcpPrimitives
 
@@ -83,6 +84,12 @@ class GcpProvider(GcpPrimitives):
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         kind = disk if target.provider == "gcp.disk" else instance
         return kind.wait_ready(self, target, resource, timeout)
+
+    def discover(self, kind: str, selection: Any) -> list[ProtectedResource]:
+        return discover.discover(self, kind, selection)
+
+    def protected_inventory(self, protected_tag: Any) -> list[ProtectedResource]:
+        return discover.protected_inventory(self, protected_tag)
 
 
 __all__ = ["GcpProvider", "LABEL_DRILL_ID", "LABEL_EXPIRES_AT", "LABEL_MANAGED", "LABEL_TARGET", "gcp_labels", "gcp_name", "label_value"]
