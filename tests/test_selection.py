@@ -4,6 +4,7 @@ backups. The AWS fleet over several runs, with coverage, is in tests/test_covera
 
 from __future__ import annotations
 
+import re
 import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -13,8 +14,13 @@ import pytest
 from drdrill.core import selection
 from drdrill.core.selection import Discovery, LastRestore, ProtectedResource
 from drdrill.core.spec import NAME_RE, SpecError, parse_spec
+from drdrill.providers.azure import AzureProvider
 from drdrill.providers.postgres import PostgresProvider, take_backup
+from tests.azure_fake import AzureFake
+from tests.gcp_fake import ComputeFake
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn  # noqa: F401
+from tests.test_azure import StaticToken, covered_by_role
+from tests.test_gcp import make_provider
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
 
@@ -169,7 +175,7 @@ def test_expansion_names_one_target_per_resource_and_repeats_its_validations():
 def test_target_names_stay_valid_unique_and_stable():
     long_named = ProtectedResource(kind="gcp.disk", id="p/z/" + "x" * 60, name="x" * 60, source={})
     name = selection.target_name("orders-data", long_named, set())
-    assert len(name) <= 40 and __import__("re").match(NAME_RE, name) and name == selection.target_name("orders-data", long_named, set())
+    assert len(name) <= 40 and re.match(NAME_RE, name) and name == selection.target_name("orders-data", long_named, set())
     r = volumes(1)[0]
     first = selection.target_name("data", r, set())
     assert selection.target_name("data", r, {first}) != first  # taken: a hash keeps it unique
@@ -274,15 +280,8 @@ def test_a_selection_matching_nothing_fails_the_drill_and_creates_nothing(drill_
 
 # ---------------------------------------------------------------- Azure and GCP fakes
 
-from tests.azure_fake import AzureFake  # noqa: E402
-from tests.test_azure import StaticToken, covered_by_role  # noqa: E402
-from tests.gcp_fake import ComputeFake  # noqa: E402
-from tests.test_gcp import make_provider  # noqa: E402
-
 
 def test_azure_selection_by_tag_and_resource_group(drill_harness):
-    from drdrill.providers.azure import AzureProvider
-
     fake = AzureFake().start()
     provider = AzureProvider(
         StaticToken(), subscription_id=fake.subscription_id, endpoint=fake.url, location=fake.location,

@@ -24,7 +24,7 @@ from drdrill.app.coverage import coverage_for, render_coverage
 from drdrill.app.reports import parse_period
 from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.temporal import task_queue
-from drdrill.core.spec import parse_duration
+from drdrill.core.spec import SpecError, parse_duration
 from drdrill.evidence.coverage import current_period, load_drills
 from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
 from drdrill.providers.postgres.cluster import ClusterError
@@ -54,9 +54,12 @@ def coverage(
         err.print(f"--format {fmt}: use html, json or csv", markup=False)
         raise typer.Exit(2)
     now = datetime.now(timezone.utc)
-    if period is None:
+    try:
         _, policy, _ = load_drills(drills_dir)
-        period = current_period(policy.every, now)[0]
+    except SpecError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+    period = period or current_period(policy.every, now)[0]
     try:
         start, end = parse_period(period)
     except ValueError as exc:
@@ -108,7 +111,10 @@ def schedule(
     except ValueError as exc:
         err.print(f"--every: {exc}", markup=False)
         raise typer.Exit(2)
-    specs, policy, problems = load_drills(drills_dir)
+    try:
+        specs, policy, problems = load_drills(drills_dir)
+    except SpecError as exc:
+        problems = [str(exc)]
     if problems:
         for p in problems:
             err.print(p, markup=False)

@@ -25,7 +25,7 @@ from markupsafe import Markup
 
 from drdrill.app.coverage import coverage_for, coverage_svg
 from drdrill.app.schedules import ScheduledDrill, due_times, scheduled_drills
-from drdrill.core.spec import format_duration
+from drdrill.core.spec import SpecError, format_duration
 from drdrill.core.times import parse_time
 from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL
 from drdrill.evidence.coverage import CoverageReport
@@ -430,7 +430,11 @@ def coverage_section(store: Any, period: str, drills_dir: Optional[Path], now: O
         detail = "coverage not computed: the drill files say what is protected (use --drills DIR)"
         return {"control": {"text": COVERAGE_CONTROL, "status": "could not verify", "detail": detail, "gaps": [detail], "evidenced_by": []}}
     start, end = parse_period(period)
-    return coverage_for(store, Path(drills_dir), period.upper(), start, end, now=now).model_dump(mode="json")
+    try:
+        return coverage_for(store, Path(drills_dir), period.upper(), start, end, now=now).model_dump(mode="json")
+    except SpecError as exc:  # a coverage.yaml that does not load: say so, never guess a policy
+        detail = f"coverage not computed: {exc}"
+        return {"control": {"text": COVERAGE_CONTROL, "status": "could not verify", "detail": detail, "gaps": [detail], "evidenced_by": []}}
 
 
 def coverage_control(coverage: dict) -> dict:

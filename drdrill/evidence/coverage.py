@@ -24,7 +24,17 @@ from pydantic import BaseModel, Field
 
 from drdrill.core.redact import redact
 from drdrill.core.selection import LastRestore, ProtectedResource, resource_key, resource_keys, resource_ref
-from drdrill.core.spec import COVERAGE_FILE, CoverageSpec, DrillSpec, Selection, SpecError, format_duration, load_spec, parse_spec
+from drdrill.core.spec import (
+    COVERAGE_FILE,
+    CoverageSpec,
+    DrillSpec,
+    Selection,
+    SpecError,
+    format_duration,
+    load_coverage_policy,
+    load_spec,
+    parse_spec,
+)
 from drdrill.core.times import parse_time
 from drdrill.evidence.store import SCHEMA, open_store
 from drdrill.providers.base import Provider
@@ -128,16 +138,14 @@ def current_period(every: str, now: datetime) -> tuple[str, datetime, datetime]:
 
 def load_drills(drills_dir: str | Path) -> tuple[list[DrillSpec], CoverageSpec, list[str]]:
     """The drill files of a directory, its coverage policy (coverage.yaml; defaults without one),
-    and the problems found (a file that does not load is named, never skipped silently)."""
+    and the problems found (a drill file that does not load is named, never skipped silently).
+
+    Raises SpecError for a coverage.yaml that does not load: a policy is never guessed."""
     d = Path(drills_dir)
     problems: list[str] = []
     if not d.is_dir():
         return [], CoverageSpec(), [f"no drills directory {d}: the drills' resources are not counted (use --drills DIR)"]
-    try:
-        policy = _policy(d)
-    except SpecError as exc:
-        problems.append(str(exc))
-        policy = CoverageSpec()
+    policy = load_coverage_policy(d) or CoverageSpec()
     specs = []
     for path in sorted(list(d.glob("*.yaml")) + list(d.glob("*.yml"))):
         if path.name == COVERAGE_FILE:
@@ -148,11 +156,6 @@ def load_drills(drills_dir: str | Path) -> tuple[list[DrillSpec], CoverageSpec, 
             problems.append(str(exc))
     return specs, policy, problems
 
-
-def _policy(d: Path) -> CoverageSpec:
-    from drdrill.core.spec import load_coverage_policy
-
-    return load_coverage_policy(d) or CoverageSpec()
 
 
 # ------------------------------------------------------------------ the report

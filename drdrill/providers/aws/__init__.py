@@ -17,6 +17,9 @@ Every created resource carries the drill's tags at creation (TagSpecifications /
 idempotent: deterministic names (drdrill-<drill id>-<target>) where AWS names resources, ClientToken
 where a call takes one, and a lookup by tag before every create (an emulator may ignore the token).
 
+Selections and coverage (discover.py): volumes, instances and DB instances by tag across regions,
+with their recovery points' times (read-only).
+
 Cleaning up (primitives.py): the inventory finds resources by drdrill's tag; the base class tears
 down in DELETE_ORDER, lists and deletes orphans, and refuses anything that lacks the drill's tag.
 

@@ -18,6 +18,7 @@ The modules, by concern:
     isolation.py   the isolated network, its subnetwork and firewall rules, and their proof
     disk.py        recovery points (snapshots), `gcp.disk` restore and readiness
     instance.py    `gcp.instance` restore (its disks, then the instance) and readiness
+    discover.py    selections (`select:` by label and zone) and the protected inventory, for coverage
 
 Names are `ctx.resource_name(...)` (deterministic, at most 63 characters), made GCP-valid
 (`[a-z]([-a-z0-9]*[a-z0-9])?`). Creating is idempotent: a 409 alreadyExists means "get it and go on"
