@@ -86,7 +86,7 @@ class RestoreWatch:
             self.most = max(self.most, sum(1 for t in status.targets if t.phase in ("restore", "wait ready")))
             if status.phase in ("validate", "teardown", "evidence", "done"):
                 return
-            await asyncio.sleep(0.02)  # polling the query for a condition, not waiting for time
+            await asyncio.sleep(0.02)  # allowed: polling the status query for a condition, not waiting for time
 
 
 async def restore_permits(address: str, queue: str, region: str) -> list[str]:
@@ -227,7 +227,7 @@ def test_the_coverage_policy_is_as_strict_as_a_drill_file(tmp_path):
     drills = tmp_path / "drills"
     drills.mkdir()
     (drills / "coverage.yaml").write_text("coverage: {every: quarter, min_fraction: 1.0, protected_tags: backup-plan}\n")
-    res = coverage_cli(drills, "2026Q4")
+    res = coverage_cli(drills, current_period("quarter", datetime.now(timezone.utc))[0])
     assert res.exit_code == 2
     assert "coverage.protected_tags: unknown key 'protected_tags'; allowed here: every, min_fraction, protected_tag" in res.output
     lint = CliRunner().invoke(cli_mod.app, ["lint", str(drills / "coverage.yaml")])
