@@ -32,6 +32,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.coverage import CoverageActivities
 from activities.drill import DrillActivities
 from activities.notify import NotifyActivities
 from activities.ops import OpsActivities
@@ -40,6 +41,7 @@ from drdrill import metrics
 from drdrill.app import logs
 from drdrill.app.temporal import connect, sdk_runtime, task_queue
 from drdrill.evidence.store import embedded_server
+from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.limiter import LimiterWorkflow
 from workflows.sweep import OrphanSweepWorkflow
@@ -47,7 +49,7 @@ from workflows.sweep import OrphanSweepWorkflow
 
 def workflows() -> list:
     """Every workflow drdrill has."""
-    return [DrillWorkflow, OrphanSweepWorkflow, LimiterWorkflow]
+    return [DrillWorkflow, OrphanSweepWorkflow, LimiterWorkflow, CoverageCheckWorkflow]
 
 
 def host_queue(base: str) -> str:
@@ -66,8 +68,10 @@ def activity_objects(
     validation = ValidationActivities(state_dir=state_dir)
     ops = OpsActivities(state_dir=state_dir)
     notify = NotifyActivities()
+    coverage = CoverageActivities(providers)
     acts = [
         drill.claim_host,
+        drill.discover,
         drill.find_recovery_point,
         drill.create_isolation,
         drill.verify_isolation,
@@ -84,8 +88,9 @@ def activity_objects(
         ops.record_sweep,
         ops.observe_result,
         notify.notify,
+        coverage.check_coverage,
     ]
-    return acts, [drill]
+    return acts, [drill, coverage]
 
 
 @asynccontextmanager

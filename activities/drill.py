@@ -19,6 +19,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from drdrill.core.paths import default_state_dir
 from drdrill.evidence.history import restore_history
+from drdrill.evidence.coverage import last_restored
 from drdrill.evidence.record import record_run
 from drdrill.providers.readiness import expecting_ready_in
 from drdrill.core.models import (
@@ -33,12 +34,18 @@ from drdrill.core.models import (
     TeardownReport,
 )
 from drdrill.core.redact import redact
+from drdrill.core.selection import Discovery
 from drdrill.notify import alert_failing_teardown
 from drdrill.providers import HOST_BOUND, family_of, load_provider
 from drdrill.providers.base import Provider, ProviderError
 from drdrill.core.spec import IsolationSpec, Target
 
 log = logging.getLogger("drdrill.activities")
+
+
+class DiscoverInput(BaseModel):
+    ctx: DrillContext
+    target: Target  # a target with `select:`
 
 
 class FindRecoveryPointInput(BaseModel):
@@ -148,6 +155,25 @@ class DrillActivities:
         (postgres clusters): the workflow then runs every activity of that family there, so the
         restore, the checks and the teardown all see the same disk. "" when any worker will do."""
         return self.host_queue if family in HOST_BOUND else ""
+
+    @activity.defn(name="discover")
+    def discover(self, inp: DiscoverInput) -> Discovery:
+        """The resources a selecting target matches (its provider's `discover`), and when each was
+        last restored (the evidence store): what drdrill/core/selection.py chooses from.
+
+        A restore history that cannot be read is no reason to stop the drill: every candidate then
+        counts as never restored, and the selection's record says so."""
+        t = inp.target
+        resources = self._call(family_of(t.provider), t.name, "discover", t.provider, t.select)
+        last, note = {}, ""
+        try:
+            last = last_restored([r.key for r in resources])
+        except Exception as exc:  # noqa: BLE001 - the evidence store is out of reach: choose without it
+            from drdrill.core.redact import redact
+
+            note = f"the restore history could not be read, so every candidate counted as never restored: {redact(str(exc))}"
+            log.warning("drill %s: %s", inp.ctx.drill_id, note)
+        return Discovery(target=t.name, resources=resources, last_restored=last, history_note=note)
 
     @activity.defn(name="find_recovery_point")
     def find_recovery_point(self, inp: FindRecoveryPointInput) -> RecoveryPoint:

@@ -21,7 +21,7 @@ from drdrill.core.redact import redact, redact_obj, register_secret
 
 log = logging.getLogger("drdrill.notify")
 
-ICON = {"PASSED": ":white_check_mark:", "FAILED": ":x:", "COULD_NOT_VERIFY": ":warning:", "ERROR": ":rotating_light:", "TEARDOWN": ":broom:"}
+ICON = {"PASSED": ":white_check_mark:", "FAILED": ":x:", "COULD_NOT_VERIFY": ":warning:", "ERROR": ":rotating_light:", "TEARDOWN": ":broom:", "COVERAGE": ":calendar:"}
 
 
 class NotifyInput(BaseModel):
@@ -42,6 +42,8 @@ def message(inp: NotifyInput) -> dict[str, Any]:
     """The JSON body: machine-readable fields plus a Slack-compatible `text`."""
     if inp.event == "TEARDOWN":
         head = f"{ICON['TEARDOWN']} drdrill: teardown trouble in drill *{inp.drill_name}* ({inp.drill_id})"
+    elif inp.event == "COVERAGE":  # the scheduled coverage check (workflows/coverage.py)
+        head = f"{ICON['COVERAGE']} drdrill: *{inp.drill_name}*: protected resources not yet restored"
     else:
         head = f"{ICON.get(inp.verdict, '')} drdrill: drill *{inp.drill_name}* {inp.verdict} ({inp.drill_id})".strip()
     lines = [head]

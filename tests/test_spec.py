@@ -46,7 +46,7 @@ def lint(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
         (
             ("    source: {repository: /var/backups/shop}\n", "    source: {repository: /var/backups/shop}\n    recovery_piont: {rule: latest}\n"),
             "  targets[0].recovery_piont: unknown key 'recovery_piont' (did you mean 'recovery_point'?); "
-            "allowed here: name, recovery_point, restore, provider, source",
+            "allowed here: name, recovery_point, restore, select, provider, source",
         ),
         (
             ("rto: 15m", "rto: 15 minutes"),

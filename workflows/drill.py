@@ -19,6 +19,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from activities.drill import (
         CreateIsolationInput,
+        DiscoverInput,
         DrillActivities,
         FindRecoveryPointInput,
         RestoreInput,
@@ -44,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.validation import ValidationActivities
     from drdrill.validation import ValidateInput
-    from drdrill.core import judging
+    from drdrill.core import judging, selection
     from drdrill.core.spec import DrillSpec, Target, format_duration
     from drdrill.core.operations import drill_id_from_workflow_id
 
@@ -81,6 +82,7 @@ class DrillWorkflow:
         self.validations: list[ValidationResult] = []
         self.findings: list[Finding] = []
         self.teardowns: list[TeardownReport] = []
+        self.selections: list[selection.SelectionRecord] = []
         self.broken = False
 
     # ------------------------------------------------------------ queries and signals
@@ -210,6 +212,8 @@ class DrillWorkflow:
 
     async def _drill(self) -> None:
         """The drill's steps in order; a step that fails stops the ones that depend on it."""
+        if not await self._select():
+            return
         if not await self._recovery_points():
             return
         if not await self._isolation():
@@ -219,6 +223,28 @@ class DrillWorkflow:
         await self._hold()
 
     # ------------------------------------------------------------ steps
+
+    async def _select(self) -> bool:
+        """0. Targets that select their resources: discover the candidates, choose, and expand the
+        drill into one target per chosen resource (drdrill/core/selection.py, pure)."""
+        selecting = [t for t in self.spec.targets if t.select is not None]
+        if not selecting:
+            return True
+        self._phase("select")
+        started = workflow.now()
+        found = await asyncio.gather(*(self._discover(t) for t in selecting))
+        if not all(found):
+            self._event("select", started, workflow.now(), "FAILED", detail="the resources to select from could not be listed")
+            return False
+        plan = selection.expand(self.spec, {d.target: d for d in found}, default_seed=self.ctx.drill_id, now=self.ctx.as_of)
+        self.selections = plan.records
+        self.findings += [Finding(code=p.code, message=p.message, target=p.target, severity=p.severity) for p in plan.problems]
+        if not plan.empty:
+            self.spec = plan.spec
+            self._status.targets = [TargetState(target=t.name, provider=t.provider) for t in self.spec.targets]
+        detail = "; ".join(r.summary for r in plan.records)
+        self._event("select", started, workflow.now(), "FAILED" if plan.empty else "PASSED", detail=detail)
+        return not plan.empty
 
     async def _recovery_points(self) -> bool:
         """1. Recovery points, all targets at once."""
@@ -301,6 +327,18 @@ class DrillWorkflow:
         )
 
     # ------------------------------------------------------------ one target, one family, one check
+
+    async def _discover(self, target: Target) -> Optional[selection.Discovery]:
+        try:
+            return await workflow.execute_activity_method(
+                DrillActivities.discover,
+                DiscoverInput(ctx=self.ctx, target=target),
+                start_to_close_timeout=timedelta(minutes=10),
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            self._activity_finding(exc, target.name, "SELECTION_FAILED")
+            return None
 
     async def _find_point(self, target: Target) -> bool:
         self._target(target.name, "recovery point")
@@ -579,6 +617,8 @@ class DrillWorkflow:
             teardown=self.teardowns,
             timeline=self._status.timeline,
             cancelled=cancelled,
+            selections=self.selections,
+            resources=selection.resource_keys(self.spec.targets),
         )
 
     # ------------------------------------------------------------ bookkeeping

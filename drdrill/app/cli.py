@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-from drdrill.app import cli_check, cli_evidence, cli_reference, cli_schedule
+from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_reference, cli_schedule
 from drdrill.app.demo import sample_production
 from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.simulate import simulated
@@ -33,7 +33,7 @@ from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
 from drdrill.evidence.record import record_sweep
-from drdrill.core.spec import AwareTime, DrillSpec, SpecError, format_duration, load_spec
+from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
 from drdrill.providers.sweep import sweep as do_sweep
@@ -82,6 +82,14 @@ def lint(files: List[Path] = typer.Argument(..., help="drill files to check")) -
     """Check drill files without running them. Problems exit 2; warnings are printed and exit 0."""
     bad = 0
     for f in files:
+        if f.name == COVERAGE_FILE:  # the coverage policy beside the drill files: as strict, not a drill
+            try:
+                load_coverage_policy(f.parent)
+                console.print(f"{f}: ok (coverage policy)", markup=False)
+            except SpecError as exc:
+                bad += 1
+                err.print(str(exc), markup=False)
+            continue
         try:
             spec = load_spec(f)
         except SpecError as exc:
@@ -103,7 +111,7 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
     spec = _load(drill)
     done = 0
     for t in spec.targets:
-        if t.provider != "postgres":
+        if t.provider != "postgres" or t.source is None:  # a selection's repositories are backed up on their own
             continue
         if not t.source.dsn_env:
             err.print(f"{drill}: targets.{t.name}.source.dsn_env is not set: name the environment variable holding the source DSN")
@@ -477,6 +485,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample produc
 # Each module's register(app) adds its commands; a new group is one more entry.
 COMMAND_GROUPS = [
     cli_check,
+    cli_coverage,
     cli_evidence,
     cli_reference,
     cli_schedule,

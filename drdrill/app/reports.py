@@ -20,9 +20,12 @@ from typing import Any, Optional
 import yaml
 from markupsafe import Markup
 
+from drdrill.app.coverage import coverage_for, coverage_svg
 from drdrill.app.schedules import ScheduledDrill, due_times, scheduled_drills
-from drdrill.core.spec import format_duration
+from drdrill.core.spec import SpecError, format_duration
 from drdrill.core.times import parse_time
+from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL
+from drdrill.evidence.coverage import CoverageReport
 from drdrill.evidence.render import COLOURS, DATA_CHECKS, environment, fmt_time
 
 # ------------------------------------------------------------------ period report
@@ -360,7 +363,8 @@ def trend_svg(points: list[dict], which: str) -> Markup:
 def render_period_html(data: dict) -> str:
     env = environment()
     trends = {d["name"]: {"rto": trend_svg(d["points"], "rto"), "rpo": trend_svg(d["points"], "rpo")} for d in data["drills"]}
-    return env.get_template("period_report.html.j2").render(data=data, trends=trends)
+    chart = coverage_svg(CoverageReport.model_validate(data["coverage"])) if data.get("coverage", {}).get("rows") is not None else ""
+    return env.get_template("period_report.html.j2").render(data=data, trends=trends, coverage_chart=chart)
 
 
 def render_period_json(data: dict) -> str:
@@ -382,6 +386,15 @@ def render_period_csv(data: dict) -> str:
         w.writerow({**r, "record": "run", "period": data["period"], "drill": r["name"], "detail": "; ".join(r["findings"])})
     for f in data["findings"]:
         w.writerow({"record": "finding", "period": data["period"], "drill": f.get("drill"), "drill_id": f.get("drill_id"), "code": f["code"], "detail": f["message"]})
+    for r in (data.get("coverage") or {}).get("rows") or []:
+        last = r.get("last_drill") or {}
+        w.writerow(
+            {
+                "record": "coverage", "period": data["period"], "drill": last.get("drill"), "drill_id": last.get("drill_id"),
+                "declared": last.get("at"), "verdict": last.get("verdict"), "code": r["status"],
+                "detail": f"{r['kind']} {r['name'] or r['id']}: {' '.join(r['flags']) or 'no flags'}",
+            }
+        )
     for c in data["controls"]:
         w.writerow(
             {
@@ -397,11 +410,46 @@ def render_period_csv(data: dict) -> str:
 
 
 def period_report(store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None) -> dict:
-    """Read the period's runs from the evidence store, verify each, and build the report data."""
+    """Read the period's runs from the evidence store, verify each, and build the report data,
+    with the period's restore coverage (drdrill/app/coverage.py) and its control."""
     start, end = parse_period(period)
     runs = store.runs(start, end, drill)
     verified = {v.drill_id: (v.ok, v.message) for d in runs for v in store.verify(d["drill_id"])}
-    return period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now)
+    data = period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now)
+    data["coverage"] = coverage_section(store, period, drills_dir, now)
+    data["controls"].append(coverage_control(data["coverage"]))
+    return data
+
+
+def coverage_section(store: Any, period: str, drills_dir: Optional[Path], now: Optional[datetime] = None) -> dict:
+    """The coverage report of the period as plain data; without a drills directory, why not."""
+    if drills_dir is None or not Path(drills_dir).is_dir():
+        detail = "coverage not computed: the drill files say what is protected (use --drills DIR)"
+        return {"control": {"text": COVERAGE_CONTROL, "status": "could not verify", "detail": detail, "gaps": [detail], "evidenced_by": []}}
+    start, end = parse_period(period)
+    try:
+        return coverage_for(store, Path(drills_dir), period.upper(), start, end, now=now).model_dump(mode="json")
+    except SpecError as exc:  # a coverage.yaml that does not load: say so, never guess a policy
+        detail = f"coverage not computed: {exc}"
+        return {"control": {"text": COVERAGE_CONTROL, "status": "could not verify", "detail": detail, "gaps": [detail], "evidenced_by": []}}
+
+
+def coverage_control(coverage: dict) -> dict:
+    """The control line "every protected resource restored at least once in the period"."""
+    c = coverage["control"]
+    status = "evidenced" if c["status"] == "met" else ("partial" if c["evidenced_by"] else "gap")
+    return {
+        "key": "COVERAGE",
+        "framework": "drdrill coverage",
+        "id": "restore coverage",
+        "title": COVERAGE_CONTROL,
+        "satisfied_by": "every protected resource (named or selected by a drill, or protected in its provider's inventory) "
+        "restored by a PASSED drill in the period, as coverage.yaml's min_fraction requires",
+        "evidenced_by": c["evidenced_by"],
+        "declared_by": [],
+        "gaps": c["gaps"] if c["status"] != "met" else [],
+        "status": status,
+    }
 
 
 def render_period(data: dict, fmt: str) -> str:

@@ -43,8 +43,10 @@ from temporalio.client import (
 from drdrill.core.calendar import EVERY_WEEKDAY, Calendar
 from drdrill.core.models import DrillInput, DrillResult
 from drdrill.core.operations import SweepInput, SweepRecord
-from drdrill.core.spec import DrillSpec, SpecError, load_spec
+from drdrill.core.spec import COVERAGE_FILE, DrillSpec, SpecError, load_spec
 from drdrill.core.spec import ScheduleSpec as DrillSchedule
+from activities.coverage import CoverageCheckInput, CoverageCheckResult
+from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.sweep import OrphanSweepWorkflow
 
@@ -54,6 +56,7 @@ MEMO_PAUSED = "drdrill_file_paused"
 MEMO_SOURCE = "drdrill_source"
 MEMO_SCOPE = "drdrill_scope"  # the task queue: one deployment's sync never touches another's schedules
 SWEEP_SCHEDULE_ID = "drdrill-orphan-sweep"
+COVERAGE_SCHEDULE_ID = "drdrill-coverage-check"
 
 
 def schedule_id(name: str) -> str:
@@ -187,8 +190,8 @@ class SyncPlan:
 def drill_files(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
-        if p.is_dir():
-            out += sorted(list(p.glob("*.yaml")) + list(p.glob("*.yml")))
+        if p.is_dir():  # the coverage policy lives beside the drill files, and is not one
+            out += sorted(f for f in list(p.glob("*.yaml")) + list(p.glob("*.yml")) if f.name != COVERAGE_FILE)
         else:
             out.append(p)
     return out
@@ -332,6 +335,28 @@ async def install_sweep(
     return "updated"
 
 
+# ------------------------------------------------------------------ coverage check schedule
+
+
+async def install_coverage_check(client: Client, task_queue: str, check: CoverageCheckInput, every: timedelta) -> str:
+    """Create or update the coverage-check schedule (CoverageCheckWorkflow every `every`, with the
+    drill files and the policy as they are now: run it again after changing them)."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(CoverageCheckWorkflow.run, check, id="drdrill-coverage-check", task_queue=task_queue),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=every),
+        state=ScheduleState(note=f"coverage check installed by drdrill from {check.source or 'the drill files'}"),
+    )
+    handle = client.get_schedule_handle(COVERAGE_SCHEDULE_ID)
+    try:
+        await handle.describe()
+    except Exception:  # noqa: BLE001 - not there yet
+        await client.create_schedule(COVERAGE_SCHEDULE_ID, schedule, memo={MEMO_KIND: "coverage", MEMO_SCOPE: task_queue})
+        return "created"
+    await handle.update(lambda inp: ScheduleUpdate(schedule=schedule))
+    return "updated"
+
+
 # ------------------------------------------------------------------ list
 
 
@@ -350,7 +375,7 @@ class ScheduleRow:
 async def rows(client: Client, task_queue: Optional[str] = None) -> list[ScheduleRow]:
     """The schedules drdrill manages with their next and last run and the last run's verdict."""
     out = []
-    for kind in ("drill", "sweep"):
+    for kind in ("drill", "sweep", "coverage"):
         for sid in sorted(await managed(client, kind, task_queue)):
             desc = await client.get_schedule_handle(sid).describe()
             info = desc.info
@@ -373,7 +398,8 @@ async def rows(client: Client, task_queue: Optional[str] = None) -> list[Schedul
 
 async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> str:
     """PASSED/FAILED/… for a finished drill, 'running (<phase>)' for a running one."""
-    handle = client.get_workflow_handle(workflow_id, result_type=SweepRecord if kind == "sweep" else DrillResult)
+    result_types = {"sweep": SweepRecord, "coverage": CoverageCheckResult}
+    handle = client.get_workflow_handle(workflow_id, result_type=result_types.get(kind, DrillResult))
     try:
         desc = await handle.describe()
     except Exception:  # noqa: BLE001
@@ -384,6 +410,11 @@ async def verdict_of(client: Client, workflow_id: str, kind: str = "drill") -> s
             return f"running ({st.phase})"
         except Exception:  # noqa: BLE001 - no worker answering
             return "running"
+    if desc.status == WorkflowExecutionStatus.COMPLETED and kind == "coverage":
+        try:
+            return (await handle.result()).summary
+        except Exception:  # noqa: BLE001
+            return "completed"
     if desc.status == WorkflowExecutionStatus.COMPLETED and kind == "sweep":
         try:
             rec = await handle.result()

@@ -8,6 +8,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import AwareDatetime, BaseModel, Field, computed_field, model_validator
 
+from drdrill.core.selection import SelectionRecord
 from drdrill.core.spec import DrillSpec
 
 Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
@@ -303,3 +304,7 @@ class DrillResult(BaseModel):
     timeline: list[TimelineEvent] = Field(default_factory=list)
     cancelled: bool = False
     evidence_path: Optional[str] = None
+    # Targets that selected their resources: what matched, what was chosen and why (drdrill/core/selection.py).
+    selections: list[SelectionRecord] = Field(default_factory=list)
+    # The protected resource each target restored, by target name (selection.resource_key): what coverage counts.
+    resources: dict[str, str] = Field(default_factory=dict)

@@ -158,10 +158,82 @@ class RestoreOptions(Strict):
 # ---------------------------------------------------------------- targets
 
 
+# What a selection may select by, per provider family (besides sample and seed).
+SELECT_BY = {
+    "aws": ("tags", "exclude_tags", "regions"),
+    "azure": ("tags", "exclude_tags", "resource_groups"),
+    "gcp": ("tags", "exclude_tags", "project", "zones"),
+    "postgres": ("repositories",),
+}
+
+
+class Selection(Strict):
+    """`select:` chooses a target's resources at drill time instead of naming one: every resource
+    of the target's kind that matches and has a recovery point in the rule's window is a
+    candidate; `sample` of them are drilled, those restored least recently first (seeded, so the
+    same seed picks the same ones). Each chosen resource becomes a target `<name>-<resource>`.
+    See drdrill/core/selection.py."""
+
+    tags: dict[str, str] = Field(default_factory=dict, description="every tag must match ('*': any value); GCP: labels")
+    exclude_tags: dict[str, str] = Field(default_factory=dict, description="a resource carrying any of these is left out ('*': any value)")
+    regions: list[str] = Field(default_factory=list, description="aws: regions to search (default: the worker's DRDRILL_AWS_REGIONS)")
+    resource_groups: list[str] = Field(default_factory=list, description="azure: resource groups to search (default: the subscription)")
+    project: Optional[str] = Field(None, description="gcp: the project to search (default: the worker's)")
+    zones: list[str] = Field(default_factory=list, description="gcp: zones to search (default: every zone)")
+    repositories: list[str] = Field(default_factory=list, description="postgres: backup repositories, or globs of them (relative to the drill file)")
+    sample: Optional[int] = Field(None, ge=1, le=500, description="how many to drill per run (default: every candidate)")
+    seed: Optional[int] = Field(None, description="fix the draw (default: the drill id)")
+
+    @field_validator("regions", "resource_groups", "zones", "repositories", mode="before")
+    @classmethod
+    def _one_or_list(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    def criteria(self) -> dict[str, Any]:
+        """What the selection selects by, as written (for the evidence)."""
+        return self.model_dump(mode="json", exclude_defaults=True)
+
+
 class TargetBase(Strict):
     name: str = Field(pattern=NAME_RE)
     recovery_point: RecoveryPointRule = Field(default_factory=RecoveryPointRule)
     restore: RestoreOptions = Field(default_factory=RestoreOptions)
+    select: Optional[Selection] = Field(None, description="choose the resources at drill time instead of naming one in `source`")
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        """A target that selects its resources names no source: each kind's required `source`
+        becomes optional here, and `_source_or_select` asks for exactly one of the two."""
+        super().__pydantic_init_subclass__(**kwargs)
+        source = cls.model_fields.get("source")
+        if source is not None and source.is_required():
+            source.annotation = Optional[source.annotation]  # type: ignore[assignment]
+            source.default = None
+            cls.model_rebuild(force=True)
+
+    @model_validator(mode="after")
+    def _source_or_select(self) -> "TargetBase":
+        source = getattr(self, "source", None)
+        family = self.provider.split(".")[0]  # type: ignore[attr-defined]
+        if self.select is None:
+            if source is None:
+                raise ValueError(
+                    f"target {self.name!r} needs 'source:' (the resource to restore) or 'select:' (resources chosen at drill time)"
+                )
+            return self
+        if family not in SELECT_BY:
+            raise ValueError(f"{self.provider} targets cannot select their resources: name one in 'source:'")  # type: ignore[attr-defined]
+        if source is not None:
+            raise ValueError(f"target {self.name!r} has both 'source:' and 'select:': name one resource, or select them, not both")
+        allowed = SELECT_BY[family]
+        stray = [k for k in self.select.criteria() if k not in allowed + ("sample", "seed")]
+        if stray:
+            raise ValueError(f"select.{stray[0]} does not apply to {self.provider} targets; they select by {', '.join(allowed)}")  # type: ignore[attr-defined]
+        if family == "postgres" and not self.select.repositories:
+            raise ValueError("a postgres selection needs 'repositories:' (directories, or globs such as backups/*)")
+        if family != "postgres" and not (self.select.tags or self.select.resource_groups or self.select.zones):
+            raise ValueError("select needs something to select by: tags" + {"azure": " or resource_groups", "gcp": " or zones"}.get(family, ""))
+        return self
 
     @property
     def family(self) -> str:
@@ -642,6 +714,72 @@ class DrillSpec(Strict):
         return [SpecWarning(path, field, message) for check in WARNING_CHECKS for field, message in check(self)]
 
 
+# ---------------------------------------------------------------- the coverage policy
+
+COVERAGE_FILE = "coverage.yaml"  # in the drill directory, beside the drill files
+
+
+class CoverageNotify(Strict):
+    webhooks_env: list[str] = Field(default_factory=list, description="environment variables holding webhook URLs")
+
+
+class CoverageSpec(Strict):
+    """How often every protected resource must be restored: `drdrill coverage`, the period
+    report's coverage control and the scheduled coverage check read it."""
+
+    every: Literal["quarter", "month", "year"] = Field("quarter", description="each protected resource is restored once per this period")
+    min_fraction: float = Field(1.0, ge=0.0, le=1.0, description="the share of protected resources restored in the period for the control to be met")
+    protected_tag: Optional[str] = Field(
+        None, min_length=1, description="resources carrying this tag (any value) are protected, as are those with recovery points"
+    )
+    recovery_point_max_age: Duration = Field(timedelta(days=7), description="an older newest recovery point is NO_RECENT_RECOVERY_POINT")
+    alert_before: Duration = Field(timedelta(days=14), description="the scheduled check alerts when the period ends within this")
+    providers: list[Literal["postgres", "aws", "azure", "gcp"]] = Field(
+        default_factory=list, description="provider inventories to read besides those of the drill files' targets"
+    )
+    notify: CoverageNotify = Field(default_factory=CoverageNotify)
+
+
+class CoveragePolicy(Strict):
+    coverage: CoverageSpec
+
+
+def parse_coverage_policy(text: str, path: str = COVERAGE_FILE) -> CoverageSpec:
+    """Parse a coverage policy file, as strictly as a drill file: SpecError names the field and the fix."""
+    try:
+        data, duplicates = _load_yaml(text)
+    except (yaml.YAMLError, ValueError, TypeError, RecursionError) as exc:
+        raise SpecError(path, [("", f"not valid YAML: {str(exc).splitlines()[0]}")]) from None
+    if duplicates:
+        raise SpecError(path, [(f"line {line}", message) for line, message in duplicates])
+    try:
+        return CoveragePolicy.model_validate(data if data is not None else {}).coverage
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(err.get("loc", ()))
+            if err.get("type") == "extra_forbidden":
+                owner = CoveragePolicy if len(loc) == 1 else CoverageNotify if loc[:2] == ("coverage", "notify") else CoverageSpec
+                problems.append((_loc_str(loc), f"unknown key '{loc[-1]}'; allowed here: {', '.join(owner.model_fields)}"))
+            elif err.get("type") == "model_type" and not loc:
+                problems.append(("", "a coverage policy is a mapping: coverage: {every: quarter, min_fraction: 1.0, protected_tag: backup-plan}"))
+            else:
+                problems.append(_friendly(err, {}))
+        raise SpecError(path, problems) from None
+
+
+def load_coverage_policy(drills_dir: str | Path) -> Optional[CoverageSpec]:
+    """The policy in `<drills_dir>/coverage.yaml`; None when there is none."""
+    path = Path(drills_dir) / COVERAGE_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (UnicodeDecodeError, IsADirectoryError, PermissionError) as exc:
+        raise SpecError(str(path), [("", f"cannot be read: {exc}")]) from None
+    return parse_coverage_policy(text, str(path))
+
+
 # ---------------------------------------------------------------- warnings
 
 
@@ -918,10 +1056,12 @@ def _load_yaml(text: str) -> tuple[Any, list[tuple[int, str]]]:
 def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
     """Every field of a drill that names a file or directory: (field path, owner, attribute)."""
     for i, t in enumerate(spec.targets):
-        if isinstance(t, PostgresTarget):
+        if isinstance(t, PostgresTarget) and t.source is not None:
             yield f"targets[{i}].source.repository", t.source, "repository"
             if t.restore.structure_reference:
                 yield f"targets[{i}].restore.structure_reference", t.restore, "structure_reference"
+        for j in range(len(t.select.repositories) if t.select else 0):
+            yield f"targets[{i}].select.repositories[{j}]", t.select.repositories, j  # type: ignore[union-attr]
 
 
 def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None:
@@ -930,13 +1070,16 @@ def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None
     problems = []
     for field, owner, attr in _drill_paths(spec):
         try:
-            value = expand_path(getattr(owner, attr))
+            value = expand_path(owner[attr] if isinstance(owner, list) else getattr(owner, attr))
             if base_dir is not None and not os.path.isabs(value):
                 value = str((base_dir / value).resolve())
         except (ValueError, OSError, RuntimeError) as exc:
             problems.append((field, str(exc)))
             continue
-        setattr(owner, attr, value)
+        if isinstance(owner, list):
+            owner[attr] = value
+        else:
+            setattr(owner, attr, value)
     if problems:
         raise SpecError(path, problems)
 

@@ -39,7 +39,8 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
-from drdrill.core.spec import IsolationSpec, Target
+from drdrill.core.selection import ProtectedResource
+from drdrill.core.spec import IsolationSpec, Selection, Target
 
 
 class ProviderError(Exception):
@@ -301,6 +302,22 @@ class Provider(ABC):
     @abstractmethod
     def wait_ready(self, ctx: DrillContext, target: Target, resource: RestoredResource, timeout: float) -> RestoredResource:
         """Wait (heartbeating) until the restored resource serves; fill in its endpoint."""
+
+    # ------------------------------------------------------------------ selections and coverage (optional)
+
+    def discover(self, kind: str, selection: Selection) -> list[ProtectedResource]:
+        """The resources of target kind `kind` (aws.ebs, azure.vm, …) that `selection` matches, each
+        with the `source` that restores it, where it lives (`scope`) and the times of its recovery
+        points (drdrill/core/selection.py chooses among them). Never lists what drdrill created."""
+        raise ProviderError(
+            "SELECTION_NOT_SUPPORTED", f"the {self.family} provider does not support selections: name the resource in 'source:'"
+        )
+
+    def protected_inventory(self, protected_tag: Optional[str]) -> list[ProtectedResource]:
+        """Every resource of the kinds this provider restores, for coverage: `protected_by` says why
+        one is protected (it carries `protected_tag`, it has recovery points), and is empty for one
+        that is not. Never lists what drdrill created."""
+        raise ProviderError("INVENTORY_NOT_SUPPORTED", f"the {self.family} provider keeps no inventory of protected resources")
 
     # ------------------------------------------------------------------ primitives of cleaning up
 

@@ -17,6 +17,9 @@ Every created resource carries the drill's tags at creation (TagSpecifications /
 idempotent: deterministic names (drdrill-<drill id>-<target>) where AWS names resources, ClientToken
 where a call takes one, and a lookup by tag before every create (an emulator may ignore the token).
 
+Selections and coverage (discover.py): volumes, instances and DB instances by tag across regions,
+with their recovery points' times (read-only).
+
 Cleaning up (primitives.py): the inventory finds resources by drdrill's tag; the base class tears
 down in DELETE_ORDER, lists and deletes orphans, and refuses anything that lacks the drill's tag.
 
@@ -31,6 +34,7 @@ from typing import Any
 
 from drdrill.core.models import DrillContext, Environment, RecoveryPoint, RestoredResource
 from drdrill.providers.aws.clients import CALLED_ACTIONS, AwsError
+from drdrill.providers.aws.discover import AwsDiscovery
 from drdrill.providers.aws.ec2 import Ec2Targets
 from drdrill.providers.aws.isolation import AwsIsolation
 from drdrill.providers.aws.primitives import CONTAINERS, DELETE_ORDER, AwsPrimitives
@@ -38,7 +42,7 @@ from drdrill.providers.aws.rds import RdsTargets
 from drdrill.providers.base import ProviderError, select_for_target
 
 
-class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives):
+class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscovery):
     """The aws family: each drill step dispatches on the target kind (aws.ebs, aws.ec2, aws.rds)."""
 
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:

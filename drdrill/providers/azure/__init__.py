@@ -9,13 +9,16 @@ then the group, which is kept, and reported, when it holds anything without the 
 
 Modules: `primitives` (clients, error mapping, waiting on operations, inventory / current_tags /
 delete), `isolation` (the VNet and NSG, and the proof of isolation), `disk` and `vm` (recovery
-points, restore, readiness of each target kind).
+points, restore, readiness of each target kind), `discover` (selections by tag and resource group,
+and the protected inventory, for coverage).
 
 The clients are the real azure-mgmt-* SDK clients (synchronous; activities run in a thread pool).
 Bodies are sent and read in ARM's wire JSON (the SDK's models are mappings over it), so the
 REST contract is exactly what this package writes. Every REST operation used:
 
   GET    /subscriptions/{s}/providers/Microsoft.Compute/snapshots                            2026-03-02
+  GET    /subscriptions/{s}/providers/Microsoft.Compute/disks                                2026-03-02  (selections, coverage)
+  GET    /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines                      2026-04-01  (selections, coverage)
   GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{disk}   2026-03-02
   GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}  2026-04-01
   GET    /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}/instanceView  2026-04-01
@@ -40,8 +43,9 @@ from typing import Any, Mapping, Optional
 from azure.identity import DefaultAzureCredential
 
 from drdrill.core.models import DrillContext, Environment, IsolationProof, RecoveryPoint, RestoredResource
+from drdrill.core.selection import ProtectedResource
 from drdrill.providers.base import ProviderError
-from drdrill.providers.azure import disk, isolation, vm
+from drdrill.providers.azure import discover, disk, isolation, vm
 from drdrill.providers.azure.primitives import PUBLIC_ARM, AzurePrimitives, parse_id
 
 __all__ = ["AzureProvider", "parse_id"]
@@ -101,3 +105,9 @@ class AzureProvider(AzurePrimitives):
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         return self._module_for(target).wait_ready(self, resource, timeout)
+
+    def discover(self, kind: str, selection: Any) -> list[ProtectedResource]:
+        return discover.discover(self, kind, selection)
+
+    def protected_inventory(self, protected_tag: Optional[str]) -> list[ProtectedResource]:
+        return discover.protected_inventory(self, protected_tag)

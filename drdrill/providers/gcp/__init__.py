@@ -18,6 +18,7 @@ The modules, by concern:
     isolation.py   the isolated network, its subnetwork and firewall rules, and their proof
     disk.py        recovery points (snapshots), `gcp.disk` restore and readiness
     instance.py    `gcp.instance` restore (its disks, then the instance) and readiness
+    discover.py    selections (`select:` by label and zone) and the protected inventory, for coverage
 
 Names are `ctx.resource_name(...)` (deterministic, at most 63 characters), made GCP-valid
 (`[a-z]([-a-z0-9]*[a-z0-9])?`). Creating is idempotent: a 409 alreadyExists means "get it and go on"
@@ -57,7 +58,8 @@ from __future__ import annotations
 from typing import Any
 
 from drdrill.core.models import DrillContext, Environment, IsolationProof, RecoveryPoint, RestoredResource
-from drdrill.providers.gcp import disk, instance, isolation
+from drdrill.core.selection import ProtectedResource
+from drdrill.providers.gcp import discover, disk, instance, isolation
 from drdrill.providers.gcp.labels import LABEL_DRILL_ID, LABEL_EXPIRES_AT, LABEL_MANAGED, LABEL_TARGET, gcp_labels, gcp_name, label_value
 from drdrill.providers.gcp.primitives import GcpPrimitives
 
@@ -83,6 +85,12 @@ class GcpProvider(GcpPrimitives):
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         kind = disk if target.provider == "gcp.disk" else instance
         return kind.wait_ready(self, target, resource, timeout)
+
+    def discover(self, kind: str, selection: Any) -> list[ProtectedResource]:
+        return discover.discover(self, kind, selection)
+
+    def protected_inventory(self, protected_tag: Any) -> list[ProtectedResource]:
+        return discover.protected_inventory(self, protected_tag)
 
 
 __all__ = ["GcpProvider", "LABEL_DRILL_ID", "LABEL_EXPIRES_AT", "LABEL_MANAGED", "LABEL_TARGET", "gcp_labels", "gcp_name", "label_value"]

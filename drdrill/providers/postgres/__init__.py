@@ -8,6 +8,7 @@
     repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
     findings.py  restore tools' stderr into findings with stable codes
     provider.py  PostgresProvider: isolation, readiness, the primitives of cleaning up; dispatches to sources
+    discover.py  selections of repositories (a list, or globs)
 """
 
 from drdrill.providers.postgres.backup import take_backup

@@ -26,6 +26,8 @@ from drdrill.core.models import (
     RecoveryPoint,
     RestoredResource,
 )
+from drdrill.core.selection import ProtectedResource
+from drdrill.providers.postgres import discover
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.repository import DrdrillRepository
@@ -142,6 +144,13 @@ class PostgresProvider(Provider):
 
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
         return source_of(target).restore(ctx, target, point, LocalCluster(env.details["path"]))
+
+    def discover(self, kind: str, selection: Any) -> list[ProtectedResource]:
+        return discover.discover(kind, selection)
+
+    def protected_inventory(self, protected_tag: Optional[str]) -> list[ProtectedResource]:
+        """None beyond the drills: coverage counts the repositories the drill files name or select."""
+        return []
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         def probe():
