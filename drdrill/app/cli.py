@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-from drdrill.app import cli_check, cli_evidence, cli_schedule
+from drdrill.app import cli_check, cli_evidence, cli_probe, cli_schedule
 from drdrill.app.demo import sample_production
 from drdrill.app.runtime import EmbeddedBusy, temporal
 from drdrill.app.simulate import simulated
@@ -492,6 +492,7 @@ def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample produc
 COMMAND_GROUPS = [
     cli_check,
     cli_evidence,
+    cli_probe,
     cli_schedule,
 ]
 for _group in COMMAND_GROUPS:
