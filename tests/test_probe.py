@@ -11,7 +11,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -365,6 +364,20 @@ def test_lint_accepts_published_fields_and_fixed_hosts():
     assert [v.type for v in spec.validations] == ["http", "tcp", "http", "tcp", "http"]
     network = parse_spec(LINTED.replace("validations:", "isolation: {postgres: network}\nvalidations:") + "  - {type: tcp, target: shop}\n")
     assert network.validations[0].target == "shop"
+
+
+def test_lint_keeps_the_probe_and_restore_after_inside_a_namespace():
+    probe_without_network = LINTED.replace("validations:", "isolation: {probe: {postgres: {}}}\nvalidations: []")
+    with pytest.raises(SpecError) as err:
+        parse_spec(probe_without_network, "drills/web.yaml")
+    assert err.value.problems == [
+        ("isolation", "probe.postgres runs inside the drill's network namespace: set 'postgres: network' in isolation, or remove probe.postgres")
+    ]
+    after_on_the_socket = LINTED.replace("/var/backups/shop}", "/var/backups/shop}\n    restore: {after: {argv: [serve]}}") + "  []\n"
+    with pytest.raises(SpecError) as err:
+        parse_spec(after_on_the_socket.replace("validations:\n  []", "validations: []"), "drills/web.yaml")
+    assert err.value.problems[0][0] == "targets[1].restore.after"
+    assert err.value.problems[0][1].startswith("restore.after starts an application inside the drill's network namespace: set isolation.postgres: network")
 
 
 @pytest.fixture
