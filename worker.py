@@ -36,6 +36,7 @@ from activities.coverage import CoverageActivities
 from activities.drill import DrillActivities
 from activities.notify import NotifyActivities
 from activities.ops import OpsActivities
+from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
 from drdrill.app import logs
@@ -61,13 +62,15 @@ def host_queue(base: str) -> str:
 
 
 def activity_objects(
-    providers: Optional[dict] = None, state_dir: Optional[str] = None, host_queue_name: str = ""
+    providers: Optional[dict] = None, state_dir: Optional[str] = None, host_queue_name: str = "", temporal: tuple[str, str] = ("", "")
 ) -> tuple[list, list]:
-    """(activity callables, objects to close) for every activity drdrill has."""
-    drill = DrillActivities(providers=providers, state_dir=state_dir, host_queue=host_queue_name)
+    """(activity callables, objects to close) for every activity drdrill has. `temporal`: the
+    worker's (address, namespace), where the probes it starts report."""
+    drill = DrillActivities(providers=providers, state_dir=state_dir, host_queue=host_queue_name, temporal=temporal)
     validation = ValidationActivities(state_dir=state_dir)
     ops = OpsActivities(state_dir=state_dir)
     notify = NotifyActivities()
+    probe = ProbeActivities()
     coverage = CoverageActivities(providers)
     acts = [
         drill.claim_host,
@@ -82,6 +85,7 @@ def activity_objects(
         drill.delete_orphan,
         drill.record_evidence,
         validation.validate,
+        probe.wait_for_probe,
         ops.request_permit,
         ops.closed_workflows,
         ops.active_drill_ids,
@@ -108,7 +112,8 @@ async def running_worker(
     A second worker polls this host's own queue (activities only), for providers whose resources
     live on the host: see DrillActivities.claim_host."""
     queue = task_queue_name or task_queue()
-    acts, closables = activity_objects(providers, state_dir, host_queue(queue))
+    temporal = (client.service_client.config.target_host, client.namespace)
+    acts, closables = activity_objects(providers, state_dir, host_queue(queue), temporal)
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities, thread_name_prefix="drdrill-activity")
     host_worker = Worker(
         client,

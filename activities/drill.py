@@ -116,10 +116,16 @@ class DrillActivities:
     """The activities of DrillWorkflow. `providers` maps family -> Provider; missing ones load lazily."""
 
     def __init__(
-        self, providers: Optional[dict[str, Provider]] = None, state_dir: Optional[str] = None, host_queue: str = ""
+        self,
+        providers: Optional[dict[str, Provider]] = None,
+        state_dir: Optional[str] = None,
+        host_queue: str = "",
+        temporal: tuple[str, str] = ("", ""),
     ):
         self._providers: dict[str, Provider] = dict(providers or {})
         self.host_queue = host_queue
+        # (address, namespace) of this worker's Temporal: where a probe reports, unless the drill says.
+        self.temporal = temporal
         self._lock = threading.Lock()
         self.state_dir = Path(state_dir or default_state_dir())
 
@@ -181,7 +187,21 @@ class DrillActivities:
 
     @activity.defn(name="create_isolation")
     def create_isolation(self, inp: CreateIsolationInput) -> Environment:
-        return self._call(inp.family, None, "create_isolation", inp.ctx, inp.isolation, inp.targets)
+        return self._call(inp.family, None, "create_isolation", inp.ctx, self._probe_defaults(inp.isolation), inp.targets)
+
+    def _probe_defaults(self, isolation: IsolationSpec) -> IsolationSpec:
+        """A probe the drill asks for reports to this worker's Temporal unless the drill names another."""
+        address, namespace = self.temporal
+        filled = isolation.model_copy(deep=True)
+        for name in type(filled.probe).model_fields:
+            probe = getattr(filled.probe, name)
+            if probe is None:
+                continue
+            if getattr(probe, "temporal_address", "") is None and address:
+                probe.temporal_address = address
+            if getattr(probe, "temporal_namespace", "") is None and namespace:
+                probe.temporal_namespace = namespace
+        return filled
 
     @activity.defn(name="verify_isolation")
     def verify_isolation(self, inp: VerifyIsolationInput) -> IsolationProof:

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from drdrill.core.models import Finding, RecoveryPoint, RestoredResource, ValidationResult
 from drdrill.providers.postgres.data import fingerprints_parallel, list_tables, table_ident
 from drdrill.core.progress import heartbeat
-from drdrill.core.spec import Validation, format_duration
+from drdrill.core.spec import ENDPOINT_TEMPLATE_RE, Validation, format_duration
 
 
 class VolumeBaseline(BaseModel):
@@ -399,32 +399,70 @@ def check_volume(inp: ValidateInput, ct: float):
 # ------------------------------------------------------------------ service checks
 
 
+def endpoint_field(inp: ValidateInput, name: str) -> str:
+    """A field of the check's restored target's endpoint (its host, port, private_ip, …)."""
+    res = inp.resource
+    endpoint = res.endpoint if res is not None else {}
+    value = endpoint.get(name)
+    if value in (None, ""):
+        target = getattr(inp.validation, "target", None) or "?"
+        known = ", ".join(k for k, val in endpoint.items() if val not in (None, "")) or "nothing"
+        raise CouldNotVerify(f"target {target} publishes no {name!r} (its endpoint has: {known})", retry=False)
+    return str(value)
+
+
+def render_template(inp: ValidateInput, template: str) -> str:
+    """A url template with each {field} replaced by the target's endpoint field."""
+    return ENDPOINT_TEMPLATE_RE.sub(lambda m: endpoint_field(inp, m.group(1)), template)
+
+
+def tcp_address(inp: ValidateInput) -> tuple[str, int]:
+    """Where a tcp check connects: its fixed host, or its target's host (and port, unless given)."""
+    v = inp.validation
+    if v.host is not None:
+        return v.host, v.port
+    host = endpoint_field(inp, "host")
+    return host, v.port if v.port is not None else int(endpoint_field(inp, "port"))
+
+
+def http_url(inp: ValidateInput) -> str:
+    """What an http check GETs: its url (a template filled from the target's endpoint), or the
+    target's host with `port` and `path`."""
+    v = inp.validation
+    if v.url is not None:
+        return render_template(inp, v.url) if v.target is not None else v.url
+    host = endpoint_field(inp, "host")
+    return f"{v.scheme}://{f'[{host}]' if ':' in host else host}:{v.port}{v.path}"
+
+
 def check_tcp(inp: ValidateInput, ct: float):
     v = inp.validation
+    host, port = tcp_address(inp)
     try:
-        with socket.create_connection((v.host, v.port), timeout=min(ct, v.timeout.total_seconds() or ct)):
-            return f"{v.host}:{v.port} accepts connections", {}, True
+        with socket.create_connection((host, port), timeout=min(ct, v.timeout.total_seconds() or ct)):
+            return f"{host}:{port} accepts connections", {}, True
     except ConnectionRefusedError as exc:
-        raise Failed(f"{v.host}:{v.port} refused the connection: nothing listens there") from exc
+        raise Failed(f"{host}:{port} refused the connection: nothing listens there") from exc
     except (socket.gaierror, socket.timeout, OSError) as exc:
-        raise CouldNotVerify(f"{v.host}:{v.port} could not be reached: {exc}") from exc
+        raise CouldNotVerify(f"{host}:{port} could not be reached: {exc}") from exc
 
 
 def check_http(inp: ValidateInput, ct: float):
     v = inp.validation
-    req = urllib.request.Request(v.url, headers={"User-Agent": "drdrill-validation"})
+    url = http_url(inp)
+    req = urllib.request.Request(url, headers={"User-Agent": "drdrill-validation"})
     try:
         with urllib.request.urlopen(req, timeout=ct) as resp:  # noqa: S310 - the user's URL
             status, body = resp.status, resp.read(1 << 20).decode("utf-8", "replace")
     except urllib.error.HTTPError as exc:
         status, body = exc.code, (exc.read(1 << 20) or b"").decode("utf-8", "replace")
     except (urllib.error.URLError, OSError) as exc:
-        raise CouldNotVerify(f"{v.url} could not be reached: {getattr(exc, 'reason', exc)}") from exc
+        raise CouldNotVerify(f"{url} could not be reached: {getattr(exc, 'reason', exc)}") from exc
     if status != v.expect_status:
-        raise Failed(f"{v.url} answered {status}, expected {v.expect_status}")
+        raise Failed(f"{url} answered {status}, expected {v.expect_status}")
     if v.contains is not None and v.contains not in body:
-        raise Failed(f"{v.url} answered {status} but the body lacks {v.contains!r}")
-    return f"{v.url} answered {status}" + (f" containing {v.contains!r}" if v.contains else ""), {"status": status}, True
+        raise Failed(f"{url} answered {status} but the body lacks {v.contains!r}")
+    return f"{url} answered {status}" + (f" containing {v.contains!r}" if v.contains else ""), {"status": status}, True
 
 
 def check_command(inp: ValidateInput, ct: float):
@@ -472,6 +510,9 @@ _CHECKS = {
 }
 # Service checks keep trying until their deadline (a service may still be starting).
 _RETRY_ON_FAILED = {"tcp": True, "http": True, "command": True}
+# Checks that run on the worker even when their target's network is isolated: they read the
+# cloud's own API. Every other check needs the target's network, i.e. a probe inside it.
+WORKER_CHECKS = frozenset({"command"})
 
 
 def _short(q: str, n: int = 60) -> str:

@@ -43,8 +43,9 @@ with workflow.unsafe.imports_passed_through():
         TimelineEvent,
         ValidationResult,
     )
+    from activities.probe import ProbeActivities, ProbeStatus, WaitForProbeInput
     from activities.validation import ValidationActivities
-    from drdrill.validation import ValidateInput
+    from drdrill.validation import WORKER_CHECKS, ValidateInput
     from drdrill.core import judging, selection
     from drdrill.core.spec import DrillSpec, Target, format_duration
     from drdrill.core.operations import drill_id_from_workflow_id
@@ -62,6 +63,7 @@ TEARDOWN_RETRY = RetryPolicy(
 )
 HEARTBEAT = timedelta(seconds=30)
 EXPIRY_MARGIN = timedelta(hours=1)
+PROBE_START_TIMEOUT = timedelta(minutes=5)  # when the drill file names no start_timeout for a family's probe
 
 
 @workflow.defn(name="DrillWorkflow")
@@ -83,6 +85,7 @@ class DrillWorkflow:
         self.findings: list[Finding] = []
         self.teardowns: list[TeardownReport] = []
         self.selections: list[selection.SelectionRecord] = []
+        self.probes: dict[str, bool] = {}  # family -> its probe polls its task queue
         self.broken = False
 
     # ------------------------------------------------------------ queries and signals
@@ -308,6 +311,7 @@ class DrillWorkflow:
     async def _validations(self) -> None:
         """4. Validations, in parallel; a check whose target did not come back is NOT_RUN."""
         spec = self.spec
+        await self._wait_for_probes()
         self._phase("validate")
         started = workflow.now()
         vals = await asyncio.gather(*(self._validate(i) for i in range(len(spec.validations))))
@@ -325,6 +329,53 @@ class DrillWorkflow:
             judging.worst(v.outcome for v in self.validations if v.required) if self.validations else "COULD_NOT_VERIFY",
             detail=judging.summary([v.outcome for v in self.validations], [v.name for v in self.validations]),
         )
+
+    async def _wait_for_probes(self) -> None:
+        """Before the checks, wait (bounded) until each probe a restored family has polls its queue."""
+        ready = {self.spec.target(name).family for name, r in self.restored.items() if r.ready}
+        envs = [e for e in self.envs.values() if e.details.get("probe_queue") and e.family in ready]
+        if not envs:
+            return
+        self._phase("probe")
+        started = workflow.now()
+        statuses = await asyncio.gather(*(self._wait_for_probe(e) for e in envs))
+        self._event(
+            "probe",
+            started,
+            workflow.now(),
+            "PASSED" if all(s.polling for s in statuses) else "COULD_NOT_VERIFY",
+            detail="; ".join(
+                f"{e.family}: task queue {s.queue} "
+                + (f"polled after {format_duration(s.waited_seconds)}" if s.polling else f"not polled within {format_duration(s.waited_seconds)}")
+                for e, s in zip(envs, statuses)
+            ),
+        )
+
+    async def _wait_for_probe(self, env: Environment) -> ProbeStatus:
+        queue = env.details["probe_queue"]
+        probe = self.spec.isolation.probe.for_family(env.family)
+        bound = probe.start_timeout if probe is not None else PROBE_START_TIMEOUT
+        try:
+            status: ProbeStatus = await workflow.execute_activity_method(
+                ProbeActivities.wait_for_probe,
+                WaitForProbeInput(queue=queue, timeout_seconds=bound.total_seconds()),
+                start_to_close_timeout=bound + timedelta(minutes=1),
+                heartbeat_timeout=self.heartbeat,
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            status = ProbeStatus(queue=queue, polling=False)
+            self._finding("PROBE_NOT_STARTED", f"could not ask Temporal whether the {env.family} probe polls {queue}: {_describe(exc)}", could_not_verify=True)
+        else:
+            if not status.polling:
+                self._finding(
+                    "PROBE_NOT_STARTED",
+                    f"the {env.family} probe never polled its task queue {queue} within {format_duration(bound)}: "
+                    "the checks that need the isolated network could not run (see the probe's log)",
+                    could_not_verify=True,
+                )
+        self.probes[env.family] = status.polling
+        return status
 
     # ------------------------------------------------------------ one target, one family, one check
 
@@ -469,6 +520,26 @@ class DrillWorkflow:
                 outcome="NOT_RUN",
                 detail=f"target {tname} was not restored",
             )
+        family = self.spec.target(tname).family if tname else None
+        queue = self._queue(family) if family else None
+        schedule_to_close, where = None, ""
+        env = self.envs.get(family) if family else None
+        if env is not None and v.type not in WORKER_CHECKS:
+            # A check that needs the network runs where the network is: in the family's probe.
+            probe_queue = env.details.get("probe_queue")
+            if probe_queue and not self.probes.get(family):
+                return self._not_checked(v, name, tname, f"the {family} probe never polled its task queue {probe_queue} (PROBE_NOT_STARTED)")
+            if probe_queue:
+                # A probe that dies mid-check is noticed by its heartbeat; the retry waits on its
+                # queue for a probe no longer than a check could take, then the check could not run.
+                queue, schedule_to_close = probe_queue, v.timeout + 4 * self.heartbeat
+                where = f" in the {family} probe (task queue {probe_queue})"
+            elif env.details.get("reachable_from_worker") is False:
+                return self._not_checked(
+                    v, name, tname,
+                    f"target {tname} is in an isolated network the worker cannot reach ({env.description or env.id}), and "
+                    f"this drill runs no probe there: set isolation.probe.{family} to run {v.type} checks inside it",
+                )
         try:
             return await workflow.execute_activity_method(
                 ValidationActivities.validate,
@@ -481,8 +552,9 @@ class DrillWorkflow:
                     rpo_objective_seconds=self.spec.objectives.rpo.total_seconds(),
                     drill_name=self.spec.name,
                 ),
-                task_queue=self._queue(self.spec.target(tname).family) if tname else None,
+                task_queue=queue,
                 start_to_close_timeout=v.timeout + timedelta(minutes=2),
+                schedule_to_close_timeout=schedule_to_close,
                 heartbeat_timeout=self.heartbeat,
                 retry_policy=QUICK_RETRY,
             )
@@ -493,8 +565,16 @@ class DrillWorkflow:
                 target=tname,
                 required=v.required,
                 outcome="COULD_NOT_VERIFY",
-                detail=f"the check could not run: {_describe(exc)}",
+                detail=f"the check could not run{where}: {_describe(exc)}",
             )
+
+    def _not_checked(self, v: Any, name: str, target: Optional[str], why: str) -> ValidationResult:
+        """A check that cannot run where it would have to: COULD_NOT_VERIFY at once, nothing attempted."""
+        now = workflow.now()
+        return ValidationResult(
+            name=name, type=v.type, target=target, required=v.required, outcome="COULD_NOT_VERIFY",
+            detail=why, started=now, finished=now, attempts=0,
+        )
 
     async def _hold(self) -> None:
         hold = self.spec.teardown.hold

@@ -23,7 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_reference, cli_schedule
+from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
 from drdrill.app.demo import sample_production
 from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.simulate import simulated
@@ -487,6 +487,7 @@ COMMAND_GROUPS = [
     cli_check,
     cli_coverage,
     cli_evidence,
+    cli_probe,
     cli_reference,
     cli_schedule,
 ]

@@ -253,12 +253,22 @@ class PostgresSource(Strict):
     database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
 
 
+class AfterRestore(Strict):
+    """An application started from the restored data inside the drill's network namespace
+    (`isolation.postgres: network`), so `http` and `tcp` checks through the probe reach it. It gets
+    the restored database as DRDRILL_DSN, DRDRILL_HOST, DRDRILL_PORT and DRDRILL_DATABASE, runs
+    until the environment is torn down, and logs to the cluster directory."""
+
+    argv: list[str] = Field(min_length=1, description="the command; argv[0] is found on PATH, so prefer absolute paths")
+
+
 class PostgresRestoreOptions(RestoreOptions):
     structure_reference: Optional[str] = Field(
         None,
         description="file listing the catalog objects the restore must have (relative to the drill file; "
         "written by `drdrill reference write`): STRUCTURE_MISSING / STRUCTURE_UNEXPECTED against it",
     )
+    after: Optional[AfterRestore] = Field(None, description="start an application from the restored data (isolation.postgres: network only)")
 
 
 class PostgresTarget(TargetBase):
@@ -454,6 +464,41 @@ PROVIDERS = ["postgres", "aws.ebs", "aws.ec2", "aws.rds", "azure.disk", "azure.v
 # ---------------------------------------------------------------- isolation
 
 
+class ProbeBase(Strict):
+    """A probe: a small drdrill worker (`drdrill probe --task-queue Q`) inside the drill's isolated
+    network that runs the checks which need that network, on the drill's own task queue. Each
+    provider family that can launch one adds its model to ProbeSpec."""
+
+    start_timeout: Duration = Field(
+        timedelta(minutes=5), description="how long the drill waits for the probe to start polling (else PROBE_NOT_STARTED)"
+    )
+
+
+class PostgresProbe(ProbeBase):
+    """The probe of `isolation.postgres: network`: a process inside the drill's network namespace,
+    reaching Temporal only through a relay (a Unix socket in the cluster directory)."""
+
+    start_timeout: Duration = Field(timedelta(minutes=2), description="how long the drill waits for the probe to start polling")
+    temporal_address: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$",
+        description="host:port of the Temporal frontend the relay forwards to (default: the worker's own)",
+    )
+    temporal_namespace: Optional[str] = Field(None, description="the probe's Temporal namespace (default: the worker's own)")
+
+
+class ProbeSpec(Strict):
+    """Probes per provider family. The cloud families add theirs here (`aws: {ami | launch_template,
+    instance_type, temporal_address}`, `azure: {…}`, `gcp: {…}`), each a ProbeBase."""
+
+    postgres: Optional[PostgresProbe] = None
+
+    def for_family(self, family: str) -> Optional[ProbeBase]:
+        """The probe this drill asks for in `family`'s isolated network, if any."""
+        probe = getattr(self, family, None)
+        return probe if isinstance(probe, ProbeBase) else None
+
+
 class IsolationSpec(Strict):
     """The isolated environment the targets are restored into (no route to production)."""
 
@@ -467,6 +512,26 @@ class IsolationSpec(Strict):
     azure_subscription_id: Optional[str] = None
     gcp_project: Optional[str] = None
     gcp_region: Optional[str] = None
+    postgres: Literal["socket", "network"] = Field(
+        "socket",
+        description="socket: the cluster listens on a private Unix socket only (no TCP); network: on TCP inside a "
+        "network namespace of its own, reached by a probe inside it",
+    )
+    production_dsn_env: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable holding the production DSN the isolation proof must fail to reach "
+        "(default: each target's source.dsn_env)",
+    )
+    probe: ProbeSpec = Field(default_factory=ProbeSpec, description="run checks inside the isolated network, per provider family")
+
+    @model_validator(mode="after")
+    def _probe_needs_a_network(self) -> "IsolationSpec":
+        if self.probe.postgres is not None and self.postgres != "network":
+            raise ValueError(
+                "probe.postgres runs inside the drill's network namespace: set 'postgres: network' in isolation, or remove probe.postgres"
+            )
+        return self
 
 
 # ---------------------------------------------------------------- validations
@@ -549,17 +614,63 @@ class VolumeValidation(DataValidation):
     tables: Optional[list[str]] = Field(None, description="default: every table of the restore (and of the earlier run)")
 
 
+# `{field}` in a url template: an endpoint field of the check's target (see template_fields).
+ENDPOINT_TEMPLATE_RE = re.compile(r"\{([^{}]*)\}")
+_FIELD_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def template_fields(template: str) -> list[str]:
+    """The endpoint fields a url template names, in order: 'http://{host}:8080/' -> ['host'].
+    Raises ValueError for a `{…}` that is not a plain field name."""
+    fields = ENDPOINT_TEMPLATE_RE.findall(template)
+    for name in fields:
+        if not _FIELD_NAME_RE.match(name):
+            raise ValueError(f"{{{name}}} is not an endpoint field: write a name such as {{host}} or {{private_ip}}")
+    return list(dict.fromkeys(fields))
+
+
 class TcpValidation(ValidationBase):
+    """A TCP connect: to a fixed `host`, or to a restored `target`'s host (its endpoint's `host`)."""
+
     type: Literal["tcp"]
-    host: str
-    port: int = Field(ge=1, le=65535)
+    host: Optional[str] = Field(None, description="a fixed host; or name a target instead")
+    target: Optional[str] = Field(None, description="a restored target: its endpoint's host")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="default with a target: its endpoint's port")
+
+    @model_validator(mode="after")
+    def _one_address(self) -> "TcpValidation":
+        if (self.host is None) == (self.target is None):
+            raise ValueError("a tcp check names either 'host' (a fixed address) or 'target' (a restored target), exactly one")
+        if self.host is not None and self.port is None:
+            raise ValueError("a tcp check with a fixed host needs 'port'")
+        return self
 
 
 class HttpValidation(ValidationBase):
+    """An HTTP GET of a fixed `url`, a url template filled from a restored `target`'s endpoint
+    (`http://{host}:8080/health`), or `target` + `path` + `port`."""
+
     type: Literal["http"]
-    url: str = Field(pattern=r"^https?://")
+    url: Optional[str] = Field(None, pattern=r"^https?://", description="a URL, or a template naming endpoint fields: http://{host}:8080/health")
+    target: Optional[str] = Field(None, description="a restored target whose endpoint fills the template or gives the host")
+    path: Optional[str] = Field(None, pattern=r"^/", description="with target and port: the path to GET")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="with target and path")
+    scheme: Literal["http", "https"] = "http"
     expect_status: int = Field(200, ge=100, le=599)
     contains: Optional[str] = None
+
+    @model_validator(mode="after")
+    def _one_address(self) -> "HttpValidation":
+        if (self.url is None) == (self.path is None):
+            raise ValueError("an http check has either 'url' (a URL or a template such as http://{host}:8080/health) or 'path' with 'target' and 'port'")
+        if self.path is not None and (self.target is None or self.port is None):
+            raise ValueError("'path' needs 'target' and 'port': the URL is <scheme>://<the target's host>:<port><path>")
+        if self.url is not None:
+            if template_fields(self.url) and self.target is None:
+                raise ValueError(f"{self.url!r} names endpoint fields: add 'target:' to say whose")
+            if self.port is not None:
+                raise ValueError("'port' goes with 'path'; put the port in the url")
+        return self
 
 
 class CommandValidation(ValidationBase):
@@ -694,6 +805,17 @@ class DrillSpec(Strict):
             raise _RefError(("validations",), f"validation names must be unique; repeated: {', '.join(sorted(dupes))} (set 'name:')")
         return self
 
+    @model_validator(mode="after")
+    def _after_restore_needs_a_network(self) -> "DrillSpec":
+        for i, t in enumerate(self.targets):
+            if isinstance(t, PostgresTarget) and t.restore.after is not None and self.isolation.postgres != "network":
+                raise _RefError(
+                    ("targets", i, "restore", "after"),
+                    "restore.after starts an application inside the drill's network namespace: set isolation.postgres: network "
+                    "(on the default private socket it would run on the worker's own network, next to production)",
+                )
+        return self
+
     def validation_name(self, index: int) -> str:
         v = self.validations[index]
         if v.name:
@@ -816,6 +938,55 @@ class _RefError(ValueError):
         super().__init__(message)
         self.loc = loc
         self.message = message
+
+
+# ---------------------------------------------------------------- endpoint fields
+
+# (provider kind, isolation) -> the endpoint fields that kind publishes, or None when unknown here.
+# Set by drdrill.providers (each provider's ENDPOINT_FIELDS), which this layer may not import.
+EndpointFieldsLookup = Callable[[str, IsolationSpec], Optional[tuple[str, ...]]]
+_endpoint_fields: Optional[EndpointFieldsLookup] = None
+
+
+def set_endpoint_fields(lookup: Optional[EndpointFieldsLookup]) -> None:
+    """Install the lookup that `parse_spec` checks tcp/http targets and url templates against."""
+    global _endpoint_fields
+    _endpoint_fields = lookup
+
+
+def endpoint_problems(spec: DrillSpec, lookup: Optional[EndpointFieldsLookup] = None) -> list[tuple[str, str]]:
+    """tcp and http checks that name a target, against the fields the target's provider publishes:
+    a url template naming an unknown field, or a target without the `host` (or `port`) the check
+    needs. (field path, message naming the field and the known ones)."""
+    lookup = lookup or _endpoint_fields
+    if lookup is None:
+        return []
+    problems = []
+    for i, v in enumerate(spec.validations):
+        if not isinstance(v, (TcpValidation, HttpValidation)) or v.target is None:
+            continue
+        target = spec.target(v.target)
+        known = lookup(target.provider, spec.isolation)
+        if known is None:
+            continue
+        who, fields = f"target {target.name} ({target.provider})", ", ".join(known) or "none"
+        if isinstance(v, HttpValidation) and v.url is not None:
+            needed, where = template_fields(v.url), "url"
+        else:
+            needed, where = ["host"], "target"
+            if isinstance(v, TcpValidation) and v.port is None:
+                needed.append("port")
+        for name in needed:
+            if name in known:
+                continue
+            if where == "url":
+                problems.append((f"validations[{i}].url", f"{{{name}}} is not an endpoint field of {who}; known fields: {fields}"))
+            else:
+                fix = "set 'port:'" if name == "port" else "use a fixed 'host'/'url' or a target that publishes a host"
+                if name == "host" and target.provider == "postgres":
+                    fix = "the default isolation has no TCP listener (use an sql check); set isolation.postgres: network for one"
+                problems.append((f"validations[{i}].target", f"{v.type} needs the target's {name}, but {who} publishes only: {fields}; {fix}"))
+    return problems
 
 
 # ---------------------------------------------------------------- loading
@@ -1034,6 +1205,9 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
         raise SpecError(path, [("", "the YAML is nested too deeply")]) from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise SpecError(path, [("", f"cannot be read as a drill: {exc}")]) from None
+    endpoints = endpoint_problems(spec)
+    if endpoints:
+        raise SpecError(path, endpoints)
     spec.source_path = path
     spec.source_sha256 = hashlib.sha256(text.encode()).hexdigest()
     spec.source_text = text

@@ -6,6 +6,7 @@ import importlib
 import os
 from typing import Optional
 
+from drdrill.core.spec import IsolationSpec, set_endpoint_fields
 from drdrill.providers.base import Provider, ProviderError
 
 FAMILIES = {
@@ -26,6 +27,24 @@ def family_of(provider: str) -> str:
     return provider.split(".", 1)[0]
 
 
+def endpoint_fields(kind: str, isolation: IsolationSpec) -> Optional[tuple[str, ...]]:
+    """The endpoint fields a `kind` target publishes (its provider's ENDPOINT_FIELDS), for linting
+    tcp/http checks and url templates. None when its provider cannot be loaded here (no SDK)."""
+    family = family_of(kind)
+    if family not in FAMILIES:
+        return None
+    module_name, cls_name = FAMILIES[family].split(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except ImportError:
+        return None
+    return cls.published_fields(kind, isolation)
+
+
+# `drdrill lint` (spec.parse_spec) checks templates against the providers' own lists.
+set_endpoint_fields(endpoint_fields)
+
+
 def load_provider(family: str, settings: Optional[dict] = None) -> Provider:
     """Build the provider for `family`; each reads its settings from the environment (DRDRILL_*)."""
     if family not in FAMILIES:
@@ -41,4 +60,4 @@ def load_provider(family: str, settings: Optional[dict] = None) -> Provider:
     return cls.from_environment(os.environ, settings or {})
 
 
-__all__ = ["FAMILIES", "HOST_BOUND", "Provider", "ProviderError", "family_of", "load_provider"]
+__all__ = ["FAMILIES", "HOST_BOUND", "Provider", "ProviderError", "endpoint_fields", "family_of", "load_provider"]

@@ -275,6 +275,15 @@ class Provider(ABC):
     family: str = ""
     DELETE_ORDER: tuple[str, ...] = ()
     CONTAINERS: frozenset[str] = frozenset()
+    # The endpoint fields a restored resource of each kind publishes (RestoredResource.endpoint):
+    # what `tcp`/`http` checks naming a target and url templates such as http://{host}:8080/ may
+    # use, and `command` checks receive as DRDRILL_*. `drdrill lint` checks templates against it.
+    ENDPOINT_FIELDS: dict[str, tuple[str, ...]] = {}
+
+    @classmethod
+    def published_fields(cls, kind: str, isolation: IsolationSpec) -> Optional[tuple[str, ...]]:
+        """The endpoint fields a `kind` target publishes under `isolation` (None: not documented)."""
+        return cls.ENDPOINT_FIELDS.get(kind)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str], settings: Optional[dict] = None) -> "Provider":

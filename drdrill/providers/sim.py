@@ -225,6 +225,7 @@ class SimProvider(Provider):
     family = "sim"
     DELETE_ORDER = ("database", "snapshot", "disk", "network")
     CONTAINERS = frozenset({"network"})
+    ENDPOINT_FIELDS = {"sim": ("resource_id", "sim_state")}
 
     def __init__(self, state_path: Optional[str | Path] = None, speed: float = 1.0, clock=time.time, sleep=time.sleep):
         self.state = SimState(state_path or default_state_path())

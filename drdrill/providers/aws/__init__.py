@@ -45,6 +45,15 @@ from drdrill.providers.base import ProviderError, select_for_target
 class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscovery):
     """The aws family: each drill step dispatches on the target kind (aws.ebs, aws.ec2, aws.rds)."""
 
+    ENDPOINT_FIELDS = {
+        "aws.ebs": ("volume_id", "snapshot_id", "expected_snapshot_id", "availability_zone", "size_gib", "region"),
+        "aws.ec2": (
+            "host", "private_ip", "instance_id", "image_id", "subnet_id", "volume_ids", "data_snapshot_ids",
+            "security_group_id", "region",
+        ),
+        "aws.rds": ("host", "port", "dsn", "dbname", "user", "engine", "db_instance_identifier", "region"),
+    }
+
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
         kind = target.provider
         if kind == "aws.ebs":

@@ -57,6 +57,11 @@ class AzureProvider(AzurePrimitives):
     """The drill's steps on Azure; the SDK plumbing and the primitives of cleaning up are in
     `primitives.AzurePrimitives` (settings: see its constructor and `from_environment`)."""
 
+    ENDPOINT_FIELDS = {
+        "azure.disk": ("disk_id", "resource_group", "source_snapshot_id", "disk_state", "size_gb"),
+        "azure.vm": ("host", "private_ip", "vm_id", "nic_id", "os_disk_id", "resource_group", "power_state", "public_ip"),
+    }
+
     @classmethod
     def from_environment(cls, env: Mapping[str, str], settings: Optional[dict] = None) -> "AzureProvider":
         """Credentials from DefaultAzureCredential (environment, workload identity, managed identity, az login).

@@ -172,8 +172,10 @@ def wait_ready(az: AzurePrimitives, resource: RestoredResource, timeout: float) 
     n = parse_id(resource.endpoint["nic_id"])
     nic = az.sdk("reading the VM's NIC", lambda: wire(c.network.network_interfaces.get(n["rg"], n["name"])))
     ipcs = props(nic).get("ipConfigurations") or []
+    private_ip = (ipcs[0].get("properties") or {}).get("privateIPAddress", "") if ipcs else ""
     out.endpoint.update(
-        private_ip=(ipcs[0].get("properties") or {}).get("privateIPAddress", "") if ipcs else "",
+        host=private_ip,
+        private_ip=private_ip,
         power_state=power,
         public_ip=any((ipc.get("properties") or {}).get("publicIPAddress") for ipc in ipcs),
     )

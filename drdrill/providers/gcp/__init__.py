@@ -67,6 +67,14 @@ from drdrill.providers.gcp.primitives import GcpPrimitives
 class GcpProvider(GcpPrimitives):
     """The drill's steps, each in the module of its concern; the primitives are GcpPrimitives'."""
 
+    ENDPOINT_FIELDS = {
+        "gcp.disk": ("project", "zone", "disk", "self_link", "status", "size_gb", "source_snapshot"),
+        "gcp.instance": (
+            "host", "internal_ip", "external_ip", "project", "zone", "instance", "self_link", "status", "network",
+            "subnetwork", "disks",
+        ),
+    }
+
     def find_recovery_point(self, ctx: DrillContext, target: Any) -> RecoveryPoint:
         source = disk if target.provider == "gcp.disk" else instance
         disks, description = source.source_disks(self, target)

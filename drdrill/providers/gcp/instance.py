@@ -105,6 +105,7 @@ def instance_endpoint(inst: Any) -> dict[str, Any]:
         "self_link": inst.self_link,
         "status": inst.status,
         "internal_ip": nic.network_i_p if nic else "",
+        "host": nic.network_i_p if nic else "",
         "external_ip": ",".join(external),
         "network": link_parts(nic.network).get("networks", "") if nic else "",
         "subnetwork": link_parts(nic.subnetwork).get("subnetworks", "") if nic else "",

@@ -83,10 +83,15 @@ def cluster_root() -> Path:
 
 
 class LocalCluster:
-    """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json."""
+    """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json.
 
-    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None):
+    `port` names the socket (and the TCP port, where it listens on TCP); with `netns` the server is
+    started inside that Linux network namespace (`isolation.postgres: network`)."""
+
+    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None, port: int = PORT, netns: Optional[str] = None):
         self.path = Path(path)
+        self.port = port
+        self.netns = netns
         self.data = self.path / "data"
         self.sock = self.path / "sock"
         self.log = self.path / "server.log"
@@ -121,7 +126,7 @@ class LocalCluster:
             return None
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.sock} port={PORT} user={SUPERUSER} dbname={dbname}"
+        return f"host={self.sock} port={self.port} user={SUPERUSER} dbname={dbname}"
 
     def running(self) -> bool:
         if not self.initialised:
@@ -133,17 +138,22 @@ class LocalCluster:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def create(self, tags: dict, settings: Optional[dict] = None) -> None:
-        """Create (idempotently) the directory, its marker and the cluster; then start it."""
+    def claim(self, tags: dict) -> None:
+        """Create (idempotently) the directory and its marker: the first thing a drill makes, so
+        whatever it makes next (a cluster, a network namespace) is found and removed by tag."""
         if len(str(self.sock)) > 100:
             raise ClusterError(f"cluster path {self.path} is too long for a Unix socket; set DRDRILL_CLUSTER_ROOT shorter")
         self.path.mkdir(mode=0o700, exist_ok=True)
         os.chmod(self.path, 0o700)
-        # The marker comes first, so a half-created cluster is still found and removed by tag.
         if not self.marker.exists():
             tmp = self.path / ".drdrill.json.tmp"
             tmp.write_text(json.dumps(tags, sort_keys=True))
             os.replace(tmp, self.marker)
+
+    def create(self, tags: dict, settings: Optional[dict] = None) -> None:
+        """Create (idempotently) the directory, its marker and the cluster; then start it."""
+        # The marker comes first, so a half-created cluster is still found and removed by tag.
+        self.claim(tags)
         (self.path / "bindir").write_text(f"{self.binaries.major} {self.binaries.bindir}\n")
         self.sock.mkdir(mode=0o700, exist_ok=True)
         for p in (self.path, self.sock):
@@ -170,7 +180,7 @@ class LocalCluster:
                 "listen_addresses": "''",
                 "unix_socket_directories": f"'{self.sock}'",
                 "unix_socket_permissions": "0700",
-                "port": str(PORT),
+                "port": str(self.port),
                 "fsync": "off",
                 "full_page_writes": "off",
                 "synchronous_commit": "off",
@@ -202,15 +212,24 @@ class LocalCluster:
             _chown(self.log)
         # The socket directory is given at every start, not only at creation: a kept data directory
         # (the evidence store) outlives the cluster root its socket was first made under.
-        proc = subprocess.run(
-            [self.tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout), "-o", f"-k '{self.sock}'"],
-            capture_output=True,
-            text=True,
-            **_as_server_user(),
+        argv, as_user = self._in_netns(
+            [self.tool("pg_ctl"), "start", "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(timeout), "-o", f"-k '{self.sock}'"]
         )
+        proc = subprocess.run(argv, capture_output=True, text=True, **as_user)
         if proc.returncode != 0:
             tail = self.log.read_text(errors="replace").strip().splitlines()[-5:] if self.log.exists() else []
             raise ClusterError(f"the cluster did not start: {proc.stderr.strip()} {' | '.join(tail)}")
+
+    def _in_netns(self, argv: list[str]) -> tuple[list[str], dict]:
+        """`argv` run as the server user, inside the cluster's network namespace when it has one:
+        `ip netns exec` needs root, so the switch to the server user comes after it (setpriv)."""
+        if not self.netns:
+            return argv, _as_server_user()
+        user = run_user()
+        prefix = ["ip", "netns", "exec", self.netns]
+        if user is not None:
+            prefix += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
+        return prefix + argv, {}
 
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server: `immediate` for throwaway clusters; `fast` (a clean shutdown with a
