@@ -28,7 +28,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from drdrill.core.spec import DrillSpec
+from drdrill.core.spec import DrillSpec, RestoreOptions
 from drdrill.providers.sim import SimState
 
 
@@ -44,7 +44,7 @@ def simulated(spec: DrillSpec) -> DrillSpec:
                 "name": t.name,
                 "provider": "sim",
                 "recovery_point": t.recovery_point.model_dump(mode="json"),
-                "restore": t.restore.model_dump(mode="json"),
+                "restore": t.restore.model_dump(mode="json", include=set(RestoreOptions.model_fields)),
                 "source": {
                     "resource": f"{t.provider}:{t.name}",
                     "points": 48,
