@@ -27,6 +27,7 @@ from drdrill.core.models import (
     RestoredResource,
 )
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
+from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.repository import DrdrillRepository
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
@@ -193,4 +194,6 @@ class PostgresProvider(Provider):
 
 def source_of(target: Any) -> RecoverySource:
     """The RecoverySource for a postgres target's `source`."""
+    if target.source.kind in ("path", "s3", "url_env"):
+        return DumpFiles()
     return DrdrillRepository()
