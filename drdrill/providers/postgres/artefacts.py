@@ -16,6 +16,7 @@ import hashlib
 import os
 import re
 import struct
+import tarfile
 import urllib.error
 import urllib.request
 import zlib
@@ -145,7 +146,8 @@ def _plain_header(text: bytes, encoding: str) -> Header:
     if not _PLAIN_START.match(text):
         if b"-- PostgreSQL database cluster dump" in text[:200]:
             return Header(problem="a pg_dumpall cluster dump, not one database's pg_dump")
-        return Header(problem=f"not a pg_dump archive: it starts with {text[:24]!r}" + (f" (after {encoding})" if encoding != "none" else ""))
+        first = text[:40].split(b"\n")[0]
+        return Header(problem=f"not a pg_dump archive: it starts with {first!r}" + (f" (after {encoding})" if encoding != "none" else ""))
     found = {k: rx.search(text) for k, rx in _PLAIN_FIELDS.items()}
     created = None
     if found["started"]:
@@ -168,12 +170,14 @@ def inspect(prefix: bytes, is_dir: bool = False) -> Header:
         return Header(problem="it is empty (0 bytes)")
     if prefix.startswith(b"PGDMP"):
         header = _archive_header(prefix)
-        if is_dir and header.format == "custom":
+        if is_dir and header.format:  # a directory's toc.dat may say tar (pg_dump writes it like one)
             header.format = "directory"
         return header
     if len(prefix) > 262 and prefix[257:262] == b"ustar":
         if prefix[:7] == b"toc.dat" and prefix[512:517] == b"PGDMP":
-            return _archive_header(prefix[512:])
+            header = _archive_header(prefix[512:])
+            header.format = "tar" if header.format else None
+            return header
         return Header(problem="a tar file that is not a pg_dump tar archive (no toc.dat first)")
     encoding = "gzip" if prefix.startswith(b"\x1f\x8b") else "zstd" if prefix.startswith(b"\x28\xb5\x2f\xfd") else "none"
     text = prefix
@@ -186,6 +190,28 @@ def inspect(prefix: bytes, is_dir: bool = False) -> Header:
         if text.startswith(b"PGDMP"):
             return Header(problem=f"a custom archive inside {encoding}: pg_dump -Fc compresses by itself, store it as written")
     return _plain_header(text, encoding)
+
+
+def tar_problem(path: Path) -> str:
+    """Why a pg_dump tar archive on disk is incomplete ("" when it is not): every member's data must
+    be in the file, and pg_dump's last member, restore.sql, must be there. A cut tar otherwise
+    restores until the cut and fails on half a row, which says nothing about the file."""
+    size = path.stat().st_size
+    try:
+        with tarfile.open(path, "r:") as tf:
+            members = tf.getmembers()
+    except tarfile.ReadError as exc:
+        if "unexpected end of data" in str(exc):
+            return "the file ends inside a tar member (it is cut short)"
+        return f"its tar structure is broken ({exc})"
+    except (tarfile.TarError, OSError) as exc:
+        return f"its tar structure is broken ({exc})"
+    short = [m.name for m in members if m.offset_data + m.size > size]
+    if short:
+        return f"the file ends inside its member {short[0]} (it is cut short)"
+    if not members or members[-1].name != "restore.sql":
+        return "pg_dump's last member, restore.sql, is missing (the file is cut short)"
+    return ""
 
 
 def point_time(artefact: Artefact, header: Header, name_time: Optional[tuple[re.Pattern, str]]) -> tuple[datetime, str]:

@@ -46,6 +46,7 @@ from drdrill.providers.postgres.artefacts import (
     parse_sidecar,
     point_time,
     store_for,
+    tar_problem,
 )
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, run_user
@@ -373,6 +374,8 @@ class Restore:
         if fmt == "tar" and self.local is None:
             self._spool()
         archive = self.local if self.local is not None else (self.scratch if fmt == "tar" else None)
+        if fmt == "tar" and tar_problem(archive):  # type: ignore[arg-type]
+            raise ProviderError("ARCHIVE_TRUNCATED", f"target {self.name}: {self.a.place}: {tar_problem(archive)}")  # type: ignore[arg-type]
         self._create_owners(self._archive_owners(archive))
         if archive is not None:
             parallel = ["-j", str(jobs)] if fmt in ("custom", "directory") else []

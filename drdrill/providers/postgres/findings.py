@@ -7,7 +7,7 @@ import re
 from drdrill.core.models import Finding
 
 _CLASSIFY = [
-    ("ARCHIVE_UNREADABLE", re.compile(r"(unexpected end of file|could not read (from )?input file|end of file|did not find magic string|input file appears to be a text format dump|could not open input file|corrupt|invalid compressed data|could not find block ID)", re.I)),
+    ("ARCHIVE_UNREADABLE", re.compile(r"(unexpected end of file|could not read (from )?input file|end of file|did not find magic string|input file appears to be a text format dump|could not open input file|corrupt|invalid compressed data|could not find block ID|could not uncompress data|incorrect data check)", re.I)),
     ("MISSING_ROLE", re.compile(r'role "([^"]+)" does not exist', re.I)),
     ("MISSING_EXTENSION", re.compile(r'(extension "([^"]+)" is not available|could not open extension control file[^"]*"([^"]+)")', re.I)),
 ]
