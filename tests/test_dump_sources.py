@@ -552,3 +552,21 @@ def test_the_shipped_dump_drills_lint(tmp_path):
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.startswith(f"{REPO / 'drills' / name}: ok")
         assert json.dumps(proc.stderr) == '""'
+
+
+@pytest.mark.parametrize(
+    "url, secret",
+    [
+        ("https://b.s3.amazonaws.com/k.dump?X-Amz-Credential=AKIAIOSFODNN7EXAMPLE%2F20261124&X-Amz-Security-Token=FwoGZXIvYXdz&X-Amz-Signature=abcdef0123", "abcdef0123"),
+        ("https://b.s3.amazonaws.com/k.dump?AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Expires=1800000000&Signature=vjbyPxybdZa%2ByT27", "vjbyPxybdZa"),
+        ("https://storage.googleapis.com/b/k.dump?X-Goog-Credential=sa%40p&X-Goog-Signature=0a1b2c3d4e", "0a1b2c3d4e"),
+        ("https://acct.blob.core.windows.net/c/k.dump?sv=2022-11-02&sp=r&sig=AbCdEf%2B123%3D", "AbCdEf"),
+        ("https://d111.cloudfront.net/k.dump?Expires=1800000000&Signature=AbC~dEf-123__&Key-Pair-Id=K2JCJ", "AbC~dEf"),
+    ],
+    ids=["s3-sigv4", "s3-sigv2", "gcs", "azure-sas", "cloudfront"],
+)
+def test_every_presigned_url_form_is_redacted(url, secret):
+    from drdrill.core.redact import redact
+
+    masked = redact(f"could not fetch {url}")
+    assert secret not in masked and "AKIAIOSFODNN7EXAMPLE" not in masked
