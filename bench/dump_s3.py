@@ -133,8 +133,14 @@ async def run(a) -> dict:
     print(f"pg_dump {time.perf_counter() - t0:.1f}s, archive {size / 2**20:.0f} MiB", flush=True)
     moto, endpoint = start_moto(work)
     server = DevServer(log_path=str(work / "temporal.log")).start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench"})
+    # Evidence goes to a database of its own on the machine's PostgreSQL, as in the tests (the
+    # embedded store would live under this benchmark's cluster root).
+    evidence_db = f"drdrill_bench_evidence_{uuid.uuid4().hex[:6]}"
+    with psycopg.connect(datagen.ADMIN_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{evidence_db}"')
+    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "DRDRILL_EVIDENCE_DSN")}
+    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                       "DRDRILL_EVIDENCE_DSN": datagen.ADMIN_DSN.replace("dbname=postgres", f"dbname={evidence_db}")})
     bare, drills, loads = [], [], []
     try:
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
@@ -162,6 +168,8 @@ async def run(a) -> dict:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
         shutil.rmtree(work, ignore_errors=True)
+        with psycopg.connect(datagen.ADMIN_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{evidence_db}" WITH (FORCE)')
         if not existed and not a.keep_db:
             datagen.drop(gb)
     med = lambda key, rows: summary([r[key] for r in rows])  # noqa: E731

@@ -468,16 +468,17 @@ class Restore:
     def _archive_owners(self, archive: Optional[Path]) -> list[str]:
         """The owners named in an archive's table of contents (`pg_restore -l`: the last field). A
         streamed archive's TOC is read from its first bytes (it precedes the data)."""
-        listing_of = archive
-        prefix = None
-        if archive is None:
+        if archive is not None:
+            out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(archive)], capture_output=True, text=True)
+        else:
             prefix = self.scratch.with_suffix(".toc")
-            prefix.write_bytes(self.store.read(self.a, 0, min(self.a.size or 16 * CHUNK, 16 * CHUNK)))
-            listing_of = prefix
-        try:
-            out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(listing_of)], capture_output=True, text=True)
-        finally:
-            if prefix is not None:
+            try:
+                for length in (CHUNK, 64 * CHUNK):  # a TOC is small; a schema of many thousand objects is not
+                    prefix.write_bytes(self.store.read(self.a, 0, min(self.a.size or length, length)))
+                    out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(prefix)], capture_output=True, text=True)
+                    if out.returncode == 0 or (self.a.size or 0) <= length:
+                        break
+            finally:
                 prefix.unlink(missing_ok=True)
         owners = []
         for line in out.stdout.splitlines():
