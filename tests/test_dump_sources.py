@@ -449,6 +449,30 @@ def test_a_glob_matching_two_formats_is_one_finding(drill_harness, dumps, tmp_pa
     )
 
 
+@pytest.mark.parametrize("declared, expected", [("custom", []), ("plain", ["ARCHIVE_FORMAT_MISMATCH"])])
+def test_a_declared_format_is_checked_before_restoring(drill_harness, dumps, tmp_path, cluster_root, declared, expected):
+    place(dumps["custom"], tmp_path / "b")
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.dump', format: {declared}}}"))
+
+    assert codes(result) == expected
+    assert result.verdict == ("PASSED" if not expected else "FAILED")
+    if expected:
+        assert result.findings[0].message == f"target shop: {tmp_path}/b/shop.dump is a custom (-Fc) dump; the drill says format: plain"
+
+
+def test_an_exit_code_that_disagrees_with_stderr_is_a_finding_either_way():
+    from drdrill.core.models import Finding
+    from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
+
+    said = classify_restore_errors('psql:<stdin>:41: ERROR:  role "reporting" does not exist\n', "shop")
+    assert [f.code for f in said] == ["MISSING_ROLE"] and said[0].message == 'target shop: role "reporting" does not exist'
+    assert [(f.code, f.severity) for f in exit_code_findings("psql", 0, said, "shop")] == [("EXIT_CODE_LIED", "warning")]
+    silent = exit_code_findings("pg_restore", 1, [Finding(code="X", message="m", severity="warning")], "shop")
+    assert [(f.code, f.severity) for f in silent] == [("EXIT_CODE_LIED", "error")]
+    assert silent[0].message == "target shop: pg_restore exited 1 without reporting an error: the restore failed in a way its output does not name"
+    assert exit_code_findings("pg_restore", 1, said, "shop") == [] and exit_code_findings("psql", 0, [], "shop") == []
+
+
 @pytest.mark.parametrize("glob, code", [("b/*.dump", "RECOVERY_POINT_NOT_FOUND"), ("nowhere/*.dump", "SOURCE_MISSING")])
 def test_a_source_that_matches_nothing_is_one_finding(drill_harness, tmp_path, cluster_root, glob, code):
     (tmp_path / "b").mkdir()

@@ -81,7 +81,10 @@ class DumpFiles(RecoverySource):
         points = []
         for i, a in enumerate(artefacts):
             heartbeat({"target": target.name, "step": "read headers", "done": i, "of": len(artefacts)})
-            header = store.header(a)
+            try:
+                header = store.header(a)
+            except OSError as exc:
+                raise ProviderError("SOURCE_UNREADABLE", f"target {target.name}: {a.place} cannot be read: {exc.strerror or exc}") from None
             when, how = point_time(a, header, name_time)
             points.append(
                 RecoveryPoint(
