@@ -23,6 +23,7 @@ FULL = {
     "fleet": (["--sizes", "100,500,1000", "--restore-time", "5", "--runs", "1"], 2400),
     "validation_throughput": (["--gb", "1", "--runs", "5"], 1800),
     "restore_rto": (["--gb", "1", "--runs", "5", "--jobs", "2"], 3000),
+    "dump_s3": (["--size", "1", "--runs", "5", "--jobs", "2"], 3600),
 }
 QUICK = {
     "readiness": (["--trials", "20"], 120),
@@ -30,6 +31,7 @@ QUICK = {
     "fleet": (["--sizes", "20", "--restore-time", "1", "--sample", "5"], 300),
     "validation_throughput": (["--gb", "0.02", "--runs", "1"], 300),
     "restore_rto": (["--gb", "0.02", "--runs", "1", "--jobs", "2"], 600),
+    "dump_s3": (["--size", "0.02", "--runs", "1", "--jobs", "2"], 600),
 }
 
 

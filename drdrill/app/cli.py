@@ -111,8 +111,8 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
     spec = _load(drill)
     done = 0
     for t in spec.targets:
-        if t.provider != "postgres" or t.source is None:  # a selection's repositories are backed up on their own
-            continue
+        if t.provider != "postgres" or t.source is None or t.source.repository is None:
+            continue  # only drdrill's own repository is written by `drdrill backup` (a selection's repositories on their own)
         if not t.source.dsn_env:
             err.print(f"{drill}: targets.{t.name}.source.dsn_env is not set: name the environment variable holding the source DSN")
             raise typer.Exit(2)

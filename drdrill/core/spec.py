@@ -240,17 +240,116 @@ class TargetBase(Strict):
         return self.provider.split(".")[0]  # type: ignore[attr-defined]
 
 
+class S3Location(Strict):
+    """Objects under a prefix of an S3 bucket (or an S3-compatible store), read with boto3's default
+    credential chain only: nothing secret is ever written in a drill file."""
+
+    bucket: str = Field(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
+    prefix: str = Field("", description="every object under it (but `.sha256` sidecars) is a candidate recovery point")
+    region: Optional[str] = None
+    endpoint_url: Optional[str] = Field(None, pattern=r"^https?://", description="an S3-compatible store (MinIO, Ceph, moto)")
+
+
+_NAME_TIME_DIRECTIVES = {"Y": r"\d{4}", "m": r"\d{2}", "d": r"\d{2}", "H": r"\d{2}", "M": r"\d{2}", "S": r"\d{2}", "j": r"\d{3}", "z": r"[+-]\d{4}", "%": "%"}
+_NAME_TIME_RE = re.compile(r"\{time:([^}]+)\}")
+
+
+def name_time_regex(pattern: str) -> tuple[re.Pattern, str]:
+    """`shop-{time:%Y%m%dT%H%M%SZ}.dump` -> (a regex whose group `time` is the stamp, its strptime format).
+    The regex is searched in an object's name, so the pattern may be just the time part."""
+    found = _NAME_TIME_RE.findall(pattern)
+    if len(found) != 1:
+        raise ValueError(f"{pattern!r} needs exactly one {{time:FORMAT}}, e.g. \"{{time:%Y%m%dT%H%M%SZ}}\"")
+    fmt = found[0]
+    parts = re.split(r"(%.)", fmt)
+    rx = ""
+    for part in parts:
+        if part.startswith("%") and len(part) == 2:
+            if part[1] not in _NAME_TIME_DIRECTIVES:
+                raise ValueError(f"{pattern!r}: %{part[1]} is not supported in a name time; use %Y %m %d %H %M %S %j %z")
+            rx += _NAME_TIME_DIRECTIVES[part[1]]
+        else:
+            rx += re.escape(part)
+    if "%Y" not in fmt:
+        raise ValueError(f"{pattern!r}: the time needs at least a year, month and day (%Y%m%d)")
+    before, _, after = _NAME_TIME_RE.sub("\0", pattern).partition("\0")
+    return re.compile(re.escape(before) + f"(?P<time>{rx})" + re.escape(after)), fmt
+
+
 class PostgresSource(Strict):
-    repository: str = Field(description="backup repository directory (relative to the drill file)")
+    """Where a postgres target's backups are: exactly one kind of source (SOURCE_KINDS)."""
+
+    # --- the kinds of source: exactly one is given (SOURCE_KINDS; a new kind adds a field and an entry)
+    repository: Optional[str] = Field(None, description="drdrill's own backup repository (`drdrill backup`; relative to the drill file)")
+    path: Optional[str] = Field(None, description="pg_dump files already on disk: a directory and a glob, e.g. /backups/shop/*.dump")
+    s3: Optional[S3Location] = Field(None, description="pg_dump files in an S3 bucket: {bucket, prefix, region, endpoint_url}")
+    url_env: Optional[str] = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="name of the environment variable holding a presigned HTTPS URL of one pg_dump file",
+    )
+    # --- pg_dump files (path, s3, url_env): how to read and trust them
+    name_time: Optional[str] = Field(
+        None, description='the recovery point\'s time in the file name, e.g. "{time:%Y%m%dT%H%M%SZ}" (UTC unless %z)'
+    )
+    sha256: Optional[str] = Field(None, pattern=r"^[0-9a-fA-F]{64}$", description="the artefact's expected sha256")
+    size: Optional[int] = Field(None, ge=0, description="the artefact's expected size in bytes")
+    # --- common
     dsn_env: Optional[str] = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="name of the environment variable holding the source DSN (for `drdrill backup`)",
     )
-    format: Literal["custom", "directory", "base"] = Field(
-        "custom", description="custom: pg_dump -Fc; directory: pg_dump -Fd; base: pg_basebackup (a physical copy)"
+    format: Optional[Literal["auto", "custom", "directory", "tar", "plain", "base"]] = Field(
+        None,
+        description="repository: custom (pg_dump -Fc, the default), directory (-Fd) or base (pg_basebackup); "
+        "pg_dump files: auto (the default: read from the file), custom, directory, tar or plain (SQL, also .gz or .zst)",
     )
     database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
+
+    @property
+    def kind(self) -> str:
+        """Which kind of source this is: one of SOURCE_KINDS."""
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> "PostgresSource":
+        given = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"a postgres source names exactly one of {', '.join(SOURCE_KINDS)}; this one names {' and '.join(given)}: "
+                "keep the one where this target's backups are"
+            )
+        if not given:
+            raise ValueError(
+                f"a postgres source names exactly one of {', '.join(SOURCE_KINDS)}; this one names none: add where this "
+                "target's backups are, e.g. `path: /backups/shop/*.dump` or `s3: {bucket: BUCKET, prefix: shop/}`"
+            )
+        dumps = self.kind in DUMP_SOURCE_KINDS
+        allowed = ("auto", "custom", "directory", "tar", "plain") if dumps else ("custom", "directory", "base")
+        if self.format is None:
+            self.format = "auto" if dumps else "custom"
+        if self.format not in allowed:
+            raise ValueError(f"format {self.format!r} does not apply to a {self.kind} source; allowed: {', '.join(allowed)}")
+        extras = [k for k in ("name_time", "sha256", "size") if getattr(self, k) is not None]
+        if extras and not dumps:
+            raise ValueError(
+                f"{' and '.join(extras)} {'applies' if len(extras) == 1 else 'apply'} only to pg_dump files (path, s3, url_env), "
+                "not to a repository: remove it; "
+                "drdrill's repository checks its archives against their manifests"
+            )
+        if self.name_time is not None:
+            name_time_regex(self.name_time)
+        if self.dsn_env is not None and self.kind != "repository":
+            raise ValueError("dsn_env is for `drdrill backup`, which writes a repository: remove it, or use `repository:`")
+        return self
+
+
+# The kinds of postgres source, in the order an error lists them. Each is a field of PostgresSource
+# and a RecoverySource (drdrill/providers/postgres/provider.py `source_of`).
+SOURCE_KINDS: list[str] = ["repository", "path", "s3", "url_env"]
+# The kinds that read pg_dump files written by someone else (no manifest).
+DUMP_SOURCE_KINDS: tuple[str, ...] = ("path", "s3", "url_env")
 
 
 class AfterRestore(Strict):
@@ -1231,7 +1330,9 @@ def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
     """Every field of a drill that names a file or directory: (field path, owner, attribute)."""
     for i, t in enumerate(spec.targets):
         if isinstance(t, PostgresTarget) and t.source is not None:
-            yield f"targets[{i}].source.repository", t.source, "repository"
+            for attr in ("repository", "path"):
+                if getattr(t.source, attr) is not None:
+                    yield f"targets[{i}].source.{attr}", t.source, attr
             if t.restore.structure_reference:
                 yield f"targets[{i}].restore.structure_reference", t.restore, "structure_reference"
         for j in range(len(t.select.repositories) if t.select else 0):

@@ -6,6 +6,8 @@
     binaries.py  the PostgreSQL installs of the worker, by major version
     sources.py   RecoverySource: one kind of backup a target is recovered from
     repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
+    dumps.py     pg_dump files a team already has (path, s3, url_env): every format, no manifest
+    artefacts.py  listing, reading and recognising those files (format, compression, header)
     findings.py  restore tools' stderr into findings with stable codes
     provider.py  PostgresProvider: isolation, readiness, the primitives of cleaning up; dispatches to sources
     discover.py  selections of repositories (a list, or globs)

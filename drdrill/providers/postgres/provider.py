@@ -37,6 +37,7 @@ from drdrill.providers.postgres import discover
 from drdrill.providers.postgres import netns
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
+from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.repository import DrdrillRepository
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
@@ -496,4 +497,6 @@ def _production(isolation: Any, targets: list[Any]) -> tuple[list[str], str]:
 
 def source_of(target: Any) -> RecoverySource:
     """The RecoverySource for a postgres target's `source`."""
+    if target.source.kind in ("path", "s3", "url_env"):
+        return DumpFiles()
     return DrdrillRepository()

@@ -1,0 +1,537 @@
+"""pg_dump files a team already has: `source: {path | s3 | url_env}`, every pg_dump format, no manifest.
+
+Each file (or directory archive, or object) is a candidate recovery point, dated by its name
+pattern, else its archive header, else its modification time; the evidence says which. Before
+anything is restored, the chosen one is checked: it is a pg_dump archive at all, of one format with
+its siblings, of the declared format, of a PostgreSQL major this worker can restore (the same, else
+newer with VERSION_NEWER, never older), and equal to its expected sha256/size or sidecar
+(ARTEFACT_UNVERIFIED when nothing says what it should be). A plain dump without pg_dump's closing
+line is cut short (ARCHIVE_TRUNCATED): psql would restore it with exit 0.
+
+Restores stream: an object in S3 or behind a URL goes straight into pg_restore or psql (custom and
+plain via stdin, gzip/zstd decompressed on the way); a tar goes to a scratch file in the drill's
+cluster directory first. What the tools write to stderr becomes findings, and an exit code that
+disagrees with them is EXIT_CODE_LIED. The restore runs on a server of the dump's major: the drill's
+cluster when it is that major, else a cluster of its own beside it, on the same private socket.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Optional
+
+import psycopg
+
+from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
+from drdrill.core.spec import PostgresTarget, name_time_regex
+from drdrill.providers.base import ProviderError, heartbeat, select_for_target
+from drdrill.providers.postgres import binaries as installs
+from drdrill.providers.postgres.artefacts import (
+    DUMP_COMPLETE,
+    TAIL_BYTES,
+    Artefact,
+    Decoder,
+    DecodeError,
+    Expectation,
+    Header,
+    Store,
+    parse_sidecar,
+    point_time,
+    store_for,
+    tar_problem,
+)
+from drdrill.providers.postgres.binaries import Binaries
+from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, run_user
+from drdrill.providers.postgres.data import list_tables
+from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
+from drdrill.providers.postgres.sources import RecoverySource
+
+CHUNK = 1 << 20
+TIME_SOURCES = {
+    "name": "the time in its name (source.name_time)",
+    "header": "the archive's header (when pg_dump started)",
+    "modified": "its modification time (when it was last written, after the dump's snapshot)",
+}
+
+
+class DumpFiles(RecoverySource):
+    """`source: {path: DIR/GLOB}`, `{s3: {bucket, prefix}}` or `{url_env: VAR}`: pg_dump output."""
+
+    # ------------------------------------------------------------ finding the recovery point
+
+    def find(self, ctx: DrillContext, target: PostgresTarget) -> RecoveryPoint:
+        source = target.source
+        store = store_for(source)
+        artefacts = store.list()
+        if not artefacts:
+            raise ProviderError(
+                "RECOVERY_POINT_NOT_FOUND",
+                f"target {target.name}: nothing matches {store.place()}: check the "
+                + ("glob and the directory" if source.path else "bucket and prefix" if source.s3 else "URL"),
+            )
+        name_time = name_time_regex(source.name_time) if source.name_time else None
+        points = []
+        for i, a in enumerate(artefacts):
+            heartbeat({"target": target.name, "step": "read headers", "done": i, "of": len(artefacts)})
+            try:
+                header = store.header(a)
+            except OSError as exc:
+                raise ProviderError("SOURCE_UNREADABLE", f"target {target.name}: {a.place} cannot be read: {exc.strerror or exc}") from None
+            when, how = point_time(a, header, name_time)
+            points.append(
+                RecoveryPoint(
+                    target=target.name, provider="postgres", id=a.name, consistent_time=when, size_bytes=a.size,
+                    metadata={
+                        "source": source.kind, "place": a.place, "artefact": a.to_dict(), "header": asdict(header),
+                        "format": header.describe() if header.format else None,
+                        "time_from": how, "time_source": TIME_SOURCES[how],
+                    },
+                )
+            )
+        _refuse_mixed_formats(points, store.place(), target.name)
+        chosen = select_for_target(points, ctx, target)
+        self._check(chosen, store, target)
+        return chosen
+
+    def _check(self, point: RecoveryPoint, store: Store, target: PostgresTarget) -> None:
+        """What can be known about the chosen artefact before restoring it, as findings or refusals."""
+        a, header = Artefact.from_dict(point.metadata["artefact"]), Header(**point.metadata["header"])
+        where = f"target {target.name}: {a.place}"
+        if header.format is None:
+            code = "ARCHIVE_EMPTY" if a.size == 0 else "ARCHIVE_NOT_A_DUMP"
+            raise ProviderError(code, f"{where}: {header.problem}" + (": pg_dump wrote nothing" if code == "ARCHIVE_EMPTY" else ""))
+        declared = target.source.format
+        if declared not in ("auto", header.format):
+            raise ProviderError("ARCHIVE_FORMAT_MISMATCH", f"{where} is a {header.describe()} dump; the drill says format: {declared}")
+        if header.format == "directory" and store.local_path(a) is None:
+            raise ProviderError("ARCHIVE_NOT_A_DUMP", f"{where}: a directory archive's toc.dat alone; store directory dumps on disk (path:) or as custom (-Fc)")
+        expect = self._expectation(a, store, target)
+        point.metadata["expect"] = asdict(expect)
+        if expect.size is not None and a.size is not None and a.size != expect.size:
+            raise ProviderError(
+                "ARTEFACT_CHECKSUM_MISMATCH",
+                f"{where} is {a.size} bytes; {expect.said_by} says {expect.size}: it is not the file that was written",
+            )
+        if expect.problem:
+            raise ProviderError("ARTEFACT_CHECKSUM_MISMATCH", f"{where}: its sidecar {expect.said_by} cannot be used: {expect.problem}")
+        if expect.empty:
+            point.findings.append(
+                Finding(
+                    code="ARTEFACT_UNVERIFIED", severity="warning", target=target.name,
+                    message=f"{where}: nothing says what it should contain (no sha256 or size in the drill, no "
+                    f"{a.name}.sha256 beside it), so damage that still restores goes unseen: add a sidecar (sha256sum)",
+                )
+            )
+        if header.major is not None:
+            try:
+                chosen, notes = installs.for_major(header.major, target.name)
+            except ProviderError as exc:
+                raise ProviderError(exc.code, f"{where}: {exc.message}") from None
+            point.metadata["restore_with"] = str(chosen)
+            point.findings.extend(notes)
+
+    def _expectation(self, a: Artefact, store: Store, target: PostgresTarget) -> Expectation:
+        source = target.source
+        if source.sha256 or source.size is not None:
+            return Expectation(sha256=(source.sha256 or "").lower() or None, size=source.size, said_by="the drill file")
+        side = store.sidecar(a)
+        if side is None:
+            return Expectation()
+        where, text = side
+        expect = parse_sidecar(text, a)
+        expect.said_by = where
+        return expect
+
+    # ------------------------------------------------------------ restoring it
+
+    def restore(self, ctx: DrillContext, target: PostgresTarget, point: RecoveryPoint, cluster: LocalCluster) -> RestoredResource:
+        a = Artefact.from_dict(point.metadata["artefact"])
+        header = Header(**point.metadata["header"])
+        expect = Expectation(**point.metadata.get("expect") or {})
+        store = store_for(target.source)
+        local = store.local_path(a)
+        started = time.monotonic()
+
+        # 1. Before anything is restored: the bytes are the expected ones, a plain dump is complete.
+        if local is not None and not expect.empty:
+            _verify_local(local, a, expect, target.name)
+        if header.format == "plain" and header.encoding == "none":
+            heartbeat({"target": target.name, "step": "read the end of the dump"})
+            _require_complete(store.tail(a), a, target.name)
+
+        # 2. A server of the dump's major, and a fresh database in it (a retry starts over).
+        binaries = installs.for_major(header.major, target.name)[0] if header.major else cluster.binaries
+        server = _server_for(cluster, target.name, binaries)
+        dbname = target.source.database or target.name
+        endpoint = {"dsn": server.dsn(dbname), "database": dbname, "socket_dir": str(cluster.sock)}
+        if _fresh_database(server, dbname, point.id):
+            return RestoredResource(
+                target=target.name, provider="postgres", id=f"{server.where}/{dbname}", endpoint=endpoint,
+                description=f"{a.name} restored earlier in this drill", details={"point": point.id, "resumed": True},
+            )
+
+        # 3. The archive's owners exist (roles are not in a pg_dump), then the restore itself.
+        run = Restore(target=target, artefact=a, header=header, expect=expect, store=store, server=server,
+                      binaries=binaries, dbname=dbname, scratch=cluster.path / f"scratch-{target.name}")
+        try:
+            run.execute()
+        finally:
+            run.scratch.unlink(missing_ok=True)
+        findings = run.judge()
+
+        # 4. What came back.
+        with psycopg.connect(server.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
+            tables = list_tables(conn)
+            conn.execute(
+                psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(
+                    psycopg.sql.Identifier(dbname), psycopg.sql.Literal(f"drdrill restored {point.id}")
+                )
+            )
+        return RestoredResource(
+            target=target.name,
+            provider="postgres",
+            id=f"{server.where}/{dbname}",
+            description=f"{run.how}, {len(tables)} tables",
+            endpoint=endpoint,
+            details={
+                "point": point.id, "place": a.place, "format": header.describe(), "tool": run.how,
+                "binaries": str(binaries), "server": server.label, "streamed": run.streamed,
+                "bytes_read": run.bytes_read, "sha256": run.sha256, "exit_code": run.returncode,
+                "owner_roles_created": run.roles_created, "tables": len(tables),
+                "seconds": round(time.monotonic() - started, 3),
+            },
+            findings=findings,
+        )
+
+
+def _refuse_mixed_formats(points: list[RecoveryPoint], place: str, target: str) -> None:
+    """One source, one format: a glob that matches both custom and plain dumps is ambiguous (someone
+    changed the cron job, or the glob is too wide), and a drill of either would not say so."""
+    by_format: dict[str, list[str]] = {}
+    for p in points:
+        fmt = p.metadata["header"]["format"]
+        if fmt:
+            by_format.setdefault(fmt, []).append(p.id)
+    if len(by_format) > 1:
+        listed = "; ".join(f"{fmt}: {', '.join(ids[:3])}{' …' if len(ids) > 3 else ''}" for fmt, ids in sorted(by_format.items()))
+        raise ProviderError(
+            "ARTEFACT_FORMATS_MIXED",
+            f"target {target}: {place} matches dumps of {len(by_format)} formats ({listed}): narrow the glob or prefix to one kind",
+        )
+
+
+def _verify_local(path: Path, a: Artefact, expect: Expectation, target: str) -> None:
+    """sha256 of a file on disk (or of each file of a directory archive) against what was expected."""
+    if a.is_dir:
+        for name, want in sorted(expect.files.items()):
+            got = _sha256_file(path / name, target) if (path / name).is_file() else "missing"
+            if got != want:
+                raise ProviderError(
+                    "ARTEFACT_CHECKSUM_MISMATCH",
+                    f"target {target}: {a.place}/{name} has sha256 {got[:16]}…, {expect.said_by} says {want[:16]}…: "
+                    "the dump was altered or damaged after it was written",
+                )
+        return
+    if expect.sha256:
+        got = _sha256_file(path, target)
+        if got != expect.sha256:
+            raise ProviderError(
+                "ARTEFACT_CHECKSUM_MISMATCH",
+                f"target {target}: {a.place} has sha256 {got[:16]}…, {expect.said_by} says {expect.sha256[:16]}…: "
+                "the dump was altered or damaged after it was written",
+            )
+
+
+def _sha256_file(path: Path, target: str) -> str:
+    h = hashlib.sha256()
+    done = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK * 4):
+            h.update(chunk)
+            done += len(chunk)
+            if done % (CHUNK * 256) < CHUNK * 4:
+                heartbeat({"target": target, "step": "sha256", "bytes": done})
+    return h.hexdigest()
+
+
+def _require_complete(tail: bytes, a: Artefact, target: str, streamed: bool = False) -> None:
+    if DUMP_COMPLETE not in tail:
+        raise ProviderError(
+            "ARCHIVE_TRUNCATED",
+            f"target {target}: {a.place} does not end with pg_dump's closing `-- PostgreSQL database dump complete`: "
+            "the dump was cut short (psql would restore the part before the cut and exit 0)"
+            + (" (found while streaming it; what was restored is discarded)" if streamed else ""),
+        )
+
+
+# ---------------------------------------------------------------- the server restored into
+
+
+@dataclass
+class Server:
+    """Where a target is restored: the drill's cluster, or one of the dump's major beside it."""
+
+    sock: str
+    port: int
+    where: str
+    label: str
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host={self.sock} port={self.port} user={SUPERUSER} dbname={dbname}"
+
+
+def _server_for(cluster: LocalCluster, target: str, binaries: Binaries) -> Server:
+    if cluster.binaries.major == binaries.major:
+        return Server(str(cluster.sock), 5432, str(cluster.path), f"the drill's cluster (PostgreSQL {binaries.major})")
+    return _cluster_beside(cluster, target, binaries)
+
+
+def _cluster_beside(cluster: LocalCluster, target: str, binaries: Binaries) -> Server:
+    """A cluster of another major in the drill's directory, on the drill's private socket directory
+    (its own port): the same isolation, removed with the drill's cluster at teardown."""
+    port = 5433 + int(hashlib.sha256(target.encode()).hexdigest(), 16) % 20000
+    data = cluster.path / f"{target}-pg{binaries.major}"
+    user = run_user()
+    as_server = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
+    heartbeat({"target": target, "step": f"create a PostgreSQL {binaries.major} cluster"})
+    if data.exists():  # a retried attempt starts over
+        subprocess.run([binaries.tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], capture_output=True, **as_server)
+        shutil.rmtree(data)
+    data.mkdir(mode=0o700)
+    if user:
+        os.chown(data, user.pw_uid, user.pw_gid)
+    proc = subprocess.run(
+        [binaries.tool("initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
+        capture_output=True, text=True, **as_server,
+    )
+    if proc.returncode != 0:
+        raise ProviderError("ISOLATION_FAILED", f"target {target}: initdb of PostgreSQL {binaries.major} failed: {proc.stderr.strip()}", retryable=True)
+    try:
+        adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target}-pg{binaries.major}.log", binaries)
+    except ClusterError as exc:
+        raise ProviderError("ISOLATION_FAILED", f"target {target}: {exc}", retryable=True) from exc
+    return Server(str(cluster.sock), port, str(data), f"a PostgreSQL {binaries.major} cluster beside the drill's, on its private socket")
+
+
+def _fresh_database(server: Server, dbname: str, point_id: str) -> bool:
+    """Create the target's database anew; True when this drill already restored it (a retried activity)."""
+    ident = psycopg.sql.Identifier(dbname)
+    with psycopg.connect(server.dsn(), autocommit=True, connect_timeout=10) as conn:
+        done = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if done and done[0] == f"drdrill restored {point_id}":
+            return True
+        if done:
+            conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+        conn.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
+    return False
+
+
+# ---------------------------------------------------------------- one restore
+
+
+_OWNER_COMMENT = re.compile(rb"^-- Name: [^\n]*; Owner: ([^\n;]+)$", re.M)
+
+
+class Restore:
+    """One restore of one artefact: the tool, what feeds it, and what it said."""
+
+    def __init__(self, *, target, artefact: Artefact, header: Header, expect: Expectation, store: Store, server: Server,
+                 binaries: Binaries, dbname: str, scratch: Path):
+        self.target, self.a, self.header, self.expect, self.store = target, artefact, header, expect, store
+        self.server, self.binaries, self.dbname, self.scratch = server, binaries, dbname, scratch
+        self.local = store.local_path(artefact)
+        self.streamed = False
+        self.bytes_read = 0
+        self.sha256: Optional[str] = None
+        self.returncode: Optional[int] = None
+        self.stderr = ""
+        self.roles_created: list[str] = []
+        self.how = ""
+        self._tail = b""
+        self._pump_error: Optional[BaseException] = None
+        self._hasher = hashlib.sha256() if (expect.sha256 and self.local is None) else None
+        self._roles_seen: set[str] = set()
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    # -------------------------------------------------------- running
+
+    def execute(self) -> None:
+        fmt, jobs = self.header.format, self.target.restore.jobs
+        db = self.server.dsn(self.dbname)
+        if fmt == "plain":
+            cmd = [self.binaries.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", db, "-f", "-"]
+            self.how = "psql -f - (" + ("streamed" if self.local is None else "read") + (f", {self.header.encoding}" if self.header.encoding != "none" else "") + ")"
+            self._run(cmd, feed=self.store.open(self.a), scan_owners=True)
+            return
+        if fmt == "tar" and self.local is None:
+            self._spool()
+        archive = self.local if self.local is not None else (self.scratch if fmt == "tar" else None)
+        if fmt == "tar" and tar_problem(archive):  # type: ignore[arg-type]
+            raise ProviderError("ARCHIVE_TRUNCATED", f"target {self.name}: {self.a.place}: {tar_problem(archive)}")  # type: ignore[arg-type]
+        self._create_owners(self._archive_owners(archive))
+        if archive is not None:
+            parallel = ["-j", str(jobs)] if fmt in ("custom", "directory") else []
+            cmd = [self.binaries.tool("pg_restore"), *parallel, "-d", db, str(archive)]
+            self.how = f"pg_restore {' '.join(parallel)} {'scratch copy' if archive == self.scratch else 'from disk'}".replace("  ", " ")
+            self._run(cmd, feed=None)
+        else:
+            cmd = [self.binaries.tool("pg_restore"), "-d", db]
+            self.how = "pg_restore streamed from " + ("S3" if self.target.source.s3 else "the URL")
+            self._run(cmd, feed=self.store.open(self.a))
+
+    def _run(self, cmd: list[str], feed: Optional[BinaryIO], scan_owners: bool = False) -> None:
+        """Run a restore tool, feeding it `feed` (decompressed on the way) while heartbeating."""
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        errs: list[bytes] = []
+        reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        pump = None
+        if feed is not None:
+            self.streamed = self.local is None
+            pump = threading.Thread(target=self._pump, args=(feed, proc.stdin, scan_owners), daemon=True)
+            pump.start()
+        started = time.monotonic()
+        try:
+            while proc.poll() is None:
+                heartbeat({"target": self.name, "step": Path(cmd[0]).name, "bytes_streamed": self.bytes_read,
+                           "of": self.a.size, "seconds": round(time.monotonic() - started, 1)})
+                try:
+                    proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    pass
+        finally:
+            if proc.poll() is None:  # cancelled (or the worker is shutting down): stop the tool too
+                proc.kill()
+                proc.wait()
+            if pump is not None:
+                pump.join(timeout=30)
+            if feed is not None:
+                feed.close()
+        reader.join()
+        self.returncode = proc.returncode
+        self.stderr = b"".join(errs).decode("utf-8", "replace")
+
+    def _pump(self, feed: BinaryIO, sink, scan_owners: bool) -> None:
+        decoder = Decoder(self.header.encoding if self.header.format == "plain" else "none")
+        carry = b""
+        try:
+            while chunk := feed.read(CHUNK):
+                self.bytes_read += len(chunk)
+                if self._hasher is not None:
+                    self._hasher.update(chunk)
+                data = decoder.feed(chunk)
+                if scan_owners:
+                    text = carry + data
+                    cut = text.rfind(b"\n") + 1
+                    self._create_owners(m.decode("utf-8", "replace") for m in _OWNER_COMMENT.findall(text, 0, cut))
+                    carry = text[cut:][-TAIL_BYTES:]
+                self._tail = (self._tail + data)[-TAIL_BYTES:]
+                sink.write(data)
+            decoder.finish()
+            if self._hasher is not None:
+                self.sha256 = self._hasher.hexdigest()
+        except BrokenPipeError:
+            pass  # the tool stopped reading; its stderr says why
+        except BaseException as exc:  # noqa: BLE001 - judged after the tool ends
+            self._pump_error = exc
+        finally:
+            try:
+                sink.close()
+            except OSError:
+                pass
+
+    def _spool(self) -> None:
+        """A tar from S3 or a URL: pg_restore needs to seek in it, so it goes to a scratch file first
+        (inside the drill's cluster directory, which teardown removes)."""
+        decoder = Decoder("none")
+        with self.store.open(self.a) as feed, open(self.scratch, "wb") as out:
+            while chunk := feed.read(CHUNK):
+                self.bytes_read += len(chunk)
+                if self._hasher is not None:
+                    self._hasher.update(chunk)
+                out.write(decoder.feed(chunk))
+                heartbeat({"target": self.name, "step": "download to scratch", "bytes": self.bytes_read, "of": self.a.size})
+        if self._hasher is not None:
+            self.sha256 = self._hasher.hexdigest()
+
+    # -------------------------------------------------------- roles
+
+    def _archive_owners(self, archive: Optional[Path]) -> list[str]:
+        """The owners named in an archive's table of contents (`pg_restore -l`: the last field). A
+        streamed archive's TOC is read from its first bytes (it precedes the data)."""
+        if archive is not None:
+            out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(archive)], capture_output=True, text=True)
+        else:
+            prefix = self.scratch.with_suffix(".toc")
+            try:
+                for length in (CHUNK, 64 * CHUNK):  # a TOC is small; a schema of many thousand objects is not
+                    prefix.write_bytes(self.store.read(self.a, 0, min(self.a.size or length, length)))
+                    out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(prefix)], capture_output=True, text=True)
+                    if out.returncode == 0 or (self.a.size or 0) <= length:
+                        break
+            finally:
+                prefix.unlink(missing_ok=True)
+        owners = []
+        for line in out.stdout.splitlines():
+            if line.startswith(";") or not line.strip() or line.endswith(" "):
+                continue
+            owners.append(line.rsplit(" ", 1)[-1])
+        return owners
+
+    def _create_owners(self, owners) -> None:
+        """Create (NOLOGIN) the roles that own the dump's objects, so that ownership restores as it was.
+        Roles are not in a pg_dump; other roles it names (GRANTs) stay missing: MISSING_ROLE."""
+        new = [o for o in dict.fromkeys(owners) if o and o != "-" and o not in self._roles_seen]
+        if not new:
+            return
+        self._roles_seen.update(new)
+        with psycopg.connect(self.server.dsn(), autocommit=True, connect_timeout=10) as conn:
+            for role in new:
+                if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone() is None:
+                    conn.execute(psycopg.sql.SQL("CREATE ROLE {} NOLOGIN").format(psycopg.sql.Identifier(role)))
+                    self.roles_created.append(role)
+
+    # -------------------------------------------------------- judging
+
+    def judge(self) -> list[Finding]:
+        """Findings from what happened; raises for a restore that must not be validated at all."""
+        where = f"target {self.name}: {self.a.place}"
+        if self._hasher is not None and self.sha256 and self.sha256 != self.expect.sha256:
+            raise ProviderError(
+                "ARTEFACT_CHECKSUM_MISMATCH",
+                f"{where} has sha256 {self.sha256[:16]}…, {self.expect.said_by} says {str(self.expect.sha256)[:16]}…: "
+                "the dump was altered or damaged after it was written (found while streaming it; what was restored is discarded)",
+            )
+        if isinstance(self._pump_error, DecodeError):
+            code = "ARCHIVE_TRUNCATED" if "ends in the middle" in str(self._pump_error) else "ARCHIVE_UNREADABLE"
+            raise ProviderError(code, f"{where}: {self._pump_error}; what was restored is discarded")
+        if isinstance(self._pump_error, ProviderError):
+            raise self._pump_error
+        if self._pump_error is not None:
+            raise ProviderError(
+                "SOURCE_UNREACHABLE", f"{where}: reading it stopped: {type(self._pump_error).__name__}: {self._pump_error}", retryable=True
+            )
+        if self.header.format == "plain":  # a compressed one could not be read to its end before
+            _require_complete(self._tail, self.a, self.name, streamed=True)
+        findings = classify_restore_errors(self.stderr, self.name)
+        unreadable = [f for f in findings if f.code == "ARCHIVE_UNREADABLE"]
+        if unreadable:
+            detail = unreadable[0].message.split(": ", 1)[-1]
+            raise ProviderError(
+                "ARCHIVE_UNREADABLE",
+                f"{where}: {Path(self.how.split()[0]).name} cannot read it: {detail} (the archive is truncated or corrupt)",
+            )
+        tool = "psql" if self.header.format == "plain" else "pg_restore"
+        return findings + exit_code_findings(tool, self.returncode or 0, findings, self.name)
