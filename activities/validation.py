@@ -66,7 +66,7 @@ def with_password(inp: ValidateInput) -> ValidateInput | ValidationResult:
         now = datetime.now(timezone.utc)
         return ValidationResult(
             name=inp.name, type=inp.validation.type, target=resource.target, required=inp.validation.required,
-            outcome="COULD_NOT_VERIFY", detail=f"the password of target {resource.target} could not be read: {redact(exc.message)}",
+            outcome="COULD_NOT_VERIFY", detail=f"the password of target {resource.target} could not be read: {exc.message}",
             started=now, finished=now, attempts=1,
         )
     register_secret(password)  # masked wherever it could appear: logs, a check's detail

@@ -487,7 +487,7 @@ class PostgresProbe(ProbeBase):
     temporal_namespace: Optional[str] = Field(None, description="the probe's Temporal namespace (default: the worker's own)")
 
 
-_AWS_SECRET_RE = r"^arn:aws(-[a-z]+)*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@-]+|ssm:[a-z0-9-]+:\d{12}:parameter/[A-Za-z0-9/_.-]+)$"
+_AWS_SECRET_RE = r"^arn:aws(-[a-z]+)*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]+|ssm:[a-z0-9-]+:\d{12}:parameter/[A-Za-z0-9/_.-]+)$"
 _AZURE_SECRET_RE = r"^https://[A-Za-z0-9.:-]+/secrets/[A-Za-z0-9-]{1,127}(/[0-9a-fA-F]{32})?$"
 _GCP_SECRET_RE = r"^projects/[a-z0-9-]{1,63}/secrets/[A-Za-z0-9_-]{1,255}/versions/(latest|\d+)$"
 

@@ -20,7 +20,7 @@ REST contract is exactly what this package writes. Every REST operation used:
   GET    /subscriptions/{s}/providers/Microsoft.Compute/snapshots                            2026-03-02
   GET    /subscriptions/{s}/providers/Microsoft.Compute/disks                                2026-03-02  (selections, coverage)
   GET    /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines                      2026-04-01  (selections, coverage)
-  GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{disk}   2026-03-02
+  GET|PUT|PATCH|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{disk}   2026-03-02
   GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}  2026-04-01
   GET    /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}/instanceView  2026-04-01
   GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/networkSecurityGroups/{nsg}  2026-03-01

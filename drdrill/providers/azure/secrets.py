@@ -34,7 +34,7 @@ def resolve(reference: str) -> str:
         raise ProviderError("SECRET_UNAVAILABLE", f"{reference} is not a Key Vault secret URL (https://<vault>/secrets/<name>[/<version>])")
     identity = os.environ.get("DRDRILL_AZURE_MANAGED_IDENTITY")
     try:
-        with ManagedIdentityCredential(identity_config={"mi_res_id": identity} if identity else None) as credential:
+        with ManagedIdentityCredential(identity_config={"resource_id": identity} if identity else None) as credential:
             token = credential.get_token(os.environ.get("DRDRILL_AZURE_KEYVAULT_SCOPE") or DEFAULT_SCOPE).token
     except AzureError as exc:
         raise ProviderError("SECRET_UNAVAILABLE", f"{reference}: no token from the VM's managed identity: {exc}") from exc
