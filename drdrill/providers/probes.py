@@ -15,7 +15,7 @@ import importlib
 import ipaddress
 import shlex
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 from drdrill.core.models import DrillContext, Environment, RestoredResource
 
@@ -68,7 +68,7 @@ def probe_details(ctx: DrillContext, family: str, probe: Any, **extra: Any) -> d
 
 def egress_of(env: Environment) -> Optional[TemporalEgress]:
     """The environment's allowed way out to Temporal, when it runs a probe."""
-    rule = env.details.get("temporal_egress") if isinstance(env.details, Mapping) else None
+    rule = env.details.get("temporal_egress")
     return TemporalEgress(rule["address"], int(rule["port"])) if rule else None
 
 
