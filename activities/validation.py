@@ -1,5 +1,9 @@
 """The `validate` activity: runs one validation (drdrill/validation.py) against a restored target.
 
+It runs on the worker, or in a drill's probe inside the isolated network (`drdrill probe`). There
+it also resolves the restored database's password from the secret reference a cloud probe was
+given (`with_password`): the value never leaves the probe.
+
 A `volume` check compares a target's row counts with the last PASSED run of the same drill. Only
 the evidence knows earlier runs, and drdrill/validation.py reads no evidence (independent layers),
 so this adapter looks the counts up in the evidence store and passes them in with the input.
@@ -7,16 +11,20 @@ so this adapter looks the counts up in the evidence store and passes them in wit
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Optional
 
+from psycopg.conninfo import make_conninfo
 from pydantic import ValidationError
 from temporalio import activity
 
 from drdrill.core import judging
 from drdrill.core.models import DrillResult, ValidationResult
 from drdrill.core.progress import heartbeat
-from drdrill.core.redact import redact
+from drdrill.core.redact import redact, register_secret
+from drdrill.providers import family_of
+from drdrill.providers.base import ProviderError
+from drdrill.providers.probes import PASSWORD_REFERENCE, resolve_secret
 from drdrill.evidence.chain import result_from_document
 from drdrill.evidence.store import open_store
 from drdrill.validation import ValidateInput, VolumeBaseline, run_validation
@@ -33,7 +41,37 @@ class ValidationActivities:
     def validate(self, inp: ValidateInput) -> ValidationResult:
         if inp.validation.type == "volume" and inp.drill_name and inp.baseline is None and inp.baseline_problem is None:
             inp = with_volume_baseline(inp, self.state_dir)
-        return run_validation(inp, self.connect_timeout)
+        resolved = with_password(inp)
+        if isinstance(resolved, ValidationResult):
+            return resolved
+        return run_validation(resolved, self.connect_timeout)
+
+
+# Checks that log in to the restored database (and so need its password).
+DATABASE_CHECKS = frozenset({"sql", "row_count", "checksum", "freshness", "volume"})
+
+
+def with_password(inp: ValidateInput) -> ValidateInput | ValidationResult:
+    """`inp` with the restored database's password in its DSN, when the restored resource carries a
+    reference to it (a cloud probe's `secrets`): resolved here, where the check runs, inside the
+    drill's network. Only this activity's own copy holds the value; the reference alone is in the
+    history and the evidence. A reference that cannot be read is COULD_NOT_VERIFY, naming it."""
+    resource = inp.resource
+    reference = resource.details.get(PASSWORD_REFERENCE) if resource is not None else None
+    if not reference or inp.validation.type not in DATABASE_CHECKS or not resource.endpoint.get("dsn"):
+        return inp
+    try:
+        password = resolve_secret(family_of(resource.provider), reference)
+    except ProviderError as exc:
+        now = datetime.now(timezone.utc)
+        return ValidationResult(
+            name=inp.name, type=inp.validation.type, target=resource.target, required=inp.validation.required,
+            outcome="COULD_NOT_VERIFY", detail=f"the password of target {resource.target} could not be read: {exc.message}",
+            started=now, finished=now, attempts=1,
+        )
+    register_secret(password)  # masked wherever it could appear: logs, a check's detail
+    dsn = make_conninfo(resource.endpoint["dsn"], password=password)
+    return inp.model_copy(update={"resource": resource.model_copy(update={"endpoint": {**resource.endpoint, "dsn": dsn}})})
 
 
 def with_volume_baseline(inp: ValidateInput, state_dir: Optional[str] = None) -> ValidateInput:

@@ -21,10 +21,21 @@ azure-mgmt-* clients accept it as they would accept Azure:
 `actions` collects the ARM authorization actions the calls needed (including the linked
 `join/action` checks ARM makes when a PUT references another resource, and the deletes a
 resource-group deletion cascades to), so a test can check deploy/azure/role.json covers them.
+
+For drill probes it also speaks, besides ARM: a VM created from an image (`imageReference`, an
+`osProfile` with custom data and an SSH key, a user-assigned identity), whose OS disk ARM creates
+untagged and deletes with the VM (`deleteOption: Delete`); a disk PATCH (tags); Key Vault's secret
+GET (`/secrets/{name}[/{version}]`, api-version 7.4, on the same HTTPS endpoint); and, on a plain
+HTTP endpoint of its own (`imds_url`), the instance metadata service's managed-identity token
+(`/metadata/identity/oauth2/token`), for identities some VM was given. `vm_hooks` are called
+`(event, vm)` when a VM is created ("created") or deleted ("deleted"): a test stands in there for
+Azure booting the VM (its custom data is not run by the fake).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import datetime as _dt
 import ipaddress
 import json
@@ -183,6 +194,11 @@ class AzureFake:
         self.ca_path, self._key_path = make_certificate(Path(self._tmp.name))
         self._server: Optional[ThreadingHTTPServer] = None
         self.url = ""
+        self.vm_hooks: list[Any] = []  # callables (event, vm JSON): "created", "deleted"
+        self.secrets: dict[str, dict[str, str]] = {}  # Key Vault: name -> {version: value}
+        self.imds_requests: list[dict] = []
+        self._imds: Optional[ThreadingHTTPServer] = None
+        self.imds_url = ""
 
     # ------------------------------------------------------------ lifecycle
 
@@ -201,12 +217,22 @@ class AzureFake:
         self._server = server
         self.url = f"https://127.0.0.1:{server.server_address[1]}"
         threading.Thread(target=server.serve_forever, name="azure-fake", daemon=True).start()
+
+        class Imds(_ImdsHandler):
+            pass
+
+        Imds.fake = fake
+        self._imds = ThreadingHTTPServer(("127.0.0.1", 0), Imds)
+        self._imds.daemon_threads = True
+        self.imds_url = f"http://127.0.0.1:{self._imds.server_address[1]}"
+        threading.Thread(target=self._imds.serve_forever, name="azure-fake-imds", daemon=True).start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        for server in (self._server, self._imds):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
         self._tmp.cleanup()
 
     # ------------------------------------------------------------ test handles
@@ -268,6 +294,24 @@ class AzureFake:
         }
         return self._put_raw(rg, "Microsoft.Compute/virtualMachines", name, {"properties": props})["id"]
 
+    def add_secret(self, name: str, value: str) -> str:
+        """A Key Vault secret on this endpoint; returns its URL (the reference a drill names)."""
+        with self.lock:
+            self.secrets.setdefault(name, {})[uuid.uuid4().hex] = value
+        return f"{self.url}/secrets/{name}"
+
+    def add_security_rule(self, nsg_id: str, name: str, properties: dict) -> None:
+        """Someone adds a rule to an NSG behind drdrill's back."""
+        with self.lock:
+            nsg = self.resources[nsg_id.lower()]
+            nsg["properties"]["securityRules"].append(
+                {"id": f"{nsg['id']}/securityRules/{name}", "name": name, "properties": {**properties, "provisioningState": "Succeeded"}}
+            )
+
+    def assigned_identities(self) -> set[str]:
+        with self.lock:
+            return {i.lower() for r in self.resources.values() for i in ((r.get("identity") or {}).get("userAssignedIdentities") or {})}
+
     def fail(self, method: str, rtype: str, code: str = "InternalServerError", message: str = "injected failure", times: int = 1) -> None:
         """Make the next `times` (-1: every) long-running `method` on `rtype` end in status Failed."""
         with self.lock:
@@ -312,6 +356,8 @@ class AzureFake:
                     raise ArmError(429, "TooManyRequests", "The request is being throttled.", {"Retry-After": str(t.retry_after)})
         if headers.get("authorization") != f"Bearer {TOKEN}":
             raise ArmError(401, "AuthenticationFailed", "Authentication failed. The 'Authorization' header is missing or invalid.")
+        if path.startswith("/secrets/"):
+            return self._key_vault(method, path, query)
         segs = path.split("/")[1:]
         low = [s.lower() for s in segs]
         if len(segs) < 2 or low[0] != "subscriptions":
@@ -539,7 +585,27 @@ class AzureFake:
         if method == "DELETE":
             self.actions.add(f"{rtype}/delete")
             return self._delete(rg, rtype, rid, query)
+        if method == "PATCH" and rtype == "Microsoft.Compute/disks":
+            self.actions.add(f"{rtype}/write")
+            disk = self._get(rg, rtype, name)
+            if "tags" in (body or {}):
+                disk["tags"] = dict(body["tags"] or {})
+            return 200, {}, disk
         raise ArmError(405, "MethodNotAllowed", f"The fake does not implement {method} on {rtype}.")
+
+    def _key_vault(self, method: str, path: str, query: dict):
+        """Key Vault's GET {vault}/secrets/{name}[/{version}] (api-version 7.4)."""
+        if query.get("api-version") != "7.4":
+            raise ArmError(400, "BadParameter", f"The api-version '{query.get('api-version')}' is not supported by the fake vault (7.4).")
+        parts = path.split("/")[2:]
+        if method != "GET" or len(parts) not in (1, 2):
+            raise ArmError(405, "MethodNotAllowed", "The fake vault only reads secrets.")
+        versions = self.secrets.get(parts[0])
+        version = parts[1] if len(parts) == 2 else (list(versions)[-1] if versions else "")
+        if not versions or version not in versions:
+            raise ArmError(404, "SecretNotFound", f"A secret with (name/id) {'/'.join(parts)} was not found in this key vault.")
+        self.calls.append(("GET", "/secrets/{secret-name}/{secret-version}", "7.4"))
+        return 200, {}, {"value": versions[version], "id": f"{self._local.base}/secrets/{parts[0]}/{version}", "attributes": {"enabled": True}}
 
     def _delete(self, rg: str, rtype: str, rid: str, query: dict):
         """DELETE a resource as ARM does: 204 when there is nothing to delete, a refusal while another
@@ -553,10 +619,17 @@ class AzureFake:
 
         def done() -> None:
             self.resources.pop(rid.lower(), None)
-            for d in self.resources.values():  # a VM's disks are detached (deleteOption Detach), not deleted
+            os_disk = (resource["properties"].get("storageProfile") or {}).get("osDisk") or {}
+            for key, d in list(self.resources.items()):  # a VM's disks are detached (deleteOption Detach), not deleted
                 if d["type"] == "Microsoft.Compute/disks" and d["properties"].get("managedBy", "").lower() == rid.lower():
+                    if os_disk.get("deleteOption") == "Delete" and key == ((os_disk.get("managedDisk") or {}).get("id") or "").lower():
+                        del self.resources[key]  # deleted with the VM
+                        continue
                     d["properties"]["diskState"] = "Unattached"
                     d["properties"].pop("managedBy")
+            if rtype == "Microsoft.Compute/virtualMachines":
+                for hook in self.vm_hooks:
+                    hook("deleted", json.loads(json.dumps(resource)))
 
         def failed() -> None:
             resource["properties"]["provisioningState"] = "Failed"
@@ -588,6 +661,71 @@ class AzureFake:
             if users:
                 raise ArmError(400, "InUseNetworkSecurityGroupCannotBeDeleted",
                                f"Network security group {resource['id']} cannot be deleted because it is in use by {users[0]}.")
+
+    def _check_from_image(self, rg: str, name: str, rid: str, props: dict, body: dict, final: dict) -> None:
+        """A VM from an image, as ARM takes it: an image, an osProfile (computer name, admin user,
+        an SSH key or a password; custom data base64, at most 64 KB), an OS disk ARM creates (without
+        the VM's tags) when the VM is created; with a user-assigned identity, `assign/action` on it."""
+        sp = props["storageProfile"]
+        image = sp.get("imageReference") or {}
+        if not (image.get("id") or all(image.get(k) for k in ("publisher", "offer", "sku", "version"))):
+            raise ArmError(400, "InvalidParameter", "Required parameter 'imageReference' is missing (null).")
+        if image.get("id"):
+            self.actions.add("Microsoft.Compute/images/read")
+        osp = props.get("osProfile") or {}
+        linux = osp.get("linuxConfiguration") or {}
+        keys = ((linux.get("ssh") or {}).get("publicKeys")) or []
+        if not osp.get("computerName") or not osp.get("adminUsername"):
+            raise ArmError(400, "InvalidParameter", "Required parameter 'osProfile' is missing (null).")
+        if linux.get("disablePasswordAuthentication") and not keys:
+            raise ArmError(400, "InvalidParameter", "Destination path for SSH public keys is required when password authentication is disabled.")
+        if "adminPassword" in osp:
+            raise ArmError(400, "InvalidParameter", "The fake refuses passwords on drill VMs.")
+        if osp.get("customData"):
+            try:
+                data = base64.b64decode(osp["customData"], validate=True)
+            except (binascii.Error, ValueError):
+                raise ArmError(400, "InvalidParameter", "Custom data in OSProfile must be in Base64 encoding.") from None
+            if len(data) > 65535:
+                raise ArmError(400, "InvalidParameter", "Custom data in OSProfile must be at most 64 KB.")
+        disk_name = sp["osDisk"].get("name") or f"{name}_OsDisk_1_{uuid.uuid4().hex}"
+        disk_id = f"{self.rg_id(rg)}/providers/Microsoft.Compute/disks/{disk_name}"
+        sp["osDisk"]["managedDisk"] = {**(sp["osDisk"].get("managedDisk") or {}), "id": disk_id}
+        sp["osDisk"].setdefault("osType", "Linux")
+        self.actions.add("Microsoft.Compute/disks/write")
+
+        def os_disk() -> None:
+            self._put_raw(rg, "Microsoft.Compute/disks", disk_name, {
+                "location": body["location"],
+                "tags": {},  # ARM does not give the OS disk the VM's tags
+                "properties": {"osType": "Linux", "diskSizeGB": 30, "diskState": "Attached", "managedBy": rid, "provisioningState": "Succeeded",
+                               "creationData": {"createOption": "FromImage", "imageReference": image}, "timeCreated": _now()},
+            })
+
+        final["os_disk"] = os_disk
+        identity = body.get("identity") or {}
+        if identity:
+            assigned = identity.get("userAssignedIdentities") or {}
+            if identity.get("type") not in ("UserAssigned", "SystemAssigned, UserAssigned", "SystemAssigned") or (
+                "UserAssigned" in identity.get("type", "") and not assigned
+            ):
+                raise ArmError(400, "InvalidParameter", "The identity of the VM is invalid.")
+            for identity_id in assigned:
+                if not re.fullmatch(r"/subscriptions/[^/]+/resource[gG]roups/[^/]+/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+", identity_id):
+                    raise ArmError(400, "InvalidParameter", f"Resource id '{identity_id}' is not a user-assigned identity.")
+                self.actions.add("Microsoft.ManagedIdentity/userAssignedIdentities/assign/action")
+            final["identity"] = {
+                "type": identity["type"],
+                "userAssignedIdentities": {i: {"principalId": str(uuid.uuid4()), "clientId": str(uuid.uuid4())} for i in assigned},
+            }
+
+    def token_for(self, resource: str, identity: Optional[str]) -> dict:
+        """IMDS: a managed-identity token, for an identity some VM was given (the one VM's, if none is named)."""
+        self.imds_requests.append({"resource": resource, "identity": identity})
+        if identity is not None and identity.lower() not in self.assigned_identities():
+            raise ArmError(400, "invalid_request", "Identity not found")
+        expires = int(_dt.datetime.now(_dt.timezone.utc).timestamp()) + 3599
+        return {"access_token": TOKEN, "expires_in": "3599", "expires_on": str(expires), "resource": resource, "token_type": "Bearer"}
 
     def _get(self, rg: str, rtype: str, name: str) -> dict:
         self._need_group(rg)
@@ -677,6 +815,10 @@ class AzureFake:
         elif rtype == "Microsoft.Compute/virtualMachines":
             sp = props.get("storageProfile") or {}
             disks = [sp.get("osDisk") or {}] + list(sp.get("dataDisks") or [])
+            from_image = (sp.get("osDisk") or {}).get("createOption") == "FromImage"
+            if from_image:
+                self._check_from_image(rg, name, rid, props, body, final)
+                disks = disks[1:]
             for d in disks:
                 ref = self._ref((d.get("managedDisk") or {}).get("id"), f"VM {name}")
                 state = ref["properties"].get("diskState")
@@ -686,10 +828,12 @@ class AzureFake:
             for nic in (props.get("networkProfile") or {}).get("networkInterfaces", []):
                 self._ref(nic.get("id"), f"VM {name}")
                 self.actions.add("Microsoft.Network/networkInterfaces/join/action")
-            if "osProfile" in props:
+            if "osProfile" in props and not from_image:
                 raise ArmError(400, "InvalidParameter", "Parameter 'osProfile' is not allowed when attaching an OS disk.")
 
             def attach() -> None:
+                if "os_disk" in final:
+                    final["os_disk"]()
                 for d in disks:
                     ref = self.resources[d["managedDisk"]["id"].lower()]
                     ref["properties"]["diskState"] = "Attached"
@@ -702,6 +846,8 @@ class AzureFake:
         resource = {"id": rid, "name": name, "type": rtype, "location": body["location"], "tags": dict(body.get("tags") or {}), "properties": props}
         if body.get("sku"):
             resource["sku"] = body["sku"]
+        if "identity" in final:
+            resource["identity"] = final["identity"]
         fault = self._fault("PUT", rtype)
         lro = rtype in ("Microsoft.Compute/disks", "Microsoft.Compute/virtualMachines", "Microsoft.Network/virtualNetworks",
                         "Microsoft.Network/networkSecurityGroups", "Microsoft.Network/networkInterfaces")
@@ -712,6 +858,9 @@ class AzureFake:
             resource["properties"]["provisioningState"] = "Succeeded"
             if "attach" in final:
                 final["attach"]()
+            if rtype == "Microsoft.Compute/virtualMachines":
+                for hook in self.vm_hooks:
+                    hook("created", json.loads(json.dumps(resource)))
 
         def failed() -> None:
             resource["properties"]["provisioningState"] = "Failed"
@@ -781,3 +930,30 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:  # noqa: N802
         self._serve("PATCH")
+
+
+class _ImdsHandler(BaseHTTPRequestHandler):
+    """The instance metadata service's token endpoint (plain HTTP, like 169.254.169.254)."""
+
+    fake: AzureFake
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802
+        parts = urlsplit(self.path)
+        query = {k: v[0] for k, v in parse_qs(parts.query).items()}
+        if parts.path != "/metadata/identity/oauth2/token" or self.headers.get("Metadata") != "true" or not query.get("resource"):
+            status, body = 400, {"error": "invalid_request", "error_description": "Required metadata header not specified or path not found"}
+        else:
+            try:
+                with self.fake.lock:
+                    status, body = 200, self.fake.token_for(query["resource"], query.get("msi_res_id") or query.get("mi_res_id"))
+            except ArmError as exc:
+                status, body = exc.status, {"error": exc.code, "error_description": exc.message}
+        payload = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)

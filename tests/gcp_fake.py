@@ -18,10 +18,19 @@ Fault injection:
 
 `fake.calls` records every method id served (e.g. "compute.disks.insert"); `fake.leftovers()` lists
 every resource the tests did not seed: it must be empty after a drill.
+
+For drill probes: an instance may boot from an image (`initializeParams`: the boot disk is created
+with the instance, labelled as asked, and deleted with it when `autoDelete`), carry `metadata`
+(its startup script) and a service account; `instance_hooks` are called `(event, instance)` when
+an instance is created ("created") or deleted ("deleted"): a test stands in there for Compute
+Engine booting it (the fake runs no startup script). Secret Manager's `versions.access`
+(GET /v1/projects/{p}/secrets/{s}/versions/{v}:access) is served too, from `add_secret`; its calls
+are in `secret_calls`, not `calls` (the probe reads secrets, not the worker).
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -174,6 +183,9 @@ class ComputeFake:
         self.subnet_routes: dict[str, str] = {}
         self.server: Optional[ThreadingHTTPServer] = None
         self.thread: Optional[threading.Thread] = None
+        self.instance_hooks: list[Any] = []  # callables (event, instance JSON): "created", "deleted"
+        self.secrets: dict[tuple[str, str], list[str]] = {}  # (project, secret) -> versions' payloads
+        self.secret_calls: list[str] = []
 
     # ------------------------------------------------------------ lifecycle
 
@@ -292,6 +304,19 @@ class ComputeFake:
             self.store.seeded.add((project, "snapshots", "global", name))
             return snap
 
+    def add_secret(self, project: str, name: str, value: str) -> str:
+        """A Secret Manager secret with one version; returns its reference (versions/latest)."""
+        with self.lock:
+            self.secrets.setdefault((project, name), []).append(value)
+        return f"projects/{project}/secrets/{name}/versions/latest"
+
+    def add_firewall(self, project: str, body: dict) -> dict:
+        """Someone adds a firewall rule behind drdrill's back (created at once, no operation)."""
+        with self.lock:
+            nkey = self._resolve(project, body["network"], "networks")
+            extra = {k: v for k, v in body.items() if k != "name"}
+            return self._new("firewalls", project, "global", body["name"], {**extra, "network": self.store.items[nkey]["selfLink"], "disabled": False})
+
     def leftovers(self) -> list[str]:
         """Every resource the tests did not seed (and routes GCP made for them)."""
         with self.lock:
@@ -334,6 +359,9 @@ class ComputeFake:
         url = urlsplit(raw_path)
         path = url.path
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        secret = re.match(r"^/v1/projects/([^/]+)/secrets/([^/]+)/versions/([^/:]+):access$", path)
+        if secret and method == "GET":
+            return self._access_secret(*secret.groups())
         if not path.startswith("/compute/v1/"):
             return 404, ApiError(404, "notFound", f"unknown path {path}").body()
         rel = path[len("/compute/v1/"):]
@@ -380,6 +408,17 @@ class ComputeFake:
         if verb == "delete":
             return self._delete(mid, project, collection, scope, p["name"])
         raise ApiError(400, "badRequest", f"unsupported {mid}")  # pragma: no cover
+
+    def _access_secret(self, project: str, name: str, version: str) -> tuple[int, dict]:
+        with self.lock:
+            self.secret_calls.append(f"projects/{project}/secrets/{name}/versions/{version}")
+            versions = self.secrets.get((project, name))
+            index = len(versions) if versions and version == "latest" else int(version) if version.isdigit() else 0
+            if not versions or not 1 <= index <= len(versions):
+                body = {"error": {"code": 404, "message": f"Secret [projects/{project}/secrets/{name}] not found or has no versions.", "status": "NOT_FOUND"}}
+                return 404, body
+            payload = base64.b64encode(versions[index - 1].encode()).decode()
+            return 200, {"name": f"projects/{project}/secrets/{name}/versions/{index}", "payload": {"data": payload}}
 
     def _not_found(self, project: str, collection: str, scope: str, name: str) -> ApiError:
         return ApiError(404, "notFound", f"The resource 'projects/{project}/{scope}/{collection}/{name}' was not found")
@@ -577,7 +616,10 @@ class ComputeFake:
         if not re.search(r"machineTypes/[a-z0-9-]+$", mt):
             raise ApiError(400, "invalid", f"Invalid value for field 'resource.machineType': '{mt}'")
         disks = []
+        created: list[tuple] = []  # boot disks made from an image with the instance
         for i, d in enumerate(body.get("disks") or []):
+            if d.get("initializeParams") and not d.get("source"):
+                d = dict(d, source=self._disk_from_image(project, scope, name, i, d["initializeParams"], created)["selfLink"])
             if not d.get("source"):
                 raise ApiError(400, "invalid", "Invalid value for field 'resource.disks[%d].source': ''" % i)
             dkey = self._resolve(project, d["source"], "disks")
@@ -603,20 +645,45 @@ class ComputeFake:
             nics.append(nic)
         if not nics:
             raise ApiError(400, "invalid", "Invalid value for field 'resource.networkInterfaces': at least one is required")
+        metadata = body.get("metadata") or {}
+        for item in metadata.get("items") or []:
+            if not isinstance(item.get("key"), str) or not isinstance(item.get("value"), str) or len(item["value"]) > 256 * 1024:
+                raise ApiError(400, "invalid", f"Invalid value for field 'resource.metadata.items': {item.get('key')!r}")
+        for account in body.get("serviceAccounts") or []:
+            if not re.fullmatch(r"[^@\s]+@[a-z0-9-]+\.iam\.gserviceaccount\.com|default", account.get("email", "")):
+                raise ApiError(400, "invalid", f"Invalid value for field 'resource.serviceAccounts[0].email': {account.get('email')!r}")
         inst = self._new("instances", project, scope, name, {
             "status": "PROVISIONING", "labels": labels, "machineType": f"{BASE}projects/{project}/{scope}/machineTypes/{mt.rsplit('/', 1)[-1]}",
             "disks": disks, "networkInterfaces": nics, "canIpForward": False, "serviceAccounts": body.get("serviceAccounts") or [],
-            "description": body.get("description", ""),
+            "description": body.get("description", ""), "metadata": {"kind": "compute#metadata", "items": list(metadata.get("items") or [])},
         })
         key = (project, "instances", scope, name)
 
         def done():
             inst["status"] = "STAGING"  # then RUNNING on a later get: readiness is polled
+            for hook in self.instance_hooks:
+                hook("created", json.loads(json.dumps(inst)))
 
         op = self._start_op(mid, project, scope, inst["selfLink"], done)
         if self.ops[(project, scope, op["name"])].error:
             self.store.items.pop(key, None)
+            for k in created:
+                self.store.items.pop(k, None)
         return op
+
+    def _disk_from_image(self, project: str, scope: str, instance: str, index: int, params: dict, created: list) -> dict:
+        """The boot disk Compute Engine creates from `initializeParams` with the instance."""
+        image = params.get("sourceImage") or ""
+        if not re.fullmatch(r"(https://www\.googleapis\.com/compute/v1/)?projects/[a-z0-9-]+/global/images/(family/)?[a-z0-9-]+", image):
+            raise ApiError(400, "invalid", f"Invalid value for field 'resource.disks[{index}].initializeParams.sourceImage': '{image}'")
+        name = self._check_name(params.get("diskName") or instance)
+        self._exists(project, "disks", scope, name)
+        disk = self._new("disks", project, scope, name, {
+            "status": "READY", "labels": self._check_labels(params.get("labels")), "sizeGb": str(params.get("diskSizeGb") or 10),
+            "sourceImage": image if image.startswith(BASE) else BASE + image, "type": f"{BASE}projects/{project}/{scope}/diskTypes/pd-balanced",
+        })
+        created.append((project, "disks", scope, name))
+        return disk
 
     def _next_ip(self, subnet: dict) -> str:
         import ipaddress
@@ -725,6 +792,13 @@ class ComputeFake:
 
         def done():
             self.store.items.pop(key, None)
+            if collection == "instances":
+                for d in res.get("disks", []):  # disks that go with the instance
+                    if d.get("autoDelete"):
+                        for k in [k for k, v in self.store.items.items() if k[1] == "disks" and v["selfLink"] == d["source"]]:
+                            self.store.items.pop(k)
+                for hook in self.instance_hooks:
+                    hook("deleted", json.loads(json.dumps(res)))
             if collection == "subnetworks":
                 for k, v in list(self.store.items.items()):
                     if k[1] == "routes" and self.subnet_routes.get(v["selfLink"]) == link:

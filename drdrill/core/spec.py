@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Union
 
 import yaml
 from pydantic import (
@@ -586,11 +586,121 @@ class PostgresProbe(ProbeBase):
     temporal_namespace: Optional[str] = Field(None, description="the probe's Temporal namespace (default: the worker's own)")
 
 
+_AWS_SECRET_RE = r"^arn:aws(-[a-z]+)*:(secretsmanager:[a-z0-9-]+:\d{12}:secret:[A-Za-z0-9/_+=.@!-]+|ssm:[a-z0-9-]+:\d{12}:parameter/[A-Za-z0-9/_.-]+)$"
+_AZURE_SECRET_RE = r"^https://[A-Za-z0-9.:-]+/secrets/[A-Za-z0-9-]{1,127}(/[0-9a-fA-F]{32})?$"
+_GCP_SECRET_RE = r"^projects/[a-z0-9-]{1,63}/secrets/[A-Za-z0-9_-]{1,255}/versions/(latest|\d+)$"
+
+
+class CloudProbe(ProbeBase):
+    """A probe a cloud provider boots inside the drill's network: an instance whose user data (custom
+    data, startup script) runs `drdrill probe`. Its network's one way out is an egress rule to
+    `temporal_address`; the secrets its checks need are references it resolves there."""
+
+    temporal_address: str = Field(
+        description="IPv4:port of the Temporal frontend the drill's network may reach (a private address or endpoint): "
+        "the network's one egress rule"
+    )
+    temporal_namespace: Optional[str] = Field(None, description="the probe's Temporal namespace (default: the worker's own)")
+    secrets: dict[str, str] = Field(
+        default_factory=dict,
+        description="per target: a reference to the secret holding its database password, resolved by the probe inside "
+        "the network (the reference, never the value, is in the drill's history and evidence)",
+    )
+
+    @field_validator("temporal_address")
+    @classmethod
+    def _ipv4_and_port(cls, v: str) -> str:
+        import ipaddress
+
+        host, _, port = v.rpartition(":")
+        try:
+            address = ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                f"{v!r}: write the Temporal frontend as IPv4:port (e.g. 10.20.0.5:7233): the drill's one egress rule names an address, not a name"
+            ) from None
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{v!r}: the port must be a number from 1 to 65535")
+        if address.is_unspecified or address.is_multicast:
+            raise ValueError(f"{v!r}: {host} cannot be the Temporal frontend")
+        return v
+
+    # (pattern, example) of this cloud's secret references
+    SECRET_REFERENCE: ClassVar[tuple[str, str]] = (r"^$", "")
+
+    @field_validator("secrets")
+    @classmethod
+    def _references(cls, v: dict[str, str]) -> dict[str, str]:
+        rx, example = cls.SECRET_REFERENCE
+        for target, ref in v.items():
+            if not re.match(rx, ref):
+                raise ValueError(f"secrets.{target}: {ref!r} is not a secret reference of this cloud; write it like {example}")
+        return v
+
+
+class AwsProbe(CloudProbe):
+    """`isolation.probe.aws`: an EC2 instance in the drill's VPC, from `ami` or `launch_template`."""
+
+    ami: Optional[str] = Field(None, pattern=r"^ami-[0-9a-f]{8,17}$", description="an AMI with drdrill installed (deploy/aws/probe.md)")
+    launch_template: Optional[str] = Field(
+        None, pattern=r"^(lt-[0-9a-f]{8,17}|[A-Za-z0-9()./_-]{3,128})$", description="a launch template (id or name) giving the image"
+    )
+    instance_type: Optional[str] = Field(None, pattern=r"^[a-z0-9]+\.[a-z0-9]+$", description="default t3.micro (or the launch template's)")
+    instance_profile: Optional[str] = Field(
+        None, description="name or ARN of the instance profile whose role reads the probe's secrets, and nothing else"
+    )
+    # secrets: per target, a Secrets Manager secret ARN or SSM parameter ARN holding its database password
+    SECRET_REFERENCE: ClassVar[tuple[str, str]] = (_AWS_SECRET_RE, "arn:aws:secretsmanager:eu-west-1:123456789012:secret:shop-db-AbCdEf")
+
+    @model_validator(mode="after")
+    def _one_image(self) -> "AwsProbe":
+        if (self.ami is None) == (self.launch_template is None):
+            raise ValueError("probe.aws names its image with either 'ami' or 'launch_template', exactly one")
+        return self
+
+
+class AzureProbe(CloudProbe):
+    """`isolation.probe.azure`: a VM in the drill's subnet, from `image`, started by its custom data."""
+
+    image: str = Field(
+        pattern=r"^(/subscriptions/.+|[^:\s]+:[^:\s]+:[^:\s]+:[^:\s]+)$",
+        description="an image with drdrill installed: an ARM image id, or publisher:offer:sku:version (deploy/azure/probe.md)",
+    )
+    size: str = Field("Standard_B1s", pattern=r"^[A-Za-z0-9_]+$", description="the VM size")
+    managed_identity: Optional[str] = Field(
+        None,
+        pattern=r"^/subscriptions/[^/]+/resource[gG]roups/[^/]+/providers/Microsoft\.ManagedIdentity/userAssignedIdentities/[^/]+$",
+        description="ARM id of the user-assigned identity that may read the probe's secrets, and nothing else",
+    )
+    # secrets: per target, a Key Vault secret URL holding its database password
+    SECRET_REFERENCE: ClassVar[tuple[str, str]] = (_AZURE_SECRET_RE, "https://shop-vault.vault.azure.net/secrets/shop-db-password")
+
+
+class GcpProbe(CloudProbe):
+    """`isolation.probe.gcp`: an instance in the drill's subnetwork, from `image`, started by its startup script."""
+
+    image: str = Field(
+        pattern=r"^(https://www\.googleapis\.com/compute/v1/)?projects/[a-z0-9-]+/global/images/(family/)?[a-z0-9-]+$",
+        description="an image with drdrill installed: projects/P/global/images/NAME or .../images/family/F (deploy/gcp/probe.md)",
+    )
+    machine_type: str = Field("e2-small", pattern=r"^[a-z0-9-]+$")
+    zone: Optional[str] = Field(None, pattern=r"^[a-z]+-[a-z]+\d+-[a-z]$", description="default: a zone of the drill's region")
+    service_account: Optional[str] = Field(
+        None, pattern=r"^[^@\s]+@[a-z0-9-]+\.iam\.gserviceaccount\.com$",
+        description="the service account that may read the probe's secrets, and nothing else",
+    )
+    # secrets: per target, a Secret Manager secret version holding its database password
+    SECRET_REFERENCE: ClassVar[tuple[str, str]] = (_GCP_SECRET_RE, "projects/shop-prod/secrets/shop-db-password/versions/latest")
+
+
 class ProbeSpec(Strict):
-    """Probes per provider family. The cloud families add theirs here (`aws: {ami | launch_template,
-    instance_type, temporal_address}`, `azure: {…}`, `gcp: {…}`), each a ProbeBase."""
+    """Probes per provider family, each a ProbeBase: `postgres` (isolation.postgres: network) and the
+    clouds' (`aws`, `azure`, `gcp`), booted inside the drill's network."""
 
     postgres: Optional[PostgresProbe] = None
+    aws: Optional[AwsProbe] = None
+    azure: Optional[AzureProbe] = None
+    gcp: Optional[GcpProbe] = None
 
     def for_family(self, family: str) -> Optional[ProbeBase]:
         """The probe this drill asks for in `family`'s isolated network, if any."""
@@ -913,6 +1023,19 @@ class DrillSpec(Strict):
                     "restore.after starts an application inside the drill's network namespace: set isolation.postgres: network "
                     "(on the default private socket it would run on the worker's own network, next to production)",
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _probe_secrets_name_targets(self) -> "DrillSpec":
+        for family in ("aws", "azure", "gcp"):
+            probe = getattr(self.isolation.probe, family)
+            ours = [t.name for t in self.targets if t.provider.split(".", 1)[0] == family]
+            for name in (probe.secrets if probe is not None else {}):
+                if name not in ours:
+                    raise _RefError(
+                        ("isolation", "probe", family, "secrets", name),
+                        f"no {family} target named {name!r}; the {family} probe reads secrets for: {', '.join(ours) or 'no target'}",
+                    )
         return self
 
     def validation_name(self, index: int) -> str:

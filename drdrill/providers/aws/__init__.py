@@ -12,6 +12,8 @@ Targets
 Isolation (isolation.py): one VPC per drill with no internet gateway, NAT, peering, VPC endpoint,
 VPN or transit gateway attachment; private subnets in two availability zones (RDS needs two); a
 security group without any egress rule and ingress only from the sources the spec names for validation.
+The worker cannot reach it; `isolation.probe.aws` (probe.py) boots an instance inside it that runs
+the checks, with one egress rule out, to the Temporal frontend, and reads its secrets (secrets.py).
 
 Every created resource carries the drill's tags at creation (TagSpecifications / Tags). Creation is
 idempotent: deterministic names (drdrill-<drill id>-<target>) where AWS names resources, ClientToken
@@ -40,6 +42,7 @@ from drdrill.providers.aws.isolation import AwsIsolation
 from drdrill.providers.aws.primitives import CONTAINERS, DELETE_ORDER, AwsPrimitives
 from drdrill.providers.aws.rds import RdsTargets
 from drdrill.providers.base import ProviderError, select_for_target
+from drdrill.providers.probes import with_password_reference
 
 
 class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscovery):
@@ -71,12 +74,14 @@ class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscov
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
         region = env.details.get("region", self.region)
         if target.provider == "aws.ebs":
-            return self._restore_ebs(ctx, target, point, env, region)
-        if target.provider == "aws.ec2":
-            return self._restore_ec2(ctx, target, point, env, region)
-        if target.provider == "aws.rds":
-            return self._restore_rds(ctx, target, point, env, region)
-        raise ProviderError("BAD_SPEC", f"the aws provider does not handle {target.provider!r}")
+            restored = self._restore_ebs(ctx, target, point, env, region)
+        elif target.provider == "aws.ec2":
+            restored = self._restore_ec2(ctx, target, point, env, region)
+        elif target.provider == "aws.rds":
+            restored = self._restore_rds(ctx, target, point, env, region)
+        else:
+            raise ProviderError("BAD_SPEC", f"the aws provider does not handle {target.provider!r}")
+        return with_password_reference(restored, env)
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         region = resource.details.get("region", self.region)

@@ -2,22 +2,26 @@
 
 The VPC has no internet gateway, NAT, peering, VPC endpoint, VPN or transit gateway attachment;
 two private subnets in two availability zones (an RDS subnet group needs two); one security group
-without any egress rule and with ingress only from the sources the spec names for validation. Every
-piece carries the drill's tags at creation and is looked up by tag before it is created, so a
-retried activity finds what the first attempt made.
+without any egress rule and with ingress only from the sources the spec names for validation. With
+`isolation.probe.aws` the probe (probe.py) runs in that group, which then also lets traffic within
+itself, and has exactly one egress rule out: to the Temporal frontend. Every piece carries the
+drill's tags at creation and is looked up by tag before it is created, so a retried activity finds
+what the first attempt made. The worker never reaches the VPC: `reachable_from_worker` is False.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Optional
 
 from drdrill.core.models import TAG_DRILL_ID, DrillContext, Environment, IsolationCheck, IsolationProof
 from drdrill.providers.aws.clients import AwsBase, AwsError, drill_filters, rds_identifier, tag_list, tags_of
+from drdrill.providers.aws.probe import AwsProbes, probe_egress, probe_ingress, rules
 from drdrill.providers.base import NotReadyYet, ProviderError, heartbeat, poll_until
+from drdrill.providers.probes import TemporalEgress, egress_of, probe_details
 
 
-class AwsIsolation(AwsBase):
+class AwsIsolation(AwsProbes):
     """create_isolation and verify_isolation."""
 
     def create_isolation(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
@@ -26,7 +30,8 @@ class AwsIsolation(AwsBase):
         ec2 = self.ec2(region)
         vpc_id = self._vpc(ctx, ec2, net)
         subnets = self._subnets(ctx, ec2, region, vpc_id, net)
-        sg_id = self._security_group(ctx, ec2, vpc_id, isolation.allow_ingress_from)
+        probe = isolation.probe.aws
+        sg_id = self._security_group(ctx, ec2, vpc_id, isolation.allow_ingress_from, TemporalEgress.of(probe) if probe else None)
         details: dict[str, Any] = {
             "region": region,
             "vpc_id": vpc_id,
@@ -35,15 +40,21 @@ class AwsIsolation(AwsBase):
             "availability_zone": subnets[0]["az"],
             "security_group_id": sg_id,
             "allow_ingress_from": list(isolation.allow_ingress_from),
+            "reachable_from_worker": False,  # no peering, gateway or route: checks that need the VPC run in a probe
         }
         if any(t.provider == "aws.rds" for t in targets):
             details["db_subnet_group"] = self._db_subnet_group(ctx, region, [s["id"] for s in subnets])
+        egress = "without egress"
+        if probe is not None:
+            details.update(probe_details(ctx, "aws", probe))
+            details["probe_instance_id"] = self._launch_probe(ctx, ec2, details, probe)
+            egress = f"whose one egress rule out is {TemporalEgress.of(probe)} (Temporal), for probe {details['probe_instance_id']}"
         return Environment(
             family="aws",
             drill_id=ctx.drill_id,
             id=vpc_id,
             description=f"VPC {vpc_id} ({net}) in {region}: no internet gateway, NAT, peering or endpoints; "
-            f"security group {sg_id} without egress",
+            f"security group {sg_id} {egress}",
             details=details,
         )
 
@@ -110,8 +121,9 @@ class AwsIsolation(AwsBase):
         heartbeat({"subnets": [s["id"] for s in subnets]})
         return subnets
 
-    def _security_group(self, ctx: DrillContext, ec2: Any, vpc_id: str, sources: list[str]) -> str:
-        """The drill's security group, found or created, shaped to: no egress; ingress only from `sources`."""
+    def _security_group(self, ctx: DrillContext, ec2: Any, vpc_id: str, sources: list[str], egress: Optional[TemporalEgress] = None) -> str:
+        """The drill's security group, found or created, shaped to: no egress; ingress only from
+        `sources`. With a probe (`egress`): also within the group, and one egress rule to Temporal."""
         sg_name = ctx.resource_name(suffix="sg", max_len=255)
         by_name = [{"Name": "vpc-id", "Values": [vpc_id]}, {"Name": "group-name", "Values": [sg_name]}]
         sgs = self.pages(ec2, "describe_security_groups", "SecurityGroups", Filters=drill_filters(ctx, by_name))
@@ -130,9 +142,8 @@ class AwsIsolation(AwsBase):
             sgs = self.pages(ec2, "describe_security_groups", "SecurityGroups", Filters=by_name)
         sg = sgs[0]
         sg_id = sg["GroupId"]
-        if sg.get("IpPermissionsEgress"):
-            self.call(ec2.revoke_security_group_egress, GroupId=sg_id, IpPermissions=_strip_perms(sg["IpPermissionsEgress"]))
-        wanted = ingress_permissions(sources)
+        self._shape_egress(ec2, sg, probe_egress(sg_id, egress) if egress else [])
+        wanted = ingress_permissions(sources) + (probe_ingress(sg_id) if egress else [])
         have = perm_sources(sg.get("IpPermissions", []))
         missing = [p for p in wanted if not perm_sources([p]) <= have]
         unwanted = [p for p in _strip_perms(sg.get("IpPermissions", [])) if not perm_sources([p]) <= perm_sources(wanted)]
@@ -145,6 +156,22 @@ class AwsIsolation(AwsBase):
                 if exc.aws_code != "InvalidPermission.Duplicate":
                     raise
         return sg_id
+
+    def _shape_egress(self, ec2: Any, sg: dict, wanted: list[dict]) -> None:
+        """Revoke every egress rule not `wanted` (a new group's allow-all first), add what is missing."""
+        allowed = rules(wanted)
+        have = _strip_perms(sg.get("IpPermissionsEgress", []))
+        unwanted = [p for p in have if not rules([p]) <= allowed]
+        kept = rules(p for p in have if p not in unwanted)
+        missing = [p for p in wanted if not rules([p]) <= kept]
+        if unwanted:
+            self.call(ec2.revoke_security_group_egress, GroupId=sg["GroupId"], IpPermissions=unwanted)
+        if missing:
+            try:
+                self.call(ec2.authorize_security_group_egress, GroupId=sg["GroupId"], IpPermissions=missing)
+            except AwsError as exc:
+                if exc.aws_code != "InvalidPermission.Duplicate":
+                    raise
 
     def _db_subnet_group(self, ctx: DrillContext, region: str, subnet_ids: list[str]) -> str:
         """The drill's DB subnet group (RDS names it: a group of that name must carry this drill's tag)."""
@@ -181,6 +208,8 @@ class AwsIsolation(AwsBase):
         region = env.details.get("region", self.region)
         inspection = _VpcInspection(self, self.ec2(region), ctx, env)
         proof = IsolationProof(family="aws", environment_id=inspection.vpc_id)
+        if env.details.get("probe_queue"):
+            proof.checks.append(self._checked(lambda: self.probe_check(inspection.ec2, ctx, env.details)))
         for name, check in inspection.checks():
             try:
                 ok, detail = check()
@@ -189,6 +218,13 @@ class AwsIsolation(AwsBase):
                 proof.checks.append(IsolationCheck(name=name, outcome="COULD_NOT_VERIFY", detail=exc.message))
             heartbeat({"checked": name})
         return proof
+
+    @staticmethod
+    def _checked(check: Callable[[], IsolationCheck]) -> IsolationCheck:
+        try:
+            return check()
+        except ProviderError as exc:
+            return IsolationCheck(name="probe inside the network", outcome="COULD_NOT_VERIFY", detail=exc.message)
 
 
 class _VpcInspection:
@@ -199,9 +235,11 @@ class _VpcInspection:
         self.details = env.details
         self.vpc_id = env.details.get("vpc_id", env.id)
         self.in_vpc = [{"Name": "vpc-id", "Values": [self.vpc_id]}]
+        self.egress = egress_of(env)
 
     def checks(self) -> list[tuple[str, Callable[[], tuple[bool, str]]]]:
-        return [
+        one_way_out = [("one way out: the Temporal frontend", self.way_out)] if self.egress else []
+        return one_way_out + [
             ("vpc", self.vpc),
             ("no internet gateway", self.internet_gateways),
             ("no NAT gateway", self.nat_gateways),
@@ -290,23 +328,43 @@ class _VpcInspection:
         public = [s["SubnetId"] for s in found if s.get("MapPublicIpOnLaunch") or s.get("AssignIpv6AddressOnCreation")]
         return not public, f"subnets {[s['SubnetId'] for s in found]}; assigning public addresses on launch: {public or 'none'}"
 
-    def security_group(self) -> tuple[bool, str]:
+    def _group(self) -> dict:
         sg_id = self.details.get("security_group_id")
         if not sg_id:
-            return False, "the environment names no security group"
+            raise ProviderError("BAD_STATE", "the environment names no security group")
         sgs = self.p.call(self.ec2.describe_security_groups, GroupIds=[sg_id]).get("SecurityGroups", [])
         if not sgs:
-            return False, f"security group {sg_id} not found"
-        sg = sgs[0]
-        egress = _describe_perms(sg.get("IpPermissionsEgress", []))
+            raise ProviderError("BAD_STATE", f"security group {sg_id} not found")
+        return sgs[0]
+
+    def security_group(self) -> tuple[bool, str]:
+        """Ingress only from the validation sources (and, with a probe, the group itself); no
+        egress, or with a probe the egress `way_out` judges."""
+        try:
+            sg = self._group()
+        except ProviderError as exc:
+            return False, exc.message
+        sg_id = sg["GroupId"]
+        egress_ok, egress = AwsProbes.egress_check(sg, None) if self.egress is None else (True, "see 'one way out: the Temporal frontend'")
         allowed = perm_sources(ingress_permissions(self.details.get("allow_ingress_from", [])))
+        if self.egress is not None:
+            allowed.add(sg_id)
         ingress_sources = perm_sources(sg.get("IpPermissions", []))
         extra = sorted(ingress_sources - allowed)
-        ok = not egress and not extra and sg.get("VpcId") == self.vpc_id
+        ok = egress_ok and not extra and sg.get("VpcId") == self.vpc_id
         return ok, (
-            f"security group {sg_id} in {sg.get('VpcId')}: egress rules: {egress or 'none'}; "
+            f"security group {sg_id} in {sg.get('VpcId')}: {egress}; "
             f"ingress sources: {sorted(ingress_sources) or 'none'} (allowed: {sorted(allowed) or 'none'}); not allowed: {extra or 'none'}"
         )
+
+    def way_out(self) -> tuple[bool, str]:
+        """With a probe: the security group's egress is within itself and one rule to Temporal."""
+        try:
+            sg = self._group()
+        except ProviderError as exc:
+            return False, exc.message
+        ok, detail = AwsProbes.egress_check(sg, self.egress)
+        return ok, f"security group {sg['GroupId']}: {detail}"
 
 
 # ---------------------------------------------------------------------- helpers
@@ -380,14 +438,4 @@ def _strip_perms(perms: Iterable[dict]) -> list[dict]:
             if p.get(key):
                 q[key] = [{f: r[f] for f in fields if f in r} for r in p[key]]
         out.append(q)
-    return out
-
-
-def _describe_perms(perms: Iterable[dict]) -> list[str]:
-    out = []
-    for p in perms:
-        proto = "all" if p.get("IpProtocol") == "-1" else p.get("IpProtocol")
-        ports = "" if p.get("FromPort") in (None, -1) else f":{p.get('FromPort')}-{p.get('ToPort')}"
-        for s in sorted(perm_sources([p])):
-            out.append(f"{proto}{ports} {s}")
     return out

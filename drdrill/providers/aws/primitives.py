@@ -114,7 +114,7 @@ class AwsPrimitives(AwsBase):
         or no longer carries the drill's tag (then it and its VPC are kept)."""
         d = env.details
         region = d.get("region") or self.region
-        named = [("vpc", d.get("vpc_id")), ("security-group", d.get("security_group_id"))]
+        named = [("vpc", d.get("vpc_id")), ("security-group", d.get("security_group_id")), ("ec2-instance", d.get("probe_instance_id"))]
         named += [("subnet", s["id"]) for s in d.get("subnets", [])]
         named.append(("rds-subnet-group", d.get("db_subnet_group")))
         return [Resource(kind, rid, scope=region) for kind, rid in named if rid]

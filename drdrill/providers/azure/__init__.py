@@ -8,9 +8,10 @@ public IP) and VMs, each tagged too. Teardown and the orphan sweep are the provi
 then the group, which is kept, and reported, when it holds anything without the drill's tag.
 
 Modules: `primitives` (clients, error mapping, waiting on operations, inventory / current_tags /
-delete), `isolation` (the VNet and NSG, and the proof of isolation), `disk` and `vm` (recovery
-points, restore, readiness of each target kind), `discover` (selections by tag and resource group,
-and the protected inventory, for coverage).
+delete), `isolation` (the VNet and NSG, and the proof of isolation), `probe` (the VM inside the
+VNet that runs the checks, `isolation.probe.azure`), `secrets` (the probe's Key Vault references),
+`disk` and `vm` (recovery points, restore, readiness of each target kind), `discover` (selections
+by tag and resource group, and the protected inventory, for coverage).
 
 The clients are the real azure-mgmt-* SDK clients (synchronous; activities run in a thread pool).
 Bodies are sent and read in ARM's wire JSON (the SDK's models are mappings over it), so the
@@ -19,7 +20,7 @@ REST contract is exactly what this package writes. Every REST operation used:
   GET    /subscriptions/{s}/providers/Microsoft.Compute/snapshots                            2026-03-02
   GET    /subscriptions/{s}/providers/Microsoft.Compute/disks                                2026-03-02  (selections, coverage)
   GET    /subscriptions/{s}/providers/Microsoft.Compute/virtualMachines                      2026-04-01  (selections, coverage)
-  GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{disk}   2026-03-02
+  GET|PUT|PATCH|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/disks/{disk}   2026-03-02
   GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}  2026-04-01
   GET    /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Compute/virtualMachines/{vm}/instanceView  2026-04-01
   GET|PUT|DELETE /subscriptions/{s}/resourceGroups/{rg}/providers/Microsoft.Network/networkSecurityGroups/{nsg}  2026-03-01
@@ -47,6 +48,7 @@ from drdrill.core.selection import ProtectedResource
 from drdrill.providers.base import ProviderError
 from drdrill.providers.azure import discover, disk, isolation, vm
 from drdrill.providers.azure.primitives import PUBLIC_ARM, AzurePrimitives, parse_id
+from drdrill.providers.probes import with_password_reference
 
 __all__ = ["AzureProvider", "parse_id"]
 
@@ -106,7 +108,7 @@ class AzureProvider(AzurePrimitives):
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
         module = self._module_for(target)
         location = env.details.get("location") or point.metadata.get("location") or self.location
-        return module.restore(self, ctx, target, point, env, location)
+        return with_password_reference(module.restore(self, ctx, target, point, env, location), env)
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         return self._module_for(target).wait_ready(self, resource, timeout)

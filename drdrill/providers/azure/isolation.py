@@ -1,15 +1,19 @@
 """The drill's isolated network on Azure: in the drill's tagged resource group, a VNet with one subnet
 and no peering or gateway, behind an NSG that denies all outbound traffic and admits inbound traffic
-only from `isolation.allow_ingress_from`; and the proof, read back, that it is so."""
+only from `isolation.allow_ingress_from`; and the proof, read back, that it is so. The worker cannot
+reach it: with `isolation.probe.azure` a probe VM inside it runs the checks (probe.py), and the NSG
+lets it reach the Temporal frontend, its one way out."""
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Optional
 
 from drdrill.core.models import DrillContext, Environment, IsolationCheck, IsolationProof
 from drdrill.providers.base import ProviderError, heartbeat, require_drill_tag
+from drdrill.providers.azure import probe as probes
 from drdrill.providers.azure.primitives import AzurePrimitives, parse_id, props, wire
+from drdrill.providers.probes import TemporalEgress, egress_of, probe_details
 
 VNET_NAME = "isolated-vnet"
 SUBNET_NAME = "isolated"
@@ -115,29 +119,39 @@ def create_isolation(az: AzurePrimitives, ctx: DrillContext, isolation: Any, tar
     group = wire(az.sdk("creating the drill's resource group", c.resource.resource_groups.create_or_update, rg, {"location": location, "tags": tags}))
     heartbeat({"created": group.get("id")})
 
+    probe = isolation.probe.azure
+    egress = TemporalEgress.of(probe) if probe is not None else None
+    rules = _nsg_rules(allowed) + (probes.probe_rules(str(subnet_prefix), egress) if egress else [])
     what = "creating the drill's NSG"
-    nsg_body = {"location": location, "tags": tags, "properties": {"securityRules": _nsg_rules(allowed)}}
+    nsg_body = {"location": location, "tags": tags, "properties": {"securityRules": rules}}
     nsg_id = az.wait(az.sdk(what, c.network.network_security_groups.begin_create_or_update, rg, NSG_NAME, nsg_body), what)["id"]
     what = "creating the drill's VNet"
     vnet_body = _vnet_body(location, tags, network, subnet_prefix, nsg_id)
     vnet = az.wait(az.sdk(what, c.network.virtual_networks.begin_create_or_update, rg, VNET_NAME, vnet_body), what)
+    details: dict[str, Any] = {
+        "subscription_id": sub,
+        "resource_group": rg,
+        "resource_group_id": group.get("id"),
+        "location": location,
+        "vnet_id": vnet["id"],
+        "subnet_id": f"{vnet['id']}/subnets/{SUBNET_NAME}",
+        "nsg_id": nsg_id,
+        "address_space": str(network),
+        "subnet_prefix": str(subnet_prefix),
+        "allow_ingress_from": allowed,
+        "reachable_from_worker": False,  # no peering or gateway: checks that need the VNet run in a probe
+    }
+    outbound = "NSG denying all outbound"
+    if probe is not None:
+        details.update(probe_details(ctx, "azure", probe))
+        details["probe_vm_id"] = probes.launch_probe(az, c, ctx, rg, location, details, probe)
+        outbound = f"NSG denying all outbound but {egress} (Temporal), for probe VM {probes.VM_NAME}"
     return Environment(
         family="azure",
         drill_id=ctx.drill_id,
         id=rg,
-        description=f"resource group {rg} in {location}: VNet {network} without peering or gateway, subnet {subnet_prefix}, NSG denying all outbound",
-        details={
-            "subscription_id": sub,
-            "resource_group": rg,
-            "resource_group_id": group.get("id"),
-            "location": location,
-            "vnet_id": vnet["id"],
-            "subnet_id": f"{vnet['id']}/subnets/{SUBNET_NAME}",
-            "nsg_id": nsg_id,
-            "address_space": str(network),
-            "subnet_prefix": str(subnet_prefix),
-            "allow_ingress_from": allowed,
-        },
+        description=f"resource group {rg} in {location}: VNet {network} without peering or gateway, subnet {subnet_prefix}, {outbound}",
+        details=details,
     )
 
 
@@ -181,10 +195,17 @@ def verify_isolation(az: AzurePrimitives, ctx: DrillContext, env: Environment) -
     resources = az.sdk("listing the resource group", lambda: [wire(r) for r in c.resource.resources.list_by_resource_group(rg)]) if group else []
     _check_network(check, vnet, resources)
     _check_subnet(check, subnet, nsg)
+    egress = egress_of(env)
     if nsg is not None:
         rules = [dict(props(r), name=r.get("name")) for r in props(nsg).get("securityRules") or []]
-        check("outbound denied", *_outbound_denied(rules))
-        check("inbound only from validation sources", *_inbound_limited(rules, env.details.get("allow_ingress_from") or []))
+        inside = env.details.get("subnet_prefix") or env.details.get("address_space") or "0.0.0.0/32"
+        check("outbound denied", *_outbound_denied(rules, inside, egress))
+        if egress is not None:
+            check("one way out: the Temporal frontend", *_one_way_out(rules, inside, egress))
+        sources = list(env.details.get("allow_ingress_from") or []) + ([inside] if egress is not None else [])
+        check("inbound only from validation sources", *_inbound_limited(rules, sources))
+    if env.details.get("probe_queue"):
+        check.checks.append(probes.probe_check(az, c, rg, env))
     return IsolationProof(family="azure", environment_id=env.id, checks=check.checks)
 
 
@@ -230,7 +251,8 @@ def _any(rule: dict, key: str) -> bool:
     return single in ANYWHERE or any(p in ANYWHERE for p in many)
 
 
-def _outbound_denied(rules: list[dict]) -> tuple[bool, str]:
+def _outbound_allows(rules: list[dict]) -> tuple[Optional[int], list[dict]]:
+    """The priority of the deny-all outbound rule (None: there is none) and the allows ahead of it."""
     out = [r for r in rules if (r.get("direction") or "").lower() == "outbound"]
     denies = [
         r for r in out
@@ -238,12 +260,35 @@ def _outbound_denied(rules: list[dict]) -> tuple[bool, str]:
         and r.get("destinationPortRange") in ("*", None) and _any(r, "source")
     ]
     if not denies:
-        return False, "no rule denies all outbound traffic (Azure's defaults allow the VNet and the internet)"
+        return None, []
     deny_at = min(int(r["priority"]) for r in denies)
-    allows = [r for r in out if (r.get("access") or "").lower() == "allow" and int(r["priority"]) < deny_at]
-    if allows:
-        return False, "outbound allowed before the deny-all rule by: " + ", ".join(r["name"] for r in allows)
-    return True, f"all outbound traffic denied at priority {deny_at}, no allow rule before it"
+    return deny_at, [r for r in out if (r.get("access") or "").lower() == "allow" and int(r["priority"]) < deny_at]
+
+
+def _outbound_denied(rules: list[dict], inside: str, egress: Optional[TemporalEgress]) -> tuple[bool, str]:
+    """All outbound traffic denied, but (with a probe) within the subnet and to the Temporal frontend."""
+    deny_at, allows = _outbound_allows(rules)
+    if deny_at is None:
+        return False, "no rule denies all outbound traffic (Azure's defaults allow the VNet and the internet)"
+    if egress is None:
+        if allows:
+            return False, "outbound allowed before the deny-all rule by: " + ", ".join(r["name"] for r in allows)
+        return True, f"all outbound traffic denied at priority {deny_at}, no allow rule before it"
+    within, temporal, other = probes.classify_outbound(allows, inside, egress)
+    if other:
+        return False, f"outbound allowed before the deny-all rule (priority {deny_at}) by: " + ", ".join(other)
+    return True, f"all outbound traffic denied at priority {deny_at}, except within {inside} ({', '.join(within) or 'no rule'}) and to Temporal ({', '.join(temporal) or 'no rule'})"
+
+
+def _one_way_out(rules: list[dict], inside: str, egress: TemporalEgress) -> tuple[bool, str]:
+    """With a probe: the only outbound rule leaving the subnet is the one to the Temporal frontend."""
+    deny_at, allows = _outbound_allows(rules)
+    within, temporal, other = probes.classify_outbound(allows, inside, egress)
+    way = f"{egress} by rule {', '.join(temporal)}" if temporal else f"MISSING: no rule allows {egress}"
+    return not other and deny_at is not None, (
+        f"the one way out: {way} (the Temporal frontend the probe polls); inside the network ({inside}): {', '.join(within) or 'none'}; "
+        f"other ways out: {', '.join(other) or 'none'}" + ("" if deny_at is not None else "; no deny-all outbound rule")
+    )
 
 
 def _inbound_limited(rules: list[dict], allowed: list[str]) -> tuple[bool, str]:

@@ -16,6 +16,8 @@ The modules, by concern:
     primitives.py  clients, calls with retries, `wait_operation`, and the primitives of cleaning
                    up; teardown and the orphan sweep are the provider template's (base.Provider)
     isolation.py   the isolated network, its subnetwork and firewall rules, and their proof
+    probe.py       the probe instance inside the network that runs the checks (isolation.probe.gcp)
+    secrets.py     the probe's Secret Manager references, resolved on the probe
     disk.py        recovery points (snapshots), `gcp.disk` restore and readiness
     instance.py    `gcp.instance` restore (its disks, then the instance) and readiness
     discover.py    selections (`select:` by label and zone) and the protected inventory, for coverage
@@ -62,6 +64,7 @@ from drdrill.core.selection import ProtectedResource
 from drdrill.providers.gcp import discover, disk, instance, isolation
 from drdrill.providers.gcp.labels import LABEL_DRILL_ID, LABEL_EXPIRES_AT, LABEL_MANAGED, LABEL_TARGET, gcp_labels, gcp_name, label_value
 from drdrill.providers.gcp.primitives import GcpPrimitives
+from drdrill.providers.probes import with_password_reference
 
 
 class GcpProvider(GcpPrimitives):
@@ -88,7 +91,7 @@ class GcpProvider(GcpPrimitives):
 
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
         kind = disk if target.provider == "gcp.disk" else instance
-        return kind.restore(self, ctx, target, point, env)
+        return with_password_reference(kind.restore(self, ctx, target, point, env), env)
 
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         kind = disk if target.provider == "gcp.disk" else instance

@@ -9,18 +9,22 @@ In the isolation project (default: the first target's project):
             drdrill-<drill>-deny-ingress  INGRESS deny all from 0.0.0.0/0, priority 65534 (explicit);
             drdrill-<drill>-allow-ingress INGRESS allow from isolation.allow_ingress_from, 1000.
 Each carries the drill's labels in its description (networks, subnetworks and firewall rules
-have no labels).
+have no labels). The worker cannot reach the network: with `isolation.probe.gcp` a probe instance
+inside it runs the checks (probe.py), and the firewall lets it reach the Temporal frontend, its one
+way out, and the subnetwork.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Any
+from typing import Any, Optional
 
 from drdrill.core.models import DrillContext, Environment, IsolationCheck, IsolationProof
 from drdrill.providers.base import ProviderError
 from drdrill.providers.gcp.labels import description_with_labels, gcp_labels, gcp_name, link_tail, owned_by, region_of
+from drdrill.providers.gcp import probe as probes
 from drdrill.providers.gcp.primitives import GcpPrimitives
+from drdrill.providers.probes import TemporalEgress, egress_of, probe_details
 
 
 def env_location(gcp: GcpPrimitives, isolation: Any, targets: list[Any]) -> tuple[str, str]:
@@ -104,7 +108,11 @@ def create_isolation(gcp: GcpPrimitives, ctx: DrillContext, isolation: Any, targ
     for route in _network_routes(gcp, project, network.self_link):
         if route.next_hop_gateway:
             gcp.delete_resource("routes", {"project": project, "route": route.name}, what=f"{what}: default internet route {route.name}")
+    probe = isolation.probe.gcp
+    egress = TemporalEgress.of(probe) if probe is not None else None
     firewalls = firewall_specs(ctx, network.self_link, sources, labels)
+    if egress is not None:
+        firewalls += probes.probe_firewalls(ctx, network.self_link, cidr, egress, labels)
     for fw in firewalls:
         gcp.create_resource(
             "firewalls",
@@ -113,22 +121,30 @@ def create_isolation(gcp: GcpPrimitives, ctx: DrillContext, isolation: Any, targ
             get_request={"project": project, "firewall": fw["name"]},
             drill_id=ctx.drill_id,
         )
+    details = {
+        "project": project,
+        "region": region,
+        "network": net_name,
+        "network_self_link": network.self_link,
+        "subnetwork": sub_name,
+        "subnetwork_self_link": subnet.self_link,
+        "cidr": cidr,
+        "firewalls": [f["name"] for f in firewalls],
+        "allow_ingress_from": sources,
+        "reachable_from_worker": False,  # no route in or out: checks that need the network run in a probe
+    }
+    egress_text = "egress denied"
+    if probe is not None:
+        zone = probes.probe_zone(probe, region, targets)
+        details.update(probe_details(ctx, "gcp", probe, probe_zone=zone))
+        details["probe_instance"] = probes.launch_probe(gcp, ctx, project, zone, details, probe).name
+        egress_text = f"egress denied but {egress} (Temporal), for probe {details['probe_instance']}"
     return Environment(
         family=gcp.family,
         drill_id=ctx.drill_id,
         id=net_name,
-        description=f"VPC network {project}/{net_name} ({cidr} in {region}), no internet route, egress denied",
-        details={
-            "project": project,
-            "region": region,
-            "network": net_name,
-            "network_self_link": network.self_link,
-            "subnetwork": sub_name,
-            "subnetwork_self_link": subnet.self_link,
-            "cidr": cidr,
-            "firewalls": [f["name"] for f in firewalls],
-            "allow_ingress_from": sources,
-        },
+        description=f"VPC network {project}/{net_name} ({cidr} in {region}), no internet route, {egress_text}",
+        details=details,
     )
 
 
@@ -189,7 +205,9 @@ def verify_isolation(gcp: GcpPrimitives, ctx: DrillContext, env: Environment) ->
     routes = _network_routes(gcp, project, network.self_link)
     proof.checks += _route_checks(routes)
     rules = [f for f in gcp.network_firewalls(project, network.self_link) if not f.disabled]
-    proof.checks += _firewall_checks(rules, set(d.get("allow_ingress_from") or []))
+    proof.checks += _firewall_checks(rules, set(d.get("allow_ingress_from") or []), d.get("cidr") or "0.0.0.0/32", egress_of(env))
+    if d.get("probe_queue"):
+        proof.checks.append(probes.probe_check(gcp, env))
     return proof
 
 
@@ -226,18 +244,32 @@ def _route_checks(routes: list[Any]) -> list[IsolationCheck]:
     ]
 
 
-def _firewall_checks(rules: list[Any], allowed_sources: set[str]) -> list[IsolationCheck]:
-    """Egress denied to everything, ahead of any egress allow; ingress only from the spec's sources."""
+def _firewall_checks(rules: list[Any], allowed_sources: set[str], cidr: str, egress: Optional[TemporalEgress] = None) -> list[IsolationCheck]:
+    """Egress denied to everything, ahead of any egress allow; ingress only from the spec's sources.
+    With a probe (`egress`): egress also within the subnetwork, and exactly one rule out of it, to
+    the Temporal frontend; ingress also from the subnetwork."""
     deny_egress = [f for f in rules if f.direction == "EGRESS" and f.denied and any(p.I_p_protocol == "all" for p in f.denied) and "0.0.0.0/0" in f.destination_ranges]
     best_deny = min((f.priority for f in deny_egress), default=None)
     allow_egress = [f for f in rules if f.direction == "EGRESS" and f.allowed and (best_deny is None or f.priority <= best_deny)]
+    if egress is not None:
+        allowed_sources = allowed_sources | {cidr}
+        within, temporal, other = probes.classify_egress(allow_egress, cidr, egress)
+        allow_egress = [f for f in allow_egress if f.name not in within + temporal]
     wide = []
     for f in rules:
         if f.direction == "INGRESS" and f.allowed:
             srcs = set(f.source_ranges)
             if f.source_tags or f.source_service_accounts or not srcs <= allowed_sources:
                 wide.append(f"{f.name} from {sorted(srcs) or list(f.source_tags) or list(f.source_service_accounts)}")
-    return [
+    checks = []
+    if egress is not None:
+        way = f"{egress} by rule {', '.join(temporal)}" if temporal else f"MISSING: no rule allows {egress}"
+        checks.append(IsolationCheck(
+            name="one way out: the Temporal frontend", outcome="PASSED" if best_deny is not None and not other else "FAILED",
+            detail=f"the one way out: {way} (the Temporal frontend the probe polls); inside the network ({cidr}): {', '.join(within) or 'none'}; "
+            f"other ways out: {', '.join(other) or 'none'}",
+        ))
+    return checks + [
         IsolationCheck(
             name="egress denied", outcome="PASSED" if best_deny is not None and not allow_egress else "FAILED",
             detail=(f"deny all egress at priority {best_deny}" if best_deny is not None else "no rule denies all egress")

@@ -72,7 +72,7 @@ KINDS: dict[str, tuple[str, str, Optional[str]]] = {
     "subnetwork": ("subnetworks", "subnetwork", "region"),
     "network": ("networks", "network", None),
 }
-FIREWALL_SUFFIXES = ("deny-egress", "deny-ingress", "allow-ingress")
+FIREWALL_SUFFIXES = ("deny-egress", "deny-ingress", "allow-ingress", "probe-inside-egress", "temporal-egress", "probe-inside-ingress")
 
 
 def http_status(err: ProviderError) -> Optional[int]:
