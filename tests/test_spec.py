@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from drdrill.core.spec import SpecError, format_duration, load_spec, parse_duration
+from drdrill.core.spec import DrillSpec, SpecError, format_duration, load_spec, parse_duration
 
 REPO = Path(__file__).resolve().parent.parent
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
@@ -301,3 +301,14 @@ def test_run_prints_the_warnings_before_starting(tmp_path, temporal_server):
         "max_duration, so it can never meet this objective: raise max_duration to at least 2h or lower objectives.rto"
     )
     assert proc.stdout.startswith("drill slow  run slow-"), proc.stdout
+
+
+@pytest.mark.parametrize("schedule", ["quarterly", "{quarterly: {month: 2, day: 3}}", "{cron: \"0 3 1 */3 *\"}"])
+def test_a_drill_survives_its_trip_to_the_workflow_as_json(tmp_path, schedule):
+    """The workflow receives the drill as JSON and validates it again: every schedule form must
+    come back as it was (a dumped cron schedule carries `quarterly: null`)."""
+    f = tmp_path / "d.yaml"
+    f.write_text((REPO / "drills" / "demo-postgres.yaml").read_text().replace("# schedule: quarterly", "") + f"\nschedule: {schedule}\n")
+    spec = load_spec(f)
+    again = DrillSpec.model_validate_json(spec.model_dump_json())
+    assert again.schedule == spec.schedule

@@ -946,7 +946,9 @@ class ScheduleSpec(Strict):
     def _shorthand(cls, data: Any) -> Any:
         if data == "quarterly":
             return {"quarterly": {}}
-        if isinstance(data, dict) and data.get("quarterly") is None and "quarterly" in data:
+        # `quarterly:` written without settings means the defaults; `quarterly: null` beside a cron
+        # line is how a dumped cron schedule looks (a spec travels to the workflow as JSON).
+        if isinstance(data, dict) and "quarterly" in data and data.get("quarterly") is None and data.get("cron") is None:
             data = dict(data)
             data["quarterly"] = {}
         return data
