@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Literal, Mapping, Optional, Union
 
@@ -168,8 +168,61 @@ class TargetBase(Strict):
         return self.provider.split(".")[0]  # type: ignore[attr-defined]
 
 
+# ---------------------------------------------------------------- postgres sources: point in time
+# Physical backups plus a WAL archive, recovered with the tools that wrote them (issue 15). drdrill
+# only reads the repository; the recovered server never reaches it (its WAL comes through drdrill).
+
+_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class PhysicalSource(Strict):
+    """What every point-in-time source has: the role checks connect as in the recovered cluster."""
+
+    user: str = Field("postgres", min_length=1, description="a superuser of the backed-up cluster, for the checks")
+
+
+class PgBackRestSource(PhysicalSource):
+    """A pgBackRest stanza, in any repository type pgBackRest reads (posix, S3, Azure, GCS, SFTP)."""
+
+    stanza: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the stanza (pgbackrest --stanza)")
+    config: Optional[str] = Field(None, description="pgbackrest.conf (relative to the drill file); default: pgBackRest's own")
+    repo: Optional[int] = Field(None, ge=1, le=256, description="the repository to read (--repo); default: pgBackRest's choice")
+    env: list[Annotated[str, Field(pattern=r"^PGBACKREST_[A-Z0-9_]+$")]] = Field(
+        default_factory=list,
+        description="names of the PGBACKREST_* variables configuring the repository (e.g. PGBACKREST_REPO1_S3_KEY); "
+        "passed to pgBackRest by name, their values never written anywhere",
+    )
+
+
+class BarmanSource(PhysicalSource):
+    """Backups and WAL written by barman-cloud-backup / barman-cloud-wal-archive to S3."""
+
+    source_url: str = Field(pattern=r"^s3://[^/]+", description="s3://bucket/path, as given to barman-cloud-backup")
+    server: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the server name given to barman-cloud-backup")
+    endpoint_url: Optional[str] = Field(None, pattern=r"^https?://", description="an S3-compatible endpoint")
+    env: list[Annotated[str, Field(pattern=_ENV_NAME)]] = Field(
+        default_factory=list,
+        description="names of the variables holding the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_PROFILE); passed by name, their values never written anywhere",
+    )
+
+
+class WalArchiveSource(PhysicalSource):
+    """Plain pg_basebackup directories plus the directory `archive_command = 'cp %p /archive/%f'` fills."""
+
+    base_backups: str = Field(description="a pg_basebackup -Fp directory, or a directory of them (relative to the drill file)")
+    archive: str = Field(description="the WAL archive directory (relative to the drill file)")
+
+
+# The kinds of source a postgres target names exactly one of: a new kind is one more entry here
+# and a field of that name on PostgresSource.
+SOURCE_KINDS = ["repository", "pgbackrest", "barman", "wal_archive"]
+# The kinds recovered to a point in time (a base backup plus WAL replay).
+PITR_KINDS = ("pgbackrest", "barman", "wal_archive")
+
+
 class PostgresSource(Strict):
-    repository: str = Field(description="backup repository directory (relative to the drill file)")
+    repository: Optional[str] = Field(None, description="drdrill's own backup repository directory (relative to the drill file)")
     dsn_env: Optional[str] = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
@@ -178,7 +231,33 @@ class PostgresSource(Strict):
     format: Literal["custom", "directory", "base"] = Field(
         "custom", description="custom: pg_dump -Fc; directory: pg_dump -Fd; base: pg_basebackup (a physical copy)"
     )
-    database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
+    database: Optional[str] = Field(
+        None, description="database name inside the restored cluster (default: target name; `postgres` for a point-in-time source)"
+    )
+    # Point in time: physical backups plus WAL.
+    pgbackrest: Optional[PgBackRestSource] = Field(None, description="a pgBackRest stanza")
+    barman: Optional[BarmanSource] = Field(None, description="barman-cloud backups and WAL in S3")
+    wal_archive: Optional[WalArchiveSource] = Field(None, description="pg_basebackup directories and a WAL archive directory")
+    # Set by drdrill from the drill's validations, never written in a drill file: the names of the
+    # boundary checks of this target (a point-in-time recovery without one proves no moment).
+    boundary_checks: list[str] = Field(default_factory=list, description="set by drdrill")
+
+    @model_validator(mode="after")
+    def _exactly_one_kind(self) -> "PostgresSource":
+        given = [k for k in SOURCE_KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            which = f"it has {', '.join(given)}" if given else "it has none"
+            raise ValueError(f"a postgres source is exactly one of {', '.join(SOURCE_KINDS)}; {which}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def pitr(self) -> bool:
+        """Recovered to a point in time: a base backup plus WAL replay."""
+        return self.kind in PITR_KINDS
 
 
 class PostgresTarget(TargetBase):
@@ -442,6 +521,30 @@ class FreshnessValidation(DataValidation):
     max_lag: Optional[Duration] = Field(None, description="default: the drill's RPO objective")
 
 
+class BoundaryValidation(DataValidation):
+    """The moment recovered to, proven from both sides: rows written at or before it survived (the
+    newest is at most `max_gap` older than it) and no row written after it exists. The moment is the
+    recovery target of a point-in-time recovery, the moment its replay reached for `latest`, or the
+    recovery point's consistent time otherwise."""
+
+    type: Literal["boundary"]
+    table: Optional[str] = Field(None, min_length=1, description="a table whose rows carry the time they were written")
+    column: Optional[str] = Field(None, min_length=1, description="with table: the timestamp column")
+    query: Optional[str] = Field(None, min_length=1, description="instead of table and column: a query returning one timestamp per row")
+    max_gap: Duration = Field(
+        timedelta(minutes=1),
+        description="how much older than the moment the newest surviving row may be: how often the table is written (1s-marker rows: 2s)",
+    )
+
+    @model_validator(mode="after")
+    def _rows(self) -> "BoundaryValidation":
+        if self.query is None and (self.table is None or self.column is None):
+            raise ValueError("boundary needs 'table' and 'column' (a timestamp column), or 'query' returning one timestamp per row")
+        if self.query is not None and (self.table is not None or self.column is not None):
+            raise ValueError("boundary takes either 'table' and 'column' or 'query', not both")
+        return self
+
+
 class TcpValidation(ValidationBase):
     type: Literal["tcp"]
     host: str
@@ -468,6 +571,7 @@ Validation = Annotated[
         RowCountValidation,
         ChecksumValidation,
         FreshnessValidation,
+        BoundaryValidation,
         TcpValidation,
         HttpValidation,
         CommandValidation,
@@ -475,7 +579,7 @@ Validation = Annotated[
     Field(discriminator="type"),
 ]
 
-VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "tcp", "http", "command"]
+VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "boundary", "tcp", "http", "command"]
 
 # ---------------------------------------------------------------- the rest
 
@@ -586,6 +690,17 @@ class DrillSpec(Strict):
             raise _RefError(("validations",), f"validation names must be unique; repeated: {', '.join(sorted(dupes))} (set 'name:')")
         return self
 
+    @model_validator(mode="after")
+    def _boundary_checks(self) -> "DrillSpec":
+        """Tell each postgres source which boundary checks prove its moment: a point-in-time
+        recovery without one is PITR_UNASSERTED (the provider sees the target, not the checks)."""
+        for t in self.targets:
+            if isinstance(t, PostgresTarget):
+                t.source.boundary_checks = [
+                    self.validation_name(i) for i, v in enumerate(self.validations) if v.type == "boundary" and v.target == t.name
+                ]
+        return self
+
     def validation_name(self, index: int) -> str:
         v = self.validations[index]
         if v.name:
@@ -633,8 +748,36 @@ def _rto_beyond_max_duration(spec: DrillSpec) -> Iterator[tuple[str, str]]:
         )
 
 
+def _pitr_without_boundary(spec: DrillSpec) -> Iterator[tuple[str, str]]:
+    """A point-in-time recovery that merely came up proves nothing about the moment it reached."""
+    for i, t in enumerate(spec.targets):
+        if isinstance(t, PostgresTarget) and t.source.pitr and not t.source.boundary_checks:
+            yield (
+                f"targets[{i}]",
+                f"target {t.name} is recovered to a point in time but no boundary check proves the moment: the drill "
+                f"ends COULD_NOT_VERIFY (PITR_UNASSERTED); add {{type: boundary, target: {t.name}, table: ..., column: ...}}",
+            )
+
+
 # Each check yields (field path, message with the fix); add new warnings here.
-WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (_rto_beyond_max_duration,)
+WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (_rto_beyond_max_duration, _pitr_without_boundary)
+
+
+def _recovery_target_in_the_future(spec: DrillSpec, now: datetime) -> Iterator[tuple[str, str]]:
+    """A point-in-time recovery to a moment that has not happened can only run out of WAL."""
+    for i, t in enumerate(spec.targets):
+        at = t.recovery_point.at
+        if isinstance(t, PostgresTarget) and t.source.pitr and at is not None and at > now:
+            yield (
+                f"targets[{i}].recovery_point.at",
+                f"{at.isoformat()} is in the future (now {now.replace(microsecond=0).isoformat()}): the archive cannot "
+                "reach it; give a moment that has passed, or use rule latest",
+            )
+
+
+# Checks of a drill file against the moment it is loaded (never run again inside a workflow,
+# which must not read the clock): each yields (field path, message with the fix).
+LOAD_CHECKS: tuple[Callable[[DrillSpec, datetime], Iterator[tuple[str, str]]], ...] = (_recovery_target_in_the_future,)
 
 
 class _RefError(ValueError):
@@ -860,6 +1003,10 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
         raise SpecError(path, [("", "the YAML is nested too deeply")]) from None
     except (TypeError, ValueError, OverflowError) as exc:
         raise SpecError(path, [("", f"cannot be read as a drill: {exc}")]) from None
+    now = datetime.now(timezone.utc)
+    late = [problem for check in LOAD_CHECKS for problem in check(spec, now)]
+    if late:
+        raise SpecError(path, late)
     spec.source_path = path
     spec.source_sha256 = hashlib.sha256(text.encode()).hexdigest()
     spec.source_text = text
@@ -883,7 +1030,14 @@ def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
     """Every field of a drill that names a file or directory: (field path, owner, attribute)."""
     for i, t in enumerate(spec.targets):
         if isinstance(t, PostgresTarget):
-            yield f"targets[{i}].source.repository", t.source, "repository"
+            for field, owner, attr in (
+                ("repository", t.source, "repository"),
+                ("pgbackrest.config", t.source.pgbackrest, "config"),
+                ("wal_archive.base_backups", t.source.wal_archive, "base_backups"),
+                ("wal_archive.archive", t.source.wal_archive, "archive"),
+            ):
+                if owner is not None and getattr(owner, attr) is not None:
+                    yield f"targets[{i}].source.{field}", owner, attr
 
 
 def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None:

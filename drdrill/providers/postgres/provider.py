@@ -27,7 +27,10 @@ from drdrill.core.models import (
     RestoredResource,
 )
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
+from drdrill.providers.postgres.barman import Barman
+from drdrill.providers.postgres.pgbackrest import PgBackRest
 from drdrill.providers.postgres.repository import DrdrillRepository
+from drdrill.providers.postgres.walarchive import WalArchive
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
     NotOurs,
@@ -192,5 +195,11 @@ class PostgresProvider(Provider):
 
 
 def source_of(target: Any) -> RecoverySource:
-    """The RecoverySource for a postgres target's `source`."""
-    return DrdrillRepository()
+    """The RecoverySource for a postgres target's `source` (one line per kind of source)."""
+    kinds: dict[str, type[RecoverySource]] = {
+        "repository": DrdrillRepository,
+        "pgbackrest": PgBackRest,
+        "barman": Barman,
+        "wal_archive": WalArchive,
+    }
+    return kinds[target.source.kind]()
