@@ -172,9 +172,6 @@ class TargetBase(Strict):
 # Physical backups plus a WAL archive, recovered with the tools that wrote them (issue 15). drdrill
 # only reads the repository; the recovered server never reaches it (its WAL comes through drdrill).
 
-_ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
-
-
 class PhysicalSource(Strict):
     """What every point-in-time source has: the role checks connect as in the recovered cluster."""
 
@@ -187,11 +184,22 @@ class PgBackRestSource(PhysicalSource):
     stanza: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the stanza (pgbackrest --stanza)")
     config: Optional[str] = Field(None, description="pgbackrest.conf (relative to the drill file); default: pgBackRest's own")
     repo: Optional[int] = Field(None, ge=1, le=256, description="the repository to read (--repo); default: pgBackRest's choice")
-    env: list[Annotated[str, Field(pattern=r"^PGBACKREST_[A-Z0-9_]+$")]] = Field(
+    env: list[str] = Field(
         default_factory=list,
         description="names of the PGBACKREST_* variables configuring the repository (e.g. PGBACKREST_REPO1_S3_KEY); "
         "passed to pgBackRest by name, their values never written anywhere",
     )
+
+    @field_validator("env")
+    @classmethod
+    def _pgbackrest_variables(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.match(r"^PGBACKREST_[A-Z0-9_]+$", n)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: name PGBACKREST_* variables (e.g. PGBACKREST_REPO1_S3_KEY); "
+                "their values stay in the worker's environment"
+            )
+        return names
 
 
 class BarmanSource(PhysicalSource):
@@ -200,7 +208,7 @@ class BarmanSource(PhysicalSource):
     source_url: str = Field(pattern=r"^s3://[^/]+", description="s3://bucket/path, as given to barman-cloud-backup")
     server: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the server name given to barman-cloud-backup")
     endpoint_url: Optional[str] = Field(None, pattern=r"^https?://", description="an S3-compatible endpoint")
-    env: list[Annotated[str, Field(pattern=_ENV_NAME)]] = Field(
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
         default_factory=list,
         description="names of the variables holding the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
         "AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_PROFILE); passed by name, their values never written anywhere",
