@@ -98,8 +98,8 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
     spec = _load(drill)
     done = 0
     for t in spec.targets:
-        if t.provider != "postgres":
-            continue
+        if t.provider != "postgres" or t.source.repository is None:
+            continue  # point-in-time sources (pgBackRest, Barman, a WAL archive) are backed up by their own tools
         if not t.source.dsn_env:
             err.print(f"{drill}: targets.{t.name}.source.dsn_env is not set: name the environment variable holding the source DSN")
             raise typer.Exit(2)

@@ -825,7 +825,7 @@ _VALIDATION_TAGS = set(VALIDATION_TYPES)
 
 
 def _allowed_keys(model: type[BaseModel]) -> list[str]:
-    return [n for n, f in model.model_fields.items() if n not in ("source_path", "source_sha256", "source_text")]
+    return [n for n, f in model.model_fields.items() if n not in ("source_path", "source_sha256", "source_text", "boundary_checks")]
 
 
 def _model_at(loc: tuple, data: Any) -> Optional[type[BaseModel]]:
@@ -994,6 +994,10 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     for reserved in ("source_path", "source_sha256", "source_text"):
         if reserved in data:
             raise SpecError(path, [(reserved, f"unknown key '{reserved}'; it is set by drdrill")])
+    targets = data.get("targets") if isinstance(data.get("targets"), list) else []
+    for i, t in enumerate(targets):
+        if isinstance(t, dict) and isinstance(t.get("source"), dict) and "boundary_checks" in t["source"]:
+            raise SpecError(path, [(f"targets[{i}].source.boundary_checks", "unknown key 'boundary_checks'; it is set by drdrill")])
     try:
         spec = DrillSpec.model_validate(data)
     except ValidationError as exc:

@@ -6,6 +6,9 @@
     binaries.py  the PostgreSQL installs of the worker, by major version
     sources.py   RecoverySource: one kind of backup a target is recovered from
     repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
+    recovery.py  point-in-time recovery shared by physical sources: the rule's moment, WAL feeding, recovery's end
+    pgbackrest.py, barman.py, walarchive.py  the physical sources: a pgBackRest stanza, barman-cloud on S3,
+                 pg_basebackup directories plus a WAL archive directory
     findings.py  restore tools' stderr into findings with stable codes
     provider.py  PostgresProvider: isolation, readiness, the primitives of cleaning up; dispatches to sources
 """

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -33,6 +33,12 @@ def pgbackrest() -> str:
             "TOOL_MISSING", "pgbackrest is not installed on this worker: install Debian's (or your distribution's) pgbackrest package"
         )
     return found
+
+
+def pg_time(moment: datetime) -> str:
+    """2026-11-29 19:46:13.941518+00: the form pgBackRest reads (it refuses ISO 8601's 'T' when it
+    chooses the backup set itself) and PostgreSQL's recovery_target_time reads too."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
 def errors_of(text: str) -> str:
@@ -161,7 +167,7 @@ class PgBackRest(PhysicalSource):
             "--archive-mode=off",
         ]
         if recovery_target is not None:
-            options += ["--type=time", f"--target={recovery_target.isoformat()}", "--target-action=promote"]
+            options += ["--type=time", f"--target={pg_time(recovery_target)}", "--target-action=promote"]
         else:
             options += ["--type=default"]
         proc = self._run(target, "restore", *options, step=f"pgbackrest restore --set={backup.label}")
@@ -169,7 +175,7 @@ class PgBackRest(PhysicalSource):
             said = errors_of(proc.stderr + proc.stdout)
             code = "BACKUP_CHECKSUM_MISMATCH" if "checksum" in said.lower() else "RESTORE_FAILED"
             raise ProviderError(code, f"target {target.name}: pgbackrest restore of backup {backup.label} failed: {said}")
-        kind = f"--type=time --target={recovery_target.isoformat()}" if recovery_target else "--type=default"
+        kind = f"--type=time --target='{pg_time(recovery_target)}'" if recovery_target else "--type=default"
         return f"pgbackrest restore --set={backup.label} {kind}"
 
     def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
