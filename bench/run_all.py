@@ -23,6 +23,7 @@ FULL = {
     "fleet": (["--sizes", "100,500,1000", "--restore-time", "5", "--runs", "1"], 2400),
     "validation_throughput": (["--gb", "1", "--runs", "5"], 1800),
     "restore_rto": (["--gb", "1", "--runs", "5", "--jobs", "2"], 3000),
+    "pitr": (["--gb", "1", "--wal-mb", "512", "--steps", "4", "--runs", "5", "--jobs", "2"], 1800),
 }
 QUICK = {
     "readiness": (["--trials", "20"], 120),
@@ -30,6 +31,7 @@ QUICK = {
     "fleet": (["--sizes", "20", "--restore-time", "1", "--sample", "5"], 300),
     "validation_throughput": (["--gb", "0.02", "--runs", "1"], 300),
     "restore_rto": (["--gb", "0.02", "--runs", "1", "--jobs", "2"], 600),
+    "pitr": (["--gb", "0.02", "--wal-mb", "32", "--steps", "2", "--runs", "1", "--jobs", "2"], 300),
 }
 
 
