@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo demo-pitr test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/drdrill demo
+
+demo-pitr: $(STAMP)
+	$(BIN)/drdrill demo --pitr
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

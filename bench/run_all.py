@@ -24,6 +24,7 @@ FULL = {
     "validation_throughput": (["--gb", "1", "--runs", "5"], 1800),
     "restore_rto": (["--gb", "1", "--runs", "5", "--jobs", "2"], 3000),
     "dump_s3": (["--size", "1", "--runs", "5", "--jobs", "2"], 3600),
+    "pitr": (["--gb", "1", "--wal-mb", "512", "--steps", "4", "--runs", "5", "--jobs", "2"], 1800),
 }
 QUICK = {
     "readiness": (["--trials", "20"], 120),
@@ -32,6 +33,7 @@ QUICK = {
     "validation_throughput": (["--gb", "0.02", "--runs", "1"], 300),
     "restore_rto": (["--gb", "0.02", "--runs", "1", "--jobs", "2"], 600),
     "dump_s3": (["--size", "0.02", "--runs", "1", "--jobs", "2"], 600),
+    "pitr": (["--gb", "0.02", "--wal-mb", "32", "--steps", "2", "--runs", "1", "--jobs", "2"], 300),
 }
 
 

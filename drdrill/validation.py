@@ -396,6 +396,71 @@ def check_volume(inp: ValidateInput, ct: float):
     return detail + (f"; {len(new)} new: {', '.join(new)}" if new else ""), measured, True
 
 
+def _boundary_moment(inp: ValidateInput) -> tuple[datetime, str]:
+    """The moment a boundary check proves, and what it is: the recovery target of a point-in-time
+    recovery, the moment its replay reached (rule latest), or the recovery point's consistent time."""
+    details = inp.resource.details if inp.resource is not None else {}
+    for key, what in (("recovery_target", "the recovery target"), ("recovered_to", "the moment replay reached")):
+        if details.get(key):
+            return datetime.fromisoformat(details[key]), what
+    if inp.point is not None:
+        return inp.point.consistent_time, "the recovery point's consistent time"
+    raise CouldNotVerify("the restored target says no moment it was recovered to", retry=False)
+
+
+def check_boundary(inp: ValidateInput, ct: float):
+    """Both sides of the moment: the newest row at or before it survived (at most max_gap older
+    than it) and no row written after it exists."""
+    v = inp.validation
+    from psycopg import sql
+
+    moment, what = _boundary_moment(inp)
+    if v.query is not None:
+        rows, label = sql.SQL(v.query), _short(v.query, 40)
+    else:
+        table = v.table if "." in v.table else f"public.{v.table}"
+        rows, label = sql.SQL("SELECT {} FROM {}").format(sql.Identifier(v.column), table_ident(table)), f"{table}.{v.column}"
+    query = sql.SQL(
+        "SELECT max(ts) FILTER (WHERE ts <= %(m)s), count(*) FILTER (WHERE ts > %(m)s), min(ts) FILTER (WHERE ts > %(m)s), count(*) "
+        "FROM ({}) AS boundary(ts)"
+    ).format(rows)
+    with _connect(inp, ct) as conn:
+        try:
+            conn.execute("SET TIME ZONE 'UTC'")  # a column without a time zone holds UTC, as freshness reads it
+            newest, after, first_after, total = conn.execute(query, {"m": moment}).fetchone()
+        except psycopg.Error as exc:
+            raise _query_error(exc) from exc
+    if newest is not None and not isinstance(newest, datetime):
+        raise CouldNotVerify(f"{label} is not a timestamp (got {type(newest).__name__})", retry=False)
+    if newest is not None and newest.tzinfo is None:
+        newest = newest.replace(tzinfo=timezone.utc)
+    details = inp.resource.details if inp.resource is not None else {}
+    reached = datetime.fromisoformat(details["recovered_to"]) if details.get("recovered_to") else None
+    measured: dict[str, Any] = {
+        "moment": moment.isoformat(),
+        "moment_is": what,
+        "newest_at_or_before": newest.isoformat() if newest else None,
+        "rows_after": after,
+        "rows": total,
+    }
+    if reached is not None:
+        measured["recovered_to"] = reached.isoformat()
+        measured["rpo_seconds"] = max(0.0, (inp.declared - reached).total_seconds())  # the data lost: declared - where replay stopped
+    at = f"{what} {moment.isoformat()}"
+    if after:
+        raise Failed(f"{after} rows of {label} written after {at} are present (the first at {first_after}): recovery went past it")
+    if newest is None:
+        raise Failed(f"no row of {label} at or before {at} survived ({total} rows in all)")
+    gap = (moment - newest).total_seconds()
+    limit = v.max_gap.total_seconds()
+    if gap > limit:
+        raise Failed(
+            f"the newest row of {label} at or before {at} is {format_duration(gap)} older than it (max_gap {format_duration(limit)}): "
+            "rows written before the moment are missing"
+        )
+    return f"boundary holds at {at}: newest {label} {format_duration(gap)} before it, none after ({total} rows)", measured, True
+
+
 # ------------------------------------------------------------------ service checks
 
 
@@ -504,6 +569,9 @@ _CHECKS = {
     "checksum": check_checksum,
     "freshness": check_freshness,
     "volume": check_volume,
+
+
+    "boundary": check_boundary,
     "tcp": check_tcp,
     "http": check_http,
     "command": check_command,

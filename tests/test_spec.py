@@ -63,7 +63,7 @@ def lint(tmp_path: Path, text: str) -> subprocess.CompletedProcess:
         ),
         (
             ("type: checksum", "type: smoke"),
-            "  validations[0].type: unknown validation type 'smoke'; allowed: sql, row_count, checksum, freshness, volume, tcp, http, command",
+            "  validations[0].type: unknown validation type 'smoke'; allowed: sql, row_count, checksum, freshness, volume, boundary, tcp, http, command",
         ),
     ],
     ids=["typo-key", "bad-duration", "unknown-target", "unknown-provider", "unknown-check"],

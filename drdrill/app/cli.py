@@ -24,7 +24,7 @@ from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
-from drdrill.app.demo import sample_production
+from drdrill.app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.simulate import simulated
 from drdrill.app.temporal import task_queue
@@ -112,7 +112,7 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
     done = 0
     for t in spec.targets:
         if t.provider != "postgres" or t.source is None or t.source.repository is None:
-            continue  # only drdrill's own repository is written by `drdrill backup` (a selection's repositories on their own)
+            continue  # only drdrill's own repository is written by `drdrill backup`: a selection's repositories on their own, dump files and point-in-time sources by their own tools
         if not t.source.dsn_env:
             err.print(f"{drill}: targets.{t.name}.source.dsn_env is not set: name the environment variable holding the source DSN")
             raise typer.Exit(2)
@@ -469,13 +469,20 @@ def _print_sweep(record) -> None:
 
 
 @app.command()
-def demo(keep: bool = typer.Option(False, "--keep", help="keep the sample production database afterwards")) -> None:
+def demo(
+    keep: bool = typer.Option(False, "--keep", help="keep the sample production database afterwards"),
+    pitr: bool = typer.Option(False, "--pitr", help="point-in-time recovery from pgBackRest instead (needs pgbackrest installed)"),
+) -> None:
     """Run a complete PostgreSQL drill with nothing installed: embedded Temporal, a sample database, a backup."""
+    production = sample_pitr_production if pitr else sample_production
     try:
-        with sample_production(console, keep=keep) as spec:
+        with production(console, keep=keep) as spec:
             verdict = asyncio.run(_run(spec, new_drill_id(spec), True, False, None))
     except SpecError as exc:
         err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+    except DemoUnavailable as exc:
+        err.print(f"drdrill demo --pitr: {exc}", markup=False)
         raise typer.Exit(2)
     raise typer.Exit(EXIT.get(verdict or "ERROR", 4))
 

@@ -11,7 +11,7 @@ import hashlib
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Union
 
@@ -276,6 +276,60 @@ def name_time_regex(pattern: str) -> tuple[re.Pattern, str]:
     return re.compile(re.escape(before) + f"(?P<time>{rx})" + re.escape(after)), fmt
 
 
+# ---------------------------------------------------------------- postgres sources: point in time
+# Physical backups plus a WAL archive, recovered with the tools that wrote them (issue 15). drdrill
+# only reads the repository; the recovered server never reaches it (its WAL comes through drdrill).
+
+class PhysicalSource(Strict):
+    """What every point-in-time source has: the role checks connect as in the recovered cluster."""
+
+    user: str = Field("postgres", min_length=1, description="a superuser of the backed-up cluster, for the checks")
+
+
+class PgBackRestSource(PhysicalSource):
+    """A pgBackRest stanza, in any repository type pgBackRest reads (posix, S3, Azure, GCS, SFTP)."""
+
+    stanza: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the stanza (pgbackrest --stanza)")
+    config: Optional[str] = Field(None, description="pgbackrest.conf (relative to the drill file); default: pgBackRest's own")
+    repo: Optional[int] = Field(None, ge=1, le=256, description="the repository to read (--repo); default: pgBackRest's choice")
+    env: list[str] = Field(
+        default_factory=list,
+        description="names of the PGBACKREST_* variables configuring the repository (e.g. PGBACKREST_REPO1_S3_KEY); "
+        "passed to pgBackRest by name, their values never written anywhere",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _pgbackrest_variables(cls, names: list[str]) -> list[str]:
+        bad = [n for n in names if not re.match(r"^PGBACKREST_[A-Z0-9_]+$", n)]
+        if bad:
+            raise ValueError(
+                f"{', '.join(map(repr, bad))}: name PGBACKREST_* variables (e.g. PGBACKREST_REPO1_S3_KEY); "
+                "their values stay in the worker's environment"
+            )
+        return names
+
+
+class BarmanSource(PhysicalSource):
+    """Backups and WAL written by barman-cloud-backup / barman-cloud-wal-archive to S3."""
+
+    source_url: str = Field(pattern=r"^s3://[^/]+", description="s3://bucket/path, as given to barman-cloud-backup")
+    server: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the server name given to barman-cloud-backup")
+    endpoint_url: Optional[str] = Field(None, pattern=r"^https?://", description="an S3-compatible endpoint")
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list,
+        description="names of the variables holding the credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, "
+        "AWS_SESSION_TOKEN, AWS_DEFAULT_REGION, AWS_PROFILE); passed by name, their values never written anywhere",
+    )
+
+
+class WalArchiveSource(PhysicalSource):
+    """Plain pg_basebackup directories plus the directory `archive_command = 'cp %p /archive/%f'` fills."""
+
+    base_backups: str = Field(description="a pg_basebackup -Fp directory, or a directory of them (relative to the drill file)")
+    archive: str = Field(description="the WAL archive directory (relative to the drill file)")
+
+
 class PostgresSource(Strict):
     """Where a postgres target's backups are: exactly one kind of source (SOURCE_KINDS)."""
 
@@ -305,12 +359,26 @@ class PostgresSource(Strict):
         description="repository: custom (pg_dump -Fc, the default), directory (-Fd) or base (pg_basebackup); "
         "pg_dump files: auto (the default: read from the file), custom, directory, tar or plain (SQL, also .gz or .zst)",
     )
-    database: Optional[str] = Field(None, description="database name inside the restored cluster (default: target name)")
+    database: Optional[str] = Field(
+        None, description="database name inside the restored cluster (default: target name; `postgres` for a point-in-time source)"
+    )
+    # Point in time: physical backups plus WAL.
+    pgbackrest: Optional[PgBackRestSource] = Field(None, description="a pgBackRest stanza")
+    barman: Optional[BarmanSource] = Field(None, description="barman-cloud backups and WAL in S3")
+    wal_archive: Optional[WalArchiveSource] = Field(None, description="pg_basebackup directories and a WAL archive directory")
+    # Set by drdrill from the drill's validations, never written in a drill file: the names of the
+    # boundary checks of this target (a point-in-time recovery without one proves no moment).
+    boundary_checks: list[str] = Field(default_factory=list, description="set by drdrill")
 
     @property
     def kind(self) -> str:
         """Which kind of source this is: one of SOURCE_KINDS."""
         return next(k for k in SOURCE_KINDS if getattr(self, k) is not None)
+
+    @property
+    def pitr(self) -> bool:
+        """Recovered to a point in time: a base backup plus WAL replay."""
+        return self.kind in PITR_KINDS
 
     @model_validator(mode="after")
     def _one_kind(self) -> "PostgresSource":
@@ -329,6 +397,8 @@ class PostgresSource(Strict):
         allowed = ("auto", "custom", "directory", "tar", "plain") if dumps else ("custom", "directory", "base")
         if self.format is None:
             self.format = "auto" if dumps else "custom"
+        if self.kind in PITR_KINDS:
+            allowed = (self.format,)  # a physical backup has no pg_dump format: nothing to choose
         if self.format not in allowed:
             raise ValueError(f"format {self.format!r} does not apply to a {self.kind} source; allowed: {', '.join(allowed)}")
         extras = [k for k in ("name_time", "sha256", "size") if getattr(self, k) is not None]
@@ -347,9 +417,11 @@ class PostgresSource(Strict):
 
 # The kinds of postgres source, in the order an error lists them. Each is a field of PostgresSource
 # and a RecoverySource (drdrill/providers/postgres/provider.py `source_of`).
-SOURCE_KINDS: list[str] = ["repository", "path", "s3", "url_env"]
+SOURCE_KINDS: list[str] = ["repository", "path", "s3", "url_env", "pgbackrest", "barman", "wal_archive"]
 # The kinds that read pg_dump files written by someone else (no manifest).
 DUMP_SOURCE_KINDS: tuple[str, ...] = ("path", "s3", "url_env")
+# The kinds recovered to a point in time (a base backup plus WAL replay).
+PITR_KINDS: tuple[str, ...] = ("pgbackrest", "barman", "wal_archive")
 
 
 class AfterRestore(Strict):
@@ -838,6 +910,30 @@ def template_fields(template: str) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
+class BoundaryValidation(DataValidation):
+    """The moment recovered to, proven from both sides: rows written at or before it survived (the
+    newest is at most `max_gap` older than it) and no row written after it exists. The moment is the
+    recovery target of a point-in-time recovery, the moment its replay reached for `latest`, or the
+    recovery point's consistent time otherwise."""
+
+    type: Literal["boundary"]
+    table: Optional[str] = Field(None, min_length=1, description="a table whose rows carry the time they were written")
+    column: Optional[str] = Field(None, min_length=1, description="with table: the timestamp column")
+    query: Optional[str] = Field(None, min_length=1, description="instead of table and column: a query returning one timestamp per row")
+    max_gap: Duration = Field(
+        timedelta(minutes=1),
+        description="how much older than the moment the newest surviving row may be: how often the table is written (1s-marker rows: 2s)",
+    )
+
+    @model_validator(mode="after")
+    def _rows(self) -> "BoundaryValidation":
+        if self.query is None and (self.table is None or self.column is None):
+            raise ValueError("boundary needs 'table' and 'column' (a timestamp column), or 'query' returning one timestamp per row")
+        if self.query is not None and (self.table is not None or self.column is not None):
+            raise ValueError("boundary takes either 'table' and 'column' or 'query', not both")
+        return self
+
+
 class TcpValidation(ValidationBase):
     """A TCP connect: to a fixed `host`, or to a restored `target`'s host (its endpoint's `host`)."""
 
@@ -896,6 +992,7 @@ Validation = Annotated[
         ChecksumValidation,
         FreshnessValidation,
         VolumeValidation,
+        BoundaryValidation,
         TcpValidation,
         HttpValidation,
         CommandValidation,
@@ -903,7 +1000,7 @@ Validation = Annotated[
     Field(discriminator="type"),
 ]
 
-VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "volume", "tcp", "http", "command"]
+VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "volume", "boundary", "tcp", "http", "command"]
 
 # ---------------------------------------------------------------- the rest
 
@@ -1040,6 +1137,17 @@ class DrillSpec(Strict):
                     )
         return self
 
+    @model_validator(mode="after")
+    def _boundary_checks(self) -> "DrillSpec":
+        """Tell each postgres source which boundary checks prove its moment: a point-in-time
+        recovery without one is PITR_UNASSERTED (the provider sees the target, not the checks)."""
+        for t in self.targets:
+            if isinstance(t, PostgresTarget) and t.source is not None:
+                t.source.boundary_checks = [
+                    self.validation_name(i) for i, v in enumerate(self.validations) if v.type == "boundary" and v.target == t.name
+                ]
+        return self
+
     def validation_name(self, index: int) -> str:
         v = self.validations[index]
         if v.name:
@@ -1153,8 +1261,36 @@ def _rto_beyond_max_duration(spec: DrillSpec) -> Iterator[tuple[str, str]]:
         )
 
 
+def _pitr_without_boundary(spec: DrillSpec) -> Iterator[tuple[str, str]]:
+    """A point-in-time recovery that merely came up proves nothing about the moment it reached."""
+    for i, t in enumerate(spec.targets):
+        if isinstance(t, PostgresTarget) and t.source.pitr and not t.source.boundary_checks:
+            yield (
+                f"targets[{i}]",
+                f"target {t.name} is recovered to a point in time but no boundary check proves the moment: the drill "
+                f"ends COULD_NOT_VERIFY (PITR_UNASSERTED); add {{type: boundary, target: {t.name}, table: ..., column: ...}}",
+            )
+
+
 # Each check yields (field path, message with the fix); add new warnings here.
-WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (_rto_beyond_max_duration,)
+WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (_rto_beyond_max_duration, _pitr_without_boundary)
+
+
+def _recovery_target_in_the_future(spec: DrillSpec, now: datetime) -> Iterator[tuple[str, str]]:
+    """A point-in-time recovery to a moment that has not happened can only run out of WAL."""
+    for i, t in enumerate(spec.targets):
+        at = t.recovery_point.at
+        if isinstance(t, PostgresTarget) and t.source.pitr and at is not None and at > now:
+            yield (
+                f"targets[{i}].recovery_point.at",
+                f"{at.isoformat()} is in the future (now {now.replace(microsecond=0).isoformat()}): the archive cannot "
+                "reach it; give a moment that has passed, or use rule latest",
+            )
+
+
+# Checks of a drill file against the moment it is loaded (never run again inside a workflow,
+# which must not read the clock): each yields (field path, message with the fix).
+LOAD_CHECKS: tuple[Callable[[DrillSpec, datetime], Iterator[tuple[str, str]]], ...] = (_recovery_target_in_the_future,)
 
 
 class _RefError(ValueError):
@@ -1243,7 +1379,7 @@ _VALIDATION_TAGS = set(VALIDATION_TYPES)
 
 
 def _allowed_keys(model: type[BaseModel]) -> list[str]:
-    return [n for n, f in model.model_fields.items() if n not in ("source_path", "source_sha256", "source_text")]
+    return [n for n, f in model.model_fields.items() if n not in ("source_path", "source_sha256", "source_text", "boundary_checks")]
 
 
 def _model_at(loc: tuple, data: Any) -> Optional[type[BaseModel]]:
@@ -1412,6 +1548,10 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     for reserved in ("source_path", "source_sha256", "source_text"):
         if reserved in data:
             raise SpecError(path, [(reserved, f"unknown key '{reserved}'; it is set by drdrill")])
+    targets = data.get("targets") if isinstance(data.get("targets"), list) else []
+    for i, t in enumerate(targets):
+        if isinstance(t, dict) and isinstance(t.get("source"), dict) and "boundary_checks" in t["source"]:
+            raise SpecError(path, [(f"targets[{i}].source.boundary_checks", "unknown key 'boundary_checks'; it is set by drdrill")])
     try:
         spec = DrillSpec.model_validate(data)
     except ValidationError as exc:
@@ -1432,6 +1572,10 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     endpoints = endpoint_problems(spec)
     if endpoints:
         raise SpecError(path, endpoints)
+    now = datetime.now(timezone.utc)
+    late = [problem for check in LOAD_CHECKS for problem in check(spec, now)]
+    if late:
+        raise SpecError(path, late)
     spec.source_path = path
     spec.source_sha256 = hashlib.sha256(text.encode()).hexdigest()
     spec.source_text = text
@@ -1455,9 +1599,15 @@ def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
     """Every field of a drill that names a file or directory: (field path, owner, attribute)."""
     for i, t in enumerate(spec.targets):
         if isinstance(t, PostgresTarget) and t.source is not None:
-            for attr in ("repository", "path"):
-                if getattr(t.source, attr) is not None:
-                    yield f"targets[{i}].source.{attr}", t.source, attr
+            for field, owner, attr in (
+                ("repository", t.source, "repository"),
+                ("path", t.source, "path"),
+                ("pgbackrest.config", t.source.pgbackrest, "config"),
+                ("wal_archive.base_backups", t.source.wal_archive, "base_backups"),
+                ("wal_archive.archive", t.source.wal_archive, "archive"),
+            ):
+                if owner is not None and getattr(owner, attr) is not None:
+                    yield f"targets[{i}].source.{field}", owner, attr
             if t.restore.structure_reference:
                 yield f"targets[{i}].restore.structure_reference", t.restore, "structure_reference"
         for j in range(len(t.select.repositories) if t.select else 0):

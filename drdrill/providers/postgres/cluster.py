@@ -322,3 +322,122 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise ClusterError(f"the restored base backup did not start: {proc.stderr.strip()} {' | '.join(tail)}")
+
+
+# ---------------------------------------------------------------------- recovered data directories
+# A physical backup laid down by its own tool (pgbackrest restore, barman-cloud-restore, a copied
+# pg_basebackup) carries production's settings: its archive_command, primary_conninfo, replication
+# slots, sockets and ports. It is started beside the drill's cluster with all of that overridden on
+# the server's command line, which outranks postgresql.conf, postgresql.auto.conf and ALTER SYSTEM.
+
+
+def recovery_overrides(data: Path, sock: Path, port: int, major: int, restore_command: str) -> dict[str, str]:
+    """The settings a recovered server is started with: Unix socket only (the drill's private one),
+    archiving and replication off, WAL only through `restore_command`, logs drdrill can read."""
+    settings = {
+        "listen_addresses": "",
+        "unix_socket_directories": str(sock),
+        "unix_socket_permissions": "0700",
+        "port": str(port),
+        "hba_file": str(data / "drdrill_hba.conf"),
+        "ident_file": str(data / "drdrill_ident.conf"),
+        "ssl": "off",
+        "archive_mode": "off",
+        "archive_command": "",
+        "primary_conninfo": "",
+        "primary_slot_name": "",
+        "max_wal_senders": "0",
+        "synchronous_standby_names": "",
+        # No connections until recovery has ended: a hot standby would have to match production's
+        # max_wal_senders, max_connections … and pause otherwise. The end is read from the log.
+        "hot_standby": "off",
+        "restore_command": restore_command,
+        "logging_collector": "off",
+        "log_destination": "stderr",
+        "log_min_messages": "warning",
+        "log_timezone": "UTC",
+        "lc_messages": "C",
+    }
+    if major >= 15:
+        settings["archive_library"] = ""
+    return settings
+
+
+def prepare_recovered_data_dir(data: Path) -> None:
+    """Make a laid-down backup startable as a private cluster: drdrill's pg_hba (local trust only),
+    no leftover postmaster.pid or standby.signal, no replication slot (a restored slot would hold
+    WAL and could be streamed from), a postgresql.conf (Debian keeps it outside the data
+    directory), and every file owned by the server user."""
+    for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        (data / name).unlink(missing_ok=True)
+    slots = data / "pg_replslot"
+    if slots.is_dir():
+        for slot in slots.iterdir():
+            if slot.is_dir():
+                shutil.rmtree(slot, ignore_errors=True)
+            else:
+                slot.unlink(missing_ok=True)
+    (data / "drdrill_hba.conf").write_text("# drdrill: a recovered copy, reached over its private Unix socket only\nlocal all all trust\n")
+    (data / "drdrill_ident.conf").write_text("")
+    conf = data / "postgresql.conf"
+    if not conf.exists():
+        conf.write_text("# drdrill: the backup carried no postgresql.conf; the drill's settings come from the command line\n")
+    user = run_user()
+    for root, dirs, files in os.walk(data):
+        os.chmod(root, 0o700)
+        if user is not None:
+            os.chown(root, user.pw_uid, user.pw_gid)
+            for f in files:
+                os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
+
+
+def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str, str]) -> None:
+    """Start the server of a recovered data directory with `settings` on its command line, without
+    waiting: recovery may take long, and its end (or failure) is read from `log` by the caller.
+
+    The server gets a bare environment: nothing of the worker's (credentials included) reaches it."""
+    import shlex
+
+    log.touch()
+    _chown(log)
+    options = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"}
+    proc = subprocess.run(
+        [binaries.tool("pg_ctl"), "start", "-D", str(data), "-l", str(log), "-W", "-o", options],
+        capture_output=True,
+        text=True,
+        env=env,
+        **_as_server_user(),
+    )
+    if proc.returncode != 0:
+        raise ClusterError(f"the recovered server did not start: {proc.stderr.strip()}")
+
+
+def server_pid(data: Path) -> Optional[int]:
+    """The pid of the server running from `data`, None when none runs (it stopped or never started)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, owned by the server user
+    return pid
+
+
+def stop_server(data: Path, binaries: Optional[Binaries] = None) -> None:
+    """Stop (immediately) the server running from `data`, if any; used before a retried recovery."""
+    if server_pid(data) is None:
+        return
+    subprocess.run(
+        [(binaries or default_binaries()).tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w", "-t", "30"],
+        capture_output=True,
+        text=True,
+        **_as_server_user(),
+    )
+    pid = server_pid(data)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)

@@ -38,7 +38,10 @@ from drdrill.providers.postgres import netns
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.dumps import DumpFiles
+from drdrill.providers.postgres.barman import Barman
+from drdrill.providers.postgres.pgbackrest import PgBackRest
 from drdrill.providers.postgres.repository import DrdrillRepository
+from drdrill.providers.postgres.walarchive import WalArchive
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
     NotOurs,
@@ -496,7 +499,14 @@ def _production(isolation: Any, targets: list[Any]) -> tuple[list[str], str]:
 
 
 def source_of(target: Any) -> RecoverySource:
-    """The RecoverySource for a postgres target's `source`."""
-    if target.source.kind in ("path", "s3", "url_env"):
-        return DumpFiles()
-    return DrdrillRepository()
+    """The RecoverySource for a postgres target's `source` (one line per kind of source)."""
+    kinds: dict[str, type[RecoverySource]] = {
+        "repository": DrdrillRepository,
+        "path": DumpFiles,
+        "s3": DumpFiles,
+        "url_env": DumpFiles,
+        "pgbackrest": PgBackRest,
+        "barman": Barman,
+        "wal_archive": WalArchive,
+    }
+    return kinds[target.source.kind]()

@@ -1,0 +1,141 @@
+"""`source: {barman: {source_url: s3://bucket/path, server: NAME}}`: backups and WAL that
+barman-cloud-backup and barman-cloud-wal-archive wrote to S3, recovered with Barman's own tools
+(`pip install barman boto3` on the worker): barman-cloud-backup-list (the backups),
+barman-cloud-restore (into the drill's data directory) and barman-cloud-wal-restore (WAL for the
+recovered server, through drdrill's spool). The archived WAL and the repository's files are
+listed with boto3 in Barman's layout (`<path>/<server>/wals/`, `<path>/<server>/base/`).
+
+Credentials come from the variables the drill names (AWS_ACCESS_KEY_ID, …), passed by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Optional
+
+from drdrill.core.spec import PostgresTarget
+from drdrill.core.times import parse_time
+from drdrill.providers.base import ProviderError
+from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool
+
+_CREDENTIALS = ("AWS_",)
+
+
+def barman_tool(name: str) -> str:
+    """A barman-cloud command: beside this Python (a virtualenv's bin), else on PATH."""
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if not found:
+        raise ProviderError("TOOL_MISSING", f"{name} is not installed on this worker: `pip install barman boto3`")
+    return found
+
+
+class Barman(PhysicalSource):
+    tool_name = "Barman"
+
+    def __init__(self) -> None:
+        self._list: Optional[list[dict[str, Any]]] = None
+
+    # -------------------------------------------------------------- running barman-cloud
+
+    def _run(self, target: PostgresTarget, tool: str, *params: str, options: tuple[str, ...] = ()) -> Any:
+        s = target.source.barman
+        argv = [barman_tool(tool), *options]
+        if s.endpoint_url:
+            argv += ["--endpoint-url", s.endpoint_url]
+        argv += [s.source_url, s.server, *params]
+        return run_tool(argv, named_env(s.env, target.name, _CREDENTIALS), target.name, tool)
+
+    def _s3(self, target: PostgresTarget) -> tuple[Any, str, str]:
+        """An S3 client with the named credentials, the bucket, and the server's key prefix."""
+        import boto3
+
+        s = target.source.barman
+        env = named_env(s.env, target.name, _CREDENTIALS)
+        session = boto3.session.Session(
+            aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=env.get("AWS_SESSION_TOKEN"),
+            region_name=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION"),
+            profile_name=env.get("AWS_PROFILE"),
+        )
+        bucket, _, path = s.source_url[len("s3://") :].partition("/")
+        prefix = "/".join(p for p in (path.strip("/"), s.server) if p) + "/"
+        return session.client("s3", endpoint_url=s.endpoint_url), bucket, prefix
+
+    def _objects(self, target: PostgresTarget, under: str = "") -> list[dict[str, Any]]:
+        client, bucket, prefix = self._s3(target)
+        try:
+            pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix + under)
+            return [o for page in pages for o in page.get("Contents", [])]
+        except Exception as exc:  # noqa: BLE001 - botocore's many errors: one finding with its words
+            raise ProviderError(
+                "REPOSITORY_UNREADABLE", f"target {target.name}: cannot list {target.source.barman.source_url}: {exc}"
+            ) from exc
+
+    # -------------------------------------------------------------- the repository
+
+    def backups(self, target: PostgresTarget) -> list[Backup]:
+        proc = self._run(target, "barman-cloud-backup-list", options=("--format", "json"))
+        if proc.returncode != 0:
+            raise ProviderError(
+                "REPOSITORY_UNREADABLE",
+                f"target {target.name}: barman-cloud-backup-list failed: {last_line(proc.stderr) or last_line(proc.stdout)}",
+            )
+        found = []
+        for b in json.loads(proc.stdout or "{}").get("backups_list", []):
+            if b.get("status") != "DONE":
+                continue
+            found.append(
+                Backup(
+                    label=b["backup_id"],
+                    started=parse_time(b["begin_time_iso"]),  # type: ignore[arg-type]
+                    stopped=parse_time(b["end_time_iso"]),  # type: ignore[arg-type]
+                    major=int(b.get("version") or 0) // 10000,
+                    size=b.get("cluster_size"),
+                    details={"begin_wal": b.get("begin_wal"), "end_wal": b.get("end_wal"), "tablespaces": b.get("tablespaces") or []},
+                )
+            )
+        return found
+
+    def archived_wal(self, target: PostgresTarget) -> list[ArchivedWal]:
+        wal = []
+        for o in self._objects(target, "wals/"):
+            base = o["Key"].rsplit("/", 1)[-1]  # 000000010000000000000003[.gz], 00000002.history[.gz], ….backup
+            name = base[: base.index(".history")] + ".history" if ".history" in base else base.split(".")[0]
+            if ".backup" in base or not (SEGMENT_RE.match(name) or name.endswith(".history")):
+                continue
+            wal.append(ArchivedWal(name, o["LastModified"]))
+        return wal
+
+    def inventory(self, target: PostgresTarget) -> dict[str, str]:
+        return {o["Key"]: f"{o['Size']}:{o.get('ETag', '')}" for o in self._objects(target)}
+
+    # -------------------------------------------------------------- restoring
+
+    def lay_down(self, target: PostgresTarget, backup: Backup, data: Path, recovery_target: Optional[datetime], scratch: Path) -> str:
+        options: list[str] = []
+        for ts in backup.details.get("tablespaces") or []:
+            name = ts[0] if isinstance(ts, (list, tuple)) else ts.get("name")
+            options += ["--tablespace", f"{name}:{scratch / ('tablespace-' + str(name))}"]
+        proc = self._run(target, "barman-cloud-restore", backup.label, str(data), options=tuple(options))
+        if proc.returncode != 0:
+            raise ProviderError(
+                "RESTORE_FAILED", f"target {target.name}: barman-cloud-restore of backup {backup.label} failed: {last_line(proc.stderr)}"
+            )
+        return f"barman-cloud-restore {backup.label}"
+
+    def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
+        proc = self._run(target, "barman-cloud-wal-restore", name, str(dest))
+        if proc.returncode == 0 and os.path.exists(dest):
+            return True
+        if proc.returncode == 1:  # the archive does not have it
+            return False
+        raise WalUnreadable(last_line(proc.stderr) or f"barman-cloud-wal-restore exited {proc.returncode}")
