@@ -122,9 +122,10 @@ class Stanza:
         self.repo = self.home / "repo"
         self.name = "main"
         self.prod = Production(root, f"{PGBACKREST} --config={self.config} --stanza=main archive-push %p")
+        # job-retry=0: a damaged file fails at once (pgBackRest retries a failed job after 15 s by default).
         self.config.write_text(
             f"[global]\nrepo1-path={self.repo}\nrepo1-retention-full=9\nlock-path={self.home / 'lock'}\n"
-            f"log-path={self.home / 'log'}\nlog-level-file=off\nstart-fast=y\n"
+            f"log-path={self.home / 'log'}\nlog-level-file=off\nstart-fast=y\njob-retry=0\n"
             f"[main]\npg1-path={self.prod.cluster.data}\npg1-socket-path={self.prod.cluster.sock}\npg1-port=5432\npg1-user=drdrill\n"
         )
         os.chmod(self.config, 0o644)
@@ -247,7 +248,9 @@ def test_target_after_the_archive_ends_is_unreached(drill_harness, stanza, clust
     assert result.verdict == "FAILED"
     assert codes(result) == ["PITR_TARGET_UNREACHED"], result.findings
     assert f"the archive ends before the recovery target {target.isoformat()}" in result.findings[0].message
-    assert {v.outcome for v in result.validations} == {"NOT_RUN"}
+    # Found when choosing the point (the archive's listing ends earlier) or by PostgreSQL's own replay:
+    # either way nothing was validated.
+    assert {v.outcome for v in result.validations} <= {"NOT_RUN"}
     assert clusters_left(cluster_root) == []
 
 
@@ -297,7 +300,7 @@ def test_a_zeroed_repository_file_fails_with_pgbackrests_own_error(drill_harness
     assert result.verdict == "FAILED"
     assert len(result.findings) == 1, result.findings
     finding = result.findings[0]
-    assert finding.code in ("BACKUP_CHECKSUM_MISMATCH", "RESTORE_FAILED")
+    assert finding.code == "BACKUP_DAMAGED"
     assert f"pgbackrest restore of backup {backup['label']} failed: ERROR: [" in finding.message  # pgBackRest's own words
     assert clusters_left(cluster_root) == []
 
