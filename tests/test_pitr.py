@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -222,7 +221,7 @@ def test_target_between_two_marker_rows_restores_exactly_the_earlier_one(drill_h
     stanza.backup()
     rows = stanza.prod.markers(4)
     stanza.prod.archive()
-    (id2, t2), (id3, t3) = rows[1], rows[2]
+    (id2, t2), (_, t3) = rows[1], rows[2]
     target = t2 + (t3 - t2) / 2
     validations = f'  - {{name: earlier-present, type: sql, target: app, query: "SELECT max(id) FROM markers", expect: "== {id2}"}}\n'
     result = run(drill_harness, pitr_drill(pgbackrest_source(stanza), at(target), validations))
