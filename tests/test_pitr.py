@@ -14,7 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
@@ -38,12 +37,16 @@ needs_pgbackrest = pytest.mark.skipif(
 
 
 def test_ci_runs_the_pitr_tests_with_real_pgbackrest():
-    """In CI the PITR tests must run, never skip: .ci/run installs pgbackrest."""
-    if not os.environ.get("CI"):
-        pytest.skip("outside CI a machine without pgbackrest may skip the PITR tests")
-    assert PGBACKREST, "CI must have pgbackrest installed (.ci/run installs Debian's package)"
-    version = subprocess.run([PGBACKREST, "version"], capture_output=True, text=True).stdout
-    assert version.startswith("pgBackRest 2.")
+    """In CI the PITR tests must run, never skip (.ci/run installs pgbackrest); elsewhere they skip
+    only on a machine without it."""
+    skipping = needs_pgbackrest.args[0]
+    if os.environ.get("CI"):
+        assert PGBACKREST, "CI must have pgbackrest installed (.ci/run installs Debian's package)"
+        assert not skipping
+        version = subprocess.run([PGBACKREST, "version"], capture_output=True, text=True).stdout
+        assert version.startswith("pgBackRest 2.")
+    else:
+        assert skipping == (PGBACKREST is None)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -122,9 +125,10 @@ class Stanza:
         self.repo = self.home / "repo"
         self.name = "main"
         self.prod = Production(root, f"{PGBACKREST} --config={self.config} --stanza=main archive-push %p")
+        # job-retry=0: a damaged file fails at once (pgBackRest retries a failed job after 15 s by default).
         self.config.write_text(
             f"[global]\nrepo1-path={self.repo}\nrepo1-retention-full=9\nlock-path={self.home / 'lock'}\n"
-            f"log-path={self.home / 'log'}\nlog-level-file=off\nstart-fast=y\n"
+            f"log-path={self.home / 'log'}\nlog-level-file=off\nstart-fast=y\njob-retry=0\n"
             f"[main]\npg1-path={self.prod.cluster.data}\npg1-socket-path={self.prod.cluster.sock}\npg1-port=5432\npg1-user=drdrill\n"
         )
         os.chmod(self.config, 0o644)
@@ -217,7 +221,7 @@ def test_target_between_two_marker_rows_restores_exactly_the_earlier_one(drill_h
     stanza.backup()
     rows = stanza.prod.markers(4)
     stanza.prod.archive()
-    (id2, t2), (id3, t3) = rows[1], rows[2]
+    (id2, t2), (_, t3) = rows[1], rows[2]
     target = t2 + (t3 - t2) / 2
     validations = f'  - {{name: earlier-present, type: sql, target: app, query: "SELECT max(id) FROM markers", expect: "== {id2}"}}\n'
     result = run(drill_harness, pitr_drill(pgbackrest_source(stanza), at(target), validations))
@@ -247,7 +251,9 @@ def test_target_after_the_archive_ends_is_unreached(drill_harness, stanza, clust
     assert result.verdict == "FAILED"
     assert codes(result) == ["PITR_TARGET_UNREACHED"], result.findings
     assert f"the archive ends before the recovery target {target.isoformat()}" in result.findings[0].message
-    assert {v.outcome for v in result.validations} == {"NOT_RUN"}
+    # Found when choosing the point (the archive's listing ends earlier) or by PostgreSQL's own replay:
+    # either way nothing was validated.
+    assert {v.outcome for v in result.validations} <= {"NOT_RUN"}
     assert clusters_left(cluster_root) == []
 
 
@@ -297,7 +303,7 @@ def test_a_zeroed_repository_file_fails_with_pgbackrests_own_error(drill_harness
     assert result.verdict == "FAILED"
     assert len(result.findings) == 1, result.findings
     finding = result.findings[0]
-    assert finding.code in ("BACKUP_CHECKSUM_MISMATCH", "RESTORE_FAILED")
+    assert finding.code == "BACKUP_DAMAGED"
     assert f"pgbackrest restore of backup {backup['label']} failed: ERROR: [" in finding.message  # pgBackRest's own words
     assert clusters_left(cluster_root) == []
 

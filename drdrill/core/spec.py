@@ -280,13 +280,13 @@ def name_time_regex(pattern: str) -> tuple[re.Pattern, str]:
 # Physical backups plus a WAL archive, recovered with the tools that wrote them (issue 15). drdrill
 # only reads the repository; the recovered server never reaches it (its WAL comes through drdrill).
 
-class PhysicalSource(Strict):
+class PointInTimeSource(Strict):
     """What every point-in-time source has: the role checks connect as in the recovered cluster."""
 
     user: str = Field("postgres", min_length=1, description="a superuser of the backed-up cluster, for the checks")
 
 
-class PgBackRestSource(PhysicalSource):
+class PgBackRestSource(PointInTimeSource):
     """A pgBackRest stanza, in any repository type pgBackRest reads (posix, S3, Azure, GCS, SFTP)."""
 
     stanza: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="the stanza (pgbackrest --stanza)")
@@ -310,7 +310,7 @@ class PgBackRestSource(PhysicalSource):
         return names
 
 
-class BarmanSource(PhysicalSource):
+class BarmanSource(PointInTimeSource):
     """Backups and WAL written by barman-cloud-backup / barman-cloud-wal-archive to S3."""
 
     source_url: str = Field(pattern=r"^s3://[^/]+", description="s3://bucket/path, as given to barman-cloud-backup")
@@ -323,7 +323,7 @@ class BarmanSource(PhysicalSource):
     )
 
 
-class WalArchiveSource(PhysicalSource):
+class WalArchiveSource(PointInTimeSource):
     """Plain pg_basebackup directories plus the directory `archive_command = 'cp %p /archive/%f'` fills."""
 
     base_backups: str = Field(description="a pg_basebackup -Fp directory, or a directory of them (relative to the drill file)")

@@ -173,7 +173,8 @@ class PgBackRest(PhysicalSource):
         proc = self._run(target, "restore", *options, step=f"pgbackrest restore --set={backup.label}")
         if proc.returncode != 0:
             said = errors_of(proc.stderr + proc.stdout)
-            code = "BACKUP_CHECKSUM_MISMATCH" if "checksum" in said.lower() else "RESTORE_FAILED"
+            damaged = any(word in said.lower() for word in ("checksum", "data error", "zlib", "lz4", "zst", "bz2", "formaterror"))
+            code = "BACKUP_DAMAGED" if damaged else "RESTORE_FAILED"
             raise ProviderError(code, f"target {target.name}: pgbackrest restore of backup {backup.label} failed: {said}")
         kind = f"--type=time --target='{pg_time(recovery_target)}'" if recovery_target else "--type=default"
         return f"pgbackrest restore --set={backup.label} {kind}"
