@@ -495,7 +495,11 @@ def test_a_postgres_source_is_exactly_one_kind():
     with pytest.raises(SpecError) as exc:
         parse_spec(BASE.replace("RULE", "{rule: latest}").replace("{pgbackrest: {stanza: main}}", "{repository: /r, pgbackrest: {stanza: main}}"), "d.yaml")
     assert exc.value.problems == [
-        ("targets[0].source", "a postgres source is exactly one of repository, pgbackrest, barman, wal_archive; it has repository, pgbackrest")
+        (
+            "targets[0].source",
+            "a postgres source names exactly one of repository, path, s3, url_env, pgbackrest, barman, wal_archive; "
+            "this one names repository and pgbackrest: keep the one where this target's backups are",
+        )
     ]
 
 

@@ -1264,7 +1264,7 @@ def _rto_beyond_max_duration(spec: DrillSpec) -> Iterator[tuple[str, str]]:
 def _pitr_without_boundary(spec: DrillSpec) -> Iterator[tuple[str, str]]:
     """A point-in-time recovery that merely came up proves nothing about the moment it reached."""
     for i, t in enumerate(spec.targets):
-        if isinstance(t, PostgresTarget) and t.source.pitr and not t.source.boundary_checks:
+        if isinstance(t, PostgresTarget) and t.source is not None and t.source.pitr and not t.source.boundary_checks:
             yield (
                 f"targets[{i}]",
                 f"target {t.name} is recovered to a point in time but no boundary check proves the moment: the drill "
@@ -1280,7 +1280,7 @@ def _recovery_target_in_the_future(spec: DrillSpec, now: datetime) -> Iterator[t
     """A point-in-time recovery to a moment that has not happened can only run out of WAL."""
     for i, t in enumerate(spec.targets):
         at = t.recovery_point.at
-        if isinstance(t, PostgresTarget) and t.source.pitr and at is not None and at > now:
+        if isinstance(t, PostgresTarget) and t.source is not None and t.source.pitr and at is not None and at > now:
             yield (
                 f"targets[{i}].recovery_point.at",
                 f"{at.isoformat()} is in the future (now {now.replace(microsecond=0).isoformat()}): the archive cannot "
