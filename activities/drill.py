@@ -7,6 +7,7 @@ Temporal samples do. Activities are synchronous (the SDKs are) and run in the wo
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,6 +25,7 @@ from drdrill.evidence.record import record_run
 from drdrill.providers.readiness import expecting_ready_in
 from drdrill.core.models import (
     DeletionOutcome,
+    Finding,
     DrillContext,
     DrillResult,
     Environment,
@@ -33,7 +35,8 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
-from drdrill.core.redact import redact
+from drdrill.core.plan import EnvironmentProblem, resolve_environment, secret_references
+from drdrill.core.redact import redact, register_secret
 from drdrill.core.selection import Discovery
 from drdrill.notify import alert_failing_teardown
 from drdrill.providers import HOST_BOUND, family_of, load_provider
@@ -70,6 +73,8 @@ class RestoreInput(BaseModel):
     target: Target
     point: RecoveryPoint
     env: Environment
+    # The endpoints of the earlier targets the target's restore.environment names (a recovery plan).
+    endpoints: dict[str, dict[str, Any]] = {}
 
 
 class WaitReadyInput(BaseModel):
@@ -80,6 +85,7 @@ class WaitReadyInput(BaseModel):
     # When the target's restore started: earlier drills' restore → ready times then say when it
     # should be ready, and readiness polling is dense around that moment (providers/readiness.py).
     restore_started: Optional[datetime] = None
+    endpoints: dict[str, dict[str, Any]] = {}  # as RestoreInput.endpoints
 
 
 class TeardownInput(BaseModel):
@@ -209,10 +215,39 @@ class DrillActivities:
 
     @activity.defn(name="restore")
     def restore(self, inp: RestoreInput) -> RestoredResource:
-        return self._call(family_of(inp.target.provider), inp.target.name, "restore", inp.ctx, inp.target, inp.point, inp.env)
+        target = self._with_environment(inp.target, inp.endpoints)
+        return self._call(family_of(inp.target.provider), inp.target.name, "restore", inp.ctx, target, inp.point, inp.env)
+
+    def _with_environment(self, target: Any, endpoints: dict[str, dict[str, Any]]) -> Any:
+        """The target with its restore.environment filled in, for the provider that starts the
+        service: earlier targets' endpoints, and `{env.NAME}` secrets read here, on this worker.
+        The filled-in target never leaves this activity (it is neither returned nor logged), so the
+        values never enter the workflow history; the secrets are redacted wherever they show up."""
+        templates = getattr(target.restore, "environment", None)
+        if not templates:
+            return target
+        provider = self.provider(family_of(target.provider))
+        if target.provider not in getattr(provider, "APPLIES_ENVIRONMENT", ()):
+            message = f"target {target.name}: the {target.provider} provider on this worker does not hand restore.environment to what it restores"
+            raise ApplicationError(
+                message, Finding(code="ENVIRONMENT_NOT_SUPPORTED", message=message, target=target.name).model_dump(mode="json"),
+                type="ENVIRONMENT_NOT_SUPPORTED", non_retryable=True,
+            )
+        for name in secret_references(templates):
+            register_secret(os.environ.get(name, ""))
+        try:
+            values = resolve_environment(templates, endpoints, os.environ)
+        except EnvironmentProblem as exc:
+            message = f"target {target.name}: {exc}"
+            raise ApplicationError(
+                message, Finding(code="ENVIRONMENT_UNRESOLVED", message=message, target=target.name).model_dump(mode="json"),
+                type="ENVIRONMENT_UNRESOLVED", non_retryable=True,
+            ) from None
+        return target.model_copy(update={"restore": target.restore.model_copy(update={"environment": values})})
 
     @activity.defn(name="wait_ready")
     def wait_ready(self, inp: WaitReadyInput) -> RestoredResource:
+        inp = inp.model_copy(update={"target": self._with_environment(inp.target, inp.endpoints)})
         history = None
         if inp.restore_started is not None:
             history = restore_history(self.state_dir, inp.ctx.drill_name, inp.target.name, provider=family_of(inp.target.provider))

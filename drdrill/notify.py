@@ -13,6 +13,7 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from datetime import datetime, timezone
 from typing import Any, Optional
 
 from pydantic import BaseModel, Field
@@ -21,12 +22,22 @@ from drdrill.core.redact import redact, redact_obj, register_secret
 
 log = logging.getLogger("drdrill.notify")
 
-ICON = {"PASSED": ":white_check_mark:", "FAILED": ":x:", "COULD_NOT_VERIFY": ":warning:", "ERROR": ":rotating_light:", "TEARDOWN": ":broom:", "COVERAGE": ":calendar:"}
+ICON = {"APPROVAL": ":raising_hand:", "PASSED": ":white_check_mark:", "FAILED": ":x:", "COULD_NOT_VERIFY": ":warning:", "ERROR": ":rotating_light:", "TEARDOWN": ":broom:", "COVERAGE": ":calendar:"}
+
+
+class ApprovalNotice(BaseModel):
+    """A recovery plan waiting at an approval gate: who can approve, how, and until when."""
+
+    group: str
+    approvers: list[str]
+    until: datetime
+    approve: str  # the command that approves
+    reject: str  # the command that rejects
 
 
 class NotifyInput(BaseModel):
     webhook_env: str
-    event: str  # a verdict, or "TEARDOWN"
+    event: str  # a verdict, "TEARDOWN", or "APPROVAL" (a plan waits at a gate)
     drill_id: str
     drill_name: str
     run_id: str = ""
@@ -36,6 +47,7 @@ class NotifyInput(BaseModel):
     findings: list[dict[str, Any]] = Field(default_factory=list)
     objectives: list[dict[str, Any]] = Field(default_factory=list)
     evidence_path: Optional[str] = None
+    approval: Optional[ApprovalNotice] = None  # event APPROVAL
 
 
 def message(inp: NotifyInput) -> dict[str, Any]:
@@ -44,6 +56,15 @@ def message(inp: NotifyInput) -> dict[str, Any]:
         head = f"{ICON['TEARDOWN']} drdrill: teardown trouble in drill *{inp.drill_name}* ({inp.drill_id})"
     elif inp.event == "COVERAGE":  # the scheduled coverage check (workflows/coverage.py)
         head = f"{ICON['COVERAGE']} drdrill: *{inp.drill_name}*: protected resources not yet restored"
+    elif inp.event == "APPROVAL" and inp.approval is not None:
+        gate = inp.approval
+        head = (
+            f"{ICON['APPROVAL']} drdrill: drill *{inp.drill_name}* ({inp.drill_id}) waits for approval before group *{gate.group}*\n"
+            f"who can approve: {', '.join(gate.approvers)}\n"
+            f"approve: `{gate.approve}`\n"
+            f"reject: `{gate.reject}`\n"
+            f"unanswered at {gate.until.astimezone(timezone.utc):%Y-%m-%d %H:%M:%SZ}, the plan stops and the drill tears down"
+        )
     else:
         head = f"{ICON.get(inp.verdict, '')} drdrill: drill *{inp.drill_name}* {inp.verdict} ({inp.drill_id})".strip()
     lines = [head]
@@ -63,6 +84,8 @@ def message(inp: NotifyInput) -> dict[str, Any]:
         "evidence_path": inp.evidence_path,
         "source": "drdrill",
     }
+    if inp.approval is not None:
+        body["approval"] = inp.approval.model_dump(mode="json")
     return redact_obj(body)
 
 

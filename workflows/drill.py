@@ -28,14 +28,18 @@ with workflow.unsafe.imports_passed_through():
         WaitReadyInput,
     )
     from drdrill.core.models import (
+        ApprovalRecord,
+        ApprovalRequest,
         DrillContext,
         DrillInput,
         DrillResult,
         DrillStatus,
         Environment,
         Finding,
+        GroupResult,
         IsolationProof,
         Outcome,
+        PendingApproval,
         RecoveryPoint,
         RestoredResource,
         TargetState,
@@ -44,10 +48,13 @@ with workflow.unsafe.imports_passed_through():
         ValidationResult,
     )
     from activities.probe import ProbeActivities, ProbeStatus, WaitForProbeInput
+    from activities.notify import NotifyActivities
     from activities.validation import ValidationActivities
+    from drdrill.notify import ApprovalNotice, NotifyInput
     from drdrill.validation import WORKER_CHECKS, ValidateInput
     from drdrill.core import judging, selection
-    from drdrill.core.spec import DrillSpec, Target, format_duration
+    from drdrill.core import plan as recovery_plan
+    from drdrill.core.spec import ApprovalGate, CommandValidation, DrillSpec, PlanAction, PlanGroup, Target, format_duration
     from drdrill.core.operations import drill_id_from_workflow_id
 
 from workflows import hooks as ops_hooks  # operations (issue 7): metrics, notifications
@@ -64,6 +71,9 @@ TEARDOWN_RETRY = RetryPolicy(
 HEARTBEAT = timedelta(seconds=30)
 EXPIRY_MARGIN = timedelta(hours=1)
 PROBE_START_TIMEOUT = timedelta(minutes=5)  # when the drill file names no start_timeout for a family's probe
+# Telling the approvers must not hold the gate up: a few quick attempts, while the gate already waits.
+APPROVAL_NOTICE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30), maximum_attempts=3)
+WAITING_FOR_APPROVAL = "waiting for approval"  # the phase `drdrill status` shows at a gate
 
 
 @workflow.defn(name="DrillWorkflow")
@@ -87,6 +97,11 @@ class DrillWorkflow:
         self.selections: list[selection.SelectionRecord] = []
         self.probes: dict[str, bool] = {}  # family -> its probe polls its task queue
         self.broken = False
+        # A recovery plan (drdrill/core/plan.py): each group as it ran, why it stopped, and its gate.
+        self.groups: list[GroupResult] = []
+        self.plan_stop: Optional[Finding] = None
+        self._pending: Optional[PendingApproval] = None
+        self._decision: Optional[ApprovalRecord] = None
 
     # ------------------------------------------------------------ queries and signals
 
@@ -105,6 +120,60 @@ class DrillWorkflow:
         """A limiter (workflows/limiter.py) grants this drill a permit."""
         self._permits.on_granted(request_id)
 
+    @workflow.update
+    def approve(self, request: ApprovalRequest) -> ApprovalRecord:
+        """Approve the gate the plan waits at (`drdrill approve`): the group starts."""
+        return self._decide("approved", request)
+
+    @approve.validator
+    def _approve_allowed(self, request: ApprovalRequest) -> None:
+        self._may_decide("approve", request)
+
+    @workflow.update
+    def reject(self, request: ApprovalRequest) -> ApprovalRecord:
+        """Reject the gate the plan waits at (`drdrill reject`): the plan ends FAILED and tears down."""
+        return self._decide("rejected", request)
+
+    @reject.validator
+    def _reject_allowed(self, request: ApprovalRequest) -> None:
+        self._may_decide("reject", request)
+
+    def _may_decide(self, verb: str, request: ApprovalRequest) -> None:
+        """Refuse an answer (the update is rejected, and nothing is recorded) unless the plan waits at
+        a gate, for the group named, and the person is one of its approvers."""
+        pending, decided = self._pending, self._decision
+        if pending is not None and decided is not None:
+            message = f"group {decided.group} was already {decided.decision} by {decided.by}"
+            raise ApplicationError(message, type="ALREADY_ANSWERED", non_retryable=True)
+        if pending is None:
+            phase = self._status.phase if self._status else "starting"
+            raise ApplicationError(f"the drill is not waiting for approval (phase {phase})", type="NOT_WAITING_FOR_APPROVAL", non_retryable=True)
+        if request.group and request.group != pending.group:
+            raise ApplicationError(
+                f"the drill waits for approval before group {pending.group}, not {request.group}", type="OTHER_GROUP", non_retryable=True
+            )
+        if request.by not in pending.approvers:
+            raise ApplicationError(
+                f"{request.by} may not {verb} group {pending.group}: its approvers are {', '.join(pending.approvers)}",
+                type="NOT_AN_APPROVER",
+                non_retryable=True,
+            )
+
+    def _decide(self, decision: str, request: ApprovalRequest) -> ApprovalRecord:
+        self._may_decide("approve" if decision == "approved" else "reject", request)  # the gate may have closed since validation
+        pending = self._pending
+        assert pending is not None
+        self._decision = ApprovalRecord(
+            group=pending.group,
+            decision=decision,  # type: ignore[arg-type]
+            approvers=pending.approvers,
+            asked=pending.asked,
+            decided=workflow.now(),
+            by=request.by,
+            note=request.note,
+        )
+        return self._decision
+
     @workflow.signal
     def extend(self, seconds: float) -> None:
         """Extend a hold for inspection, bounded by teardown.max_hold."""
@@ -121,6 +190,7 @@ class DrillWorkflow:
     async def run(self, inp: DrillInput) -> DrillResult:
         """Declare the disaster, drill within max_duration, always tear down, then judge and record."""
         self.spec: DrillSpec = inp.spec
+        self.started_by = inp.started_by
         hb = timedelta(seconds=inp.heartbeat_seconds) if inp.heartbeat_seconds else None
         self.heartbeat = hb or HEARTBEAT
         self.slow_heartbeat = hb or timedelta(minutes=2)  # isolation and teardown
@@ -193,6 +263,7 @@ class DrillWorkflow:
             self.broken = True
             self._finding("DRILL_ERROR", f"the drill broke: {_describe(exc)}")
         finally:
+            self._status.group = self._status.approval = None
             await self._teardown()
             await self._permits.release_all()
         return cancelled
@@ -221,8 +292,14 @@ class DrillWorkflow:
             return
         if not await self._isolation():
             return
-        await self._restore_all()
-        await self._validations()
+        if self.spec.plan is not None:
+            carry_on = await self._run_plan()
+            await self._checks_after_the_plan()
+            if not carry_on:
+                return  # rejected, or nobody answered a gate: tear down now, no hold
+        else:
+            await self._restore_all()
+            await self._validations()
         await self._hold()
 
     # ------------------------------------------------------------ steps
@@ -243,7 +320,7 @@ class DrillWorkflow:
         self.selections = plan.records
         self.findings += [Finding(code=p.code, message=p.message, target=p.target, severity=p.severity) for p in plan.problems]
         if not plan.empty:
-            self.spec = plan.spec
+            self.spec = recovery_plan.expand(plan.spec, {r.target: r.chosen for r in plan.records})
             self._status.targets = [TargetState(target=t.name, provider=t.provider) for t in self.spec.targets]
         detail = "; ".join(r.summary for r in plan.records)
         self._event("select", started, workflow.now(), "FAILED" if plan.empty else "PASSED", detail=detail)
@@ -330,10 +407,11 @@ class DrillWorkflow:
             detail=judging.summary([v.outcome for v in self.validations], [v.name for v in self.validations]),
         )
 
-    async def _wait_for_probes(self) -> None:
-        """Before the checks, wait (bounded) until each probe a restored family has polls its queue."""
-        ready = {self.spec.target(name).family for name, r in self.restored.items() if r.ready}
-        envs = [e for e in self.envs.values() if e.details.get("probe_queue") and e.family in ready]
+    async def _wait_for_probes(self, families: Optional[set[str]] = None) -> None:
+        """Before the checks, wait (bounded) until each probe a restored family has (or each of
+        `families`) polls its queue; once per family: a plan's later groups know the answer already."""
+        ready = families if families is not None else {self.spec.target(name).family for name, r in self.restored.items() if r.ready}
+        envs = [e for e in self.envs.values() if e.details.get("probe_queue") and e.family in ready and e.family not in self.probes]
         if not envs:
             return
         self._phase("probe")
@@ -376,6 +454,240 @@ class DrillWorkflow:
                 )
         self.probes[env.family] = status.polling
         return status
+
+
+    # ------------------------------------------------------------ the recovery plan
+
+    async def _run_plan(self) -> bool:
+        """3-4. A recovery plan (drdrill/core/plan.py): the groups in the order listed, each behind
+        its approval gate; a group's targets restore in parallel, and its checks must pass before
+        the next group starts. A group that does not pass stops the plan: the later groups never
+        start (their checks are NOT_RUN). False when a person rejected the plan or nobody answered
+        a gate: the drill then tears down at once, without a hold."""
+        groups = self.spec.plan or []
+        for index, group in enumerate(groups):
+            self._status.group = group.group
+            approval = None
+            gate = recovery_plan.gate_before(self.spec, group.group)
+            if gate is not None:
+                approval = await self._gate(group, gate)
+                if approval.decision != "approved":
+                    why = f"the plan stopped at the approval gate before group {group.group} ({approval.decision})"
+                    self._never_started(groups[index:], why, approval)
+                    self._status.group = None
+                    return False
+            if not await self._run_group(group, approval):
+                self._never_started(groups[index + 1 :], self._stopped_at(group))
+                break
+        self._status.group = None
+        return True
+
+    async def _run_group(self, group: PlanGroup, approval: Optional[ApprovalRecord]) -> bool:
+        """One group: its pre-actions, its targets restored in parallel, its checks, its
+        post-actions. Its band on the timeline spans them all; True when it passed."""
+        started = workflow.now()
+        actions: list[ValidationResult] = []
+        checks: list[ValidationResult] = []
+        ready: Optional[datetime] = None
+
+        def done(outcome: Outcome, detail: str = "") -> bool:
+            result = recovery_plan.group_result(
+                group, declared=self.declared, outcome=outcome, detail=detail, started=started, ended=workflow.now(),
+                ready=ready, checks=checks, actions=actions, approval=approval,
+            )
+            self.groups.append(result)
+            if group.checks and not checks and outcome != "PASSED":  # stopped before its checks: they did not run
+                self.validations += recovery_plan.not_run(group, self._stopped_at(group))
+            band = recovery_plan.summary(result)
+            self._event("group", started, result.ended or started, outcome, detail=band, data={"rto_seconds": result.rto_seconds})
+            return outcome == "PASSED"
+
+        for index, action in enumerate(group.pre):
+            outcome = await self._action(group, "pre", index, action, actions)
+            if outcome != "PASSED":
+                self._stop_group(group, "PRE_ACTION_FAILED", f"pre-action {actions[-1].name} {outcome}: {actions[-1].detail}", outcome)
+                return done(outcome, f"pre-action {actions[-1].name} {outcome}")
+
+        self._phase("restore")
+        restore_started = workflow.now()
+        restored = await asyncio.gather(*(self._restore_limited(self.spec.target(name)) for name in group.targets))
+        ready = workflow.now()
+        what = [f"{r.target}: {r.description or r.id}" for name in group.targets if (r := self.restored.get(name)) is not None]
+        self._event("restore", restore_started, ready, "PASSED" if all(restored) else "FAILED", detail="; ".join(what))
+        if not all(restored):
+            missing = ", ".join(name for name, ok in zip(group.targets, restored) if not ok)
+            self._stop_group(group, "GROUP_NOT_RESTORED", f"{missing} not restored", "FAILED")
+            return done("FAILED", f"not restored: {missing}")
+
+        if group.checks:
+            named = [getattr(v, "target", None) for v in group.checks]
+            await self._wait_for_probes({self.spec.target(name).family for name in [*group.targets, *named] if name})
+            self._phase("validate")
+            checks_started = workflow.now()
+            names = recovery_plan.check_names(group)
+            checks = list(await asyncio.gather(*(self._check(v, names[i]) for i, v in enumerate(group.checks))))
+            self.validations += checks
+            required = [c.outcome for c in checks if c.required]
+            outcome = judging.worst(required) if required else "PASSED"
+            summary = judging.summary([c.outcome for c in checks], [c.name for c in checks])
+            self._event("validate", checks_started, workflow.now(), outcome, detail=summary)
+            if outcome != "PASSED":
+                bad = ", ".join(f"{c.name} {c.outcome}" for c in checks if c.required and c.outcome != "PASSED")
+                self._stop_group(group, "GROUP_CHECKS_FAILED", f"its checks did not pass ({bad})", outcome)
+                return done(outcome, f"checks: {bad}")
+
+        for index, action in enumerate(group.post):
+            outcome = await self._action(group, "post", index, action, actions)
+            if outcome != "PASSED":
+                self._stop_group(group, "POST_ACTION_FAILED", f"post-action {actions[-1].name} {outcome}: {actions[-1].detail}", outcome)
+                return done(outcome, f"post-action {actions[-1].name} {outcome}")
+        return done("PASSED")
+
+    def _stop_group(self, group: PlanGroup, code: str, what: str, outcome: Outcome) -> None:
+        later = [g.group for g in self.spec.plan or []]
+        later = later[later.index(group.group) + 1 :]
+        self._stop(code, f"group {group.group}: {what}; later groups never started: {', '.join(later) or 'none'}", outcome)
+
+    def _stop(self, code: str, message: str, outcome: Outcome) -> None:
+        """The plan stops here, with a finding: a check or action that could not run makes it one that could not verify."""
+        self.plan_stop = Finding(code=code, message=message, could_not_verify=outcome in ("COULD_NOT_VERIFY", "NOT_RUN"))
+        self.findings.append(self.plan_stop)
+
+    def _stopped_at(self, group: PlanGroup) -> str:
+        return f"the plan stopped at group {group.group} ({self.plan_stop.code if self.plan_stop else 'stopped'})"
+
+    def _never_started(self, groups: list[PlanGroup], reason: str, approval: Optional[ApprovalRecord] = None) -> None:
+        """Groups the plan never reached: NOT_RUN, with their checks NOT_RUN (never a pass)."""
+        for i, group in enumerate(groups):
+            gate = approval if i == 0 else None
+            self.groups.append(recovery_plan.group_result(group, declared=self.declared, outcome="NOT_RUN", detail=reason, approval=gate))
+            self.validations += recovery_plan.not_run(group, reason)
+
+    async def _checks_after_the_plan(self) -> None:
+        """After the last group: the drill's own validations (the whole service), unless the plan stopped."""
+        spec = self.spec
+        if spec.validations and self.plan_stop is None:
+            await self._wait_for_probes()
+            self._phase("validate")
+            started = workflow.now()
+            final = list(await asyncio.gather(*(self._validate(i) for i in range(len(spec.validations)))))
+            required = [v.outcome for v in final if v.required]
+            summary = judging.summary([v.outcome for v in final], [v.name for v in final])
+            self._event("validate", started, workflow.now(), judging.worst(required) if required else "PASSED", detail=summary)
+        else:
+            reason = f"the plan stopped ({self.plan_stop.code})" if self.plan_stop else ""
+            final = [
+                ValidationResult(
+                    name=spec.validation_name(i), type=v.type, target=getattr(v, "target", None), required=v.required,
+                    outcome="NOT_RUN", detail=reason,
+                )
+                for i, v in enumerate(spec.validations)
+            ]
+        self.validations += final
+        if not self.validations:
+            self._finding("NO_VALIDATIONS", "the drill has no validations: a restore nobody checked proves nothing", could_not_verify=True)
+
+    async def _action(self, group: PlanGroup, when: str, index: int, action: PlanAction, results: list[ValidationResult]) -> Outcome:
+        """A pre- or post-action: a `command`, run on the worker or in the probe of its target's
+        network, through the validation activity (a probe runs nothing else). Its result is kept
+        with the group, and on the timeline."""
+        name = action.label(when, index)
+        check = CommandValidation(
+            type="command", name=name, argv=action.argv, expect_exit=action.expect_exit, timeout=action.timeout, target=action.target
+        )
+        family = self.spec.target(action.target).family if action.target else None
+        if action.on == "probe" and family is None:
+            family = next((e.family for e in self.envs.values() if e.details.get("probe_queue")), None)
+        self._phase(f"{when}-action")
+        started = workflow.now()
+        queue, schedule_to_close, where = self._queue(family) if family else None, None, ""
+        env = self.envs.get(family) if family else None
+        result: Optional[ValidationResult] = None
+        if action.on == "probe":
+            probe_queue = env.details.get("probe_queue") if env is not None else None
+            if probe_queue:
+                await self._wait_for_probes({env.family})  # type: ignore[union-attr]
+            if not probe_queue or not self.probes.get(env.family):  # type: ignore[union-attr]
+                why = f"no probe runs in the {family} network" if not probe_queue else f"the {family} probe never polled its task queue {probe_queue}"
+                result = self._not_checked(check, name, action.target, f"the action could not run: {why}")
+            else:
+                queue, schedule_to_close, where = probe_queue, action.timeout + 4 * self.heartbeat, f" in the {family} probe"
+        if result is None:
+            result = await self._run_check(check, name, queue, schedule_to_close, where)
+        results.append(result)
+        self._event(f"{when}-action", started, workflow.now(), result.outcome, target=action.target, detail=f"{name}: {result.detail}")
+        return result.outcome
+
+    async def _gate(self, group: PlanGroup, gate: ApprovalGate) -> ApprovalRecord:
+        """Wait for a person at the gate before `group`: `drdrill approve` or `drdrill reject`
+        (DrillWorkflow.approve / reject, updates), or the gate's timeout. The webhooks are told
+        who can approve and how meanwhile. Replayed on another worker, the wait goes on from the
+        history: an answer given before the crash still counts, the timeout still holds."""
+        asked = workflow.now()
+        self._decision = None
+        self._pending = PendingApproval(group=group.group, approvers=list(gate.approvers), asked=asked, until=asked + gate.timeout)
+        self._status.approval = self._pending
+        self._phase(WAITING_FOR_APPROVAL)
+        notice = asyncio.ensure_future(self._tell_approvers(self._pending))
+        try:
+            await workflow.wait_condition(lambda: self._decision is not None, timeout=gate.timeout)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._status.approval = None
+            self._pending = None  # no answer is taken any more, whatever ended the wait
+        if not notice.done():
+            notice.cancel()  # nobody needs telling any more
+        record = self._decision or ApprovalRecord(
+            group=group.group, decision="timed out", approvers=list(gate.approvers), asked=asked, decided=workflow.now()
+        )
+        note = f": {record.note}" if record.note else ""
+        data = _approval_data(record)
+        if record.decision == "approved":
+            self._event("approval", asked, record.decided, "PASSED", detail=f"group {group.group} approved by {record.by}{note}", data=data)
+        elif record.decision == "rejected":
+            self._event("approval", asked, record.decided, "FAILED", detail=f"group {group.group} rejected by {record.by}{note}", data=data)
+            why = f"{record.by} rejected the plan before group {group.group}{note}; it stopped there and the drill tore down"
+            self._stop("APPROVAL_REJECTED", why, "FAILED")
+        else:
+            waited = format_duration(gate.timeout)
+            self._event("approval", asked, record.decided, "FAILED", detail=f"nobody approved group {group.group} within {waited}", data=data)
+            self._stop(
+                "APPROVAL_TIMED_OUT",
+                f"nobody approved group {group.group} within {waited} (approvers: {', '.join(gate.approvers)}); "
+                "the plan stopped there and the drill tore down",
+                "FAILED",
+            )
+        return record
+
+    async def _tell_approvers(self, pending: PendingApproval) -> None:
+        """Post the approval request to the drill's webhooks: who can approve, and how. A webhook
+        that cannot be told is a warning finding; the gate waits either way."""
+        notice = ApprovalNotice(
+            group=pending.group,
+            approvers=pending.approvers,
+            until=pending.until,
+            approve=f'drdrill approve {self.ctx.drill_id} --group {pending.group} --note "…"',
+            reject=f'drdrill reject {self.ctx.drill_id} --note "…"',
+        )
+        webhooks = self.spec.notify.webhooks_env
+        calls = [
+            workflow.execute_activity_method(
+                NotifyActivities.notify,
+                NotifyInput(
+                    webhook_env=env, event="APPROVAL", drill_id=self.ctx.drill_id, drill_name=self.spec.name, run_id=workflow.info().run_id,
+                    verdict="WAITING", started_by=self.started_by, approval=notice,
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=APPROVAL_NOTICE_RETRY,
+            )
+            for env in webhooks
+        ]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        failed = [f"{env}: {_describe(o)}" for env, o in zip(webhooks, outcomes) if isinstance(o, ActivityError)]
+        if failed:
+            message = f"the approvers of group {pending.group} could not be told: {'; '.join(failed)}"
+            self.findings.append(Finding(code="APPROVAL_NOT_NOTIFIED", severity="warning", message=message))
 
     # ------------------------------------------------------------ one target, one family, one check
 
@@ -463,7 +775,7 @@ class DrillWorkflow:
         try:
             resource: RestoredResource = await workflow.execute_activity_method(
                 DrillActivities.restore,
-                RestoreInput(ctx=self.ctx, target=target, point=point, env=env),
+                RestoreInput(ctx=self.ctx, target=target, point=point, env=env, endpoints=recovery_plan.endpoints_for(target, self.restored)),
                 task_queue=self._queue(target.family),
                 start_to_close_timeout=timeout,
                 heartbeat_timeout=self.heartbeat,
@@ -476,7 +788,8 @@ class DrillWorkflow:
             resource = await workflow.execute_activity_method(
                 DrillActivities.wait_ready,
                 WaitReadyInput(
-                    ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds(), restore_started=restore_started
+                    ctx=self.ctx, target=target, resource=resource, timeout_seconds=timeout.total_seconds(), restore_started=restore_started,
+                    endpoints=recovery_plan.endpoints_for(target, self.restored),
                 ),
                 task_queue=self._queue(target.family),
                 start_to_close_timeout=timeout + timedelta(minutes=1),
@@ -507,8 +820,10 @@ class DrillWorkflow:
             await self._permits.release_restore(target, self.spec)
 
     async def _validate(self, index: int) -> ValidationResult:
-        v = self.spec.validations[index]
-        name = self.spec.validation_name(index)
+        return await self._check(self.spec.validations[index], self.spec.validation_name(index))
+
+    async def _check(self, v: Any, name: str) -> ValidationResult:
+        """One check, where it has to run: on the worker, in its family's probe, or nowhere (could not verify)."""
         tname = getattr(v, "target", None)
         resource = self.restored.get(tname) if tname else None
         if tname and (resource is None or not resource.ready):
@@ -540,6 +855,12 @@ class DrillWorkflow:
                     f"target {tname} is in an isolated network the worker cannot reach ({env.description or env.id}), and "
                     f"this drill runs no probe there: set isolation.probe.{family} to run {v.type} checks inside it",
                 )
+        return await self._run_check(v, name, queue, schedule_to_close, where)
+
+    async def _run_check(self, v: Any, name: str, queue: Optional[str], schedule_to_close: Optional[timedelta], where: str) -> ValidationResult:
+        """Run a check (or an action) through the validation activity on `queue`; could not verify when it could not run."""
+        tname = getattr(v, "target", None)
+        resource = self.restored.get(tname) if tname else None
         try:
             return await workflow.execute_activity_method(
                 ValidationActivities.validate,
@@ -672,13 +993,28 @@ class DrillWorkflow:
 
     def _result(self, inp: DrillInput, cancelled: bool) -> DrillResult:
         """What the drill found and proved, judged (drdrill/core/judging.py)."""
-        objectives = judging.objectives(self.spec, self.declared, self.points, self.restored, self.validations, as_of=self.ctx.as_of)
+        if self.spec.plan is not None and self.groups:
+            objectives = recovery_plan.objectives(self.spec, self.declared, self.points, self.validations, self.plan_stop, as_of=self.ctx.as_of)
+        else:
+            objectives = judging.objectives(self.spec, self.declared, self.points, self.restored, self.validations, as_of=self.ctx.as_of)
         rto, rpo = objectives
+        groups = self.groups + [
+            recovery_plan.group_result(g, declared=self.declared, outcome="NOT_RUN", detail="the drill ended before the group started")
+            for g in self.spec.plan or []
+            if g.group not in {r.group for r in self.groups}
+        ]
         return DrillResult(
             drill_id=self.ctx.drill_id,
             run_id=workflow.info().run_id,
             name=self.spec.name,
-            verdict=judging.verdict(self.findings, self.validations, objectives, self.proofs, broken=self.broken, cancelled=cancelled),
+            verdict=judging.verdict(
+                self.findings,
+                self.validations,
+                objectives + recovery_plan.group_objectives(groups),
+                self.proofs,
+                broken=self.broken,
+                cancelled=cancelled,
+            ),
             declared=self.declared,
             ended=workflow.now(),
             as_of=inp.as_of,
@@ -699,6 +1035,7 @@ class DrillWorkflow:
             cancelled=cancelled,
             selections=self.selections,
             resources=selection.resource_keys(self.spec.targets),
+            groups=groups,
         )
 
     # ------------------------------------------------------------ bookkeeping
@@ -714,9 +1051,20 @@ class DrillWorkflow:
             now = workflow.now()
             self._event(phase, now, now, outcome, target=name, detail=detail)
 
-    def _event(self, phase: str, started: datetime, ended: datetime, outcome: Outcome, target: Optional[str] = None, detail: str = "") -> None:
+    def _event(
+        self,
+        phase: str,
+        started: datetime,
+        ended: datetime,
+        outcome: Outcome,
+        target: Optional[str] = None,
+        detail: str = "",
+        data: Optional[dict] = None,
+    ) -> None:
+        # Within a recovery plan's group, every event names the group: the timeline's bands.
+        data = {"group": self._status.group, **(data or {})} if self._status.group else (data or {})
         self._status.timeline.append(
-            TimelineEvent(phase=phase, started=started, ended=ended, outcome=outcome, target=target, detail=detail)
+            TimelineEvent(phase=phase, started=started, ended=ended, outcome=outcome, target=target, detail=detail, data=data)
         )
 
     def _finding(self, code: str, message: str, target: Optional[str] = None, could_not_verify: bool = False) -> None:
@@ -742,6 +1090,17 @@ def _describe(exc: BaseException) -> str:
         seen = seen.cause  # type: ignore[assignment]
     msg = str(seen) or type(seen).__name__
     return msg
+
+
+def _approval_data(record: ApprovalRecord) -> dict:
+    """What the timeline keeps of an answer at a gate (the group's result keeps the whole record)."""
+    return {
+        "decision": record.decision,
+        "by": record.by,
+        "note": record.note,
+        "asked": record.asked.isoformat(),
+        "decided": record.decided.isoformat(),
+    }
 
 
 def _for_checks(resource: Optional[RestoredResource]) -> Optional[RestoredResource]:

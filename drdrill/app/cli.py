@@ -21,14 +21,14 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 
 from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
 from drdrill.app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.simulate import simulated
 from drdrill.app.temporal import task_queue
-from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillInput, DrillResult, DrillStatus
 from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
@@ -231,6 +231,7 @@ async def follow(handle, spec: DrillSpec):
     """Print each phase as it completes, then the checks, the objectives and the verdict."""
     shown = 0
     header = queued = False
+    asked = None  # the gate whose approval request was printed
     task = asyncio.create_task(_result(handle))
     while True:
         try:
@@ -251,6 +252,10 @@ async def follow(handle, spec: DrillSpec):
                 for ev in status.timeline[shown:]:
                     _print_event(ev, status.declared)
                 shown = len(status.timeline)
+                if status.approval is not None and status.approval.asked != asked:
+                    asked = status.approval.asked
+                    for line in approval_lines(handle.id, status):
+                        console.print(f"  {line}", markup=False)
         if task.done():
             break
         await asyncio.wait({task}, timeout=0.5)
@@ -268,7 +273,9 @@ def _print_event(ev, declared) -> None:
     if ev.ended and ev.started and ev.target is None:
         took = format_duration((ev.ended - ev.started).total_seconds())
     who = f"{ev.target}  " if ev.target else ""
-    console.print(f"  {MARK.get(ev.outcome, ev.outcome)} {ev.phase:<16} {who}{escape(ev.detail)}  [dim]{took}[/]")
+    group = (ev.data or {}).get("group")
+    phase = f"{group} · {ev.phase}" if group and ev.phase != "group" else ev.phase  # a recovery plan's group
+    console.print(f"  {MARK.get(ev.outcome, ev.outcome)} {escape(phase):<16} {who}{escape(ev.detail)}  [dim]{took}[/]")
 
 
 def print_result(result) -> None:
@@ -281,6 +288,13 @@ def print_result(result) -> None:
         for v in result.validations:
             table.add_row(v.name, v.target or "", MARK.get(v.outcome, v.outcome), escape(v.detail))
         console.print(table)
+    for g in result.groups:
+        rto = format_duration(g.rto_seconds) if g.rto_seconds is not None else "not measured"
+        objective = f" (objective {format_duration(g.objective_seconds)})" if g.objective_seconds is not None else ""
+        answered = f"  {g.approval.decision} by {g.approval.by}" if g.approval is not None and g.approval.by else (
+            f"  approval {g.approval.decision}" if g.approval is not None else ""
+        )
+        console.print(f"  group {g.group:<12} {MARK.get(g.outcome, g.outcome)} RTO {rto}{objective}{escape(answered)}")
     for f in result.findings:
         style = "red" if f.severity == "error" else "yellow"
         console.print(f"  [{style}]finding {f.code}[/]: {escape(f.message)}")
@@ -311,12 +325,77 @@ async def _status(drill_id: str) -> None:
         line = f"{drill_id}: {state}"
         try:
             st = await handle.query(DrillWorkflow.status)
-            line += f", phase {st.phase}" + (f", verdict {st.verdict}" if st.verdict else "")
+            line += f", phase {st.phase}" + (f", group {st.group}" if st.group else "") + (f", verdict {st.verdict}" if st.verdict else "")
             for t in st.targets:
                 line += f"\n  {t.target:<16} {t.phase:<16} {t.outcome or ''} {t.detail}"
+            for text in approval_lines(drill_id, st):
+                line += f"\n  {text}"
         except Exception:  # noqa: BLE001 - no worker to answer
             pass
         console.print(line, markup=False)
+
+
+def approval_lines(drill_id: str, st: DrillStatus) -> list[str]:
+    """What a drill waiting at an approval gate asks of its approvers, and how they answer."""
+    gate = st.approval
+    if gate is None:
+        return []
+    return [
+        f"waiting for approval before group {gate.group} since {gate.asked:%Y-%m-%d %H:%M:%S}Z; "
+        f"unanswered at {gate.until:%Y-%m-%d %H:%M:%S}Z the plan stops and the drill tears down",
+        f"approvers: {', '.join(gate.approvers)}",
+        f'approve: drdrill approve {drill_id} --group {gate.group} --note "…"',
+        f'reject:  drdrill reject {drill_id} --note "…"',
+    ]
+
+
+# ------------------------------------------------------------------ approval gates
+
+
+@app.command()
+def approve(
+    drill_id: str = typer.Argument(..., help="drill id"),
+    group: Optional[str] = typer.Option(None, "--group", help="the group you approve (refused when the plan waits before another)"),
+    note: str = typer.Option("", "--note", help="why: kept in the evidence with your name and the time"),
+) -> None:
+    """Approve the gate a drill's recovery plan waits at: its group starts."""
+    record = _answer_gate(drill_id, "approve", ApprovalRequest(by=_user(), note=note, group=group))
+    console.print(
+        f"{drill_id}: group {record.group} approved by {record.by} at {record.decided:%Y-%m-%d %H:%M:%S}Z; the plan continues", markup=False
+    )
+
+
+@app.command()
+def reject(
+    drill_id: str = typer.Argument(..., help="drill id"),
+    note: str = typer.Option("", "--note", help="why: kept in the evidence with your name and the time"),
+    group: Optional[str] = typer.Option(None, "--group", help="the group you reject (refused when the plan waits before another)"),
+) -> None:
+    """Reject the gate a drill's recovery plan waits at: the plan ends FAILED and tears down."""
+    record = _answer_gate(drill_id, "reject", ApprovalRequest(by=_user(), note=note, group=group))
+    console.print(
+        f"{drill_id}: group {record.group} rejected by {record.by} at {record.decided:%Y-%m-%d %H:%M:%S}Z; the plan stops, FAILED, and tears down",
+        markup=False,
+    )
+
+
+def _answer_gate(drill_id: str, verb: str, request: ApprovalRequest) -> ApprovalRecord:
+    """Send the answer (an update: the drill says at once whether it took it); exit 2 when it did not."""
+
+    async def go() -> ApprovalRecord:
+        async with temporal(with_worker=False) as client:
+            handle = client.get_workflow_handle(drill_id)
+            update = DrillWorkflow.approve if verb == "approve" else DrillWorkflow.reject
+            return await handle.execute_update(update, request, result_type=ApprovalRecord)
+
+    done = {"approve": "approved", "reject": "rejected"}[verb]
+    try:
+        return asyncio.run(go())
+    except WorkflowUpdateFailedError as exc:
+        err.print(f"{drill_id}: not {done}: {getattr(exc.cause, 'message', None) or exc.cause or exc}", markup=False)
+    except Exception as exc:  # noqa: BLE001 - not found, already closed, Temporal unreachable
+        err.print(f"{drill_id}: not {done}: {exc}", markup=False)
+    raise typer.Exit(2)
 
 
 @app.command("list")

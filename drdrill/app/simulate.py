@@ -9,7 +9,9 @@ Validations: every check that names a target (sql, row_count, checksum, freshnes
 with `target:`) becomes a simulated check of the same name that proves the simulated target was
 restored and is ready (`python -m drdrill.app.simulate check`, reading the sim state). Checks that
 need real hosts (tcp, http, a command without a target) are dropped, and the drill's description
-says which. A simulated verdict says the plan runs end to end; it proves nothing about real data.
+says which. A recovery plan keeps its groups, their order and objectives, and its checks become
+simulated ones too; its pre- and post-actions and its approval gates are left out. A simulated
+verdict says the plan runs end to end; it proves nothing about real data.
 
 The simulated recovery points end at the drill's "now": the declared time, or the moment given as
 `DrillInput.as_of` (`drdrill run --simulate --as-of 2028-01-03T00:00:00Z`), so a plan can be
@@ -44,6 +46,8 @@ def simulated(spec: DrillSpec) -> DrillSpec:
                 "name": t.name,
                 "provider": "sim",
                 "recovery_point": t.recovery_point.model_dump(mode="json"),
+                # Only what every target's restore has (timeout, jobs): a postgres application or a
+                # restored instance's environment has nothing to start in a simulation.
                 "restore": t.restore.model_dump(mode="json", include=set(RestoreOptions.model_fields)),
                 "source": {
                     "resource": f"{t.provider}:{t.name}",
@@ -53,25 +57,19 @@ def simulated(spec: DrillSpec) -> DrillSpec:
                 },
             }
         )
-    validations, dropped = [], []
-    for i, v in enumerate(spec.validations):
-        name = spec.validation_name(i)
-        target = getattr(v, "target", None)
-        if target is None:
-            dropped.append(name)
-            continue
-        validations.append(
-            {
-                "type": "command",
-                "name": name,
-                "target": target,
-                "required": v.required,
-                "timeout": v.timeout.total_seconds(),
-                "argv": [sys.executable, "-m", "drdrill.app.simulate", "check"],
-            }
-        )
+    dropped: list[str] = []
     data["targets"] = targets
-    data["validations"] = validations
+    data["validations"] = _simulated_checks([(spec.validation_name(i), v) for i, v in enumerate(spec.validations)], dropped)
+    # A recovery plan keeps its order and its objectives; its checks become simulated ones like the
+    # drill's. Its pre- and post-actions (commands on real hosts) are left out, and so are its
+    # approval gates: a dry run never waits for a person.
+    for group, source in zip(data.get("plan") or [], spec.plan or []):
+        group["checks"] = _simulated_checks([(source.check_name(i), v) for i, v in enumerate(source.checks)], dropped)
+        dropped += [a.label(when, i) for when in ("pre", "post") for i, a in enumerate(getattr(source, when))]
+        group["pre"], group["post"] = [], []
+    if spec.approve:
+        dropped += [f"approval before {gate.before}" for gate in spec.approve]
+        data["approve"] = []
     note = "[simulated dry run]"
     if dropped:
         note += f" checks needing real hosts were left out: {', '.join(dropped)}."
@@ -82,6 +80,27 @@ def simulated(spec: DrillSpec) -> DrillSpec:
     out.source_path = spec.source_path
     out.source_sha256 = spec.source_sha256
     out.source_text = spec.source_text
+    return out
+
+
+def _simulated_checks(checks: list[tuple[str, Any]], dropped: list[str]) -> list[dict]:
+    """Each check that names a target as a simulated check of the same name; the others into `dropped`."""
+    out = []
+    for name, v in checks:
+        target = getattr(v, "target", None)
+        if target is None:
+            dropped.append(name)
+            continue
+        out.append(
+            {
+                "type": "command",
+                "name": name,
+                "target": target,
+                "required": v.required,
+                "timeout": v.timeout.total_seconds(),
+                "argv": [sys.executable, "-m", "drdrill.app.simulate", "check"],
+            }
+        )
     return out
 
 

@@ -243,6 +243,63 @@ class ObjectiveResult(BaseModel):
     detail: str = ""
 
 
+class PendingApproval(BaseModel):
+    """A recovery plan waiting at an approval gate, as `drdrill status` and the webhook show it."""
+
+    group: str  # the group that waits
+    approvers: list[str]
+    asked: datetime
+    until: datetime  # then the gate times out: a finding, and the drill tears down
+
+
+class ApprovalRequest(BaseModel):
+    """`drdrill approve` / `drdrill reject`: who answers a gate, and why (DrillWorkflow's approve and reject updates)."""
+
+    by: str
+    note: str = ""
+    group: Optional[str] = None  # the group the person means; refused when the plan waits before another
+
+
+class ApprovalRecord(BaseModel):
+    """What happened at an approval gate: who decided, when, and the note (kept in the evidence)."""
+
+    group: str
+    decision: Literal["approved", "rejected", "timed out"]
+    approvers: list[str] = Field(default_factory=list)
+    asked: datetime
+    decided: datetime
+    by: Optional[str] = None
+    note: str = ""
+
+    @property
+    def waited_seconds(self) -> float:
+        return (self.decided - self.asked).total_seconds()
+
+
+class GroupResult(BaseModel):
+    """One group of a recovery plan as it ran: its band on the timeline and its RTO (see drdrill/core/plan.py).
+
+    `recovered` is when the group was back: its last required check first passed (a group without
+    required checks: its last target ready). Its RTO runs from the declared disaster to then, so it
+    includes any time the plan waited for an approval."""
+
+    group: str
+    targets: list[str] = Field(default_factory=list)
+    outcome: Outcome = "NOT_RUN"  # PASSED: restored, checks and actions passed; NOT_RUN: never started
+    detail: str = ""
+    started: Optional[datetime] = None  # after its approval gate
+    ended: Optional[datetime] = None
+    ready: Optional[datetime] = None  # its last target ready
+    recovered: Optional[datetime] = None
+    checks: list[str] = Field(default_factory=list)  # the names of its checks (their results are among the drill's validations)
+    actions: list[ValidationResult] = Field(default_factory=list)  # its pre- and post-actions
+    approval: Optional[ApprovalRecord] = None
+    rto_seconds: Optional[float] = None
+    objective_seconds: Optional[float] = None
+    rto_outcome: Outcome = "NOT_RUN"
+    rto_detail: str = ""
+
+
 class DrillInput(BaseModel):
     """What starts a DrillWorkflow."""
 
@@ -277,6 +334,8 @@ class DrillStatus(BaseModel):
     timeline: list[TimelineEvent] = Field(default_factory=list)
     hold_until: Optional[datetime] = None
     verdict: Optional[Verdict] = None
+    group: Optional[str] = None  # the recovery plan's group in progress
+    approval: Optional[PendingApproval] = None  # set while the plan waits for an approval
 
 
 class DrillResult(BaseModel):
@@ -308,3 +367,5 @@ class DrillResult(BaseModel):
     selections: list[SelectionRecord] = Field(default_factory=list)
     # The protected resource each target restored, by target name (selection.resource_key): what coverage counts.
     resources: dict[str, str] = Field(default_factory=dict)
+    # A drill with a recovery plan: each group as it ran (its RTO, its approval); empty without one.
+    groups: list[GroupResult] = Field(default_factory=list)

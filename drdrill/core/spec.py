@@ -440,6 +440,31 @@ class PostgresRestoreOptions(RestoreOptions):
         "written by `drdrill reference write`): STRUCTURE_MISSING / STRUCTURE_UNEXPECTED against it",
     )
     after: Optional[AfterRestore] = Field(None, description="start an application from the restored data (isolation.postgres: network only)")
+    environment: dict[str, str] = Field(
+        default_factory=dict,
+        description="more variables for restore.after: {targets.<target>.<field>} (an earlier group's endpoint) or "
+        "{env.<VARIABLE>} (a secret reference, read on the worker that starts it)",
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_environment(v)
+
+
+class InstanceRestoreOptions(RestoreOptions):
+    """A restored instance's options: the environment it boots with."""
+
+    environment: dict[str, str] = Field(
+        default_factory=dict,
+        description="variables handed to the restored instance at boot (in its user data): {targets.<target>.<field>} "
+        "(an earlier group's endpoint) or {env.<VARIABLE>} (a secret reference, read on the worker that launches it)",
+    )
+
+    @field_validator("environment")
+    @classmethod
+    def _environment(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_environment(v)
 
 
 class PostgresTarget(TargetBase):
@@ -479,6 +504,7 @@ class AwsEbsTarget(TargetBase):
 class AwsEc2Target(TargetBase):
     provider: Literal["aws.ec2"]
     source: AwsEc2Source
+    restore: InstanceRestoreOptions = Field(default_factory=InstanceRestoreOptions)
 
 
 class AwsRdsTarget(TargetBase):
@@ -934,6 +960,56 @@ class BoundaryValidation(DataValidation):
         return self
 
 
+# `restore.environment` values: `{targets.<target>.<field>}` (an earlier group's restored endpoint) and
+# `{env.<VARIABLE>}` (a secret reference). Both are resolved by the activity that starts the service
+# (drdrill/core/plan.py: resolve_environment), so neither the value nor the secret enters the history.
+_ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class EnvironmentRef:
+    """One `{…}` of a restore.environment value: an earlier target's endpoint field, or a variable."""
+
+    kind: Literal["targets", "env"]
+    name: str  # the target, or the variable
+    field: str = ""  # the endpoint field (kind "targets")
+
+    @property
+    def text(self) -> str:
+        return f"{{targets.{self.name}.{self.field}}}" if self.kind == "targets" else f"{{env.{self.name}}}"
+
+
+def environment_refs(template: str) -> list[EnvironmentRef]:
+    """The references in a restore.environment value, in order. ValueError for a `{…}` that is neither."""
+    refs = []
+    for inner in ENDPOINT_TEMPLATE_RE.findall(template):
+        parts = inner.split(".")
+        if len(parts) == 3 and parts[0] == "targets" and re.match(NAME_RE, parts[1]) and _FIELD_NAME_RE.match(parts[2]):
+            refs.append(EnvironmentRef("targets", parts[1], parts[2]))
+        elif len(parts) == 2 and parts[0] == "env" and _ENV_NAME_RE.match(parts[1]):
+            refs.append(EnvironmentRef("env", parts[1]))
+        else:
+            raise ValueError(
+                f"{{{inner}}} is not a reference: write {{targets.<target>.<field>}} (an earlier target's endpoint, "
+                "e.g. {targets.db.dsn}) or {env.<VARIABLE>} (a secret, read on the worker)"
+            )
+    return refs
+
+
+def check_environment(environment: dict[str, str]) -> dict[str, str]:
+    """restore.environment: variable names, and values whose every `{…}` is a reference."""
+    for key, value in environment.items():
+        if not _ENV_NAME_RE.match(key):
+            raise ValueError(f"{key!r} is not an environment variable name: letters, digits and '_', not starting with a digit")
+        if key.upper().startswith("DRDRILL_"):
+            raise ValueError(f"{key}: DRDRILL_* variables are drdrill's own (the restored database arrives as DRDRILL_DSN, …); choose another name")
+        try:
+            environment_refs(value)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return environment
+
+
 class TcpValidation(ValidationBase):
     """A TCP connect: to a fixed `host`, or to a restored `target`'s host (its endpoint's `host`)."""
 
@@ -1072,6 +1148,84 @@ class NotifySpec(Strict):
     )
 
 
+# ---------------------------------------------------------------- recovery plans
+
+_ACTION_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,79}$"
+
+
+class PlanAction(Strict):
+    """A `command` run before (`pre`) a group's restores or after (`post`) its checks passed: seed a
+    feature flag, check a migration, warm a cache. It runs on the worker, or with `on: probe` inside
+    the isolated network; `target` hands it a restored target's endpoint as DRDRILL_* variables.
+    Like a `command` check it is tried again until it exits with `expect_exit` or its timeout passes
+    (and Temporal runs it again if a worker dies mid-way): write actions that are safe to run twice.
+    One that does not succeed stops the plan with a finding; everything is still torn down."""
+
+    name: Optional[str] = Field(None, pattern=_ACTION_NAME_RE)
+    argv: list[str] = Field(min_length=1)
+    on: Literal["worker", "probe"] = Field("worker", description="worker, or probe: inside the isolated network (isolation.probe.<family>)")
+    target: Optional[str] = Field(None, description="a target restored before the action runs: its endpoint as DRDRILL_* variables")
+    expect_exit: int = 0
+    timeout: Duration = Field(timedelta(minutes=5), description="how long the action may keep trying")
+
+    def label(self, when: str, index: int) -> str:
+        return f"{when}:{self.name or index + 1}"
+
+
+def _one_or_list(v: Any) -> Any:
+    return [v] if isinstance(v, (str, dict)) else v
+
+
+class PlanGroup(Strict):
+    """A group of a recovery plan: targets restored together, in parallel, once every group above it
+    has passed its checks. See drdrill/core/plan.py."""
+
+    group: str = Field(pattern=NAME_RE, description="the group's name, as `after`, `approve.before` and the report name it")
+    targets: list[str] = Field(min_length=1, description="targets restored in this group, in parallel")
+    after: list[str] = Field(default_factory=list, description="groups this one needs; each must be listed above it (lint checks the order)")
+    checks: list[Validation] = Field(default_factory=list, max_length=1000, description="must pass before the next group starts")
+    pre: list[PlanAction] = Field(default_factory=list, description="commands run, in order, before the group's restores")
+    post: list[PlanAction] = Field(default_factory=list, description="commands run, in order, after the group's checks passed")
+    rto: Optional[Duration] = Field(None, description="this group's objective: declared disaster -> the group recovered (its checks passed)")
+
+    @field_validator("targets", "after", mode="before")
+    @classmethod
+    def _lists(cls, v: Any) -> Any:
+        return _one_or_list(v)
+
+    def check_name(self, index: int) -> str:
+        """A group check's name: its own, else `<type>:<target>` like a drill's checks, else `<group>:<type>:<n>`."""
+        v = self.checks[index]
+        if v.name:
+            return v.name
+        tgt = getattr(v, "target", None)
+        return f"{v.type}:{tgt}" if tgt else f"{self.group}:{v.type}:{index}"
+
+
+class ApprovalGate(Strict):
+    """A person looks before a group starts: the plan pauses ("waiting for approval"), the webhooks
+    are told who can approve and how, and `drdrill approve ID` continues it or `drdrill reject ID`
+    ends it FAILED. Nobody answering within `timeout` is a finding, and the drill tears down."""
+
+    before: str = Field(description="the group that waits for the approval")
+    timeout: Duration = Field(timedelta(hours=2), description="how long the plan waits for an answer")
+    approvers: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1, description="who may approve or reject: the user names `drdrill approve` and `drdrill reject` run as"
+    )
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> Any:
+        return _one_or_list(v)
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, v: timedelta) -> timedelta:
+        if v <= timedelta(0):
+            raise ValueError("timeout must be longer than 0s")
+        return v
+
+
 class DrillSpec(Strict):
     version: Literal[1] = 1
     name: str = Field(pattern=NAME_RE)
@@ -1082,6 +1236,10 @@ class DrillSpec(Strict):
     targets: list[Target] = Field(min_length=1, max_length=500)
     isolation: IsolationSpec = Field(default_factory=IsolationSpec)
     validations: list[Validation] = Field(default_factory=list, max_length=1000)
+    plan: Optional[list[PlanGroup]] = Field(
+        None, min_length=1, max_length=100, description="groups of targets restored in this order (default: every target at once)"
+    )
+    approve: list[ApprovalGate] = Field(default_factory=list, description="approval gates before groups of the plan")
     teardown: TeardownSpec = Field(default_factory=TeardownSpec)
     schedule: Optional[ScheduleSpec] = None
     evidence: EvidenceSpec = Field(default_factory=EvidenceSpec)
@@ -1091,6 +1249,11 @@ class DrillSpec(Strict):
     source_path: Optional[str] = Field(None, exclude=False)
     source_sha256: Optional[str] = None
     source_text: Optional[str] = None
+
+    @field_validator("approve", mode="before")
+    @classmethod
+    def _one_gate_or_more(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
 
     @model_validator(mode="after")
     def _references(self) -> "DrillSpec":
@@ -1122,6 +1285,18 @@ class DrillSpec(Strict):
                     "restore.after starts an application inside the drill's network namespace: set isolation.postgres: network "
                     "(on the default private socket it would run on the worker's own network, next to production)",
                 )
+            if isinstance(t, PostgresTarget) and t.restore.environment and t.restore.after is None:
+                raise _RefError(
+                    ("targets", i, "restore", "environment"),
+                    "restore.environment is handed to the application restore.after starts: add restore.after, or remove environment",
+                )
+        return self
+
+    @model_validator(mode="after")
+    def _plan_references(self) -> "DrillSpec":
+        problem = plan_problem(self)
+        if problem is not None:
+            raise problem
         return self
 
     @model_validator(mode="after")
@@ -1272,8 +1447,23 @@ def _pitr_without_boundary(spec: DrillSpec) -> Iterator[tuple[str, str]]:
             )
 
 
+def _gate_beyond_max_duration(spec: DrillSpec) -> Iterator[tuple[str, str]]:
+    """A gate that may wait longer than the whole drill may run: the drill is stopped first."""
+    for i, gate in enumerate(spec.approve):
+        if gate.timeout >= spec.max_duration:
+            yield (
+                f"approve[{i}].timeout",
+                f"the gate before group {gate.before} waits up to {format_duration(gate.timeout)}, but the drill is stopped at "
+                f"max_duration ({format_duration(spec.max_duration)}): raise max_duration or shorten the gate's timeout",
+            )
+
+
 # Each check yields (field path, message with the fix); add new warnings here.
-WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (_rto_beyond_max_duration, _pitr_without_boundary)
+WARNING_CHECKS: tuple[Callable[[DrillSpec], Iterator[tuple[str, str]]], ...] = (
+    _rto_beyond_max_duration,
+    _pitr_without_boundary,
+    _gate_beyond_max_duration,
+)
 
 
 def _recovery_target_in_the_future(spec: DrillSpec, now: datetime) -> Iterator[tuple[str, str]]:
@@ -1317,12 +1507,15 @@ def set_endpoint_fields(lookup: Optional[EndpointFieldsLookup]) -> None:
 def endpoint_problems(spec: DrillSpec, lookup: Optional[EndpointFieldsLookup] = None) -> list[tuple[str, str]]:
     """tcp and http checks that name a target, against the fields the target's provider publishes:
     a url template naming an unknown field, or a target without the `host` (or `port`) the check
-    needs. (field path, message naming the field and the known ones)."""
+    needs; and restore.environment references to an endpoint field the target does not publish.
+    (field path, message naming the field and the known ones)."""
     lookup = lookup or _endpoint_fields
     if lookup is None:
         return []
     problems = []
-    for i, v in enumerate(spec.validations):
+    checks = [(f"validations[{i}]", v) for i, v in enumerate(spec.validations)]
+    checks += [(f"plan[{gi}].checks[{ci}]", v) for gi, g in enumerate(spec.plan or []) for ci, v in enumerate(g.checks)]
+    for path, v in checks:
         if not isinstance(v, (TcpValidation, HttpValidation)) or v.target is None:
             continue
         target = spec.target(v.target)
@@ -1340,13 +1533,181 @@ def endpoint_problems(spec: DrillSpec, lookup: Optional[EndpointFieldsLookup] = 
             if name in known:
                 continue
             if where == "url":
-                problems.append((f"validations[{i}].url", f"{{{name}}} is not an endpoint field of {who}; known fields: {fields}"))
+                problems.append((f"{path}.url", f"{{{name}}} is not an endpoint field of {who}; known fields: {fields}"))
             else:
                 fix = "set 'port:'" if name == "port" else "use a fixed 'host'/'url' or a target that publishes a host"
                 if name == "host" and target.provider == "postgres":
                     fix = "the default isolation has no TCP listener (use an sql check); set isolation.postgres: network for one"
-                problems.append((f"validations[{i}].target", f"{v.type} needs the target's {name}, but {who} publishes only: {fields}; {fix}"))
+                problems.append((f"{path}.target", f"{v.type} needs the target's {name}, but {who} publishes only: {fields}; {fix}"))
+    for i, t in enumerate(spec.targets):
+        for key, ref in _environment_refs(t):
+            if ref.kind != "targets" or ref.name not in {x.name for x in spec.targets}:
+                continue
+            source = spec.target(ref.name)
+            known = lookup(source.provider, spec.isolation)
+            if known is not None and ref.field not in known:
+                problems.append(
+                    (
+                        f"targets[{i}].restore.environment.{key}",
+                        f"{ref.text}: {ref.field} is not an endpoint field of target {source.name} ({source.provider}); "
+                        f"known fields: {', '.join(known) or 'none'}",
+                    )
+                )
     return problems
+
+
+# ---------------------------------------------------------------- recovery plans: what lint checks
+
+
+def _environment_refs(target: Any) -> Iterator[tuple[str, EnvironmentRef]]:
+    """(variable, reference) for every reference in a target's restore.environment."""
+    for key, value in (getattr(target.restore, "environment", None) or {}).items():
+        for ref in environment_refs(value):
+            yield key, ref
+
+
+def _probe_families(spec: DrillSpec) -> list[str]:
+    return [name for name in type(spec.isolation.probe).model_fields if spec.isolation.probe.for_family(name) is not None]
+
+
+def plan_problem(spec: DrillSpec) -> Optional["_RefError"]:
+    """The first thing wrong with the drill's recovery plan, its approval gates or its environment
+    references (each names the field and the fix); None when they hold.
+
+    Groups run in the order listed, so everything is checked against that order: a target restores
+    in exactly one group; `after` names groups above; a group's checks and post-actions may name
+    its own targets and earlier groups', a pre-action only earlier groups' (its own are not restored
+    yet); an endpoint flows forward only, from an earlier group's target."""
+    names = [t.name for t in spec.targets]
+    if spec.plan is None:
+        if spec.approve:
+            return _RefError(
+                ("approve",), "an approval gate holds back a group of the plan: add plan: (the groups restored in order), or remove approve"
+            )
+        for i, t in enumerate(spec.targets):
+            for key, ref in _environment_refs(t):
+                if ref.kind == "targets":
+                    return _RefError(
+                        ("targets", i, "restore", "environment", key),
+                        f"{ref.text} needs target {ref.name} restored before {t.name}, but without a plan every target restores at once: "
+                        f"add plan: with {ref.name} in a group above {t.name}'s",
+                    )
+        return None
+    groups = [g.group for g in spec.plan]
+    group_of: dict[str, int] = {}
+    for gi, g in enumerate(spec.plan):
+        if g.group in groups[:gi]:
+            return _RefError(("plan", gi, "group"), f"group name {g.group!r} is used twice; group names must be unique")
+        for ti, name in enumerate(g.targets):
+            if name not in names:
+                return _RefError(("plan", gi, "targets", ti), f"no target named {name!r}; this drill's targets are: {', '.join(names)}")
+            if name in group_of:
+                earlier = spec.plan[group_of[name]].group
+                return _RefError(("plan", gi, "targets", ti), f"target {name} is already in group {earlier}: a target restores in one group")
+            group_of[name] = gi
+        for ai, after in enumerate(g.after):
+            if after not in groups:
+                return _RefError(("plan", gi, "after", ai), f"no group named {after!r}; this plan's groups are: {', '.join(groups)}")
+            if after == g.group:
+                return _RefError(("plan", gi, "after", ai), f"group {g.group} names itself in after: name the groups above it that it needs")
+            if groups.index(after) >= gi:
+                return _RefError(
+                    ("plan", gi, "after", ai),
+                    f"group {g.group} cannot run after {after}: groups run in the order they are listed; move group {after} above {g.group}",
+                )
+    for t in spec.targets:
+        if t.name not in group_of:
+            return _RefError(("plan",), f"target {t.name} is in no group: add it to the targets of a group (each target restores in one group)")
+    for gi, g in enumerate(spec.plan):
+        for ci, v in enumerate(g.checks):
+            tgt = getattr(v, "target", None)
+            if tgt is None:
+                continue
+            if tgt not in names:
+                return _RefError(("plan", gi, "checks", ci, "target"), f"no target named {tgt!r}; this drill's targets are: {', '.join(names)}")
+            if group_of[tgt] > gi:
+                return _RefError(
+                    ("plan", gi, "checks", ci, "target"),
+                    f"target {tgt} restores in group {spec.plan[group_of[tgt]].group}, after group {g.group}: a group's checks "
+                    "may name its own targets and those of the groups above it",
+                )
+        for when in ("pre", "post"):
+            for ai, action in enumerate(getattr(g, when)):
+                problem = _action_problem(spec, group_of, gi, when, ai, action)
+                if problem is not None:
+                    return problem
+    gated: dict[str, int] = {}
+    for i, gate in enumerate(spec.approve):
+        if gate.before not in groups:
+            return _RefError(("approve", i, "before"), f"no group named {gate.before!r}; this plan's groups are: {', '.join(groups)}")
+        if gate.before in gated:
+            first = gated[gate.before]
+            return _RefError(("approve", i, "before"), f"group {gate.before} already has an approval gate (approve[{first}]): one gate per group")
+        gated[gate.before] = i
+    for i, t in enumerate(spec.targets):
+        for key, ref in _environment_refs(t):
+            if ref.kind != "targets":
+                continue
+            loc = ("targets", i, "restore", "environment", key)
+            if ref.name not in names:
+                return _RefError(loc, f"{ref.text}: no target named {ref.name!r}; this drill's targets are: {', '.join(names)}")
+            if ref.name == t.name:
+                return _RefError(
+                    loc,
+                    f"{ref.text}: a target cannot be handed its own endpoint (a postgres application gets it as DRDRILL_*); "
+                    "reference a target of an earlier group",
+                )
+            if group_of[ref.name] >= group_of[t.name]:
+                return _RefError(
+                    loc,
+                    f"{ref.text}: target {ref.name} restores in group {spec.plan[group_of[ref.name]].group}, not before {t.name} "
+                    f"(group {spec.plan[group_of[t.name]].group}): an endpoint flows forward only; move {ref.name} to a group above",
+                )
+            if spec.target(ref.name).select is not None:
+                return _RefError(loc, f"{ref.text}: target {ref.name} selects its resources and may restore several; name a target that restores one")
+    check_names = [spec.validation_name(i) for i in range(len(spec.validations))]
+    check_names += [g.check_name(ci) for g in spec.plan for ci in range(len(g.checks))]
+    repeated = sorted({n for n in check_names if check_names.count(n) > 1})
+    if repeated:
+        return _RefError(
+            ("plan",), f"check names must be unique across validations and the plan's checks; repeated: {', '.join(repeated)} (set 'name:')"
+        )
+    return None
+
+
+def _action_problem(spec: DrillSpec, group_of: dict[str, int], gi: int, when: str, ai: int, action: PlanAction) -> Optional["_RefError"]:
+    """A pre-action runs before its group restores, a post-action after its checks: the target whose
+    endpoint it gets must be restored by then, and `on: probe` needs a probe in that network."""
+    group = spec.plan[gi].group  # type: ignore[index]
+    loc = ("plan", gi, when, ai)
+    family = None
+    if action.target is not None:
+        if action.target not in group_of:
+            return _RefError(loc + ("target",), f"no target named {action.target!r}; this drill's targets are: {', '.join(group_of)}")
+        last = gi - 1 if when == "pre" else gi
+        if group_of[action.target] > last:
+            where = "before the group's own targets restore" if when == "pre" else "after the group's checks"
+            which = "a group above" if when == "pre" else "this group or one above"
+            return _RefError(
+                loc + ("target",),
+                f"a {when}-action of group {group} runs {where}, and target {action.target} is not restored by then "
+                f"(group {spec.plan[group_of[action.target]].group}): name a target of {which}",  # type: ignore[index]
+            )
+        family = spec.target(action.target).family
+    if action.on == "probe":
+        probes = _probe_families(spec)
+        if family is None and len(probes) != 1:
+            why = (
+                "this drill has no probe: set isolation.probe.<family>"
+                if not probes
+                else f"this drill has probes in {', '.join(probes)}: name a 'target' to say which"
+            )
+            return _RefError(loc + ("on",), f"on: probe runs the action inside an isolated network; {why}")
+        if family is not None and family not in probes:
+            return _RefError(
+                loc + ("on",), f"on: probe runs the action in a probe inside target {action.target}'s network: set isolation.probe.{family}"
+            )
+    return None
 
 
 # ---------------------------------------------------------------- loading

@@ -72,17 +72,26 @@ def _ticks(span: float, n: int = 6) -> list[float]:
     return ticks
 
 
+BAND_COLOURS = ("#ddf4ff", "#fff8c5")  # a recovery plan's groups, alternating
+
+
+def _group_of(e: dict) -> str:
+    return str((e.get("data") or {}).get("group") or "")
+
+
 def timeline_svg(doc: dict) -> Markup:
-    """A Gantt-style chart: one bar per phase, one marker per target event, the RTO line."""
+    """A Gantt-style chart: one bar per phase, one marker per target event, the RTO line; with a
+    recovery plan, each group as a band behind its phases, labelled with its RTO."""
     declared = parse_time(doc["declared"])
     events = [e for e in doc.get("timeline", []) if e.get("phase") != "declared"]
-    phases = [e for e in events if not e.get("target")]
+    bands = [e for e in events if e.get("phase") == "group" and not e.get("target")]
+    phases = [e for e in events if not e.get("target") and e.get("phase") != "group"]
     targets = [e for e in events if e.get("target")]
     ends = [_seconds_since(e.get("ended") or e.get("started"), declared) for e in events]
     span = max(ends + [_seconds_since(doc.get("ended"), declared), 1.0])
     if doc.get("rto_seconds"):
         span = max(span, float(doc["rto_seconds"]))
-    left, width, row_h, top = 200, 660, 22, 24
+    left, width, row_h, top = 200, 660, 22, (44 if bands else 24)
     rows = len(phases) + len(targets)
     height = top + rows * row_h + 30
 
@@ -93,6 +102,16 @@ def timeline_svg(doc: dict) -> Markup:
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {left + width + 20} {height}" '
         f'width="100%" aria-label="timeline of every phase and target">'
     ]
+    for i, band in enumerate(bands):
+        s, end = _seconds_since(band.get("started"), declared), _seconds_since(band.get("ended") or band.get("started"), declared)
+        group, rto = _group_of(band), (band.get("data") or {}).get("rto_seconds")
+        label = f"group {group} · RTO {format_duration(rto) if rto is not None else 'not measured'}"
+        out.append(
+            f'<g data-group="{escape(group)}"><rect x="{x(s):.1f}" y="2" width="{max(2.0, x(end) - x(s)):.1f}" height="{top + rows * row_h - 2}" '
+            f'fill="{BAND_COLOURS[i % 2]}" stroke="{COLOURS.get(band.get("outcome", ""), "#6e7781")}" stroke-width="1">'
+            f"<title>{escape(label)}: {escape(band.get('outcome', ''))}</title></rect>"
+            f'<text x="{x(s) + 4:.1f}" y="14" font-size="11" font-weight="600">{escape(label)}</text></g>'
+        )
     for tick in _ticks(span):
         out.append(f'<line x1="{x(tick):.1f}" y1="{top - 6}" x2="{x(tick):.1f}" y2="{top + rows * row_h}" stroke="#d0d7de" stroke-width="1"/>')
         out.append(f'<text x="{x(tick):.1f}" y="{top - 10}" font-size="10" text-anchor="middle" fill="#57606a">+{escape(format_duration(tick))}</text>')
@@ -101,7 +120,7 @@ def timeline_svg(doc: dict) -> Markup:
         s = _seconds_since(e.get("started"), declared)
         end = _seconds_since(e.get("ended") or e.get("started"), declared)
         colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
-        label = e.get("phase", "")
+        label = f"{_group_of(e)} · {e.get('phase', '')}" if _group_of(e) else e.get("phase", "")
         took = format_duration(end - s)
         out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(label)}</text>')
         out.append(
@@ -144,11 +163,16 @@ def drill_context(doc: dict) -> dict:
     checks = [v for v in doc.get("validations", [])]
     for v in checks:
         v["first_passed_offset"] = _seconds_since(v["first_passed_at"], declared) if v.get("first_passed_at") else None
+    groups = doc.get("groups") or []
+    for g in groups:
+        for key in ("started", "recovered"):
+            g[f"{key}_offset"] = _seconds_since(g[key], declared) if g.get(key) else None
     return {
         "doc": doc,
         "declared": declared,
         "points": points,
         "checks": checks,
+        "groups": groups,
         "objectives": doc.get("objectives", []),
         "timeline_svg": timeline_svg(doc),
         "teardown_event": teardown_event,

@@ -279,6 +279,10 @@ class Provider(ABC):
     # what `tcp`/`http` checks naming a target and url templates such as http://{host}:8080/ may
     # use, and `command` checks receive as DRDRILL_*. `drdrill lint` checks templates against it.
     ENDPOINT_FIELDS: dict[str, tuple[str, ...]] = {}
+    # The kinds whose restore.environment this provider hands to what it starts (an application,
+    # an instance's user data), filled in by the restore and wait_ready activities. A target of
+    # another kind that has one is refused (ENVIRONMENT_NOT_SUPPORTED), never silently ignored.
+    APPLIES_ENVIRONMENT: tuple[str, ...] = ()
 
     @classmethod
     def published_fields(cls, kind: str, isolation: IsolationSpec) -> Optional[tuple[str, ...]]:

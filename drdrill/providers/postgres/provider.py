@@ -71,6 +71,7 @@ class PostgresProvider(Provider):
     # whose tag file names it.
     DELETE_ORDER = (PROCESS, NETNS, CLUSTER)
     ENDPOINT_FIELDS = {"postgres": NETWORK_FIELDS}
+    APPLIES_ENVIRONMENT = ("postgres",)  # to the restore.after application
 
     @classmethod
     def published_fields(cls, kind: str, isolation: Any) -> Optional[tuple[str, ...]]:
@@ -461,6 +462,9 @@ class PostgresProvider(Provider):
         running = netns.running_role(cluster, ctx.drill_id, role)
         if running is None:
             env = {f"DRDRILL_{k.upper()}": str(v) for k, v in resource.endpoint.items()}
+            # restore.environment, as the wait_ready activity filled it in (earlier targets'
+            # endpoints, secrets read on this worker): given to the application, recorded by name only.
+            env.update(getattr(target.restore, "environment", None) or {})
             log = cluster / f"{role}.log"
             try:
                 pid = netns.spawn(role, list(target.restore.after.argv), tags=ctx.tags(), cluster=cluster, log=log, netns=resource.details["netns"], env=env)
@@ -469,6 +473,8 @@ class PostgresProvider(Provider):
         else:
             pid = running.pid
         resource.details.update(after_pid=pid, after_log=str(cluster / f"{role}.log"))
+        if getattr(target.restore, "environment", None):
+            resource.details["after_environment"] = sorted(target.restore.environment)
         status = netns.exited(pid)
         if status is not None:
             resource.findings.append(
