@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from drdrill.core.models import DrillContext, Environment, IsolationCheck, IsolationProof
 from drdrill.providers.base import ProviderError, heartbeat, require_drill_tag
-from drdrill.providers.azure import probe as probes
+import drdrill.providers.azure.probe as probes
 from drdrill.providers.azure.primitives import AzurePrimitives, parse_id, props, wire
 from drdrill.providers.probes import TemporalEgress, egress_of, probe_details
 

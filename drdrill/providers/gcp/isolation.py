@@ -22,7 +22,7 @@ from typing import Any, Optional
 from drdrill.core.models import DrillContext, Environment, IsolationCheck, IsolationProof
 from drdrill.providers.base import ProviderError
 from drdrill.providers.gcp.labels import description_with_labels, gcp_labels, gcp_name, link_tail, owned_by, region_of
-from drdrill.providers.gcp import probe as probes
+import drdrill.providers.gcp.probe as probes
 from drdrill.providers.gcp.primitives import GcpPrimitives
 from drdrill.providers.probes import TemporalEgress, egress_of, probe_details
 

@@ -33,7 +33,7 @@ import psycopg
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget, name_time_regex
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
-from drdrill.providers.postgres import binaries as installs
+import drdrill.providers.postgres.binaries as installs
 from drdrill.providers.postgres.artefacts import (
     DUMP_COMPLETE,
     TAIL_BYTES,

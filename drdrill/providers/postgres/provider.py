@@ -33,8 +33,8 @@ from drdrill.core.models import (
     RestoredResource,
 )
 from drdrill.core.selection import ProtectedResource
-from drdrill.providers.postgres import discover
-from drdrill.providers.postgres import netns
+import drdrill.providers.postgres.discover as discover
+import drdrill.providers.postgres.netns as netns
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.dumps import DumpFiles
