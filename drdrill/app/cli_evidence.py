@@ -36,7 +36,7 @@ DEFAULT_DRILLS = Path("drills")
 
 
 @contextmanager
-def _store() -> Iterator:
+def command_store() -> Iterator:
     """The evidence store, for one command: an embedded server the command starts is stopped when
     it ends. A store that cannot be reached or started is a clear message, not a traceback."""
     with embedded_server(), ExitStack() as stack:
@@ -51,7 +51,7 @@ def _store() -> Iterator:
 @evidence_app.command("verify")
 def verify(run: Optional[str] = typer.Argument(None, help="drill id (default: every run in the store)")) -> None:
     """Recompute the hash chain; name the first row that was altered, deleted or inserted. Exit 1 if any."""
-    with _store() as store:
+    with command_store() as store:
         results = store.verify(run)
     if not results:
         console.print("the evidence store holds no runs")
@@ -70,7 +70,7 @@ def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 
     since = until = None
     if period:
         since, until = parse_period(period)
-    with _store() as store:
+    with command_store() as store:
         docs = store.runs(since, until)
     table = Table(box=None, header_style="bold")
     for col in ("declared", "drill", "run", "verdict", "RTO", "RPO"):
@@ -87,7 +87,7 @@ def import_files(paths: list[Path] = typer.Argument(..., help="evidence.json fil
     for p in paths:
         files += sorted(p.rglob("evidence.json")) if p.is_dir() else [p]
     stored = skipped = bad = 0
-    with _store() as store:
+    with command_store() as store:
         for f in files:
             try:
                 doc = json.loads(f.read_text())
@@ -117,7 +117,7 @@ def export(
     s3_prefix: str = typer.Option("drdrill", "--s3-prefix", help="key prefix in the bucket"),
 ) -> None:
     """Write a bundle: evidence.json, report.html, junit.xml, SHA256SUMS (optionally write-once to S3)."""
-    with _store() as store:
+    with command_store() as store:
         try:
             doc = store.load(run)
         except KeyError:
@@ -206,7 +206,7 @@ def report(
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2)
-    with _store() as store:
+    with command_store() as store:
         data = period_report(store, period, drill=drill, drills_dir=drills_dir)
     text = render_period(data, fmt)
     if out is not None and str(out) == "-":

@@ -13,16 +13,14 @@ Registered by drdrill.app.cli through `register(app)`.
 from __future__ import annotations
 
 import os
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import typer
 from rich.console import Console
 
+from drdrill.app.cli_evidence import command_store
 from drdrill.core.spec import DrillSpec, PostgresTarget, SpecError, load_spec
-from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
-from drdrill.providers.postgres.cluster import ClusterError
 from drdrill.providers.postgres.inspect import parse_reference, reference_header, render_reference
 
 console = Console(highlight=False, soft_wrap=True)
@@ -40,7 +38,7 @@ def write(
     """Write each postgres target's `restore.structure_reference` from the structure a drill restored."""
     spec = _load(drill)
     chosen = _targets(drill, spec, targets)
-    with _store() as store:
+    with command_store() as store:
         found = {t.name: _restored_structure(store, spec.name, t.name, run) for _, t in chosen}
     missing = [name for name, hit in found.items() if hit is None]
     if missing:  # nothing is written unless every reference can be
@@ -94,18 +92,6 @@ def _targets(drill: Path, spec: DrillSpec, names: Optional[List[str]]) -> list[t
         )
         raise typer.Exit(2)
     return chosen
-
-
-@contextmanager
-def _store() -> Iterator:
-    """The evidence store for this command; an embedded server it starts is stopped at the end."""
-    with embedded_server(), ExitStack() as stack:
-        try:
-            store = stack.enter_context(open_store())
-        except (EvidenceStoreError, ClusterError) as exc:
-            err.print(str(exc), markup=False)
-            raise typer.Exit(2)
-        yield store
 
 
 def _restored_structure(store, drill_name: str, target: str, run: Optional[str]) -> Optional[tuple[dict, list[str]]]:

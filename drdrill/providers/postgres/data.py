@@ -118,3 +118,13 @@ def fingerprints_parallel(
         for part in pool.map(lambda _: work(), range(n)):
             out.update(part)
     return {t: out[t] for t in tables}
+
+
+def mark_restored(conn: psycopg.Connection, dbname: str, point_id: str) -> list[str]:
+    """The restored database's tables, after marking it as restored from `point_id` (the comment a
+    retried restore resumes from)."""
+    tables = list_tables(conn)
+    conn.execute(
+        psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(psycopg.sql.Identifier(dbname), psycopg.sql.Literal(f"drdrill restored {point_id}"))
+    )
+    return tables

@@ -50,7 +50,7 @@ from drdrill.providers.postgres.artefacts import (
 )
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, run_user
-from drdrill.providers.postgres.data import list_tables
+from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
 from drdrill.providers.postgres.sources import RecoverySource
 
@@ -189,12 +189,7 @@ class DumpFiles(RecoverySource):
 
         # 4. What came back.
         with psycopg.connect(server.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
-            tables = list_tables(conn)
-            conn.execute(
-                psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    psycopg.sql.Identifier(dbname), psycopg.sql.Literal(f"drdrill restored {point.id}")
-                )
-            )
+            tables = mark_restored(conn, dbname, point.id)
         return RestoredResource(
             target=target.name,
             provider="postgres",

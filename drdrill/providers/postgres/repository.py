@@ -18,7 +18,7 @@ from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, adopt_data_dir, server_major, tool
-from drdrill.providers.postgres.data import list_tables
+from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
 from drdrill.providers.postgres.sources import RecoverySource
 
@@ -117,12 +117,7 @@ class DrdrillRepository(RecoverySource):
 
         # 4. What came back, and the mark a retried attempt resumes from.
         with psycopg.connect(cluster.dsn(dbname), autocommit=True, connect_timeout=10) as conn:
-            restored_tables = list_tables(conn)  # EMPTY_RESTORE is the inspection's (inspect.py), for every source
-            conn.execute(
-                psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(
-                    psycopg.sql.Identifier(dbname), psycopg.sql.Literal(f"drdrill restored {point.id}")
-                )
-            )
+            restored_tables = mark_restored(conn, dbname, point.id)
         return RestoredResource(
             target=target.name,
             provider="postgres",
