@@ -33,8 +33,8 @@ from pathlib import Path
 import psycopg
 
 from bench.common import load, summary, time_limit, write_result
+from bench.simdrill import run_passing
 from drdrill.app.temporal import DevServer, connect
-from drdrill.core.models import DrillInput, DrillResult
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.postgres.cluster import LocalCluster, run_user, server_pid
@@ -193,14 +193,7 @@ def bare(source: Source, root: Path, target, jobs: int) -> dict:
 
 async def drill_once(client, queue: str, spec) -> dict:
     drill_id = f"bench-pitr-{uuid.uuid4().hex[:6]}"
-    t0 = time.perf_counter()
-    handle = await client.start_workflow(
-        "DrillWorkflow", DrillInput(spec=spec, drill_id=drill_id, started_by="bench"), id=drill_id, task_queue=queue, result_type=DrillResult
-    )
-    result: DrillResult = await handle.result()
-    wall = time.perf_counter() - t0
-    if result.verdict != "PASSED":
-        raise RuntimeError(f"drill {drill_id}: {result.verdict}: {[f.message for f in result.findings]} {[v.detail for v in result.validations]}")
+    wall, result = await run_passing(client, queue, spec, drill_id)
     restore_end = max(e.ended for e in result.timeline if e.phase == "restore" and e.target is None)
     details = result.restored[0].details
     return {

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import psycopg
 
-from drdrill.core.models import DrillInput, DrillResult
 from drdrill.providers.postgres.cluster import LocalCluster, tool
 from drdrill.providers.postgres import PostgresProvider, take_backup
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result
+from bench.simdrill import run_passing
 from drdrill.app.temporal import DevServer, connect
 from worker import running_worker
 from drdrill.core.spec import parse_spec
@@ -67,14 +67,7 @@ def bare_restore(root: Path, archive: Path, jobs: int) -> dict:
 
 async def drill_once(client, queue: str, spec) -> dict:
     drill_id = f"bench-restore-{uuid.uuid4().hex[:6]}"
-    t0 = time.perf_counter()
-    handle = await client.start_workflow(
-        "DrillWorkflow", DrillInput(spec=spec, drill_id=drill_id, started_by="bench"), id=drill_id, task_queue=queue, result_type=DrillResult
-    )
-    result: DrillResult = await handle.result()
-    wall = time.perf_counter() - t0
-    if result.verdict != "PASSED":
-        raise RuntimeError(f"drill {drill_id}: {result.verdict}: {[f.message for f in result.findings]}")
+    wall, result = await run_passing(client, queue, spec, drill_id)
     phases = {}
     for e in result.timeline:
         if e.target is None and e.phase != "declared":

@@ -1,4 +1,4 @@
-"""Helpers shared by the sim benchmarks (1 and 3): a sim drill spec, a dev server + worker, a run."""
+"""Helpers shared by the benchmarks: a sim drill spec, starting a drill, running one to its result."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import uuid
 from typing import Optional
 
 from drdrill.core.models import DrillInput, DrillResult
+from workflows.drill import DrillWorkflow
 from drdrill.core.spec import parse_spec
 
 
@@ -26,15 +27,26 @@ def sim_spec(name: str, targets: int, restore_time: float, ready_after: float = 
 async def start(client, queue: str, spec, drill_id: Optional[str] = None):
     drill_id = drill_id or f"{spec.name}-{uuid.uuid4().hex[:8]}"
     return await client.start_workflow(
-        "DrillWorkflow", DrillInput(spec=spec, drill_id=drill_id, started_by="bench"), id=drill_id, task_queue=queue, result_type=DrillResult
+        DrillWorkflow.run, DrillInput(spec=spec, drill_id=drill_id, started_by="bench"), id=drill_id, task_queue=queue
     )
 
 
-async def run_one(client, queue: str, spec) -> tuple[float, DrillResult]:
+async def run_one(client, queue: str, spec, drill_id: Optional[str] = None) -> tuple[float, DrillResult]:
+    """(wall seconds from start to result, the result) of one drill."""
     t0 = time.perf_counter()
-    handle = await start(client, queue, spec)
+    handle = await start(client, queue, spec, drill_id)
     result = await handle.result()
     return time.perf_counter() - t0, result
+
+
+async def run_passing(client, queue: str, spec, drill_id: str) -> tuple[float, DrillResult]:
+    """run_one, for a benchmark whose figure means nothing unless the drill PASSED."""
+    wall, result = await run_one(client, queue, spec, drill_id)
+    if result.verdict != "PASSED":
+        raise RuntimeError(
+            f"drill {drill_id}: {result.verdict}: {[f.message for f in result.findings]} {[v.detail for v in result.validations]}"
+        )
+    return wall, result
 
 
 class MemoryState:
