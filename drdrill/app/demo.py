@@ -161,7 +161,10 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
     a full backup, an order written every second, and a "disaster" (DELETE FROM orders, no WHERE);
     yields drills/pgbackrest-pitr.yaml aimed at 20 seconds before the disaster.
 
-    Afterwards the writer and the cluster stop, and the stanza is removed (unless `keep`)."""
+    Afterwards the writer and the cluster stop, and the stanza is removed (unless `keep`).
+
+    Over 80 lines: it is the demo's script (stanza, archiving cluster, backup, writer, disaster,
+    cleanup), one step after another, and reads best in that order."""
     from drdrill.evidence.store import _prepare_home, store_home
     from drdrill.providers.postgres.cluster import run_user
 

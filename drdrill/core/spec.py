@@ -7,19 +7,23 @@ check.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import ipaddress
 import os
 import re
+import typing
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Union
+from typing import Annotated, Any, Callable, ClassVar, Iterator, Literal, Mapping, Optional, Union, get_args
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -49,8 +53,6 @@ def parse_duration(value: Any) -> timedelta:
     if value.strip().upper().startswith("P"):
         # ISO 8601 ("PT30M", "P7Y"): how pydantic serializes a timedelta, e.g. a DrillSpec sent
         # to the workflow through Temporal's pydantic converter and validated again there.
-        from pydantic import TypeAdapter
-
         try:
             result = TypeAdapter(timedelta).validate_python(value.strip())
         except ValidationError:
@@ -656,7 +658,14 @@ Target = Annotated[
     Field(discriminator="provider"),
 ]
 
-PROVIDERS = ["postgres", "aws.ebs", "aws.ec2", "aws.rds", "azure.disk", "azure.vm", "gcp.disk", "gcp.instance", "sim"]
+
+
+def _discriminators(union: Any, field: str) -> list[str]:
+    """The values of `field` of every model in an Annotated discriminated union, in its order."""
+    return [get_args(model.model_fields[field].annotation)[0] for model in get_args(get_args(union)[0])]
+
+
+PROVIDERS = _discriminators(Target, "provider")
 
 # ---------------------------------------------------------------- isolation
 
@@ -708,8 +717,6 @@ class CloudProbe(ProbeBase):
     @field_validator("temporal_address")
     @classmethod
     def _ipv4_and_port(cls, v: str) -> str:
-        import ipaddress
-
         host, _, port = v.rpartition(":")
         try:
             address = ipaddress.IPv4Address(host)
@@ -1076,7 +1083,7 @@ Validation = Annotated[
     Field(discriminator="type"),
 ]
 
-VALIDATION_TYPES = ["sql", "row_count", "checksum", "freshness", "volume", "boundary", "tcp", "http", "command"]
+VALIDATION_TYPES = _discriminators(Validation, "type")
 
 # ---------------------------------------------------------------- the rest
 
@@ -1577,7 +1584,10 @@ def plan_problem(spec: DrillSpec) -> Optional["_RefError"]:
     Groups run in the order listed, so everything is checked against that order: a target restores
     in exactly one group; `after` names groups above; a group's checks and post-actions may name
     its own targets and earlier groups', a pre-action only earlier groups' (its own are not restored
-    yet); an endpoint flows forward only, from an earlier group's target."""
+    yet); an endpoint flows forward only, from an earlier group's target.
+
+    Over 80 lines: one pass down the plan in its order, each rule beside the state it needs (the
+    groups seen so far); split up, every piece would need that state handed to it."""
     names = [t.name for t in spec.targets]
     if spec.plan is None:
         if spec.approve:
@@ -1745,8 +1755,6 @@ def _allowed_keys(model: type[BaseModel]) -> list[str]:
 
 def _model_at(loc: tuple, data: Any) -> Optional[type[BaseModel]]:
     """Find the pydantic model that owns the mapping at `loc` (for 'allowed keys' hints)."""
-    import typing
-
     ann: Any = DrillSpec
     node = data
     for part in loc:
@@ -1771,8 +1779,6 @@ def _model_at(loc: tuple, data: Any) -> Optional[type[BaseModel]]:
 
 
 def _resolve(ann: Any, node: Any) -> Any:
-    import typing
-
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
     if origin is Annotated:
@@ -1816,8 +1822,6 @@ def _friendly(err: dict, data: Any) -> tuple[str, str]:
         key = loc[-1] if loc else "?"
         close = ""
         if owner:
-            import difflib
-
             match = difflib.get_close_matches(str(key), _allowed_keys(owner), n=1)
             if match:
                 close = f" (did you mean '{match[0]}'?)"

@@ -63,6 +63,8 @@ def _cidrs(isolation: Any) -> tuple[str, list[str]]:
 
 
 def create_isolation(gcp: GcpPrimitives, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
+    # Over 80 lines: the network, subnetwork, firewall rules and probe, each created idempotently
+    # in the order GCP needs them; the request bodies are most of its length.
     project, region = env_location(gcp, isolation, targets)
     gcp.env_projects.setdefault(ctx.drill_id, set()).add(project)
     cidr, sources = _cidrs(isolation)
