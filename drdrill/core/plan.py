@@ -37,6 +37,7 @@ from drdrill.core.models import (
     RestoredResource,
     ValidationResult,
 )
+from drdrill.core.selection import expand_checks
 from drdrill.core.spec import (
     ENDPOINT_TEMPLATE_RE,
     ApprovalGate,
@@ -46,7 +47,6 @@ from drdrill.core.spec import (
     format_duration,
 )
 
-_VALIDATION_NAME_MAX = 80
 
 
 class EnvironmentProblem(ValueError):
@@ -70,15 +70,7 @@ def expand(spec: DrillSpec, chosen: Mapping[str, Sequence[str]]) -> DrillSpec:
     groups = []
     for g in spec.plan:
         targets = [name for t in g.targets for name in chosen.get(t, [t])]
-        checks = []
-        for v in g.checks:
-            tname = getattr(v, "target", None)
-            if tname not in chosen:
-                checks.append(v)
-                continue
-            for name in chosen[tname]:
-                label = f"{v.name}:{name[len(tname) + 1:]}"[:_VALIDATION_NAME_MAX] if v.name else None
-                checks.append(v.model_copy(update={"target": name, "name": label}))
+        checks = expand_checks(g.checks, chosen)
         # An action names one target, whose endpoint it gets: the first resource the selection chose.
         actions = {
             when: [a.model_copy(update={"target": chosen[a.target][0]}) if chosen.get(a.target) else a for a in getattr(g, when)]

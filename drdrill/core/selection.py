@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, Field, ValidationError
 
@@ -373,16 +373,23 @@ def expand(spec: DrillSpec, discoveries: dict[str, Discovery], *, default_seed: 
         renamed[t.name] = names
     if any(p.code == "SELECTION_EMPTY" for p in problems):
         return Expansion(spec=spec, records=records, problems=problems)
-    validations = []
-    for v in spec.validations:
+    validations = expand_checks(spec.validations, renamed)
+    return Expansion(spec=spec.model_copy(update={"targets": targets, "validations": validations}), records=records, problems=problems)
+
+
+def expand_checks(checks: Sequence[Any], renamed: Mapping[str, list[str]]) -> list[Any]:
+    """Each check of a selecting target, once per resource it chose (named `<check>:<resource>`);
+    the other checks as they are. `renamed`: selecting target -> its expanded targets' names."""
+    out = []
+    for v in checks:
         tname = getattr(v, "target", None)
         if tname not in renamed:
-            validations.append(v)
+            out.append(v)
             continue
         for name in renamed[tname]:
             label = f"{v.name}:{name[len(tname) + 1:]}"[:_VALIDATION_NAME_MAX] if v.name else None
-            validations.append(v.model_copy(update={"target": name, "name": label}))
-    return Expansion(spec=spec.model_copy(update={"targets": targets, "validations": validations}), records=records, problems=problems)
+            out.append(v.model_copy(update={"target": name, "name": label}))
+    return out
 
 
 def _problems(target: Any, record: SelectionRecord) -> list[Problem]:
