@@ -40,7 +40,7 @@ from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
 from drdrill.app import logs
-from drdrill.app.temporal import connect, sdk_runtime, task_queue
+from drdrill.app.temporal import connect, exit_without_finalizing, sdk_runtime, task_queue
 from drdrill.evidence.store import embedded_server
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
@@ -176,4 +176,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    exit_without_finalizing(lambda: asyncio.run(main()))

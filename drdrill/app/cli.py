@@ -27,7 +27,7 @@ from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_re
 from drdrill.app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.app.simulate import simulated
-from drdrill.app.temporal import task_queue
+from drdrill.app.temporal import exit_without_finalizing, task_queue
 from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillInput, DrillResult, DrillStatus
 from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
@@ -582,7 +582,7 @@ for _group in COMMAND_GROUPS:
 
 
 def main() -> None:
-    app()
+    exit_without_finalizing(app)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import logging
 import os
 import shutil
 import socket
@@ -33,6 +34,38 @@ async def connect(address: Optional[str] = None, namespace: Optional[str] = None
         data_converter=pydantic_data_converter,
         **({"runtime": runtime} if runtime is not None else {}),
     )
+
+
+def exit_without_finalizing(main) -> None:
+    """Run `main()` (a CLI or the worker), then end the process with its exit code without
+    CPython's finalisation.
+
+    The Temporal client's Rust runtime keeps threads that can call back into Python while the
+    interpreter finalises, which aborts a short-lived client process with "PyGILState_Release:
+    thread state ... must be current when releasing" after the command has done its work
+    (temporalio/sdk-python#300; seen in our CI on `drdrill sweep`). Everything the command owns is
+    closed by its own `with` blocks before `main()` returns, so only the finalisation is skipped:
+    output and log handlers are flushed here first.
+    """
+    code: int = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # sys.exit("message"): printed, then status 1, as the interpreter does
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be written
+                pass
+    os._exit(code)
 
 
 def free_port() -> int:
