@@ -23,15 +23,19 @@ import logging
 import os
 import signal
 import socket
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import AsyncIterator, Optional
 
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities import logs
 from activities.coverage import CoverageActivities
 from activities.drill import DrillActivities
 from activities.notify import NotifyActivities
@@ -39,13 +43,73 @@ from activities.ops import OpsActivities
 from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
-from drdrill.app import logs
-from drdrill.app.temporal import connect, exit_without_finalizing, sdk_runtime, task_queue
 from drdrill.evidence.store import embedded_server
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.limiter import LimiterWorkflow
 from workflows.sweep import OrphanSweepWorkflow
+
+DEFAULT_TASK_QUEUE = "drdrill"
+
+
+def task_queue() -> str:
+    return os.environ.get("DRDRILL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+
+
+async def connect(address: Optional[str] = None, namespace: Optional[str] = None, runtime=None) -> Client:
+    """A client with the pydantic converter; `runtime` (sdk_runtime below) exports SDK metrics."""
+    return await Client.connect(
+        address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
+        namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
+        data_converter=pydantic_data_converter,
+        **({"runtime": runtime} if runtime is not None else {}),
+    )
+
+
+def exit_without_finalizing(main) -> None:
+    """Run `main()` (a CLI or the worker), then end the process with its exit code without
+    CPython's finalisation.
+
+    The Temporal client's Rust runtime keeps threads that can call back into Python while the
+    interpreter finalises, which aborts a short-lived client process with "PyGILState_Release:
+    thread state ... must be current when releasing" after the command has done its work
+    (temporalio/sdk-python#300; seen in our CI on `drdrill sweep`). Everything the command owns is
+    closed by its own `with` blocks before `main()` returns, so only the finalisation is skipped:
+    output and log handlers are flushed here first.
+    """
+    code: int = 0
+    try:
+        main()
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:  # sys.exit("message"): printed, then status 1, as the interpreter does
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except KeyboardInterrupt:
+        code = 130
+    finally:
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):  # a closed pipe: nothing more can be written
+                pass
+    os._exit(code)
+
+
+def sdk_runtime(port: Optional[int] = None, addr: str = "0.0.0.0"):
+    """A Temporal Runtime exporting the SDK's metrics to Prometheus on `port` (None: default runtime).
+
+    DRDRILL_SDK_METRICS_PORT, default DRDRILL_METRICS_PORT + 1 (drdrill's own metrics: drdrill/metrics.py)."""
+    if port is None:
+        raw = os.environ.get("DRDRILL_SDK_METRICS_PORT", "").strip()
+        if not raw and os.environ.get("DRDRILL_METRICS_PORT", "").strip():
+            raw = str(int(os.environ["DRDRILL_METRICS_PORT"]) + 1)
+        if not raw:
+            return None
+        port = int(raw)
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{addr}:{port}")))
 
 
 def workflows() -> list:

@@ -29,13 +29,14 @@ import boto3
 import psycopg
 from boto3.s3.transfer import TransferConfig
 
+from app.temporal import DevServer, free_port
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
-from drdrill.app.temporal import DevServer, connect, free_port
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.postgres.cluster import LocalCluster, tool
+from worker import connect
 from worker import running_worker
 
 BUCKET = "bench-dumps"

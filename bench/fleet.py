@@ -24,9 +24,10 @@ from pathlib import Path
 
 from temporalio.api.enums.v1 import EventType
 
+from app.temporal import DevServer
 from bench.common import load, time_limit, write_result
 from bench.simdrill import sim_provider, sim_spec, start
-from drdrill.app.temporal import DevServer, connect
+from worker import connect
 from worker import running_worker
 
 

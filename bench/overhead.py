@@ -22,11 +22,12 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from drdrill.core.models import DrillContext
-from drdrill.providers.sim import SimProvider
+from app.temporal import DevServer
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_one, sim_provider, sim_spec
-from drdrill.app.temporal import DevServer, connect
+from drdrill.core.models import DrillContext
+from drdrill.providers.sim import SimProvider
+from worker import connect
 from worker import running_worker
 
 

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import psycopg
 
+from app.temporal import DevServer
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
-from drdrill.app.temporal import DevServer, connect
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.postgres.cluster import LocalCluster, run_user, server_pid
+from worker import connect
 from worker import running_worker
 
 DRILL = """

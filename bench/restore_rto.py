@@ -22,14 +22,15 @@ from pathlib import Path
 
 import psycopg
 
-from drdrill.providers.postgres.cluster import LocalCluster, tool
-from drdrill.providers.postgres import PostgresProvider, take_backup
+from app.temporal import DevServer
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
-from drdrill.app.temporal import DevServer, connect
-from worker import running_worker
 from drdrill.core.spec import parse_spec
+from drdrill.providers.postgres import PostgresProvider, take_backup
+from drdrill.providers.postgres.cluster import LocalCluster, tool
+from worker import connect
+from worker import running_worker
 
 DRILL = """
 version: 1

@@ -18,12 +18,13 @@ from typing import Awaitable, Callable, Optional
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 
+from app.temporal import DevServer
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
-from drdrill.app.temporal import DevServer, connect
-from worker import running_worker
 from drdrill.core.spec import DrillSpec, load_spec, parse_spec
-from workflows.drill import DrillWorkflow
 from tests.evidence_fixtures import evidence_store_dsn  # noqa: F401  (evidence store for every test: issue 6)
+from worker import connect
+from worker import running_worker
+from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,9 +20,9 @@ from typing import Optional
 import boto3
 import pytest
 
+from app.temporal import free_port
 from drdrill.core.models import TAG_DRILL_ID
 from drdrill.providers.aws import AwsProvider
-from drdrill.app.temporal import free_port
 
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"

@@ -15,10 +15,10 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from typer.testing import CliRunner
 
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
-from drdrill.providers.postgres import PostgresProvider
-from drdrill.app.temporal import connect
-from worker import running_worker
 from drdrill.core.spec import DrillSpec, parse_spec
+from drdrill.providers.postgres import PostgresProvider
+from worker import connect
+from worker import running_worker
 from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,8 +52,8 @@ def unique(prefix: str) -> str:
 
 def cli(*args: str, env: Optional[dict] = None):
     """Run the drdrill CLI as a user would (all commands registered); returns the click Result."""
-    from drdrill.app import cli as cli_mod
-    from drdrill.app import cli_schedule
+    from app import cli as cli_mod
+    from app import cli_schedule
 
     if not any(getattr(g, "name", None) == "schedule" for g in cli_mod.app.registered_groups):
         cli_schedule.register(cli_mod.app)

@@ -20,10 +20,10 @@ from typing import Awaitable, Callable, Optional
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
-from drdrill.providers.sim import SimProvider, SimState
-from drdrill.app.temporal import connect
-from worker import running_worker
 from drdrill.core.spec import DrillSpec, parse_spec
+from drdrill.providers.sim import SimProvider, SimState
+from worker import connect
+from worker import running_worker
 from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def sim_yaml(
     )
     if validations is None:
         validations = "\n".join(
-            f"  - {{type: command, target: db{i}, name: ready-db{i}, timeout: 30s, argv: [{sys.executable}, -m, drdrill.app.simulate, check]}}"
+            f"  - {{type: command, target: db{i}, name: ready-db{i}, timeout: 30s, argv: [{sys.executable}, -m, app.simulate, check]}}"
             for i in range(targets)
         )
     return f"""

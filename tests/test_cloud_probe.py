@@ -34,7 +34,6 @@ from google.auth.credentials import AnonymousCredentials
 from psycopg import sql
 
 from activities.validation import with_password
-from drdrill.app.temporal import connect
 from drdrill.core.models import TAG_DRILL_ID, DrillContext, RestoredResource, ValidationResult
 from drdrill.core.spec import SpecError, parse_spec
 from drdrill.providers.azure import AzureProvider
@@ -48,6 +47,7 @@ from tests.gcp_fake import ComputeFake
 from tests.moto_server import REGION, aws, moto_endpoint  # noqa: F401
 from tests.pg_fixtures import cluster_root  # noqa: F401
 from tests.test_azure import StaticToken, covered_by_role
+from worker import connect
 
 BIN = Path(sys.executable).parent
 NOW = datetime.now(timezone.utc)

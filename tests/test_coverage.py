@@ -14,9 +14,8 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from drdrill.app import cli as cli_mod
-from drdrill.app.reports import period_report, render_period
-from drdrill.app.temporal import connect
+from app import cli as cli_mod
+from app.reports import period_report, render_period
 from drdrill.core import selection
 from drdrill.core.operations import LimiterRequest, limiter_workflow_id
 from drdrill.core.spec import load_spec
@@ -24,11 +23,12 @@ from drdrill.evidence.coverage import current_period
 from drdrill.evidence.store import open_store
 from drdrill.providers.postgres import take_backup
 from tests.moto_server import OTHER_REGION, REGION, aws, moto_endpoint  # noqa: F401
-from tests.pg_fixtures import shop_dsn  # noqa: F401
 from tests.ops_helpers import unique
+from tests.pg_fixtures import shop_dsn  # noqa: F401
 from tests.test_aws_drill import CHECK
 from tests.test_notify import Receiver
 from tests.test_reports import page_text
+from worker import connect
 from workflows.drill import DrillWorkflow
 
 REGIONS = (REGION, OTHER_REGION)
@@ -234,14 +234,14 @@ def test_the_coverage_policy_is_as_strict_as_a_drill_file(tmp_path):
     assert lint.exit_code == 2 and "protected_tags" in lint.output
     (drills / "coverage.yaml").write_text("coverage: {every: month, min_fraction: 0.5}\n")
     assert CliRunner().invoke(cli_mod.app, ["lint", str(drills / "coverage.yaml")]).exit_code == 0
-    from drdrill.app.schedules import drill_files
+    from app.schedules import drill_files
 
     assert drill_files([drills]) == []  # `drdrill schedule sync drills/` does not take the policy for a drill
 
 
 def test_the_scheduled_check_alerts_before_the_period_ends_naming_the_resources_and_their_drill(temporal_server, tmp_path, shop_dsn, monkeypatch):
     from activities.coverage import CoverageCheckInput, CoverageCheckResult
-    from drdrill.app.schedules import COVERAGE_SCHEDULE_ID
+    from app.schedules import COVERAGE_SCHEDULE_ID
     from drdrill.core.spec import parse_coverage_policy
     from tests.ops_helpers import service
     from workflows.coverage import CoverageCheckWorkflow

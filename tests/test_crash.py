@@ -17,8 +17,8 @@ import pytest
 
 from drdrill.core.models import DrillResult
 from drdrill.providers.sim import SimState
-from drdrill.app.temporal import connect
 from tests.sim_harness import WorkerProcess, leaked, phase_of, sim_yaml, spec_of, start, wait_until
+from worker import connect
 
 HEARTBEAT = 3.0
 

@@ -8,11 +8,12 @@ import uuid
 
 import pytest
 
+from app.temporal import DevServer
 from drdrill.core.models import DrillResult
 from drdrill.providers.sim import SimProvider, SimState
-from drdrill.app.temporal import DevServer, connect
-from worker import running_worker
 from tests.sim_harness import leaked, phase_of, sim_yaml, spec_of, start, wait_until
+from worker import connect
+from worker import running_worker
 
 
 @pytest.mark.parametrize("phase", ["restore", "validate"])

@@ -16,9 +16,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from app.cli_evidence import register
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.record import record_run
-from drdrill.app.cli_evidence import register
 from drdrill.evidence.store import embedded_cluster, embedded_server, open_store
 from tests.evidence_fixtures import sample_result
 from tests.pg_fixtures import cluster_root  # noqa: F401

@@ -12,14 +12,14 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from app.cli_evidence import register
 from drdrill.evidence.chain import evidence_document, result_from_document, verify_document
 from drdrill.evidence.record import record_run
-from drdrill.providers.postgres import PostgresProvider
-from drdrill.app.cli_evidence import register
 from drdrill.evidence.store import SCHEMA, SCHEMA_VERSION, EvidenceStore, open_store
+from drdrill.providers.postgres import PostgresProvider
 from tests.evidence_fixtures import ADMIN_DSN, sample_result
-from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 from tests.moto_server import moto_endpoint  # noqa: F401
+from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 from tests.test_postgres_drill import drill_yaml
 from tests.test_reports import page_text
 

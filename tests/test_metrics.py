@@ -9,11 +9,12 @@ import json
 import logging
 import urllib.request
 
-from drdrill.app import logs
+from activities import logs
+from app.temporal import free_port
 from drdrill import metrics
-from drdrill.app.temporal import free_port, sdk_runtime
 from tests.ops_helpers import pg_drill, service, spec_of, unique
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
+from worker import sdk_runtime
 
 
 def scrape(port: int) -> str:

@@ -22,7 +22,6 @@ from typing import Optional
 
 import pytest
 
-from drdrill.app.temporal import connect
 from drdrill.core import plan as recovery_plan
 from drdrill.core.models import (
     DrillInput,
@@ -42,13 +41,13 @@ from tests.sim_harness import WorkerProcess, final_result, leaked, wait_until
 from tests.test_notify import Receiver
 from tests.test_probe import left_behind
 from tests.test_reports import page_text
-from worker import running_worker
+from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
 PLAN_SHOP = REPO / "drills" / "plan-shop.yaml"
-DRDRILL = [sys.executable, "-m", "drdrill.app.cli"]
-SIM_CHECK = f"[{sys.executable}, -m, drdrill.app.simulate, check]"
+DRDRILL = [sys.executable, "-m", "app.cli"]
+SIM_CHECK = f"[{sys.executable}, -m, app.simulate, check]"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
 

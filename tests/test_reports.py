@@ -15,13 +15,13 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from app.cli_evidence import register
+from app.reports import parse_period, period_report, render_period
+from drdrill.core.calendar import cron_times
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.record import record_run
-from drdrill.app.cli_evidence import register
-from drdrill.evidence.store import open_store
-from drdrill.app.reports import parse_period, period_report, render_period
-from drdrill.core.calendar import cron_times
 from drdrill.evidence.render import render_drill_html, render_junit
+from drdrill.evidence.store import open_store
 from tests.evidence_fixtures import sample_result
 
 
@@ -171,7 +171,7 @@ def test_period_report_lists_the_missed_scheduled_drill_and_maps_controls(eviden
 
 
 def test_a_drill_scheduled_later_in_the_period_is_not_missed_yet(tmp_path):
-    from drdrill.app.reports import period_data
+    from app.reports import period_data
 
     drills = tmp_path / "d"
     drills.mkdir()

@@ -19,9 +19,9 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from app import schedules
 from drdrill.core.models import DrillResult
 from drdrill.core.operations import drill_id_from_workflow_id
-from drdrill.app import schedules
 from tests.ops_helpers import pg_drill, service, unique, wait_until
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from drdrill.providers.base import ProviderError
 from drdrill.providers.sim import SimProvider
-from drdrill.app.temporal import connect
-from worker import running_worker
 from tests.sim_harness import WorkerProcess, final_result, leaked, sim_yaml, spec_of, start, wait_until
+from worker import connect
+from worker import running_worker
 
 PASSWORD = "Tr0ub4dor-and-3-s3cret"
 DSN = "postgresql://app:hunter2-dsn-Pw9@db.internal:5432/shop"

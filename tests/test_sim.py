@@ -17,15 +17,15 @@ import pytest
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
+from app.simulate import simulated
 from drdrill.core.models import TAG_DRILL_ID, DrillContext, DrillInput, DrillResult, RecoveryPoint
+from drdrill.core.spec import DrillSpec, SpecError, load_spec, parse_spec
 from drdrill.providers.base import ProviderError, select_for_target
 from drdrill.providers.sim import SimProvider, SimState, default_state_path, sample_latency
-from drdrill.app.simulate import simulated
-from drdrill.app.temporal import connect
-from worker import running_worker
-from drdrill.core.spec import DrillSpec, SpecError, load_spec, parse_spec
-from workflows.drill import DrillWorkflow
 from tests.sim_harness import REPO, leaked, run_sim, sim_yaml, spec_of
+from worker import connect
+from worker import running_worker
+from workflows.drill import DrillWorkflow
 
 SHIPPED = sorted(p.name for p in (REPO / "drills").glob("*.yaml"))
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")

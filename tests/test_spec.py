@@ -203,7 +203,7 @@ def test_a_path_that_cannot_be_expanded_is_an_error(tmp_path, repository, messag
 
 def test_drdrill_state_dir_defaults_to_the_state_directory_a_run_uses(monkeypatch, tmp_path):
     """Lint and `drdrill backup` without DRDRILL_STATE_DIR name the directory `drdrill run` reads
-    (drdrill.app.runtime.state_dir exports drdrill.core.paths.default_state_dir as DRDRILL_STATE_DIR)."""
+    (app.runtime.state_dir exports drdrill.core.paths.default_state_dir as DRDRILL_STATE_DIR)."""
     from drdrill.core.paths import default_state_dir
 
     monkeypatch.delenv("DRDRILL_STATE_DIR", raising=False)

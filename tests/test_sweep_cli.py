@@ -15,8 +15,8 @@ import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from app.temporal import free_port
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT
-from drdrill.app.temporal import free_port
 from drdrill.providers.aws import AwsProvider
 from tests.conftest import wait_for_phase
 from tests.moto_server import REGION, aws, moto_endpoint  # noqa: F401

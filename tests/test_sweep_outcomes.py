@@ -18,8 +18,8 @@ import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+from app.temporal import free_port
 from drdrill import metrics
-from drdrill.app.temporal import free_port
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, DrillContext, Environment
 from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.times import format_time

@@ -1,6 +1,6 @@
 """When a drill is due: the calendar of a `schedule:` (quarterly, or a five-field cron line).
 
-Pure date arithmetic: no Temporal, no clock. drdrill/app/schedules.py turns a drill's schedule into
+Pure date arithmetic: no Temporal, no clock. app/schedules.py turns a drill's schedule into
 a Temporal Schedule and, from the same `Calendar`, answers which times fell due in a period (the
 period report's "which drills were due, which were missed").
 """

@@ -9,7 +9,7 @@ restored (`DrillResult.resources`, keyed as drdrill/core/selection.py keys them)
 A provider whose inventory cannot be read (no credentials, no network) is never left out: its
 resources are listed from the drill files and the evidence, as COULD_NOT_VERIFY.
 
-Used by `drdrill coverage` and the period report (drdrill/app), the discover activity (when each
+Used by `drdrill coverage` and the period report (app/), the discover activity (when each
 candidate was last restored) and the scheduled coverage check (activities/coverage.py).
 """
 

@@ -362,7 +362,7 @@ class PostgresProvider(Provider):
         if not netns.running_role(cluster.path, ctx.drill_id, "probe"):
             env = {"TEMPORAL_ADDRESS": f"{netns.LOOPBACK}:{netns.RELAY_PORT}", "TEMPORAL_NAMESPACE": probe.temporal_namespace or "default"}
             netns.spawn(
-                "probe", [sys.executable, "-m", "drdrill.app.cli", "probe", "--task-queue", queue],
+                "probe", [sys.executable, "-m", "app.cli", "probe", "--task-queue", queue],
                 tags=tags, cluster=cluster.path, log=cluster.path / "probe.log", netns=cluster.netns, env=env,
             )
 

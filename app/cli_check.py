@@ -11,7 +11,7 @@ data itself (that needs an agent on an instance: add your own command for that).
 
 It prints one line saying what it found, then each problem on stderr. Exit status: 0 all good, 1 a
 problem, 2 the endpoint variables it needs are missing (not run as a validation of such a target),
-3 the cloud could not be read. Registered by drdrill.app.cli.main() through `register(app)`.
+3 the cloud could not be read. Registered by app.cli.main() through `register(app)`.
 """
 
 from __future__ import annotations

@@ -26,10 +26,10 @@ from typing import Iterator
 import psycopg
 from rich.console import Console
 
-from drdrill.app.runtime import state_dir
-from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
-from drdrill.providers.postgres import take_backup
+from app.runtime import state_dir
 from drdrill.core.spec import DrillSpec, load_spec, parse_spec
+from drdrill.providers.postgres import take_backup
+from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
 
 DRILL = Path(__file__).resolve().parents[2] / "drills" / "demo-postgres.yaml"
 
@@ -252,7 +252,7 @@ def _pitr_spec(conf: Path, target: datetime) -> DrillSpec:
         ("      rule: latest ", f"      at: '{target.isoformat()}'\n      rule: at "),
     ):
         if old not in text:
-            raise RuntimeError(f"{PITR_DRILL} no longer has {old.strip()!r}: update drdrill/app/demo.py")
+            raise RuntimeError(f"{PITR_DRILL} no longer has {old.strip()!r}: update app/demo.py")
         text = text.replace(old, new, 1)
     return parse_spec(text, str(PITR_DRILL), base_dir=PITR_DRILL.parent)
 

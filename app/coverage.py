@@ -57,7 +57,7 @@ def coverage_for(
     now: Optional[datetime] = None,
     providers: Optional[dict[str, Provider]] = None,
 ) -> CoverageReport:
-    """The coverage report of `period` ([start, end): drdrill.app.reports.parse_period) for the
+    """The coverage report of `period` ([start, end): app.reports.parse_period) for the
     drill files (and coverage.yaml) in `drills_dir`, with the restores recorded in `store`."""
     specs, policy, problems = load_drills(drills_dir)
     history = restore_history(store, until=end)

@@ -6,7 +6,7 @@ drill's own probe queue, against the Temporal at TEMPORAL_ADDRESS (the only addr
 network can reach): the workflow sends it every check that needs the isolated network.
 
 It holds no secrets of its own and starts nothing; SIGTERM (or Ctrl-C) stops it cleanly, after the
-check in progress. Registered by drdrill.app.cli through `register(app)`.
+check in progress. Registered by app.cli through `register(app)`.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import typer
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities import logs
 from activities.validation import ValidationActivities
-from drdrill.app import logs
-from drdrill.app.temporal import connect
+from worker import connect
 
 log = logging.getLogger("drdrill.probe")
 

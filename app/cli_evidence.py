@@ -1,6 +1,6 @@
 """CLI: `drdrill evidence verify|export|list` and `drdrill report --period`.
 
-Registered by drdrill.app.cli through `register(app)`.
+Registered by app.cli through `register(app)`.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from drdrill.app.reports import parse_period, period_report, render_period
-from drdrill.app.runtime import state_dir
+from app.reports import parse_period, period_report, render_period
+from app.runtime import state_dir
 from drdrill.core.spec import format_duration, parse_duration
 from drdrill.evidence.chain import verify_document
 from drdrill.evidence.record import write_bundle_files

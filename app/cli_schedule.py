@@ -1,7 +1,7 @@
 """CLI commands for operating drills: `drdrill schedule …`, `drdrill release`, `drdrill extend`.
 
-Registered by drdrill.app.cli through `register(app)`. They talk to the Temporal service named by
-TEMPORAL_ADDRESS (or the embedded one, see drdrill/app/runtime.py).
+Registered by app.cli through `register(app)`. They talk to the Temporal service named by
+TEMPORAL_ADDRESS (or the embedded one, see app/runtime.py).
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from drdrill.app import schedules
-from drdrill.app.runtime import EmbeddedBusy, temporal
-from drdrill.app.schedules import SWEEP_SCHEDULE_ID, schedule_id
-from drdrill.app.temporal import task_queue
+from app import schedules
+from app.runtime import EmbeddedBusy, temporal
+from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
 from drdrill.core.spec import parse_duration
+from worker import task_queue
 from workflows.drill import DrillWorkflow
 
 console = Console(highlight=False, soft_wrap=True)

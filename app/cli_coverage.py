@@ -1,7 +1,7 @@
 """CLI: `drdrill coverage` (what was restored in a period, and what never was) and
 `drdrill coverage schedule` (alert before the period ends with resources not yet drilled).
 
-Registered by drdrill.app.cli through `register(app)`.
+Registered by app.cli through `register(app)`.
 
 Exit codes of `drdrill coverage`: 0 when the policy's control is met, 1 when it is not, 3 when it
 could not be verified (a provider's inventory could not be read, or nothing protected is known),
@@ -20,14 +20,14 @@ import typer
 from rich.console import Console
 
 from activities.coverage import CoverageCheckInput
-from drdrill.app.coverage import coverage_for, render_coverage
-from drdrill.app.reports import parse_period
-from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
-from drdrill.app.temporal import task_queue
+from app.coverage import coverage_for, render_coverage
+from app.reports import parse_period
+from app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.core.spec import SpecError, parse_duration
 from drdrill.evidence.coverage import current_period, load_drills
 from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
 from drdrill.providers.postgres.cluster import ClusterError
+from worker import task_queue
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -104,7 +104,7 @@ def schedule(
 ) -> None:
     """Install (or update) a Temporal Schedule that checks coverage and, when the period ends within
     coverage.alert_before with resources not yet restored, alerts coverage.notify.webhooks_env."""
-    from drdrill.app.schedules import install_coverage_check
+    from app.schedules import install_coverage_check
 
     try:
         interval = parse_duration(every)

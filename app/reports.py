@@ -20,8 +20,8 @@ from typing import Any, Optional
 import yaml
 from markupsafe import Markup
 
-from drdrill.app.coverage import coverage_for, coverage_svg
-from drdrill.app.schedules import ScheduledDrill, due_times, scheduled_drills
+from app.coverage import coverage_for, coverage_svg
+from app.schedules import ScheduledDrill, due_times, scheduled_drills
 from drdrill.core.spec import SpecError, format_duration
 from drdrill.core.times import parse_time
 from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL
@@ -411,7 +411,7 @@ def render_period_csv(data: dict) -> str:
 
 def period_report(store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None) -> dict:
     """Read the period's runs from the evidence store, verify each, and build the report data,
-    with the period's restore coverage (drdrill/app/coverage.py) and its control."""
+    with the period's restore coverage (app/coverage.py) and its control."""
     start, end = parse_period(period)
     runs = store.runs(start, end, drill)
     verified = {v.drill_id: (v.ok, v.message) for d in runs for v in store.verify(d["drill_id"])}

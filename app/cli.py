@@ -23,20 +23,20 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 
-from drdrill.app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
-from drdrill.app.demo import DemoUnavailable, sample_pitr_production, sample_production
-from drdrill.app.runtime import EmbeddedBusy, state_dir, temporal
-from drdrill.app.simulate import simulated
-from drdrill.app.temporal import exit_without_finalizing, task_queue
+from app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
+from app.demo import DemoUnavailable, sample_pitr_production, sample_production
+from app.runtime import EmbeddedBusy, state_dir, temporal
+from app.simulate import simulated
 from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillInput, DrillResult, DrillStatus
 from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
-from drdrill.evidence.record import record_sweep
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
+from drdrill.evidence.record import record_sweep
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
 from drdrill.providers.sweep import sweep as do_sweep
+from worker import exit_without_finalizing, task_queue
 from workflows.drill import DrillWorkflow
 from workflows.sweep import OrphanSweepWorkflow
 

@@ -40,12 +40,12 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
+from activities.coverage import CoverageCheckInput, CoverageCheckResult
 from drdrill.core.calendar import EVERY_WEEKDAY, Calendar
 from drdrill.core.models import DrillInput, DrillResult
 from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.spec import COVERAGE_FILE, DrillSpec, SpecError, load_spec
 from drdrill.core.spec import ScheduleSpec as DrillSchedule
-from activities.coverage import CoverageCheckInput, CoverageCheckResult
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.sweep import OrphanSweepWorkflow

@@ -18,10 +18,11 @@ from typing import AsyncIterator, Optional
 
 from temporalio.client import Client
 
+from app.temporal import DevServer
 from drdrill.core.paths import default_state_dir
-from drdrill.app.temporal import DevServer, connect
-from worker import running_worker
 from drdrill.evidence.store import embedded_server
+from worker import connect
+from worker import running_worker
 
 
 def state_dir() -> Path:

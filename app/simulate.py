@@ -7,7 +7,7 @@ teardown, evidence) without touching a cloud.
 
 Validations: every check that names a target (sql, row_count, checksum, freshness, and a command
 with `target:`) becomes a simulated check of the same name that proves the simulated target was
-restored and is ready (`python -m drdrill.app.simulate check`, reading the sim state). Checks that
+restored and is ready (`python -m app.simulate check`, reading the sim state). Checks that
 need real hosts (tcp, http, a command without a target) are dropped, and the drill's description
 says which. A recovery plan keeps its groups, their order and objectives, and its checks become
 simulated ones too; its pre- and post-actions and its approval gates are left out. A simulated
@@ -17,7 +17,7 @@ The simulated recovery points end at the drill's "now": the declared time, or th
 `DrillInput.as_of` (`drdrill run --simulate --as-of 2028-01-03T00:00:00Z`), so a plan can be
 dry-run as of any date, including a future one.
 
-    python -m drdrill.app.simulate check     exit 0 when $DRDRILL_RESOURCE_ID exists and is ready
+    python -m app.simulate check     exit 0 when $DRDRILL_RESOURCE_ID exists and is ready
                                          in $DRDRILL_SIM_STATE
 """
 
@@ -98,7 +98,7 @@ def _simulated_checks(checks: list[tuple[str, Any]], dropped: list[str]) -> list
                 "target": target,
                 "required": v.required,
                 "timeout": v.timeout.total_seconds(),
-                "argv": [sys.executable, "-m", "drdrill.app.simulate", "check"],
+                "argv": [sys.executable, "-m", "app.simulate", "check"],
             }
         )
     return out
@@ -124,5 +124,5 @@ def check(env: dict) -> int:
 if __name__ == "__main__":  # pragma: no cover - exercised through the command validation
     if sys.argv[1:] == ["check"]:
         sys.exit(check(dict(os.environ)))
-    print(json.dumps({"usage": "python -m drdrill.app.simulate check"}))
+    print(json.dumps({"usage": "python -m app.simulate check"}))
     sys.exit(2)

@@ -7,7 +7,7 @@ resource. So the reference is exactly what a drill restored (not what production
 writing it costs no second restore, and the run it came from is named in the file's header. Run the
 drill, write the reference, review the diff and commit it beside the drill file.
 
-Registered by drdrill.app.cli through `register(app)`.
+Registered by app.cli through `register(app)`.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from drdrill.app.cli_evidence import command_store
+from app.cli_evidence import command_store
 from drdrill.core.spec import DrillSpec, PostgresTarget, SpecError, load_spec
 from drdrill.providers.postgres.inspect import parse_reference, reference_header, render_reference
 
