@@ -66,6 +66,16 @@ async def connect(address: Optional[str] = None, namespace: Optional[str] = None
     )
 
 
+def _terminate_as_interrupt(signum, frame) -> None:
+    """SIGTERM does what Ctrl-C does: under asyncio.run the main task is cancelled, elsewhere
+    KeyboardInterrupt is raised; either way the command's `with` blocks stop what it started."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
+
+
 def exit_without_finalizing(main) -> None:
     """Run `main()` (a CLI or the worker), then end the process with its exit code without
     CPython's finalisation.
@@ -75,8 +85,10 @@ def exit_without_finalizing(main) -> None:
     thread state ... must be current when releasing" after the command has done its work
     (temporalio/sdk-python#300; seen in our CI on `drdrill sweep`). Everything the command owns is
     closed by its own `with` blocks before `main()` returns, so only the finalisation is skipped:
-    output and log handlers are flushed here first.
+    output and log handlers are flushed here first. SIGTERM is handled as an interrupt, so a
+    terminated command stops what it started as Ctrl-C would.
     """
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     code: int = 0
     try:
         main()
@@ -86,7 +98,7 @@ def exit_without_finalizing(main) -> None:
         else:  # sys.exit("message"): printed, then status 1, as the interpreter does
             print(exc.code, file=sys.stderr)
             code = 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         code = 130
     finally:
         logging.shutdown()

@@ -46,7 +46,7 @@ _WIDTH = None if sys.stdout.isatty() else 200
 console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
-EXIT = {"PASSED": 0, "FAILED": 1, "COULD_NOT_VERIFY": 3, "ERROR": 4}
+EXIT = {"PASSED": 0, "FAILED": 1, "COULD_NOT_VERIFY": 3, "ERROR": 4, "INTERRUPTED": 130}
 MARK = {"PASSED": "[green]\\[ok  ][/]", "FAILED": "[red]\\[FAIL][/]", "COULD_NOT_VERIFY": "[yellow]\\[CNV ][/]", "NOT_RUN": "[dim]\\[skip][/]", "ERROR": "[red]\\[ERR ][/]"}
 VERDICT_STYLE = {"PASSED": "bold green", "FAILED": "bold red", "COULD_NOT_VERIFY": "bold yellow", "ERROR": "bold red"}
 
@@ -199,15 +199,44 @@ async def _run(
                 return None
             if as_of is not None and not as_json:
                 console.print(f"recovery points chosen as of {as_of.isoformat()}")
+            here = bool(with_worker) or not os.environ.get("TEMPORAL_ADDRESS")
+            result = await _until_verdict(handle, spec, as_json, worker_here=here)
+            if result is None:
+                return "INTERRUPTED"
             if as_json:
-                result = await _result(handle)
                 print(result.model_dump_json(indent=2))
-                return result.verdict
-            result = await follow(handle, spec)
             return result.verdict
     except EmbeddedBusy as exc:
         err.print(str(exc))
         return "ERROR"
+
+
+async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bool) -> Optional[DrillResult]:
+    """The drill's result, followed on the console (quietly with --json).
+
+    Interrupted (Ctrl-C or SIGTERM) while this process runs the drill's worker, the drill is
+    cancelled and its teardown awaited and shown, so nothing it created is left running, and the
+    cancelled drill's verdict is returned. When workers elsewhere run it, the drill goes on and this
+    command stops following it (None). A second interrupt stops waiting at once."""
+    watch = asyncio.ensure_future(_result(handle) if as_json else follow(handle, spec))
+    try:
+        return await asyncio.shield(watch)
+    except asyncio.CancelledError:
+        if not worker_here:
+            watch.cancel()
+            err.print(
+                f"interrupted: stopped following {handle.id}; it goes on in the Temporal service "
+                f"(drdrill status {handle.id}; drdrill cancel {handle.id})",
+                markup=False,
+            )
+            return None
+        err.print(
+            f"interrupted: cancelling drill {handle.id}; its teardown runs now (interrupt again to stop "
+            "waiting: the next drdrill command on this state directory finishes it)",
+            markup=False,
+        )
+        await handle.cancel()
+        return await watch
 
 
 def _user() -> str:

@@ -21,8 +21,7 @@ from temporalio.client import Client
 from app.temporal import DevServer
 from drdrill.core.paths import default_state_dir
 from drdrill.evidence.store import embedded_server
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 
 
 def state_dir() -> Path:

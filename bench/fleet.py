@@ -27,8 +27,7 @@ from temporalio.api.enums.v1 import EventType
 from app.temporal import DevServer
 from bench.common import load, time_limit, write_result
 from bench.simdrill import sim_provider, sim_spec, start
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 
 
 def rss_mib() -> float:

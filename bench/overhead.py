@@ -27,8 +27,7 @@ from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_one, sim_provider, sim_spec
 from drdrill.core.models import DrillContext
 from drdrill.providers.sim import SimProvider
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 
 
 def sequential(spec, state: Path) -> float:

@@ -29,8 +29,7 @@ from bench.simdrill import run_passing
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider, take_backup
 from drdrill.providers.postgres.cluster import LocalCluster, tool
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 
 DRILL = """
 version: 1

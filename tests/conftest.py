@@ -22,8 +22,7 @@ from app.temporal import DevServer
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
 from drdrill.core.spec import DrillSpec, load_spec, parse_spec
 from tests.evidence_fixtures import evidence_store_dsn  # noqa: F401  (evidence store for every test: issue 6)
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent

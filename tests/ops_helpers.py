@@ -17,8 +17,7 @@ from typer.testing import CliRunner
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
 from drdrill.core.spec import DrillSpec, parse_spec
 from drdrill.providers.postgres import PostgresProvider
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent

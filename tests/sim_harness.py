@@ -22,8 +22,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
 from drdrill.core.spec import DrillSpec, parse_spec
 from drdrill.providers.sim import SimProvider, SimState
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent

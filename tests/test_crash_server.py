@@ -12,8 +12,7 @@ from app.temporal import DevServer
 from drdrill.core.models import DrillResult
 from drdrill.providers.sim import SimProvider, SimState
 from tests.sim_harness import leaked, phase_of, sim_yaml, spec_of, start, wait_until
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 
 
 @pytest.mark.parametrize("phase", ["restore", "validate"])

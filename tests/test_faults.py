@@ -108,8 +108,7 @@ def test_a_teardown_failing_with_a_non_retryable_error_is_still_retried(temporal
     import asyncio
     import uuid
 
-    from worker import connect
-    from worker import running_worker
+    from worker import connect, running_worker
     from tests.sim_harness import final_result, spec_of, start
 
     state = tmp_path / "sim.json"

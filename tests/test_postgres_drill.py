@@ -224,8 +224,7 @@ def test_every_postgres_activity_of_a_drill_runs_on_the_host_that_holds_its_clus
     import uuid
 
     from drdrill.core.models import DrillInput
-    from worker import connect
-    from worker import running_worker
+    from worker import connect, running_worker
     from drdrill.core.spec import parse_spec
     from workflows.drill import DrillWorkflow
 

@@ -29,8 +29,7 @@ from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
 from drdrill.validation import ValidateInput, run_validation
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")

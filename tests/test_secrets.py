@@ -12,8 +12,7 @@ from pathlib import Path
 from drdrill.providers.base import ProviderError
 from drdrill.providers.sim import SimProvider
 from tests.sim_harness import WorkerProcess, final_result, leaked, sim_yaml, spec_of, start, wait_until
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 
 PASSWORD = "Tr0ub4dor-and-3-s3cret"
 DSN = "postgresql://app:hunter2-dsn-Pw9@db.internal:5432/shop"

@@ -23,8 +23,7 @@ from drdrill.core.spec import DrillSpec, SpecError, load_spec, parse_spec
 from drdrill.providers.base import ProviderError, select_for_target
 from drdrill.providers.sim import SimProvider, SimState, default_state_path, sample_latency
 from tests.sim_harness import REPO, leaked, run_sim, sim_yaml, spec_of
-from worker import connect
-from worker import running_worker
+from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 SHIPPED = sorted(p.name for p in (REPO / "drills").glob("*.yaml"))

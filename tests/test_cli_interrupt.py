@@ -1,0 +1,130 @@
+"""`drdrill run` interrupted (SIGTERM, as a CI job's timeout or `kill` sends; Ctrl-C is the same).
+
+Embedded (no TEMPORAL_ADDRESS), the drill's worker lives in the command: it cancels the drill,
+shows its teardown and verdict, and exits with nothing left running, neither the drill's resources
+nor the embedded Temporal server. Against a Temporal service the drill goes on where its workers
+are, and the command only stops following it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+
+from drdrill.providers.sim import SimProvider
+
+from tests.ops_helpers import service
+from tests.sim_harness import leaked, sim_yaml
+
+DRDRILL = str(Path(sys.executable).parent / "drdrill")
+SLOW_RESTORE = "{restore_time: 600}"  # ten simulated minutes: the interrupt lands inside the restore
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DRDRILL_")) or k == "DRDRILL_EVIDENCE_DSN"}
+    env.update(extra)
+    return env
+
+
+class Run:
+    """`drdrill run` as a user starts it, its output read line by line as it is printed."""
+
+    def __init__(self, drill: Path, drill_id: str, env: dict):
+        self.proc = subprocess.Popen(
+            [DRDRILL, "run", str(drill), "--id", drill_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, text: str, timeout: float = 120) -> None:
+        while True:
+            line = self.lines.get(timeout=timeout)
+            assert line is not None, "drdrill run ended before printing " + repr(text) + ":\n" + "".join(self.seen)
+            self.seen.append(line)
+            if text in line:
+                return
+
+    def finish(self, timeout: float = 180) -> tuple[int, str, str]:
+        code = self.proc.wait(timeout=timeout)
+        rest = []
+        while (line := self.lines.get(timeout=30)) is not None:
+            rest.append(line)
+        return code, "".join(self.seen + rest), self.proc.stderr.read()
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    """Command lines of running processes that name `text` (the state directory of the run)."""
+    found = []
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline and pid != str(os.getpid()):
+            found.append(f"{pid}: {cmdline}")
+    return found
+
+
+def test_sigterm_on_an_embedded_run_cancels_the_drill_tears_down_and_leaves_nothing_running(tmp_path):
+    drill = tmp_path / "slow.yaml"
+    drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
+    drill_id = f"slow-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "state"
+    env = _env(DRDRILL_STATE_DIR=str(state), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1")
+
+    run = Run(drill, drill_id, env)
+    run.wait_for("verify isolation")  # isolated; the ten-minute restore has begun
+    run.proc.send_signal(signal.SIGTERM)
+    code, out, err = run.finish()
+
+    assert f"interrupted: cancelling drill {drill_id}; its teardown runs now" in err, err
+    assert "teardown" in out and "finding DRILL_CANCELLED" in out, out
+    assert "ERROR" in out.splitlines()[-1], out  # the cancelled drill's verdict, with its evidence
+    assert code == 4, out + err
+    assert (state / "runs" / drill_id / "evidence.json").exists()
+    assert leaked(tmp_path / "sim.json") == []
+    assert _processes_mentioning(str(tmp_path)) == []  # no Temporal dev server, no evidence server
+
+
+def test_sigterm_against_a_temporal_service_stops_following_and_the_drill_goes_on(temporal_server, tmp_path):
+    drill = tmp_path / "slow.yaml"
+    drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
+    drill_id = f"slow-{uuid.uuid4().hex[:6]}"
+
+    state = tmp_path / "sim.json"
+
+    async def go():
+        async with service(temporal_server.address, tmp_path, providers={"sim": SimProvider(state)}) as svc:
+            run = Run(drill, drill_id, _env(**svc.env()))
+            await asyncio.to_thread(run.wait_for, "verify isolation")
+            run.proc.send_signal(signal.SIGTERM)
+            code, out, err = await asyncio.to_thread(run.finish)
+            handle = svc.client.get_workflow_handle(drill_id)
+            still = (await handle.describe()).status
+            await handle.cancel()  # the test's own cleanup: the drill would otherwise run on
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            return code, err, still
+
+    code, err, still = asyncio.run(go())
+    assert code == 130, err
+    assert f"interrupted: stopped following {drill_id}; it goes on in the Temporal service" in err
+    assert f"drdrill cancel {drill_id}" in err
+    assert still == WorkflowExecutionStatus.RUNNING
+    assert leaked(tmp_path / "sim.json") == []
