@@ -31,7 +31,7 @@ from drdrill.core.spec import DrillSpec, load_spec, parse_spec
 from drdrill.providers.postgres import take_backup
 from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
 
-DRILL = Path(__file__).resolve().parents[2] / "drills" / "demo-postgres.yaml"
+DRILL = Path(__file__).resolve().parents[1] / "drills" / "demo-postgres.yaml"
 
 SEED = """
 CREATE TABLE IF NOT EXISTS customers (id serial PRIMARY KEY, name text NOT NULL, email text UNIQUE, created_at timestamptz DEFAULT now());
