@@ -11,7 +11,6 @@ could not be verified (a provider's inventory could not be read, or nothing prot
 from __future__ import annotations
 
 import asyncio
-from contextlib import ExitStack
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -20,13 +19,12 @@ import typer
 from rich.console import Console
 
 from activities.coverage import CoverageCheckInput
+from app.cli_evidence import command_store
 from app.coverage import coverage_for, render_coverage
 from app.reports import parse_period
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.core.spec import SpecError, parse_duration
 from drdrill.evidence.coverage import current_period, load_drills
-from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
-from drdrill.providers.postgres.cluster import ClusterError
 from worker import task_queue
 
 console = Console(highlight=False, soft_wrap=True)
@@ -65,12 +63,7 @@ def coverage(
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2)
-    with embedded_server(), ExitStack() as stack:
-        try:
-            store = stack.enter_context(open_store())
-        except (EvidenceStoreError, ClusterError) as exc:
-            err.print(str(exc), markup=False)
-            raise typer.Exit(2)
+    with command_store() as store:
         report = coverage_for(store, drills_dir, period, start, end, now=now)
     text = render_coverage(report, fmt)
     if out is not None and str(out) == "-":

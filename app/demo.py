@@ -116,14 +116,8 @@ PITR_WRITE_BEFORE_DISASTER = 30  # seconds of orders written between the backup 
 PITR_REWIND = 20  # the drill recovers to this many seconds before the disaster
 
 
-class OrderWriter(threading.Thread):
+class OrderWriter(Writer):
     """One order a second, each stamped with the moment it was written: the boundary holds to the second."""
-
-    def __init__(self, dsn: str):
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.stop = threading.Event()
-        self.rows = 0
 
     def run(self) -> None:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
