@@ -325,11 +325,16 @@ async def install_sweep(
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=every),
         state=ScheduleState(note="orphan sweep installed by drdrill"),
     )
-    handle = client.get_schedule_handle(SWEEP_SCHEDULE_ID)
+    return await _create_or_update(client, SWEEP_SCHEDULE_ID, schedule, memo={MEMO_KIND: "sweep", MEMO_SCOPE: task_queue})
+
+
+async def _create_or_update(client: Client, schedule_id: str, schedule: Schedule, memo: dict) -> str:
+    """Create the schedule, or update it when it exists: "created" or "updated"."""
+    handle = client.get_schedule_handle(schedule_id)
     try:
         await handle.describe()
     except Exception:  # noqa: BLE001 - not there yet
-        await client.create_schedule(SWEEP_SCHEDULE_ID, schedule, memo={MEMO_KIND: "sweep", MEMO_SCOPE: task_queue})
+        await client.create_schedule(schedule_id, schedule, memo=memo)
         return "created"
     await handle.update(lambda inp: ScheduleUpdate(schedule=schedule))
     return "updated"
@@ -347,14 +352,7 @@ async def install_coverage_check(client: Client, task_queue: str, check: Coverag
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP, catchup_window=every),
         state=ScheduleState(note=f"coverage check installed by drdrill from {check.source or 'the drill files'}"),
     )
-    handle = client.get_schedule_handle(COVERAGE_SCHEDULE_ID)
-    try:
-        await handle.describe()
-    except Exception:  # noqa: BLE001 - not there yet
-        await client.create_schedule(COVERAGE_SCHEDULE_ID, schedule, memo={MEMO_KIND: "coverage", MEMO_SCOPE: task_queue})
-        return "created"
-    await handle.update(lambda inp: ScheduleUpdate(schedule=schedule))
-    return "updated"
+    return await _create_or_update(client, COVERAGE_SCHEDULE_ID, schedule, memo={MEMO_KIND: "coverage", MEMO_SCOPE: task_queue})
 
 
 # ------------------------------------------------------------------ list

@@ -21,7 +21,7 @@ from temporalio.service import RPCError
 
 from app import schedules
 from drdrill.core.models import DrillResult
-from drdrill.core.operations import drill_id_from_workflow_id
+from drdrill.core.operations import SweepInput, drill_id_from_workflow_id
 from tests.ops_helpers import pg_drill, service, unique, wait_until
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
 
@@ -171,3 +171,26 @@ def test_a_triggered_schedule_runs_the_drill(temporal_server, tmp_path, shop_rep
     assert "PASSED" in row and "active" in row
     assert "COMPLETED" in status
     assert result.teardown[0].deleted and clusters_left(cluster_root) == []
+
+
+def test_schedule_sweep_installs_the_orphan_sweep_once_and_then_updates_it(temporal_server, tmp_path):
+    async def go():
+        async with service(temporal_server.address, tmp_path / "state") as svc:
+            handle = svc.client.get_schedule_handle(schedules.SWEEP_SCHEDULE_ID)
+            try:
+                first = await svc.cli("schedule", "sweep", "--every", "1h", "--provider", "sim")
+                second = await svc.cli("schedule", "sweep", "--every", "30m", "--provider", "sim", "--provider", "postgres", "--dry-run")
+                described = await handle.describe()
+                args = await svc.client.data_converter.decode(described.schedule.action.args, [SweepInput])
+            finally:
+                await handle.delete()
+            return first, second, described, args[0]
+
+    first, second, described, sweep_input = asyncio.run(go())
+    assert first.exit_code == 0 and f"{schedules.SWEEP_SCHEDULE_ID}: created (every 1h: sim)" in first.output, first.output
+    assert second.exit_code == 0 and f"{schedules.SWEEP_SCHEDULE_ID}: updated (every 30m: sim, postgres)" in second.output
+    # One schedule, as the second command left it.
+    assert described.schedule.spec.intervals[0].every == timedelta(minutes=30)
+    action = described.schedule.action
+    assert isinstance(action, ScheduleActionStartWorkflow) and action.workflow == "OrphanSweepWorkflow"
+    assert sweep_input == SweepInput(families=["sim", "postgres"], dry_run=True)
