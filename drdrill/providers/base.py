@@ -92,8 +92,11 @@ def poll_until(
     The provider's own ready time: poll_until returns the probe's value unchanged, so a probe can
     carry what the cloud reports. A provider that knows when the resource became ready puts it in
     the RestoredResource its wait_ready returns, as `details["ready_at"]` (ISO 8601 with a zone).
-    The RTO then uses `readiness.ready_time(readiness.reported_ready_at(resource), noticed=...)`,
-    which falls back to the time the drill noticed when there is none or it is implausible.
+    The next drill's prior then takes the restore's end from it (drdrill/evidence/history.py, via
+    `readiness.ready_time`, which falls back to the time the drill noticed when there is none or it
+    is implausible), so that prior carries no detection delay. No provider reports one yet. The RTO
+    itself ends when the last required check first passed (drdrill/core/judging.py), which comes
+    after readiness was noticed, so the detection delay is part of it.
 
     Heartbeats after every probe that is not ready, and during a long sleep at least every third
     of the activity's heartbeat timeout (10 s outside an activity), so the sleep neither outlives
