@@ -232,7 +232,7 @@ async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bo
             return None
         err.print(
             f"interrupted: cancelling drill {handle.id}; its teardown runs now (interrupt again to stop "
-            "waiting: the next drdrill command on this state directory finishes it)",
+            "waiting: the teardown then resumes when drdrill next runs on this state directory)",
             markup=False,
         )
         await handle.cancel()
