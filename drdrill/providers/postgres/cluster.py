@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import shlex
 import shutil
 import signal
 import subprocess
@@ -72,6 +73,19 @@ def _chown(path: Path) -> None:
     user = run_user()
     if user is not None:
         os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def hand_to_server_user(data: Path) -> None:
+    """A laid-down data directory as the server wants it: every directory 0700 and, when drdrill
+    runs as root, everything owned by the server user (PostgreSQL refuses a data directory it does
+    not own)."""
+    user = run_user()
+    for root, dirs, files in os.walk(data):
+        os.chmod(root, 0o700)
+        if user is not None:
+            os.chown(root, user.pw_uid, user.pw_gid)
+            for f in files:
+                os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
 
 
 def cluster_root() -> Path:
@@ -303,13 +317,7 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
             f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
             f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n"
         )
-    user = run_user()
-    for root, dirs, files in os.walk(data):
-        os.chmod(root, 0o700)
-        if user is not None:
-            os.chown(root, user.pw_uid, user.pw_gid)
-            for f in files:
-                os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
+    hand_to_server_user(data)
     log.touch()
     _chown(log)
     pg_ctl = (binaries or default_binaries()).tool("pg_ctl")
@@ -382,13 +390,7 @@ def prepare_recovered_data_dir(data: Path) -> None:
     conf = data / "postgresql.conf"
     if not conf.exists():
         conf.write_text("# drdrill: the backup carried no postgresql.conf; the drill's settings come from the command line\n")
-    user = run_user()
-    for root, dirs, files in os.walk(data):
-        os.chmod(root, 0o700)
-        if user is not None:
-            os.chown(root, user.pw_uid, user.pw_gid)
-            for f in files:
-                os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
+    hand_to_server_user(data)
 
 
 def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str, str]) -> None:
@@ -396,7 +398,6 @@ def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str
     waiting: recovery may take long, and its end (or failure) is read from `log` by the caller.
 
     The server gets a bare environment: nothing of the worker's (credentials included) reaches it."""
-    import shlex
 
     log.touch()
     _chown(log)
