@@ -78,6 +78,17 @@ class ProtectedResource(BaseModel):
     def label(self) -> str:
         return f"{self.name} ({self.id})" if self.name and self.name != self.id else self.id
 
+    def note_protection(
+        self, protected_tag: Optional[str], *, tag_word: str = "tag", points_word: str = "recovery point(s)"
+    ) -> "ProtectedResource":
+        """Record why it counts as protected (a provider's protected inventory): the protection tag it
+        carries, in the cloud's word for one, and its recovery points, in the cloud's word for them."""
+        if protected_tag and protected_tag in self.tags:
+            self.protected_by.append(f"{tag_word} {protected_tag}={self.tags[protected_tag]}")
+        if self.points:
+            self.protected_by.append(f"{self.points} {points_word}")
+        return self
+
 
 class LastRestore(BaseModel):
     """The latest run that restored a resource (from the evidence store)."""

@@ -51,11 +51,7 @@ class AwsDiscovery(EbsTargets):
         for region in self.regions:
             for kind in KINDS:
                 for r in self._resources(kind, region, [], lambda tags: True):
-                    if protected_tag and protected_tag in r.tags:
-                        r.protected_by.append(f"tag {protected_tag}={r.tags[protected_tag]}")
-                    if r.points:
-                        r.protected_by.append(f"{r.points} recovery point(s)")
-                    found.append(r)
+                    found.append(r.note_protection(protected_tag))
         return found
 
     # ------------------------------------------------------------------ per kind

@@ -36,11 +36,7 @@ def protected_inventory(az: AzurePrimitives, protected_tag: Optional[str]) -> li
     found = []
     for kind in KINDS:
         for r in _resources(az, kind, lambda resource: True):
-            if protected_tag and protected_tag in r.tags:
-                r.protected_by.append(f"tag {protected_tag}={r.tags[protected_tag]}")
-            if r.points:
-                r.protected_by.append(f"{r.points} snapshot(s)")
-            found.append(r)
+            found.append(r.note_protection(protected_tag, points_word="snapshot(s)"))
     return found
 
 

@@ -42,11 +42,7 @@ def protected_inventory(gcp: GcpPrimitives, protected_tag: Optional[str]) -> lis
     for project in gcp.sweep_projects or [_project(gcp, None)]:
         for kind in KINDS:
             for r in _resources(gcp, kind, project, "", lambda zone, labels: True):
-                if protected_tag and protected_tag in r.tags:
-                    r.protected_by.append(f"label {protected_tag}={r.tags[protected_tag]}")
-                if r.points:
-                    r.protected_by.append(f"{r.points} snapshot(s)")
-                found.append(r)
+                found.append(r.note_protection(protected_tag, tag_word="label", points_word="snapshot(s)"))
     return found
 
 
