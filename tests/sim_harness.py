@@ -135,6 +135,14 @@ async def phase_of(handle: WorkflowHandle) -> str:
     return status.phase
 
 
+def cli_env(**extra: str) -> dict:
+    """The environment a `drdrill` subprocess gets: this one without Temporal's and drdrill's own
+    settings (the shared evidence DSN stays), plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DRDRILL_")) or k == "DRDRILL_EVIDENCE_DSN"}
+    env.update(extra)
+    return env
+
+
 def leaked(state: Path) -> list[dict]:
     """Resources still carrying a drill tag: must be none after every drill."""
     return SimState(state).tagged()

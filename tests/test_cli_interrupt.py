@@ -24,16 +24,10 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from drdrill.providers.sim import SimProvider
 
 from tests.ops_helpers import service
-from tests.sim_harness import leaked, sim_yaml
+from tests.sim_harness import cli_env, leaked, sim_yaml
 
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
 SLOW_RESTORE = "{restore_time: 600}"  # ten simulated minutes: the interrupt lands inside the restore
-
-
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DRDRILL_")) or k == "DRDRILL_EVIDENCE_DSN"}
-    env.update(extra)
-    return env
 
 
 class Run:
@@ -86,7 +80,7 @@ def test_sigterm_on_an_embedded_run_cancels_the_drill_tears_down_and_leaves_noth
     drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
     drill_id = f"slow-{uuid.uuid4().hex[:6]}"
     state = tmp_path / "state"
-    env = _env(DRDRILL_STATE_DIR=str(state), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1")
+    env = cli_env(DRDRILL_STATE_DIR=str(state), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1")
 
     run = Run(drill, drill_id, env)
     run.wait_for("verify isolation")  # isolated; the ten-minute restore has begun
@@ -111,7 +105,7 @@ def test_sigterm_against_a_temporal_service_stops_following_and_the_drill_goes_o
 
     async def go():
         async with service(temporal_server.address, tmp_path, providers={"sim": SimProvider(state)}) as svc:
-            run = Run(drill, drill_id, _env(**svc.env()))
+            run = Run(drill, drill_id, cli_env(**svc.env()))
             await asyncio.to_thread(run.wait_for, "verify isolation")
             run.proc.send_signal(signal.SIGTERM)
             code, out, err = await asyncio.to_thread(run.finish)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import multiprocessing
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from drdrill.core.models import TAG_DRILL_ID, DrillContext, DrillInput, DrillRes
 from drdrill.core.spec import DrillSpec, SpecError, load_spec, parse_spec
 from drdrill.providers.base import ProviderError, select_for_target
 from drdrill.providers.sim import SimProvider, SimState, default_state_path, sample_latency
-from tests.sim_harness import REPO, leaked, run_sim, sim_yaml, spec_of
+from tests.sim_harness import REPO, cli_env, leaked, run_sim, sim_yaml, spec_of
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
@@ -296,15 +295,9 @@ def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
     return subprocess.run([str(Path(sys.executable).parent / "drdrill"), *args], capture_output=True, text=True, env=env, timeout=240)
 
 
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "DRDRILL_")) or k == "DRDRILL_EVIDENCE_DSN"}
-    env.update(extra)
-    return env
-
-
 def test_run_as_of_refuses_a_time_without_a_timezone_or_a_future_one_for_a_real_cloud(tmp_path):
     later = datetime.now(timezone.utc) + timedelta(days=400)
-    env = _env(DRDRILL_STATE_DIR=str(tmp_path))
+    env = cli_env(DRDRILL_STATE_DIR=str(tmp_path))
     naive = _cli("run", str(REPO / "drills" / "aws-ebs.yaml"), "--simulate", "--as-of", later.strftime("%Y-%m-%dT%H:%M:%S"), env=env)
     assert naive.returncode == 2, naive.stdout + naive.stderr
     assert "--as-of" in naive.stderr and "needs a timezone" in naive.stderr
@@ -317,7 +310,7 @@ def test_run_as_of_refuses_a_time_without_a_timezone_or_a_future_one_for_a_real_
 def test_run_simulate_as_of_a_later_date_passes(temporal_server, tmp_path):
     later = (datetime.now(timezone.utc) + timedelta(days=400)).replace(microsecond=0)
     drill_id = f"rds-as-of-{uuid.uuid4().hex[:6]}"
-    env = _env(
+    env = cli_env(
         TEMPORAL_ADDRESS=temporal_server.address,
         DRDRILL_TASK_QUEUE=f"cli-{uuid.uuid4().hex[:6]}",
         DRDRILL_STATE_DIR=str(tmp_path / "state"),
