@@ -23,7 +23,7 @@ import stat
 from pathlib import Path
 from typing import Iterable, Optional, Protocol
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
@@ -84,7 +84,7 @@ def parse_public_keys(text: str, source: str) -> list[str]:
             continue
         try:
             keys.append(openssh(serialization.load_ssh_public_key(" ".join(line.split()[:2]).encode())))
-        except (ValueError, IndexError, serialization.UnsupportedAlgorithm):
+        except (ValueError, IndexError, UnsupportedAlgorithm):
             raise SigningError(f"{source} line {n}: not a public key; write one key per line, as `drdrill evidence key` prints it") from None
     return keys
 
@@ -98,7 +98,7 @@ def verify_signature(alg: str, public_key_openssh: str, payload: bytes, signatur
             key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
         else:
             return False
-    except (InvalidSignature, ValueError, IndexError, serialization.UnsupportedAlgorithm):
+    except (InvalidSignature, ValueError, IndexError, UnsupportedAlgorithm):
         return False
     return True
 
