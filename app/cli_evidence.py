@@ -88,18 +88,20 @@ def verify(
     bad = [r for r in results if not r.ok]
     for r in results:
         console.print(("ok       " if r.ok else "TAMPERED ") + r.message, markup=False, style=None if r.ok else "bold red")
-    problems = check_files(state_dir(), stored, every=run is None)
-    if entry_problem:
-        problems.insert(0, entry_problem)
-    for p in problems:
-        console.print("TAMPERED " + p, markup=False, style="bold red")
     if log is not None:
         console.print(("ok       " if log.ok else "BROKEN   ") + log.message, markup=False, style=None if log.ok else "bold red")
     if anchor is not None and log is not None and log.ok:
         console.print(f"ok       nothing at or before the anchored head (entry {anchor['seq']}, {anchor['hash']}) changed", markup=False)
-    console.print(f"{len(results) - len(bad)}/{len(results)} runs intact", markup=False)
-    if bad or problems or (log is not None and not log.ok):
-        raise typer.Exit(1)
+    problems = ([entry_problem] if entry_problem else []) + check_files(state_dir(), stored, every=run is None)
+    for p in problems:
+        console.print("TAMPERED " + p, markup=False, style="bold red")
+    broken = len(problems) + (0 if log is None or log.ok else 1)
+    if not bad and not broken:
+        console.print(f"{len(results)}/{len(results)} runs intact", markup=False)
+        return
+    console.print(f"NOT INTACT: {len(results) - len(bad)}/{len(results)} runs' own hash chains verify; {broken} broken link(s) "
+                  "in the signed log or the files, named above", markup=False, style="bold red")
+    raise typer.Exit(1)
 
 
 def _entry_problem(store, run: str, keys: dict[str, str]) -> Optional[str]:

@@ -80,6 +80,9 @@ def check_entry(row: dict, trusted: Optional[dict[str, str]]) -> tuple[Optional[
 def walk(rows: list[dict], runs: dict[str, dict], trusted: Optional[dict[str, str]], anchor: Optional[dict] = None) -> LogCheck:
     """Verify the whole log: `rows` by seq; `runs` {drill_id: {record_hash, verdict}} as stored."""
     prev, head = GENESIS, None
+    if not rows and runs and anchor is None:
+        return LogCheck(True, f"log: empty; {len(runs)} runs recorded before drdrill signed evidence are not signed yet "
+                              "(the next run recorded signs them into the log, marked adopted)")
     for expected, row in enumerate(rows):
         where = f"log entry {row['seq']} (run {row['drill_id']})"
         if row["seq"] != expected:
@@ -150,6 +153,8 @@ def compare_file(stored: dict, on_disk: dict) -> Optional[str]:
         if on_disk.get(key) != stored.get(key):
             return f"{key} is {_short(on_disk.get(key))} on disk, {_short(stored.get(key))} in the store"
     disk_entry, store_entry = on_disk.get("log_entry"), stored.get("log_entry")
-    if disk_entry and store_entry and disk_entry.get("hash") != store_entry.get("hash"):
+    if isinstance(disk_entry, dict) and not store_entry:
+        return f"it carries signed log entry {disk_entry.get('seq')}, which the store's log does not hold"
+    if isinstance(disk_entry, dict) and store_entry and disk_entry.get("hash") != store_entry.get("hash"):
         return f"its signed log entry is {disk_entry.get('seq')} ({str(disk_entry.get('hash'))[:12]}…) on disk, {store_entry.get('seq')} in the store"
     return None
