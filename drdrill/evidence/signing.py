@@ -7,8 +7,9 @@ The key never lives in the evidence store: whoever can write the store cannot si
   one ever reads half a key). A key file that others can read or write is refused.
 - DRDRILL_EVIDENCE_KEY=awskms:<key id, ARN or alias>: AWS KMS signs. An ECC_NIST_EDWARDS25519 key
   signs with ED25519_SHA_512 (plain Ed25519), an ECC_NIST_P256 key with ECDSA_SHA_256; the
-  algorithm is recorded with every signature. (`azurekv:` and `gcpkms:` are recognised and refused:
-  not implemented yet.)
+  algorithm is recorded with every signature.
+- DRDRILL_EVIDENCE_KEY=gcpkms:projects/…/cryptoKeyVersions/N: Cloud KMS signs (EC_SIGN_ED25519 or
+  EC_SIGN_P256_SHA256). `azurekv:` is recognised and refused: not implemented yet.
 
 Every signature is recorded with its algorithm (`ed25519` or `ecdsa-p256-sha256`) and the public key
 in OpenSSH form, whose SHA256 fingerprint (as `ssh-keygen -l` prints it) names the key.
@@ -198,6 +199,63 @@ class AwsKmsSigner:
             raise SigningError(f"DRDRILL_EVIDENCE_KEY=awskms:{self.key_id}: signing failed: {exc}", retryable=True) from None
 
 
+class GcpKmsSigner:
+    """A Cloud KMS key version (purpose ASYMMETRIC_SIGN), over its REST API:
+    `projects/P/locations/L/keyRings/R/cryptoKeys/K/cryptoKeyVersions/V`. EC_SIGN_ED25519 signs the
+    payload itself; EC_SIGN_P256_SHA256 signs its SHA-256 digest. DRDRILL_GCP_KMS_ENDPOINT points
+    at another endpoint; DRDRILL_GCP_ANONYMOUS=1 uses no credentials (fakes only)."""
+
+    ALGORITHMS = {"EC_SIGN_ED25519": ED25519, "EC_SIGN_P256_SHA256": ECDSA_P256}
+    SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+
+    def __init__(self, name: str):
+        import google.auth  # only when a Cloud KMS key is configured
+        from google.auth.credentials import AnonymousCredentials
+        from google.auth.exceptions import GoogleAuthError
+        from google.auth.transport.requests import AuthorizedSession
+        from requests import RequestException
+
+        self.name = name
+        self._errors = (GoogleAuthError, RequestException)
+        self._endpoint = (os.environ.get("DRDRILL_GCP_KMS_ENDPOINT") or "https://cloudkms.googleapis.com").rstrip("/")
+        try:
+            if os.environ.get("DRDRILL_GCP_ANONYMOUS", "").lower() in ("1", "true", "yes"):
+                credentials = AnonymousCredentials()
+            else:
+                credentials, _ = google.auth.default(scopes=[self.SCOPE])
+        except self._errors as exc:
+            raise SigningError(f"DRDRILL_EVIDENCE_KEY=gcpkms:{name}: no Google credentials: {exc}") from None
+        self._session = AuthorizedSession(credentials)
+        info = self._call("GET", "/publicKey")
+        if info.get("algorithm") not in self.ALGORITHMS:
+            raise SigningError(f"DRDRILL_EVIDENCE_KEY=gcpkms:{name}: a {info.get('algorithm')} key; use EC_SIGN_ED25519 or EC_SIGN_P256_SHA256")
+        self.alg = self.ALGORITHMS[info["algorithm"]]
+        self.public_key = openssh(serialization.load_pem_public_key(info["pem"].encode()))
+
+    def _call(self, method: str, suffix: str, body: Optional[dict] = None) -> dict:
+        where = f"DRDRILL_EVIDENCE_KEY=gcpkms:{self.name}"
+        try:
+            response = self._session.request(method, f"{self._endpoint}/v1/{self.name}{suffix}", json=body, timeout=30)
+        except self._errors as exc:
+            raise SigningError(f"{where}: Cloud KMS could not be asked: {exc}", retryable=True) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code != 200:
+            error = data.get("error") or {}
+            raise SigningError(f"{where}: Cloud KMS answered {response.status_code} {error.get('status', '')}: {error.get('message', '')}",
+                               retryable=response.status_code in (429, 500, 502, 503, 504))
+        return data
+
+    def sign(self, payload: bytes) -> bytes:
+        if self.alg == ED25519:
+            body = {"data": base64.b64encode(payload).decode()}
+        else:
+            body = {"digest": {"sha256": base64.b64encode(hashlib.sha256(payload).digest()).decode()}}
+        return base64.b64decode(self._call("POST", ":asymmetricSign", body)["signature"])
+
+
 def signer(state_dir: Optional[str | Path] = None) -> Signer:
     """The signer of this state directory: DRDRILL_EVIDENCE_KEY if set, else its key file (made now
     if it does not exist yet)."""
@@ -207,9 +265,11 @@ def signer(state_dir: Optional[str | Path] = None) -> Signer:
     scheme, _, rest = ref.partition(":")
     if scheme == "awskms" and rest:
         return AwsKmsSigner(rest)
-    if scheme in ("azurekv", "gcpkms"):
-        raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: {scheme} keys are not supported yet; use awskms:<key> or unset it for the key file")
-    raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: not a key reference; write awskms:<key id or ARN>, or unset it for the key file")
+    if scheme == "gcpkms" and rest:
+        return GcpKmsSigner(rest)
+    if scheme == "azurekv":
+        raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: {scheme} keys are not supported yet; use awskms:<key> or gcpkms:<key version>, or unset it for the key file")
+    raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: not a key reference; write awskms:<key id or ARN> or gcpkms:projects/…/cryptoKeyVersions/N, or unset it for the key file")
 
 
 def own_public_key(state_dir: Optional[str | Path] = None) -> Optional[str]:
