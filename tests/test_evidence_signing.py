@@ -220,6 +220,19 @@ def test_the_key_is_a_private_file_in_the_state_directory_and_is_published(ledge
     assert "Traceback" not in refused.stderr
 
 
+def test_after_a_key_rotation_older_entries_verify_once_their_key_is_trusted(ledger, tmp_path):
+    before = ledger.record("before-rotation")
+    retired = ledger.drdrill("evidence", "key").stdout
+    (ledger.state / "evidence-signing-key.pem").rename(tmp_path / "retired-key.pem")  # rotate: the next run makes a new key
+    ledger.record("after-rotation")
+    old_fp = retired.split()[-1]
+    broken(ledger.drdrill("evidence", "verify"), f"log entry 0 (run {before.drill_id}): signed by {old_fp}, which is not a trusted key")
+    (ledger.state / "evidence-trusted-keys").write_text("# the key retired on rotation\n" + retired)
+    out = ledger.drdrill("evidence", "verify")
+    new_fp = ledger.drdrill("evidence", "key").stdout.split()[-1]
+    assert out.returncode == 0 and "log: 2 runs signed and chained" in out.stdout and old_fp in out.stdout and new_fp in out.stdout, out.stdout
+
+
 def test_a_kms_key_on_moto_signs_and_verifies(ledger, moto_endpoint, monkeypatch):
     import boto3
 
