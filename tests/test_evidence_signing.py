@@ -299,3 +299,22 @@ def test_a_cloud_kms_key_on_the_fake_signs_and_verifies(ledger, monkeypatch, alg
         assert out.returncode == 0 and f"keys {fingerprint(entry['public_key'])}" in out.stdout, out.stdout + out.stderr
         missing = ledger.drdrill("evidence", "key", env={**ledger.env, **settings, "DRDRILL_EVIDENCE_KEY": f"gcpkms:{name[:-1]}9"})
         assert missing.returncode == 2 and "Cloud KMS answered 404 NOT_FOUND" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_runs_recorded_before_signing_are_adopted_into_the_log(ledger):
+    """A store from a drdrill that did not sign: its runs are named unsigned, then signed (adopted)
+    with the next run recorded; a log emptied behind drdrill's back still shows through the files."""
+    old = ledger.record("unsigned-era")
+    ledger.tamper((f"DELETE FROM {SCHEMA}.log", ()))
+    broken(ledger.drdrill("evidence", "verify"), f"run {old.drill_id}: {ledger.state / 'runs' / old.drill_id / 'evidence.json'} differs "
+           "from the store: it carries signed log entry 0, which the store's log does not hold")
+    (ledger.state / "runs" / old.drill_id / "evidence.json").unlink()  # as an older drdrill wrote it: no log entry
+    out = ledger.drdrill("evidence", "verify")
+    assert out.returncode == 0 and "log: empty; 1 runs recorded before drdrill signed evidence are not signed yet" in out.stdout, out.stdout
+
+    new = ledger.record("signed-era")
+    out = ledger.drdrill("evidence", "verify")
+    assert out.returncode == 0 and "log: 2 runs signed and chained, head entry 1 " in out.stdout, out.stdout
+    with open_store(ledger.dsn) as store:
+        entries = store.log_between(0, 1)
+    assert [(e["drill_id"], json.loads(e["entry"])["adopted"]) for e in entries] == [(old.drill_id, True), (new.drill_id, False)]

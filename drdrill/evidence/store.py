@@ -569,14 +569,15 @@ class EvidenceStore:
             if run is None:
                 raise KeyError(drill_id)
             rows = self._rows(drill_id)
-            entry = self._log(drill_id)
+            entry = self._log("drill_id = %s", (drill_id,))
         doc = document_from_parts(json.loads(run[6]), rows, run[5], run[7])
         doc["log_entry"] = entry[0] if entry else None
         return doc
 
-    def _log(self, drill_id: Optional[str] = None) -> list[dict]:
-        sql = f"SELECT seq, drill_id, entry, hash, signature, public_key FROM {SCHEMA}.log"
-        rows = self.conn.execute(sql + (" WHERE drill_id = %s" if drill_id else "") + " ORDER BY seq", (drill_id,) if drill_id else ()).fetchall()
+    def _log(self, where: str = "true", args: tuple = ()) -> list[dict]:
+        rows = self.conn.execute(
+            f"SELECT seq, drill_id, entry, hash, signature, public_key FROM {SCHEMA}.log WHERE {where} ORDER BY seq", args
+        ).fetchall()
         out = []
         for seq, run, entry, digest, signature, public_key in rows:
             try:
@@ -589,14 +590,12 @@ class EvidenceStore:
     def log_head(self) -> Optional[dict]:
         """The newest entry of the signed log (what a bundle anchors), or None."""
         with self.conn.transaction():
-            row = self.conn.execute(f"SELECT max(seq) FROM {SCHEMA}.log").fetchone()[0]
-            if row is None:
-                return None
-            return next(e for e in self._log() if e["seq"] == row)
+            head = self._log(f"seq = (SELECT max(seq) FROM {SCHEMA}.log)")
+        return head[0] if head else None
 
     def log_between(self, first: int, last: int) -> list[dict]:
         with self.conn.transaction():
-            return [e for e in self._log() if first <= e["seq"] <= last]
+            return self._log("seq BETWEEN %s AND %s", (first, last))
 
     def verify_log(self, trusted: dict[str, str], anchor: Optional[dict] = None) -> LogCheck:
         """Walk the signed log (drdrill/evidence/ledger.py): signatures by trusted keys, the chain,
