@@ -79,10 +79,11 @@ def verify(
         raise typer.Exit(1)
     with command_store() as store:
         results = store.verify(run)
-        log = store.verify_log(keys, anchor) if run is None else None
+        log = store.verify_log(keys, anchor) if run is None or anchor is not None else None
         entry_problem = _entry_problem(store, run, keys) if run is not None else None
         stored = {r.drill_id: store.load(r.drill_id) for r in results if r.ok}
-    if not results and (log is None or log.ok) and anchor is None:
+    problems = ([entry_problem] if entry_problem else []) + check_files(state_dir(), stored, every=run is None)
+    if not results and not problems and (log is None or log.ok) and anchor is None:
         console.print("the evidence store holds no runs")
         return
     bad = [r for r in results if not r.ok]
@@ -92,7 +93,6 @@ def verify(
         console.print(("ok       " if log.ok else "BROKEN   ") + log.message, markup=False, style=None if log.ok else "bold red")
     if anchor is not None and log is not None and log.ok:
         console.print(f"ok       nothing at or before the anchored head (entry {anchor['seq']}, {anchor['hash']}) changed", markup=False)
-    problems = ([entry_problem] if entry_problem else []) + check_files(state_dir(), stored, every=run is None)
     for p in problems:
         console.print("TAMPERED " + p, markup=False, style="bold red")
     broken = len(problems) + (0 if log is None or log.ok else 1)

@@ -123,6 +123,13 @@ def test_a_deleted_run_leaves_a_named_gap(ledger):
     assert f"run {runs[1].drill_id}: " in out.stdout and "is not in the evidence store" in out.stdout
     assert "NOT INTACT: 2/2 runs' own hash chains verify; 2 broken link(s)" in out.stdout  # before, it said "2/2 runs intact"
 
+    # A store emptied of every run is not "a store with no runs" while their files say otherwise.
+    for run in (runs[0], runs[2]):
+        ledger.delete_run(run.drill_id)
+    out = ledger.drdrill("evidence", "verify")
+    broken(out, f"TAMPERED run {runs[2].drill_id}: ")
+    assert "holds no runs" not in out.stdout and out.stdout.count("is not in the evidence store") == 3, out.stdout
+
 
 def test_reordered_runs_are_named(ledger):
     a, b = ledger.record("first"), ledger.record("second")
@@ -199,8 +206,9 @@ def test_verify_against_a_bundle_catches_runs_deleted_up_to_its_head(ledger, tmp
         ledger.delete_run(run.drill_id)
         (ledger.state / "runs" / run.drill_id / "evidence.json").unlink()
     assert ledger.drdrill("evidence", "verify").returncode == 0
-    broken(ledger.drdrill("evidence", "verify", "--against", str(bundle)),
-           f"BROKEN   log entry 1 (run {b.drill_id}) missing: the anchored head is entry 1, the log ends at entry 0 (runs were deleted)")
+    gone = f"BROKEN   log entry 1 (run {b.drill_id}) missing: the anchored head is entry 1, the log ends at entry 0 (runs were deleted)"
+    broken(ledger.drdrill("evidence", "verify", "--against", str(bundle)), gone)
+    broken(ledger.drdrill("evidence", "verify", a.drill_id, "--against", str(bundle / "anchor.json")), gone)
 
 
 def test_the_key_is_a_private_file_in_the_state_directory_and_is_published(ledger):
