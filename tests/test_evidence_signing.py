@@ -21,6 +21,7 @@ from drdrill.evidence.ledger import sign_entry
 from drdrill.evidence.record import record_run
 from drdrill.evidence.signing import FileSigner, fingerprint
 from drdrill.evidence.store import SCHEMA, EvidenceConflict, open_store
+from tests.azure_keyvault_fake import KeyVaultFake, bin_with_az
 from tests.gcp_kms_fake import CloudKmsFake
 from tests.evidence_fixtures import ADMIN_DSN, sample_result
 from tests.moto_server import moto_endpoint  # noqa: F401
@@ -257,6 +258,12 @@ def test_a_kms_key_on_moto_signs_and_verifies(ledger, moto_endpoint, monkeypatch
     out = ledger.drdrill("evidence", "verify", env=env)
     assert out.returncode == 0 and f"keys {fingerprint(entry['public_key'])}" in out.stdout, out.stdout + out.stderr
     assert ledger.drdrill("evidence", "key", env=env).stdout.startswith(entry["public_key"])
+    # An auditor checks the ECDSA signature of an exported bundle with openssl, as docs/evidence.md says.
+    bundle = ledger.state.parent / "kms-bundle"
+    assert ledger.drdrill("evidence", "export", result.drill_id, "--out", str(bundle)).returncode == 0
+    ok = subprocess.run(["openssl", "dgst", "-sha256", "-verify", "entry-key.pem", "-signature", "entry.sig", "entry.payload"],
+                        cwd=bundle, capture_output=True, text=True)
+    assert ok.returncode == 0 and "Verified OK" in ok.stdout, ok.stdout + ok.stderr
     # Without the KMS key, this state directory's own key does not vouch for it.
     broken(ledger.drdrill("evidence", "verify"), "which is not a trusted key")
 
@@ -326,3 +333,21 @@ def test_runs_recorded_before_signing_are_adopted_into_the_log(ledger):
     with open_store(ledger.dsn) as store:
         entries = store.log_between(0, 1)
     assert [(e["drill_id"], json.loads(e["entry"])["adopted"]) for e in entries] == [(old.drill_id, True), (new.drill_id, False)]
+
+
+def test_an_azure_key_vault_key_on_the_fake_signs_and_verifies(ledger, monkeypatch, tmp_path):
+    token = f"kv-{uuid.uuid4().hex}"
+    with KeyVaultFake(token) as vault:
+        url = vault.add_key("drdrill-evidence")
+        settings = {"DRDRILL_EVIDENCE_KEY": f"azurekv:{url}", "AZURE_TOKEN_CREDENTIALS": "AzureCliCredential",
+                    "PATH": f"{bin_with_az(tmp_path / 'bin', token)}:{os.environ['PATH']}"}
+        for k, v in settings.items():
+            monkeypatch.setenv(k, v)
+        result = ledger.record("azure-signed")
+        entry = json.loads((ledger.state / "runs" / result.drill_id / "evidence.json").read_text())["log_entry"]
+        assert entry["alg"] == "ecdsa-p256-sha256" and entry["public_key"].startswith("ecdsa-sha2-nistp256 ")
+        assert any(c.endswith("/sign") for c in vault.calls)
+        out = ledger.drdrill("evidence", "verify", env={**ledger.env, **settings})
+        assert out.returncode == 0 and f"keys {fingerprint(entry['public_key'])}" in out.stdout, out.stdout + out.stderr
+        wrong = ledger.drdrill("evidence", "key", env={**ledger.env, **settings, "DRDRILL_EVIDENCE_KEY": f"azurekv:{url}-gone"})
+        assert wrong.returncode == 2 and "Key Vault answered 404 KeyNotFound" in wrong.stderr and "Traceback" not in wrong.stderr

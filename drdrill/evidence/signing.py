@@ -9,7 +9,9 @@ The key never lives in the evidence store: whoever can write the store cannot si
   signs with ED25519_SHA_512 (plain Ed25519), an ECC_NIST_P256 key with ECDSA_SHA_256; the
   algorithm is recorded with every signature.
 - DRDRILL_EVIDENCE_KEY=gcpkms:projects/…/cryptoKeyVersions/N: Cloud KMS signs (EC_SIGN_ED25519 or
-  EC_SIGN_P256_SHA256). `azurekv:` is recognised and refused: not implemented yet.
+  EC_SIGN_P256_SHA256).
+- DRDRILL_EVIDENCE_KEY=azurekv:https://<vault>.vault.azure.net/keys/<name>[/<version>]: Key Vault signs
+  with an EC P-256 key (ES256; Key Vault has no Ed25519).
 
 Every signature is recorded with its algorithm (`ed25519` or `ecdsa-p256-sha256`) and the public key
 in OpenSSH form, whose SHA256 fingerprint (as `ssh-keygen -l` prints it) names the key.
@@ -256,6 +258,73 @@ class GcpKmsSigner:
         return base64.b64decode(self._call("POST", ":asymmetricSign", body)["signature"])
 
 
+class AzureKeyVaultSigner:
+    """A Key Vault key, `https://<vault>.vault.azure.net/keys/<name>[/<version>]`, over the REST API
+    (api-version 7.4). Key Vault has no Ed25519: an EC P-256 key signs ES256 (the SHA-256 digest; its
+    r||s signature is recorded DER-encoded, as `ecdsa-p256-sha256`). The token comes from
+    DefaultAzureCredential (AZURE_TOKEN_CREDENTIALS narrows it) for DRDRILL_AZURE_KEYVAULT_SCOPE
+    (default https://vault.azure.net/.default). Plain http is accepted for a loopback host only (fakes)."""
+
+    API_VERSION = "7.4"
+
+    def __init__(self, url: str):
+        from urllib.parse import urlsplit
+
+        from azure.core.exceptions import AzureError
+        from azure.identity import DefaultAzureCredential
+        from requests import RequestException
+
+        self.url, self._where = url.rstrip("/"), f"DRDRILL_EVIDENCE_KEY=azurekv:{url}"
+        parts = urlsplit(self.url)
+        path = parts.path.strip("/").split("/")
+        secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in ("127.0.0.1", "localhost", "::1"))
+        if not secure or len(path) not in (2, 3) or path[0] != "keys":
+            raise SigningError(f"{self._where}: not a Key Vault key URL; write azurekv:https://<vault>.vault.azure.net/keys/<name>[/<version>]")
+        self._errors = (AzureError, RequestException)
+        self._credential = DefaultAzureCredential()
+        self._scope = os.environ.get("DRDRILL_AZURE_KEYVAULT_SCOPE") or "https://vault.azure.net/.default"
+        key = self._call("GET", self.url).get("key") or {}
+        if key.get("kty") not in ("EC", "EC-HSM") or key.get("crv") != "P-256":
+            raise SigningError(f"{self._where}: a {key.get('kty')} {key.get('crv') or ''} key; use an EC key on curve P-256")
+        self._kid = key["kid"]
+        numbers = ec.EllipticCurvePublicNumbers(_b64url_int(key["x"]), _b64url_int(key["y"]), ec.SECP256R1())
+        self.alg, self.public_key = ECDSA_P256, openssh(numbers.public_key())
+
+    def _call(self, method: str, url: str, body: Optional[dict] = None) -> dict:
+        import requests
+
+        try:
+            token = self._credential.get_token(self._scope).token
+            response = requests.request(method, url, params={"api-version": self.API_VERSION}, json=body, timeout=30,
+                                        headers={"Authorization": f"Bearer {token}"}, verify=os.environ.get("DRDRILL_AZURE_CA_BUNDLE") or True)
+        except self._errors as exc:
+            raise SigningError(f"{self._where}: Key Vault could not be asked: {exc}", retryable=True) from None
+        try:
+            data = response.json()
+        except ValueError:
+            data = {}
+        if response.status_code != 200:
+            error = data.get("error") or {}
+            raise SigningError(f"{self._where}: Key Vault answered {response.status_code} {error.get('code', '')}: {error.get('message', '')}",
+                               retryable=response.status_code in (429, 500, 502, 503, 504))
+        return data
+
+    def sign(self, payload: bytes) -> bytes:
+        from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+        digest = base64.urlsafe_b64encode(hashlib.sha256(payload).digest()).decode().rstrip("=")
+        raw = _b64url(self._call("POST", f"{self._kid}/sign", {"alg": "ES256", "value": digest})["value"])
+        return encode_dss_signature(int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big"))
+
+
+def _b64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64url_int(text: str) -> int:
+    return int.from_bytes(_b64url(text), "big")
+
+
 def signer(state_dir: Optional[str | Path] = None) -> Signer:
     """The signer of this state directory: DRDRILL_EVIDENCE_KEY if set, else its key file (made now
     if it does not exist yet)."""
@@ -267,9 +336,9 @@ def signer(state_dir: Optional[str | Path] = None) -> Signer:
         return AwsKmsSigner(rest)
     if scheme == "gcpkms" and rest:
         return GcpKmsSigner(rest)
-    if scheme == "azurekv":
-        raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: {scheme} keys are not supported yet; use awskms:<key> or gcpkms:<key version>, or unset it for the key file")
-    raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: not a key reference; write awskms:<key id or ARN> or gcpkms:projects/…/cryptoKeyVersions/N, or unset it for the key file")
+    if scheme == "azurekv" and rest:
+        return AzureKeyVaultSigner(rest)
+    raise SigningError(f"DRDRILL_EVIDENCE_KEY={ref}: not a key reference; write awskms:<key id or ARN>, gcpkms:projects/…/cryptoKeyVersions/N or azurekv:https://<vault>/keys/<name>, or unset it for the key file")
 
 
 def own_public_key(state_dir: Optional[str | Path] = None) -> Optional[str]:
