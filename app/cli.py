@@ -24,10 +24,11 @@ from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 
 from app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
+from app.approval_sign import DEFAULT_KEY, SigningError, signed_request
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from app.simulate import simulated
-from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillInput, DrillResult, DrillStatus
+from drdrill.core.models import ApprovalRecord, DrillInput, DrillResult, DrillStatus
 from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
@@ -381,14 +382,18 @@ def approval_lines(drill_id: str, st: DrillStatus) -> list[str]:
 # ------------------------------------------------------------------ approval gates
 
 
+KEY_HELP = "your SSH key, which signs the answer: a private key file, or its .pub with ssh-agent (SSH_AUTH_SOCK)"
+
+
 @app.command()
 def approve(
     drill_id: str = typer.Argument(..., help="drill id"),
     group: Optional[str] = typer.Option(None, "--group", help="the group you approve (refused when the plan waits before another)"),
     note: str = typer.Option("", "--note", help="why: kept in the evidence with your name and the time"),
+    key: str = typer.Option(DEFAULT_KEY, "--key", help=KEY_HELP),
 ) -> None:
-    """Approve the gate a drill's recovery plan waits at: its group starts."""
-    record = _answer_gate(drill_id, "approve", ApprovalRequest(by=_user(), note=note, group=group))
+    """Approve the gate a drill's recovery plan waits at, signed with your SSH key: its group starts."""
+    record = _answer_gate(drill_id, "approve", group, note, key)
     console.print(
         f"{drill_id}: group {record.group} approved by {record.by} at {record.decided:%Y-%m-%d %H:%M:%S}Z; the plan continues", markup=False
     )
@@ -399,21 +404,30 @@ def reject(
     drill_id: str = typer.Argument(..., help="drill id"),
     note: str = typer.Option("", "--note", help="why: kept in the evidence with your name and the time"),
     group: Optional[str] = typer.Option(None, "--group", help="the group you reject (refused when the plan waits before another)"),
+    key: str = typer.Option(DEFAULT_KEY, "--key", help=KEY_HELP),
 ) -> None:
-    """Reject the gate a drill's recovery plan waits at: the plan ends FAILED and tears down."""
-    record = _answer_gate(drill_id, "reject", ApprovalRequest(by=_user(), note=note, group=group))
+    """Reject the gate a drill's recovery plan waits at, signed with your SSH key: the plan ends FAILED and tears down."""
+    record = _answer_gate(drill_id, "reject", group, note, key)
     console.print(
         f"{drill_id}: group {record.group} rejected by {record.by} at {record.decided:%Y-%m-%d %H:%M:%S}Z; the plan stops, FAILED, and tears down",
         markup=False,
     )
 
 
-def _answer_gate(drill_id: str, verb: str, request: ApprovalRequest) -> ApprovalRecord:
-    """Send the answer (an update: the drill says at once whether it took it); exit 2 when it did not."""
+def _answer_gate(drill_id: str, verb: str, group: Optional[str], note: str, key: str) -> ApprovalRecord:
+    """Sign the answer (app/approval_sign.py) and send it (an update: the drill says at once
+    whether it took it); exit 2 when it did not."""
 
     async def go() -> ApprovalRecord:
         async with temporal(with_worker=False) as client:
             handle = client.get_workflow_handle(drill_id)
+            waiting = group
+            if waiting is None:  # the signed payload names the group: the one the plan waits before
+                gate = (await handle.query(DrillWorkflow.status)).approval
+                if gate is None:
+                    raise SigningError("the drill is not waiting for approval")
+                waiting = gate.group
+            request = signed_request(drill_id, waiting, verb, note, key, _user())  # type: ignore[arg-type]
             update = DrillWorkflow.approve if verb == "approve" else DrillWorkflow.reject
             return await handle.execute_update(update, request, result_type=ApprovalRecord)
 
@@ -422,7 +436,7 @@ def _answer_gate(drill_id: str, verb: str, request: ApprovalRequest) -> Approval
         return asyncio.run(go())
     except WorkflowUpdateFailedError as exc:
         err.print(f"{drill_id}: not {done}: {getattr(exc.cause, 'message', None) or exc.cause or exc}", markup=False)
-    except Exception as exc:  # noqa: BLE001 - not found, already closed, Temporal unreachable
+    except Exception as exc:  # noqa: BLE001 - not found, already closed, Temporal unreachable, not signed
         err.print(f"{drill_id}: not {done}: {exc}", markup=False)
     raise typer.Exit(2)
 

@@ -87,10 +87,30 @@ def run_drill(address: str, state_dir: Path, spec, providers: dict, during=None,
     return asyncio.run(go())
 
 
-def drdrill(address: str, *args: str, user: str = "alice") -> subprocess.CompletedProcess:
-    """The real `drdrill` command, as `user` would run it against the team's Temporal."""
+def drdrill(address: str, *args: str, user: str = "alice", key: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """The real `drdrill` command, as `user` would run it against the team's Temporal (signing with `key`)."""
     env = {**os.environ, "TEMPORAL_ADDRESS": address, "LOGNAME": user, "USER": user}
-    return subprocess.run([*DRDRILL, *args], capture_output=True, text=True, env=env, timeout=120)
+    env.pop("SSH_AUTH_SOCK", None)
+    return subprocess.run([*DRDRILL, *args, *(["--key", str(key)] if key else [])], capture_output=True, text=True, env=env, timeout=120)
+
+
+def ssh_key(folder: Path, name: str) -> tuple[Path, str]:
+    """A new ed25519 key made by the real ssh-keygen: (its private key file, its public line)."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(folder / name)], check=True, capture_output=True)
+    return folder / name, (folder / f"{name}.pub").read_text().strip()
+
+
+@pytest.fixture
+def keys(tmp_path) -> dict[str, tuple[Path, str]]:
+    """alice's, bob's and mallory's SSH keys, in the test's own directory."""
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    return {name: ssh_key(folder, name) for name in ("alice", "bob", "mallory")}
+
+
+def approvers(keys: dict, *names: str) -> str:
+    """The approvers of a gate, as a drill file lists them: a name and a public key each."""
+    return "[" + ", ".join(f'{{name: {n}, key: "{keys[n][1]}"}}' for n in names) + "]"
 
 
 async def wait_for_phase(handle, phase: str, timeout: float = 120.0) -> DrillStatus:
@@ -299,7 +319,8 @@ plan:
 """
 
 
-GATE = "approve: {before: app, timeout: 10m, approvers: [alice, bob]}"
+def gate(keys: dict, timeout: str = "10m", before: str = "app", names: tuple[str, ...] = ("alice", "bob")) -> str:
+    return f"approve: {{before: {before}, timeout: {timeout}, approvers: {approvers(keys, *names)}}}"
 
 
 @pytest.fixture
@@ -325,12 +346,12 @@ def test_a_failing_pre_action_stops_the_plan_before_its_group_restores(temporal_
     assert leaked(sim_state) == []
 
 
-def _gated(name: str, webhook: bool = False) -> str:
-    return sim_plan(name, gate=GATE, notify="notify: {webhooks_env: [PLAN_WEBHOOK_URL]}" if webhook else "")
+def _gated(name: str, keys: dict, webhook: bool = False) -> str:
+    return sim_plan(name, gate=gate(keys), notify="notify: {webhooks_env: [PLAN_WEBHOOK_URL]}" if webhook else "")
 
 
 def test_approving_a_gate_from_the_cli_continues_the_plan_and_the_evidence_says_who_when_and_why(
-    temporal_server, tmp_path, sim_state, monkeypatch
+    temporal_server, tmp_path, sim_state, monkeypatch, keys
 ):
     address = temporal_server.address
     seen: dict = {}
@@ -340,15 +361,18 @@ def test_approving_a_gate_from_the_cli_continues_the_plan_and_the_evidence_says_
         assert waiting.approval is not None and (waiting.approval.group, waiting.approval.approvers) == ("app", ["alice", "bob"])
         assert not any(e.phase == "restore" and e.target == "api" for e in waiting.timeline)
         seen["status"] = await asyncio.to_thread(drdrill, address, "status", handle.id)
-        seen["mallory"] = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--note", "looks fine", user="mallory")
-        seen["other group"] = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--group", "data")
+        mallory, alice = keys["mallory"][0], keys["alice"][0]
+        seen["mallory"] = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--note", "looks fine", user="mallory", key=mallory)
+        seen["other group"] = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--group", "data", key=alice)
         still = await handle.query(DrillWorkflow.status)
         seen["still"] = still.phase
-        seen["approve"] = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--group", "app", "--note", "orders checked by hand")
+        seen["approve"] = await asyncio.to_thread(
+            drdrill, address, "approve", handle.id, "--group", "app", "--note", "orders checked by hand", user="not-alice", key=alice
+        )
 
     with Receiver() as hook:
         monkeypatch.setenv("PLAN_WEBHOOK_URL", hook.url)
-        spec = parse_spec(_gated("gate-approved", webhook=True), "<test>")
+        spec = parse_spec(_gated("gate-approved", keys, webhook=True), "<test>")
         result, _ = run_drill(address, tmp_path, spec, {"sim": SimProvider(sim_state, speed=1.0)}, during=approve_from_the_cli)
         posts = [p["json"] for p in hook.posts if p["json"].get("event") == "APPROVAL"]
 
@@ -358,13 +382,17 @@ def test_approving_a_gate_from_the_cli_continues_the_plan_and_the_evidence_says_
     assert "approvers: alice, bob" in status.stdout
     assert f'approve: drdrill approve {result.drill_id} --group app --note "…"' in status.stdout
     assert f'reject:  drdrill reject {result.drill_id} --note "…"' in status.stdout
-    # Refused, and nothing recorded: someone who is not an approver, or an answer for another group.
+    # Refused: someone whose key is not an approver's (recorded), or an answer for another group (not even taken).
     assert seen["mallory"].returncode == 2
-    assert seen["mallory"].stderr.strip() == f"{result.drill_id}: not approved: mallory may not approve group app: its approvers are alice, bob"
+    mallory_print = subprocess.run(["ssh-keygen", "-l", "-f", f"{keys['mallory'][0]}.pub"], capture_output=True, text=True).stdout.split()[1]
+    assert seen["mallory"].stderr.strip() == f"{result.drill_id}: not approved: key {mallory_print} is not one of the gate's approvers' keys"
+    refusal = next(f for f in result.findings if f.code == "APPROVAL_UNKNOWN_KEY")
+    assert refusal.severity == "warning" and "claiming to be from mallory" in refusal.message
     assert seen["other group"].returncode == 2 and "the drill waits for approval before group app, not data" in seen["other group"].stderr
     assert seen["still"] == "waiting for approval"
     approved = seen["approve"]
     assert approved.returncode == 0, approved.stderr
+    # The approver is whoever's key signed, not whoever the shell says it is.
     assert approved.stdout.startswith(f"{result.drill_id}: group app approved by alice at ")
 
     assert result.verdict == "PASSED", (result.findings, result.validations)
@@ -392,15 +420,17 @@ def test_approving_a_gate_from_the_cli_continues_the_plan_and_the_evidence_says_
     assert leaked(sim_state) == []
 
 
-def test_rejecting_a_gate_from_the_cli_ends_the_plan_failed_and_tears_down(temporal_server, tmp_path, sim_state):
+def test_rejecting_a_gate_from_the_cli_ends_the_plan_failed_and_tears_down(temporal_server, tmp_path, sim_state, keys):
     address = temporal_server.address
     answers: dict = {}
 
     async def reject_from_the_cli(client, handle) -> None:
         await wait_for_phase(handle, "waiting for approval")
-        answers["reject"] = await asyncio.to_thread(drdrill, address, "reject", handle.id, "--note", "the orders look wrong", user="bob")
+        answers["reject"] = await asyncio.to_thread(
+            drdrill, address, "reject", handle.id, "--note", "the orders look wrong", user="bob", key=keys["bob"][0]
+        )
 
-    spec = parse_spec(_gated("gate-rejected"), "<test>")
+    spec = parse_spec(_gated("gate-rejected", keys), "<test>")
     result, _ = run_drill(address, tmp_path, spec, {"sim": SimProvider(sim_state, speed=1.0)}, during=reject_from_the_cli)
 
     assert answers["reject"].returncode == 0, answers["reject"].stderr
@@ -417,8 +447,8 @@ def test_rejecting_a_gate_from_the_cli_ends_the_plan_failed_and_tears_down(tempo
     assert leaked(sim_state) == []
 
 
-def test_a_gate_nobody_answers_is_a_finding_and_the_drill_tears_down(temporal_server, tmp_path, sim_state):
-    spec = parse_spec(sim_plan("gate-timeout", gate="approve: {before: app, timeout: 2s, approvers: [alice]}"), "<test>")
+def test_a_gate_nobody_answers_is_a_finding_and_the_drill_tears_down(temporal_server, tmp_path, sim_state, keys):
+    spec = parse_spec(sim_plan("gate-timeout", gate=gate(keys, timeout="2s", names=("alice",))), "<test>")
     result, _ = run_drill(temporal_server.address, tmp_path, spec, {"sim": SimProvider(sim_state, speed=1.0)})
 
     assert result.verdict == "FAILED"
@@ -433,7 +463,7 @@ def test_a_gate_nobody_answers_is_a_finding_and_the_drill_tears_down(temporal_se
     assert leaked(sim_state) == []
 
 
-def test_a_worker_killed_while_the_plan_waits_at_a_gate_resumes_on_another_and_still_honours_it(temporal_server, tmp_path, sim_state):
+def test_a_worker_killed_while_the_plan_waits_at_a_gate_resumes_on_another_and_still_honours_it(temporal_server, tmp_path, sim_state, keys):
     address = temporal_server.address
     queue = f"plan-crash-{uuid.uuid4().hex[:8]}"
     state_dir = tmp_path / "state"
@@ -446,7 +476,7 @@ def test_a_worker_killed_while_the_plan_waits_at_a_gate_resumes_on_another_and_s
             nonlocal second
             await wait_until(first.polling, timeout=60, what="the first worker to poll")
             client = await connect(address)
-            handle = await _start(client, parse_spec(_gated("gate-crash"), "<test>"), queue, heartbeat=2.0)
+            handle = await _start(client, parse_spec(_gated("gate-crash", keys), "<test>"), queue, heartbeat=2.0)
             await wait_for_phase(handle, "waiting for approval")
             first.kill()
             second = WorkerProcess(address, queue, sim_state, state_dir, tmp_path / "worker2.log")
@@ -455,7 +485,7 @@ def test_a_worker_killed_while_the_plan_waits_at_a_gate_resumes_on_another_and_s
             status = await wait_for_phase(handle, "waiting for approval")
             assert status.approval is not None and status.approval.group == "app"
             assert not [e for e in SimState(sim_state).events("restore") if e["scope"] == "api"]
-            answer = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--note", "after the crash")
+            answer = await asyncio.to_thread(drdrill, address, "approve", handle.id, "--note", "after the crash", key=keys["alice"][0])
             assert answer.returncode == 0, answer.stderr
             return await final_result(handle, state_dir)
 
@@ -500,14 +530,15 @@ plan:
     after: [data]
     pre: [{name: flag, argv: [/opt/shop/flag, on], on: probe, target: db}]
     checks: [{name: up, type: http, target: app, path: /health, port: 8080}]
-approve: {before: app, timeout: 1h, approvers: [alice]}
+approve: {before: app, timeout: 1h, approvers: [{name: alice, key: "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhLcjteZMj8Zp3G7XxkW33FKvAMTRbYNmO0YCaX/VHC"}]}
 """
 
 
 def test_a_plan_lints_clean_and_keeps_its_groups_in_order():
     spec = parse_spec(PLAN, "drills/shop.yaml")
     assert [(g.group, g.targets) for g in spec.plan] == [("data", ["db"]), ("app", ["app"])]
-    assert spec.approve[0].before == "app" and spec.approve[0].approvers == ["alice"]
+    assert spec.approve[0].before == "app" and spec.approve[0].names == ["alice"]
+    assert spec.approve[0].approvers[0].key == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJhLcjteZMj8Zp3G7XxkW33FKvAMTRbYNmO0YCaX/VHC" and spec.approve[0].approvers[0].role == "approver"
     assert recovery_plan.gate_before(spec, "app").timeout == timedelta(hours=1) and recovery_plan.gate_before(spec, "data") is None
     assert spec.warnings() == []
     assert [str(w) for w in parse_spec(PLAN.replace("timeout: 1h", "timeout: 5h"), "drills/shop.yaml").warnings()] == [
@@ -535,7 +566,22 @@ def test_a_plan_lints_clean_and_keeps_its_groups_in_order():
             "plan[1].pre[0].target: a pre-action of group app runs before the group's own targets restore, and target app is not restored by then (group app): name a target of a group above",
         ),
         ("before: app", "before: web", "approve[0].before: no group named 'web'; this plan's groups are: data, app"),
-        ("approvers: [alice]", "approvers: []", "approve[0].approvers: List should have at least 1 item"),
+        (
+            "approvers: [{name: alice",
+            "approvers: [], x: [{name: alice",
+            "approve[0].x: unknown key 'x'; allowed here: before, timeout, approvers, approvers_file",
+        ),
+        (
+            'approvers: [{name: alice, key: "ssh-ed25519 AAAAC3',
+            'approvers: [alice, {name: bob, key: "ssh-ed25519 AAAAC3',
+            "approve[0].approvers: approver 'alice' has no key: an approval is signed, so name each approver with their public SSH key: "
+            '{name: alice, key: "ssh-ed25519 AAAA…"} (the line of their ~/.ssh/id_ed25519.pub), or list them in approvers_file (allowed_signers format)',
+        ),
+        (
+            'key: "ssh-ed25519 AAAAC3',
+            'key: "ssh-ed25519 AAAAC4',
+            "approve[0].approvers[0].key: the key's data says it is not a ssh-ed25519 key: paste the line of the approver's ~/.ssh/id_ed25519.pub",
+        ),
         ("rto: 10m", "rtoo: 10m", "plan[0].rtoo: unknown key 'rtoo' (did you mean 'rto'?); allowed here: group, targets, after, checks, pre, post, rto"),
         (
             '"{targets.db.dsn}"',
@@ -575,7 +621,7 @@ def test_without_a_plan_nothing_restores_before_anything_else():
             "{targets.db.dsn} needs target db restored before app, but without a plan every target restores at once: add plan: with db in a group above app's",
         )
     ]
-    gate_without_plan = without_plan.replace('"{targets.db.dsn}"', '"{env.DB_URL}"') + "approve: {before: app, approvers: [alice]}\n"
+    gate_without_plan = without_plan.replace('"{targets.db.dsn}"', '"{env.DB_URL}"') + PLAN[PLAN.index("approve:") :]
     with pytest.raises(SpecError) as err:
         parse_spec(gate_without_plan, "x.yaml")
     assert err.value.problems == [("approve", "an approval gate holds back a group of the plan: add plan: (the groups restored in order), or remove approve")]

@@ -52,7 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.validation import ValidationActivities
     from drdrill.notify import ApprovalNotice, NotifyInput
     from drdrill.validation import WORKER_CHECKS, ValidateInput
-    from drdrill.core import judging, selection
+    from drdrill.core import approvals, judging, selection
     from drdrill.core import plan as recovery_plan
     from drdrill.core.spec import ApprovalGate, CommandValidation, DrillSpec, PlanAction, PlanGroup, Target, format_duration
     from drdrill.core.operations import drill_id_from_workflow_id
@@ -74,6 +74,7 @@ PROBE_START_TIMEOUT = timedelta(minutes=5)  # when the drill file names no start
 # Telling the approvers must not hold the gate up: a few quick attempts, while the gate already waits.
 APPROVAL_NOTICE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30), maximum_attempts=3)
 WAITING_FOR_APPROVAL = "waiting for approval"  # the phase `drdrill status` shows at a gate
+MAX_REFUSED_ANSWERS = 20  # refused answers recorded per drill; later ones are refused unrecorded (a flood)
 
 
 @workflow.defn(name="DrillWorkflow")
@@ -101,7 +102,10 @@ class DrillWorkflow:
         self.groups: list[GroupResult] = []
         self.plan_stop: Optional[Finding] = None
         self._pending: Optional[PendingApproval] = None
+        self._open_gate: Optional[ApprovalGate] = None
         self._decision: Optional[ApprovalRecord] = None
+        self._nonces: list[str] = []  # of every answer taken: a signed answer counts once
+        self._refused = 0  # answers refused and recorded (bounded: MAX_REFUSED_ANSWERS)
 
     # ------------------------------------------------------------ queries and signals
 
@@ -139,8 +143,9 @@ class DrillWorkflow:
         self._may_decide("reject", request)
 
     def _may_decide(self, verb: str, request: ApprovalRequest) -> None:
-        """Refuse an answer (the update is rejected, and nothing is recorded) unless the plan waits at
-        a gate, for the group named, and the person is one of its approvers."""
+        """Refuse an answer outright (the update is rejected and leaves no trace in the history)
+        unless the plan waits at a gate, for the group named. Whether the answer is signed by an
+        approver is decided by the update itself (`_decide`), so that a refusal is recorded."""
         pending, decided = self._pending, self._decision
         if pending is not None and decided is not None:
             message = f"group {decided.group} was already {decided.decision} by {decided.by}"
@@ -152,27 +157,54 @@ class DrillWorkflow:
             raise ApplicationError(
                 f"the drill waits for approval before group {pending.group}, not {request.group}", type="OTHER_GROUP", non_retryable=True
             )
-        if request.by not in pending.approvers:
+        if self._refused >= MAX_REFUSED_ANSWERS:
             raise ApplicationError(
-                f"{request.by} may not {verb} group {pending.group}: its approvers are {', '.join(pending.approvers)}",
-                type="NOT_AN_APPROVER",
-                non_retryable=True,
+                f"{MAX_REFUSED_ANSWERS} answers were refused already; no more are taken or recorded", type="TOO_MANY_REFUSED", non_retryable=True
             )
 
     def _decide(self, decision: str, request: ApprovalRequest) -> ApprovalRecord:
+        """Take a signed answer (drdrill/core/approvals.py: pure, deterministic), or record why it
+        was refused, in the timeline and the findings, and refuse it."""
         self._may_decide("approve" if decision == "approved" else "reject", request)  # the gate may have closed since validation
-        pending = self._pending
-        assert pending is not None
+        pending, gate = self._pending, self._open_gate
+        assert pending is not None and gate is not None
+        try:
+            ok = approvals.check(
+                request.payload, request.signature, drill_id=self.ctx.drill_id, group=pending.group,
+                decision="approve" if decision == "approved" else "reject", approvers=gate.approvers,
+                asked=pending.asked, until=pending.until, now=workflow.now(), used_nonces=self._nonces,
+            )
+        except approvals.Refused as refused:
+            self._record_refusal(pending, decision, request, refused)
+            raise ApplicationError(refused.message, type=refused.code, non_retryable=True) from None
+        self._nonces.append(ok.payload.nonce)
         self._decision = ApprovalRecord(
             group=pending.group,
             decision=decision,  # type: ignore[arg-type]
             approvers=pending.approvers,
             asked=pending.asked,
             decided=workflow.now(),
-            by=request.by,
-            note=request.note,
+            by=ok.by,
+            note=ok.payload.note,
+            signer=ok.signer.name,
+            key=ok.signer.key,
+            fingerprint=ok.fingerprint,
+            payload=request.payload,
+            signature=request.signature,
         )
         return self._decision
+
+    def _record_refusal(self, pending: PendingApproval, decision: str, request: ApprovalRequest, refused: "approvals.Refused") -> None:
+        self._refused += 1
+        claimed = request.by or "someone"
+        verb = "approve" if decision == "approved" else "reject"
+        message = f"group {pending.group}: an answer to {verb} claiming to be from {claimed} was refused ({refused.code}): {refused.message}"
+        if self._refused == MAX_REFUSED_ANSWERS:
+            message += f"; after {MAX_REFUSED_ANSWERS} refusals no more answers are taken"
+        now = workflow.now()
+        data = {"code": refused.code, "claimed_by": request.by, "decision": verb, "payload": request.payload, "signature": request.signature}
+        self._event("approval-refused", now, now, "FAILED", detail=message, data=data)
+        self.findings.append(Finding(code=refused.code, severity="warning", message=message))
 
     @workflow.signal
     def extend(self, seconds: float) -> None:
@@ -625,7 +657,8 @@ class DrillWorkflow:
         history: an answer given before the crash still counts, the timeout still holds."""
         asked = workflow.now()
         self._decision = None
-        self._pending = PendingApproval(group=group.group, approvers=list(gate.approvers), asked=asked, until=asked + gate.timeout)
+        self._pending = PendingApproval(group=group.group, approvers=gate.names, asked=asked, until=asked + gate.timeout)
+        self._open_gate = gate
         self._status.approval = self._pending
         self._phase(WAITING_FOR_APPROVAL)
         notice = asyncio.ensure_future(self._tell_approvers(self._pending))
@@ -635,11 +668,11 @@ class DrillWorkflow:
             pass
         finally:
             self._status.approval = None
-            self._pending = None  # no answer is taken any more, whatever ended the wait
+            self._pending = self._open_gate = None  # no answer is taken any more, whatever ended the wait
         if not notice.done():
             notice.cancel()  # nobody needs telling any more
         record = self._decision or ApprovalRecord(
-            group=group.group, decision="timed out", approvers=list(gate.approvers), asked=asked, decided=workflow.now()
+            group=group.group, decision="timed out", approvers=gate.names, asked=asked, decided=workflow.now()
         )
         note = f": {record.note}" if record.note else ""
         data = _approval_data(record)
@@ -654,7 +687,7 @@ class DrillWorkflow:
             self._event("approval", asked, record.decided, "FAILED", detail=f"nobody approved group {group.group} within {waited}", data=data)
             self._stop(
                 "APPROVAL_TIMED_OUT",
-                f"nobody approved group {group.group} within {waited} (approvers: {', '.join(gate.approvers)}); "
+                f"nobody approved group {group.group} within {waited} (approvers: {', '.join(gate.names)}); "
                 "the plan stopped there and the drill tore down",
                 "FAILED",
             )
@@ -1100,6 +1133,8 @@ def _approval_data(record: ApprovalRecord) -> dict:
         "note": record.note,
         "asked": record.asked.isoformat(),
         "decided": record.decided.isoformat(),
+        "signer": record.signer,
+        "fingerprint": record.fingerprint,
     }
 
 

@@ -253,23 +253,34 @@ class PendingApproval(BaseModel):
 
 
 class ApprovalRequest(BaseModel):
-    """`drdrill approve` / `drdrill reject`: who answers a gate, and why (DrillWorkflow's approve and reject updates)."""
+    """`drdrill approve` / `drdrill reject` (DrillWorkflow's approve and reject updates): a signed
+    answer. `payload` is the JSON text that was signed (drdrill/core/approvals.py: drill id, group,
+    decision, note, time, nonce, on_behalf_of), `signature` the armored `ssh-keygen -Y sign` output.
+    `by`, `note` and `group` are what the sender claims: only the signed payload is believed."""
 
-    by: str
+    payload: str = ""
+    signature: str = ""
+    by: Optional[str] = None  # claimed; kept in a refusal's record, never trusted
     note: str = ""
     group: Optional[str] = None  # the group the person means; refused when the plan waits before another
 
 
 class ApprovalRecord(BaseModel):
-    """What happened at an approval gate: who decided, when, and the note (kept in the evidence)."""
+    """What happened at an approval gate: who decided, when, and the note (kept in the evidence),
+    with the signed payload and its signature, which `ssh-keygen -Y verify` checks again."""
 
     group: str
     decision: Literal["approved", "rejected", "timed out"]
     approvers: list[str] = Field(default_factory=list)
     asked: datetime
     decided: datetime
-    by: Optional[str] = None
+    by: Optional[str] = None  # the approver (for a console: the person it signed on behalf of)
     note: str = ""
+    signer: Optional[str] = None  # the name on the key that signed (a console's name, or `by`)
+    key: Optional[str] = None  # that key, `ssh-ed25519 AAAA…`
+    fingerprint: Optional[str] = None
+    payload: Optional[str] = None
+    signature: Optional[str] = None
 
     @property
     def waited_seconds(self) -> float:

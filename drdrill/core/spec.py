@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic.functional_validators import BeforeValidator
 
+from drdrill.core import sshsig
 from drdrill.core.paths import default_state_dir
 
 # ---------------------------------------------------------------- durations
@@ -1209,21 +1210,54 @@ class PlanGroup(Strict):
         return f"{v.type}:{tgt}" if tgt else f"{self.group}:{v.type}:{index}"
 
 
+class Approver(Strict):
+    """Someone who may answer an approval gate, named with the public SSH key they sign with (as
+    git's allowed_signers does). `drdrill approve` signs its answer with the private half; the
+    workflow accepts only an answer whose signature verifies against one of the gate's keys."""
+
+    name: str = Field(min_length=1, max_length=200, description="who this is: the name the evidence gives")
+    key: str = Field(description='the public key, as in ~/.ssh/id_ed25519.pub: "ssh-ed25519 AAAA…"')
+    role: Literal["approver", "console"] = Field(
+        "approver", description="console: a web console that signs on behalf of an approver it authenticated (payload on_behalf_of)"
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _a_key(cls, v: str) -> str:
+        try:
+            return sshsig.parse_public_key(v).line
+        except sshsig.SignatureError as exc:
+            raise ValueError(f"{exc}: paste the line of the approver's ~/.ssh/id_ed25519.pub") from None
+
+
+PLAIN_APPROVER = (
+    "approver {name!r} has no key: an approval is signed, so name each approver with their public SSH key: "
+    '{{name: {name}, key: "ssh-ed25519 AAAA…"}} (the line of their ~/.ssh/id_ed25519.pub), '
+    "or list them in approvers_file (allowed_signers format)"
+)
+
+
 class ApprovalGate(Strict):
     """A person looks before a group starts: the plan pauses ("waiting for approval"), the webhooks
-    are told who can approve and how, and `drdrill approve ID` continues it or `drdrill reject ID`
-    ends it FAILED. Nobody answering within `timeout` is a finding, and the drill tears down."""
+    are told who can approve and how, and a signed `drdrill approve ID` continues it or
+    `drdrill reject ID` ends it FAILED. Nobody answering within `timeout` is a finding, and the
+    drill tears down. See docs/security.md, "Approvals and the sweep"."""
 
     before: str = Field(description="the group that waits for the approval")
     timeout: Duration = Field(timedelta(hours=2), description="how long the plan waits for an answer")
-    approvers: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
-        min_length=1, description="who may approve or reject: the user names `drdrill approve` and `drdrill reject` run as"
+    approvers: list[Approver] = Field(default_factory=list, description="who may approve or reject: a name and a public SSH key each")
+    approvers_file: Optional[str] = Field(
+        None, description="a file of approvers in git's allowed_signers format (`alice ssh-ed25519 AAAA…`), relative to the drill file"
     )
 
     @field_validator("approvers", mode="before")
     @classmethod
     def _list(cls, v: Any) -> Any:
-        return _one_or_list(v)
+        v = _one_or_list(v)
+        for item in v if isinstance(v, list) else []:
+            if isinstance(item, str):
+                raise ValueError(PLAIN_APPROVER.format(name=item))
+        return v
 
     @field_validator("timeout")
     @classmethod
@@ -1231,6 +1265,17 @@ class ApprovalGate(Strict):
         if v <= timedelta(0):
             raise ValueError("timeout must be longer than 0s")
         return v
+
+    @model_validator(mode="after")
+    def _someone(self) -> "ApprovalGate":
+        if not self.approvers and not self.approvers_file:
+            raise ValueError("a gate needs approvers: list them with their public SSH keys (approvers:) or name an allowed_signers file (approvers_file:)")
+        return self
+
+    @property
+    def names(self) -> list[str]:
+        """Who may answer, by name (a console's name among them)."""
+        return [a.name for a in self.approvers]
 
 
 class DrillSpec(Strict):
@@ -1945,6 +1990,7 @@ def parse_spec(text: str, path: str = "<drill>", base_dir: Optional[Path] = None
     spec.source_sha256 = hashlib.sha256(text.encode()).hexdigest()
     spec.source_text = text
     _resolve_paths(spec, path, base_dir)
+    _read_approvers_files(spec, path, base_dir)
     return spec
 
 
@@ -1995,6 +2041,30 @@ def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None
             owner[attr] = value
         else:
             setattr(owner, attr, value)
+    if problems:
+        raise SpecError(path, problems)
+
+
+def _read_approvers_files(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None:
+    """Add the approvers an `approvers_file` (allowed_signers format) names to its gate: the keys
+    travel with the drill, so the workflow verifies signatures without reading a file."""
+    problems = []
+    for i, gate in enumerate(spec.approve):
+        if not gate.approvers_file:
+            continue
+        field = f"approve[{i}].approvers_file"
+        try:
+            file = expand_path(gate.approvers_file)
+            if base_dir is not None and not os.path.isabs(file):
+                file = str((base_dir / file).resolve())
+            entries = sshsig.parse_allowed_signers(Path(file).read_text(encoding="utf-8"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            problems.append((field, f"{exc}: write one approver a line, `alice ssh-ed25519 AAAA…` (git's allowed_signers format)"))
+            continue
+        if not entries:
+            problems.append((field, f"{file} names no approver: write one a line, `alice ssh-ed25519 AAAA…`"))
+        gate.approvers_file = file
+        gate.approvers += [Approver(name=name, key=key) for name, key in entries]
     if problems:
         raise SpecError(path, problems)
 
