@@ -92,10 +92,10 @@ def check(
         payload = ApprovalPayload.model_validate_json(payload_text)
     except ValidationError as exc:
         raise Refused("APPROVAL_BAD_PAYLOAD", f"the signed payload is not an approval: {exc.errors()[0]['msg']}") from None
-    _matches(payload, drill_id, group, decision)
-    _in_time(payload.time, asked, until, now)
     if payload.nonce in set(used_nonces):
         raise Refused("APPROVAL_REPLAYED", f"nonce {payload.nonce} was used before: a signed answer counts once")
+    _matches(payload, drill_id, group, decision)
+    _in_time(payload.time, asked, until, now)
     return Accepted(payload, signer, _person(payload, signer, approvers), key.fingerprint)
 
 
