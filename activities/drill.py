@@ -21,6 +21,7 @@ from temporalio.exceptions import CancelledError as TemporalCancelledError
 from drdrill.core.paths import default_state_dir
 from drdrill.evidence.history import restore_history
 from drdrill.evidence.coverage import last_restored
+from drdrill.evidence.created import created_resources, record_created
 from drdrill.evidence.record import record_run
 from drdrill.evidence.signing import SigningError
 from drdrill.evidence.store import EvidenceConflict
@@ -43,6 +44,7 @@ from drdrill.core.selection import Discovery
 from drdrill.notify import alert_failing_teardown
 from drdrill.providers import HOST_BOUND, family_of, load_provider
 from drdrill.providers.base import Provider, ProviderError
+from drdrill.providers.sweep import refusal
 from drdrill.core.spec import IsolationSpec, Target
 
 log = logging.getLogger("drdrill.activities")
@@ -163,6 +165,32 @@ class DrillActivities:
                 raise failure from None
             raise failure from exc
 
+    def _creating(self, family: str, ctx: DrillContext, env: Optional[Environment], target: Optional[str], fn_name: str, *args: Any) -> Any:
+        """A provider call that creates resources, then the record of what this drill created so
+        far (the evidence store's created_resources: what the sweep may delete), also when it failed."""
+        try:
+            result = self._call(family, target, fn_name, *args)
+        except BaseException:
+            self._note_created(family, ctx.drill_id, env, failing=True)
+            raise
+        self._note_created(family, ctx.drill_id, result if isinstance(result, Environment) else env)
+        return result
+
+    def _note_created(self, family: str, drill_id: str, env: Optional[Environment], failing: bool = False) -> None:
+        """Record every resource carrying this drill's tag as created by it. Not recorded, a resource
+        would be refused by the sweep: so a record that cannot be written fails the activity
+        (retried: the provider calls are idempotent), unless the call itself already failed."""
+        try:
+            record_created(self.state_dir, drill_id, family, self.provider(family).inventory(drill_id, env))
+        except NotImplementedError:
+            return  # a provider without an inventory creates nothing the sweep could find
+        except Exception as exc:  # noqa: BLE001 - the store or the provider's listing out of reach
+            message = f"drill {drill_id}: what it created in {family} could not be recorded in the evidence store: {redact(str(exc))}"
+            if failing:
+                log.warning("%s", message)
+                return
+            raise ApplicationError(message, type="CREATED_NOT_RECORDED") from None
+
     @activity.defn(name="claim_host")
     def claim_host(self, family: str) -> str:
         """The task queue of this worker's host, for a family whose resources live on the host
@@ -195,7 +223,7 @@ class DrillActivities:
 
     @activity.defn(name="create_isolation")
     def create_isolation(self, inp: CreateIsolationInput) -> Environment:
-        return self._call(inp.family, None, "create_isolation", inp.ctx, self._probe_defaults(inp.isolation), inp.targets)
+        return self._creating(inp.family, inp.ctx, None, None, "create_isolation", inp.ctx, self._probe_defaults(inp.isolation), inp.targets)
 
     def _probe_defaults(self, isolation: IsolationSpec) -> IsolationSpec:
         """A probe the drill asks for reports to this worker's Temporal unless the drill names another."""
@@ -218,7 +246,8 @@ class DrillActivities:
     @activity.defn(name="restore")
     def restore(self, inp: RestoreInput) -> RestoredResource:
         target = self._with_environment(inp.target, inp.endpoints)
-        return self._call(family_of(inp.target.provider), inp.target.name, "restore", inp.ctx, target, inp.point, inp.env)
+        family = family_of(inp.target.provider)
+        return self._creating(family, inp.ctx, inp.env, inp.target.name, "restore", inp.ctx, target, inp.point, inp.env)
 
     def _with_environment(self, target: Any, endpoints: dict[str, dict[str, Any]]) -> Any:
         """The target with its restore.environment filled in, for the provider that starts the
@@ -253,15 +282,13 @@ class DrillActivities:
         history = None
         if inp.restore_started is not None:
             history = restore_history(self.state_dir, inp.ctx.drill_name, inp.target.name, provider=family_of(inp.target.provider))
+        family = family_of(inp.target.provider)
+        args = ("wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds)
         if history is None:  # the target's first drill here: no prior
-            return self._call(
-                family_of(inp.target.provider), inp.target.name, "wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds
-            )
+            return self._creating(family, inp.ctx, None, inp.target.name, *args)
         elapsed = (datetime.now(timezone.utc) - inp.restore_started).total_seconds()
         with expecting_ready_in(max(0.0, history.typical - elapsed), history.spread):
-            ready: RestoredResource = self._call(
-                family_of(inp.target.provider), inp.target.name, "wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds
-            )
+            ready: RestoredResource = self._creating(family, inp.ctx, None, inp.target.name, *args)
         # What the readiness polling expected, for the evidence: the RTO's detection delay is
         # smallest around this moment.
         ready.details["readiness_prior"] = {
@@ -291,7 +318,22 @@ class DrillActivities:
 
     @activity.defn(name="list_orphans")
     def list_orphans(self, inp: ListOrphansInput) -> list[Orphan]:
-        return self._call(inp.family, None, "list_orphans", inp.now, set(inp.active_drill_ids))
+        """The provider's orphans; each one the evidence store does not record a drill creating
+        carries `details["refused"]`, the reason the sweep must not delete it."""
+        orphans: list[Orphan] = self._call(inp.family, None, "list_orphans", inp.now, set(inp.active_drill_ids))
+        created, why = self._created(inp.family)
+        for orphan in orphans:
+            reason = refusal(orphan, created, why)
+            if reason:
+                orphan.details["refused"] = reason
+        return orphans
+
+    def _created(self, family: str) -> tuple[Optional[dict], str]:
+        """What the evidence store records drills creating in `family`; (None, why) when it cannot be read."""
+        try:
+            return created_resources(self.state_dir, family), ""
+        except Exception as exc:  # noqa: BLE001 - without the record, nothing is deleted: said in every outcome
+            return None, redact(str(exc)) or type(exc).__name__
 
     @activity.defn(name="delete_orphan")
     def delete_orphan(self, inp: DeleteOrphanInput) -> DeletionOutcome:
@@ -299,6 +341,11 @@ class DrillActivities:
         deletion that could not be done raises, and is retried; the sweep records it as failed.
         An answer of another type fails here, at once, rather than the workflow decoding it."""
         family = family_of(inp.orphan.provider)
+        created, why = self._created(family)
+        reason = refusal(inp.orphan, created, why)  # again, here: whatever the workflow was handed
+        if reason:
+            o = inp.orphan
+            return DeletionOutcome(kind=o.kind, id=o.id, result="refused", reason=reason, region=o.region)
         outcome = self._call(family, None, "delete_orphan", inp.orphan)
         if not isinstance(outcome, DeletionOutcome):
             raise ApplicationError(f"provider {family} answered {outcome!r}, not a DeletionOutcome", type="BAD_PROVIDER_ANSWER", non_retryable=True)

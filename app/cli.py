@@ -33,6 +33,7 @@ from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
+from drdrill.evidence.created import created_resources
 from drdrill.evidence.record import record_sweep
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
@@ -499,7 +500,8 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="list orphans, delete nothing"),
     worker: bool = typer.Option(False, "--worker", help="with TEMPORAL_ADDRESS: also run a worker in this process"),
 ) -> None:
-    """Find resources left by ended or expired drills (tagged by drdrill only) and delete them.
+    """Find resources left by ended or expired drills and delete them: only those the evidence
+    store records a drill creating (a tagged resource it does not record is refused).
 
     Runs the OrphanSweepWorkflow, which asks Temporal which drills are running and leaves their
     resources alone. Without Temporal, only resources whose expiry has passed are considered.
@@ -555,7 +557,8 @@ def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
         provider = None
         try:
             provider = load_provider(family)
-            rows = do_sweep({family: provider}, now=now, dry_run=dry_run, expired_only=True)
+            created, why = _created_by_drills(family)
+            rows = do_sweep({family: provider}, now=now, dry_run=dry_run, expired_only=True, created=created, why_unknown=why)
         except Exception as exc:  # noqa: BLE001 - one provider out of reach must not hide the others
             record.errors.append(f"{family}: could not list orphans: {exc}")
             continue
@@ -566,6 +569,14 @@ def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
     record.ended = datetime.now(timezone.utc)
     record.evidence_path = record_sweep(state_dir(), record)
     return record
+
+
+def _created_by_drills(family: str):
+    """{family: what the evidence store records drills creating}, or (None, why): then nothing is deleted."""
+    try:
+        return {family: created_resources(state_dir(), family)}, ""
+    except Exception as exc:  # noqa: BLE001 - the store out of reach: every orphan is refused, saying why
+        return None, redact(str(exc)) or type(exc).__name__
 
 
 def _print_sweep(record) -> None:

@@ -16,6 +16,8 @@ from typer.testing import CliRunner
 
 from drdrill.core.models import DrillInput, DrillResult, DrillStatus
 from drdrill.core.spec import DrillSpec, parse_spec
+from drdrill.evidence.created import created_resources, record_created
+from drdrill.providers.base import Resource
 from drdrill.providers.postgres import PostgresProvider
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
@@ -39,6 +41,17 @@ validations:
 {validation or '  - {type: sql, target: shop, name: orders-present, query: "SELECT count(*) FROM orders", expect: "> 0"}'}
 {extra}
 """
+
+
+def recorded(drill_id: str, provider: str, *resources: tuple[str, str]) -> None:
+    """Record (kind, id) resources as created by `drill_id`, as a drill's activities record what
+    they create (the evidence store's created_resources, DRDRILL_EVIDENCE_DSN): what a sweep may delete."""
+    record_created(REPO, drill_id, provider, [Resource(kind, rid) for kind, rid in resources])
+
+
+def created(*families: str) -> dict:
+    """What the evidence store records drills creating, per family: the `created` of providers.sweep.sweep."""
+    return {family: created_resources(REPO, family) for family in families}
 
 
 def spec_of(text: str) -> DrillSpec:

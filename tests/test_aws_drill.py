@@ -19,6 +19,7 @@ from drdrill.providers.sweep import failed, sweep
 from drdrill.core.spec import parse_spec
 from tests.conftest import wait_for_phase
 from tests.moto_server import OTHER_REGION, REGION, aws, moto_endpoint  # noqa: F401
+from tests.ops_helpers import created, recorded
 
 DRDRILL = Path(sys.executable).parent / "drdrill"
 
@@ -265,28 +266,32 @@ def test_sweep_removes_what_a_killed_drill_left_in_every_region(drill_harness, a
         drill_harness.run(spec, providers={"aws": aws.provider}, during=kill_while_holding, drill_id="killed-1")
     # Something else left in the other region by another dead drill, plus a live drill's VPC.
     other = aws.client("ec2", OTHER_REGION)
-    other.create_vpc(
+    dead = other.create_vpc(
         CidrBlock="10.9.0.0/16",
         TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": TAG_DRILL_ID, "Value": "dead-2"}, {"Key": TAG_EXPIRES_AT, "Value": "2020-01-01T00:00:00Z"}]}],
-    )
+    )["Vpc"]["VpcId"]
     live = aws.ec2.create_vpc(
         CidrBlock="10.8.0.0/16",
         TagSpecifications=[{"ResourceType": "vpc", "Tags": [{"Key": TAG_DRILL_ID, "Value": "live-3"}, {"Key": TAG_EXPIRES_AT, "Value": "2999-01-01T00:00:00Z"}]}],
     )["Vpc"]["VpcId"]
+    recorded("dead-2", "aws", ("vpc", dead))
+    recorded("live-3", "aws", ("vpc", live))
     now = datetime.now(timezone.utc)
 
-    planned = sweep({"aws": aws.provider}, now=now, active_drill_ids={"live-3"}, dry_run=True)
+    planned = sweep({"aws": aws.provider}, now=now, active_drill_ids={"live-3"}, dry_run=True, created=created("aws"))
     kinds = sorted((o.drill_id, o.kind) for o, _ in planned)
     assert ("killed-1", "volume") in kinds and ("killed-1", "vpc") in kinds and ("dead-2", "vpc") in kinds
     assert all(o.drill_id != "live-3" for o, _ in planned)
     assert all(str(a).endswith("would delete") for _, a in planned), planned
     assert len(aws.tagged()) == len(planned) + 1  # the dry run deleted nothing
 
-    done = sweep({"aws": aws.provider}, now=now, active_drill_ids={"live-3"}, dry_run=False)
+    done = sweep({"aws": aws.provider}, now=now, active_drill_ids={"live-3"}, dry_run=False, created=created("aws"))
     assert not failed(done), done
     assert aws.tagged() == [f"vpc {live}"]
     # The live drill ends; its expiry passes: the next sweep takes it too.
-    later = sweep({"aws": aws.provider}, now=datetime(3000, 1, 1, tzinfo=timezone.utc), active_drill_ids={"live-3"}, dry_run=False)
+    later = sweep(
+        {"aws": aws.provider}, now=datetime(3000, 1, 1, tzinfo=timezone.utc), active_drill_ids={"live-3"}, dry_run=False, created=created("aws")
+    )
     assert [(o.id, o.details["reason"]) for o, _ in later] == [(live, "expired")]
     assert aws.inventory_ids() == before - set()
 

@@ -20,7 +20,7 @@ from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT
 from drdrill.providers.aws import AwsProvider
 from tests.conftest import wait_for_phase
 from tests.moto_server import REGION, aws, moto_endpoint  # noqa: F401
-from tests.ops_helpers import service, spec_of, unique
+from tests.ops_helpers import recorded, service, spec_of, unique
 from tests.test_aws_drill import CHECK, drill
 
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
@@ -31,10 +31,14 @@ def sweep_cli(env: dict, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([DRDRILL, "sweep", *args], capture_output=True, text=True, env={**os.environ, **env}, timeout=240)
 
 
-def tagged_vpc(world, cidr: str, drill_id: str, expires: datetime) -> str:
-    """A VPC as a drill leaves it: tagged with its drill id and its expiry."""
+def tagged_vpc(world, cidr: str, drill_id: str, expires: datetime, record: bool = True) -> str:
+    """A VPC as a drill leaves it: tagged with its drill id and its expiry, and recorded in the
+    evidence store as created by that drill (`record=False`: tagged by hand, never created by drdrill)."""
     tags = [{"Key": TAG_DRILL_ID, "Value": drill_id}, {"Key": TAG_EXPIRES_AT, "Value": f"{expires:%Y-%m-%dT%H:%M:%SZ}"}]
-    return world.ec2.create_vpc(CidrBlock=cidr, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])["Vpc"]["VpcId"]
+    vpc = world.ec2.create_vpc(CidrBlock=cidr, TagSpecifications=[{"ResourceType": "vpc", "Tags": tags}])["Vpc"]["VpcId"]
+    if record:
+        recorded(drill_id, "aws", ("vpc", vpc))
+    return vpc
 
 
 def evidence_of(proc: subprocess.CompletedProcess) -> dict:

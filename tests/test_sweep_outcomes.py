@@ -28,7 +28,7 @@ from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.sim import SimProvider, SimState
 from drdrill.providers.sweep import delete_one, failed, sweep
 from tests.conftest import wait_for_phase
-from tests.ops_helpers import service, unique
+from tests.ops_helpers import created, recorded, service, unique
 from tests.pg_fixtures import cluster_root  # noqa: F401
 from tests.sim_harness import run_sim, sim_yaml, wait_until
 from tests.test_metrics import sample, scrape
@@ -72,6 +72,8 @@ def test_a_refused_deletion_makes_drdrill_sweep_fail_and_is_recorded(temporal_se
     cloud.plant(net_a, kind="network", tags=_tags(a, now), faults={"latency": {"teardown": {"fixed": 3}}})
     cloud.plant(db_a, kind="database", tags=_tags(a, now), env=net_a)
     cloud.plant(db_b, kind="database", tags=_tags(b, now))
+    recorded(a, "sim", ("network", net_a), ("database", db_a))
+    recorded(b, "sim", ("database", db_b))
 
     async def go():
         async with service(temporal_server.address, tmp_path, providers={"sim": SimProvider(state)}) as svc:
@@ -102,8 +104,11 @@ def test_a_refused_deletion_makes_drdrill_sweep_fail_and_is_recorded(temporal_se
 def test_metrics_count_deleted_outcomes_per_provider(temporal_server, tmp_path, cluster_root):
     now = datetime.now(timezone.utc)
     state = tmp_path / "sim.json"
-    SimState(state).plant("drdrill-sim-orphan", kind="database", tags=_tags(unique("ended"), now))
-    cluster = _cluster_dir(cluster_root / "drdrill-pg-orphan", unique("ended"), now)
+    sim_drill, pg_drill = unique("ended"), unique("ended")
+    SimState(state).plant("drdrill-sim-orphan", kind="database", tags=_tags(sim_drill, now))
+    cluster = _cluster_dir(cluster_root / "drdrill-pg-orphan", pg_drill, now)
+    recorded(sim_drill, "sim", ("database", "drdrill-sim-orphan"))
+    recorded(pg_drill, "postgres", ("cluster", str(cluster)))
     port = metrics.serve(free_port(), addr="127.0.0.1")
     providers = {"sim": SimProvider(state), "postgres": PostgresProvider()}
 
@@ -176,10 +181,12 @@ def test_postgres_refuses_a_cluster_whose_tag_changed_and_one_outside_its_root(t
 def test_a_failing_deletion_is_a_failed_outcome_and_a_dry_run_deletes_nothing(tmp_path):
     now = datetime.now(timezone.utc)
     state = tmp_path / "sim.json"
-    SimState(state).plant("drdrill-orphan", kind="database", tags=_tags(unique("ended"), now))
+    drill = unique("ended")
+    SimState(state).plant("drdrill-orphan", kind="database", tags=_tags(drill, now))
+    recorded(drill, "sim", ("database", "drdrill-orphan"))
     provider = SimProvider(state)
 
-    planned = sweep({"sim": provider}, now, dry_run=True)
+    planned = sweep({"sim": provider}, now, dry_run=True, created=created("sim"))
     assert [(o.id, outcome.result) for o, outcome in planned] == [("drdrill-orphan", "would_delete")]
     assert failed(planned) == [] and "drdrill-orphan" in SimState(state).resources()
 

@@ -2,8 +2,9 @@
 
 Scheduled by `drdrill schedule sweep` (a Temporal Schedule), or started on demand. Each configured
 provider family lists resources carrying drdrill's tags whose drill is not running (or whose
-expiry passed); each is deleted after the provider re-checks its tag. Every sweep, also one that
-found nothing, is written as evidence.
+expiry passed); each is deleted after the provider re-checks its tag, and only when the evidence
+store records its drill creating it (else: refused, "not created by drdrill"). Every sweep, also
+one that found nothing, is written as evidence.
 """
 
 from __future__ import annotations
@@ -60,7 +61,11 @@ class OrphanSweepWorkflow:
                 rec.errors.append(f"{family}: could not list orphans: {_describe(exc)}")
                 continue
             for orphan in orphans:
-                outcome = outcome_of(orphan, "would_delete") if inp.dry_run else await self._delete(orphan)
+                refused = orphan.details.get("refused")  # the evidence store does not record a drill creating it
+                if refused:
+                    outcome = outcome_of(orphan, "refused", refused)
+                else:
+                    outcome = outcome_of(orphan, "would_delete") if inp.dry_run else await self._delete(orphan)
                 rec.actions.append(SweepAction(orphan=orphan, outcome=outcome))
         rec.ended = workflow.now()
         rec.evidence_path = await workflow.execute_activity_method(

@@ -13,6 +13,8 @@ Schema `drdrill_evidence`, created and migrated by drdrill (`schema_version` hol
           of its predecessor.
 - log:    the signed log chaining the runs (drdrill/evidence/ledger.py), signed with a key kept outside
           the store (drdrill/evidence/signing.py).
+- created_resources: every resource a drill created (drill id, provider, kind, id, scope, when),
+          written by the activity that created it: the orphan sweep deletes nothing else.
 UPDATE, DELETE and TRUNCATE are refused by triggers; `verify` recomputes everything anyway, because
 whoever owns the database can disable a trigger; and no one without the key can sign a log entry.
 """
@@ -136,6 +138,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {SCHEMA}.log
             FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse_change();
         CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {SCHEMA}.log
+            FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        """,
+    ),
+    (
+        5,
+        "resources drdrill created (what the sweep may delete), append-only",
+        f"""
+        CREATE TABLE {SCHEMA}.created_resources (
+            drill_id    text NOT NULL,
+            provider    text NOT NULL,
+            kind        text NOT NULL,
+            id          text NOT NULL,
+            scope       text NOT NULL DEFAULT '',
+            created_at  timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (provider, kind, id, drill_id)
+        );
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {SCHEMA}.created_resources
+            FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {SCHEMA}.created_resources
             FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
         """,
     ),
@@ -530,6 +551,29 @@ class EvidenceStore:
                 (record["sweep_id"], _dt(record["started"]), _dt(record["ended"]), bool(record.get("dry_run")), text, sha256(text)),
             ).fetchone()
         return row is not None
+
+    def record_created(self, drill_id: str, provider: str, resources: list[tuple[str, str, str]]) -> int:
+        """Record that drill `drill_id` created these (kind, id, scope) of `provider`: the only
+        resources an orphan sweep may delete. Idempotent; returns how many rows were new."""
+        if not resources:
+            return 0
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                f"""INSERT INTO {SCHEMA}.created_resources (drill_id, provider, kind, id, scope) VALUES (%s, %s, %s, %s, %s)
+                    ON CONFLICT DO NOTHING""",
+                [(drill_id, provider, kind, rid, scope or "") for kind, rid, scope in resources],
+            )
+            return max(cur.rowcount, 0)
+
+    def created(self, provider: str) -> dict[tuple[str, str], list[str]]:
+        """(kind, id) -> the drills that recorded creating it, for `provider`."""
+        rows = self.conn.execute(
+            f"SELECT kind, id, drill_id FROM {SCHEMA}.created_resources WHERE provider = %s ORDER BY created_at", (provider,)
+        ).fetchall()
+        out: dict[tuple[str, str], list[str]] = {}
+        for kind, rid, drill in rows:
+            out.setdefault((kind, rid), []).append(drill)
+        return out
 
     def sweeps(self, since: Optional[datetime] = None, until: Optional[datetime] = None) -> list[dict]:
         """Stored sweeps, oldest first."""

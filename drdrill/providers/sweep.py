@@ -3,18 +3,37 @@
 Used by `drdrill sweep` when Temporal is out of reach (then expired resources only: it cannot tell
 which drills are running); the OrphanSweepWorkflow runs the same provider calls as activities.
 Providers only ever list resources carrying drdrill's tags, and re-check the tag before deleting.
+
+A tag is not proof: anyone allowed to tag can put drdrill's on a production volume. So an orphan is
+deleted only when the evidence store records that its drill created it (`created`, from
+EvidenceStore.created: (kind, id) -> the drills that recorded creating it); any other is refused,
+"not created by drdrill". Without that record (the store out of reach) nothing is deleted.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Iterable
+from typing import Iterable, Mapping, Optional
 
 from drdrill.core.models import DeletionOutcome, DeletionResult, Orphan
 from drdrill.core.times import parse_time
 from drdrill.providers.base import Provider
 
 Row = tuple[Orphan, DeletionOutcome]
+Created = Mapping[tuple[str, str], list[str]]  # (kind, id) -> the drills that recorded creating it
+NOT_CREATED = "not created by drdrill"
+
+
+def refusal(orphan: Orphan, created: Optional[Created], why_unknown: str = "") -> Optional[str]:
+    """Why the sweep must not delete `orphan`, or None when the store records its drill creating it."""
+    if created is None:
+        return f"nothing is deleted without drdrill's record of what it created, which could not be read: {why_unknown or 'no evidence store'}"
+    drills = created.get((orphan.kind, orphan.id))
+    if not drills:
+        return f"{NOT_CREATED}: no drill recorded creating {orphan.kind} {orphan.id}, whatever its tags say"
+    if orphan.drill_id not in drills:
+        return f"{NOT_CREATED} for drill {orphan.drill_id!r}, its tag: drill {drills[0]} recorded creating it"
+    return None
 
 
 def sweep(
@@ -23,8 +42,11 @@ def sweep(
     active_drill_ids: Iterable[str] = (),
     dry_run: bool = False,
     expired_only: bool = False,
+    created: Optional[Mapping[str, Created]] = None,
+    why_unknown: str = "",
 ) -> list[Row]:
-    """[(orphan, outcome)] for every orphan of every provider; deletes unless `dry_run`.
+    """[(orphan, outcome)] for every orphan of every provider; deletes unless `dry_run`, and only
+    what `created` (family -> its record, None: unknown, `why_unknown`) says a drill created.
 
     `expired_only` is for a sweep that cannot tell which drills are running (Temporal is out of
     reach): every drill then counts as running, so only a resource whose `drdrill:expires-at` has
@@ -33,8 +55,13 @@ def sweep(
     active = set(active_drill_ids)
     out: list[Row] = []
     for family, provider in providers.items():
+        record = None if created is None else created.get(family, {})
         for orphan in _orphans(provider, now, active, expired_only):
-            out.append((orphan, outcome_of(orphan, "would_delete") if dry_run else delete_one(provider, orphan)))
+            refused = refusal(orphan, record, why_unknown)
+            if refused:
+                out.append((orphan, outcome_of(orphan, "refused", refused)))
+            else:
+                out.append((orphan, outcome_of(orphan, "would_delete") if dry_run else delete_one(provider, orphan)))
     return out
 
 
