@@ -165,23 +165,26 @@ class DrillActivities:
                 raise failure from None
             raise failure from exc
 
-    def _creating(self, family: str, ctx: DrillContext, env: Optional[Environment], target: Optional[str], fn_name: str, *args: Any) -> Any:
+    def _creating(self, family: str, ctx: DrillContext, target: Optional[str], fn_name: str, *args: Any) -> Any:
         """A provider call that creates resources, then the record of what this drill created so
         far (the evidence store's created_resources: what the sweep may delete), also when it failed."""
         try:
             result = self._call(family, target, fn_name, *args)
         except BaseException:
-            self._note_created(family, ctx.drill_id, env, failing=True)
+            self._note_created(family, ctx.drill_id, failing=True)
             raise
-        self._note_created(family, ctx.drill_id, result if isinstance(result, Environment) else env)
+        self._note_created(family, ctx.drill_id)
         return result
 
-    def _note_created(self, family: str, drill_id: str, env: Optional[Environment], failing: bool = False) -> None:
+    def _note_created(self, family: str, drill_id: str, failing: bool = False) -> None:
         """Record every resource carrying this drill's tag as created by it. Not recorded, a resource
         would be refused by the sweep: so a record that cannot be written fails the activity
-        (retried: the provider calls are idempotent), unless the call itself already failed."""
+        (retried: the provider calls are idempotent), unless the call itself already failed.
+
+        The inventory is asked without an environment: with one, a provider may count the call as
+        the start of a teardown (the simulated cloud does)."""
         try:
-            record_created(self.state_dir, drill_id, family, self.provider(family).inventory(drill_id, env))
+            record_created(self.state_dir, drill_id, family, self.provider(family).inventory(drill_id, None))
         except NotImplementedError:
             return  # a provider without an inventory creates nothing the sweep could find
         except Exception as exc:  # noqa: BLE001 - the store or the provider's listing out of reach
@@ -223,7 +226,7 @@ class DrillActivities:
 
     @activity.defn(name="create_isolation")
     def create_isolation(self, inp: CreateIsolationInput) -> Environment:
-        return self._creating(inp.family, inp.ctx, None, None, "create_isolation", inp.ctx, self._probe_defaults(inp.isolation), inp.targets)
+        return self._creating(inp.family, inp.ctx, None, "create_isolation", inp.ctx, self._probe_defaults(inp.isolation), inp.targets)
 
     def _probe_defaults(self, isolation: IsolationSpec) -> IsolationSpec:
         """A probe the drill asks for reports to this worker's Temporal unless the drill names another."""
@@ -247,7 +250,7 @@ class DrillActivities:
     def restore(self, inp: RestoreInput) -> RestoredResource:
         target = self._with_environment(inp.target, inp.endpoints)
         family = family_of(inp.target.provider)
-        return self._creating(family, inp.ctx, inp.env, inp.target.name, "restore", inp.ctx, target, inp.point, inp.env)
+        return self._creating(family, inp.ctx, inp.target.name, "restore", inp.ctx, target, inp.point, inp.env)
 
     def _with_environment(self, target: Any, endpoints: dict[str, dict[str, Any]]) -> Any:
         """The target with its restore.environment filled in, for the provider that starts the
@@ -285,10 +288,10 @@ class DrillActivities:
         family = family_of(inp.target.provider)
         args = ("wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds)
         if history is None:  # the target's first drill here: no prior
-            return self._creating(family, inp.ctx, None, inp.target.name, *args)
+            return self._creating(family, inp.ctx, inp.target.name, *args)
         elapsed = (datetime.now(timezone.utc) - inp.restore_started).total_seconds()
         with expecting_ready_in(max(0.0, history.typical - elapsed), history.spread):
-            ready: RestoredResource = self._creating(family, inp.ctx, None, inp.target.name, *args)
+            ready: RestoredResource = self._creating(family, inp.ctx, inp.target.name, *args)
         # What the readiness polling expected, for the evidence: the RTO's detection delay is
         # smallest around this moment.
         ready.details["readiness_prior"] = {
