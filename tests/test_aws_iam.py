@@ -105,3 +105,25 @@ def test_iam_policy_is_least_privilege():
                 assert all(":image/" in r or ":snapshot/" in r for r in stmt["Resource"]), stmt
     tags = [s for s in _statements() if "ec2:CreateTags" in _actions(s)]
     assert tags and all("ec2:CreateAction" in json.dumps(s["Condition"]) for s in tags)
+
+
+def _statements_allowing(action: str) -> list[dict]:
+    return [s for s in _statements() if s["Effect"] == "Allow" and any(fnmatch.fnmatchcase(action.lower(), a.lower()) for a in _actions(s))]
+
+
+def test_tags_go_on_only_as_drdrill_creates_and_databases_it_did_not_name_are_never_tagged_or_deleted():
+    """Issue 22: a tag is what the deletes are conditioned on, so drdrill's role must not be able to
+    put one on a resource it did not create (a production database, then deleted)."""
+    for stmt in _statements_allowing("ec2:CreateTags"):
+        cond = stmt["Condition"]
+        assert cond["StringEquals"]["ec2:CreateAction"] and cond["Null"] == {"aws:RequestTag/drdrill:drill-id": "false"}, stmt
+    for action in ("rds:AddTagsToResource", "rds:DeleteDBInstance", "rds:DeleteDBSubnetGroup"):
+        stmts = _statements_allowing(action)
+        assert stmts, action
+        for stmt in stmts:
+            resources = [stmt["Resource"]] if isinstance(stmt["Resource"], str) else stmt["Resource"]
+            assert all(r.split(":")[-1] == "drdrill-*" for r in resources), (action, stmt)
+    assert _statements_allowing("rds:AddTagsToResource")[0]["Condition"] == {"Null": {"aws:RequestTag/drdrill:drill-id": "false"}}
+    # Nothing takes a tag off or changes one later.
+    for action in ("ec2:DeleteTags", "rds:RemoveTagsFromResource", "tag:TagResources", "tag:UntagResources"):
+        assert not allowed(action), action
