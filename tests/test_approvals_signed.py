@@ -21,7 +21,7 @@ from temporalio.client import WorkflowUpdateFailedError
 from app.approval_sign import SigningError, sign, signed_request
 from drdrill.core import approvals, sshsig
 from drdrill.core.approvals import ApprovalPayload, Refused
-from drdrill.core.spec import Approver, SpecError, parse_spec
+from drdrill.core.spec import ApprovalGate, Approver, SpecError, parse_spec
 from drdrill.providers.sim import SimProvider
 from tests.sim_harness import leaked
 from workflows.drill import DrillWorkflow
@@ -201,3 +201,13 @@ def test_approvers_come_from_an_allowed_signers_file_beside_the_drill(tmp_path, 
 def test_signing_without_a_key_says_what_to_do(tmp_path):
     with pytest.raises(SigningError, match="no SSH key at .*: pass --key PATH"):
         sign("x", str(tmp_path / "absent"))
+
+
+def test_evidence_recorded_before_approvals_were_signed_still_reads_but_no_answer_matches_a_keyless_approver(keys):
+    """Old records name approvers without keys: they load (reports, comparisons with earlier runs),
+    a drill file written so is refused by lint (tests/test_plan.py), and no signature matches them."""
+    gate = ApprovalGate.model_validate({"before": "app", "approvers": ["alice"]})
+    assert gate.names == ["alice"] and gate.approvers[0].key == ""
+    with pytest.raises(Refused) as err:
+        _check(_payload(), keys["alice"][0], gate.approvers)
+    assert err.value.code == "APPROVAL_UNKNOWN_KEY"

@@ -574,7 +574,7 @@ def test_a_plan_lints_clean_and_keeps_its_groups_in_order():
         (
             'approvers: [{name: alice, key: "ssh-ed25519 AAAAC3',
             'approvers: [alice, {name: bob, key: "ssh-ed25519 AAAAC3',
-            "approve[0].approvers: approver 'alice' has no key: an approval is signed, so name each approver with their public SSH key: "
+            "approve[0].approvers[0]: approver 'alice' has no key: an approval is signed, so name each approver with their public SSH key: "
             '{name: alice, key: "ssh-ed25519 AAAA…"} (the line of their ~/.ssh/id_ed25519.pub), or list them in approvers_file (allowed_signers format)',
         ),
         (

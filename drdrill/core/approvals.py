@@ -85,7 +85,7 @@ def check(
         key = sshsig.verify(signature, payload_text.encode("utf-8"), NAMESPACE)
     except sshsig.SignatureError as exc:
         raise Refused("APPROVAL_BAD_SIGNATURE", f"the signature does not verify: {exc}") from None
-    signer = next((a for a in approvers if sshsig.parse_public_key(a.key) == key), None)
+    signer = next((a for a in approvers if a.key and sshsig.parse_public_key(a.key) == key), None)
     if signer is None:
         raise Refused("APPROVAL_UNKNOWN_KEY", f"key {key.fingerprint} is not one of the gate's approvers' keys")
     try:
