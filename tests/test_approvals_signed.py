@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -211,3 +213,27 @@ def test_evidence_recorded_before_approvals_were_signed_still_reads_but_no_answe
     with pytest.raises(Refused) as err:
         _check(_payload(), keys["alice"][0], gate.approvers)
     assert err.value.code == "APPROVAL_UNKNOWN_KEY"
+
+
+def test_a_key_held_by_ssh_agent_signs_through_its_public_half(tmp_path, monkeypatch):
+    """`drdrill approve --key ~/.ssh/id_ed25519.pub` with SSH_AUTH_SOCK: the agent signs; the private key file is not needed."""
+    key, public = ssh_key(tmp_path, "carol")
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not sock.exists():  # the agent listening is the condition; polled
+            assert agent.poll() is None and time.monotonic() < deadline, "ssh-agent did not start"
+            time.sleep(0.02)
+        env = {"SSH_AUTH_SOCK": str(sock)}
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True, env={**os.environ, **env})
+        key.unlink()  # from here only the agent holds it
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        signature = sign("the message", f"{key}.pub")
+    finally:
+        agent.terminate()
+        agent.wait(timeout=30)
+    assert sshsig.verify(signature, b"the message", "drdrill-approval") == sshsig.parse_public_key(public)
+    monkeypatch.delenv("SSH_AUTH_SOCK")
+    with pytest.raises(SigningError, match="is a public key: signing with it needs ssh-agent"):
+        sign("x", f"{key}.pub")
