@@ -18,7 +18,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHistory, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from app.approval_sign import SigningError, sign, signed_request
 from drdrill.core import approvals, sshsig
@@ -237,3 +240,18 @@ def test_a_key_held_by_ssh_agent_signs_through_its_public_half(tmp_path, monkeyp
     monkeypatch.delenv("SSH_AUTH_SOCK")
     with pytest.raises(SigningError, match="is a public key: signing with it needs ssh-agent"):
         sign("x", f"{key}.pub")
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_a_drill_answered_before_approvals_were_signed_still_replays():
+    """A drill whose gate was answered by name (drdrill before this change) replays on a new worker
+    without a nondeterminism error: the answer in its history is taken again (workflow.patched).
+    The history was recorded from the previous release's code: a sim plan with approvers [alice, bob],
+    approved with ApprovalRequest(by="alice"), PASSED."""
+    history = WorkflowHistory.from_json("gate-before-signing-1", (FIXTURES / "gate-history-before-signing.json").read_text())
+    runner = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "yaml", "drdrill", "activities"))
+    replayer = Replayer(workflows=[DrillWorkflow], data_converter=pydantic_data_converter, workflow_runner=runner)
+    result = asyncio.run(replayer.replay_workflow(history, raise_on_replay_failure=False))
+    assert result.replay_failure is None

@@ -74,6 +74,9 @@ PROBE_START_TIMEOUT = timedelta(minutes=5)  # when the drill file names no start
 # Telling the approvers must not hold the gate up: a few quick attempts, while the gate already waits.
 APPROVAL_NOTICE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30), maximum_attempts=3)
 WAITING_FOR_APPROVAL = "waiting for approval"  # the phase `drdrill status` shows at a gate
+# Histories from before approvals were signed took an answer by the name it gave: replayed, they
+# still do (workflow.patched); every answer a worker takes now is signed.
+SIGNED_APPROVALS = "signed-approvals"
 MAX_REFUSED_ANSWERS = 20  # refused answers recorded per drill; later ones are refused unrecorded (a flood)
 
 
@@ -168,6 +171,8 @@ class DrillWorkflow:
         self._may_decide("approve" if decision == "approved" else "reject", request)  # the gate may have closed since validation
         pending, gate = self._pending, self._open_gate
         assert pending is not None and gate is not None
+        if not workflow.patched(SIGNED_APPROVALS):
+            return self._taken_before_signing(decision, request, pending)
         try:
             ok = approvals.check(
                 request.payload, request.signature, drill_id=self.ctx.drill_id, group=pending.group,
@@ -191,6 +196,15 @@ class DrillWorkflow:
             fingerprint=ok.fingerprint,
             payload=request.payload,
             signature=request.signature,
+        )
+        return self._decision
+
+    def _taken_before_signing(self, decision: str, request: ApprovalRequest, pending: PendingApproval) -> ApprovalRecord:
+        """Only when replaying a history from before approvals were signed (no SIGNED_APPROVALS
+        marker): the answer was taken then, by the name it gave, and a replay must take it again."""
+        self._decision = ApprovalRecord(
+            group=pending.group, decision=decision, approvers=pending.approvers, asked=pending.asked,  # type: ignore[arg-type]
+            decided=workflow.now(), by=request.by, note=request.note,
         )
         return self._decision
 
