@@ -255,3 +255,26 @@ def test_a_drill_answered_before_approvals_were_signed_still_replays():
     replayer = Replayer(workflows=[DrillWorkflow], data_converter=pydantic_data_converter, workflow_runner=runner)
     result = asyncio.run(replayer.replay_workflow(history, raise_on_replay_failure=False))
     assert result.replay_failure is None
+
+
+def test_a_flood_of_refused_answers_is_recorded_up_to_a_bound(temporal_server, tmp_path, sim_state, keys):
+    """Anyone who reaches Temporal can send answers; each refusal is written to the history, so
+    after MAX_REFUSED_ANSWERS no more are taken or recorded, and a signed answer still opens the gate."""
+    from workflows.drill import MAX_REFUSED_ANSWERS
+
+    spec = parse_spec(sim_plan("refusal-flood", gate=f"approve: {{before: app, timeout: 10m, approvers: {approvers(keys, 'alice')}}}"), "<test>")
+    codes: list[str] = []
+
+    async def flood(client, handle) -> None:
+        await wait_for_phase(handle, "waiting for approval")
+        for _ in range(MAX_REFUSED_ANSWERS + 2):
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await handle.execute_update("approve", {"by": "alice"})
+            codes.append(refusal_of(err.value)[0])
+        await handle.execute_update("approve", await asyncio.to_thread(signed_request, handle.id, "app", "approve", "", str(keys["alice"][0]), "alice"))
+
+    result, _ = run_drill(temporal_server.address, tmp_path, spec, {"sim": SimProvider(sim_state, speed=1.0)}, during=flood)
+
+    assert codes == ["APPROVAL_UNSIGNED"] * MAX_REFUSED_ANSWERS + ["TOO_MANY_REFUSED"] * 2
+    assert len([e for e in result.timeline if e.phase == "approval-refused"]) == MAX_REFUSED_ANSWERS
+    assert result.verdict == "PASSED" and group(result, "app").approval.by == "alice"

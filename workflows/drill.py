@@ -160,10 +160,21 @@ class DrillWorkflow:
             raise ApplicationError(
                 f"the drill waits for approval before group {pending.group}, not {request.group}", type="OTHER_GROUP", non_retryable=True
             )
-        if self._refused >= MAX_REFUSED_ANSWERS:
-            raise ApplicationError(
-                f"{MAX_REFUSED_ANSWERS} answers were refused already; no more are taken or recorded", type="TOO_MANY_REFUSED", non_retryable=True
-            )
+        if self._refused >= MAX_REFUSED_ANSWERS:  # a flood: check here, and turn a bad answer away unrecorded
+            try:
+                self._verify_answer(verb, request)
+            except approvals.Refused as refused:
+                message = f"{refused.message} (not recorded: {MAX_REFUSED_ANSWERS} answers were refused already)"
+                raise ApplicationError(message, type="TOO_MANY_REFUSED", non_retryable=True) from None
+
+    def _verify_answer(self, verb: str, request: ApprovalRequest) -> "approvals.Accepted":
+        """The signed answer, taken by drdrill/core/approvals.py (pure), or approvals.Refused."""
+        pending, gate = self._pending, self._open_gate
+        assert pending is not None and gate is not None
+        return approvals.check(
+            request.payload, request.signature, drill_id=self.ctx.drill_id, group=pending.group, decision=verb,  # type: ignore[arg-type]
+            approvers=gate.approvers, asked=pending.asked, until=pending.until, now=workflow.now(), used_nonces=self._nonces,
+        )
 
     def _decide(self, decision: str, request: ApprovalRequest) -> ApprovalRecord:
         """Take a signed answer (drdrill/core/approvals.py: pure, deterministic), or record why it
@@ -174,11 +185,7 @@ class DrillWorkflow:
         if not workflow.patched(SIGNED_APPROVALS):
             return self._taken_before_signing(decision, request, pending)
         try:
-            ok = approvals.check(
-                request.payload, request.signature, drill_id=self.ctx.drill_id, group=pending.group,
-                decision="approve" if decision == "approved" else "reject", approvers=gate.approvers,
-                asked=pending.asked, until=pending.until, now=workflow.now(), used_nonces=self._nonces,
-            )
+            ok = self._verify_answer("approve" if decision == "approved" else "reject", request)
         except approvals.Refused as refused:
             self._record_refusal(pending, decision, request, refused)
             raise ApplicationError(refused.message, type=refused.code, non_retryable=True) from None
@@ -214,7 +221,7 @@ class DrillWorkflow:
         verb = "approve" if decision == "approved" else "reject"
         message = f"group {pending.group}: an answer to {verb} claiming to be from {claimed} was refused ({refused.code}): {refused.message}"
         if self._refused == MAX_REFUSED_ANSWERS:
-            message += f"; after {MAX_REFUSED_ANSWERS} refusals no more answers are taken"
+            message += f"; after {MAX_REFUSED_ANSWERS} refusals, further ones are turned away unrecorded"
         now = workflow.now()
         data = {"code": refused.code, "claimed_by": request.by, "decision": verb, "payload": request.payload, "signature": request.signature}
         self._event("approval-refused", now, now, "FAILED", detail=message, data=data)
