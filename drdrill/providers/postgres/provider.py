@@ -345,22 +345,22 @@ class PostgresProvider(Provider):
         tags = ctx.tags()
         sock = cluster.path / netns.RELAY_SOCKET
         inner = f"tcp:{netns.LOOPBACK}:{netns.RELAY_PORT}"
-        halves = [
-            ("relay-host", None, f"unix:{sock}", f"tcp:{probe.temporal_address}"),
-            ("relay-netns", cluster.netns, inner, f"unix:{sock}"),
+        namespace = probe.temporal_namespace or "default"
+        halves = [  # outside: only the probe's own calls (probe_relay); inside: bytes to that socket
+            ("relay-host", None, [sys.executable, "-m", "app.probe_relay", "--listen", f"unix:{sock}", "--to", probe.temporal_address, "--queue", queue, "--namespace", namespace]),
+            ("relay-netns", cluster.netns, netns.this_module("relay", "--listen", inner, "--to", f"unix:{sock}")),
         ]
-        for role, ns, listen, to in halves:
+        for role, ns, argv in halves:
             if netns.running_role(cluster.path, ctx.drill_id, role):
                 continue
             ready = cluster.path / f"{role}.ready"
             ready.unlink(missing_ok=True)
             pid = netns.spawn(
-                role, netns.this_module("relay", "--listen", listen, "--to", to, "--ready-file", str(ready)),
-                tags=tags, cluster=cluster.path, log=cluster.path / f"{role}.log", netns=ns,
+                role, [*argv, "--ready-file", str(ready)], tags=tags, cluster=cluster.path, log=cluster.path / f"{role}.log", netns=ns,
             )
             netns.wait_for_file(ready, pid, 30, f"the relay ({role})")
         if not netns.running_role(cluster.path, ctx.drill_id, "probe"):
-            env = {"TEMPORAL_ADDRESS": f"{netns.LOOPBACK}:{netns.RELAY_PORT}", "TEMPORAL_NAMESPACE": probe.temporal_namespace or "default"}
+            env = {"TEMPORAL_ADDRESS": f"{netns.LOOPBACK}:{netns.RELAY_PORT}", "TEMPORAL_NAMESPACE": namespace}
             netns.spawn(
                 "probe", [sys.executable, "-m", "app.cli", "probe", "--task-queue", queue],
                 tags=tags, cluster=cluster.path, log=cluster.path / "probe.log", netns=cluster.netns, env=env,
