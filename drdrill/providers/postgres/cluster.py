@@ -62,15 +62,15 @@ def run_user() -> Optional[pwd.struct_passwd]:
     raise ClusterError("running as root and no unprivileged user (postgres, nobody) exists to run PostgreSQL")
 
 
-def _as_server_user() -> dict:
-    user = run_user()
+def _as_server_user(user: Optional[pwd.struct_passwd] = None) -> dict:
+    user = user or run_user()
     if user is None:
         return {}
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _chown(path: Path) -> None:
-    user = run_user()
+def _chown(path: Path, user: Optional[pwd.struct_passwd] = None) -> None:
+    user = user or run_user()
     if user is not None:
         os.chown(path, user.pw_uid, user.pw_gid)
 
@@ -100,10 +100,19 @@ class LocalCluster:
     """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json.
 
     `port` names the socket (and the TCP port, where it listens on TCP); with `netns` the server is
-    started inside that Linux network namespace (`isolation.postgres: network`)."""
+    started inside that Linux network namespace (`isolation.postgres: network`); `user`: the account
+    the server runs as when we are root (default run_user(); the evidence store has its own)."""
 
-    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None, port: int = PORT, netns: Optional[str] = None):
+    def __init__(
+        self,
+        path: str | Path,
+        binaries: Optional[Binaries] = None,
+        port: int = PORT,
+        netns: Optional[str] = None,
+        user: Optional[pwd.struct_passwd] = None,
+    ):
         self.path = Path(path)
+        self.user = user
         self.port = port
         self.netns = netns
         self.data = self.path / "data"
@@ -146,7 +155,7 @@ class LocalCluster:
         if not self.initialised:
             return False
         proc = subprocess.run(
-            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user()
+            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user(self.user)
         )
         return proc.returncode == 0
 
@@ -164,14 +173,17 @@ class LocalCluster:
             tmp.write_text(json.dumps(tags, sort_keys=True))
             os.replace(tmp, self.marker)
 
-    def create(self, tags: dict, settings: Optional[dict] = None) -> None:
-        """Create (idempotently) the directory, its marker and the cluster; then start it."""
+    def create(self, tags: dict, settings: Optional[dict] = None, access: Optional[dict[str, str]] = None) -> None:
+        """Create (idempotently) the directory, its marker and the cluster; then start it.
+
+        `access`: files (pg_hba.conf, pg_ident.conf) written into a new data directory before its
+        first start, replacing initdb's trust authentication (the evidence store's peer auth)."""
         # The marker comes first, so a half-created cluster is still found and removed by tag.
         self.claim(tags)
         (self.path / "bindir").write_text(f"{self.binaries.major} {self.binaries.bindir}\n")
         self.sock.mkdir(mode=0o700, exist_ok=True)
         for p in (self.path, self.sock):
-            _chown(p)
+            _chown(p, self.user)
         if not self.initialised:
             # initdb and the settings below go to a staging directory renamed into place at the end,
             # so a data directory with PG_VERSION is always fully configured: an attempt that died
@@ -181,12 +193,12 @@ class LocalCluster:
                 if d.exists():
                     shutil.rmtree(d)  # a previous attempt died inside initdb
             staging.mkdir(mode=0o700)
-            _chown(staging)
+            _chown(staging, self.user)
             proc = subprocess.run(
                 [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
                 capture_output=True,
                 text=True,
-                **_as_server_user(),
+                **_as_server_user(self.user),
             )
             if proc.returncode != 0:
                 raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -212,6 +224,9 @@ class LocalCluster:
                 fh.write("# drdrill throwaway cluster: Unix socket only, no TCP, no replication\n")
                 for k, v in conf.items():
                     fh.write(f"{k} = {v}\n")
+            for name, text in (access or {}).items():
+                (staging / name).write_text(text)
+                _chown(staging / name, self.user)
             os.rename(staging, self.data)
         self.start()
 
@@ -223,7 +238,7 @@ class LocalCluster:
             stale.unlink()
         if not self.log.exists():
             self.log.touch()
-            _chown(self.log)
+            _chown(self.log, self.user)
         # The socket directory is given at every start, not only at creation: a kept data directory
         # (the evidence store) outlives the cluster root its socket was first made under.
         argv, as_user = self._in_netns(
@@ -238,8 +253,8 @@ class LocalCluster:
         """`argv` run as the server user, inside the cluster's network namespace when it has one:
         `ip netns exec` needs root, so the switch to the server user comes after it (setpriv)."""
         if not self.netns:
-            return argv, _as_server_user()
-        user = run_user()
+            return argv, _as_server_user(self.user)
+        user = self.user or run_user()
         prefix = ["ip", "netns", "exec", self.netns]
         if user is not None:
             prefix += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
@@ -254,7 +269,7 @@ class LocalCluster:
             [self.tool("pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30"],
             capture_output=True,
             text=True,
-            **_as_server_user(),
+            **_as_server_user(self.user),
         )
         # pg_ctl may fail if the directory is half gone; make sure no postmaster survives.
         pid_file = self.data / "postmaster.pid"
