@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -21,6 +23,7 @@ import pytest
 from app.temporal import temporal_cli
 from tests.test_probe import app, left_behind, network_drill, network_root, production, run_drill  # noqa: F401
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
+from tests.test_evidence_embedded import embedded  # noqa: F401
 from drdrill.providers.postgres.netns import netns_name, tagged_processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to another uid needs root")
@@ -226,3 +229,54 @@ def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, 
     assert "refused /temporal.api.workflowservice.v1.WorkflowService/StartWorkflowExecution" in seen["log"]
     assert "refused /temporal.api.workflowservice.v1.WorkflowService/PollActivityTaskQueue" in seen["log"]
     assert left_behind(result.drill_id, network_root) == []
+
+
+# ------------------------------------------------------------------ the embedded evidence store
+
+
+CONNECT = """
+import sys, psycopg
+try:
+    with psycopg.connect(sys.argv[1], connect_timeout=5) as conn:
+        print("CONNECTED", conn.execute("SELECT count(*) FROM drdrill_evidence.runs").fetchone()[0])
+except psycopg.OperationalError as exc:
+    print("REFUSED", " | ".join(str(exc).strip().splitlines()))
+"""
+
+
+def _connect_as(user: str, dsn: str) -> str:
+    pw = pwd.getpwnam(user)
+    argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", sys.executable, "-c", CONNECT, dsn]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/").stdout.strip()
+
+
+def test_only_drdrill_reaches_the_embedded_evidence_store(embedded):
+    """The store's server runs as its own account (drdrill-evidence), its socket directory admits
+    no other uid, and it authenticates by peer: nobody, the machine's `postgres` user and even a
+    process of the store's own account cannot connect; drdrill records and verifies as before."""
+    from drdrill.evidence.record import record_run
+    from drdrill.evidence.store import EVIDENCE_USER, embedded_cluster, embedded_dsn, embedded_server, open_store
+    from tests.evidence_fixtures import sample_result
+
+    state = embedded.use("A")
+    result = sample_result("guarded")
+    with embedded_server():
+        record_run(state, result)
+        dsn = embedded_dsn(state)
+        cluster = embedded_cluster(state)
+        owner = pwd.getpwuid(cluster.data.stat().st_uid).pw_name
+        server_user = pwd.getpwuid(Path(f"/proc/{int((cluster.data / 'postmaster.pid').read_text().split()[0])}").stat().st_uid).pw_name
+        attempts = {user: _connect_as(user, dsn) for user in ("nobody", "postgres", EVIDENCE_USER)}
+        with open_store() as store:
+            mine = [v.ok for v in store.verify(result.drill_id)]
+        hba = (cluster.data / "pg_hba.conf").read_text()
+
+    assert owner == server_user == EVIDENCE_USER
+    assert stat.S_IMODE(cluster.sock.stat().st_mode) == 0o700 and cluster.sock.stat().st_uid == pwd.getpwnam(EVIDENCE_USER).pw_uid
+    assert "trust" not in hba.split("\n", 1)[1] and "local all drdrill peer map=drdrill" in hba
+    for user in ("nobody", "postgres"):
+        assert attempts[user].startswith("REFUSED") and "Permission denied" in attempts[user], (user, attempts[user])
+    # The store's own account can enter the socket directory; peer authentication still refuses it.
+    assert attempts[EVIDENCE_USER].startswith("REFUSED") and "Peer authentication failed" in attempts[EVIDENCE_USER], attempts
+    assert mine == [True]
+    assert embedded.processes() == []
