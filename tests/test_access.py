@@ -280,3 +280,42 @@ def test_only_drdrill_reaches_the_embedded_evidence_store(embedded):
     assert attempts[EVIDENCE_USER].startswith("REFUSED") and "Peer authentication failed" in attempts[EVIDENCE_USER], attempts
     assert mine == [True]
     assert embedded.processes() == []
+
+
+def test_the_probe_relay_forwards_responses_only_for_tokens_it_handed_out():
+    """A task token is not a secret (the dev server does not sign it): code inside the namespace
+    that forges one for another drill's activity, or answers by id, is refused."""
+    from temporalio.api.taskqueue.v1 import TaskQueue
+    from temporalio.api.workflowservice.v1 import (
+        PollActivityTaskQueueRequest,
+        PollActivityTaskQueueResponse,
+        RecordActivityTaskHeartbeatRequest,
+        RespondActivityTaskCompletedByIdRequest,
+        RespondActivityTaskCompletedRequest,
+    )
+
+    from app.probe_relay import SERVICE, ProbeRelay, Refused
+
+    relay = ProbeRelay("unused:0", queue="drill-1-probe", namespace="default")
+
+    def check(method: str, request) -> str:
+        try:
+            relay.check(SERVICE + method, request.SerializeToString())
+            return "forwarded"
+        except Refused as exc:
+            return f"refused: {exc}"
+
+    own_poll = PollActivityTaskQueueRequest(namespace="default", task_queue=TaskQueue(name="drill-1-probe"))
+    assert check("PollActivityTaskQueue", own_poll) == "forwarded"
+    other_ns = PollActivityTaskQueueRequest(namespace="prod", task_queue=TaskQueue(name="drill-1-probe"))
+    assert check("PollActivityTaskQueue", other_ns) == "refused: namespace 'prod' is not the probe's ('default')"
+    forged = RespondActivityTaskCompletedRequest(namespace="default", task_token=b"forged")
+    assert check("RespondActivityTaskCompleted", forged) == (
+        "refused: RespondActivityTaskCompletedRequest: a task token this relay did not hand out"
+    )
+    relay._handed_out(PollActivityTaskQueueResponse(task_token=b"real").SerializeToString())
+    assert check("RecordActivityTaskHeartbeat", RecordActivityTaskHeartbeatRequest(namespace="default", task_token=b"real")) == "forwarded"
+    assert check("RespondActivityTaskCompleted", RespondActivityTaskCompletedRequest(namespace="default", task_token=b"real")) == "forwarded"
+    by_id = RespondActivityTaskCompletedByIdRequest(namespace="default", workflow_id="w", activity_id="a")
+    assert check("RespondActivityTaskCompletedById", by_id).startswith("refused: not one of the probe's calls")
+    assert check("SignalWorkflowExecution", own_poll).startswith("refused: not one of the probe's calls")
