@@ -138,8 +138,9 @@ class ProbeRelay(grpc.GenericRpcHandler):
             call = self.channel.unary_unary(method)
             try:
                 response = await call(raw, metadata=metadata, timeout=context.time_remaining())
-            except grpc.aio.AioRpcError as exc:
-                await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata() or ())
+            except grpc.aio.AioRpcError as exc:  # the server's own answer (NotFound …), details included
+                trailing = tuple((k, v) for k, v in exc.trailing_metadata() or () if _copied(k) or k == "grpc-status-details-bin")
+                await context.abort(exc.code(), exc.details() or "", trailing)
             if method.endswith("/PollActivityTaskQueue"):
                 self._handed_out(response)
             elif "/RespondActivityTask" in method:

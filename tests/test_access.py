@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from pathlib import Path
 
@@ -62,7 +63,6 @@ def _bridge(as_nobody: bool, socket_path: Path) -> tuple[subprocess.Popen, int]:
 
 def _wait_listening(port: int, proc: subprocess.Popen) -> None:
     import socket
-    import time
 
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and proc.poll() is None:
@@ -319,3 +319,35 @@ def test_the_probe_relay_forwards_responses_only_for_tokens_it_handed_out():
     by_id = RespondActivityTaskCompletedByIdRequest(namespace="default", workflow_id="w", activity_id="a")
     assert check("RespondActivityTaskCompletedById", by_id).startswith("refused: not one of the probe's calls")
     assert check("SignalWorkflowExecution", own_poll).startswith("refused: not one of the probe's calls")
+
+
+def test_the_probe_relay_passes_the_servers_own_answers_through(temporal_server, tmp_path):
+    """Through the relay the probe sees what the server said, status and details: a namespace
+    that does not exist is NOT_FOUND (the SDK reads its details), not an error of the relay's."""
+    import grpc
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, DescribeNamespaceResponse
+
+    sock, ready = tmp_path / "relay.sock", tmp_path / "relay.ready"
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "app.probe_relay", "--listen", f"unix:{sock}", "--to", temporal_server.address,
+         "--queue", "q", "--namespace", "no-such-namespace", "--ready-file", str(ready)],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not ready.exists():
+            assert relay.poll() is None, "the relay exited before it was ready"
+            time.sleep(0.05)  # a process we just started, coming up
+        with grpc.insecure_channel(f"unix:{sock}") as channel:
+            describe = channel.unary_unary(
+                "/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace",
+                request_serializer=DescribeNamespaceRequest.SerializeToString,
+                response_deserializer=DescribeNamespaceResponse.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                describe(DescribeNamespaceRequest(namespace="no-such-namespace"), timeout=10)
+    finally:
+        relay.terminate()
+        relay.wait(timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "no-such-namespace" in err.value.details()
+    assert "grpc-status-details-bin" in [m.key for m in err.value.trailing_metadata()]
