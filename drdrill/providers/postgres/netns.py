@@ -7,8 +7,8 @@ probe`) runs the checks inside it, and an application started from the restored 
 
 The one way out is a relay, not a route. Inside the namespace a relay listens on
 127.0.0.1:7233 and forwards each connection to a Unix socket in the drill's cluster directory;
-outside, the other half of the relay forwards that socket to the Temporal frontend, and to
-nothing else. Unix sockets are filesystem objects, so this crosses the namespace boundary without
+outside, the other half of the relay (app/probe_relay.py, a gRPC proxy) forwards to the Temporal
+frontend only the probe's own calls on its own task queue, and refuses everything else. Unix sockets are filesystem objects, so this crosses the namespace boundary without
 an interface, an address or a route: the namespace has none, and the kernel has no way to send a
 packet out of it. A veth pair with a firewall rule would give the namespace an interface and a
 route, leaving the isolation to rules that must stay right (IPv4 and IPv6, ordering, a flush).
