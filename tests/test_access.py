@@ -19,6 +19,7 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from app.temporal import temporal_cli
@@ -351,3 +352,39 @@ def test_the_probe_relay_passes_the_servers_own_answers_through(temporal_server,
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "no-such-namespace" in err.value.details()
     assert "grpc-status-details-bin" in [m.key for m in err.value.trailing_metadata()]
+
+
+def test_a_store_made_by_an_older_drdrill_is_handed_over_with_its_evidence(embedded, monkeypatch):
+    """Before: the store ran as `postgres` with trust authentication. At its next start it runs as
+    drdrill-evidence, with peer authentication, and the runs it held still verify."""
+    from drdrill.evidence.record import record_run
+    from drdrill.evidence.store import DURABLE, EMBEDDED_DB, EVIDENCE_USER, _prepare_home, embedded_cluster, embedded_server, open_store
+    from drdrill.providers.postgres.cluster import LocalCluster, run_user
+    from tests.evidence_fixtures import sample_result
+
+    state = embedded.use("old")
+    new = embedded_cluster(state)
+    old = LocalCluster(new.path)  # the server user of every cluster: postgres
+    old.data, old.log = new.data, new.log
+    _prepare_home(new.data.parent, run_user())
+    old.create({"drdrill:evidence": "embedded evidence store (an older drdrill's)", "data": str(old.data)}, DURABLE)
+    try:
+        with psycopg.connect(old.dsn(), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{EMBEDDED_DB}"')
+        result = sample_result("from-before")
+        monkeypatch.setenv("DRDRILL_EVIDENCE_DSN", old.dsn(EMBEDDED_DB))
+        record_run(state, result)
+        monkeypatch.delenv("DRDRILL_EVIDENCE_DSN")
+    finally:
+        old.stop(mode="fast")
+    assert pwd.getpwuid(old.data.stat().st_uid).pw_name == run_user().pw_name != EVIDENCE_USER
+
+    with embedded_server(), open_store() as store:
+        verified = [v.ok for v in store.verify(result.drill_id)]
+        postgres_attempt = _connect_as(run_user().pw_name, new.dsn(EMBEDDED_DB))
+    assert verified == [True]
+    assert pwd.getpwuid(new.data.stat().st_uid).pw_name == EVIDENCE_USER
+    assert {pwd.getpwuid(p.lstat().st_uid).pw_name for p in new.data.rglob("*")} == {EVIDENCE_USER}
+    assert "trust" not in (new.data / "pg_hba.conf").read_text()
+    assert postgres_attempt.startswith("REFUSED"), postgres_attempt
+    assert embedded.processes() == []
