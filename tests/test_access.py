@@ -77,7 +77,8 @@ def _wait_listening(port: int, proc: subprocess.Popen) -> None:
 
 def _cli(as_nobody: bool, port: int, *args: str) -> subprocess.CompletedProcess:
     argv = [temporal_cli(), *args, "--address", f"127.0.0.1:{port}", "--command-timeout", "15s"]
-    return subprocess.run((NOBODY if as_nobody else []) + argv, capture_output=True, text=True, timeout=60, cwd="/")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent"}  # no config file of root's
+    return subprocess.run((NOBODY if as_nobody else []) + argv, capture_output=True, text=True, timeout=60, cwd="/", env=env)
 
 
 POLL = """
@@ -163,7 +164,7 @@ def test_nobody_cannot_start_update_or_poll_on_roots_embedded_temporal(open_stat
                     seen[f"{who}_exists"] = await _exists(client, wid)
                 finally:
                     bridge.terminate()
-                    bridge.wait()
+                    seen[f"{who}_bridge"] = bridge.communicate(timeout=30)[1].decode(errors="replace")
         return seen
 
     seen = asyncio.run(scenario())
@@ -178,6 +179,9 @@ def test_nobody_cannot_start_update_or_poll_on_roots_embedded_temporal(open_stat
     # Nobody: every call fails, and nothing was started.
     assert seen["nobody_start"].returncode != 0
     assert seen["nobody_update"].returncode != 0
+    for call in ("nobody_start", "nobody_update"):
+        assert "failed connecting to Temporal server" in seen[call].stderr, seen[call].stderr
+    assert "Permission denied" in seen["nobody_bridge"], "the gate's directory, not the tool, turned nobody away"
     assert "POLLED" not in seen["nobody_poll"] and "ERROR UNAVAILABLE" in seen["nobody_poll"], seen["nobody_poll"]
     assert seen["nobody_exists"] is False
 
