@@ -28,7 +28,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -66,7 +66,7 @@ class ProbeRelay(grpc.GenericRpcHandler):
         self.namespace = namespace
         self.tokens: dict[bytes, None] = {}  # handed out by polls, insertion-ordered (oldest first)
         self.channel: Optional[grpc.aio.Channel] = None
-        self.checks: dict[str, Callable[[bytes], None]] = {
+        self.checks: dict[str, Callable[[bytes], Any]] = {
             "GetSystemInfo": lambda raw: None,
             "DescribeNamespace": lambda raw: self._namespace(DescribeNamespaceRequest, raw),
             "PollActivityTaskQueue": self._poll,
@@ -80,12 +80,13 @@ class ProbeRelay(grpc.GenericRpcHandler):
 
     # ---------------------------------------------------------------- what passes
 
-    def check(self, method: str, raw: bytes) -> None:
-        """Raise Refused unless `method` with request `raw` is one of the probe's own calls."""
+    def check(self, method: str, raw: bytes) -> Any:
+        """The decoded request when `method` with request `raw` is one of the probe's own calls;
+        else Refused."""
         name = method[len(SERVICE):] if method.startswith(SERVICE) else None
         if name not in self.checks:
             raise Refused("not one of the probe's calls (activity polls, responses and heartbeats on its own task queue)")
-        self.checks[name](raw)
+        return self.checks[name](raw)
 
     def _decode(self, kind, raw: bytes):
         try:
@@ -99,20 +100,23 @@ class ProbeRelay(grpc.GenericRpcHandler):
             raise Refused(f"namespace {request.namespace!r} is not the probe's ({self.namespace!r})")
         return request
 
-    def _poll(self, raw: bytes) -> None:
+    def _poll(self, raw: bytes):
         request = self._namespace(PollActivityTaskQueueRequest, raw)
         if request.task_queue.name != self.queue:
             raise Refused(f"task queue {request.task_queue.name!r} is not the drill's probe queue")
+        return request
 
-    def _own_queue(self, kind, raw: bytes) -> None:
+    def _own_queue(self, kind, raw: bytes):
         request = self._namespace(kind, raw)
         if request.task_queue and request.task_queue != self.queue:
             raise Refused(f"task queue {request.task_queue!r} is not the drill's probe queue")
+        return request
 
-    def _token(self, kind, raw: bytes) -> None:
+    def _token(self, kind, raw: bytes):
         request = self._namespace(kind, raw)
         if request.task_token not in self.tokens:
             raise Refused(f"{kind.DESCRIPTOR.name}: a task token this relay did not hand out")
+        return request
 
     def _handed_out(self, raw_response: bytes) -> None:
         token = PollActivityTaskQueueResponse.FromString(raw_response).task_token
@@ -130,7 +134,7 @@ class ProbeRelay(grpc.GenericRpcHandler):
     def _behaviour(self, method: str) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
         async def forward(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
             try:
-                self.check(method, raw)
+                request = self.check(method, raw)
             except Refused as exc:
                 log.warning("refused %s: %s", method, exc)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"the probe relay refused {method}: {exc}")
@@ -143,8 +147,8 @@ class ProbeRelay(grpc.GenericRpcHandler):
                 await context.abort(exc.code(), exc.details() or "", trailing)
             if method.endswith("/PollActivityTaskQueue"):
                 self._handed_out(response)
-            elif "/RespondActivityTask" in method:
-                self.tokens.pop(self._decode(RespondActivityTaskCompletedRequest, raw).task_token, None)
+            elif "/RespondActivityTask" in method:  # answered: the token is spent
+                self.tokens.pop(request.task_token, None)
             return response
 
         return forward
