@@ -260,7 +260,8 @@ def test_only_drdrill_reaches_the_embedded_evidence_store(embedded):
     no other uid, and it authenticates by peer: nobody, the machine's `postgres` user and even a
     process of the store's own account cannot connect; drdrill records and verifies as before."""
     from drdrill.evidence.record import record_run
-    from drdrill.evidence.store import EVIDENCE_USER, embedded_cluster, embedded_dsn, embedded_server, open_store
+    from drdrill.evidence.access import EVIDENCE_USER
+    from drdrill.evidence.store import embedded_cluster, embedded_dsn, embedded_server, open_store
     from tests.evidence_fixtures import sample_result
 
     state = embedded.use("A")
@@ -362,7 +363,8 @@ def test_a_store_made_by_an_older_drdrill_is_handed_over_with_its_evidence(embed
     """Before: the store ran as `postgres` with trust authentication. At its next start it runs as
     drdrill-evidence, with peer authentication, and the runs it held still verify."""
     from drdrill.evidence.record import record_run
-    from drdrill.evidence.store import DURABLE, EMBEDDED_DB, EVIDENCE_USER, _prepare_home, embedded_cluster, embedded_server, open_store
+    from drdrill.evidence.access import EVIDENCE_USER
+    from drdrill.evidence.store import DURABLE, EMBEDDED_DB, _prepare_home, embedded_cluster, embedded_server, open_store
     from drdrill.providers.postgres.cluster import LocalCluster, run_user
     from tests.evidence_fixtures import sample_result
 

@@ -4,8 +4,7 @@ Where: DRDRILL_EVIDENCE_DSN, or else an embedded PostgreSQL, one per state direc
 in `<state dir>/evidence` (as root with the default state directory: /var/lib/drdrill/evidence) and
 a private Unix socket under the cluster root. drdrill starts it on demand, and the command that
 started it stops it when it ends (`embedded_server`). As root, its server runs as an account of its
-own (`drdrill-evidence`, evidence_user), whose 0700 socket directory no other uid can enter, and it
-admits only drdrill's own uid, by peer authentication (access_files): never trust.
+own, and it admits only drdrill's own uid, by peer authentication: see access.py.
 
 Schema `drdrill_evidence`, created and migrated by drdrill (`schema_version` holds what was applied):
 - runs:   one row per drill run, keyed by drill id: the final record (spec as run, verdict, objectives,
@@ -26,7 +25,6 @@ import logging
 import os
 import pwd
 import stat
-import subprocess
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -38,13 +36,12 @@ import psycopg
 
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
+from drdrill.evidence.access import AccessError, access_files, evidence_user, secure_existing
 from drdrill.evidence.chain import canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
 from drdrill.providers.postgres.cluster import LocalCluster, cluster_root, run_user
 
 SCHEMA = "drdrill_evidence"
 EMBEDDED_DB = "drdrill_evidence"
-# The system account the embedded store's server runs as when drdrill is root (evidence_user).
-EVIDENCE_USER = "drdrill-evidence"
 
 MIGRATIONS: list[tuple[int, str, str]] = [
     (
@@ -176,64 +173,6 @@ def _default_state_in_home() -> Optional[Path]:
     return default if default.is_relative_to(home) else None
 
 
-def evidence_user() -> Optional[pwd.struct_passwd]:
-    """The account the embedded store's server runs as when drdrill is root: `drdrill-evidence`, a
-    system account of its own (created when missing), never `postgres` (the machine's PostgreSQL,
-    and restored clusters) nor a restore sandbox's. None when not root: the server runs as drdrill's uid."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        return pwd.getpwnam(EVIDENCE_USER)
-    except KeyError:
-        pass
-    proc = subprocess.run(
-        ["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin",
-         "--comment", "drdrill evidence store", EVIDENCE_USER],
-        capture_output=True, text=True,
-    )
-    try:
-        user = pwd.getpwnam(EVIDENCE_USER)  # made now, or by another drdrill process meanwhile
-    except KeyError:
-        raise EvidenceStoreError(
-            f"could not create the system user {EVIDENCE_USER} that the evidence store runs as: "
-            f"{proc.stderr.strip() or 'useradd failed'}; create it (useradd --system {EVIDENCE_USER}) or set DRDRILL_EVIDENCE_DSN"
-        ) from None
-    log.warning("created the system user %s (uid %d): the embedded evidence store runs as it", EVIDENCE_USER, user.pw_uid)
-    return user
-
-
-def access_files() -> dict[str, str]:
-    """pg_hba.conf and pg_ident.conf of the embedded store: only drdrill's own OS user, by peer
-    authentication over the Unix socket, as the database user drdrill. No trust, no TCP."""
-    client = pwd.getpwuid(os.geteuid()).pw_name
-    return {
-        "pg_hba.conf": "# drdrill evidence store: only drdrill's own uid, over the Unix socket, by peer authentication\n"
-        "local all drdrill peer map=drdrill\n",
-        "pg_ident.conf": f"# OS user -> database user\ndrdrill {client} drdrill\n",
-    }
-
-
-def _secure_existing(cluster) -> None:
-    """A store made by an older drdrill: its data goes to the store's own account and its trust
-    authentication is replaced by access_files() before its server starts again. Links are not followed."""
-    user = cluster.user
-    if user is not None and cluster.data.stat().st_uid != user.pw_uid:
-        log.warning("the evidence store in %s now runs as %s: handing its data over", cluster.data, user.pw_name)
-        for root, dirs, files in os.walk(cluster.data):
-            for name in [*dirs, *files]:
-                os.lchown(os.path.join(root, name), user.pw_uid, user.pw_gid)
-        os.lchown(cluster.data, user.pw_uid, user.pw_gid)
-        if cluster.log.exists():
-            os.lchown(cluster.log, user.pw_uid, user.pw_gid)
-    for name, text in access_files().items():
-        path = cluster.data / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        if user is not None:
-            os.lchown(path, user.pw_uid, user.pw_gid)
-
-
 def embedded_cluster(state_dir: Optional[str | Path] = None):
     """The embedded evidence cluster of a state directory (not started).
 
@@ -242,7 +181,11 @@ def embedded_cluster(state_dir: Optional[str | Path] = None):
     it lives under the cluster root, in a directory named after a hash of the store's home: two
     state directories never share a socket or a server."""
     home = store_home(state_dir)
-    cluster = LocalCluster(cluster_root() / f"evidence-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}", user=evidence_user())
+    try:
+        user = evidence_user()
+    except AccessError as exc:
+        raise EvidenceStoreError(str(exc)) from None
+    cluster = LocalCluster(cluster_root() / f"evidence-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}", user=user)
     cluster.data = home / "pgdata"
     cluster.log = home / "server.log"
     return cluster
@@ -266,7 +209,7 @@ def embedded_dsn(state_dir: Optional[str | Path] = None) -> str:
                     cluster.stop(mode="fast")
                 _prepare_home(cluster.data.parent, cluster.user)
                 if cluster.initialised:
-                    _secure_existing(cluster)
+                    secure_existing(cluster)
                 cluster.create(
                     {"drdrill:evidence": "embedded evidence store (not a drill resource; never swept)", "data": str(cluster.data)},
                     DURABLE,
