@@ -76,13 +76,17 @@ def sample_production(console: Console, keep: bool = False) -> Iterator[DrillSpe
     prod = LocalCluster(cluster_root() / f"demo-production-{os.getuid()}")
     console.print("[bold]drdrill demo[/]: a PostgreSQL drill, end to end")
     console.print(f"  state directory   {state}")
-    prod.create({"drdrill:demo": "sample production database (not a drill resource)"})
-    with psycopg.connect(prod.dsn(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone():
-            conn.execute("CREATE DATABASE shop")
-    dsn = prod.dsn("shop")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SEED)
+    try:
+        prod.create({"drdrill:demo": "sample production database (not a drill resource)"})
+        with psycopg.connect(prod.dsn(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone():
+                conn.execute("CREATE DATABASE shop")
+        dsn = prod.dsn("shop")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SEED)
+    except BaseException:
+        prod.destroy()  # a demo that could not start leaves nothing behind, --keep or not
+        raise
     os.environ["DEMO_SHOP_DSN"] = dsn
     writer = Writer(dsn)
     writer.start()
