@@ -380,6 +380,9 @@ def print_result(result) -> None:
     console.print("  " + "   ".join(parts))
     where = f"   evidence: {result.evidence_path}" if result.evidence_path else ""
     console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{where}")
+    report = Path(result.evidence_path).with_name("report.html") if result.evidence_path else None
+    if report is not None and report.exists():  # on this machine (a remote worker keeps its own)
+        console.print(f"  report: {report}", markup=False)
 
 
 # ------------------------------------------------------------------ status, list, cancel

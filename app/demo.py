@@ -71,7 +71,7 @@ class Writer(threading.Thread):
 def sample_production(console: Console, keep: bool = False) -> Iterator[DrillSpec]:
     """A sample production database with a writer and a fresh backup; yields the demo drill to run.
 
-    Afterwards the writer stops and the database is removed (unless `keep`), and the report is named."""
+    Afterwards the writer stops and the database is removed (unless `keep`); the drill's output names its report."""
     state = state_dir()
     prod = LocalCluster(cluster_root() / f"demo-production-{os.getuid()}")
     console.print("[bold]drdrill demo[/]: a PostgreSQL drill, end to end")
@@ -102,15 +102,7 @@ def sample_production(console: Console, keep: bool = False) -> Iterator[DrillSpe
         writer.join(timeout=5)
         if not keep:
             prod.destroy()
-    report = _report_hint(state)
-    if report:
-        console.print(f"  report: {report}")
     console.print(f"  the writer added {writer.rows} orders during the demo; the backup and the drill's RPO account for them")
-
-
-def _report_hint(state: Path) -> str:
-    runs = sorted((state / "runs").glob("*/report.html"), key=lambda p: p.stat().st_mtime)
-    return str(runs[-1]) if runs else ""
 
 
 # ---------------------------------------------------------------------- drdrill demo --pitr
@@ -236,9 +228,6 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
         if not keep:
             prod.destroy()
             shutil.rmtree(home, ignore_errors=True)
-    report = _report_hint(state)
-    if report:
-        console.print(f"  report: {report}")
     console.print("  the boundary check shows the orders written up to the moment came back, and none after it")
 
 
