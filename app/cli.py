@@ -240,6 +240,8 @@ async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bo
             f"{why}: stopped following {handle.id}; it goes on in the Temporal service "
             f"(drdrill status {handle.id}; drdrill cancel {handle.id})"
         )
+        if why == "stdout closed":
+            raise BrokenPipeError(errno.EPIPE, "stdout closed")  # exit 141 (app/errors.py)
         return None
     _say(
         f"{why}: cancelling drill {handle.id}; its teardown runs now (interrupt again to stop "
