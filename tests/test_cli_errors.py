@@ -104,6 +104,10 @@ def test_an_unreachable_evidence_database_stops_a_run_before_it_starts(tmp_path,
     err = no_traceback(proc)
     assert "drdrill: cannot reach the evidence database (DRDRILL_EVIDENCE_DSN)" in err and "hunter2" not in err
     assert "drill " not in proc.stdout  # nothing started
+    for args in (("evidence", "list"), ("evidence", "verify")):
+        proc = drdrill(*args, env=env)
+        assert proc.returncode == 4, proc.stdout + proc.stderr
+        assert "cannot reach the evidence store" in no_traceback(proc) and "hunter2" not in proc.stderr
     assert _processes_mentioning(str(tmp_path)) == []
 
 
