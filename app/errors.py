@@ -16,6 +16,7 @@ Exit codes (README, "Exit codes"):
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
 import sys
 from pathlib import Path
@@ -38,12 +39,12 @@ def log_path() -> Path:
     return Path(default_state_dir()).expanduser() / LOG_NAME
 
 
-class _StateDirLog(logging.FileHandler):
-    """The command's log file in the state directory, opened (and its directory made) only when a
-    record is written: a command that logs nothing creates nothing."""
+class _StateDirLog(logging.handlers.RotatingFileHandler):
+    """The command's log file in the state directory (10 MB, then three older ones), opened (and its
+    directory made) only when a record is written: a command that logs nothing creates nothing."""
 
     def __init__(self) -> None:
-        super().__init__(log_path(), delay=True, encoding="utf-8")
+        super().__init__(log_path(), maxBytes=10 * 1024 * 1024, backupCount=3, delay=True, encoding="utf-8")
 
     def _open(self):
         Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
