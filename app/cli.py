@@ -1,7 +1,8 @@
 """The `drdrill` command line.
 
-Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file or an argument), 3 COULD_NOT_VERIFY,
-4 ERROR (the drill itself broke, or drdrill could not run it).
+Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file, an argument, an id that names no drill),
+3 COULD_NOT_VERIFY, 4 ERROR (the drill itself broke, or drdrill could not run it: a service
+unreachable, the embedded Temporal busy), 130 interrupted, 141 stdout closed: see app/errors.py.
 """
 
 from __future__ import annotations

@@ -28,6 +28,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.logs import ContextFilter, TextFormatter
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import RedactingFilter, redact
+from drdrill.providers.base import ProviderError
+from drdrill.providers.postgres.cluster import ClusterError
 
 BAD_INPUT = 2
 ERROR = 4
@@ -108,6 +110,10 @@ def explain(exc: BaseException) -> Optional[tuple[int, str]]:
     if isinstance(exc, psycopg.OperationalError):
         where = "the evidence database (DRDRILL_EVIDENCE_DSN)" if os.environ.get("DRDRILL_EVIDENCE_DSN") else "the embedded evidence database"
         return ERROR, f"cannot reach {where}: {_first_line(redact(str(exc)))}"
+    if isinstance(exc, ProviderError):  # outside a drill (the demo's sample database, a sweep): its finding code
+        return ERROR, f"{exc.code}: {redact(exc.message)}"
+    if isinstance(exc, ClusterError):
+        return ERROR, f"local PostgreSQL: {_first_line(redact(str(exc)))}"
     if isinstance(exc, BrokenPipeError):
         return CLOSED_PIPE, ""
     if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)) and exc.filename:

