@@ -70,8 +70,8 @@ def setup_logging(verbose: bool) -> None:
     """Every record at DRDRILL_LOG_LEVEL (default INFO) to the log file; on stderr, everything with
     --verbose, else drdrill's own warnings without tracebacks."""
     root = logging.getLogger()
-    if getattr(root, "_drdrill_cli", False):
-        return
+    if getattr(root, "_drdrill_cli", False) or root.handlers:
+        return  # set up already, or by a program that runs the CLI inside it (pytest's CliRunner)
     root._drdrill_cli = True  # type: ignore[attr-defined]
     root.setLevel(os.environ.get("DRDRILL_LOG_LEVEL", "INFO").upper())
     to_file = _StateDirLog()
