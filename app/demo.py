@@ -91,16 +91,18 @@ def sample_production(console: Console, keep: bool = False) -> Iterator[DrillSpe
     writer = Writer(dsn)
     writer.start()
     console.print(f"  production        {prod.path} (database shop, a writer adding orders)")
+    drilled = False
     try:
         spec = load_spec(DRILL)
         point = take_backup(dsn, spec.targets[0].source.repository)
         console.print(f"  backup            {point}")
         console.print()
+        drilled = True
         yield spec
     finally:
         writer.stop.set()
         writer.join(timeout=5)
-        if not keep:
+        if not keep or not drilled:  # --keep keeps a database that was drilled, never a half-made one
             prod.destroy()
     console.print(f"  the writer added {writer.rows} orders during the demo; the backup and the drill's RPO account for them")
 
@@ -180,6 +182,7 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
     console.print("[bold]drdrill demo --pitr[/]: point-in-time recovery from pgBackRest, end to end")
     console.print(f"  state directory   {state}")
     writer = None
+    drilled = False
     try:
         prod.create(
             {"drdrill:demo": "sample production cluster for the PITR demo (not a drill resource)"},
@@ -220,12 +223,14 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
         console.print(f"  disaster          {disaster:%H:%M:%S.%f}Z: DELETE FROM orders (no WHERE) removed {lost} orders")
         console.print(f"  drill             to {target:%H:%M:%S.%f}Z, {PITR_REWIND}s before the disaster")
         console.print()
-        yield _pitr_spec(conf, target)
+        spec = _pitr_spec(conf, target)
+        drilled = True
+        yield spec
     finally:
         if writer is not None:
             writer.stop.set()
             writer.join(timeout=5)
-        if not keep:
+        if not keep or not drilled:  # --keep keeps what was drilled, never a half-made stanza
             prod.destroy()
             shutil.rmtree(home, ignore_errors=True)
     console.print("  the boundary check shows the orders written up to the moment came back, and none after it")
