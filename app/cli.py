@@ -2,7 +2,7 @@
 
 Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file, an argument, an id that names no drill),
 3 COULD_NOT_VERIFY, 4 ERROR (the drill itself broke, or drdrill could not run it: a service
-unreachable, the embedded Temporal busy), 130 interrupted, 141 stdout closed: see app/errors.py.
+unreachable, the embedded Temporal busy), 130 interrupted: see app/errors.py.
 """
 
 from __future__ import annotations
@@ -241,8 +241,6 @@ async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bo
             f"{why}: stopped following {handle.id}; it goes on in the Temporal service "
             f"(drdrill status {handle.id}; drdrill cancel {handle.id})"
         )
-        if why == "stdout closed":
-            raise BrokenPipeError(errno.EPIPE, "stdout closed")  # exit 141 (app/errors.py)
         return None
     _say(
         f"{why}: cancelling drill {handle.id}; its teardown runs now (interrupt again to stop "

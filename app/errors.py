@@ -9,8 +9,9 @@ Exit codes (README, "Exit codes"):
     3  COULD_NOT_VERIFY
     4  ERROR: the drill broke, or drdrill could not run it (Temporal or the evidence database
        unreachable, the embedded Temporal busy with another command, an unexpected error)
-    130 interrupted (Ctrl-C, SIGTERM)
-    141 stdout closed before the command finished (`| head`), as a shell reports SIGPIPE
+    130 interrupted (Ctrl-C, SIGTERM), or stdout closed, while `drdrill run` follows a drill that
+        runs elsewhere (a closed stdout otherwise: click's exit 1, or a cancelled run's verdict;
+        141 if it is noticed after click has finished)
 """
 
 from __future__ import annotations
