@@ -177,3 +177,35 @@ def _read_until(fd: int, text: str, timeout: float = 120) -> str:
         assert chunk, "drdrill run ended before printing " + repr(text) + ":\n" + seen.decode()
         seen += chunk
     return seen.decode()
+
+
+def test_a_closed_stdout_against_a_temporal_service_stops_following_and_the_drill_goes_on(temporal_server, tmp_path):
+    drill = tmp_path / "slow.yaml"
+    drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
+    drill_id = f"slow-{uuid.uuid4().hex[:6]}"
+
+    async def go():
+        async with service(temporal_server.address, tmp_path, providers={"sim": SimProvider(tmp_path / "sim.json")}) as svc:
+            read_end, write_end = os.pipe()
+            proc = subprocess.Popen(
+                [DRDRILL, "run", str(drill), "--id", drill_id], stdout=write_end, stderr=subprocess.PIPE, text=True, env=cli_env(**svc.env())
+            )
+            os.close(write_end)
+            try:
+                await asyncio.to_thread(_read_until, read_end, "verify isolation")
+            finally:
+                os.close(read_end)
+            code = await asyncio.to_thread(proc.wait, 180)
+            handle = svc.client.get_workflow_handle(drill_id)
+            still = (await handle.describe()).status
+            await handle.cancel()  # the test's own cleanup: the drill would otherwise run on
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            return code, proc.stderr.read(), still
+
+    code, err, still = asyncio.run(go())
+    assert code == 130, err
+    assert f"stdout closed: stopped following {drill_id}; it goes on in the Temporal service" in err
+    assert "Traceback" not in err
+    assert still == WorkflowExecutionStatus.RUNNING
+    assert leaked(tmp_path / "sim.json") == []
