@@ -45,7 +45,7 @@ def command_store() -> Iterator:
             store = stack.enter_context(open_store())
         except (EvidenceStoreError, ClusterError) as exc:
             err.print(str(exc), markup=False)
-            raise typer.Exit(2)
+            raise typer.Exit(4)  # drdrill could not do it (README, exit codes)
         yield store
 
 

@@ -21,6 +21,7 @@ from typing import Optional
 
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.binaries import default as default_binaries
+from drdrill.providers.postgres.binaries import trusted as trusted_binaries
 
 PORT = 5432
 SUPERUSER = "drdrill"
@@ -127,10 +128,10 @@ class LocalCluster:
         path/bindir, so a later teardown stops it with its own pg_ctl), else the default."""
         if self._binaries is None:
             try:
-                recorded = (self.path / "bindir").read_text().strip()
-                self._binaries = Binaries(int(recorded.split(" ", 1)[0]), recorded.split(" ", 1)[1], "recorded")
-            except (OSError, ValueError, IndexError):
-                self._binaries = default_binaries()
+                recorded = trusted_binaries((self.path / "bindir").read_text())
+            except OSError:
+                recorded = None
+            self._binaries = recorded or default_binaries()  # a recorded install no longer usable is not trusted
         return self._binaries
 
     def tool(self, name: str) -> str:
