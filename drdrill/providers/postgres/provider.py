@@ -35,6 +35,7 @@ from drdrill.core.models import (
 from drdrill.core.selection import ProtectedResource
 import drdrill.providers.postgres.discover as discover
 import drdrill.providers.postgres.netns as netns
+import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.dumps import DumpFiles
@@ -95,7 +96,7 @@ class PostgresProvider(Provider):
         return cluster_root()
 
     def cluster(self, ctx: DrillContext) -> LocalCluster:
-        return LocalCluster(self.root / ctx.resource_name(max_len=48))
+        return LocalCluster(self.root / ctx.resource_name(max_len=48), sandboxed=True)
 
     # ---------------------------------------------------------------- interface
 
@@ -294,7 +295,7 @@ class PostgresProvider(Provider):
     # ---------------------------------------------------------------- isolation.postgres: network
 
     def _network_cluster(self, ctx: DrillContext) -> LocalCluster:
-        return LocalCluster(self.root / ctx.resource_name(max_len=48), port=netns.NETNS_PORT, netns=netns.netns_name(ctx.drill_id))
+        return LocalCluster(self.root / ctx.resource_name(max_len=48), port=netns.NETNS_PORT, netns=netns.netns_name(ctx.drill_id), sandboxed=True)
 
     def _create_network(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
         """The tag file (naming the namespace) first, then the namespace with only its loopback up,
@@ -391,7 +392,10 @@ class PostgresProvider(Provider):
     def _server_inside(self, cluster: LocalCluster, ns: str) -> IsolationCheck:
         name = "server inside the namespace, on its loopback"
         try:
-            pid = int((cluster.data / "postmaster.pid").read_text().splitlines()[0])
+            # The sandbox's pid from drdrill's root-owned record: postmaster.pid is the server's to write.
+            pid = sandbox.recorded_pid(cluster.record) if cluster.sandboxed else int((cluster.data / "postmaster.pid").read_text().splitlines()[0])
+            if pid is None:
+                raise OSError(f"no record of the server's sandbox in {cluster.record}")
             with psycopg.connect(cluster.dsn(), connect_timeout=10, autocommit=True) as conn:
                 listen = conn.execute("SELECT current_setting('listen_addresses')").fetchone()[0]
         except (OSError, ValueError, IndexError, psycopg.Error) as exc:
