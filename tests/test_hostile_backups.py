@@ -275,14 +275,15 @@ def test_a_production_socket_in_the_default_directory_is_unreachable_and_the_pro
         planted.close()
 
 
-def test_a_dump_file_restores_under_network_isolation_on_the_clusters_own_port(drill_harness, shop_dsn, tmp_path, cluster_root):
+def test_a_dump_file_restores_under_network_isolation_on_the_clusters_own_port(drill_harness, shop_dsn, tmp_path, cluster_root, monkeypatch):
     """isolation.postgres: network: the cluster listens on 55432 in the drill's namespace, and a
     path: dump is restored over its socket on that port (it used to be sent to 5432 and fail)."""
+    monkeypatch.setenv("SHOP_PRODUCTION_DSN", shop_dsn)
     dump = plain_dump_with(shop_dsn, tmp_path / "b" / "shop.sql", "")
     Path(f"{dump}.sha256").write_text(f"{hashlib.sha256(dump.read_bytes()).hexdigest()}  {dump.name}\n")  # what sha256sum writes
     result = run(drill_harness, drill(
         f"{{path: '{tmp_path}/b/*.sql'}}", "  - {type: sql, target: shop, name: orders, query: 'SELECT 1', expect: '== 1'}",
-        isolation="isolation: {postgres: network}",
+        isolation="isolation: {postgres: network, production_dsn_env: SHOP_PRODUCTION_DSN}",
     ))
 
     # Restored, without a finding (the sql check needs a probe inside the namespace; none is asked for).
