@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from app import schedules
+from app.cli_evidence import command_store
 from app.runtime import EmbeddedBusy, temporal
 from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
 from drdrill.core.spec import parse_duration
@@ -66,7 +67,20 @@ def sync_cmd(
         console.print("  no drill files with a schedule, and no schedules to remove")
     for p in plan.problems:
         err.print(p, markup=False)
+    if plan.synced:
+        _record_sync(plan.synced)
     raise typer.Exit(2 if plan.problems else 0)
+
+
+def _record_sync(rows: list[dict]) -> None:
+    """Keep the sync in the evidence store: the period report counts missed drills only from the
+    time a schedule provably existed (app/reports.py)."""
+    try:
+        with command_store() as store:
+            store.record_schedule_sync(rows)
+    except Exception as exc:  # noqa: BLE001 - the schedules are synced; say what was not recorded
+        err.print(f"warning: this sync was not recorded in the evidence store ({exc}): "
+                  "the period report cannot count missed drills before the next recorded sync", markup=False)
 
 
 @schedule_app.command("list")

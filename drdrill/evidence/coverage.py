@@ -36,6 +36,7 @@ from drdrill.core.spec import (
     parse_spec,
 )
 from drdrill.core.times import parse_time
+from drdrill.evidence.render import is_simulation
 from drdrill.evidence.store import SCHEMA, open_store
 from drdrill.providers.base import Provider
 
@@ -60,7 +61,10 @@ class Restore(BaseModel):
 
 def restores_of(record: dict) -> list[tuple[str, Restore]]:
     """(resource key, restore) for every target of one run's evidence record. Runs recorded
-    before `resources` existed name theirs in the drill file they ran (spec_text)."""
+    before `resources` existed name theirs in the drill file they ran (spec_text). A simulation
+    restored nothing: it has none."""
+    if is_simulation(record):
+        return []
     keys = record.get("resources")
     if not isinstance(keys, dict):
         keys = _keys_from_spec(record.get("spec_text"))

@@ -23,6 +23,15 @@ COLOURS = {"PASSED": "#1a7f37", "FAILED": "#cf222e", "COULD_NOT_VERIFY": "#bf870
 DATA_CHECKS = {"checksum", "row_count", "sql", "freshness"}
 
 
+def is_simulation(doc: dict) -> bool:
+    """A run on the `sim` provider (`drdrill run --simulate`): it restored nothing real. Runs
+    recorded before `simulated` existed say so by the simulated resources they restored."""
+    if doc.get("simulated"):
+        return True
+    resources = doc.get("resources") or {}
+    return isinstance(resources, dict) and any(str(k).startswith("sim:") for k in resources.values())
+
+
 def fmt_time(value: Any) -> str:
     t = parse_time(value)
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
@@ -46,6 +55,7 @@ def environment() -> jinja2.Environment:
     )
     env.filters["dur"] = _dur
     env.filters["ts"] = fmt_time
+    env.filters["words"] = lambda verdict: str(verdict or "").replace("_", " ")
     env.filters["colour"] = lambda outcome: COLOURS.get(outcome or "", "#6e7781")
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     return env
@@ -179,6 +189,7 @@ def drill_context(doc: dict) -> dict:
         "phase_events": [e for e in doc.get("timeline", []) if not e.get("target")],
         "target_events": [e for e in doc.get("timeline", []) if e.get("target")],
         "generated": datetime.now(timezone.utc),
+        "simulation": is_simulation(doc),
     }
 
 
@@ -191,7 +202,9 @@ def render_junit(doc: dict) -> str:
     name = doc.get("name", "drill")
     declared = parse_time(doc.get("declared"))
     stamp = declared.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") if declared else ""
-    suite = ET.Element("testsuite", name=f"drdrill.{name}", timestamp=stamp, hostname="drdrill")
+    simulation = is_simulation(doc)
+    suite_name = f"SIMULATION drdrill.{name}" if simulation else f"drdrill.{name}"
+    suite = ET.Element("testsuite", name=suite_name, timestamp=stamp, hostname="drdrill")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     total = 0.0
 
@@ -227,6 +240,7 @@ def render_junit(doc: dict) -> str:
     props = ET.Element("properties")
     for key in ("drill_id", "verdict", "started_by", "spec_sha256", "chain_head", "drdrill_version"):
         ET.SubElement(props, "property", name=key, value=str(doc.get(key) or ""))
+    ET.SubElement(props, "property", name="simulation", value="true" if simulation else "false")
     suite.insert(0, props)
     root = ET.Element("testsuites", name="drdrill", tests=str(counts["tests"]), failures=str(counts["failures"]), errors=str(counts["errors"]))
     root.append(suite)
