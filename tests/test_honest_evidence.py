@@ -22,6 +22,7 @@ from drdrill.evidence.record import record_run
 from drdrill.evidence.render import render_drill_html, render_junit
 from drdrill.evidence.store import SCHEMA, open_store
 from tests.evidence_fixtures import sample_result
+from tests.moto_server import aws, moto_endpoint  # noqa: F401
 from tests.sim_harness import REPO, leaked, run_sim
 
 DRILL = """version: 1
@@ -119,3 +120,86 @@ def test_a_tampered_run_is_listed_and_counts_for_nothing_while_intact_runs_evide
     res = _cli("report", "--period", "2024Q4", "--drill", name, "--drills", str(tmp_path / "none"), "--format", "json", "--out", "-")
     assert res.exit_code == 1  # tampered evidence
     assert "problem: no drills directory" in res.output
+
+
+# ------------------------------------------------------------------ coverage: every source kind, every region
+
+SOURCES = {
+    "repository": "{repository: backups/shop}",
+    "path": '{path: "dumps/*.dump", name_time: "shop-{time:%Y%m%dT%H%M%SZ}.dump"}',
+    "s3": "{s3: {bucket: shop-dumps, prefix: nightly/}}",
+    "url_env": "{url_env: SHOP_DUMP_URL}",
+    "pgbackrest": "{pgbackrest: {stanza: shop}}",
+    "barman": "{barman: {source_url: s3://shop-barman/pg, server: shop}}",
+    "wal_archive": "{wal_archive: {base_backups: base, archive: wal}}",
+}
+
+
+def _coverage(drills, period: str, *extra: str):
+    from app import cli as cli_mod
+
+    return CliRunner().invoke(cli_mod.app, ["coverage", "--period", period, "--drills", str(drills), "--format", "json", "--out", "-", *extra])
+
+
+def test_coverage_lists_every_postgres_source_kind_with_a_stable_id_and_name(tmp_path, monkeypatch):
+    from drdrill.core.selection import resource_key, resource_ref
+
+    monkeypatch.setenv("DRDRILL_S3_CONNECT_TIMEOUT", "1")
+    drills = tmp_path / "drills"
+    for d in ("drills/dumps", "drills/backups/shop", "drills/base", "drills/wal"):
+        (tmp_path / d).mkdir(parents=True)
+    (drills / "dumps" / "shop-20261201T020000Z.dump").write_bytes(b"PGDMP not a real dump")
+    for kind, source in SOURCES.items():
+        (drills / f"{kind}.yaml").write_text(
+            f"version: 1\nname: cov-{kind.replace('_', '-')}\nobjectives: {{rto: 1h, rpo: 1d}}\n"
+            f"targets:\n  - {{name: shop, provider: postgres, source: {source}}}\n"
+        )
+    first, again = _coverage(drills, "2026Q4"), _coverage(drills, "2026Q4")
+
+    assert first.exit_code == 1, first.output  # not met: never drilled; never a raw pydantic error
+    assert "validation error" not in first.output and "Traceback" not in first.output
+    rows = {r["drills"][0]["drill"].removeprefix("cov-").replace("-", "_"): r for r in json.loads(first.output)["rows"]}
+    assert set(rows) == set(SOURCES)
+    for kind in SOURCES:
+        spec = load_spec(drills / f"{kind}.yaml")
+        assert rows[kind]["key"] == resource_key(*resource_ref(spec.targets[0]))  # the key its runs record
+        assert rows[kind]["kind"] == "postgres" and rows[kind]["protected"] and "NEVER_DRILLED" in rows[kind]["flags"]
+    assert json.loads(again.output)["rows"] == json.loads(first.output)["rows"]  # stable
+    names = {k: r["name"] for k, r in rows.items()}
+    assert names["path"] == "dumps/*.dump" or names["path"].endswith("dumps/*.dump")
+    assert names["s3"] == "s3://shop-dumps/nightly/" and names["url_env"] == "$SHOP_DUMP_URL"
+    assert names["pgbackrest"] == "pgBackRest stanza shop" and names["barman"].startswith("barman server shop")
+
+
+def test_coverage_reads_every_region_named_and_the_tag_can_be_the_only_criterion(aws, tmp_path, monkeypatch):
+    from tests.moto_server import OTHER_REGION, REGION
+
+    monkeypatch.delenv("DRDRILL_AWS_REGIONS", raising=False)
+    monkeypatch.setenv("DRDRILL_AWS_REGION", REGION)
+    vols = {}
+    for region, tag in ((REGION, True), (OTHER_REGION, True), (OTHER_REGION, False)):
+        ec2 = aws.client("ec2", region)
+        az = sorted(z["ZoneName"] for z in ec2.describe_availability_zones()["AvailabilityZones"])[0]
+        tags = [{"Key": "backup-plan", "Value": "nightly"}] if tag else [{"Key": "team", "Value": "scratch"}]
+        vol = ec2.create_volume(AvailabilityZone=az, Size=4, TagSpecifications=[{"ResourceType": "volume", "Tags": tags}])["VolumeId"]
+        ec2.create_snapshot(VolumeId=vol, Description="nightly")
+        vols[(region, tag)] = vol
+    drills = tmp_path / "drills"
+    drills.mkdir()
+    (drills / "coverage.yaml").write_text(
+        f"coverage: {{providers: [aws], protected_tag: backup-plan, protected_by: tag, regions: [{OTHER_REGION}]}}\n"
+    )
+    res = _coverage(drills, "2026Q4")
+    data = json.loads(res.output)
+    (aws_state,) = [p for p in data["providers"] if p["family"] == "aws"]
+    assert aws_state["read"] and set(aws_state["regions"]) == {REGION, OTHER_REGION}
+    by_id = {r["id"]: r for r in data["rows"]}
+    assert by_id[vols[(REGION, True)]]["protected"] and by_id[vols[(OTHER_REGION, True)]]["protected"]
+    assert not by_id[vols[(OTHER_REGION, False)]]["protected"]  # a snapshot alone does not protect it
+    text = _coverage(drills, "2026Q4").output
+    assert OTHER_REGION in text
+    html_out = tmp_path / "c.html"
+    from app import cli as cli_mod
+
+    out = CliRunner().invoke(cli_mod.app, ["coverage", "--period", "2026Q4", "--drills", str(drills), "--out", str(html_out)]).output
+    assert f"aws: read regions {REGION}, {OTHER_REGION}" in out or f"aws: read regions {OTHER_REGION}, {REGION}" in out
