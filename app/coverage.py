@@ -87,7 +87,7 @@ def coverage_svg(report: CoverageReport) -> Markup:
     families = [p.family for p in report.providers] or list(by)
     w, row_h, left, top = 640, 26, 90, 8
     h = top + row_h * max(len(families), 1) + 24
-    scale = (w - left - 120) / max([b["protected"] for b in by.values()] + [1])
+    scale = (w - left - 250) / max([b["protected"] for b in by.values()] + [1])  # 250: room for the label after the bar
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {w} {h}" width="100%" aria-label="coverage by provider">']
     for i, family in enumerate(families):
         b = by.get(family, {"protected": 0, "covered": 0, "could_not_verify": 0})

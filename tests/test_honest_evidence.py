@@ -203,3 +203,116 @@ def test_coverage_reads_every_region_named_and_the_tag_can_be_the_only_criterion
 
     out = CliRunner().invoke(cli_mod.app, ["coverage", "--period", "2026Q4", "--drills", str(drills), "--out", str(html_out)]).output
     assert f"aws: read regions {REGION}, {OTHER_REGION}" in out or f"aws: read regions {OTHER_REGION}, {REGION}" in out
+
+
+# ------------------------------------------------------------------ the reports, as a browser lays them out
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+OVERFLOWS = """() => {
+  const bad = [];
+  for (const el of document.body.querySelectorAll('*')) {
+    if (el.closest('svg') || el.closest('details:not([open])')) continue;
+    const style = getComputedStyle(el);
+    if (style.display === 'inline' || style.display === 'none' || !el.clientWidth) continue;
+    const text = [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim());
+    if (text && el.scrollWidth > el.clientWidth + 1 && style.overflowX === 'visible')
+      bad.push(el.tagName + ': ' + el.textContent.trim().slice(0, 60));
+  }
+  for (const svg of document.querySelectorAll('svg')) {
+    const box = svg.viewBox.baseVal;
+    for (const t of svg.querySelectorAll('text')) {
+      const b = t.getBBox();
+      if (b.x < box.x - 1 || b.x + b.width > box.x + box.width + 1) bad.push('svg text cut off: ' + t.textContent.slice(0, 60));
+    }
+  }
+  return bad;
+}"""
+
+
+def report_pages(tmp_path) -> dict[str, str]:
+    """The three reports, with what made them hard to read: long ids and paths, same-day runs, many
+    missed drills, a simulation, a tampered run, an unreadable inventory beside a covered resource."""
+    from app.coverage import render_coverage_html
+    from app.reports import period_data, render_period
+    from drdrill.core.spec import CoverageSpec, parse_spec
+    from drdrill.evidence.coverage import Restore, coverage_report
+
+    day = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
+    runs = [sample_result("checkout-service-primary-db", declared=day + timedelta(hours=h), rto=30.0 + 400 * h, rpo=60.0 * (h + 1))
+            for h in (0, 3)]
+    runs.append(sample_result("checkout-service-primary-db", declared=day + timedelta(days=9), verdict="FAILED", rto=1250.0))
+    for r in runs:
+        r.environments[0].id = "/var/lib/drdrill/clusters/drdrill-checkout-service-primary-db-20261102t090000z-4f2a9c"
+        r.isolation[0].environment_id = r.environments[0].id
+        r.validations[0].measured = {"tables": {"public.orders": 500, "public.customers": 200}, "rows": 700}
+    sim = sample_result("checkout-service-primary-db", declared=day + timedelta(days=1))
+    sim.simulated = True
+    docs = [evidence_document(r) for r in runs + [sim]]
+    verified = {d["drill_id"]: (True, "intact") for d in docs}
+    verified[docs[1]["drill_id"]] = (False, f"run {docs[1]['drill_id']} event 4 (restore): content altered")
+    drills = tmp_path / "drills"
+    drills.mkdir()
+    (drills / "nightly.yaml").write_text(DRILL.format(name="checkout-service-primary-db"))
+    since = {"checkout-service-primary-db": {"first_sync": day - timedelta(days=20), "schedule_created": None, "first_run": day}}
+    data = period_data(docs, verified, "2026Q4", drills_dir=drills, now=datetime(2026, 12, 6, tzinfo=timezone.utc), schedule_since=since)
+
+    disk = "/subscriptions/00000000-0000-0000-0000-0000000000aa/resourceGroups/production-west/providers/Microsoft.Compute/disks/orders-data-0"
+    spec = parse_spec(f'name: azure-orders\nobjectives: {{rto: 1h, rpo: 1d}}\ntargets:\n  - {{name: orders, provider: azure.disk, source: {{disk_id: "{disk}"}}}}\n')
+
+    def no_provider(family):
+        raise RuntimeError(f"the {family} inventory needs AZURE_SUBSCRIPTION_ID")
+
+    key = f"azure.disk:{disk.lower()}"
+    history = {key: [Restore(at=day, drill="azure-orders", drill_id="azure-orders-1", verdict="PASSED", target="orders", restored=True)]}
+    cov = coverage_report([spec], CoverageSpec(), period="2026Q4", start=datetime(2026, 10, 1, tzinfo=timezone.utc),
+                          end=datetime(2027, 1, 1, tzinfo=timezone.utc), now=datetime(2026, 12, 6, tzinfo=timezone.utc),
+                          history=history, provider_for=no_provider)
+    data["coverage"] = cov.model_dump(mode="json")
+    return {
+        "drill.html": render_drill_html(docs[2]),
+        "simulation.html": render_drill_html(docs[3]),
+        "period.html": render_period(data, "html"),
+        "coverage.html": render_coverage_html(cov),
+    }
+
+
+def test_no_report_overflows_or_cuts_off_text_at_1280_or_800_pixels(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    pages = report_pages(tmp_path)
+    for name, html in pages.items():
+        (tmp_path / name).write_text(html)
+    problems = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            for width in (1280, 800):
+                page = browser.new_page(viewport={"width": width, "height": 2000})
+                for name in pages:
+                    page.goto((tmp_path / name).as_uri())
+                    wide = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+                    if wide[0] > wide[1]:
+                        problems.append(f"{name} at {width}px: the page is {wide[0]}px wide")
+                    problems += [f"{name} at {width}px: {b}" for b in page.evaluate(OVERFLOWS)]
+                page.close()
+        finally:
+            browser.close()
+    assert problems == [], "\n".join(problems)
+
+
+def test_reports_say_things_in_words(tmp_path):
+    pages = report_pages(tmp_path)
+    drill, period, coverage = pages["drill.html"], pages["period.html"], pages["coverage.html"]
+    assert '{"rows": 700}' not in drill and "<details>" in drill and "public.orders" in drill  # measurements behind a disclosure
+    assert "/var/lib/drdrill/clusters/drdrill-checkout" in drill  # the full path, once, in the disclosure
+    assert drill.count("/var/lib/drdrill/clusters/drdrill-checkout-service-primary-db-20261102t090000z-4f2a9c") <= 3
+    assert "FAILED" in drill and "COULD_NOT_VERIFY<" not in drill
+    assert 'id="simulation"' in pages["simulation.html"] and 'id="simulation"' not in drill
+    assert "TAMPERED" in period and "Simulations (not evidence)" in period
+    assert period.count('data-finding="MISSED_SCHEDULED_DRILL"') == 1  # one line per drill, with its count
+    row = '<tr data-resource="azure.disk:'
+    assert row in coverage
+    covered = coverage.split(row, 1)[1].split("</tr>", 1)[0]
+    assert "covered" in covered and "COULD_NOT_VERIFY" not in covered

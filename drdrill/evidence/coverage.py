@@ -384,7 +384,7 @@ def _judge(row: CoverageRow, runs: list[Restore], policy: CoverageSpec, start: d
         flags.append("NO_RECENT_RECOVERY_POINT")
     if runs and not passed:
         flags.append("NOT_DRILLED_IN_PERIOD")
-    if not readable:
+    if not readable and not passed:  # restored in the period is proven by the evidence, whatever the inventory says
         flags.append("COULD_NOT_VERIFY")
     row.flags = flags
     row.status = "covered" if passed else ("could not verify" if not readable else "not covered")
