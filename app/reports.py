@@ -340,11 +340,12 @@ def _controls(run_rows: list[dict], missed_by_drill: list[dict], declared_by: di
         evidencing = [row["drill_id"] for row in intact if all(row["facts"][n] for n in run_needs)]
         gaps = [NEED_GAP[n] for n in run_needs if not any(row["facts"][n] for row in intact)]
         judged = set(run_needs) | ({"rto", "rpo"} if "objectives" in run_needs else set())
-        for row in intact:
-            if "rto" in judged and row["rto_outcome"] == "FAILED":
-                gaps.append(f"RTO objective missed by run {row['drill_id']}")
-            if "rpo" in judged and row["rpo_outcome"] == "FAILED":
-                gaps.append(f"RPO objective missed by run {row['drill_id']}")
+        for which in ("rto", "rpo"):
+            missed_by = [row["drill_id"] for row in intact if which in judged and row[f"{which}_outcome"] == "FAILED"]
+            if len(missed_by) == 1:
+                gaps.append(f"{which.upper()} objective missed by run {missed_by[0]}")
+            elif missed_by:
+                gaps.append(f"{which.upper()} objective missed by {len(missed_by)} runs: {', '.join(missed_by)}")
         if "on_schedule" in c.needs:
             gaps += [f"scheduled drill {g['text'].removeprefix('drill ')}" for g in missed_by_drill]
         if not intact and NEED_GAP["ran"] not in gaps:
@@ -384,8 +385,12 @@ def trend_svg(points: list[dict], which: str) -> Markup:
     w, h, left, top, bottom = 320, 120, 48, 12, 22
     values = [p[key] for p in points if p.get(key) is not None]
     objectives = [p[obj_key] for p in points if p.get(obj_key)]
-    ymax = max(values + objectives + [1.0]) * 1.1
+    # An objective far above every value would squash the points at the bottom: the axis then
+    # follows the values, and the objective is named above the chart instead of drawn.
+    off_scale = bool(values and objectives and objectives[-1] > 3 * max(values))
+    ymax = max(values + ([] if off_scale else objectives) + [1.0]) * 1.1
     n = max(len(points), 1)
+    days = [fmt_time(p.get("declared"))[:10] for p in points]
 
     def px(i: int) -> float:
         return left + (w - left - 10) * (i + 0.5) / n
@@ -397,7 +402,9 @@ def trend_svg(points: list[dict], which: str) -> Markup:
     out.append(f'<line x1="{left}" y1="{py(0):.1f}" x2="{w - 10}" y2="{py(0):.1f}" stroke="#8c959f"/>')
     out.append(f'<text x="{left - 4}" y="{py(ymax / 1.1) + 4:.1f}" font-size="9" text-anchor="end" fill="#57606a">{escape(format_duration(ymax / 1.1))}</text>')
     out.append(f'<text x="{left - 4}" y="{py(0) + 3:.1f}" font-size="9" text-anchor="end" fill="#57606a">0</text>')
-    if objectives:
+    if off_scale:
+        out.append(f'<text x="{w - 12}" y="{top - 2}" font-size="9" text-anchor="end" fill="#cf222e">objective {escape(format_duration(objectives[-1]))} (above the scale)</text>')
+    elif objectives:
         oy = py(objectives[-1])
         out.append(f'<line x1="{left}" y1="{oy:.1f}" x2="{w - 10}" y2="{oy:.1f}" stroke="#cf222e" stroke-dasharray="5 3"/>')
         out.append(f'<text x="{w - 12}" y="{oy - 3:.1f}" font-size="9" text-anchor="end" fill="#cf222e">objective {escape(format_duration(objectives[-1]))}</text>')
@@ -405,7 +412,7 @@ def trend_svg(points: list[dict], which: str) -> Markup:
     if len(line) > 1:
         out.append('<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
     for i, p in enumerate(points):
-        label = fmt_time(p.get("declared"))[:10]
+        label = days[i] if days.count(days[i]) == 1 else fmt_time(p.get("declared"))[5:16]  # same day: the time tells them apart
         if p.get(key) is None:
             out.append(f'<text x="{px(i):.1f}" y="{py(0) - 4:.1f}" font-size="9" text-anchor="middle" fill="#6e7781">n/a<title>{escape(p["drill_id"])}: not measured</title></text>')
         else:
@@ -414,7 +421,7 @@ def trend_svg(points: list[dict], which: str) -> Markup:
                 f'<circle cx="{px(i):.1f}" cy="{py(p[key]):.1f}" r="4" fill="{colour}"><title>{escape(p["drill_id"])}: '
                 f'{escape(which.upper())} {escape(format_duration(p[key]))} ({escape(p.get(out_key) or "")})</title></circle>'
             )
-        if n <= 8 or i in (0, n - 1):
+        if n <= 4 or i in (0, n - 1):
             out.append(f'<text x="{px(i):.1f}" y="{h - 6}" font-size="9" text-anchor="middle" fill="#57606a">{escape(label)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
