@@ -73,6 +73,20 @@ def test_a_period_with_only_simulations_evidences_no_control(temporal_server, ev
     assert "no drills directory" in res.output and res.exit_code == 3  # scheduled drills were not checked
     assert "SIMULATION" in (tmp_path / "r.html").read_text()
 
+    # the lists: the verdict (not COMPLETED), whole ids and times on a pipe, and JSON
+    from tests.ops_helpers import cli
+
+    listed = cli("list", "--json", "--limit", "500", env={"TEMPORAL_ADDRESS": temporal_server.address, "DRDRILL_STATE_DIR": str(tmp_path / "state")})
+    assert listed.exit_code == 0, listed.output
+    (mine,) = [r for r in json.loads(listed.output) if r["drill_id"] == result.drill_id]
+    assert (mine["verdict"], mine["phase"]) == ("PASSED (SIMULATION)", "")
+    piped = cli("list", "--limit", "500", env={"TEMPORAL_ADDRESS": temporal_server.address, "DRDRILL_STATE_DIR": str(tmp_path / "state")})
+    assert any(line.split("\t")[:2] == [result.drill_id, "PASSED (SIMULATION)"] for line in piped.output.splitlines())
+    evidence = cli("evidence", "list", "--period", _period_of(result.declared))
+    (line,) = [line for line in evidence.output.splitlines() if result.drill_id in line]
+    assert "…" not in line and line.split("\t")[2] == result.drill_id and line.split("\t")[3] == "PASSED (SIMULATION)"
+    assert any(r["run"] == result.drill_id and r["simulation"] for r in json.loads(cli("evidence", "list", "--json").output))
+
 
 def test_missed_drills_count_from_the_first_recorded_sync_and_are_grouped(evidence_store_dsn, tmp_path):
     name = f"nightly-{uuid.uuid4().hex[:6]}"

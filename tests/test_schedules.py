@@ -20,6 +20,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from app import schedules
+from drdrill.evidence.store import open_store
 from drdrill.core.models import DrillResult
 from drdrill.core.operations import SweepInput, drill_id_from_workflow_id
 from tests.ops_helpers import pg_drill, service, unique, wait_until
@@ -68,6 +69,10 @@ def test_sync_creates_updates_and_removes_schedules_to_match_the_files(temporal_
             assert said(out.output, "create", f"drdrill-{quarterly}")
 
             q = await c.get_schedule_handle(f"drdrill-{quarterly}").describe()
+            with open_store() as store:  # the sync is evidence: the period report counts missed drills from it
+                since = store.schedule_since()
+            assert since[quarterly]["schedule_created"] == q.info.created_at and since[quarterly]["first_sync"] >= q.info.created_at
+            assert since[weekly]["schedule_created"] and manual not in since
             cal = q.schedule.spec.calendars[0]
             assert [r.start for r in cal.month] == [2, 5, 8, 11]
             assert [r.start for r in cal.day_of_month] == [15] and [r.start for r in cal.hour] == [3] and [r.start for r in cal.minute] == [30]
