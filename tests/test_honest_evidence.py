@@ -254,13 +254,20 @@ def report_pages(tmp_path) -> dict[str, str]:
     from drdrill.evidence.coverage import Restore, coverage_report
 
     day = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)
-    runs = [sample_result("checkout-service-primary-db", declared=day + timedelta(hours=h), rto=30.0 + 400 * h, rpo=60.0 * (h + 1))
+    text = "version: 1\nname: checkout-service-primary-db\nevidence: {controls: [SOC2-A1.3, ISO27001-A.8.13]}\n"
+    runs = [sample_result("checkout-service-primary-db", declared=day + timedelta(hours=h), rto=30.0 + 400 * h, rpo=60.0 * (h + 1), spec_text=text)
             for h in (0, 3)]
-    runs.append(sample_result("checkout-service-primary-db", declared=day + timedelta(days=9), verdict="FAILED", rto=1250.0))
+    runs.append(sample_result("checkout-service-primary-db", declared=day + timedelta(days=9), verdict="FAILED", rto=1250.0, spec_text=text))
     for r in runs:
         r.environments[0].id = "/var/lib/drdrill/clusters/drdrill-checkout-service-primary-db-20261102t090000z-4f2a9c"
         r.isolation[0].environment_id = r.environments[0].id
         r.validations[0].measured = {"tables": {"public.orders": 500, "public.customers": 200}, "rows": 700}
+        r.recovery_points[0].size_bytes = 26_395_648
+        r.recovery_points[0].metadata = {  # as the dump source records a pg_dump file with its sidecar
+            "format": "custom (-Fc)", "header": {"pg_dump_version": "15.20 (Debian 15.20-0+deb12u1)", "format": "custom"},
+            "expect": {"sha256": "ab" * 32, "size": None, "files": {}, "said_by": "/backups/shop/shop-20261102T020000Z.dump.sha256", "problem": ""},
+            "restore_with": "PostgreSQL 15 (system, /usr/lib/postgresql/15/bin)",
+        }
     sim = sample_result("checkout-service-primary-db", declared=day + timedelta(days=1))
     sim.simulated = True
     docs = [evidence_document(r) for r in runs + [sim]]
@@ -323,6 +330,9 @@ def test_reports_say_things_in_words(tmp_path):
     assert "/var/lib/drdrill/clusters/drdrill-checkout" in drill  # the full path, once, in the disclosure
     assert drill.count("/var/lib/drdrill/clusters/drdrill-checkout-service-primary-db-20261102t090000z-4f2a9c") <= 3
     assert "FAILED" in drill and "COULD_NOT_VERIFY<" not in drill
+    assert "made by pg_dump 15.20" in drill and "sha256 expected by /backups/shop/shop-20261102T020000Z.dump.sha256" in drill
+    assert "25.2 MiB" in drill and "26395648" not in drill
+    assert "SOC2-A1.3" in drill.split('id="controls"', 1)[1].split("</section>", 1)[0]  # the drill's declared controls, in words
     assert 'id="simulation"' in pages["simulation.html"] and 'id="simulation"' not in drill
     assert "TAMPERED" in period and "Simulations (not evidence)" in period
     assert period.count('data-finding="MISSED_SCHEDULED_DRILL"') == 1  # one line per drill, with its count

@@ -238,7 +238,8 @@ def point_facts(p: dict) -> dict:
     if expect.get("problem"):
         verified = f"not verified: {expect['problem']}"
     elif expect.get("said_by"):
-        verified = f"checked against {expect['said_by']}" + (" (sha256)" if expect.get("sha256") else "") + (" (size)" if expect.get("size") else "")
+        what = [w for w, present in (("sha256", expect.get("sha256")), ("size", expect.get("size") is not None), ("per-file sha256", expect.get("files"))) if present]
+        verified = f"{' and '.join(what) or 'content'} expected by {expect['said_by']}: a restore that does not match fails"
     elif expect:
         verified = "nothing to check it against (no sha256 or size in the drill, no sidecar)"
     else:
