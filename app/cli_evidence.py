@@ -240,7 +240,7 @@ def report(
     text = render_period(data, fmt)
     if out is not None and str(out) == "-":
         print(text, end="")
-        for p in data["problems"]:
+        for p in data["problems"]:  # the coverage's are in the report itself
             err.print(f"problem: {p}", markup=False)
         raise typer.Exit(report_exit_code(data))
     if out is None:
@@ -275,8 +275,17 @@ def _print_period_summary(data: dict) -> None:
     )
     for f in data["findings"]:
         console.print(f"  finding {f['code']}: {f['message']}", markup=False)
-    for p in data["problems"]:
+    for p in report_problems(data):
         err.print(f"problem: {p}", markup=False)
+
+
+def report_problems(data: dict) -> list[str]:
+    """Everything the period report could not check: its own problems and its coverage's."""
+    cov = data.get("coverage") or {}
+    extra = list(cov.get("problems") or [])
+    if (cov.get("control") or {}).get("status") == "could not verify":
+        extra.append(f"restore coverage: {cov['control'].get('detail')}")
+    return list(dict.fromkeys(data["problems"] + extra))
 
 
 def register(app: typer.Typer) -> None:

@@ -7,8 +7,10 @@ TEMPORAL_ADDRESS (or the embedded one, see app/runtime.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
@@ -84,13 +86,16 @@ def _record_sync(rows: list[dict]) -> None:
 
 
 @schedule_app.command("list")
-def list_cmd() -> None:
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="print the schedules as JSON")) -> None:
     """Schedules drdrill manages: next run, last run and its verdict, paused state and note."""
     async def go():
         async with _client_ctx() as client:
             return await schedules.rows(client, task_queue())
 
     rows = _run(go())
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
+        return
     if not rows:
         console.print("no schedules (run `drdrill schedule sync drills/`)")
         return

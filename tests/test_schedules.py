@@ -5,6 +5,7 @@ triggered schedule runs the drill and `schedule list` shows its verdict."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -99,6 +100,8 @@ def test_sync_creates_updates_and_removes_schedules_to_match_the_files(temporal_
             row = next(line for line in listing.output.splitlines() if f"drdrill-{weekly}" in line)
             assert "paused" in row and "db migration this week" in " ".join(listing.output.split())
             assert foreign not in listing.output
+            as_json = {r["schedule_id"]: r for r in json.loads((await svc.cli("schedule", "list", "--json")).output)}
+            assert as_json[f"drdrill-{weekly}"]["paused"] is True and foreign not in as_json
 
             # Removing a file removes its schedule (once the list shows both: visibility is eventual).
             async def both_listed():
