@@ -336,7 +336,8 @@ def print_result(result) -> None:
         parts.append(f"{o.name} [{colour}]{achieved}[/] (objective {format_duration(o.objective_seconds)})")
     console.print("  " + "   ".join(parts))
     where = f"   evidence: {result.evidence_path}" if result.evidence_path else ""
-    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{where}")
+    simulation = " (SIMULATION: restored nothing real, not evidence)" if result.simulated else ""
+    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{simulation}{where}")
 
 
 # ------------------------------------------------------------------ status, list, cancel
