@@ -203,7 +203,7 @@ def _drill_rows(run_rows: list[dict], missed: list[dict]) -> list[dict]:
         d["runs"] += 1
         d["passed"] += row["verdict"] == "PASSED" and row["evidence_intact"]
         d["last_verdict"] = row["verdict"]
-        d["points"].append({k: row[k] for k in keys})
+        d["points"].append({**{k: row[k] for k in keys}, "intact": row["evidence_intact"]})
     for m in missed:
         drills.setdefault(m["drill"], {"name": m["drill"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
     return list(drills.values())
@@ -415,6 +415,11 @@ def trend_svg(points: list[dict], which: str) -> Markup:
         label = days[i] if days.count(days[i]) == 1 else fmt_time(p.get("declared"))[5:16]  # same day: the time tells them apart
         if p.get(key) is None:
             out.append(f'<text x="{px(i):.1f}" y="{py(0) - 4:.1f}" font-size="9" text-anchor="middle" fill="#6e7781">n/a<title>{escape(p["drill_id"])}: not measured</title></text>')
+        elif p.get("intact") is False:  # shown, hollow: its evidence does not verify, so it counts for nothing
+            out.append(
+                f'<circle cx="{px(i):.1f}" cy="{py(p[key]):.1f}" r="4" fill="#fff" stroke="#6e7781" stroke-width="1.5"><title>{escape(p["drill_id"])}: '
+                f'{escape(which.upper())} {escape(format_duration(p[key]))} (evidence tampered, not counted)</title></circle>'
+            )
         else:
             colour = COLOURS.get(p.get(out_key) or "", "#6e7781")
             out.append(

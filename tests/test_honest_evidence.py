@@ -183,6 +183,8 @@ def test_coverage_lists_every_postgres_source_kind_with_a_stable_id_and_name(tmp
     assert names["path"] == "dumps/*.dump" or names["path"].endswith("dumps/*.dump")
     assert names["s3"] == "s3://shop-dumps/nightly/" and names["url_env"] == "$SHOP_DUMP_URL"
     assert names["pgbackrest"] == "pgBackRest stanza shop" and names["barman"].startswith("barman server shop")
+    problems = json.loads(first.output)["problems"]  # why a source has no recovery point is said, not guessed
+    assert any("drill cov-path, target shop" in p and "no recovery point read" in p for p in problems), problems
 
 
 def test_coverage_reads_every_region_named_and_the_tag_can_be_the_only_criterion(aws, tmp_path, monkeypatch):
@@ -334,7 +336,8 @@ def test_reports_say_things_in_words(tmp_path):
     assert "25.2 MiB" in drill and "26395648" not in drill
     assert "SOC2-A1.3" in drill.split('id="controls"', 1)[1].split("</section>", 1)[0]  # the drill's declared controls, in words
     assert 'id="simulation"' in pages["simulation.html"] and 'id="simulation"' not in drill
-    assert "TAMPERED" in period and "Simulations (not evidence)" in period
+    assert "TAMPERED" in period and "Simulations (not evidence)" in period and "evidence tampered, not counted" in period
+    assert "objective 1h (above the scale)" in period and "11-02 09:00" in period  # RPO points not squashed; same day told apart
     assert period.count('data-finding="MISSED_SCHEDULED_DRILL"') == 1  # one line per drill, with its count
     row = '<tr data-resource="azure.disk:'
     assert row in coverage

@@ -237,12 +237,13 @@ def coverage_report(
     """Every protected resource and how it was drilled (see the module docstring)."""
     rows: dict[str, CoverageRow] = {}
     states: list[ProviderState] = []
+    notes: list[str] = list(problems or [])
     for family in _families(specs, policy):
         state = ProviderState(family=family)
         try:
             provider = provider_for(family)
             state.regions = list(getattr(provider, "regions", None) or [])
-            _read_provider(provider, family, specs, policy, rows, now)
+            _read_provider(provider, family, specs, policy, rows, now, notes)
             state.read = True
         except Exception as exc:  # noqa: BLE001 - an unreadable provider is reported, never omitted
             state.detail = f"the {family} inventory could not be read: {redact(str(getattr(exc, 'message', exc)) or type(exc).__name__)}"
@@ -260,7 +261,7 @@ def coverage_report(
     ordered = sorted(rows.values(), key=lambda r: (not r.protected, r.status == "covered", r.family, r.kind, r.name or r.id))
     report = CoverageReport(
         period=period, start=start, end=end, generated_at=now, policy=policy.model_dump(mode="json"),
-        providers=states, rows=ordered, problems=list(problems or []),
+        providers=states, rows=ordered, problems=notes,
     )
     report.summary = _summary(report)
     report.control = _control(report, policy)
@@ -285,7 +286,9 @@ def regions_named(specs: list[DrillSpec], policy: CoverageSpec) -> list[str]:
     return list(found)
 
 
-def _read_provider(provider: Provider, family: str, specs: list[DrillSpec], policy: CoverageSpec, rows: dict[str, CoverageRow], now: datetime) -> None:
+def _read_provider(
+    provider: Provider, family: str, specs: list[DrillSpec], policy: CoverageSpec, rows: dict[str, CoverageRow], now: datetime, notes: list[str]
+) -> None:
     for r in provider.protected_inventory(policy.protected_tag):
         if policy.protected_by == "tag":  # only the tag makes a resource protected, not its recovery points
             tag = policy.protected_tag or ""
@@ -302,7 +305,7 @@ def _read_provider(provider: Provider, family: str, specs: list[DrillSpec], poli
                 for r in provider.discover(t.provider, Selection(repositories=[t.source.repository])):  # type: ignore[union-attr]
                     _add(rows, r)
             elif family == "postgres":
-                _add(rows, postgres_source_item(provider, spec, t, now))
+                _add(rows, postgres_source_item(provider, spec, t, now, notes))
 
 
 def source_name(source: Any) -> str:
@@ -323,7 +326,7 @@ def source_name(source: Any) -> str:
     return str(source.repository)
 
 
-def postgres_source_item(provider: Provider, spec: DrillSpec, target: Any, now: datetime) -> ProtectedResource:
+def postgres_source_item(provider: Provider, spec: DrillSpec, target: Any, now: datetime, notes: list[str]) -> ProtectedResource:
     """A named postgres source of any kind as an inventory item: its key is the one the drill's runs
     record (selection.resource_key), its name says where the backups are, and its newest recovery
     point is the one a drill declared now would restore (none found: NO_RECENT_RECOVERY_POINT)."""
@@ -332,7 +335,9 @@ def postgres_source_item(provider: Provider, spec: DrillSpec, target: Any, now: 
     ctx = DrillContext(drill_id=f"coverage-{spec.name}", drill_name=spec.name, declared=now, expires_at=now + timedelta(hours=1))
     try:
         point = provider.find_recovery_point(ctx, target)
-    except Exception:  # noqa: BLE001 - no recovery point found: the row says NO_RECENT_RECOVERY_POINT
+    except Exception as exc:  # noqa: BLE001 - no recovery point found: the row says NO_RECENT_RECOVERY_POINT, and why
+        notes.append(f"drill {spec.name}, target {target.name} ({item.name}): no recovery point read: "
+                     f"{redact(str(getattr(exc, 'message', exc)) or type(exc).__name__)}")
         return item
     item.newest_point, item.points = point.consistent_time, max(point.candidates, 1)
     return item
