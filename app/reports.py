@@ -219,7 +219,7 @@ def schedule_existed_from(since: Optional[dict]) -> Optional[datetime]:
     if not known:
         return None
     floor = [parse_time(since.get(k)) for k in ("first_run", "first_sync") if since.get(k)]
-    return max(min(known), min(floor))
+    return max(min(known), min(floor)) if floor else None
 
 
 def _due_drills(
@@ -481,13 +481,21 @@ def render_period_csv(data: dict) -> str:
     return buf.getvalue()
 
 
-def period_report(store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None) -> dict:
+def period_report(
+    store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None,
+    schedule_created: Optional[dict[str, datetime]] = None,
+) -> dict:
     """Read the period's runs from the evidence store, verify each, and build the report data,
-    with the period's restore coverage (app/coverage.py) and its control."""
+    with the period's restore coverage (app/coverage.py) and its control. `schedule_created`: when
+    Temporal says each drill's schedule was created (read by the CLI when it can reach Temporal)."""
     start, end = parse_period(period)
     runs = store.runs(start, end, drill)
     verified = {v.drill_id: (v.ok, v.message) for d in runs for v in store.verify(d["drill_id"])}
-    data = period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now, schedule_since=store.schedule_since())
+    since = store.schedule_since()
+    for name, created in (schedule_created or {}).items():
+        entry = since.setdefault(name, {"first_run": None, "first_sync": None, "schedule_created": None})
+        entry["schedule_created"] = min(filter(None, [parse_time(entry.get("schedule_created")), created]))
+    data = period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now, schedule_since=since)
     data["coverage"] = coverage_section(store, period, drills_dir, now)
     data["controls"].append(coverage_control(data["coverage"]))
     return data

@@ -343,3 +343,37 @@ def test_reports_say_things_in_words(tmp_path):
     assert row in coverage
     covered = coverage.split(row, 1)[1].split("</tr>", 1)[0]
     assert "covered" in covered and "COULD_NOT_VERIFY" not in covered
+
+
+def test_a_schedule_temporal_knows_counts_without_a_recorded_sync(temporal_server, evidence_store_dsn, tmp_path):
+    """A schedule created without a recorded sync (an older drdrill, the Python API): with a
+    long-lived Temporal the report reads its creation time, so its drill is checked."""
+    import asyncio
+
+    from app import schedules
+    from worker import connect
+
+    name = f"known-{uuid.uuid4().hex[:6]}"
+    drills = tmp_path / "drills"
+    drills.mkdir()
+    (drills / "known.yaml").write_text(DRILL.format(name=name))
+    queue = f"honest-{uuid.uuid4().hex[:6]}"
+
+    async def with_client(action):
+        client = await connect(temporal_server.address)
+        return await action(client)
+
+    plan = asyncio.run(with_client(lambda c: schedules.sync(c, [drills], queue)))
+    assert [c.action for c in plan.changes] == ["create"]
+    try:
+        now = datetime.now(timezone.utc)
+        record_run(tmp_path / "state", sample_result(name, declared=now - timedelta(minutes=5)), dsn=evidence_store_dsn)
+        from tests.ops_helpers import cli
+
+        env = {"TEMPORAL_ADDRESS": temporal_server.address, "DRDRILL_TASK_QUEUE": queue, "DRDRILL_STATE_DIR": str(tmp_path / "state")}
+        res = cli("report", "--period", _period_of(now), "--drill", name, "--drills", str(drills), "--format", "json", "--out", "-", env=env)
+    finally:
+        asyncio.run(with_client(lambda c: c.get_schedule_handle(f"drdrill-{name}").delete()))
+    data = json.loads(res.output[: res.output.rindex("}") + 1])
+    assert not any(name in p for p in data["problems"]), data["problems"]
+    assert data["scheduled_checked"] and res.exit_code == 0, res.output
