@@ -50,12 +50,13 @@ def human_size(value: Any) -> str:
 
 
 def short_id(value: Any, keep: int = 28) -> str:
-    """A long path or id as its last part: '/tmp/drdrill-clusters/…/drdrill-shop-1' -> '…/drdrill-shop-1'."""
+    """A long path as its last part: '/tmp/drdrill-clusters/…/drdrill-shop-1' -> '…/drdrill-shop-1';
+    an id without '/' reads whole up to 48 characters."""
     text = str(value or "")
     if len(text) <= keep or ("/" not in text and len(text) <= 48):  # a drill's own id reads whole
         return text
     last = text.rstrip("/").rsplit("/", 1)[-1]
-    return ("…/" + last) if len(last) <= keep else ("…" + text[-keep:])
+    return ("…/" + last) if len(last) <= 64 else ("…" + text[-64:])
 
 
 def measured_lines(measured: Any) -> list[tuple[str, str]]:
