@@ -21,7 +21,7 @@ from typing import Any, Iterator, Optional
 
 from markupsafe import Markup
 
-from drdrill.evidence.coverage import CoverageReport, coverage_report, describe_age, load_drills, regions_named, restore_history
+from drdrill.evidence.coverage import CoverageReport, coverage_report, describe_age, load_drills, regions_to_read, restore_history
 from drdrill.evidence.render import environment, fmt_time
 from drdrill.providers import load_provider
 from drdrill.providers.base import Provider
@@ -63,18 +63,11 @@ def coverage_for(
     drill files (and coverage.yaml) in `drills_dir`, with the restores recorded in `store`."""
     specs, policy, problems = load_drills(drills_dir)
     history = restore_history(store, until=end)
-    with providers_from_environment(providers, {"aws": {"regions": aws_regions(specs, policy)}}) as provider_for:
+    with providers_from_environment(providers, {"aws": {"regions": regions_to_read(specs, policy, os.environ)}}) as provider_for:
         return coverage_report(
             specs, policy, period=period.upper(), start=start, end=end, now=now or datetime.now(timezone.utc),
             history=history, provider_for=provider_for, problems=problems,
         )
-
-
-def aws_regions(specs: list, policy: Any) -> list[str]:
-    """Every AWS region coverage reads: those the drill files and coverage.yaml name, and
-    DRDRILL_AWS_REGIONS (the provider adds its default region)."""
-    env = [r.strip() for r in os.environ.get("DRDRILL_AWS_REGIONS", "").split(",") if r.strip()]
-    return list(dict.fromkeys(regions_named(specs, policy) + env))
 
 
 # ------------------------------------------------------------------ rendering

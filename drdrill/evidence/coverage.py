@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field
 
@@ -284,6 +284,13 @@ def regions_named(specs: list[DrillSpec], policy: CoverageSpec) -> list[str]:
             found.update((r, None) for r in ([region] if region else []) + list(getattr(t.select, "regions", None) or []))
     found.update((r, None) for r in policy.regions)
     return list(found)
+
+
+def regions_to_read(specs: list[DrillSpec], policy: CoverageSpec, env: Mapping[str, str]) -> list[str]:
+    """Every AWS region coverage reads: those the drill files and coverage.yaml name, and
+    DRDRILL_AWS_REGIONS (the provider adds its default region)."""
+    listed = [r.strip() for r in env.get("DRDRILL_AWS_REGIONS", "").split(",") if r.strip()]
+    return list(dict.fromkeys(regions_named(specs, policy) + listed))
 
 
 def _read_provider(
