@@ -22,6 +22,8 @@ from drdrill.core.paths import default_state_dir
 from drdrill.evidence.history import restore_history
 from drdrill.evidence.coverage import last_restored
 from drdrill.evidence.record import record_run
+from drdrill.evidence.signing import SigningError
+from drdrill.evidence.store import EvidenceConflict
 from drdrill.providers.readiness import expecting_ready_in
 from drdrill.core.models import (
     DeletionOutcome,
@@ -306,8 +308,14 @@ class DrillActivities:
     def record_evidence(self, result: DrillResult) -> str:
         """Record the run's evidence: the PostgreSQL evidence store (append-only, hash-chained,
         idempotent on the drill id) and runs/<drill id>/{evidence.json,report.html,junit.xml}.
-        Returns evidence.json's path."""
-        return record_run(self.state_dir, result)
+        Returns evidence.json's path. A different record for a drill id already stored, or a signing
+        key that cannot be used, fails at once (EVIDENCE_CONFLICT, EVIDENCE_KEY_UNUSABLE)."""
+        try:
+            return record_run(self.state_dir, result)
+        except EvidenceConflict as exc:
+            raise ApplicationError(str(exc), type="EVIDENCE_CONFLICT", non_retryable=True) from None
+        except SigningError as exc:
+            raise ApplicationError(str(exc), type="EVIDENCE_KEY_UNUSABLE", non_retryable=not exc.retryable) from None
 
 
 def _quotes_a_secret(exc: BaseException) -> bool:

@@ -1,4 +1,4 @@
-"""CLI: `drdrill evidence verify|export|list` and `drdrill report --period`.
+"""CLI: `drdrill evidence verify|export|import|list|key` and `drdrill report --period`.
 
 Registered by app.cli through `register(app)`.
 """
@@ -24,16 +24,17 @@ from app.reports import parse_period, period_report, render_period
 from app.runtime import state_dir, temporal
 from app.schedules import schedule_id, scheduled_drills
 from drdrill.core.spec import format_duration, parse_duration
-from drdrill.evidence.chain import verify_document
-from drdrill.evidence.record import write_bundle_files
+from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor, write_export
+from drdrill.evidence.ledger import check_entry
 from drdrill.evidence.render import fmt_time, is_simulation
-from drdrill.evidence.store import EvidenceStoreError, embedded_server, open_store
+from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
+from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
 from drdrill.providers.postgres.cluster import ClusterError
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-evidence_app = typer.Typer(no_args_is_help=True, help="The evidence store: verify the hash chain, export bundles.")
+evidence_app = typer.Typer(no_args_is_help=True, help="The evidence store: verify the signed log and the hash chains, export bundles.")
 
 DEFAULT_DRILLS = Path("drills")
 
@@ -51,20 +52,76 @@ def command_store() -> Iterator:
         yield store
 
 
+def keys_or_exit(trust: list[Path]) -> dict[str, str]:
+    try:
+        return trusted_keys(state_dir(), trust)
+    except SigningError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+
+
+TRUST = typer.Option([], "--trust", help="a public key (OpenSSH line(s) or PEM) to accept besides the state directory's own and <state dir>/evidence-trusted-keys")
+
+
 @evidence_app.command("verify")
-def verify(run: Optional[str] = typer.Argument(None, help="drill id (default: every run in the store)")) -> None:
-    """Recompute the hash chain; name the first row that was altered, deleted or inserted. Exit 1 if any."""
+def verify(
+    run: Optional[str] = typer.Argument(None, help="drill id (default: every run in the store, and the whole log)"),
+    against: Optional[Path] = typer.Option(None, "--against", help="an exported bundle (or its anchor.json): prove nothing at or before its anchored head changed"),
+    trust: list[Path] = TRUST,
+) -> None:
+    """Check the signed log, every run's hash chain and each runs/<id>/evidence.json against the
+    store; name the first broken link. Exit 1 if anything is broken."""
+    keys = keys_or_exit(trust)
+    try:
+        anchor = read_anchor(against) if against else None
+    except BundleError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+    if anchor is not None and fingerprint(anchor["public_key"]) not in keys:
+        err.print(f"{against}: its head is signed by {fingerprint(anchor['public_key'])}, not a trusted key; add --trust KEYFILE", markup=False)
+        raise typer.Exit(1)
     with command_store() as store:
         results = store.verify(run)
-    if not results:
+        log = store.verify_log(keys, anchor) if run is None or anchor is not None else None
+        entry_problem = _entry_problem(store, run, keys) if run is not None else None
+        stored = {r.drill_id: store.load(r.drill_id) for r in results if r.ok}
+    problems = ([entry_problem] if entry_problem else []) + check_files(state_dir(), stored, every=run is None)
+    if not results and not problems and (log is None or log.ok) and anchor is None:
         console.print("the evidence store holds no runs")
         return
     bad = [r for r in results if not r.ok]
     for r in results:
         console.print(("ok       " if r.ok else "TAMPERED ") + r.message, markup=False, style=None if r.ok else "bold red")
-    console.print(f"{len(results) - len(bad)}/{len(results)} runs intact", markup=False)
-    if bad:
-        raise typer.Exit(1)
+    if log is not None:
+        console.print(("ok       " if log.ok else "BROKEN   ") + log.message, markup=False, style=None if log.ok else "bold red")
+    if anchor is not None and log is not None and log.ok:
+        console.print(f"ok       nothing at or before the anchored head (entry {anchor['seq']}, {anchor['hash']}) changed", markup=False)
+    for p in problems:
+        console.print("TAMPERED " + p, markup=False, style="bold red")
+    broken = len(problems) + (0 if log is None or log.ok else 1)
+    if not bad and not broken:
+        console.print(f"{len(results)}/{len(results)} runs intact", markup=False)
+        return
+    console.print(f"NOT INTACT: {len(results) - len(bad)}/{len(results)} runs' own hash chains verify; {broken} broken link(s) "
+                  "in the signed log or the files, named above", markup=False, style="bold red")
+    raise typer.Exit(1)
+
+
+def _entry_problem(store, run: str, keys: dict[str, str]) -> Optional[str]:
+    """One run's signed log entry: present, signed by a trusted key, for the record stored."""
+    try:
+        doc = store.load(run)
+    except KeyError:
+        return None  # store.verify says so
+    entry = doc.get("log_entry")
+    if entry is None:
+        return f"run {run}: not in the signed log"
+    problem, payload = check_entry(entry, keys)
+    if problem:
+        return problem
+    if payload.get("record_hash") != doc.get("record_hash"):
+        return f"log entry {entry['seq']} (run {run}): the stored run differs from the signed entry"
+    return None
 
 
 @evidence_app.command("list")
@@ -112,13 +169,19 @@ def print_rows(columns: list[str], rows: list[list[str]]) -> None:
 
 
 @evidence_app.command("import")
-def import_files(paths: list[Path] = typer.Argument(..., help="evidence.json files or directories holding runs/*/evidence.json")) -> None:
-    """Store evidence.json files (e.g. from another state directory) after verifying their chain."""
+def import_files(
+    paths: list[Path] = typer.Argument(..., help="evidence.json files or directories holding runs/*/evidence.json"),
+    trust: list[Path] = TRUST,
+) -> None:
+    """Store evidence.json files (e.g. from another state directory): only those whose chain verifies
+    and whose log entry is signed, for exactly that record, by a trusted key."""
+    keys = keys_or_exit(trust)
     files: list[Path] = []
     for p in paths:
         files += sorted(p.rglob("evidence.json")) if p.is_dir() else [p]
     stored = skipped = bad = 0
     with command_store() as store:
+        key = signer_or_exit()
         for f in files:
             try:
                 doc = json.loads(f.read_text())
@@ -126,18 +189,42 @@ def import_files(paths: list[Path] = typer.Argument(..., help="evidence.json fil
                 err.print(f"{f}: not readable: {exc}", markup=False)
                 bad += 1
                 continue
-            ok, message = verify_document(doc) if "events" in doc else (False, "written before the evidence store existed")
-            if not ok:
-                err.print(f"{f}: not imported: {message}", markup=False)
+            problem = check_import(doc, keys) if isinstance(doc, dict) else "not an evidence document"
+            if problem:
+                err.print(f"{f}: not imported: {problem}", markup=False)
                 bad += 1
                 continue
-            if store.record(doc):
-                stored += 1
-            else:
-                skipped += 1
+            doc.pop("log_entry", None)  # signed into this store's log anew, by this state directory's key
+            try:
+                if store.record(doc, key):
+                    stored += 1
+                else:
+                    skipped += 1
+            except EvidenceConflict as exc:
+                err.print(f"{f}: not imported: {exc}", markup=False)
+                bad += 1
     console.print(f"{stored} runs stored, {skipped} already there, {bad} refused", markup=False)
     if bad:
         raise typer.Exit(1)
+
+
+def signer_or_exit():
+    try:
+        return signer(state_dir())
+    except SigningError as exc:
+        err.print(str(exc), markup=False)
+        raise typer.Exit(2)
+
+
+@evidence_app.command("key")
+def key(as_pem: bool = typer.Option(False, "--pem", help="PEM (SubjectPublicKeyInfo, for openssl) instead of an OpenSSH line")) -> None:
+    """Print the public key that signs this state directory's evidence (made on first use); publish it
+    for auditors (docs/evidence.md)."""
+    public = signer_or_exit().public_key
+    if as_pem:
+        print(pem(public), end="")
+    else:
+        print(f"{public} drdrill-evidence {fingerprint(public)}")
 
 
 @evidence_app.command("export")
@@ -147,7 +234,8 @@ def export(
     s3_bucket: Optional[str] = typer.Option(None, "--s3-bucket", help="also copy the bundle to this S3 Object Lock bucket (default: the spec's evidence.s3_bucket)"),
     s3_prefix: str = typer.Option("drdrill", "--s3-prefix", help="key prefix in the bucket"),
 ) -> None:
-    """Write a bundle: evidence.json, report.html, junit.xml, SHA256SUMS (optionally write-once to S3)."""
+    """Write a bundle: evidence.json, report.html, junit.xml, the run's signed log entry, the log's
+    anchored head (anchor.json), SHA256SUMS (optionally write-once to S3)."""
     with command_store() as store:
         try:
             doc = store.load(run)
@@ -155,27 +243,27 @@ def export(
             err.print(f"no run {run} in the evidence store", markup=False)
             raise typer.Exit(2)
         (result,) = store.verify(run)
-    paths = export_bundle(doc, out)
+        entry, head = doc.get("log_entry"), store.log_head()
+        log = store.log_between(entry["seq"], head["seq"]) if entry and head else []
+    paths = export_bundle(doc, out, log)
     console.print(f"bundle for {run} in {out}", markup=False)
     for p in paths:
         console.print(f"  {p.name}", markup=False)
+    if head is not None:
+        console.print(f"anchored head: log entry {head['seq']} {head['hash']} signed by {fingerprint(head['public_key'])}", markup=False)
     bucket = s3_bucket or spec_evidence(doc).get("s3_bucket")
     if bucket:
         keys = copy_to_s3(paths, bucket, f"{s3_prefix.strip('/')}/{run}", retention_until(doc))
         console.print(f"copied to s3://{bucket}/{s3_prefix.strip('/')}/{run}/ (Object Lock COMPLIANCE until {retention_until(doc):%Y-%m-%d})", markup=False)
         for k in keys:
             console.print(f"  {k}", markup=False)
-    if not result.ok:
-        err.print(f"WARNING: the evidence of this run does not verify: {result.message}", markup=False)
+    if not result.ok or not entry:
+        err.print(f"WARNING: the evidence of this run does not verify: {result.message if not result.ok else 'it is not in the signed log'}", markup=False)
         raise typer.Exit(1)
 
 
-def export_bundle(doc: dict, out: Path) -> list[Path]:
-    out = Path(out)
-    paths = list(write_bundle_files(out, doc).values())
-    sums = "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.name}\n" for p in paths)
-    (out / "SHA256SUMS").write_text(sums)
-    return paths + [out / "SHA256SUMS"]
+def export_bundle(doc: dict, out: Path, log: Optional[list[dict]] = None) -> list[Path]:
+    return write_export(doc, log or [], out)
 
 
 def spec_evidence(doc: dict) -> dict:

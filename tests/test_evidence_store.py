@@ -24,6 +24,17 @@ from tests.test_postgres_drill import drill_yaml
 from tests.test_reports import page_text
 
 
+# What `drdrill evidence export` writes (docs/evidence.md): the run, its signed log entry, the anchored head.
+BUNDLE = sorted(["SHA256SUMS", "evidence.json", "junit.xml", "report.html", "log.jsonl", "anchor.json",
+                 "entry.payload", "entry.sig", "entry-key.pem", "head.payload", "head.sig", "head-key.pem"])
+
+
+@pytest.fixture(autouse=True)
+def cli_state(tmp_path, monkeypatch):
+    """The CLI's state directory is the one the runs of these tests are recorded from (its key signs them)."""
+    monkeypatch.setenv("DRDRILL_STATE_DIR", str(tmp_path))
+
+
 @pytest.fixture
 def store(evidence_store_dsn):
     with open_store(evidence_store_dsn) as s:
@@ -72,8 +83,8 @@ def test_a_real_drill_is_stored_once_round_trips_and_renders(drill_harness, shop
     out = tmp_path / "bundle"
     res = cli("evidence", "export", result.drill_id, "--out", str(out))
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["SHA256SUMS", "evidence.json", "junit.xml", "report.html"]
-    assert len((out / "SHA256SUMS").read_text().splitlines()) == 3
+    assert sorted(p.name for p in out.iterdir()) == BUNDLE
+    assert len((out / "SHA256SUMS").read_text().splitlines()) == len(BUNDLE) - 1
 
 
 def _tamper(store: EvidenceStore, *sql: tuple) -> None:
@@ -243,4 +254,4 @@ def test_export_copies_the_bundle_to_an_object_lock_bucket(store, tmp_path, moto
     # retention from the spec (1y) counted from the end of the run
     assert (head["ObjectLockRetainUntilDate"] - result.ended).days in (364, 365, 366)
     keys = sorted(o["Key"].rsplit("/", 1)[1] for o in s3.list_objects_v2(Bucket="drdrill-evidence")["Contents"])
-    assert keys == ["SHA256SUMS", "evidence.json", "junit.xml", "report.html"]
+    assert keys == BUNDLE

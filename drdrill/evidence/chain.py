@@ -26,7 +26,7 @@ GENESIS = "0" * 64
 EVIDENCE_FORMAT = 1
 # Parts of the document that live in the event chain, in chain order; the rest is the run record.
 EVENT_KINDS = (("timeline", "timeline"), ("validation", "validations"), ("finding", "findings"))
-_NOT_RECORD = {"timeline", "validations", "findings", "events", "chain_head", "record_hash", "evidence_path"}
+_NOT_RECORD = {"timeline", "validations", "findings", "events", "chain_head", "record_hash", "evidence_path", "log_entry"}
 
 
 def canonical(obj: Any) -> str:

@@ -14,6 +14,7 @@ from drdrill.core.operations import SweepRecord
 from drdrill.core.redact import redact_obj
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.render import render_drill_html, render_junit
+from drdrill.evidence.signing import signer
 from drdrill.evidence.store import open_store
 
 log = logging.getLogger("drdrill.evidence")
@@ -43,21 +44,19 @@ def write_evidence_file(state_dir: Path, result: DrillResult, doc: Optional[dict
 
 
 def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) -> str:
-    """What the record_evidence activity does: files first (the CLI reads them back after a
-    cancellation), then the PostgreSQL store (idempotent on the drill id). Returns evidence.json's path.
+    """What the record_evidence activity does: the PostgreSQL store (the run signed into its log,
+    with the state directory's key or DRDRILL_EVIDENCE_KEY) and runs/<drill id>/ beside it, carrying
+    the signed log entry. Returns evidence.json's path.
 
-    A retried activity whose first attempt already stored the run gets the stored chain back: the
-    files are rewritten from the store, so they always agree with it.
+    Idempotent for the same record (a retried activity); a second, different record for a drill id
+    already stored raises EvidenceConflict and changes nothing, neither the store nor the files.
     """
     doc = evidence_document(result)
-    path = write_evidence_file(state_dir, result, doc)
+    key = signer(state_dir)
     with open_store(dsn, state_dir=state_dir) as store:
-        inserted = store.record(doc)
-        if not inserted:
-            stored = store.load(result.drill_id)
-            if stored.get("record_hash") != doc["record_hash"]:
-                path = write_evidence_file(state_dir, result, stored)
-    return path
+        store.record(doc, key)
+        doc["log_entry"] = store.load(result.drill_id).get("log_entry")
+    return write_evidence_file(state_dir, result, doc)
 
 
 def record_sweep(state_dir: Path, record: SweepRecord) -> str:

@@ -11,8 +11,10 @@ Schema `drdrill_evidence`, created and migrated by drdrill (`schema_version` hol
           a few columns copied out of it for queries, the event count, the chain head and the record hash.
 - events: every timeline event, validation result and finding, in order, each row holding the hash
           of its predecessor.
+- log:    the signed log chaining the runs (drdrill/evidence/ledger.py), signed with a key kept outside
+          the store (drdrill/evidence/signing.py).
 UPDATE, DELETE and TRUNCATE are refused by triggers; `verify` recomputes everything anyway, because
-whoever owns the database can disable a trigger.
+whoever owns the database can disable a trigger; and no one without the key can sign a log entry.
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ import psycopg
 
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
-from drdrill.evidence.chain import canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
+from drdrill.evidence.chain import GENESIS, canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
+from drdrill.evidence.ledger import LogCheck, sign_entry, walk
+from drdrill.evidence.signing import Signer
 from drdrill.providers.postgres.cluster import LocalCluster, cluster_root, run_user
 
 SCHEMA = "drdrill_evidence"
@@ -118,6 +122,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         4,
+        "the signed log of runs (drdrill/evidence/ledger.py), append-only",
+        f"""
+        CREATE TABLE {SCHEMA}.log (
+            seq         bigint PRIMARY KEY,
+            drill_id    text NOT NULL UNIQUE,
+            entry       text NOT NULL,
+            hash        text NOT NULL,
+            signature   text NOT NULL,
+            public_key  text NOT NULL,
+            recorded_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {SCHEMA}.log
+            FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {SCHEMA}.log
+            FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        """,
+    ),
+    (
+        5,
         "schedule syncs, append-only: since when a drill's schedule provably existed",
         f"""
         CREATE TABLE {SCHEMA}.schedule_syncs (
@@ -142,6 +165,10 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 class EvidenceStoreError(Exception):
     pass
+
+
+class EvidenceConflict(EvidenceStoreError):
+    """A second, different record for a drill id the store already holds."""
 
 
 @dataclass
@@ -447,12 +474,14 @@ class EvidenceStore:
 
     # -------------------------------------------------------------- writing
 
-    def record(self, doc: dict) -> bool:
-        """Store one run's evidence document (drdrill.evidence.chain.evidence_document). Idempotent on
-        the drill id: a second call stores nothing and returns False."""
+    def record(self, doc: dict, signer: Signer) -> bool:
+        """Store one run's evidence document (drdrill.evidence.chain.evidence_document) and append it,
+        signed, to the log. Idempotent on the drill id: the same document again stores nothing and
+        returns False; a different one for a drill id already stored raises EvidenceConflict."""
         record = split_record(doc)
         run = doc["drill_id"]
         with self.conn.transaction():
+            self.conn.execute("SELECT pg_advisory_xact_lock(hashtext('drdrill_evidence_log'))")  # one writer of the log at a time
             row = self.conn.execute(
                 f"""INSERT INTO {SCHEMA}.runs (drill_id, workflow_run_id, name, verdict, declared, ended, started_by,
                         spec_sha256, drdrill_version, rto_seconds, rpo_seconds, event_count, chain_head, record, record_hash)
@@ -477,13 +506,39 @@ class EvidenceStore:
                 ),
             ).fetchone()
             if row is None:
+                stored = self.conn.execute(f"SELECT record_hash, verdict FROM {SCHEMA}.runs WHERE drill_id = %s", (run,)).fetchone()
+                if stored[0] != doc["record_hash"]:
+                    raise EvidenceConflict(
+                        f"run {run} is already in the evidence store with a different record (verdict {stored[1]}, record hash "
+                        f"{stored[0][:12]}…; this one: verdict {doc['verdict']}, {doc['record_hash'][:12]}…): refused, the stored one stands"
+                    )
                 return False
             with self.conn.cursor() as cur:
                 cur.executemany(
                     f"INSERT INTO {SCHEMA}.events (drill_id, seq, kind, body, prev_hash, hash) VALUES (%s, %s, %s, %s, %s, %s)",
                     [(run, e["seq"], e["kind"], canonical(e["content"]), e["prev_hash"], e["hash"]) for e in doc["events"]],
                 )
+            self._append_log(doc, signer)
         return True
+
+    def _append_log(self, doc: dict, signer: Signer) -> None:
+        """Sign the run into the log (inside record's transaction, under its lock). A store that held
+        runs before the log began has them adopted first, oldest first."""
+        last = self.conn.execute(f"SELECT seq, hash FROM {SCHEMA}.log ORDER BY seq DESC LIMIT 1").fetchone()
+        seq, prev = (last[0] + 1, last[1]) if last else (0, GENESIS)
+        todo: list[tuple[dict, bool]] = []
+        if last is None:
+            older = self.conn.execute(
+                f"SELECT record, record_hash FROM {SCHEMA}.runs WHERE drill_id <> %s ORDER BY recorded_at, declared, drill_id", (doc["drill_id"],)
+            ).fetchall()
+            todo = [({**json.loads(r), "record_hash": h}, True) for r, h in older]
+        for item, adopted in todo + [(doc, False)]:
+            entry = sign_entry(signer, seq, prev, item, adopted)
+            self.conn.execute(
+                f"INSERT INTO {SCHEMA}.log (seq, drill_id, entry, hash, signature, public_key) VALUES (%s, %s, %s, %s, %s, %s)",
+                (seq, entry["drill_id"], entry["entry"], entry["hash"], entry["signature"], entry["public_key"]),
+            )
+            seq, prev = seq + 1, entry["hash"]
 
     def record_sweep(self, record: dict) -> bool:
         """Store one orphan sweep (a redacted SweepRecord as JSON). Idempotent on the sweep id."""
@@ -554,13 +609,50 @@ class EvidenceStore:
         ).fetchone()
 
     def load(self, drill_id: str) -> dict:
-        """The run's evidence document, as stored."""
+        """The run's evidence document, as stored, with its signed log entry (`log_entry`)."""
         with self.conn.transaction():
             run = self._run_row(drill_id)
             if run is None:
                 raise KeyError(drill_id)
             rows = self._rows(drill_id)
-        return document_from_parts(json.loads(run[6]), rows, run[5], run[7])
+            entry = self._log("drill_id = %s", (drill_id,))
+        doc = document_from_parts(json.loads(run[6]), rows, run[5], run[7])
+        doc["log_entry"] = entry[0] if entry else None
+        return doc
+
+    def _log(self, where: str = "true", args: tuple = ()) -> list[dict]:
+        rows = self.conn.execute(
+            f"SELECT seq, drill_id, entry, hash, signature, public_key FROM {SCHEMA}.log WHERE {where} ORDER BY seq", args
+        ).fetchall()
+        out = []
+        for seq, run, entry, digest, signature, public_key in rows:
+            try:
+                alg = json.loads(entry).get("alg")
+            except (ValueError, AttributeError):
+                alg = None
+            out.append({"seq": seq, "drill_id": run, "entry": entry, "hash": digest, "signature": signature, "public_key": public_key, "alg": alg})
+        return out
+
+    def log_head(self) -> Optional[dict]:
+        """The newest entry of the signed log (what a bundle anchors), or None."""
+        with self.conn.transaction():
+            head = self._log(f"seq = (SELECT max(seq) FROM {SCHEMA}.log)")
+        return head[0] if head else None
+
+    def log_between(self, first: int, last: int) -> list[dict]:
+        with self.conn.transaction():
+            return self._log("seq BETWEEN %s AND %s", (first, last))
+
+    def verify_log(self, trusted: dict[str, str], anchor: Optional[dict] = None) -> LogCheck:
+        """Walk the signed log (drdrill/evidence/ledger.py): signatures by trusted keys, the chain,
+        every stored run in it with the record it signed; and, with `anchor`, the anchored head."""
+        with self.conn.transaction():
+            rows = self._log()
+            runs = {
+                r[0]: {"record_hash": r[1], "verdict": r[2]}
+                for r in self.conn.execute(f"SELECT drill_id, record_hash, verdict FROM {SCHEMA}.runs").fetchall()
+            }
+        return walk(rows, runs, trusted, anchor)
 
     def drill_ids(self, since: Optional[datetime] = None, until: Optional[datetime] = None, name: Optional[str] = None) -> list[str]:
         sql = f"SELECT drill_id FROM {SCHEMA}.runs WHERE true"
