@@ -29,6 +29,7 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, Wor
 from app import errors
 from app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
+from app.cli_evidence import print_rows
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from app.simulate import simulated
 from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillInput, DrillResult, DrillStatus
@@ -38,6 +39,7 @@ from drdrill.core.redact import redact
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
 from drdrill.evidence.record import record_sweep
 from drdrill.evidence.store import embedded_server
+from drdrill.evidence.render import fmt_time
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
 from drdrill.providers.sweep import sweep as do_sweep
@@ -380,7 +382,8 @@ def print_result(result) -> None:
         parts.append(f"{o.name} [{colour}]{achieved}[/] (objective {format_duration(o.objective_seconds)})")
     console.print("  " + "   ".join(parts))
     where = f"   evidence: {result.evidence_path}" if result.evidence_path else ""
-    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{where}")
+    simulation = " (SIMULATION: restored nothing real, not evidence)" if result.simulated else ""
+    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{simulation}{where}")
     report = Path(result.evidence_path).with_name("report.html") if result.evidence_path else None
     if report is not None and report.exists():  # on this machine (a remote worker keeps its own)
         console.print(f"  report: {report}", markup=False)
@@ -477,40 +480,49 @@ def _answer_gate(drill_id: str, verb: str, request: ApprovalRequest) -> Approval
 
 
 @app.command("list")
-def list_runs(limit: int = typer.Option(20, help="how many runs")) -> None:
-    """List recent drills with their state."""
-    asyncio.run(_list(limit))
+def list_runs(
+    limit: int = typer.Option(20, help="how many runs"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs as JSON"),
+) -> None:
+    """List recent drills: the verdict of a finished one, the phase of a running one."""
+    rows = asyncio.run(_list(limit))
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    print_rows(
+        ["drill id", "verdict", "phase", "started", "closed"],
+        [[r["drill_id"], r["verdict"].replace("_", " "), r["phase"], fmt_time(r["started"]) if r["started"] else "",
+          fmt_time(r["closed"]) if r["closed"] else ""] for r in rows],
+    )
 
 
-async def _list(limit: int) -> None:
+async def _list(limit: int) -> list[dict]:
+    rows: list[dict] = []
     async with temporal(with_worker=False) as client:
-        table = Table(box=None, header_style="bold")
-        for col in ("drill id", "state", "phase", "started", "closed"):
-            table.add_column(col)
-        n = 0
         async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
-            table.add_row(
-                wf.id,
-                wf.status.name if wf.status else "",
-                await _phase_of(client, wf),
-                f"{wf.start_time:%Y-%m-%d %H:%M:%S}" if wf.start_time else "",
-                f"{wf.close_time:%Y-%m-%d %H:%M:%S}" if wf.close_time else "",
-            )
-            n += 1
-            if n >= limit:
+            verdict, phase = await _verdict_and_phase(client, wf)
+            rows.append({"drill_id": wf.id, "verdict": verdict, "phase": phase, "started": wf.start_time, "closed": wf.close_time})
+            if len(rows) >= limit:
                 break
-        console.print(table)
+    return rows
 
 
-async def _phase_of(client, wf) -> str:
-    """A running drill's phase ('queued' while it waits for a concurrency permit) or its verdict."""
-    if wf.status != WorkflowExecutionStatus.RUNNING:
-        return ""
-    try:
-        st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query(DrillWorkflow.status), timeout=5)
-        return st.phase
-    except Exception:  # noqa: BLE001 - no worker answering
-        return "?"
+async def _verdict_and_phase(client, wf) -> tuple[str, str]:
+    """(RUNNING, its phase: 'queued' while it waits for a concurrency permit) for a running drill;
+    (its verdict, '') for a finished one; the workflow's status when it ended without a result."""
+    if wf.status == WorkflowExecutionStatus.RUNNING:
+        try:
+            st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query(DrillWorkflow.status), timeout=5)
+            return "RUNNING", st.phase
+        except Exception:  # noqa: BLE001 - no worker answering
+            return "RUNNING", "?"
+    if wf.status == WorkflowExecutionStatus.COMPLETED:
+        try:
+            result = await client.get_workflow_handle(wf.id, run_id=wf.run_id, result_type=DrillResult).result()
+            return result.verdict + (" (SIMULATION)" if result.simulated else ""), ""
+        except Exception:  # noqa: BLE001 - a result this version cannot read
+            return "COMPLETED", ""
+    return (wf.status.name if wf.status else "UNKNOWN"), ""
 
 
 @app.command()

@@ -73,8 +73,12 @@ def rto(
         detail = f"last required check passed {format_duration(achieved)} after the disaster was declared"
     elif any(v.outcome == "FAILED" for v in required) or restore_failed:
         outcome, detail = "FAILED", "the service was not shown to be recovered"
-    else:
+    elif not required:
         outcome, detail = "COULD_NOT_VERIFY", "no required check proved recovery"
+    else:
+        unproved = [f"{v.name} {v.outcome.replace('_', ' ')}" for v in required if v.outcome != "PASSED" or not v.first_passed_at]
+        outcome = "COULD_NOT_VERIFY"
+        detail = f"not measured: {len(required) - len(unproved)}/{len(required)} required checks passed; {', '.join(unproved)}"
     return ObjectiveResult(name="RTO", objective_seconds=objective.total_seconds(), achieved_seconds=achieved, outcome=outcome, detail=detail)
 
 

@@ -369,3 +369,6 @@ class DrillResult(BaseModel):
     resources: dict[str, str] = Field(default_factory=dict)
     # A drill with a recovery plan: each group as it ran (its RTO, its approval); empty without one.
     groups: list[GroupResult] = Field(default_factory=list)
+    # A target ran on the `sim` provider (`drdrill run --simulate`, tests): it restored nothing real,
+    # so the run is shown as SIMULATION and never counted as evidence (app/reports.py).
+    simulated: bool = False

@@ -142,6 +142,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
         """,
     ),
+    (
+        5,
+        "schedule syncs, append-only: since when a drill's schedule provably existed",
+        f"""
+        CREATE TABLE {SCHEMA}.schedule_syncs (
+            id               bigserial PRIMARY KEY,
+            drill            text NOT NULL,
+            schedule_id      text NOT NULL,
+            source           text NOT NULL DEFAULT '',
+            action           text NOT NULL,
+            schedule_created timestamptz,
+            synced_at        timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX schedule_syncs_drill ON {SCHEMA}.schedule_syncs (drill, synced_at);
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {SCHEMA}.schedule_syncs
+            FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {SCHEMA}.schedule_syncs
+            FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        """,
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -549,6 +569,32 @@ class EvidenceStore:
                 (since, until),
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def record_schedule_sync(self, rows: list[dict], at: Optional[datetime] = None) -> None:
+        """Record what one `drdrill schedule sync` did: {drill, schedule_id, source, action,
+        schedule_created} per drill schedule (the period report counts missed drills from these)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {SCHEMA}.schedule_syncs (drill, schedule_id, source, action, schedule_created, synced_at) "
+                "VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()))",
+                [(r["drill"], r["schedule_id"], r.get("source") or "", r["action"], r.get("schedule_created"), at) for r in rows],
+            )
+
+    def schedule_since(self) -> dict[str, dict]:
+        """{drill name: {first_sync, schedule_created, first_run}}: the earliest recorded sync of its
+        schedule, the earliest creation time Temporal reported for it, and its first recorded run."""
+        with self.conn.transaction():
+            syncs = self.conn.execute(
+                f"SELECT drill, min(synced_at), min(schedule_created) FROM {SCHEMA}.schedule_syncs "
+                "WHERE action <> 'delete' GROUP BY drill"
+            ).fetchall()
+            runs = self.conn.execute(f"SELECT name, min(declared) FROM {SCHEMA}.runs GROUP BY name").fetchall()
+        out: dict[str, dict] = {}
+        for name, first in runs:
+            out.setdefault(name, {"first_sync": None, "schedule_created": None})["first_run"] = first
+        for name, first, created in syncs:
+            out.setdefault(name, {"first_run": None}).update(first_sync=first, schedule_created=created)
+        return out
 
     # -------------------------------------------------------------- reading
 
