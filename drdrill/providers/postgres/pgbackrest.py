@@ -49,7 +49,6 @@ def errors_of(text: str) -> str:
 
 class PgBackRest(PhysicalSource):
     tool_name = "pgBackRest"
-    lays_down_recovery_settings = True  # pgbackrest restore writes recovery.signal and the target
 
     def __init__(self) -> None:
         self._info: Optional[dict[str, Any]] = None
@@ -140,11 +139,12 @@ class PgBackRest(PhysicalSource):
                 name = Path(path).name
                 if entry.get("type") != "file":
                     continue
+                checksum = None
                 if len(name) > 24 and name[24] == "-":  # 000000010000000000000004-<sha1>.gz
-                    name = name[:24]
+                    name, checksum = name[:24], name[25:65]
                 elif not name.endswith(".history"):
                     continue
-                wal.append(ArchivedWal(name, utc(entry["time"]) if "time" in entry else None))
+                wal.append(ArchivedWal(name, utc(entry["time"]) if "time" in entry else None, checksum))
         return wal
 
     def inventory(self, target: PostgresTarget) -> dict[str, str]:
