@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Optional
 
 from drdrill.core.paths import default_state_dir
-from drdrill.providers.postgres import backupconf, safefs
+import drdrill.providers.postgres.backupconf as backupconf
+import drdrill.providers.postgres.safefs as safefs
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.binaries import default as default_binaries
 

@@ -40,7 +40,7 @@ from drdrill.core.spec import PostgresTarget, format_duration
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError, heartbeat
 from drdrill.providers.postgres.binaries import Binaries, for_major
-from drdrill.providers.postgres import safefs
+import drdrill.providers.postgres.safefs as safefs
 from drdrill.providers.postgres.cluster import (
     ClusterError,
     LocalCluster,

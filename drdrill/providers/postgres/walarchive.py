@@ -20,7 +20,7 @@ from typing import Optional
 
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres import safefs
+import drdrill.providers.postgres.safefs as safefs
 from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, utc
 
 _LABEL_LINE = re.compile(r"^([A-Z ]+):\s*(.*)$")
