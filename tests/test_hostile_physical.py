@@ -7,6 +7,7 @@ each attack fails on the code before issue 21/23 and is refused or contained aft
 from __future__ import annotations
 
 import gzip
+from datetime import datetime, timedelta, timezone
 import os
 import pwd
 import stat
@@ -250,4 +251,21 @@ def test_a_wal_archive_segment_damaged_mid_archive_ends_replay_early(drill_harne
     assert "REPLAY_ENDED_EARLY" in codes(result), result.findings
     message = next(f for f in result.findings if f.code == "REPLAY_ENDED_EARLY").message
     assert f"replay ended in WAL segment {damaged}" in message and f"segments up to {segments[-1]}" in message
+    assert clusters_left(cluster_root) == []
+
+
+@needs_pgbackrest
+def test_a_target_inside_the_only_backups_run_is_not_blamed_on_retention(drill_harness, stanza, cluster_root):  # noqa: F811
+    backup = stanza.backup()
+    started = datetime.fromtimestamp(backup["timestamp"]["start"], timezone.utc)
+    inside = started + timedelta(microseconds=500)  # after the start (whole seconds), before the end
+    result = run(drill_harness, pitr_drill(pgbackrest_source(stanza), at(inside)))
+
+    assert result.verdict == "FAILED"
+    assert codes(result) == ["PITR_TARGET_BEFORE_BACKUP"], result.findings
+    message = result.findings[0].message
+    assert f"falls inside backup {backup['label']}'s own run" in message and "retention" not in message
+    # Nothing was restored: the RPO is not measured, never passed.
+    rpo = next(o for o in result.objectives if o.name == "RPO")
+    assert rpo.outcome != "PASSED"
     assert clusters_left(cluster_root) == []

@@ -157,11 +157,7 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
     else:
         eligible = [b for b in backups if b.stopped <= moment]
         if not eligible:
-            raise ProviderError(
-                "PITR_TARGET_BEFORE_BACKUP",
-                f"target {name}: the recovery target {moment.isoformat()} is before every backup the repository still holds "
-                f"(the oldest, {backups[0].label}, finished {backups[0].stopped.isoformat()}): retention has already pruned what it needs",
-            )
+            raise ProviderError("PITR_TARGET_BEFORE_BACKUP", before_backups(name, moment, backups))
         chosen = eligible[-1]
         if archive_end is not None and moment > archive_end:
             raise ProviderError(
@@ -188,6 +184,24 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
             "archive_end": archive_end.isoformat() if archive_end else None,
             "archive_newest_wal": newest_wal.name if newest_wal else None,
         },
+    )
+
+
+def before_backups(name: str, moment: datetime, backups: list[Backup]) -> str:
+    """Why no backup serves a target before the oldest one finished, naming the real cause: a moment
+    inside a backup's own run (recoverable only from its end), or before every backup held (the
+    repository has none older: retention pruned it, or none was ever taken)."""
+    oldest = backups[0]
+    if moment >= oldest.started:
+        return (
+            f"target {name}: the recovery target {moment.isoformat()} falls inside backup {oldest.label}'s own run "
+            f"({oldest.started.isoformat()} to {oldest.stopped.isoformat()}): a backup is consistent only from the moment it "
+            "finished, and the repository holds no older one"
+        )
+    return (
+        f"target {name}: the recovery target {moment.isoformat()} is before every backup the repository holds "
+        f"(the oldest, {oldest.label}, started {oldest.started.isoformat()}): it holds none from before then "
+        "(none was taken, or retention removed it)"
     )
 
 
