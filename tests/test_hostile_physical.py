@@ -133,6 +133,7 @@ def test_a_backups_recovery_commands_and_libraries_do_not_run_and_are_in_the_evi
 
     assert list(markers.iterdir()) == [], "a command of the backup's configuration ran"
     assert result.verdict == "PASSED", (result.findings, result.validations)
+    assert "(in the sandbox: bubblewrap as uid" in result.restored[0].details["restored_with"]
     config = result.restored[0].details["backup_configuration"]
     auto = config["files"]["postgresql.auto.conf"]
     # The file as the backup laid it down (pgbackrest restore adds its own recovery lines to it).

@@ -33,7 +33,10 @@ _DROPPED = re.compile(
     r"|hot_standby.*|wal_receiver_.*|max_slot_wal_keep_size|default_tablespace|temp_tablespaces)$"
 )
 # The dropped settings worth a finding: they would run code, load code or read files of the worker.
-_DANGEROUS = re.compile(r"^(?:include.*|.*_command|.*_preload_libraries|dynamic_library_path|jit_provider|extension_.*|ssl_.*file|ssl_passphrase_command)$")
+# (archive_command and restore_command are in every backup of an archiving server: always overridden, not news.)
+_DANGEROUS = re.compile(
+    r"^(?:include.*|(?!archive_command$|restore_command$).*_command|.*_preload_libraries|dynamic_library_path|jit_provider|extension_.*)$"
+)
 
 _NAME = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_.$]*)\s*(=)?\s*")
 

@@ -446,6 +446,7 @@ class PhysicalSource(RecoverySource):
         wal_before = self.archived_wal(target)
         config_to, fetched = cluster.path / f"{target.name}-backup-config", cluster.path / f"{target.name}-fetch"
         stop_server(data, binaries)  # a retried attempt starts over
+        os.chmod(cluster.path, 0o711)  # a sandboxed tool enters its own directories in it, lists nothing
         for d in (data, spool, scratch, config_to, fetched):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(mode=0o700)
@@ -825,9 +826,15 @@ def compare_inventories(before: dict[str, str], after: dict[str, str]) -> dict[s
 # ------------------------------------------------------------------------------------ running tools
 
 
-def run_tool(argv: list[str], env: dict[str, str], target: str, step: str, timeout: Optional[float] = None) -> subprocess.CompletedProcess:
-    """Run a backup tool to its end, heartbeating meanwhile; a cancelled drill stops it."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def run_tool(
+    argv: list[str], env: dict[str, str], target: str, step: str, timeout: Optional[float] = None, spawn: Optional[Callable[..., Any]] = None
+) -> subprocess.CompletedProcess:
+    """Run a backup tool to its end, heartbeating meanwhile; a cancelled drill stops it. `spawn`
+    (a sandbox's popen, which sets the environment itself) starts it instead of subprocess.Popen."""
+    if spawn is not None:
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out: dict[str, str] = {}
     readers = [
         threading.Thread(target=lambda: out.__setitem__("stdout", proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
