@@ -12,6 +12,7 @@ import os
 import pwd
 import stat
 import subprocess
+import uuid
 from pathlib import Path
 
 import psycopg
@@ -20,11 +21,13 @@ import pytest
 from drdrill.providers.postgres.cluster import ClusterRootError, cluster_root as cluster_root_of
 from drdrill.providers.postgres.backupconf import parse
 from drdrill.providers.postgres.cluster import tool
+from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import clusters_left, cluster_root  # noqa: F401
 from tests.test_pitr import (  # noqa: F401
     PGBACKREST,
     Production,
     at,
+    barman,
     codes,
     needs_pgbackrest,
     owned_by_server,
@@ -269,4 +272,56 @@ def test_a_target_inside_the_only_backups_run_is_not_blamed_on_retention(drill_h
     # Nothing was restored: the RPO is not measured, never passed.
     rpo = next(o for o in result.objectives if o.name == "RPO")
     assert rpo.outcome != "PASSED"
+    assert clusters_left(cluster_root) == []
+
+
+def test_a_wal_archive_segment_with_another_segments_content_is_wal_damaged(drill_harness, cluster_root):  # noqa: F811
+    """A segment replaced by a copy of the one before it (a botched restore of the archive, or an
+    attacker hiding a transaction): its header names another start address."""
+    base, archive, _ = base_backup(cluster_root, rows=1)
+    segments = sorted(p.name for p in archive.iterdir() if len(p.name) == 24)
+    assert len(segments) >= 2, segments
+    swapped = segments[-1]
+    (archive / swapped).write_bytes((archive / segments[-2]).read_bytes())
+
+    result = run(drill_harness, pitr_drill(wal_archive_source(base, archive)))
+
+    assert result.verdict == "FAILED"
+    assert "WAL_DAMAGED" in codes(result), result.findings
+    message = next(f for f in result.findings if f.code == "WAL_DAMAGED").message
+    assert f"archived WAL segment {swapped} is damaged: its header does not match: start address" in message
+    assert clusters_left(cluster_root) == []
+
+
+def test_a_barman_segment_damaged_mid_archive_ends_replay_early(drill_harness, cluster_root, moto_endpoint):  # noqa: F811
+    import boto3
+
+    bucket = f"hostile-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    url = f"s3://{bucket}/pg"
+    spool = owned_by_server(cluster_root / "spool")
+    prod = Production(cluster_root, f"cp %p {spool}/%f")
+    try:
+        backup = subprocess.run(
+            [barman("barman-cloud-backup"), "--endpoint-url", moto_endpoint, "-h", str(prod.cluster.sock), "-p", "5432", "-U", "drdrill",
+             "-d", "postgres", "--immediate-checkpoint", url, "prod"],
+            capture_output=True, text=True,
+        )
+        assert backup.returncode == 0, backup.stderr
+        segments = marker_segments(prod, 7)
+    finally:
+        prod.stop()
+    damaged = segments[-4]
+    (spool / damaged).write_bytes(flip((spool / damaged).read_bytes()))
+    for f in sorted(spool.iterdir()):  # what the archive_command would have shipped
+        out = subprocess.run([barman("barman-cloud-wal-archive"), "--endpoint-url", moto_endpoint, url, "prod", str(f)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+    source = f"barman: {{source_url: '{url}', server: prod, endpoint_url: '{moto_endpoint}', user: drdrill, env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION]}}"
+
+    result = run(drill_harness, pitr_drill(source, validations=COUNT.format(n=7)))
+
+    assert result.verdict == "FAILED"
+    assert "REPLAY_ENDED_EARLY" in codes(result), result.findings
+    message = next(f for f in result.findings if f.code == "REPLAY_ENDED_EARLY").message
+    assert f"replay ended in WAL segment {damaged}" in message and f"segments up to {segments[-1]}" in message
     assert clusters_left(cluster_root) == []
