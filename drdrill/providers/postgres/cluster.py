@@ -93,6 +93,10 @@ class ClusterRootError(ClusterError):
     pass
 
 
+class BackupLinkRefused(ClusterError):
+    """A laid-down backup holds a link drdrill will not follow (BACKUP_SYMLINK_REFUSED)."""
+
+
 def default_cluster_root() -> Path:
     """Where throwaway clusters live unless DRDRILL_CLUSTER_ROOT says: /run/drdrill for root (a
     root-only tmpfs, short enough for socket paths), else $XDG_RUNTIME_DIR/drdrill, else the
@@ -332,26 +336,28 @@ def server_major() -> int:
     return default_binaries().major
 
 
-def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> None:
+def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> dict:
     """Make a copied data directory (a base backup) a private-socket cluster and start it.
 
     It gets the same isolation settings as our own clusters: no TCP, no replication, no archiving,
-    and a pg_hba that only admits local socket connections.
+    and a pg_hba that only admits local socket connections. Links other than pg_wal and
+    pg_tblspc/<oid> inside the drill's directory are refused (BackupLinkRefused); the backup's own
+    configuration is set aside beside it (backupconf), and what it held is returned for the evidence.
     """
     for name in ("postmaster.pid", "standby.signal", "recovery.signal", "postmaster.opts"):
         safefs.remove_file(data / name)
-    safefs.refuse_links(data, data.parent)
+    try:
+        safefs.refuse_links(data, data.parent)
+    except safefs.LinkRefused as exc:
+        raise BackupLinkRefused(f"{exc}: a base backup may keep only pg_wal and pg_tblspc/<oid> links, inside the drill's own directory") from exc
     safefs.write_file(data / "pg_hba.conf", "# drdrill: Unix socket only\nlocal all all trust\n")
-    auto = safefs.read_file(data / "postgresql.auto.conf") or b""
-    safefs.write_file(
-        data / "postgresql.auto.conf",
-        auto
-        + (
-            "\n# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
-            f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
-            f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
-            f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n"
-        ).encode(),
+    config = backupconf.set_aside(
+        data,
+        data.with_name(f"{data.name}-backup-config"),
+        "# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
+        f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
+        f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
+        f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n",
     )
     hand_to_server_user(data)
     safefs.touch(log)
@@ -366,6 +372,7 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise ClusterError(f"the restored base backup did not start: {proc.stderr.strip()} {' | '.join(tail)}")
+    return config
 
 
 # ---------------------------------------------------------------------- recovered data directories
