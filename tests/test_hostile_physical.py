@@ -325,3 +325,40 @@ def test_a_barman_segment_damaged_mid_archive_ends_replay_early(drill_harness, c
     message = next(f for f in result.findings if f.code == "REPLAY_ENDED_EARLY").message
     assert f"replay ended in WAL segment {damaged}" in message and f"segments up to {segments[-1]}" in message
     assert clusters_left(cluster_root) == []
+
+
+# ------------------------------------------------------------------------------------ the primitives
+
+
+def test_safefs_replaces_a_link_instead_of_writing_through_it_and_hands_over_without_following(tmp_path):
+    from drdrill.providers.postgres import safefs
+
+    victim = victim_file(tmp_path)
+    tree = tmp_path / "data"
+    (tree / "sub").mkdir(parents=True)
+    os.symlink(victim, tree / "pg_hba.conf")
+    os.symlink(victim.parent, tree / "sub" / "escape")
+
+    safefs.write_file(tree / "pg_hba.conf", "local all all trust\n")
+    assert victim.read_text().startswith("root:x:0:0") and not (tree / "pg_hba.conf").is_symlink()
+    assert (tree / "pg_hba.conf").read_text() == "local all all trust\n"
+    with pytest.raises(OSError):
+        safefs.touch(tree / "sub" / "escape")
+    safefs.hand_over(tree, 65534, 65534)
+    assert os.lstat(tree / "sub" / "escape").st_uid == 65534 and victim.parent.stat().st_uid == 0 and victim.stat().st_uid == 0
+    with pytest.raises(safefs.LinkRefused) as refused:
+        safefs.refuse_links(tree, tree)
+    assert refused.value.entries == [f"sub/escape -> {victim.parent}"]
+
+
+def test_a_backups_configuration_is_read_as_postgresql_reads_it():
+    text = (
+        "# comment\nwork_mem = '64MB'  # trailing\ninclude_dir 'conf.d'\n"
+        "recovery_end_command = 'echo ''quoted'' # not a comment'\nshared_preload_libraries=pg_stat_statements\n"
+    )
+    assert parse(text) == [
+        ("work_mem", "64MB"),
+        ("include_dir", "conf.d"),
+        ("recovery_end_command", "echo 'quoted' # not a comment"),
+        ("shared_preload_libraries", "pg_stat_statements"),
+    ]

@@ -21,7 +21,7 @@ from typing import Optional
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
 import drdrill.providers.postgres.safefs as safefs
-from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, utc
+from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, utc
 
 _LABEL_LINE = re.compile(r"^([A-Z ]+):\s*(.*)$")
 _OFFSET = re.compile(r"^(?:UTC|GMT|Z)?([+-]\d{1,2})(?::?(\d{2}))?$")
@@ -154,6 +154,9 @@ class WalArchive(PhysicalSource):
     def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
         _, archive = self._dirs(target)
         plain, packed = archive / name, archive / f"{name}.gz"
+        for f in (plain, packed):
+            if f.is_symlink():  # never read as root through a link someone planted in the archive
+                raise WalUnreadable(f"{f} is a symbolic link; drdrill reads only regular files from the archive")
         if plain.is_file():
             shutil.copyfile(plain, dest)
             return True
