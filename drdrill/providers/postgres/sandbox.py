@@ -238,25 +238,26 @@ class Sandbox:
             opts += ["--ro-bind-data", str(r), dest]
         return opts, fds
 
-    def _popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
+    def _popen(self, argv: Sequence[str], pass_fds: Sequence[int] = (), **kwargs: Any) -> subprocess.Popen:
         full = self.argv(argv)
         extra, fds = self._files()
         cut = full.index("--", full.index(bwrap()))
         full = full[:cut] + extra + full[cut:]
         try:
-            return subprocess.Popen(full, env=self._environment(), pass_fds=fds, close_fds=True, **kwargs)
+            return subprocess.Popen(full, env=self._environment(), pass_fds=[*fds, *pass_fds], close_fds=True, **kwargs)
         finally:
             for fd in fds:
                 os.close(fd)
 
-    def popen(self, argv: Sequence[str], **kwargs: Any) -> subprocess.Popen:
-        """Start `argv` in the sandbox (subprocess.Popen's keywords, except env and pass_fds)."""
-        return self._popen(argv, **kwargs)
+    def popen(self, argv: Sequence[str], *, pass_fds: Sequence[int] = (), **kwargs: Any) -> subprocess.Popen:
+        """Start `argv` in the sandbox (subprocess.Popen's keywords, except env); `pass_fds`: open
+        descriptors it inherits (Inputs)."""
+        return self._popen(argv, pass_fds, **kwargs)
 
     def run(self, argv: Sequence[str], *, input: Optional[bytes | str] = None, timeout: Optional[float] = None,
-            text: bool = True) -> subprocess.CompletedProcess:
+            text: bool = True, pass_fds: Sequence[int] = ()) -> subprocess.CompletedProcess:
         """Run `argv` to its end in the sandbox; its output captured (like subprocess.run)."""
-        proc = self._popen(argv, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+        proc = self._popen(argv, pass_fds, stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text)
         try:
             out, err = proc.communicate(input, timeout=timeout)
@@ -275,6 +276,68 @@ class Sandbox:
         _children[proc.pid] = proc
         _write_root_only(record, {"pid": proc.pid, "starttime": starttime(proc.pid), "uid": self.identity.uid, "argv": list(argv)})
         return proc.pid
+
+
+class Inputs:
+    """Files and directories a sandboxed tool only reads (a dump, globals.sql, a scratch copy),
+    opened here by the worker and inherited as open descriptors: the tool is given `/dev/fd/N`,
+    so the sandbox needs no path to them (a backup directory may be root's 0700) and sees nothing
+    beside them. One the sandbox uid may not read (a file not readable by others, a pg_dump
+    directory archive, which pg_dump makes 0700) is first copied into `scratch` (a directory of the
+    drill's, removed on close) and handed over as that copy: the backup itself is never changed.
+
+        with Inputs(scratch=cluster.path, identity=box.identity) as inputs:
+            box.run([pg_restore, "-l", inputs.path(archive)], pass_fds=inputs.fds)
+    """
+
+    def __init__(self, scratch: Optional[Path] = None, identity: Optional[Identity] = None) -> None:
+        self.fds: list[int] = []
+        self.scratch, self.identity = scratch, identity
+        self.copies: list[Path] = []
+
+    def path(self, path: Path | str) -> str:
+        path = Path(path)
+        if self.scratch is not None and self.identity is not None and not _readable_by_others(path):
+            copy = self.scratch / f"input-{len(self.copies)}-{os.getpid()}-{path.name}"
+            self.copies.append(copy)
+            if path.is_dir():
+                shutil.copytree(path, copy, symlinks=True)
+            else:
+                shutil.copyfile(path, copy, follow_symlinks=True)
+            chown_tree(copy, self.identity) if copy.is_dir() else os.lchown(copy, self.identity.uid, self.identity.gid)
+            path = copy
+        fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if path.is_dir() else 0))
+        self.fds.append(fd)
+        return f"/dev/fd/{fd}"
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+        for copy in self.copies:
+            shutil.rmtree(copy, ignore_errors=True) if copy.is_dir() and not copy.is_symlink() else copy.unlink(missing_ok=True)
+        self.copies = []
+
+    def __enter__(self) -> "Inputs":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _readable_by_others(path: Path) -> bool:
+    """Every file readable, every directory readable and searchable, by any uid (the mode's
+    "others" bits): what a sandbox uid can open through a descriptor."""
+    def ok(p: str, is_dir: bool) -> bool:
+        mode = os.stat(p).st_mode
+        return bool(mode & 0o004) and (not is_dir or bool(mode & 0o001))
+
+    if not path.is_dir():
+        return ok(str(path), False)
+    for root, dirs, files in os.walk(path):
+        if not ok(root, True) or not all(ok(os.path.join(root, f), False) for f in files):
+            return False
+    return True
 
 
 # ------------------------------------------------------------------ recorded sandboxes
@@ -309,6 +372,12 @@ def _reap(pid: int) -> None:
     child = _children.get(pid)
     if child is not None and child.poll() is not None:
         _children.pop(pid, None)
+
+
+def recorded_pid(record: Path) -> Optional[int]:
+    """The pid of the recorded sandbox's outer process (None: no record of ours)."""
+    found = _recorded(record)
+    return found[0] if found else None
 
 
 def alive(record: Path) -> bool:
