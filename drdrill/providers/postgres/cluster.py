@@ -357,7 +357,7 @@ class LocalCluster:
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server: `immediate` for throwaway clusters; `fast` (a clean shutdown with a
         checkpoint) for a cluster whose data is kept, such as the evidence store."""
-        if self.record.exists():
+        if self.record.exists() or self.sandboxed:  # its sandbox, by drdrill's record: nothing else runs from it
             sandbox.stop(self.record, STOP_SIGNALS[mode], grace=30)
             return
         if not self.initialised:
