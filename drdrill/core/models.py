@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, Field, computed_field, model_vali
 from drdrill.core.selection import SelectionRecord
 from drdrill.core.spec import DrillSpec
 
-Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
+Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "NOT_MEASURED", "ERROR"]  # NOT_MEASURED: an objective with nothing recovered
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
 
 TAG_DRILL_ID = "drdrill:drill-id"

@@ -14,11 +14,15 @@ import pwd
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
+from drdrill.core.paths import default_state_dir
+import drdrill.providers.postgres.backupconf as backupconf
+import drdrill.providers.postgres.safefs as safefs
 import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.binaries import default as default_binaries
@@ -26,8 +30,9 @@ from drdrill.providers.postgres.binaries import trusted as trusted_binaries
 
 PORT = 5432
 SUPERUSER = "drdrill"
-# Unix socket paths are limited to 107 bytes; keep cluster roots short.
-DEFAULT_ROOT = "/tmp/drdrill-clusters"
+# Unix socket paths are limited to 107 bytes; keep cluster roots short. Root's default (others: see
+# default_cluster_root).
+DEFAULT_ROOT = "/run/drdrill"
 
 
 class ClusterError(Exception):
@@ -97,22 +102,51 @@ def _chown(path: Path, user: Optional[pwd.struct_passwd] = None) -> None:
 def hand_to_server_user(data: Path) -> None:
     """A laid-down data directory as the server wants it: every directory 0700 and, when drdrill
     runs as root, everything owned by the server's uid (its sandbox's; PostgreSQL refuses a data
-    directory it does not own). Never through a symlink (lchown; a link is not chmod-ed)."""
+    directory it does not own). Walks through directory descriptors and never follows a link
+    (safefs.hand_over)."""
     ids = _server_ids(data)
-    for root, dirs, files in os.walk(data):
-        if not os.path.islink(root):
-            os.chmod(root, 0o700)
-        if ids is not None:
-            os.lchown(root, *ids)
-            for name in files + [d for d in dirs if os.path.islink(os.path.join(root, d))]:
-                os.lchown(os.path.join(root, name), *ids)
+    safefs.hand_over(data, ids[0] if ids else None, ids[1] if ids else None)
 
 
-def cluster_root() -> Path:
-    root = Path(os.environ.get("DRDRILL_CLUSTER_ROOT", DEFAULT_ROOT))
-    root.mkdir(parents=True, exist_ok=True)
-    # Traversable (not listable) by the server user; each cluster directory itself is 0700.
-    os.chmod(root, 0o711)
+class ClusterRootError(ClusterError):
+    pass
+
+
+class BackupLinkRefused(ClusterError):
+    """A laid-down backup holds a link drdrill will not follow (BACKUP_SYMLINK_REFUSED)."""
+
+
+def default_cluster_root() -> Path:
+    """Where throwaway clusters live unless DRDRILL_CLUSTER_ROOT says: /run/drdrill for root (a
+    root-only tmpfs, short enough for socket paths), else $XDG_RUNTIME_DIR/drdrill, else the
+    state directory's `clusters`. Never a guessable shared /tmp path another user could create first."""
+    if os.geteuid() == 0 and os.access("/run", os.W_OK):
+        return Path(DEFAULT_ROOT)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == os.geteuid():
+        return Path(runtime) / "drdrill"
+    return Path(default_state_dir()) / "clusters"
+
+
+def cluster_root(given: Optional[str] = None) -> Path:
+    """The cluster root, created when missing: owned by the user drdrill runs as, a real directory,
+    not writable by group or others; 0711, so the server user can enter its own cluster directory
+    (each is 0700) without listing the others. One that fails this is refused (ClusterRootError
+    naming the fix), never repaired: someone else made it."""
+    given = given or os.environ.get("DRDRILL_CLUSTER_ROOT")
+    root = Path(given) if given else default_cluster_root()
+    fix = (
+        f"Remove it (if nothing of yours is in it) or set DRDRILL_CLUSTER_ROOT to a directory you own with mode 0711 "
+        f"(mkdir -m 0711 DIR)."
+    )
+    try:
+        safefs.private_dir(root, mode=0o711, fix=fix)
+    except safefs.UnsafeDirectory as exc:
+        raise ClusterRootError(f"cluster root (DRDRILL_CLUSTER_ROOT): {exc}") from exc
+    except OSError as exc:
+        raise ClusterRootError(f"cluster root {root} cannot be created: {exc.strerror}. {fix}") from exc
+    if stat.S_IMODE(os.stat(root).st_mode) != 0o711:
+        os.chmod(root, 0o711)  # ours and not writable by others: only narrowed or widened to traversal
     return root
 
 
@@ -441,24 +475,31 @@ def server_major() -> int:
     return default_binaries().major
 
 
-def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> None:
+def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> dict:
     """Make a copied data directory (a base backup) a private-socket cluster and start it.
 
     It gets the same isolation settings as our own clusters: no TCP, no replication, no archiving,
-    and a pg_hba that only admits local socket connections.
+    and a pg_hba that only admits local socket connections. Links other than pg_wal and
+    pg_tblspc/<oid> inside the drill's directory are refused (BackupLinkRefused); the backup's own
+    configuration is set aside beside it (backupconf), and what it held is returned for the evidence.
     """
     for name in ("postmaster.pid", "standby.signal", "recovery.signal", "postmaster.opts"):
-        (data / name).unlink(missing_ok=True)
-    (data / "pg_hba.conf").write_text("# drdrill: Unix socket only\nlocal all all trust\n")
-    with open(data / "postgresql.auto.conf", "a") as fh:
-        fh.write(
-            "\n# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
-            f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
-            f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
-            f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n"
-        )
+        safefs.remove_file(data / name)
+    try:
+        safefs.refuse_links(data, data.parent)
+    except safefs.LinkRefused as exc:
+        raise BackupLinkRefused(f"{exc}: a base backup may keep only pg_wal and pg_tblspc/<oid> links, inside the drill's own directory") from exc
+    safefs.write_file(data / "pg_hba.conf", "# drdrill: Unix socket only\nlocal all all trust\n")
+    config = backupconf.set_aside(
+        data,
+        data.with_name(f"{data.name}-backup-config"),
+        "# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
+        f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
+        f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
+        f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n",
+    )
     hand_to_server_user(data)
-    log.touch()
+    safefs.touch(log)
     _chown(log)
     ident = sandbox_identity(data)
     if ident is not None:
@@ -466,7 +507,7 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
         box = sandbox.Sandbox(ident, rw=[data, sock], ro=install_dirs(tools))
         start_sandboxed(box, [tools.tool("postgres"), "-D", str(data)], record=sandbox_record(data), log=log,
                         ready=(tools.tool("pg_isready"), sock, port), timeout=120)
-        return
+        return config
     pg_ctl = (binaries or default_binaries()).tool("pg_ctl")
     proc = subprocess.run(
         [pg_ctl, "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
@@ -477,6 +518,7 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise ClusterError(f"the restored base backup did not start: {proc.stderr.strip()} {' | '.join(tail)}")
+    return config
 
 
 # ---------------------------------------------------------------------- recovered data directories
@@ -507,6 +549,19 @@ def recovery_overrides(data: Path, sock: Path, port: int, major: int, restore_co
         # max_wal_senders, max_connections … and pause otherwise. The end is read from the log.
         "hot_standby": "off",
         "restore_command": restore_command,
+        # Nothing of the backup's runs or loads: no command at the end of recovery or per restart
+        # point, no library, no passphrase program; paths are the drill's own.
+        "recovery_end_command": "",
+        "archive_cleanup_command": "",
+        "shared_preload_libraries": "",
+        "session_preload_libraries": "",
+        "local_preload_libraries": "",
+        "dynamic_library_path": "$libdir",
+        "ssl_passphrase_command": "",
+        "external_pid_file": "",
+        "data_directory": str(data),
+        "config_file": str(data / "postgresql.conf"),
+        "log_directory": "log",
         "logging_collector": "off",
         "log_destination": "stderr",
         "log_min_messages": "warning",
@@ -518,26 +573,33 @@ def recovery_overrides(data: Path, sock: Path, port: int, major: int, restore_co
     return settings
 
 
-def prepare_recovered_data_dir(data: Path) -> None:
-    """Make a laid-down backup startable as a private cluster: drdrill's pg_hba (local trust only),
-    no leftover postmaster.pid or standby.signal, no replication slot (a restored slot would hold
-    WAL and could be streamed from), a postgresql.conf (Debian keeps it outside the data
-    directory), and every file owned by the server user."""
+def prepare_recovered_data_dir(data: Path, area: Path, config_to: Path, auto_conf: str) -> dict:
+    """Make a laid-down backup startable as a private cluster, as root, without following a link:
+
+    - links other than pg_wal and pg_tblspc/<oid> pointing inside `area` (the drill's restore
+      area) are refused (safefs.LinkRefused, before anything is written);
+    - the backup's postgresql.conf and postgresql.auto.conf are set aside into `config_to`
+      (backupconf.set_aside: drdrill's harmless settings only; returned for the evidence), and
+      `auto_conf` (drdrill's recovery settings) is the new postgresql.auto.conf, with recovery.signal;
+    - drdrill's pg_hba (local trust only), no leftover postmaster.pid or standby.signal, no
+      replication slot (a restored slot would hold WAL and could be streamed from);
+    - every file owned by the server user."""
+    safefs.refuse_links(data, area)
     for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-        (data / name).unlink(missing_ok=True)
+        safefs.remove_file(data / name)
     slots = data / "pg_replslot"
-    if slots.is_dir():
+    if slots.is_dir() and not slots.is_symlink():
         for slot in slots.iterdir():
-            if slot.is_dir():
+            if slot.is_dir() and not slot.is_symlink():
                 shutil.rmtree(slot, ignore_errors=True)
             else:
                 slot.unlink(missing_ok=True)
-    (data / "drdrill_hba.conf").write_text("# drdrill: a recovered copy, reached over its private Unix socket only\nlocal all all trust\n")
-    (data / "drdrill_ident.conf").write_text("")
-    conf = data / "postgresql.conf"
-    if not conf.exists():
-        conf.write_text("# drdrill: the backup carried no postgresql.conf; the drill's settings come from the command line\n")
+    config = backupconf.set_aside(data, config_to, auto_conf)
+    safefs.write_file(data / "recovery.signal", "")
+    safefs.write_file(data / "drdrill_hba.conf", "# drdrill: a recovered copy, reached over its private Unix socket only\nlocal all all trust\n")
+    safefs.write_file(data / "drdrill_ident.conf", "")
     hand_to_server_user(data)
+    return config
 
 
 def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str, str]) -> None:
@@ -546,7 +608,7 @@ def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str
 
     The server gets a bare environment: nothing of the worker's (credentials included) reaches it."""
 
-    log.touch()
+    safefs.touch(log)
     _chown(log)
     ident = sandbox_identity(data)
     if ident is not None:

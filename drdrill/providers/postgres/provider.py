@@ -37,7 +37,7 @@ from drdrill.core.selection import ProtectedResource
 import drdrill.providers.postgres.discover as discover
 import drdrill.providers.postgres.netns as netns
 import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
+from drdrill.providers.postgres.cluster import ClusterError, ClusterRootError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.barman import Barman
@@ -90,11 +90,10 @@ class PostgresProvider(Provider):
     def root(self) -> Path:
         if self._root:
             os.environ.setdefault("DRDRILL_CLUSTER_ROOT", self._root)
-            p = Path(self._root)
-            p.mkdir(parents=True, exist_ok=True)
-            os.chmod(p, 0o711)
-            return p
-        return cluster_root()
+        try:
+            return cluster_root(self._root)
+        except ClusterRootError as exc:
+            raise ProviderError("CLUSTER_ROOT_UNSAFE", str(exc)) from exc
 
     def cluster(self, ctx: DrillContext) -> LocalCluster:
         return LocalCluster(self.root / ctx.resource_name(max_len=48), sandboxed=True)

@@ -17,7 +17,7 @@ from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredRe
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
+from drdrill.providers.postgres.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
 from drdrill.providers.postgres.sandbox import Inputs, SandboxError
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
@@ -161,7 +161,9 @@ class DrdrillRepository(RecoverySource):
         started = time.monotonic()
         shutil.copytree(archive, data, symlinks=True)
         try:
-            adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target.name}.log")
+            config = adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target.name}.log")
+        except BackupLinkRefused as exc:
+            raise ProviderError("BACKUP_SYMLINK_REFUSED", f"target {target.name}: {exc}") from exc
         except ClusterError as exc:
             raise ProviderError("RESTORE_ERROR", f"target {target.name}: {exc}") from exc
         return RestoredResource(
@@ -170,7 +172,7 @@ class DrdrillRepository(RecoverySource):
             id=str(data),
             description=f"base backup started as its own cluster on the private socket (port {port})",
             endpoint=endpoint,
-            details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base"},
+            details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base", "backup_configuration": config},
         )
 
 
