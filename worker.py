@@ -31,7 +31,8 @@ from typing import AsyncIterator, Optional
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.service import HttpConnectProxyConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -56,14 +57,41 @@ def task_queue() -> str:
     return os.environ.get("DRDRILL_TASK_QUEUE", DEFAULT_TASK_QUEUE)
 
 
-async def connect(address: Optional[str] = None, namespace: Optional[str] = None, runtime=None) -> Client:
-    """A client with the pydantic converter; `runtime` (sdk_runtime below) exports SDK metrics."""
+async def connect(address: Optional[str] = None, namespace: Optional[str] = None, runtime=None, proxy: Optional[str] = None) -> Client:
+    """A client with the pydantic converter; `runtime` (sdk_runtime below) exports SDK metrics;
+    `proxy` (`unix:PATH`) reaches the embedded server through its gate (app/temporal_gate.py)."""
+    if proxy and runtime is None:
+        runtime = _gated_runtime()
     return await Client.connect(
         address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
         namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
         data_converter=pydantic_data_converter,
+        http_connect_proxy_config=HttpConnectProxyConfig(target_host=proxy) if proxy else None,
         **({"runtime": runtime} if runtime is not None else {}),
     )
+
+
+_gated: list[Runtime] = []
+
+
+def _gated_runtime() -> Runtime:
+    """The SDK runtime of clients reaching Temporal through the embedded server's gate: the default
+    one, except that the bridge's warning that a proxy disables DNS load balancing (which a Unix
+    socket has no use for) is not printed to the user at every command."""
+    if not _gated:
+        levels = ",".join(f"{t}=WARN" for t in ("temporalio_common", "temporalio_sdk_core", "temporalio_client", "temporalio_sdk"))
+        logging_config = LoggingConfig(filter=f"ERROR,{levels},temporal_sdk_bridge=ERROR")
+        _gated.append(Runtime(telemetry=TelemetryConfig(logging=logging_config)))
+    return _gated[0]
+
+
+def reached_at(client: Client) -> str:
+    """Where this client reaches its Temporal: `host:port`, or `unix:PATH` for the embedded
+    server's gate (its frontend's own address means nothing outside its network namespace)."""
+    proxy = client.service_client.config.http_connect_proxy_config
+    if proxy is not None and proxy.target_host.startswith("unix:"):
+        return proxy.target_host
+    return client.service_client.config.target_host
 
 
 def _terminate_as_interrupt(signum, frame) -> None:
@@ -188,7 +216,7 @@ async def running_worker(
     A second worker polls this host's own queue (activities only), for providers whose resources
     live on the host: see DrillActivities.claim_host."""
     queue = task_queue_name or task_queue()
-    temporal = (client.service_client.config.target_host, client.namespace)
+    temporal = (reached_at(client), client.namespace)
     acts, closables = activity_objects(providers, state_dir, host_queue(queue), temporal)
     executor = ThreadPoolExecutor(max_workers=max_concurrent_activities, thread_name_prefix="drdrill-activity")
     host_worker = Worker(

@@ -8,7 +8,9 @@ worker's environment, as for drills.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 from datetime import datetime
 from typing import Optional
@@ -17,7 +19,7 @@ from pydantic import BaseModel, Field
 from temporalio import activity
 
 from drdrill.core.spec import CoverageSpec, DrillSpec
-from drdrill.evidence.coverage import CoverageRow, current_period, gather
+from drdrill.evidence.coverage import CoverageRow, current_period, gather, regions_to_read
 from drdrill.providers import load_provider
 
 log = logging.getLogger("drdrill.coverage")
@@ -82,13 +84,15 @@ class CoverageActivities:
         self._loaded: dict = {}
         self._lock = threading.Lock()
 
-    def _provider(self, family: str):
+    def _provider(self, family: str, settings: Optional[dict] = None):
+        """The family's provider, loaded once per settings (the AWS regions the drills name)."""
+        key = (family, json.dumps(settings or {}, sort_keys=True))
         with self._lock:
             if family in self._given:
                 return self._given[family]
-            if family not in self._loaded:
-                self._loaded[family] = load_provider(family)
-            return self._loaded[family]
+            if key not in self._loaded:
+                self._loaded[key] = load_provider(family, settings)
+            return self._loaded[key]
 
     def close(self) -> None:
         """Close the providers this object loaded (those it was given belong to their owner)."""
@@ -102,7 +106,9 @@ class CoverageActivities:
     def check_coverage(self, req: CoverageCheckRequest) -> CoverageCheckResult:
         policy = req.check.policy
         period, start, end = current_period(policy.every, req.now)
-        report = gather(req.check.specs, policy, period=period, start=start, end=end, now=req.now, provider_for=self._provider)
+        aws = {"regions": regions_to_read(req.check.specs, policy, os.environ)}
+        report = gather(req.check.specs, policy, period=period, start=start, end=end, now=req.now,
+                        provider_for=lambda family: self._provider(family, aws if family == "aws" else None))
         gaps = [_gap(r) for r in report.not_covered()]
         result = CoverageCheckResult(
             period=period,

@@ -1,16 +1,19 @@
 """The `drdrill` command line.
 
-Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file or an argument), 3 COULD_NOT_VERIFY,
-4 ERROR (the drill itself broke, or drdrill could not run it).
+Exit codes: 0 PASSED, 1 FAILED, 2 bad input (a drill file, an argument, an id that names no drill),
+3 COULD_NOT_VERIFY, 4 ERROR (the drill itself broke, or drdrill could not run it: a service
+unreachable, the embedded Temporal busy), 130 interrupted: see app/errors.py.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import json
 import os
 import secrets
+import select
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -23,9 +26,11 @@ from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
 
+from app import errors
 from app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
 from app.approval_sign import DEFAULT_KEY, SigningError, signed_request
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
+from app.cli_evidence import print_rows
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from app.simulate import simulated
 from drdrill.core.models import ApprovalRecord, DrillInput, DrillResult, DrillStatus
@@ -35,6 +40,8 @@ from drdrill.core.redact import redact
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
 from drdrill.evidence.created import created_resources
 from drdrill.evidence.record import record_sweep
+from drdrill.evidence.store import embedded_server
+from drdrill.evidence.render import fmt_time
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
 from drdrill.providers.sweep import sweep as do_sweep
@@ -188,6 +195,8 @@ def _as_of(text: str, spec: DrillSpec) -> datetime:
 async def _run(
     spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool], as_of: Optional[datetime] = None
 ) -> Optional[str]:
+    if with_worker or not os.environ.get("TEMPORAL_ADDRESS"):
+        errors.check_evidence_dsn()  # this process's worker records the evidence
     try:
         async with temporal(with_worker=with_worker) as client:
             handle = await client.start_workflow(
@@ -216,29 +225,68 @@ async def _run(
 async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bool) -> Optional[DrillResult]:
     """The drill's result, followed on the console (quietly with --json).
 
-    Interrupted (Ctrl-C or SIGTERM) while this process runs the drill's worker, the drill is
-    cancelled and its teardown awaited and shown, so nothing it created is left running, and the
-    cancelled drill's verdict is returned. When workers elsewhere run it, the drill goes on and this
-    command stops following it (None). A second interrupt stops waiting at once."""
+    Interrupted (Ctrl-C or SIGTERM), or its stdout closed (`drdrill run x.yaml | head`), while this
+    process runs the drill's worker, the drill is cancelled and its teardown awaited (and shown,
+    unless stdout is gone), so nothing it created is left running, and the cancelled drill's verdict
+    is returned. When workers elsewhere run it, the drill goes on and this command stops following
+    it (None). A second interrupt stops waiting at once."""
     watch = asyncio.ensure_future(_result(handle) if as_json else follow(handle, spec))
     try:
-        return await asyncio.shield(watch)
+        await _until_done_or_stdout_closed(watch)
+        return watch.result()
     except asyncio.CancelledError:
-        if not worker_here:
-            watch.cancel()
-            err.print(
-                f"interrupted: stopped following {handle.id}; it goes on in the Temporal service "
-                f"(drdrill status {handle.id}; drdrill cancel {handle.id})",
-                markup=False,
-            )
-            return None
-        err.print(
-            f"interrupted: cancelling drill {handle.id}; its teardown runs now (interrupt again to stop "
-            "waiting: the teardown then resumes when drdrill next runs on this state directory)",
-            markup=False,
+        why = "interrupted"
+    except BrokenPipeError:
+        why = "stdout closed"
+        console.file = open(os.devnull, "w")  # nothing more can be shown there
+    if not worker_here:
+        watch.cancel()
+        _say(
+            f"{why}: stopped following {handle.id}; it goes on in the Temporal service "
+            f"(drdrill status {handle.id}; drdrill cancel {handle.id})"
         )
-        await handle.cancel()
+        return None
+    _say(
+        f"{why}: cancelling drill {handle.id}; its teardown runs now (interrupt again to stop "
+        "waiting: the teardown then resumes when drdrill next runs on this state directory)"
+    )
+    await handle.cancel()
+    if watch.done() and watch.exception() is not None:  # the follower died on the closed pipe
+        watch = asyncio.ensure_future(_result(handle))
+    try:
         return await watch
+    except BrokenPipeError:  # stdout closed while the teardown was shown
+        console.file = open(os.devnull, "w")
+        return await _result(handle)
+
+
+async def _until_done_or_stdout_closed(task: asyncio.Future) -> None:
+    """Wait for `task`; raise BrokenPipeError as soon as stdout's reader has gone, even while
+    nothing is printed (a ten-minute restore prints nothing)."""
+    while not task.done():
+        await asyncio.wait({task}, timeout=0.5)
+        if _stdout_closed():
+            raise BrokenPipeError(errno.EPIPE, "stdout closed")
+    if isinstance(task.exception(), BrokenPipeError):
+        raise BrokenPipeError(errno.EPIPE, "stdout closed")
+
+
+def _stdout_closed() -> bool:
+    """True when stdout is a pipe whose reading end is closed (poll reports POLLERR for it)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)  # POLLERR and POLLHUP are always reported
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _say(line: str) -> None:
+    """A line on stderr, which may itself be closed."""
+    try:
+        err.print(line, markup=False)
+    except OSError:
+        pass
 
 
 def _user() -> str:
@@ -336,7 +384,11 @@ def print_result(result) -> None:
         parts.append(f"{o.name} [{colour}]{achieved}[/] (objective {format_duration(o.objective_seconds)})")
     console.print("  " + "   ".join(parts))
     where = f"   evidence: {result.evidence_path}" if result.evidence_path else ""
-    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{where}")
+    simulation = " (SIMULATION: restored nothing real, not evidence)" if result.simulated else ""
+    console.print(f"  [{VERDICT_STYLE[result.verdict]}]{result.verdict}[/]{simulation}{where}")
+    report = Path(result.evidence_path).with_name("report.html") if result.evidence_path else None
+    if report is not None and report.exists():  # on this machine (a remote worker keeps its own)
+        console.print(f"  report: {report}", markup=False)
 
 
 # ------------------------------------------------------------------ status, list, cancel
@@ -443,40 +495,49 @@ def _answer_gate(drill_id: str, verb: str, group: Optional[str], note: str, key:
 
 
 @app.command("list")
-def list_runs(limit: int = typer.Option(20, help="how many runs")) -> None:
-    """List recent drills with their state."""
-    asyncio.run(_list(limit))
+def list_runs(
+    limit: int = typer.Option(20, help="how many runs"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs as JSON"),
+) -> None:
+    """List recent drills: the verdict of a finished one, the phase of a running one."""
+    rows = asyncio.run(_list(limit))
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    print_rows(
+        ["drill id", "verdict", "phase", "started", "closed"],
+        [[r["drill_id"], r["verdict"].replace("_", " "), r["phase"], fmt_time(r["started"]) if r["started"] else "",
+          fmt_time(r["closed"]) if r["closed"] else ""] for r in rows],
+    )
 
 
-async def _list(limit: int) -> None:
+async def _list(limit: int) -> list[dict]:
+    rows: list[dict] = []
     async with temporal(with_worker=False) as client:
-        table = Table(box=None, header_style="bold")
-        for col in ("drill id", "state", "phase", "started", "closed"):
-            table.add_column(col)
-        n = 0
         async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
-            table.add_row(
-                wf.id,
-                wf.status.name if wf.status else "",
-                await _phase_of(client, wf),
-                f"{wf.start_time:%Y-%m-%d %H:%M:%S}" if wf.start_time else "",
-                f"{wf.close_time:%Y-%m-%d %H:%M:%S}" if wf.close_time else "",
-            )
-            n += 1
-            if n >= limit:
+            verdict, phase = await _verdict_and_phase(client, wf)
+            rows.append({"drill_id": wf.id, "verdict": verdict, "phase": phase, "started": wf.start_time, "closed": wf.close_time})
+            if len(rows) >= limit:
                 break
-        console.print(table)
+    return rows
 
 
-async def _phase_of(client, wf) -> str:
-    """A running drill's phase ('queued' while it waits for a concurrency permit) or its verdict."""
-    if wf.status != WorkflowExecutionStatus.RUNNING:
-        return ""
-    try:
-        st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query(DrillWorkflow.status), timeout=5)
-        return st.phase
-    except Exception:  # noqa: BLE001 - no worker answering
-        return "?"
+async def _verdict_and_phase(client, wf) -> tuple[str, str]:
+    """(RUNNING, its phase: 'queued' while it waits for a concurrency permit) for a running drill;
+    (its verdict, '') for a finished one; the workflow's status when it ended without a result."""
+    if wf.status == WorkflowExecutionStatus.RUNNING:
+        try:
+            st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query(DrillWorkflow.status), timeout=5)
+            return "RUNNING", st.phase
+        except Exception:  # noqa: BLE001 - no worker answering
+            return "RUNNING", "?"
+    if wf.status == WorkflowExecutionStatus.COMPLETED:
+        try:
+            result = await client.get_workflow_handle(wf.id, run_id=wf.run_id, result_type=DrillResult).result()
+            return result.verdict + (" (SIMULATION)" if result.simulated else ""), ""
+        except Exception:  # noqa: BLE001 - a result this version cannot read
+            return "COMPLETED", ""
+    return (wf.status.name if wf.status else "UNKNOWN"), ""
 
 
 @app.command()
@@ -550,7 +611,13 @@ async def _sweep(families: list[str], dry_run: bool, with_worker: Optional[bool]
 
 
 def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
-    """Sweep in this process, counting every drill as running; recorded as evidence like any sweep."""
+    """Sweep in this process, counting every drill as running; recorded as evidence like any sweep
+    (an embedded evidence server started for that is stopped before this returns)."""
+    with embedded_server():
+        return _sweep_expired_here(sweep_id, families, dry_run)
+
+
+def _sweep_expired_here(sweep_id: str, families: list[str], dry_run: bool):
     now = datetime.now(timezone.utc)
     record = SweepRecord(sweep_id=sweep_id, started=now, ended=now, families=families, dry_run=dry_run)
     for family in families:
@@ -635,8 +702,25 @@ for _group in COMMAND_GROUPS:
     _group.register(app)
 
 
+@app.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="also show the log (the Temporal SDK's, tracebacks) on stderr"),
+) -> None:
+    """drdrill: prove your backups restore."""
+    errors.setup_logging(verbose)
+
+
+def _guarded() -> None:
+    """The command, with an ordinary failure (unreachable service, busy state directory, unknown id,
+    closed stdout) shown as one line and a documented exit code (app/errors.py), never a traceback."""
+    try:
+        app()
+    except Exception as exc:  # noqa: BLE001 - SystemExit, KeyboardInterrupt and CancelledError pass
+        raise SystemExit(errors.report(exc)) from None
+
+
 def main() -> None:
-    exit_without_finalizing(app)
+    exit_without_finalizing(_guarded)
 
 
 if __name__ == "__main__":

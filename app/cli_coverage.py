@@ -83,6 +83,8 @@ def _print_summary(report) -> None:
     for p in report.providers:
         if not p.read:
             console.print(f"  COULD NOT VERIFY {p.detail}", markup=False)
+        elif p.regions:
+            console.print(f"  {p.family}: read region{'s' if len(p.regions) > 1 else ''} {', '.join(p.regions)}", markup=False)
     for r in report.not_covered():
         cover = ", ".join(f"{d.drill}/{d.target}" for d in r.drills) or "no drill covers it"
         console.print(f"  {r.status:<16} {r.kind:<12} {r.name or r.id}  {' '.join(r.flags)}  ({cover})", markup=False)

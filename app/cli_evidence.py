@@ -5,6 +5,7 @@ Registered by app.cli through `register(app)`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -20,10 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from app.reports import parse_period, period_report, render_period
-from app.runtime import state_dir
+from app.runtime import state_dir, temporal
+from app.schedules import schedule_id, scheduled_drills
 from drdrill.core.spec import format_duration, parse_duration
 from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor, write_export
 from drdrill.evidence.ledger import check_entry
+from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
 from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
 from drdrill.providers.postgres.cluster import ClusterError
@@ -45,7 +48,7 @@ def command_store() -> Iterator:
             store = stack.enter_context(open_store())
         except (EvidenceStoreError, ClusterError) as exc:
             err.print(str(exc), markup=False)
-            raise typer.Exit(2)
+            raise typer.Exit(4)  # drdrill could not do it (README, exit codes)
         yield store
 
 
@@ -122,18 +125,46 @@ def _entry_problem(store, run: str, keys: dict[str, str]) -> Optional[str]:
 
 
 @evidence_app.command("list")
-def list_runs(period: Optional[str] = typer.Option(None, "--period", help="e.g. 2026Q4")) -> None:
-    """List the runs in the evidence store."""
+def list_runs(
+    period: Optional[str] = typer.Option(None, "--period", help="e.g. 2026Q4"),
+    as_json: bool = typer.Option(False, "--json", help="print the runs as JSON"),
+) -> None:
+    """List the runs in the evidence store (a simulation says SIMULATION beside its verdict)."""
     since = until = None
     if period:
-        since, until = parse_period(period)
+        try:
+            since, until = parse_period(period)
+        except ValueError as exc:
+            err.print(str(exc), markup=False)
+            raise typer.Exit(2)
     with command_store() as store:
         docs = store.runs(since, until)
+    rows = [
+        {"declared": d["declared"], "drill": d["name"], "run": d["drill_id"], "verdict": d["verdict"], "simulation": is_simulation(d),
+         "rto_seconds": d.get("rto_seconds"), "rpo_seconds": d.get("rpo_seconds")}
+        for d in docs
+    ]
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    print_rows(
+        ["declared", "drill", "run", "verdict", "RTO", "RPO"],
+        [[fmt_time(r["declared"]), r["drill"], r["run"], r["verdict"].replace("_", " ") + (" (SIMULATION)" if r["simulation"] else ""),
+          format_duration(r["rto_seconds"]), format_duration(r["rpo_seconds"])] for r in rows],
+    )
+
+
+def print_rows(columns: list[str], rows: list[list[str]]) -> None:
+    """A table on a terminal; on a pipe, tab-separated lines that never cut an id or a time."""
+    if not console.is_terminal:
+        for row in [columns] + rows:
+            print("\t".join(str(v) for v in row))
+        return
     table = Table(box=None, header_style="bold")
-    for col in ("declared", "drill", "run", "verdict", "RTO", "RPO"):
-        table.add_column(col)
-    for d in docs:
-        table.add_row(d["declared"][:19], d["name"], d["drill_id"], d["verdict"], format_duration(d.get("rto_seconds")), format_duration(d.get("rpo_seconds")))
+    for col in columns:
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
     console.print(table)
 
 
@@ -294,26 +325,82 @@ def report(
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2)
+    created = temporal_schedule_times(drills_dir)
     with command_store() as store:
-        data = period_report(store, period, drill=drill, drills_dir=drills_dir)
+        data = period_report(store, period, drill=drill, drills_dir=drills_dir, schedule_created=created)
     text = render_period(data, fmt)
     if out is not None and str(out) == "-":
         print(text, end="")
-        return
+        for p in data["problems"]:  # the coverage's are in the report itself
+            err.print(f"problem: {p}", markup=False)
+        raise typer.Exit(report_exit_code(data))
     if out is None:
         name = f"{data['period']}{'-' + drill if drill else ''}.{fmt}"
         out = state_dir() / "reports" / name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
+    _print_period_summary(data)
+    console.print(f"report: {out}", markup=False)
+    raise typer.Exit(report_exit_code(data))
+
+
+def temporal_schedule_times(drills_dir: Path) -> dict[str, datetime]:
+    """{drill name: when its Temporal Schedule was created}, when TEMPORAL_ADDRESS names a
+    long-lived Temporal (the embedded one holds no schedules worth starting it for); {} otherwise."""
+    if not os.environ.get("TEMPORAL_ADDRESS") or not Path(drills_dir).is_dir():
+        return {}
+    names = [sd.name for sd in scheduled_drills(drills_dir)[0]]
+
+    async def go() -> dict[str, datetime]:
+        out = {}
+        async with temporal(with_worker=False) as client:
+            for name in names:
+                try:
+                    out[name] = (await client.get_schedule_handle(schedule_id(name)).describe()).info.created_at
+                except Exception:  # noqa: BLE001 - no such schedule: nothing proven
+                    continue
+        return out
+
+    try:
+        return asyncio.run(asyncio.wait_for(go(), timeout=30))
+    except Exception as exc:  # noqa: BLE001 - unreachable: the recorded syncs still count
+        err.print(f"note: Temporal at {os.environ['TEMPORAL_ADDRESS']} could not be read ({exc}); missed drills count from recorded syncs", markup=False)
+        return {}
+
+
+REPORT_EXIT = {"tampered": 1, "not checked": 3}
+
+
+def report_exit_code(data: dict) -> int:
+    """0: the report is complete; 1: evidence of a run does not verify (it counts for nothing);
+    3: scheduled drills were not checked (no drills directory, a schedule never synced)."""
+    if data["summary"].get("tampered"):
+        return REPORT_EXIT["tampered"]
+    return 0 if data.get("scheduled_checked", True) else REPORT_EXIT["not checked"]
+
+
+def _print_period_summary(data: dict) -> None:
     s = data["summary"]
+    tampered = f" ({s['tampered']} with tampered evidence, not counted)" if s.get("tampered") else ""
+    sims = f"; {s['simulations']} simulation{'' if s['simulations'] == 1 else 's'} (not evidence)" if s.get("simulations") else ""
     console.print(
-        f"{data['period']}: {s['runs']} runs, {s['passed']} passed, {s['missed']} scheduled drills missed, "
-        f"{sum(1 for c in data['controls'] if c['status'] == 'evidenced')}/{len(data['controls'])} controls evidenced",
+        f"{data['period']}: {s['runs']} runs{tampered}, {s['passed']} passed, {s['missed']} scheduled drills missed, "
+        f"{sum(1 for c in data['controls'] if c['status'] == 'evidenced')}/{len(data['controls'])} controls evidenced{sims}",
         markup=False,
     )
     for f in data["findings"]:
         console.print(f"  finding {f['code']}: {f['message']}", markup=False)
-    console.print(f"report: {out}", markup=False)
+    for p in report_problems(data):
+        err.print(f"problem: {p}", markup=False)
+
+
+def report_problems(data: dict) -> list[str]:
+    """Everything the period report could not check: its own problems and its coverage's."""
+    cov = data.get("coverage") or {}
+    extra = list(cov.get("problems") or [])
+    if (cov.get("control") or {}).get("status") == "could not verify":
+        extra.append(f"restore coverage: {cov['control'].get('detail')}")
+    return list(dict.fromkeys(data["problems"] + extra))
 
 
 def register(app: typer.Typer) -> None:

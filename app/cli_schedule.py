@@ -7,8 +7,10 @@ TEMPORAL_ADDRESS (or the embedded one, see app/runtime.py).
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import List, Optional
 
@@ -18,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from app import schedules
+from app.cli_evidence import command_store
 from app.runtime import EmbeddedBusy, temporal
 from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
 from drdrill.core.spec import parse_duration
@@ -66,17 +69,33 @@ def sync_cmd(
         console.print("  no drill files with a schedule, and no schedules to remove")
     for p in plan.problems:
         err.print(p, markup=False)
+    if plan.synced:
+        _record_sync(plan.synced)
     raise typer.Exit(2 if plan.problems else 0)
 
 
+def _record_sync(rows: list[dict]) -> None:
+    """Keep the sync in the evidence store: the period report counts missed drills only from the
+    time a schedule provably existed (app/reports.py)."""
+    try:
+        with command_store() as store:
+            store.record_schedule_sync(rows)
+    except Exception as exc:  # noqa: BLE001 - the schedules are synced; say what was not recorded
+        err.print(f"warning: this sync was not recorded in the evidence store ({exc}): "
+                  "the period report cannot count missed drills before the next recorded sync", markup=False)
+
+
 @schedule_app.command("list")
-def list_cmd() -> None:
+def list_cmd(as_json: bool = typer.Option(False, "--json", help="print the schedules as JSON")) -> None:
     """Schedules drdrill manages: next run, last run and its verdict, paused state and note."""
     async def go():
         async with _client_ctx() as client:
             return await schedules.rows(client, task_queue())
 
     rows = _run(go())
+    if as_json:
+        print(json.dumps([asdict(r) for r in rows], indent=2, default=str))
+        return
     if not rows:
         console.print("no schedules (run `drdrill schedule sync drills/`)")
         return

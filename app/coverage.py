@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from html import escape
@@ -20,7 +21,7 @@ from typing import Any, Iterator, Optional
 
 from markupsafe import Markup
 
-from drdrill.evidence.coverage import CoverageReport, coverage_report, describe_age, load_drills, restore_history
+from drdrill.evidence.coverage import CoverageReport, coverage_report, describe_age, load_drills, regions_to_read, restore_history
 from drdrill.evidence.render import environment, fmt_time
 from drdrill.providers import load_provider
 from drdrill.providers.base import Provider
@@ -29,15 +30,16 @@ STATUS_COLOURS = {"covered": "#1a7f37", "could not verify": "#bf8700", "not cove
 
 
 @contextmanager
-def providers_from_environment(given: Optional[dict[str, Provider]] = None) -> Iterator:
-    """`provider_for(family)`: each provider built once from the environment (closed at the end)."""
+def providers_from_environment(given: Optional[dict[str, Provider]] = None, settings: Optional[dict[str, dict]] = None) -> Iterator:
+    """`provider_for(family)`: each provider built once from the environment and `settings[family]`
+    (closed at the end)."""
     loaded: dict[str, Provider] = {}
 
     def provider_for(family: str) -> Provider:
         if given and family in given:
             return given[family]
         if family not in loaded:
-            loaded[family] = load_provider(family)
+            loaded[family] = load_provider(family, (settings or {}).get(family))
         return loaded[family]
 
     try:
@@ -61,7 +63,7 @@ def coverage_for(
     drill files (and coverage.yaml) in `drills_dir`, with the restores recorded in `store`."""
     specs, policy, problems = load_drills(drills_dir)
     history = restore_history(store, until=end)
-    with providers_from_environment(providers) as provider_for:
+    with providers_from_environment(providers, {"aws": {"regions": regions_to_read(specs, policy, os.environ)}}) as provider_for:
         return coverage_report(
             specs, policy, period=period.upper(), start=start, end=end, now=now or datetime.now(timezone.utc),
             history=history, provider_for=provider_for, problems=problems,
@@ -78,7 +80,7 @@ def coverage_svg(report: CoverageReport) -> Markup:
     families = [p.family for p in report.providers] or list(by)
     w, row_h, left, top = 640, 26, 90, 8
     h = top + row_h * max(len(families), 1) + 24
-    scale = (w - left - 120) / max([b["protected"] for b in by.values()] + [1])
+    scale = (w - left - 250) / max([b["protected"] for b in by.values()] + [1])  # 250: room for the label after the bar
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {w} {h}" width="100%" aria-label="coverage by provider">']
     for i, family in enumerate(families):
         b = by.get(family, {"protected": 0, "covered": 0, "could_not_verify": 0})

@@ -71,42 +71,40 @@ class Writer(threading.Thread):
 def sample_production(console: Console, keep: bool = False) -> Iterator[DrillSpec]:
     """A sample production database with a writer and a fresh backup; yields the demo drill to run.
 
-    Afterwards the writer stops and the database is removed (unless `keep`), and the report is named."""
+    Afterwards the writer stops and the database is removed (unless `keep`); the drill's output names its report."""
     state = state_dir()
     prod = LocalCluster(cluster_root() / f"demo-production-{os.getuid()}")
     console.print("[bold]drdrill demo[/]: a PostgreSQL drill, end to end")
     console.print(f"  state directory   {state}")
-    prod.create({"drdrill:demo": "sample production database (not a drill resource)"})
-    with psycopg.connect(prod.dsn(), autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone():
-            conn.execute("CREATE DATABASE shop")
-    dsn = prod.dsn("shop")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(SEED)
+    try:
+        prod.create({"drdrill:demo": "sample production database (not a drill resource)"})
+        with psycopg.connect(prod.dsn(), autocommit=True) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone():
+                conn.execute("CREATE DATABASE shop")
+        dsn = prod.dsn("shop")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SEED)
+    except BaseException:
+        prod.destroy()  # a demo that could not start leaves nothing behind, --keep or not
+        raise
     os.environ["DEMO_SHOP_DSN"] = dsn
     writer = Writer(dsn)
     writer.start()
     console.print(f"  production        {prod.path} (database shop, a writer adding orders)")
+    drilled = False
     try:
         spec = load_spec(DRILL)
         point = take_backup(dsn, spec.targets[0].source.repository)
         console.print(f"  backup            {point}")
         console.print()
+        drilled = True
         yield spec
     finally:
         writer.stop.set()
         writer.join(timeout=5)
-        if not keep:
+        if not keep or not drilled:  # --keep keeps a database that was drilled, never a half-made one
             prod.destroy()
-    report = _report_hint(state)
-    if report:
-        console.print(f"  report: {report}")
     console.print(f"  the writer added {writer.rows} orders during the demo; the backup and the drill's RPO account for them")
-
-
-def _report_hint(state: Path) -> str:
-    runs = sorted((state / "runs").glob("*/report.html"), key=lambda p: p.stat().st_mtime)
-    return str(runs[-1]) if runs else ""
 
 
 # ---------------------------------------------------------------------- drdrill demo --pitr
@@ -184,6 +182,7 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
     console.print("[bold]drdrill demo --pitr[/]: point-in-time recovery from pgBackRest, end to end")
     console.print(f"  state directory   {state}")
     writer = None
+    drilled = False
     try:
         prod.create(
             {"drdrill:demo": "sample production cluster for the PITR demo (not a drill resource)"},
@@ -224,17 +223,16 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
         console.print(f"  disaster          {disaster:%H:%M:%S.%f}Z: DELETE FROM orders (no WHERE) removed {lost} orders")
         console.print(f"  drill             to {target:%H:%M:%S.%f}Z, {PITR_REWIND}s before the disaster")
         console.print()
-        yield _pitr_spec(conf, target)
+        spec = _pitr_spec(conf, target)
+        drilled = True
+        yield spec
     finally:
         if writer is not None:
             writer.stop.set()
             writer.join(timeout=5)
-        if not keep:
+        if not keep or not drilled:  # --keep keeps what was drilled, never a half-made stanza
             prod.destroy()
             shutil.rmtree(home, ignore_errors=True)
-    report = _report_hint(state)
-    if report:
-        console.print(f"  report: {report}")
     console.print("  the boundary check shows the orders written up to the moment came back, and none after it")
 
 

@@ -26,7 +26,7 @@ from drdrill.core.spec import SpecError, format_duration
 from drdrill.core.times import parse_time
 from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL
 from drdrill.evidence.coverage import CoverageReport
-from drdrill.evidence.render import COLOURS, DATA_CHECKS, environment, fmt_time
+from drdrill.evidence.render import COLOURS, DATA_CHECKS, environment, fmt_time, is_simulation
 
 # ------------------------------------------------------------------ period report
 
@@ -132,32 +132,34 @@ def period_data(
     drills_dir: Optional[Path] = None,
     drill: Optional[str] = None,
     now: Optional[datetime] = None,
+    schedule_since: Optional[dict[str, dict]] = None,
 ) -> dict:
-    """Everything the period report shows, as plain data (the JSON format is exactly this)."""
+    """Everything the period report shows, as plain data (the JSON format is exactly this).
+
+    Simulations (drdrill/evidence/render.is_simulation) are listed apart and counted nowhere; a
+    run whose evidence does not verify is listed as tampered and evidences no control. A scheduled
+    drill is missed only from when its schedule provably existed (`schedule_since`:
+    EvidenceStore.schedule_since)."""
     start, end = parse_period(period)
     now = now or datetime.now(timezone.utc)
     runs = [r for r in runs if start <= parse_time(r["declared"]) < end and (not drill or r.get("name") == drill)]
     runs.sort(key=lambda r: (parse_time(r["declared"]), r["drill_id"]))
+    simulations = [_simulation_row(r) for r in runs if is_simulation(r)]
+    runs = [r for r in runs if not is_simulation(r)]
 
-    scheduled, problems = scheduled_drills(drills_dir) if drills_dir and Path(drills_dir).is_dir() else ([], [])
-    if drills_dir and not Path(drills_dir).is_dir():
-        problems.append(f"no drills directory {drills_dir}: scheduled drills were not checked (use --drills DIR)")
+    if drills_dir is not None and Path(drills_dir).is_dir():
+        scheduled, problems = scheduled_drills(drills_dir)
+    else:
+        where = f" {drills_dir}" if drills_dir is not None else ""
+        scheduled, problems = [], [f"no drills directory{where}: scheduled drills were not checked (use --drills DIR)"]
     due = [sd for sd in scheduled if not drill or sd.name == drill]
-    missed, upcoming, findings = _due_drills(due, runs, start, end, now)
+    missed, upcoming, findings, unchecked = _due_drills(due, runs, start, end, now, schedule_since or {})
+    problems += unchecked
     run_rows, run_findings = _run_rows(runs, verified)
     findings += run_findings
-
-    drills: dict[str, dict] = {}
-    for row in run_rows:
-        d = drills.setdefault(row["name"], {"name": row["name"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
-        d["runs"] += 1
-        d["passed"] += row["verdict"] == "PASSED"
-        d["last_verdict"] = row["verdict"]
-        d["points"].append({k: row[k] for k in ("drill_id", "declared", "verdict", "rto_seconds", "rto_objective_seconds", "rto_outcome", "rpo_seconds", "rpo_objective_seconds", "rpo_outcome")})
-    for m in missed:
-        drills.setdefault(m["drill"], {"name": m["drill"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
-
-    verdicts = [row["verdict"] for row in run_rows]
+    intact = [row for row in run_rows if row["evidence_intact"]]
+    verdicts = [row["verdict"] for row in intact]
+    missed_by_drill = group_missed(missed)
     return {
         "period": period.upper(),
         "start": start.isoformat(),
@@ -171,28 +173,73 @@ def period_data(
             "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
             "error": verdicts.count("ERROR"),
             "missed": len(missed),
-            "evidence_intact": sum(1 for row in run_rows if row["evidence_intact"]),
+            "evidence_intact": len(intact),
+            "tampered": len(run_rows) - len(intact),
+            "simulations": len(simulations),
         },
         "runs": run_rows,
-        "drills": list(drills.values()),
+        "simulations": simulations,
+        "drills": _drill_rows(run_rows, missed),
         "missed": missed,
+        "missed_by_drill": missed_by_drill,
         "upcoming": upcoming,
         "findings": findings,
-        "controls": _controls(run_rows, missed, _declared_by(runs, scheduled)),
+        "controls": _controls(run_rows, missed_by_drill, _declared_by(runs, scheduled)),
         "problems": problems,
+        "scheduled_checked": not problems,
     }
 
 
+def _simulation_row(r: dict) -> dict:
+    return {"drill_id": r["drill_id"], "name": r.get("name"), "declared": r.get("declared"), "verdict": r.get("verdict")}
+
+
+def _drill_rows(run_rows: list[dict], missed: list[dict]) -> list[dict]:
+    """Per drill: its runs in the period (tampered ones are not counted as passed) and their RTO/RPO points."""
+    drills: dict[str, dict] = {}
+    keys = ("drill_id", "declared", "verdict", "rto_seconds", "rto_objective_seconds", "rto_outcome", "rpo_seconds", "rpo_objective_seconds", "rpo_outcome")
+    for row in run_rows:
+        d = drills.setdefault(row["name"], {"name": row["name"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
+        d["runs"] += 1
+        d["passed"] += row["verdict"] == "PASSED" and row["evidence_intact"]
+        d["last_verdict"] = row["verdict"]
+        d["points"].append({**{k: row[k] for k in keys}, "intact": row["evidence_intact"]})
+    for m in missed:
+        drills.setdefault(m["drill"], {"name": m["drill"], "runs": 0, "passed": 0, "last_verdict": None, "points": []})
+    return list(drills.values())
+
+
+def schedule_existed_from(since: Optional[dict]) -> Optional[datetime]:
+    """When a drill's schedule provably existed: Temporal's creation time or the first recorded
+    `drdrill schedule sync`, whichever is known (the earlier), never before the drill's first
+    recorded run or sync. None when drdrill has no record of the schedule."""
+    if not since:
+        return None
+    known = [parse_time(since.get(k)) for k in ("schedule_created", "first_sync") if since.get(k)]
+    if not known:
+        return None
+    floor = [parse_time(since.get(k)) for k in ("first_run", "first_sync") if since.get(k)]
+    return max(min(known), min(floor)) if floor else None
+
+
 def _due_drills(
-    scheduled: list[ScheduledDrill], runs: list[dict], start: datetime, end: datetime, now: datetime
-) -> tuple[list[dict], list[dict], list[dict]]:
-    """(missed, upcoming, findings): every time a scheduled drill was due in the period without a
-    run declared between that time and the next (each widened by the jitter), as of `now`."""
+    scheduled: list[ScheduledDrill], runs: list[dict], start: datetime, end: datetime, now: datetime, since: dict[str, dict]
+) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """(missed, upcoming, findings, problems): every time a scheduled drill was due in the period,
+    after its schedule provably existed, without a run declared between that time and the next
+    (each widened by the jitter), as of `now`; one finding per drill."""
     missed: list[dict] = []
     upcoming: list[dict] = []
-    findings: list[dict] = []
+    problems: list[str] = []
     for sd in scheduled:
-        times = due_times(sd.schedule, start, end)
+        existed = schedule_existed_from(since.get(sd.name))
+        if existed is None:
+            problems.append(
+                f"drill {sd.name} ({sd.path}) has a schedule, but no `drdrill schedule sync` of it is recorded: "
+                "its scheduled drills were not checked"
+            )
+            continue
+        times = due_times(sd.schedule, max(start, existed), end)
         declared = [parse_time(r["declared"]) for r in runs if r.get("name") == sd.name]
         for i, t in enumerate(times):
             lo = start if i == 0 else t - sd.schedule.jitter
@@ -200,20 +247,28 @@ def _due_drills(
             if any(lo <= d < hi for d in declared):
                 continue
             entry = {"drill": sd.name, "file": sd.path, "expected_at": t.astimezone(timezone.utc).isoformat()}
-            if t + sd.schedule.catchup_window + sd.schedule.jitter > now:
-                upcoming.append(entry)
-                continue
-            missed.append(entry)
-            findings.append(
-                {
-                    "code": "MISSED_SCHEDULED_DRILL",
-                    "severity": "error",
-                    "drill": sd.name,
-                    "drill_id": None,
-                    "message": f"drill {sd.name} ({sd.path}) was scheduled for {fmt_time(t)} but did not run",
-                }
-            )
-    return missed, upcoming, findings
+            (upcoming if t + sd.schedule.catchup_window + sd.schedule.jitter > now else missed).append(entry)
+    findings = [
+        {"code": "MISSED_SCHEDULED_DRILL", "severity": "error", "drill": g["drill"], "drill_id": None, "message": g["text"]}
+        for g in group_missed(missed)
+    ]
+    return missed, upcoming, findings, problems
+
+
+def group_missed(missed: list[dict]) -> list[dict]:
+    """One entry per drill: how many scheduled runs it missed, the first and the last."""
+    out: dict[str, dict] = {}
+    for m in missed:
+        g = out.setdefault(m["drill"], {"drill": m["drill"], "file": m["file"], "count": 0, "first": m["expected_at"], "last": m["expected_at"]})
+        g["count"] += 1
+        g["last"] = m["expected_at"]
+    for g in out.values():
+        if g["count"] == 1:
+            g["text"] = f"drill {g['drill']} ({g['file']}) was scheduled for {fmt_time(g['first'])} but did not run"
+        else:
+            g["text"] = (f"drill {g['drill']} ({g['file']}) missed {g['count']} scheduled runs, "
+                         f"from {fmt_time(g['first'])} to {fmt_time(g['last'])}")
+    return list(out.values())
 
 
 def _run_rows(runs: list[dict], verified: dict[str, tuple[bool, str]]) -> tuple[list[dict], list[dict]]:
@@ -246,7 +301,9 @@ def _run_rows(runs: list[dict], verified: dict[str, tuple[bool, str]]) -> tuple[
             }
         )
         if not ok:
-            findings.append({"code": "EVIDENCE_TAMPERED", "severity": "error", "drill": r.get("name"), "drill_id": r["drill_id"], "message": message})
+            findings.append({"code": "EVIDENCE_TAMPERED", "severity": "error", "drill": r.get("name"), "drill_id": r["drill_id"],
+                             "message": f"{message}: this run is not counted"})
+            continue
         if r.get("verdict") != "PASSED":
             findings.append(
                 {
@@ -254,7 +311,7 @@ def _run_rows(runs: list[dict], verified: dict[str, tuple[bool, str]]) -> tuple[
                     "severity": "error" if r.get("verdict") in ("FAILED", "ERROR") else "warning",
                     "drill": r.get("name"),
                     "drill_id": r["drill_id"],
-                    "message": f"run {r['drill_id']} ended {r.get('verdict')}"
+                    "message": f"run {r['drill_id']} ended {verdict_words(r.get('verdict'))}"
                     + (": " + ", ".join(f.get("code", "") for f in r.get("findings", [])) if r.get("findings") else ""),
                 }
             )
@@ -273,26 +330,25 @@ def _declared_by(runs: list[dict], scheduled: list[ScheduledDrill]) -> dict[str,
     return declared_by
 
 
-def _controls(run_rows: list[dict], missed: list[dict], declared_by: dict[str, set[str]]) -> list[dict]:
-    """Each compliance control: the runs that evidence it, and its gaps."""
+def _controls(run_rows: list[dict], missed_by_drill: list[dict], declared_by: dict[str, set[str]]) -> list[dict]:
+    """Each compliance control: the intact runs that evidence it, and its gaps. A run whose evidence
+    does not verify counts for nothing (the findings name it); it does not blemish the others."""
+    intact = [row for row in run_rows if row["facts"]["intact"]]
     controls = []
     for c in CONTROLS:
         run_needs = [n for n in c.needs if n != "on_schedule"]
-        evidencing = [row["drill_id"] for row in run_rows if row["facts"]["intact"] and all(row["facts"][n] for n in run_needs)]
-        gaps = []
-        for n in run_needs:
-            if not any(row["facts"][n] and row["facts"]["intact"] for row in run_rows):
-                gaps.append(NEED_GAP[n])
-        for row in run_rows:
-            if "rto" in run_needs + (["rto"] if "objectives" in run_needs else []) and row["rto_outcome"] == "FAILED":
-                gaps.append(f"RTO objective missed by run {row['drill_id']}")
-            if "rpo" in run_needs + (["rpo"] if "objectives" in run_needs else []) and row["rpo_outcome"] == "FAILED":
-                gaps.append(f"RPO objective missed by run {row['drill_id']}")
-            if not row["facts"]["intact"]:
-                gaps.append(f"evidence of run {row['drill_id']} failed verification")
+        evidencing = [row["drill_id"] for row in intact if all(row["facts"][n] for n in run_needs)]
+        gaps = [NEED_GAP[n] for n in run_needs if not any(row["facts"][n] for row in intact)]
+        judged = set(run_needs) | ({"rto", "rpo"} if "objectives" in run_needs else set())
+        for which in ("rto", "rpo"):
+            missed_by = [row["drill_id"] for row in intact if which in judged and row[f"{which}_outcome"] == "FAILED"]
+            if len(missed_by) == 1:
+                gaps.append(f"{which.upper()} objective missed by run {missed_by[0]}")
+            elif missed_by:
+                gaps.append(f"{which.upper()} objective missed by {len(missed_by)} runs: {', '.join(missed_by)}")
         if "on_schedule" in c.needs:
-            gaps += [f"scheduled drill {m['drill']} missed ({fmt_time(m['expected_at'])})" for m in missed]
-        if not run_rows and NEED_GAP["ran"] not in gaps:
+            gaps += [f"scheduled drill {g['text'].removeprefix('drill ')}" for g in missed_by_drill]
+        if not intact and NEED_GAP["ran"] not in gaps:
             gaps.insert(0, NEED_GAP["ran"])
         controls.append(
             {
@@ -310,6 +366,11 @@ def _controls(run_rows: list[dict], missed: list[dict], declared_by: dict[str, s
     return controls
 
 
+def verdict_words(verdict: Optional[str]) -> str:
+    """COULD_NOT_VERIFY -> COULD NOT VERIFY: verdicts as people read them."""
+    return (verdict or "").replace("_", " ")
+
+
 def _declared_controls(doc: dict) -> list[str]:
     try:
         data = yaml.safe_load(doc.get("spec_text") or "") or {}
@@ -324,8 +385,12 @@ def trend_svg(points: list[dict], which: str) -> Markup:
     w, h, left, top, bottom = 320, 120, 48, 12, 22
     values = [p[key] for p in points if p.get(key) is not None]
     objectives = [p[obj_key] for p in points if p.get(obj_key)]
-    ymax = max(values + objectives + [1.0]) * 1.1
+    # An objective far above every value would squash the points at the bottom: the axis then
+    # follows the values, and the objective is named above the chart instead of drawn.
+    off_scale = bool(values and objectives and objectives[-1] > 3 * max(values))
+    ymax = max(values + ([] if off_scale else objectives) + [1.0]) * 1.1
     n = max(len(points), 1)
+    days = [fmt_time(p.get("declared"))[:10] for p in points]
 
     def px(i: int) -> float:
         return left + (w - left - 10) * (i + 0.5) / n
@@ -337,7 +402,9 @@ def trend_svg(points: list[dict], which: str) -> Markup:
     out.append(f'<line x1="{left}" y1="{py(0):.1f}" x2="{w - 10}" y2="{py(0):.1f}" stroke="#8c959f"/>')
     out.append(f'<text x="{left - 4}" y="{py(ymax / 1.1) + 4:.1f}" font-size="9" text-anchor="end" fill="#57606a">{escape(format_duration(ymax / 1.1))}</text>')
     out.append(f'<text x="{left - 4}" y="{py(0) + 3:.1f}" font-size="9" text-anchor="end" fill="#57606a">0</text>')
-    if objectives:
+    if off_scale:
+        out.append(f'<text x="{w - 12}" y="{top - 2}" font-size="9" text-anchor="end" fill="#cf222e">objective {escape(format_duration(objectives[-1]))} (above the scale)</text>')
+    elif objectives:
         oy = py(objectives[-1])
         out.append(f'<line x1="{left}" y1="{oy:.1f}" x2="{w - 10}" y2="{oy:.1f}" stroke="#cf222e" stroke-dasharray="5 3"/>')
         out.append(f'<text x="{w - 12}" y="{oy - 3:.1f}" font-size="9" text-anchor="end" fill="#cf222e">objective {escape(format_duration(objectives[-1]))}</text>')
@@ -345,16 +412,21 @@ def trend_svg(points: list[dict], which: str) -> Markup:
     if len(line) > 1:
         out.append('<polyline fill="none" stroke="#0969da" stroke-width="1.5" points="' + " ".join(f"{a:.1f},{b:.1f}" for a, b in line) + '"/>')
     for i, p in enumerate(points):
-        label = fmt_time(p.get("declared"))[:10]
+        label = days[i] if days.count(days[i]) == 1 else fmt_time(p.get("declared"))[5:16]  # same day: the time tells them apart
         if p.get(key) is None:
             out.append(f'<text x="{px(i):.1f}" y="{py(0) - 4:.1f}" font-size="9" text-anchor="middle" fill="#6e7781">n/a<title>{escape(p["drill_id"])}: not measured</title></text>')
+        elif p.get("intact") is False:  # shown, hollow: its evidence does not verify, so it counts for nothing
+            out.append(
+                f'<circle cx="{px(i):.1f}" cy="{py(p[key]):.1f}" r="4" fill="#fff" stroke="#6e7781" stroke-width="1.5"><title>{escape(p["drill_id"])}: '
+                f'{escape(which.upper())} {escape(format_duration(p[key]))} (evidence tampered, not counted)</title></circle>'
+            )
         else:
             colour = COLOURS.get(p.get(out_key) or "", "#6e7781")
             out.append(
                 f'<circle cx="{px(i):.1f}" cy="{py(p[key]):.1f}" r="4" fill="{colour}"><title>{escape(p["drill_id"])}: '
                 f'{escape(which.upper())} {escape(format_duration(p[key]))} ({escape(p.get(out_key) or "")})</title></circle>'
             )
-        if n <= 8 or i in (0, n - 1):
+        if n <= 4 or i in (0, n - 1):
             out.append(f'<text x="{px(i):.1f}" y="{h - 6}" font-size="9" text-anchor="middle" fill="#57606a">{escape(label)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
@@ -409,13 +481,21 @@ def render_period_csv(data: dict) -> str:
     return buf.getvalue()
 
 
-def period_report(store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None) -> dict:
+def period_report(
+    store: Any, period: str, drill: Optional[str] = None, drills_dir: Optional[Path] = None, now: Optional[datetime] = None,
+    schedule_created: Optional[dict[str, datetime]] = None,
+) -> dict:
     """Read the period's runs from the evidence store, verify each, and build the report data,
-    with the period's restore coverage (app/coverage.py) and its control."""
+    with the period's restore coverage (app/coverage.py) and its control. `schedule_created`: when
+    Temporal says each drill's schedule was created (read by the CLI when it can reach Temporal)."""
     start, end = parse_period(period)
     runs = store.runs(start, end, drill)
     verified = {v.drill_id: (v.ok, v.message) for d in runs for v in store.verify(d["drill_id"])}
-    data = period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now)
+    since = store.schedule_since()
+    for name, created in (schedule_created or {}).items():
+        entry = since.setdefault(name, {"first_run": None, "first_sync": None, "schedule_created": None})
+        entry["schedule_created"] = min(filter(None, [parse_time(entry.get("schedule_created")), created]))
+    data = period_data(runs, verified, period, drills_dir=drills_dir, drill=drill, now=now, schedule_since=since)
     data["coverage"] = coverage_section(store, period, drills_dir, now)
     data["controls"].append(coverage_control(data["coverage"]))
     return data

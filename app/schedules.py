@@ -182,6 +182,9 @@ class Change:
 class SyncPlan:
     changes: list[Change] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # What the evidence store records of this sync (EvidenceStore.record_schedule_sync): per drill
+    # schedule, its action and when Temporal says it was created.
+    synced: list[dict] = field(default_factory=list)
 
     def of(self, action: str) -> list[str]:
         return [c.schedule_id for c in self.changes if c.action == action]
@@ -296,7 +299,25 @@ async def sync(client: Client, paths: list[Path], task_queue: str, dry_run: bool
                 await client.get_schedule_handle(sid).delete()
     elif set(existing) - set(wanted):
         plan.problems.append("deletions skipped: fix the drill files above first")
+    if not dry_run:
+        plan.synced = await _synced(client, plan, wanted)
     return plan
+
+
+async def _synced(client: Client, plan: SyncPlan, wanted: dict[str, DrillSpec]) -> list[dict]:
+    """The sync as the evidence store records it: each drill schedule with its Temporal creation time."""
+    out = []
+    names = {sid: spec.name for sid, spec in wanted.items()}
+    for c in plan.changes:
+        row = {"drill": names.get(c.schedule_id, c.schedule_id.removeprefix("drdrill-")), "schedule_id": c.schedule_id,
+               "source": wanted[c.schedule_id].source_path if c.schedule_id in wanted else "", "action": c.action, "schedule_created": None}
+        if c.action != "delete":
+            try:
+                row["schedule_created"] = (await client.get_schedule_handle(c.schedule_id).describe()).info.created_at
+            except Exception:  # noqa: BLE001 - the sync itself is still recorded
+                pass
+        out.append(row)
+    return out
 
 
 def _when(spec: DrillSpec) -> str:

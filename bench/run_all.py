@@ -25,6 +25,7 @@ FULL = {
     "restore_rto": (["--gb", "1", "--runs", "5", "--jobs", "2"], 3000),
     "dump_s3": (["--size", "1", "--runs", "5", "--jobs", "2"], 3600),
     "pitr": (["--gb", "1", "--wal-mb", "512", "--steps", "4", "--runs", "5", "--jobs", "2"], 1800),
+    "embedded_gate": (["--runs", "5", "--calls", "200"], 120),
     "approvals": (["--runs", "200"], 300),
 }
 QUICK = {
@@ -35,6 +36,7 @@ QUICK = {
     "restore_rto": (["--gb", "0.02", "--runs", "1", "--jobs", "2"], 600),
     "dump_s3": (["--size", "0.02", "--runs", "1", "--jobs", "2"], 600),
     "pitr": (["--gb", "0.02", "--wal-mb", "32", "--steps", "2", "--runs", "1", "--jobs", "2"], 300),
+    "embedded_gate": (["--runs", "1", "--calls", "20"], 60),
     "approvals": (["--runs", "20"], 120),
 }
 

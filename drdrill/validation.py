@@ -339,9 +339,9 @@ def check_freshness(inp: ValidateInput, ct: float):
 
 def check_volume(inp: ValidateInput, ct: float):
     """Each table's rows now against the last PASSED run of the drill (`inp.baseline`): a table that
-    lost more than the tolerance fails, naming both counts; growth and new tables never do. The
-    counts are measured (and recorded) even when there is nothing to compare with yet, so the first
-    run becomes the baseline of the next."""
+    lost more than the tolerance fails, naming both counts; growth and new tables never do. With
+    nothing to compare with yet (the first run), the counts are recorded as the baseline of the next
+    run ("baseline recorded"): the check passes, proving only that the tables could be counted."""
     v = inp.validation
     base = inp.baseline
     with _connect(inp, ct) as conn:
@@ -362,13 +362,13 @@ def check_volume(inp: ValidateInput, ct: float):
     measured: dict[str, Any] = {"tables": counts, "tolerance_percent": v.tolerance}
     if inp.baseline_problem:
         raise CouldNotVerify(inp.baseline_problem, retry=False, measured=measured)
-    if base is None:
-        measured["first_run"] = True
-        raise CouldNotVerify(
-            f"first run: no earlier PASSED run of drill {inp.drill_name or 'this drill'} recorded row counts of target {v.target} to compare "
-            f"with; this run's counts ({len(counts)} tables, {sum(counts.values())} rows) are the baseline of the next",
-            retry=False,
-            measured=measured,
+    if base is None:  # nothing to compare with yet: these counts become the baseline, the drill goes on
+        measured["first_run"] = measured["baseline_recorded"] = True
+        return (
+            f"baseline recorded: {len(counts)} tables, {sum(counts.values())} rows; no earlier PASSED run of drill "
+            f"{inp.drill_name or 'this drill'} counted target {v.target}'s tables, so the next run compares with these counts",
+            measured,
+            True,
         )
     measured["baseline_run"] = base.drill_id
     compared = [t for t in wanted if t in base.rows]

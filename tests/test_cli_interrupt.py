@@ -9,8 +9,10 @@ are, and the command only stops following it.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import queue
+import select
 import signal
 import subprocess
 import sys
@@ -33,9 +35,14 @@ SLOW_RESTORE = "{restore_time: 600}"  # ten simulated minutes: the interrupt lan
 class Run:
     """`drdrill run` as a user starts it, its output read line by line as it is printed."""
 
-    def __init__(self, drill: Path, drill_id: str, env: dict):
+    def __init__(self, drill: Path, drill_id: str, env: dict, preexec_fn=None):
         self.proc = subprocess.Popen(
-            [DRDRILL, "run", str(drill), "--id", drill_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+            [DRDRILL, "run", str(drill), "--id", drill_id],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=preexec_fn,
         )
         self.lines: queue.Queue = queue.Queue()
         self.seen: list[str] = []
@@ -75,14 +82,20 @@ def _processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_sigterm_on_an_embedded_run_cancels_the_drill_tears_down_and_leaves_nothing_running(tmp_path):
+def _ignore_sigint() -> None:
+    """As a shell starts `drdrill run x.yaml &` from a script (and nohup, some CI runners)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("sigint", ["default", "ignored"])
+def test_sigterm_on_an_embedded_run_cancels_the_drill_tears_down_and_leaves_nothing_running(tmp_path, sigint):
     drill = tmp_path / "slow.yaml"
     drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
     drill_id = f"slow-{uuid.uuid4().hex[:6]}"
     state = tmp_path / "state"
     env = cli_env(DRDRILL_STATE_DIR=str(state), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1")
 
-    run = Run(drill, drill_id, env)
+    run = Run(drill, drill_id, env, preexec_fn=_ignore_sigint if sigint == "ignored" else None)
     run.wait_for("verify isolation")  # isolated; the ten-minute restore has begun
     run.proc.send_signal(signal.SIGTERM)
     code, out, err = run.finish()
@@ -120,5 +133,79 @@ def test_sigterm_against_a_temporal_service_stops_following_and_the_drill_goes_o
     assert code == 130, err
     assert f"interrupted: stopped following {drill_id}; it goes on in the Temporal service" in err
     assert f"drdrill cancel {drill_id}" in err
+    assert still == WorkflowExecutionStatus.RUNNING
+    assert leaked(tmp_path / "sim.json") == []
+
+
+def test_a_closed_stdout_cancels_an_embedded_run_tears_down_and_leaves_nothing_running(tmp_path):
+    """`drdrill run x.yaml | head -2`: the reader goes away during a long restore, while nothing is
+    printed; the command notices, cancels the drill, awaits its teardown and exits."""
+    drill = tmp_path / "slow.yaml"
+    drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
+    drill_id = f"slow-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "state"
+    env = cli_env(DRDRILL_STATE_DIR=str(state), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [DRDRILL, "run", str(drill), "--id", drill_id], stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_ignore_sigint
+    )
+    os.close(write_end)
+    try:
+        seen = _read_until(read_end, "verify isolation")  # isolated; the ten-minute restore has begun
+    finally:
+        os.close(read_end)  # as `head` exits
+    code = proc.wait(timeout=180)
+    err = proc.stderr.read()
+
+    assert f"stdout closed: cancelling drill {drill_id}; its teardown runs now" in err, seen + err
+    assert "Traceback" not in err, err
+    evidence = json.loads((state / "runs" / drill_id / "evidence.json").read_text())
+    assert "DRILL_CANCELLED" in [f["code"] for f in evidence["findings"]]
+    assert evidence["teardown"], evidence
+    assert code == 4, err
+    assert leaked(tmp_path / "sim.json") == []
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def _read_until(fd: int, text: str, timeout: float = 120) -> str:
+    """What the command printed on the pipe up to and including `text`."""
+    seen = b""
+    while text.encode() not in seen:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        assert ready, f"nothing printed for {timeout}s:\n{seen.decode()}"
+        chunk = os.read(fd, 4096)
+        assert chunk, "drdrill run ended before printing " + repr(text) + ":\n" + seen.decode()
+        seen += chunk
+    return seen.decode()
+
+
+def test_a_closed_stdout_against_a_temporal_service_stops_following_and_the_drill_goes_on(temporal_server, tmp_path):
+    drill = tmp_path / "slow.yaml"
+    drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
+    drill_id = f"slow-{uuid.uuid4().hex[:6]}"
+
+    async def go():
+        async with service(temporal_server.address, tmp_path, providers={"sim": SimProvider(tmp_path / "sim.json")}) as svc:
+            read_end, write_end = os.pipe()
+            proc = subprocess.Popen(
+                [DRDRILL, "run", str(drill), "--id", drill_id], stdout=write_end, stderr=subprocess.PIPE, text=True, env=cli_env(**svc.env())
+            )
+            os.close(write_end)
+            try:
+                await asyncio.to_thread(_read_until, read_end, "verify isolation")
+            finally:
+                os.close(read_end)
+            code = await asyncio.to_thread(proc.wait, 180)
+            handle = svc.client.get_workflow_handle(drill_id)
+            still = (await handle.describe()).status
+            await handle.cancel()  # the test's own cleanup: the drill would otherwise run on
+            with pytest.raises(WorkflowFailureError):
+                await handle.result()
+            return code, proc.stderr.read(), still
+
+    code, err, still = asyncio.run(go())
+    assert code == 130, err
+    assert f"stdout closed: stopped following {drill_id}; it goes on in the Temporal service" in err
+    assert "Traceback" not in err
     assert still == WorkflowExecutionStatus.RUNNING
     assert leaked(tmp_path / "sim.json") == []

@@ -162,7 +162,7 @@ def test_a_fleet_drill_covers_every_tagged_volume_least_recently_restored_first(
     data = json.loads(res.output)
     rows = {r["id"]: r for r in data["rows"]}
     assert data["control"] == {**data["control"], "status": "met", "text": "every protected resource restored at least once in the period"}
-    assert data["providers"] == [{"family": "aws", "read": True, "resources": 15, "detail": ""}]
+    assert data["providers"] == [{"family": "aws", "read": True, "resources": 15, "detail": "", "regions": ["us-east-1", "eu-west-1"]}]
     for vol, region in tagged.items():
         row = rows[vol]
         assert row["status"] == "covered" and row["flags"] == [] and row["scope"] == region and row["name"].startswith(f"orders-{region}-")

@@ -153,7 +153,8 @@ def test_rto_over_the_objective_fails():
 
 def test_rto_is_not_measured_while_a_required_check_could_not_run():
     rto = judging.rto(timedelta(minutes=15), DECLARED, [check("a"), check("b", "NOT_RUN")])
-    assert (rto.outcome, rto.achieved_seconds, rto.detail) == ("COULD_NOT_VERIFY", None, "no required check proved recovery")
+    assert (rto.outcome, rto.achieved_seconds) == ("COULD_NOT_VERIFY", None)
+    assert rto.detail == "not measured: 1/2 required checks passed; b NOT RUN"
 
 
 def test_rto_fails_when_a_required_check_failed_or_a_target_was_not_restored():
@@ -238,3 +239,25 @@ def test_a_drill_with_no_validations_is_judged_could_not_verify():
     objectives = judging.objectives(s, DECLARED, points, {"db0": restored("db0")}, [])
     assert [o.outcome for o in objectives] == ["COULD_NOT_VERIFY", "PASSED"]
     assert judging.verdict([], [], objectives, [PROVEN]) == "COULD_NOT_VERIFY"
+
+
+def test_a_point_that_was_not_restored_leaves_the_rpo_not_measured_never_passed():
+    """A recovery point was found but the restore failed (WAL_GAP, PITR_TARGET_UNREACHED): nothing was
+    recovered, so there is no data loss to judge; NOT_MEASURED is not PASSED."""
+    points = {"db0": point("db0", MINUTE)}
+    rto, rpo = judging.objectives(spec(), DECLARED, points, {}, [check("a", "NOT_RUN")])
+    assert (rpo.outcome, rpo.achieved_seconds) == ("NOT_MEASURED", None)
+    assert "db0 was not restored" in rpo.detail
+    assert rto.outcome == "FAILED"
+    assert judging.verdict([], [check("a")], [rto.model_copy(update={"outcome": "PASSED"}), rpo], [PROVEN]) == "COULD_NOT_VERIFY"
+
+
+def test_the_rpo_is_aged_from_the_moment_recovery_reached_not_the_one_asked_for():
+    """A point-in-time recovery asked for 1 minute before the disaster but stopped 50 minutes before
+    it (no boundary check measured it): the RPO is 50 minutes, failed against a 30-minute objective."""
+    s = spec()
+    s = s.model_copy(update={"objectives": s.objectives.model_copy(update={"rpo": timedelta(minutes=30)})})
+    points = {"db0": point("db0", MINUTE)}
+    recovered = restored("db0").model_copy(update={"details": {"recovered_to": (DECLARED - 50 * MINUTE).isoformat()}})
+    _, rpo = judging.objectives(s, DECLARED, points, {"db0": recovered}, [check("a")])
+    assert (rpo.outcome, rpo.achieved_seconds) == ("FAILED", 3000.0)

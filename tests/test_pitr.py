@@ -266,7 +266,7 @@ def test_target_before_every_backup_names_the_oldest(drill_harness, stanza, clus
     assert result.verdict == "FAILED"
     assert codes(result) == ["PITR_TARGET_BEFORE_BACKUP"], result.findings
     message = result.findings[0].message
-    assert backup["label"] in message and "retention has already pruned what it needs" in message
+    assert backup["label"] in message and "is before every backup the repository holds" in message
     assert clusters_left(cluster_root) == []
 
 

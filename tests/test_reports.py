@@ -132,6 +132,9 @@ def test_period_report_lists_the_missed_scheduled_drill_and_maps_controls(eviden
         record_run(tmp_path / "state", r, dsn=evidence_store_dsn)
 
     with open_store(evidence_store_dsn) as store:
+        # `drdrill schedule sync` created both schedules before the quarter began
+        synced = [{"drill": n, "schedule_id": f"drdrill-{n}", "action": "create"} for n in (ran, missed)]
+        store.record_schedule_sync(synced, at=datetime(2025, 9, 20, tzinfo=timezone.utc))
         data = period_report(store, "2025Q4", drills_dir=drills)
         only = period_report(store, "2025Q4", drill=ran, drills_dir=drills)
     mine = [r for r in data["runs"] if r["name"] in (ran, failing)]
@@ -176,6 +179,7 @@ def test_a_drill_scheduled_later_in_the_period_is_not_missed_yet(tmp_path):
     drills = tmp_path / "d"
     drills.mkdir()
     (drills / "x.yaml").write_text(DRILL.format(name="later", schedule="{quarterly: {month: 3, day: 20}}"))
-    data = period_data([], {}, "2026Q4", drills_dir=drills, now=datetime(2026, 11, 25, tzinfo=timezone.utc))
+    since = {"later": {"first_sync": datetime(2026, 9, 1, tzinfo=timezone.utc), "schedule_created": None, "first_run": None}}
+    data = period_data([], {}, "2026Q4", drills_dir=drills, now=datetime(2026, 11, 25, tzinfo=timezone.utc), schedule_since=since)
     assert data["missed"] == [] and [u["drill"] for u in data["upcoming"]] == ["later"]
     assert all("no drill ran in the period" in c["gaps"] for c in data["controls"])

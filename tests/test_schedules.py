@@ -5,6 +5,7 @@ triggered schedule runs the drill and `schedule list` shows its verdict."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 from app import schedules
+from drdrill.evidence.store import open_store
 from drdrill.core.models import DrillResult
 from drdrill.core.operations import SweepInput, drill_id_from_workflow_id
 from tests.ops_helpers import pg_drill, service, unique, wait_until
@@ -68,6 +70,10 @@ def test_sync_creates_updates_and_removes_schedules_to_match_the_files(temporal_
             assert said(out.output, "create", f"drdrill-{quarterly}")
 
             q = await c.get_schedule_handle(f"drdrill-{quarterly}").describe()
+            with open_store() as store:  # the sync is evidence: the period report counts missed drills from it
+                since = store.schedule_since()
+            assert since[quarterly]["schedule_created"] == q.info.created_at and since[quarterly]["first_sync"] >= q.info.created_at
+            assert since[weekly]["schedule_created"] and manual not in since
             cal = q.schedule.spec.calendars[0]
             assert [r.start for r in cal.month] == [2, 5, 8, 11]
             assert [r.start for r in cal.day_of_month] == [15] and [r.start for r in cal.hour] == [3] and [r.start for r in cal.minute] == [30]
@@ -94,6 +100,8 @@ def test_sync_creates_updates_and_removes_schedules_to_match_the_files(temporal_
             row = next(line for line in listing.output.splitlines() if f"drdrill-{weekly}" in line)
             assert "paused" in row and "db migration this week" in " ".join(listing.output.split())
             assert foreign not in listing.output
+            as_json = {r["schedule_id"]: r for r in json.loads((await svc.cli("schedule", "list", "--json")).output)}
+            assert as_json[f"drdrill-{weekly}"]["paused"] is True and foreign not in as_json
 
             # Removing a file removes its schedule (once the list shows both: visibility is eventual).
             async def both_listed():

@@ -1090,6 +1090,7 @@ class DrillWorkflow:
             selections=self.selections,
             resources=selection.resource_keys(self.spec.targets),
             groups=groups,
+            simulated=any(t.provider == "sim" for t in self.spec.targets),
         )
 
     # ------------------------------------------------------------ bookkeeping

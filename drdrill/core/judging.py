@@ -11,6 +11,9 @@ asks here what it means, so every rule of judging is written once and unit-teste
 - RTO is the time from the declared disaster to the moment the last required check first passed;
 - RPO is the data lost: the larger of the oldest recovery point's age and the age of the newest
   restored data a check measured, both taken at the moment the points were chosen as of;
+- an objective is judged only on what was recovered: a target not restored leaves the RPO
+  NOT_MEASURED (never PASSED), and a restore that says which moment it reached (`recovered_to`, a
+  point-in-time recovery) is aged from that moment, not from the moment asked for;
 - an objective exceeded fails the drill.
 """
 
@@ -32,7 +35,7 @@ from drdrill.core.models import (
 from drdrill.core.spec import DrillSpec, format_duration
 
 # How bad an outcome is, for picking the worst of several.
-RANK: dict[str, int] = {"PASSED": 0, "NOT_RUN": 1, "COULD_NOT_VERIFY": 2, "FAILED": 3, "ERROR": 4}
+RANK: dict[str, int] = {"PASSED": 0, "NOT_RUN": 1, "NOT_MEASURED": 1, "COULD_NOT_VERIFY": 2, "FAILED": 3, "ERROR": 4}
 
 
 def worst(outcomes: Iterable[Outcome]) -> Outcome:
@@ -42,7 +45,7 @@ def worst(outcomes: Iterable[Outcome]) -> Outcome:
     if not outcomes:
         return "COULD_NOT_VERIFY"
     bad = max(outcomes, key=lambda o: RANK[o])
-    return "COULD_NOT_VERIFY" if bad == "NOT_RUN" else bad
+    return "COULD_NOT_VERIFY" if bad in ("NOT_RUN", "NOT_MEASURED") else bad
 
 
 def summary(outcomes: Sequence[Outcome], names: Sequence[str]) -> str:
@@ -73,8 +76,12 @@ def rto(
         detail = f"last required check passed {format_duration(achieved)} after the disaster was declared"
     elif any(v.outcome == "FAILED" for v in required) or restore_failed:
         outcome, detail = "FAILED", "the service was not shown to be recovered"
-    else:
+    elif not required:
         outcome, detail = "COULD_NOT_VERIFY", "no required check proved recovery"
+    else:
+        unproved = [f"{v.name} {v.outcome.replace('_', ' ')}" for v in required if v.outcome != "PASSED" or not v.first_passed_at]
+        outcome = "COULD_NOT_VERIFY"
+        detail = f"not measured: {len(required) - len(unproved)}/{len(required)} required checks passed; {', '.join(unproved)}"
     return ObjectiveResult(name="RTO", objective_seconds=objective.total_seconds(), achieved_seconds=achieved, outcome=outcome, detail=detail)
 
 
@@ -123,10 +130,31 @@ def objectives(
 ) -> list[ObjectiveResult]:
     """[RTO, RPO] of a drill from what it found (`points`) and restored (`restored`), by target name."""
     every_point = list(points.values()) if len(points) == len(spec.targets) else []
-    return [
-        rto(spec.objectives.rto, declared, validations, restore_failed=bool(points) and len(restored) < len(spec.targets)),
-        rpo(spec.objectives.rpo, declared, every_point, validations, as_of=as_of),
-    ]
+    unrestored = [t.name for t in spec.targets if t.name not in restored]
+    if every_point and unrestored:
+        data_loss = ObjectiveResult(
+            name="RPO",
+            objective_seconds=spec.objectives.rpo.total_seconds(),
+            outcome="NOT_MEASURED",
+            detail=f"{', '.join(unrestored)} {'was' if len(unrestored) == 1 else 'were'} not restored: nothing recovered, no data loss to measure",
+        )
+    else:
+        data_loss = rpo(spec.objectives.rpo, declared, [reached(p, restored.get(n)) for n, p in points.items()] if every_point else [], validations, as_of=as_of)
+    return [rto(spec.objectives.rto, declared, validations, restore_failed=bool(points) and bool(unrestored)), data_loss]
+
+
+def reached(point: RecoveryPoint, restored: Optional[RestoredResource]) -> RecoveryPoint:
+    """The point as recovered: a restore that measured the moment it reached (`recovered_to`, which a
+    point-in-time recovery reads from the recovered server) is aged from there, never from the
+    later moment asked for."""
+    moment = (restored.details or {}).get("recovered_to") if restored is not None else None
+    if not moment:
+        return point
+    try:
+        at = datetime.fromisoformat(str(moment))
+    except ValueError:
+        return point
+    return point.model_copy(update={"consistent_time": min(at, point.consistent_time)}) if at.tzinfo else point
 
 
 def verdict(

@@ -11,7 +11,7 @@ from pydantic import AwareDatetime, BaseModel, Field, computed_field, model_vali
 from drdrill.core.selection import SelectionRecord
 from drdrill.core.spec import DrillSpec
 
-Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "ERROR"]
+Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "NOT_MEASURED", "ERROR"]  # NOT_MEASURED: an objective with nothing recovered
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
 
 TAG_DRILL_ID = "drdrill:drill-id"
@@ -380,3 +380,6 @@ class DrillResult(BaseModel):
     resources: dict[str, str] = Field(default_factory=dict)
     # A drill with a recovery plan: each group as it ran (its RTO, its approval); empty without one.
     groups: list[GroupResult] = Field(default_factory=list)
+    # A target ran on the `sim` provider (`drdrill run --simulate`, tests): it restored nothing real,
+    # so the run is shown as SIMULATION and never counted as evidence (app/reports.py).
+    simulated: bool = False

@@ -1414,12 +1414,23 @@ class CoverageSpec(Strict):
     protected_tag: Optional[str] = Field(
         None, min_length=1, description="resources carrying this tag (any value) are protected, as are those with recovery points"
     )
+    protected_by: Literal["tag_or_points", "tag"] = Field(
+        "tag_or_points", description="tag: only resources carrying protected_tag are protected (not every one with recovery points)"
+    )
+    regions: list[str] = Field(default_factory=list, description="cloud regions to read besides those the drill files name and DRDRILL_AWS_REGIONS")
     recovery_point_max_age: Duration = Field(timedelta(days=7), description="an older newest recovery point is NO_RECENT_RECOVERY_POINT")
     alert_before: Duration = Field(timedelta(days=14), description="the scheduled check alerts when the period ends within this")
     providers: list[Literal["postgres", "aws", "azure", "gcp"]] = Field(
         default_factory=list, description="provider inventories to read besides those of the drill files' targets"
     )
     notify: CoverageNotify = Field(default_factory=CoverageNotify)
+
+
+    @model_validator(mode="after")
+    def _tag_needs_a_tag(self) -> "CoverageSpec":
+        if self.protected_by == "tag" and not self.protected_tag:
+            raise ValueError("protected_by: tag needs protected_tag: name the tag that marks a protected resource (e.g. protected_tag: backup-plan)")
+        return self
 
 
 class CoveragePolicy(Strict):

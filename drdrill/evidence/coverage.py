@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Optional
+from typing import Any, Callable, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field
 
+from drdrill.core.models import DrillContext
 from drdrill.core.redact import redact
 from drdrill.core.selection import LastRestore, ProtectedResource, resource_key, resource_keys, resource_ref
 from drdrill.core.spec import (
@@ -36,6 +37,7 @@ from drdrill.core.spec import (
     parse_spec,
 )
 from drdrill.core.times import parse_time
+from drdrill.evidence.render import is_simulation
 from drdrill.evidence.store import SCHEMA, open_store
 from drdrill.providers.base import Provider
 
@@ -60,7 +62,10 @@ class Restore(BaseModel):
 
 def restores_of(record: dict) -> list[tuple[str, Restore]]:
     """(resource key, restore) for every target of one run's evidence record. Runs recorded
-    before `resources` existed name theirs in the drill file they ran (spec_text)."""
+    before `resources` existed name theirs in the drill file they ran (spec_text). A simulation
+    restored nothing: it has none."""
+    if is_simulation(record):
+        return []
     keys = record.get("resources")
     if not isinstance(keys, dict):
         keys = _keys_from_spec(record.get("spec_text"))
@@ -192,6 +197,7 @@ class ProviderState(BaseModel):
     read: bool = False
     resources: int = 0
     detail: str = ""
+    regions: list[str] = Field(default_factory=list)  # the regions whose inventory was read (aws)
 
 
 class CoverageReport(BaseModel):
@@ -231,10 +237,13 @@ def coverage_report(
     """Every protected resource and how it was drilled (see the module docstring)."""
     rows: dict[str, CoverageRow] = {}
     states: list[ProviderState] = []
+    notes: list[str] = list(problems or [])
     for family in _families(specs, policy):
         state = ProviderState(family=family)
         try:
-            _read_provider(provider_for(family), family, specs, policy, rows)
+            provider = provider_for(family)
+            state.regions = list(getattr(provider, "regions", None) or [])
+            _read_provider(provider, family, specs, policy, rows, now, notes)
             state.read = True
         except Exception as exc:  # noqa: BLE001 - an unreadable provider is reported, never omitted
             state.detail = f"the {family} inventory could not be read: {redact(str(getattr(exc, 'message', exc)) or type(exc).__name__)}"
@@ -252,7 +261,7 @@ def coverage_report(
     ordered = sorted(rows.values(), key=lambda r: (not r.protected, r.status == "covered", r.family, r.kind, r.name or r.id))
     report = CoverageReport(
         period=period, start=start, end=end, generated_at=now, policy=policy.model_dump(mode="json"),
-        providers=states, rows=ordered, problems=list(problems or []),
+        providers=states, rows=ordered, problems=notes,
     )
     report.summary = _summary(report)
     report.control = _control(report, policy)
@@ -264,8 +273,33 @@ def _families(specs: list[DrillSpec], policy: CoverageSpec) -> list[str]:
     return sorted(found - {"sim"})  # simulated resources protect nothing
 
 
-def _read_provider(provider: Provider, family: str, specs: list[DrillSpec], policy: CoverageSpec, rows: dict[str, CoverageRow]) -> None:
+def regions_named(specs: list[DrillSpec], policy: CoverageSpec) -> list[str]:
+    """The AWS regions the drill files (their sources and selections) and coverage.yaml name."""
+    found: dict[str, None] = {}
+    for spec in specs:
+        for t in spec.targets:
+            if t.family != "aws":
+                continue
+            region = getattr(t.source, "region", None) if t.source is not None else None
+            found.update((r, None) for r in ([region] if region else []) + list(getattr(t.select, "regions", None) or []))
+    found.update((r, None) for r in policy.regions)
+    return list(found)
+
+
+def regions_to_read(specs: list[DrillSpec], policy: CoverageSpec, env: Mapping[str, str]) -> list[str]:
+    """Every AWS region coverage reads: those the drill files and coverage.yaml name, and
+    DRDRILL_AWS_REGIONS (the provider adds its default region)."""
+    listed = [r.strip() for r in env.get("DRDRILL_AWS_REGIONS", "").split(",") if r.strip()]
+    return list(dict.fromkeys(regions_named(specs, policy) + listed))
+
+
+def _read_provider(
+    provider: Provider, family: str, specs: list[DrillSpec], policy: CoverageSpec, rows: dict[str, CoverageRow], now: datetime, notes: list[str]
+) -> None:
     for r in provider.protected_inventory(policy.protected_tag):
+        if policy.protected_by == "tag":  # only the tag makes a resource protected, not its recovery points
+            tag = policy.protected_tag or ""
+            r.protected_by = [f"tag {tag}={r.tags[tag]}"] if tag in r.tags else []
         _add(rows, r)
     for spec in specs:
         for t in spec.targets:
@@ -274,11 +308,46 @@ def _read_provider(provider: Provider, family: str, specs: list[DrillSpec], poli
             if t.select is not None:
                 for r in provider.discover(t.provider, t.select):
                     _add(rows, r, DrillRef(drill=spec.name, target=t.name, how="selects"))
-            elif family == "postgres":  # a repository's backups: ask for them like a selection of one
+            elif family == "postgres" and t.source.repository:  # type: ignore[union-attr]
                 for r in provider.discover(t.provider, Selection(repositories=[t.source.repository])):  # type: ignore[union-attr]
                     _add(rows, r)
+            elif family == "postgres":
+                _add(rows, postgres_source_item(provider, spec, t, now, notes))
 
 
+def source_name(source: Any) -> str:
+    """A postgres source as a person names it: its path, bucket, variable, stanza, server or archive."""
+    kind = source.kind
+    if kind == "path":
+        return str(source.path)
+    if kind == "s3":
+        return f"s3://{source.s3.bucket}/{source.s3.prefix}"
+    if kind == "url_env":
+        return f"${source.url_env}"
+    if kind == "pgbackrest":
+        return f"pgBackRest stanza {source.pgbackrest.stanza}" + (f" (repo {source.pgbackrest.repo})" if source.pgbackrest.repo else "")
+    if kind == "barman":
+        return f"barman server {source.barman.server} in {source.barman.source_url}"
+    if kind == "wal_archive":
+        return f"WAL archive {source.wal_archive.archive}"
+    return str(source.repository)
+
+
+def postgres_source_item(provider: Provider, spec: DrillSpec, target: Any, now: datetime, notes: list[str]) -> ProtectedResource:
+    """A named postgres source of any kind as an inventory item: its key is the one the drill's runs
+    record (selection.resource_key), its name says where the backups are, and its newest recovery
+    point is the one a drill declared now would restore (none found: NO_RECENT_RECOVERY_POINT)."""
+    kind, ident = resource_ref(target)  # type: ignore[misc]
+    item = ProtectedResource(kind=kind, id=ident, name=source_name(target.source), source=target.source.model_dump(mode="json", exclude_none=True))
+    ctx = DrillContext(drill_id=f"coverage-{spec.name}", drill_name=spec.name, declared=now, expires_at=now + timedelta(hours=1))
+    try:
+        point = provider.find_recovery_point(ctx, target)
+    except Exception as exc:  # noqa: BLE001 - no recovery point found: the row says NO_RECENT_RECOVERY_POINT, and why
+        notes.append(f"drill {spec.name}, target {target.name} ({item.name}): no recovery point read: "
+                     f"{redact(str(getattr(exc, 'message', exc)) or type(exc).__name__)}")
+        return item
+    item.newest_point, item.points = point.consistent_time, max(point.candidates, 1)
+    return item
 def _add(rows: dict[str, CoverageRow], r: ProtectedResource, ref: Optional[DrillRef] = None) -> None:
     row = rows.get(r.key)
     if row is None:
@@ -327,7 +396,7 @@ def _judge(row: CoverageRow, runs: list[Restore], policy: CoverageSpec, start: d
         flags.append("NO_RECENT_RECOVERY_POINT")
     if runs and not passed:
         flags.append("NOT_DRILLED_IN_PERIOD")
-    if not readable:
+    if not readable and not passed:  # restored in the period is proven by the evidence, whatever the inventory says
         flags.append("COULD_NOT_VERIFY")
     row.flags = flags
     row.status = "covered" if passed else ("could not verify" if not readable else "not covered")

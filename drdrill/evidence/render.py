@@ -23,9 +23,55 @@ COLOURS = {"PASSED": "#1a7f37", "FAILED": "#cf222e", "COULD_NOT_VERIFY": "#bf870
 DATA_CHECKS = {"checksum", "row_count", "sql", "freshness"}
 
 
+def is_simulation(doc: dict) -> bool:
+    """A run on the `sim` provider (`drdrill run --simulate`): it restored nothing real. Runs
+    recorded before `simulated` existed say so by the simulated resources they restored."""
+    if doc.get("simulated"):
+        return True
+    resources = doc.get("resources") or {}
+    return isinstance(resources, dict) and any(str(k).startswith("sim:") for k in resources.values())
+
+
 def fmt_time(value: Any) -> str:
     t = parse_time(value)
     return t.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if t else "-"
+
+
+def human_size(value: Any) -> str:
+    """12345678 -> '11.8 MiB'."""
+    if value is None or value == "":
+        return "-"
+    size = float(value)
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{int(size)} bytes" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(value)
+
+
+def short_id(value: Any, keep: int = 28) -> str:
+    """A long path as its last part: '/tmp/drdrill-clusters/…/drdrill-shop-1' -> '…/drdrill-shop-1';
+    an id without '/' reads whole up to 48 characters."""
+    text = str(value or "")
+    if len(text) <= keep or ("/" not in text and len(text) <= 48):  # a drill's own id reads whole
+        return text
+    last = text.rstrip("/").rsplit("/", 1)[-1]
+    return ("…/" + last) if len(last) <= 64 else ("…" + text[-64:])
+
+
+def measured_lines(measured: Any) -> list[tuple[str, str]]:
+    """A check's measurements as (name, value) lines for a person: nested values flattened."""
+    if not isinstance(measured, dict):
+        return [("value", str(measured))]
+    out = []
+    for key, value in sorted(measured.items()):
+        if isinstance(value, dict):
+            out += [(f"{key} {k}", str(v)) for k, v in sorted(value.items())] or [(str(key), "none")]
+        elif isinstance(value, list):
+            out.append((str(key), ", ".join(map(str, value)) or "none"))
+        else:
+            out.append((str(key).replace("_", " "), str(value)))
+    return out
 
 
 def _dur(value: Any) -> str:
@@ -46,6 +92,10 @@ def environment() -> jinja2.Environment:
     )
     env.filters["dur"] = _dur
     env.filters["ts"] = fmt_time
+    env.filters["size"] = human_size
+    env.filters["short"] = short_id
+    env.filters["measured"] = measured_lines
+    env.filters["words"] = lambda verdict: str(verdict or "").replace("_", " ")
     env.filters["colour"] = lambda outcome: COLOURS.get(outcome or "", "#6e7781")
     env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, sort_keys=True, default=str)
     return env
@@ -122,34 +172,97 @@ def timeline_svg(doc: dict) -> Markup:
         colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
         label = f"{_group_of(e)} · {e.get('phase', '')}" if _group_of(e) else e.get("phase", "")
         took = format_duration(end - s)
-        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(label)}</text>')
+        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(_fit(label, 30))}<title>{escape(label)}</title></text>')
         out.append(
             f'<rect x="{x(s):.1f}" y="{y + 4}" width="{max(2.0, x(end) - x(s)):.1f}" height="{row_h - 8}" fill="{colour}" rx="2">'
             f"<title>{escape(label)}: {escape(e.get('outcome', ''))}, {escape(took)}</title></rect>"
         )
+        note = f"{str(e.get('outcome', '')).replace('_', ' ')} {took}"
+        fits = x(end) + 4 + 5.8 * len(note) <= left + width + 18
         out.append(
-            f'<text x="{min(x(end) + 4, left + width - 60):.1f}" y="{y + 15}" font-size="10" fill="#57606a">'
-            f"{escape(e.get('outcome', ''))} {escape(took)}</text>"
+            f'<text x="{(x(end) + 4) if fits else (x(s) - 4):.1f}" y="{y + 15}" font-size="10" fill="#57606a"'
+            f'{"" if fits else chr(32) + "text-anchor=" + chr(34) + "end" + chr(34)}>{escape(note)}</text>'
         )
         y += row_h
     for e in targets:
         s = _seconds_since(e.get("started"), declared)
         colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
         label = f"{e.get('target')} · {e.get('phase')}"
-        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="11" text-anchor="end" fill="#57606a">{escape(label)}</text>')
+        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="11" text-anchor="end" fill="#57606a">{escape(_fit(label, 32))}<title>{escape(label)}</title></text>')
         cx, cy = x(s), y + row_h / 2
         out.append(
             f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} {cx - 6:.1f},{cy:.1f}" fill="{colour}">'
             f"<title>{escape(label)} {escape(e.get('outcome', ''))} at +{escape(format_duration(s))}</title></polygon>"
         )
-        out.append(f'<text x="{min(cx + 10, left + width - 60):.1f}" y="{y + 15}" font-size="10" fill="#57606a">+{escape(format_duration(s))}</text>')
+        at = f"+{format_duration(s)}"
+        out.append(f'<text x="{min(cx + 10, left + width + 16 - 5.8 * len(at)):.1f}" y="{y + 15}" font-size="10" fill="#57606a">{escape(at)}</text>')
         y += row_h
     if doc.get("rto_seconds") is not None:
         rx = x(float(doc["rto_seconds"]))
         out.append(f'<line x1="{rx:.1f}" y1="{top - 4}" x2="{rx:.1f}" y2="{y}" stroke="#0969da" stroke-width="2" stroke-dasharray="4 3"/>')
-        out.append(f'<text x="{rx:.1f}" y="{y + 14}" font-size="11" text-anchor="middle" fill="#0969da">RTO {escape(format_duration(doc["rto_seconds"]))}</text>')
+        label = f"RTO {format_duration(doc['rto_seconds'])}"
+        lx = min(max(rx, left + 3.5 * len(label)), left + width + 18 - 3.5 * len(label))  # centred on the line, inside the chart
+        out.append(f'<text x="{lx:.1f}" y="{y + 14}" font-size="11" text-anchor="middle" fill="#0969da">{escape(label)}</text>')
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def timeline_rows(timeline: list[dict]) -> list[dict]:
+    """The timeline as a table shows it: a phase that one target went through is one row (the
+    drill's line and the target's line merged), not two."""
+    by_phase: dict[str, list[dict]] = {}
+    for e in timeline:
+        if e.get("target"):
+            by_phase.setdefault(str(e.get("phase")), []).append(e)
+    rows, merged = [], set()
+    for e in timeline:
+        phase = str(e.get("phase"))
+        targets = by_phase.get(phase, [])
+        if not e.get("target") and len(targets) == 1 and not (e.get("data") or {}).get("group"):
+            t = targets[0]
+            details = [d for d in (e.get("detail"), t.get("detail")) if d]
+            if len(details) == 2 and (details[0] in details[1] or details[1] in details[0]):
+                details = [max(details, key=len)]
+            rows.append({**e, "target": t.get("target"), "detail": "; ".join(dict.fromkeys(details)),
+                         "started": min(filter(None, [e.get("started"), t.get("started")]), default=None)})
+            merged.add(id(t))
+        else:
+            rows.append(e)
+    return [r for r in rows if id(r) not in merged]
+
+
+def point_facts(p: dict) -> dict:
+    """What a report says of a recovery point besides its time: the dump's format, which pg_dump
+    made it, and how its content was checked (a sidecar, a manifest, the drill's sha256, nothing)."""
+    meta = p.get("metadata") or {}
+    header, expect = meta.get("header") or {}, meta.get("expect") or {}
+    if expect.get("problem"):
+        verified = f"not verified: {expect['problem']}"
+    elif expect.get("said_by"):
+        what = [w for w, present in (("sha256", expect.get("sha256")), ("size", expect.get("size") is not None), ("per-file sha256", expect.get("files"))) if present]
+        verified = f"{' and '.join(what) or 'content'} expected by {expect['said_by']}: a restore that does not match fails"
+    elif expect:
+        verified = "nothing to check it against (no sha256 or size in the drill, no sidecar)"
+    else:
+        verified = ""
+    return {"format": meta.get("format") or "", "pg_dump_version": header.get("pg_dump_version") or "", "verified": verified,
+            "restore_with": meta.get("restore_with") or ""}
+
+
+def declared_controls(doc: dict) -> list[str]:
+    """The controls the drill file says it evidences (`evidence.controls`)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(doc.get("spec_text") or "") or {}
+        return [str(c) for c in ((data.get("evidence") or {}).get("controls") or [])]
+    except Exception:  # noqa: BLE001 - a spec that does not parse declares nothing
+        return []
+
+
+def _fit(label: str, chars: int) -> str:
+    """A chart label that fits its column: cut with '…' (the whole label is in the element's title)."""
+    return label if len(label) <= chars else label[: chars - 1] + "…"
 
 
 def drill_context(doc: dict) -> dict:
@@ -157,7 +270,7 @@ def drill_context(doc: dict) -> dict:
     points = []
     for p in doc.get("recovery_points", []):
         t = parse_time(p.get("consistent_time"))
-        points.append({**p, "age_seconds": (declared - t).total_seconds() if t else None})
+        points.append({**p, "age_seconds": (declared - t).total_seconds() if t else None, "facts": point_facts(p)})
     timeline = {e.get("phase"): e for e in doc.get("timeline", []) if not e.get("target")}
     teardown_event = timeline.get("teardown")
     checks = [v for v in doc.get("validations", [])]
@@ -179,6 +292,9 @@ def drill_context(doc: dict) -> dict:
         "phase_events": [e for e in doc.get("timeline", []) if not e.get("target")],
         "target_events": [e for e in doc.get("timeline", []) if e.get("target")],
         "generated": datetime.now(timezone.utc),
+        "simulation": is_simulation(doc),
+        "timeline_rows": timeline_rows(doc.get("timeline", [])),
+        "controls": declared_controls(doc),
     }
 
 
@@ -191,7 +307,9 @@ def render_junit(doc: dict) -> str:
     name = doc.get("name", "drill")
     declared = parse_time(doc.get("declared"))
     stamp = declared.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") if declared else ""
-    suite = ET.Element("testsuite", name=f"drdrill.{name}", timestamp=stamp, hostname="drdrill")
+    simulation = is_simulation(doc)
+    suite_name = f"SIMULATION drdrill.{name}" if simulation else f"drdrill.{name}"
+    suite = ET.Element("testsuite", name=suite_name, timestamp=stamp, hostname="drdrill")
     counts = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
     total = 0.0
 
@@ -227,6 +345,7 @@ def render_junit(doc: dict) -> str:
     props = ET.Element("properties")
     for key in ("drill_id", "verdict", "started_by", "spec_sha256", "chain_head", "drdrill_version"):
         ET.SubElement(props, "property", name=key, value=str(doc.get(key) or ""))
+    ET.SubElement(props, "property", name="simulation", value="true" if simulation else "false")
     suite.insert(0, props)
     root = ET.Element("testsuites", name="drdrill", tests=str(counts["tests"]), failures=str(counts["failures"]), errors=str(counts["errors"]))
     root.append(suite)

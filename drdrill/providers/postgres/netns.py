@@ -7,8 +7,8 @@ probe`) runs the checks inside it, and an application started from the restored 
 
 The one way out is a relay, not a route. Inside the namespace a relay listens on
 127.0.0.1:7233 and forwards each connection to a Unix socket in the drill's cluster directory;
-outside, the other half of the relay forwards that socket to the Temporal frontend, and to
-nothing else. Unix sockets are filesystem objects, so this crosses the namespace boundary without
+outside, the other half of the relay (app/probe_relay.py, a gRPC proxy) forwards to the Temporal
+frontend only the probe's own calls on its own task queue, and refuses everything else. Unix sockets are filesystem objects, so this crosses the namespace boundary without
 an interface, an address or a route: the namespace has none, and the kernel has no way to send a
 packet out of it. A veth pair with a firewall rule would give the namespace an interface and a
 route, leaving the isolation to rules that must stay right (IPv4 and IPv6, ordering, a flush).
@@ -28,21 +28,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import fcntl
 import hashlib
 import json
 import os
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT
+from drdrill.providers.postgres.proof import (  # noqa: F401 - the proof's checks, run inside (proof.py)
+    OUTSIDE,
+    _address,
+    check_interfaces,
+    check_no_route_out,
+    check_production,
+    check_temporal,
+    prove,
+)
+
+if TYPE_CHECKING:
+    from drdrill.providers.postgres.sandbox import Sandbox
 
 # The restored cluster's port inside the namespace: not 5432, so "production on 127.0.0.1:5432"
 # (refused inside: that loopback is the namespace's own) is never confused with the restored copy.
@@ -59,9 +70,6 @@ ENV_DRILL_ID = "DRDRILL_TAG_DRILL_ID"
 ENV_EXPIRES_AT = "DRDRILL_TAG_EXPIRES_AT"
 ENV_CLUSTER = "DRDRILL_TAG_CLUSTER"
 ENV_ROLE = "DRDRILL_TAG_ROLE"
-# Outside the namespace, routed nowhere (TEST-NET-1 and the IPv6 documentation prefix): a broken
-# isolation would send a packet to no one, and a sound one answers "network unreachable" at once.
-OUTSIDE = (("192.0.2.1", 443), ("2001:db8::1", 443))
 # What the processes inherit from the worker: nothing that could hold a secret.
 _INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "DRDRILL_LOG_FORMAT", "DRDRILL_LOG_LEVEL")
 
@@ -358,17 +366,6 @@ def wait_for_file(path: Path, proc_pid: int, timeout: float, what: str) -> None:
 # ------------------------------------------------------------------ the relay
 
 
-def _address(text: str) -> tuple[str, str, int]:
-    """'tcp:HOST:PORT' -> ('tcp', HOST, PORT); 'unix:PATH' -> ('unix', PATH, 0)."""
-    kind, _, rest = text.partition(":")
-    if kind == "unix" and rest:
-        return kind, rest, 0
-    host, _, port = rest.rpartition(":")
-    if kind != "tcp" or not host or not port.isdigit():
-        raise ValueError(f"{text!r}: write tcp:HOST:PORT or unix:PATH")
-    return kind, host.strip("[]"), int(port)
-
-
 async def _open(to: tuple[str, str, int]):
     kind, where, port = to
     if kind == "unix":
@@ -418,146 +415,6 @@ async def relay(listen: str, to: str, ready_file: Optional[str] = None) -> None:
         await stop.wait()
 
 
-# ------------------------------------------------------------------ the proof, from inside
-
-
-def _connect(family: int, address, timeout: float) -> Optional[OSError]:
-    """None when it connected; else the error."""
-    try:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        return exc
-    sock.settimeout(timeout)
-    try:
-        sock.connect(address)
-        return None
-    except OSError as exc:
-        return exc
-    finally:
-        sock.close()
-
-
-def _why(exc: OSError) -> str:
-    if isinstance(exc, socket.timeout):
-        return "no answer (timed out)"
-    return os.strerror(exc.errno).lower() if exc.errno else str(exc)
-
-
-def _routes() -> list[str]:
-    """Routes through anything but the loopback (IPv4 and IPv6), as 'dest via dev'."""
-    out = []
-    try:
-        for line in Path("/proc/net/route").read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols and cols[0] != "lo":
-                out.append(f"IPv4 {cols[1]} dev {cols[0]}")
-    except OSError:
-        pass
-    try:
-        for line in Path("/proc/net/ipv6_route").read_text().splitlines():
-            cols = line.split()
-            if cols and cols[-1] != "lo":
-                out.append(f"IPv6 {cols[0]}/{int(cols[1], 16)} dev {cols[-1]}")
-    except OSError:
-        pass
-    return out
-
-
-def check_interfaces() -> dict:
-    names = [name for _, name in socket.if_nameindex()]
-    ok = names == ["lo"]
-    return {"name": "only a loopback interface", "outcome": "PASSED" if ok else "FAILED", "detail": "interfaces: " + ", ".join(names)}
-
-
-def check_no_route_out(timeout: float = 2.0) -> dict:
-    routes = _routes()
-    parts, ok = [], not routes
-    parts.append("routes: " + ("; ".join(routes) if routes else "loopback only"))
-    for host, port in OUTSIDE:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        error = _connect(family, (host, port), timeout)
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        if error is None:
-            ok = False
-            parts.append(f"{where}: connected")
-        elif error.errno in (errno.ENETUNREACH, errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
-            parts.append(f"{where}: {_why(error)}")
-        else:
-            ok = False
-            parts.append(f"{where}: {_why(error)} (expected network unreachable)")
-    return {"name": "no route out of the namespace", "outcome": "PASSED" if ok else "FAILED", "detail": "; ".join(parts)}
-
-
-def check_production(endpoints: list[str], timeout: float = 2.0) -> dict:
-    """Each production endpoint ('tcp:HOST:PORT' or 'unix:PATH') must not answer from inside."""
-    name = "production unreachable from inside"
-    if not endpoints:
-        return {"name": name, "outcome": "COULD_NOT_VERIFY", "detail": "no production DSN known: set the target's source.dsn_env or isolation.production_dsn_env"}
-    parts, outcome = [], "PASSED"
-    for endpoint in endpoints:
-        kind, where, port = _address(endpoint)
-        if kind == "unix":
-            error = _connect(socket.AF_UNIX, where, timeout)
-            label = f"Unix socket {where}"
-            if error is None:
-                outcome = "FAILED"
-                parts.append(f"{label}: connected (filesystem sockets cross network namespaces)")
-            else:
-                parts.append(f"{label}: {_why(error)}")
-            continue
-        label = f"{where}:{port}"
-        try:
-            infos = socket.getaddrinfo(where, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            parts.append(f"{label}: cannot be resolved inside ({exc.strerror})")
-            continue
-        for family, _, _, _, address in infos:
-            error = _connect(family, address, timeout)
-            if error is None:
-                outcome = "FAILED"
-                parts.append(f"{label} ({address[0]}): connected")
-            elif isinstance(error, socket.timeout):
-                outcome = "FAILED"
-                parts.append(f"{label} ({address[0]}): no answer within {timeout:.0f}s: packets leave the namespace")
-            else:
-                note = " (the namespace's own loopback)" if address[0] in ("127.0.0.1", "::1") else ""
-                parts.append(f"{label} ({address[0]}): {_why(error)}{note}")
-    return {"name": name, "outcome": outcome, "detail": "; ".join(parts)}
-
-
-# The HTTP/2 client preface and an empty SETTINGS frame: gRPC (the Temporal frontend) answers with SETTINGS.
-_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
-
-
-def check_temporal(address: str, timeout: float = 5.0) -> dict:
-    """The Temporal frontend answers HTTP/2 at `address` (the relay's inner half). When it does
-    not, the isolation is not in doubt, but the probe cannot work: COULD_NOT_VERIFY."""
-    name = "Temporal frontend reachable through the relay"
-    host, _, port = address.rpartition(":")
-    try:
-        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
-            sock.sendall(_H2_PREFACE)
-            header = b""
-            while len(header) < 9:
-                chunk = sock.recv(9 - len(header))
-                if not chunk:
-                    break
-                header += chunk
-    except OSError as exc:
-        return {"name": name, "outcome": "COULD_NOT_VERIFY", "detail": f"{address}: {_why(exc)}"}
-    if len(header) == 9 and header[3] == 0x04:
-        return {"name": name, "outcome": "PASSED", "detail": f"{address} answered HTTP/2 (gRPC)"}
-    return {"name": name, "outcome": "COULD_NOT_VERIFY", "detail": f"{address} did not answer HTTP/2 (got {header[:9]!r})"}
-
-
-def prove(production: list[str], temporal: Optional[str]) -> list[dict]:
-    """The isolation proof, run inside the namespace: production cannot be reached, nothing else
-    can, and (with a probe) the Temporal frontend can, through the relay."""
-    checks = [check_production(production), check_interfaces(), check_no_route_out()]
-    if temporal:
-        checks.append(check_temporal(temporal))
-    return checks
-
 
 def run_proof(netns: str, production: list[str], temporal: Optional[str], timeout: float = 60.0) -> list[dict]:
     """Run `prove` inside `netns` (a process of its own there) and return its checks."""
@@ -569,6 +426,27 @@ def run_proof(netns: str, production: list[str], temporal: Optional[str], timeou
     proc = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, timeout=timeout, env=child_env())
     if proc.returncode != 0:
         raise NetnsError(f"the proof inside {netns} failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+    return json.loads(proc.stdout)
+
+
+def run_sandboxed_proof(box: "Sandbox", production: list[str], temporal: Optional[str], *, evidence: list[str],
+                        evidence_root: Optional[str], hidden: list[str], temporal_outside: list[str], timeout: float = 60.0) -> list[dict]:
+    """Run the proof (proof.py, standard library only) inside the drill's sandbox `box`, under the
+    system's python3: the sandbox sees the script through a descriptor, not drdrill's checkout."""
+    import drdrill.providers.postgres.proof as proof
+    from drdrill.providers.postgres.sandbox import Inputs, SandboxError, hint
+
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    args = ["--sandboxed"] + [a for e in production for a in ("--production", e)] + [a for e in evidence for a in ("--evidence", e)]
+    args += [a for h in hidden for a in ("--hidden", h)] + [a for t in temporal_outside for a in ("--temporal-outside", t)]
+    args += (["--evidence-root", evidence_root] if evidence_root else []) + (["--temporal", temporal] if temporal else [])
+    with Inputs() as inputs:
+        try:
+            proc = box.run([python, "-I", "-S", inputs.path(proof.__file__), *args], pass_fds=inputs.fds, timeout=timeout)
+        except (SandboxError, OSError, subprocess.TimeoutExpired) as exc:
+            raise NetnsError(f"the proof could not run in the sandbox: {exc}") from exc
+    if proc.returncode != 0:
+        raise NetnsError(f"the proof inside the sandbox failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}" + hint(proc.stderr))
     return json.loads(proc.stdout)
 
 

@@ -11,7 +11,9 @@ config file and the PGBACKREST_* variables the drill names, passed by name; drdr
 
 from __future__ import annotations
 
+import configparser
 import json
+import os
 import shutil
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,6 +21,8 @@ from typing import Any, Optional
 
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
+import drdrill.providers.postgres.safefs as safefs
+import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.recovery import ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool, utc
 
 # pgBackRest's stanza status codes (`pgbackrest info --output=json`).
@@ -41,6 +45,11 @@ def pg_time(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
 
 
+def _readable_by(path: Path, uid: int) -> bool:
+    st = os.stat(path)
+    return bool(st.st_mode & 0o004) or (st.st_uid == uid and bool(st.st_mode & 0o400))
+
+
 def errors_of(text: str) -> str:
     """pgBackRest's own error lines ("ERROR: [045]: …"), else its last line."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip().startswith(("ERROR", "P00  ERROR"))]
@@ -49,10 +58,11 @@ def errors_of(text: str) -> str:
 
 class PgBackRest(PhysicalSource):
     tool_name = "pgBackRest"
-    lays_down_recovery_settings = True  # pgbackrest restore writes recovery.signal and the target
 
     def __init__(self) -> None:
         self._info: Optional[dict[str, Any]] = None
+        self._repos: Optional[tuple[list[Path], list[Path]]] = None
+        self.containment = "outside the sandbox"
 
     # -------------------------------------------------------------- running pgBackRest
 
@@ -65,11 +75,85 @@ class PgBackRest(PhysicalSource):
             argv.append(f"--repo={s.repo}")
         return argv + options + [command] + params
 
-    def _run(self, target: PostgresTarget, command: str, *options: str, params: tuple[str, ...] = (), step: str = "") -> Any:
-        """pgbackrest [options] command [params], with the PGBACKREST_* variables the drill names."""
+    def _run(
+        self, target: PostgresTarget, command: str, *options: str, params: tuple[str, ...] = (), step: str = "", rw: tuple[Path, ...] = (), ro: tuple[Path, ...] = ()
+    ) -> Any:
+        """pgbackrest [options] command [params], with the PGBACKREST_* variables the drill names.
+        `restore` and `archive-get` (`rw`: what they write) run in the sandbox when the repository
+        is a local (posix) one: see `sandboxed`."""
         env = named_env(target.source.pgbackrest.env, target.name, ("PGBACKREST_",))
         env["PGBACKREST_LOG_LEVEL_FILE"] = "off"
-        return run_tool(self._argv(target, command, list(options), list(params)), env, target.name, step or f"pgbackrest {command}")
+        argv = self._argv(target, command, list(options), list(params))
+        box = self.sandboxed(target, rw, ro) if command in ("restore", "archive-get") else None
+        if box is None:
+            return run_tool(argv, env, target.name, step or f"pgbackrest {command}")
+        return run_tool(argv, env, target.name, step or f"pgbackrest {command}", spawn=box.popen)
+
+    # -------------------------------------------------------------- the sandbox
+
+    def _config_files(self, target: PostgresTarget) -> list[Path]:
+        s = target.source.pgbackrest
+        if s.config:
+            return [Path(s.config)]
+        home = Path("/etc/pgbackrest")
+        return [p for p in [home / "pgbackrest.conf", *sorted((home / "conf.d").glob("*.conf"))] if p.is_file()]
+
+    def local_repositories(self, target: PostgresTarget) -> Optional[tuple[list[Path], list[Path]]]:
+        """(repository paths, config files) when every repository the stanza may read is a local
+        (posix) one; None when one is S3, Azure, GCS or SFTP (those need the network: see docs/security.md)."""
+        if self._repos is not None:
+            return self._repos
+        s = target.source.pgbackrest
+        values: dict[str, str] = {}
+        files = self._config_files(target)
+        for f in files:
+            parser = configparser.ConfigParser(interpolation=None, strict=False)
+            try:
+                parser.read(f)
+            except (configparser.Error, OSError, UnicodeDecodeError):
+                return None
+            for section in ("global", "global:restore", "global:archive-get", s.stanza, f"{s.stanza}:restore", f"{s.stanza}:archive-get"):
+                if parser.has_section(section):
+                    values.update(parser.items(section))
+        for name in s.env:  # PGBACKREST_REPO1_PATH=… as the drill names it
+            if name.startswith("PGBACKREST_") and os.environ.get(name):
+                values[name[len("PGBACKREST_") :].lower().replace("_", "-")] = os.environ[name]
+        numbers = {int(k[4:].split("-", 1)[0]) for k in values if k.startswith("repo") and k[4:].split("-", 1)[0].isdigit()} or {1}
+        if s.repo:
+            numbers = {s.repo}
+        repos = []
+        for n in sorted(numbers):
+            if values.get(f"repo{n}-type", "posix") != "posix":
+                return None
+            repos.append(Path(values.get(f"repo{n}-path", "/var/lib/pgbackrest")))
+        if not all(r.is_dir() for r in repos):
+            return None
+        self._repos = (repos, files)
+        return self._repos
+
+    def sandboxed(self, target: PostgresTarget, rw: tuple[Path, ...], ro: tuple[Path, ...] = ()) -> Optional[sandbox.Sandbox]:
+        """The sandbox pgBackRest reads a local repository in: as the repository's owner (the one
+        uid that can read it), seeing the repository and its configuration read-only and only `rw`
+        writable, with only the variables the drill names, on `lo` only, in its own PID namespace.
+        None (run as before, outside) when bubblewrap is missing, the repository is remote or its
+        configuration is not readable by that uid alone; `self.containment` says which, for the evidence."""
+        local = self.local_repositories(target) if sandbox.available() else None
+        if local is None:
+            self.containment = "outside the sandbox: " + ("bubblewrap is not installed" if not sandbox.available() else "the repository is not a local (posix) one")
+            return None
+        repos, files = local
+        st = os.stat(repos[0])
+        identity = sandbox.Identity(st.st_uid, st.st_gid) if os.geteuid() == 0 else sandbox.Identity(os.getuid(), os.getgid())
+        unreadable = [str(f) for f in files if not _readable_by(f, identity.uid)]
+        if unreadable:
+            self.containment = f"outside the sandbox: {', '.join(unreadable)} is not readable by the repository's owner (uid {identity.uid}) without its groups"
+            return None
+        for path in rw:
+            os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
+        env = {n: os.environ[n] for n in target.source.pgbackrest.env if n.startswith("PGBACKREST_") and n in os.environ}
+        env["PGBACKREST_LOG_LEVEL_FILE"] = "off"
+        self.containment = f"in the sandbox: bubblewrap as uid {identity.uid}, the repository read-only, network lo only"
+        return sandbox.Sandbox(identity, rw=list(rw), ro=[*repos, *files, *ro], env=env)
 
     def info(self, target: PostgresTarget) -> dict[str, Any]:
         """The stanza as `pgbackrest info` sees it; a stanza that is not there or a repository that
@@ -140,11 +224,12 @@ class PgBackRest(PhysicalSource):
                 name = Path(path).name
                 if entry.get("type") != "file":
                     continue
+                checksum = None
                 if len(name) > 24 and name[24] == "-":  # 000000010000000000000004-<sha1>.gz
-                    name = name[:24]
+                    name, checksum = name[:24], name[25:65]
                 elif not name.endswith(".history"):
                     continue
-                wal.append(ArchivedWal(name, utc(entry["time"]) if "time" in entry else None))
+                wal.append(ArchivedWal(name, utc(entry["time"]) if "time" in entry else None, checksum))
         return wal
 
     def inventory(self, target: PostgresTarget) -> dict[str, str]:
@@ -170,18 +255,45 @@ class PgBackRest(PhysicalSource):
             options += ["--type=time", f"--target={pg_time(recovery_target)}", "--target-action=promote"]
         else:
             options += ["--type=default"]
-        proc = self._run(target, "restore", *options, step=f"pgbackrest restore --set={backup.label}")
+        proc = self._run(target, "restore", *options, step=f"pgbackrest restore --set={backup.label}", rw=(data, scratch))
         if proc.returncode != 0:
             said = errors_of(proc.stderr + proc.stdout)
             damaged = any(word in said.lower() for word in ("checksum", "data error", "zlib", "lz4", "zst", "bz2", "formaterror"))
             code = "BACKUP_DAMAGED" if damaged else "RESTORE_FAILED"
             raise ProviderError(code, f"target {target.name}: pgbackrest restore of backup {backup.label} failed: {said}")
         kind = f"--type=time --target='{pg_time(recovery_target)}'" if recovery_target else "--type=default"
-        return f"pgbackrest restore --set={backup.label} {kind}"
+        return f"pgbackrest restore --set={backup.label} {kind} ({self.containment})"
+
+    @staticmethod
+    def _control_copy(data: Path) -> Path:
+        """A directory holding only a copy of the backup's global/pg_control (all archive-get reads of
+        pg1-path, to match the stanza): the data directory itself belongs to the restored server's
+        sandbox uid, which the repository's owner cannot enter. Read without following a link."""
+        control = data.with_name(data.name + "-control")
+        if not (control / "global" / "pg_control").is_file():
+            raw = safefs.read_file(data / "global" / "pg_control", limit=64 << 10)
+            if raw is None:
+                raise WalUnreadable(f"{data}/global/pg_control is missing: the laid-down backup is incomplete")
+            (control / "global").mkdir(parents=True, exist_ok=True)
+            safefs.write_file(control / "global" / "pg_control", raw)
+            # Readable by the repository's owner: pg_control holds no secret (a system identifier, LSNs).
+            os.chmod(control / "global" / "pg_control", 0o644)
+            for d in (control, control / "global"):
+                os.chmod(d, 0o755)
+        return control
 
     def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
-        proc = self._run(target, "archive-get", f"--pg1-path={data}", params=(name, str(dest)), step=f"archive-get {name}")
-        if proc.returncode == 0:
+        """archive-get into an outbox beside `dest` (the only directory the sandbox may write),
+        then moved to `dest` by drdrill."""
+        outbox = dest.parent.with_name(dest.parent.name + "-outbox")
+        outbox.mkdir(mode=0o700, exist_ok=True)
+        control = self._control_copy(data)
+        proc = self._run(
+            target, "archive-get", f"--pg1-path={control}", params=(name, str(outbox / name)), step=f"archive-get {name}",
+            rw=(outbox,), ro=(control,),
+        )
+        if proc.returncode == 0 and (outbox / name).is_file() and not (outbox / name).is_symlink():
+            os.replace(outbox / name, dest)
             return True
         if proc.returncode == 1:  # "unable to find … in the archive"
             return False

@@ -32,10 +32,12 @@ from drdrill.core.models import (
     RecoveryPoint,
     RestoredResource,
 )
+from drdrill.core.paths import default_state_dir
 from drdrill.core.selection import ProtectedResource
 import drdrill.providers.postgres.discover as discover
 import drdrill.providers.postgres.netns as netns
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
+import drdrill.providers.postgres.sandbox as sandbox
+from drdrill.providers.postgres.cluster import ClusterError, ClusterRootError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
 from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.barman import Barman
@@ -88,14 +90,13 @@ class PostgresProvider(Provider):
     def root(self) -> Path:
         if self._root:
             os.environ.setdefault("DRDRILL_CLUSTER_ROOT", self._root)
-            p = Path(self._root)
-            p.mkdir(parents=True, exist_ok=True)
-            os.chmod(p, 0o711)
-            return p
-        return cluster_root()
+        try:
+            return cluster_root(self._root)
+        except ClusterRootError as exc:
+            raise ProviderError("CLUSTER_ROOT_UNSAFE", str(exc)) from exc
 
     def cluster(self, ctx: DrillContext) -> LocalCluster:
-        return LocalCluster(self.root / ctx.resource_name(max_len=48))
+        return LocalCluster(self.root / ctx.resource_name(max_len=48), sandboxed=True)
 
     # ---------------------------------------------------------------- interface
 
@@ -106,6 +107,7 @@ class PostgresProvider(Provider):
         if getattr(isolation, "postgres", "socket") == "network":
             return self._create_network(ctx, isolation, targets)
         cluster = self.cluster(ctx)
+        production, known_from = _production(isolation, targets)
         try:
             cluster.create(ctx.tags())
         except ClusterError as exc:
@@ -114,8 +116,9 @@ class PostgresProvider(Provider):
             family=self.family,
             drill_id=ctx.drill_id,
             id=str(cluster.path),
-            description="cluster on a private socket, no TCP",
-            details={"path": str(cluster.path), "socket_dir": str(cluster.sock), "dsn": cluster.dsn()},
+            description="cluster on a private socket, no TCP, in the drill's sandbox",
+            details={"path": str(cluster.path), "socket_dir": str(cluster.sock), "dsn": cluster.dsn(),
+                     "production": production, "production_from": known_from},
         )
 
     def verify_isolation(self, ctx: DrillContext, env: Environment) -> IsolationProof:
@@ -171,7 +174,34 @@ class PostgresProvider(Provider):
                 detail=f"archive_mode = {settings.get('archive_mode')}, max_wal_senders = {settings.get('max_wal_senders')}, primary_conninfo empty",
             )
         )
+        checks += self._proof_inside(cluster, env, temporal=None)
         return IsolationProof(family=self.family, environment_id=env.id, checks=checks)
+
+    def _proof_inside(self, cluster: LocalCluster, env: Environment, temporal: Optional[str]) -> list[IsolationCheck]:
+        """The proof (proof.py) run inside the drill's sandbox, as a restore's processes run: lo only
+        (or the drill's namespace), private socket directories, none of drdrill's state."""
+        if not cluster.sandboxed:  # an old-layout cluster: the namespace's own proof only
+            return []
+        production = list(env.details.get("production") or []) or ["tcp:127.0.0.1:5432"]
+        evidence_dsn = os.environ.get("DRDRILL_EVIDENCE_DSN")
+        hidden = list(dict.fromkeys(p for p in (default_state_dir(), os.environ.get("DRDRILL_STATE_DIR")) if p))
+        try:
+            inside = netns.run_sandboxed_proof(
+                cluster.sandbox(network=bool(cluster.netns)), production, temporal,
+                evidence=netns.production_endpoints(evidence_dsn) if evidence_dsn else [], evidence_root=str(self.root),
+                hidden=hidden, temporal_outside=[os.environ.get("TEMPORAL_ADDRESS") or "127.0.0.1:7233"],
+            )
+        except (netns.NetnsError, ClusterError, ValueError) as exc:
+            return [IsolationCheck(name="proof from inside the sandbox", outcome="COULD_NOT_VERIFY", detail=str(exc))]
+        checks = []
+        for c in inside:
+            detail = c["detail"]
+            if c["name"].startswith("production unreachable"):
+                detail = f"{env.details.get('production_from') or 'production assumed at 127.0.0.1:5432 (no DSN named)'}: {detail}"
+            if c["name"].startswith("Temporal frontend"):
+                detail = f"{detail}; relay {env.details.get('relay')}"
+            checks.append(IsolationCheck(name=c["name"], outcome=c["outcome"], detail=detail))
+        return checks
 
     def restore(self, ctx: DrillContext, target: Any, point: RecoveryPoint, env: Environment) -> RestoredResource:
         if env.details.get("netns"):
@@ -294,7 +324,7 @@ class PostgresProvider(Provider):
     # ---------------------------------------------------------------- isolation.postgres: network
 
     def _network_cluster(self, ctx: DrillContext) -> LocalCluster:
-        return LocalCluster(self.root / ctx.resource_name(max_len=48), port=netns.NETNS_PORT, netns=netns.netns_name(ctx.drill_id))
+        return LocalCluster(self.root / ctx.resource_name(max_len=48), port=netns.NETNS_PORT, netns=netns.netns_name(ctx.drill_id), sandboxed=True)
 
     def _create_network(self, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
         """The tag file (naming the namespace) first, then the namespace with only its loopback up,
@@ -345,22 +375,22 @@ class PostgresProvider(Provider):
         tags = ctx.tags()
         sock = cluster.path / netns.RELAY_SOCKET
         inner = f"tcp:{netns.LOOPBACK}:{netns.RELAY_PORT}"
-        halves = [
-            ("relay-host", None, f"unix:{sock}", f"tcp:{probe.temporal_address}"),
-            ("relay-netns", cluster.netns, inner, f"unix:{sock}"),
+        namespace = probe.temporal_namespace or "default"
+        halves = [  # outside: only the probe's own calls (probe_relay); inside: bytes to that socket
+            ("relay-host", None, [sys.executable, "-m", "app.probe_relay", "--listen", f"unix:{sock}", "--to", probe.temporal_address, "--queue", queue, "--namespace", namespace]),
+            ("relay-netns", cluster.netns, netns.this_module("relay", "--listen", inner, "--to", f"unix:{sock}")),
         ]
-        for role, ns, listen, to in halves:
+        for role, ns, argv in halves:
             if netns.running_role(cluster.path, ctx.drill_id, role):
                 continue
             ready = cluster.path / f"{role}.ready"
             ready.unlink(missing_ok=True)
             pid = netns.spawn(
-                role, netns.this_module("relay", "--listen", listen, "--to", to, "--ready-file", str(ready)),
-                tags=tags, cluster=cluster.path, log=cluster.path / f"{role}.log", netns=ns,
+                role, [*argv, "--ready-file", str(ready)], tags=tags, cluster=cluster.path, log=cluster.path / f"{role}.log", netns=ns,
             )
             netns.wait_for_file(ready, pid, 30, f"the relay ({role})")
         if not netns.running_role(cluster.path, ctx.drill_id, "probe"):
-            env = {"TEMPORAL_ADDRESS": f"{netns.LOOPBACK}:{netns.RELAY_PORT}", "TEMPORAL_NAMESPACE": probe.temporal_namespace or "default"}
+            env = {"TEMPORAL_ADDRESS": f"{netns.LOOPBACK}:{netns.RELAY_PORT}", "TEMPORAL_NAMESPACE": namespace}
             netns.spawn(
                 "probe", [sys.executable, "-m", "app.cli", "probe", "--task-queue", queue],
                 tags=tags, cluster=cluster.path, log=cluster.path / "probe.log", netns=cluster.netns, env=env,
@@ -373,17 +403,20 @@ class PostgresProvider(Provider):
         ns = env.details["netns"]
         checks = [self._server_inside(cluster, ns)]
         temporal = f"{netns.LOOPBACK}:{netns.RELAY_PORT}" if env.details.get("probe_queue") else None
-        try:
-            inside = netns.run_proof(ns, list(env.details.get("production") or []), temporal)
-        except (netns.NetnsError, OSError, ValueError) as exc:
-            inside = [{"name": "proof from inside the namespace", "outcome": "COULD_NOT_VERIFY", "detail": str(exc)}]
-        for c in inside:
-            detail = c["detail"]
-            if c["name"].startswith("production") and env.details.get("production_from"):
-                detail = f"{env.details['production_from']}: {detail}"
-            if c["name"].startswith("Temporal"):
-                detail = f"{detail}; relay {env.details.get('relay')}"
-            checks.append(IsolationCheck(name=c["name"], outcome=c["outcome"], detail=detail))
+        if cluster.sandboxed:
+            checks += self._proof_inside(cluster, env, temporal)
+        else:
+            try:
+                inside = netns.run_proof(ns, list(env.details.get("production") or []), temporal)
+            except (netns.NetnsError, OSError, ValueError) as exc:
+                inside = [{"name": "proof from inside the namespace", "outcome": "COULD_NOT_VERIFY", "detail": str(exc)}]
+            for c in inside:
+                detail = c["detail"]
+                if c["name"].startswith("production") and env.details.get("production_from"):
+                    detail = f"{env.details['production_from']}: {detail}"
+                if c["name"].startswith("Temporal"):
+                    detail = f"{detail}; relay {env.details.get('relay')}"
+                checks.append(IsolationCheck(name=c["name"], outcome=c["outcome"], detail=detail))
         checks.append(self._processes_inside(cluster, ns, env.drill_id))
         checks.append(self._no_replication(cluster))
         return IsolationProof(family=self.family, environment_id=env.id, checks=checks)
@@ -391,7 +424,10 @@ class PostgresProvider(Provider):
     def _server_inside(self, cluster: LocalCluster, ns: str) -> IsolationCheck:
         name = "server inside the namespace, on its loopback"
         try:
-            pid = int((cluster.data / "postmaster.pid").read_text().splitlines()[0])
+            # The sandbox's pid from drdrill's root-owned record: postmaster.pid is the server's to write.
+            pid = sandbox.recorded_pid(cluster.record) if cluster.sandboxed else int((cluster.data / "postmaster.pid").read_text().splitlines()[0])
+            if pid is None:
+                raise OSError(f"no record of the server's sandbox in {cluster.record}")
             with psycopg.connect(cluster.dsn(), connect_timeout=10, autocommit=True) as conn:
                 listen = conn.execute("SELECT current_setting('listen_addresses')").fetchone()[0]
         except (OSError, ValueError, IndexError, psycopg.Error) as exc:

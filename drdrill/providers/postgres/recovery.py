@@ -40,10 +40,12 @@ from drdrill.core.spec import PostgresTarget, format_duration
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError, heartbeat
 from drdrill.providers.postgres.binaries import Binaries, for_major
+import drdrill.providers.postgres.safefs as safefs
 from drdrill.providers.postgres.cluster import (
     ClusterError,
     LocalCluster,
     _chown,
+    hand_to_server_user,
     prepare_recovered_data_dir,
     recovery_overrides,
     server_pid,
@@ -51,8 +53,10 @@ from drdrill.providers.postgres.cluster import (
     stop_server,
 )
 from drdrill.providers.postgres.sources import RecoverySource
+from drdrill.providers.postgres.walcheck import WalChecks, WalDamaged
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
+WAL_NAME_RE = re.compile(r"^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)$")
 
 
 class WalUnreadable(Exception):
@@ -87,6 +91,7 @@ class ArchivedWal:
 
     name: str
     archived: Optional[datetime] = None
+    checksum: Optional[str] = None  # the SHA1 the repository names it with (pgBackRest)
 
 
 # ------------------------------------------------------------------------------------ choosing
@@ -152,11 +157,7 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
     else:
         eligible = [b for b in backups if b.stopped <= moment]
         if not eligible:
-            raise ProviderError(
-                "PITR_TARGET_BEFORE_BACKUP",
-                f"target {name}: the recovery target {moment.isoformat()} is before every backup the repository still holds "
-                f"(the oldest, {backups[0].label}, finished {backups[0].stopped.isoformat()}): retention has already pruned what it needs",
-            )
+            raise ProviderError("PITR_TARGET_BEFORE_BACKUP", before_backups(name, moment, backups))
         chosen = eligible[-1]
         if archive_end is not None and moment > archive_end:
             raise ProviderError(
@@ -186,6 +187,24 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
     )
 
 
+def before_backups(name: str, moment: datetime, backups: list[Backup]) -> str:
+    """Why no backup serves a target before the oldest one finished, naming the real cause: a moment
+    inside a backup's own run (recoverable only from its end), or before every backup held (the
+    repository has none older: retention pruned it, or none was ever taken)."""
+    oldest = backups[0]
+    if moment >= oldest.started:
+        return (
+            f"target {name}: the recovery target {moment.isoformat()} falls inside backup {oldest.label}'s own run "
+            f"({oldest.started.isoformat()} to {oldest.stopped.isoformat()}): a backup is consistent only from the moment it "
+            "finished, and the repository holds no older one"
+        )
+    return (
+        f"target {name}: the recovery target {moment.isoformat()} is before every backup the repository holds "
+        f"(the oldest, {oldest.label}, started {oldest.started.isoformat()}): it holds none from before then "
+        "(none was taken, or retention removed it)"
+    )
+
+
 # ------------------------------------------------------------------------------------ WAL feeding
 
 RESTORE_SCRIPT = """#!/bin/sh
@@ -212,15 +231,25 @@ def next_segment(name: str, step: int, segments_per_id: int) -> str:
 class WalFeeder(threading.Thread):
     """Fills the spool with the WAL files the recovering server asks for, reading a few segments
     ahead, and drops the ones it has replayed. `missing` lists the segments the archive lacked,
-    `errors` those the tool could not read (with its text)."""
+    `errors` those the tool could not read (with its text), `damaged` those that failed the checks
+    (walcheck: handed to the server as missing, so replay never reads them), `requested` the
+    segments the server asked for and got.
+
+    Files are fetched into `fetched` (a root-owned directory the server user cannot enter) and
+    renamed into the spool only when complete and checked. The server's wish (`wanted`, written by
+    the restore_command as the server user) is read without following a link and must be a WAL
+    file name: it is never a path."""
 
     READ_AHEAD = 4
     KEEP_BEHIND = 4
 
-    def __init__(self, fetch: Callable[[str, Path], bool], spool: Path, segment_size: int):
+    def __init__(self, fetch: Callable[[str, Path], bool], spool: Path, segment_size: int, fetched: Optional[Path] = None):
         super().__init__(daemon=True, name=f"wal-feeder-{spool.name}")
         self.fetch = fetch
         self.spool = spool
+        self.fetch_dir = fetched or spool
+        self.damaged: dict[str, str] = {}
+        self.requested: set[str] = set()
         self.per_id = 0x100000000 // segment_size
         self.known: dict[str, bool] = {}
         self.missing: list[str] = []
@@ -248,9 +277,13 @@ class WalFeeder(threading.Thread):
 
     def _read_wanted(self) -> None:
         try:
-            wanted = (self.spool / "wanted").read_text().strip()
+            wanted = (safefs.read_file(self.spool / "wanted", limit=64) or b"").decode(errors="replace").strip()
         except OSError:
             return
+        if not WAL_NAME_RE.match(wanted):
+            return  # not a WAL file name (a path, a link's target …): never fetched
+        if self.known.get(wanted):
+            self.requested.add(wanted)
         if wanted and wanted != self.wanted:
             self.wanted = wanted
             self._prune()
@@ -272,25 +305,33 @@ class WalFeeder(threading.Thread):
         return None
 
     def _get(self, name: str) -> None:
-        tmp = self.spool / f".tmp-{name}"
-        tmp.unlink(missing_ok=True)
+        tmp = self.fetch_dir / f".tmp-{name}"
+        safefs.remove_file(tmp)
         try:
             found = self.fetch(name, tmp)
         except WalUnreadable as exc:
             self.errors[name] = str(exc)
             found = False
+        except WalDamaged as exc:
+            self.damaged[name] = str(exc)
+            found = False
         if found:
             os.chmod(tmp, 0o644)
             os.replace(tmp, self.spool / name)
             self.fetched += 1
+            if name == self.wanted:
+                self.requested.add(name)
         else:
-            tmp.unlink(missing_ok=True)
-            marker = self.spool / f"{name}.missing"
-            marker.touch()
-            os.chmod(marker, 0o644)
+            safefs.remove_file(tmp)
+            safefs.write_file(self.spool / f"{name}.missing", "", mode=0o644)
             if SEGMENT_RE.match(name):
                 self.missing.append(name)
         self.known[name] = found
+
+    def replayed_to(self) -> Optional[str]:
+        """The newest segment the server asked for and got: where replay ended."""
+        got = [n for n in self.requested if SEGMENT_RE.match(n)]
+        return max(got) if got else None
 
     def _prune(self) -> None:
         """Drop segments well behind the one replayed now (fetched again should they be asked for)."""
@@ -356,7 +397,6 @@ class PhysicalSource(RecoverySource):
     """A repository of physical backups plus archived WAL, recovered to a point in time."""
 
     tool_name = "?"  # how the evidence names the tool: "pgBackRest", "Barman", "a WAL archive"
-    lays_down_recovery_settings = False  # pgbackrest restore writes recovery.signal and the targets itself
 
     # -------------------------------------------------------------- what a source supplies
 
@@ -403,25 +443,27 @@ class PhysicalSource(RecoverySource):
         started = time.monotonic()
 
         before = self.inventory(target)
+        wal_before = self.archived_wal(target)
+        config_to, fetched = cluster.path / f"{target.name}-backup-config", cluster.path / f"{target.name}-fetch"
         stop_server(data, binaries)  # a retried attempt starts over
-        for d in (data, spool, scratch):
+        os.chmod(cluster.path, 0o711)  # a sandboxed tool enters its own directories in it, lists nothing
+        for d in (data, spool, scratch, config_to, fetched):
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(mode=0o700)
-        log.unlink(missing_ok=True)
+        safefs.remove_file(log)
         heartbeat({"target": target.name, "step": f"{self.tool_name}: restoring backup {backup.label}"})
         how = self.lay_down(target, backup, data, recovery_target, scratch)
         laid_down = time.monotonic()
-        if not self.lays_down_recovery_settings:
-            write_recovery_settings(data, recovery_target)
-        prepare_recovered_data_dir(data)
+        config = self._prepare(target, backup, data, cluster.path, config_to, recovery_target)
+        hand_to_server_user(scratch)
         _chown(spool)
-        script = spool / "restore_command.sh"
-        script.write_text(RESTORE_SCRIPT.format(spool=spool))
-        os.chmod(script, 0o755)
-        feeder = WalFeeder(lambda name, dest: self.fetch_wal(target, name, dest, data), spool, segment_size(binaries, data))
+        safefs.write_file(spool / "restore_command.sh", RESTORE_SCRIPT.format(spool=spool), mode=0o755)
+        control = control_data(binaries, data)
+        checks = WalChecks(wal_before, control.get("segment_size", 16 << 20), backup.major, control.get("sysid"))
+        feeder = WalFeeder(lambda name, dest: self._fetch_checked(target, name, dest, data, checks), spool, checks.segment_size, fetched)
         feeder.start()
         try:
-            settings = recovery_overrides(data, cluster.sock, port, backup.major, f"{script} %f %p")
+            settings = recovery_overrides(data, cluster.sock, port, backup.major, f"{spool / 'restore_command.sh'} %f %p")
             try:
                 start_recovery(data, log, binaries, settings)
             except ClusterError as exc:
@@ -434,7 +476,7 @@ class PhysicalSource(RecoverySource):
             feeder.stop()
         if not outcome.ready:
             stop_server(data, binaries)
-            raise recovery_failure(target, outcome, feeder, self.archived_wal(target), recovery_target, log)
+            raise recovery_failure(target, outcome, feeder, wal_before, recovery_target, log)
 
         dbname = target.source.database or "postgres"
         dsn = f"host={cluster.sock} port={port} user={self.settings(target).user} dbname={dbname}"
@@ -445,9 +487,8 @@ class PhysicalSource(RecoverySource):
             raise
         reached = reached or outcome.last_transaction
         findings: list[Finding] = []
-        gap = wal_gap(feeder, self.archived_wal(target), outcome)
-        if gap:
-            findings.append(Finding(code="WAL_GAP", target=target.name, message=f"target {target.name}: {gap}"))
+        findings += config_findings(target.name, config)
+        findings += replay_findings(target.name, feeder, wal_before, outcome)
         if not target.source.boundary_checks:
             findings.append(
                 Finding(
@@ -492,11 +533,37 @@ class PhysicalSource(RecoverySource):
                 "last_completed_transaction_logged": outcome.last_transaction.isoformat() if outcome.last_transaction else None,
                 "wal_segments_replayed": outcome.segments,
                 "isolation": isolation,
+                "backup_configuration": config,
+                "wal_checked": checks.summary(feeder),
                 "repository": untouched["summary"],
                 "server": {"major": binaries.major, "bindir": binaries.bindir, "port": port, "data": str(data), "log": str(log)},
                 "seconds": {"lay_down": round(laid_down - started, 3), "total": round(time.monotonic() - started, 3)},
             },
         )
+
+    def _prepare(
+        self, target: PostgresTarget, backup: Backup, data: Path, area: Path, config_to: Path, recovery_target: Optional[datetime]
+    ) -> dict[str, Any]:
+        """The laid-down backup made drdrill's: links refused, its configuration set aside, drdrill's
+        recovery settings, owned by the server user (cluster.prepare_recovered_data_dir)."""
+        try:
+            return prepare_recovered_data_dir(data, area, config_to, recovery_settings(recovery_target))
+        except safefs.LinkRefused as exc:
+            raise ProviderError(
+                "BACKUP_SYMLINK_REFUSED",
+                f"target {target.name}: backup {backup.label} holds links drdrill will not follow: {', '.join(exc.entries[:5])}. "
+                "A recovered data directory may keep only pg_wal and pg_tblspc/<oid> links, pointing inside the drill's own "
+                "restore area; anything else in a backup is refused, before anything is written through it",
+            ) from exc
+        except OSError as exc:  # ELOOP: a link where drdrill writes, swapped in after the check
+            raise ProviderError("BACKUP_SYMLINK_REFUSED", f"target {target.name}: backup {backup.label}: {exc}") from exc
+
+    def _fetch_checked(self, target: PostgresTarget, name: str, dest: Path, data: Path, checks: WalChecks) -> bool:
+        """fetch_wal, then the checks of the fetched file (WalDamaged when it is not what the archive says)."""
+        found = self.fetch_wal(target, name, dest, data)
+        if found:
+            checks.check(name, dest)
+        return found
 
     def settings(self, target: PostgresTarget) -> Any:
         return getattr(target.source, target.source.kind)
@@ -523,24 +590,32 @@ def recovery_port(target: str) -> int:
     return 5433 + int(hashlib.sha256(target.encode()).hexdigest(), 16) % 1000
 
 
-def segment_size(binaries: Binaries, data: Path) -> int:
-    """The WAL segment size of a laid-down backup (pg_controldata), 16 MiB when it cannot be read."""
+def control_data(binaries: Binaries, data: Path) -> dict[str, int]:
+    """The WAL segment size and system identifier of a laid-down backup (pg_controldata); what it
+    cannot read is left out (a segment size of 16 MiB is then assumed)."""
     try:
         out = subprocess.run([binaries.tool("pg_controldata"), str(data)], capture_output=True, text=True, timeout=30).stdout
-        m = re.search(r"Bytes per WAL segment:\s+(\d+)", out)
-        return int(m.group(1)) if m else 16 << 20
     except (ProviderError, OSError, subprocess.SubprocessError):
-        return 16 << 20
+        return {}
+    found = {}
+    for key, pattern in (("segment_size", r"Bytes per WAL segment:\s+(\d+)"), ("sysid", r"Database system identifier:\s+(\d+)")):
+        m = re.search(pattern, out)
+        if m:
+            found[key] = int(m.group(1))
+    return found
 
 
-def write_recovery_settings(data: Path, recovery_target: Optional[datetime]) -> None:
-    """recovery.signal and the target, as an operator would write them (pgbackrest restore does it itself)."""
-    lines = ["", "# drdrill: point-in-time recovery", "recovery_target_action = 'promote'"]
+def segment_size(binaries: Binaries, data: Path) -> int:
+    """The WAL segment size of a laid-down backup (pg_controldata), 16 MiB when it cannot be read."""
+    return control_data(binaries, data).get("segment_size", 16 << 20)
+
+
+def recovery_settings(recovery_target: Optional[datetime]) -> str:
+    """drdrill's postgresql.auto.conf of a recovered backup: promote at the end, and the target."""
+    lines = ["# drdrill: point-in-time recovery", "recovery_target_action = 'promote'"]
     if recovery_target is not None:
         lines.append(f"recovery_target_time = '{recovery_target.astimezone(timezone.utc).isoformat()}'")
-    with open(data / "postgresql.auto.conf", "a") as fh:
-        fh.write("\n".join(lines) + "\n")
-    (data / "recovery.signal").touch()
+    return "\n".join(lines) + "\n"
 
 
 def wait_for_recovery(data: Path, log: Path, feeder: WalFeeder, target: PostgresTarget, timeout: float) -> RecoveryLog:
@@ -578,10 +653,18 @@ def recovery_failure(
     said = outcome.fatal or "the server stopped without a message"
     gap = wal_gap(feeder, wal, outcome)
     unreadable = next(iter(feeder.errors.items()), None)
+    damaged = wal_damaged(feeder, wal)
+    early = replay_ended_early(feeder, wal)
+    if damaged:
+        return ProviderError("WAL_DAMAGED", f"target {name}: {damaged}; the recovery target was not reached; PostgreSQL: {said}")
     if unreadable:
         return ProviderError("WAL_UNREADABLE", f"target {name}: archived WAL {unreadable[0]} could not be read: {unreadable[1]}")
     if gap:
         return ProviderError("WAL_GAP", f"target {name}: {gap}; PostgreSQL: {said}")
+    if early and "before configured recovery target was reached" in said:
+        return ProviderError(
+            "REPLAY_ENDED_EARLY", f"target {name}: {early}; the archive is damaged, it does not end there; PostgreSQL: {said}"
+        )
     if "before configured recovery target was reached" in said:
         return ProviderError(
             "PITR_TARGET_UNREACHED",
@@ -615,6 +698,66 @@ def wal_gap(feeder: WalFeeder, wal: list[ArchivedWal], outcome: RecoveryLog) -> 
                 "recovery stops at the hole and everything after it is lost"
             )
     return None
+
+
+def wal_damaged(feeder: WalFeeder, wal: list[ArchivedWal]) -> Optional[str]:
+    """The first fetched segment that failed its checks, with the archive's later segments."""
+    if not feeder.damaged:
+        return None
+    name, why = sorted(feeder.damaged.items())[0]
+    later = sorted(w.name for w in wal if SEGMENT_RE.match(w.name) and w.name[:8] == name[:8] and w.name > name)
+    after = f"; the archive holds {len(later)} later segments ({later[0]} … {later[-1]}) that were not replayed" if later else ""
+    return f"archived WAL segment {name} is damaged: {why}{after}"
+
+
+def replay_ended_early(feeder: WalFeeder, wal: list[ArchivedWal]) -> Optional[str]:
+    """Replay that ended before the newest segment archived on its timeline (REPLAY_ENDED_EARLY):
+    the server took a damaged record for the end of the WAL. None when it reached the newest."""
+    end = feeder.replayed_to()
+    if end is None:
+        return None
+    newest = max((w.name for w in wal if SEGMENT_RE.match(w.name) and w.name[:8] == end[:8]), default=None)
+    if newest is None or newest <= end:
+        return None
+    return (
+        f"replay ended in WAL segment {end}, but the archive holds segments up to {newest} on the same timeline: "
+        "what they hold was not recovered (a damaged record ends replay as if the WAL ended there)"
+    )
+
+
+def replay_findings(name: str, feeder: WalFeeder, wal: list[ArchivedWal], outcome: RecoveryLog) -> list[Finding]:
+    """What a recovery that ended and promoted still got wrong: a damaged segment (WAL_DAMAGED), a
+    hole (WAL_GAP), or replay that ended before the archive's newest segment (REPLAY_ENDED_EARLY).
+    One finding, the most specific; none when replay stopped at the target it was asked for."""
+    damaged = wal_damaged(feeder, wal)
+    if damaged:
+        return [Finding(code="WAL_DAMAGED", target=name, message=f"target {name}: {damaged}")]
+    gap = wal_gap(feeder, wal, outcome)
+    if gap:
+        return [Finding(code="WAL_GAP", target=name, message=f"target {name}: {gap}")]
+    early = None if outcome.stopping else replay_ended_early(feeder, wal)
+    if early:
+        return [Finding(code="REPLAY_ENDED_EARLY", target=name, message=f"target {name}: {early}")]
+    return []
+
+
+def config_findings(name: str, config: dict[str, Any]) -> list[Finding]:
+    """BACKUP_CONFIG_SET_ASIDE (a warning) when the backup's configuration held commands, libraries
+    or includes: they did not run; the evidence names them and the set-aside files' sha256."""
+    dangerous = config.get("dangerous") or {}
+    if not dangerous:
+        return []
+    files = ", ".join(f"{n} (sha256 {f['sha256'][:16]}…)" for n, f in config.get("files", {}).items())
+    shown = ", ".join(f"{k} = {v!r}" for k, v in list(dangerous.items())[:6])
+    return [
+        Finding(
+            code="BACKUP_CONFIG_SET_ASIDE",
+            severity="warning",
+            target=name,
+            message=f"target {name}: the backup's configuration ({files}) set {shown}; drdrill set it aside and started the "
+            "recovered server with its own settings, so none of it ran",
+        )
+    ]
 
 
 def ask_recovered_server(dsn: str, target: str) -> tuple[Optional[datetime], list[dict[str, str]]]:
@@ -683,9 +826,15 @@ def compare_inventories(before: dict[str, str], after: dict[str, str]) -> dict[s
 # ------------------------------------------------------------------------------------ running tools
 
 
-def run_tool(argv: list[str], env: dict[str, str], target: str, step: str, timeout: Optional[float] = None) -> subprocess.CompletedProcess:
-    """Run a backup tool to its end, heartbeating meanwhile; a cancelled drill stops it."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+def run_tool(
+    argv: list[str], env: dict[str, str], target: str, step: str, timeout: Optional[float] = None, spawn: Optional[Callable[..., Any]] = None
+) -> subprocess.CompletedProcess:
+    """Run a backup tool to its end, heartbeating meanwhile; a cancelled drill stops it. `spawn`
+    (a sandbox's popen, which sets the environment itself) starts it instead of subprocess.Popen."""
+    if spawn is not None:
+        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    else:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     out: dict[str, str] = {}
     readers = [
         threading.Thread(target=lambda: out.__setitem__("stdout", proc.stdout.read()), daemon=True),  # type: ignore[union-attr]

@@ -17,7 +17,8 @@ from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredRe
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, adopt_data_dir, server_major, tool
+from drdrill.providers.postgres.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
+from drdrill.providers.postgres.sandbox import Inputs, SandboxError
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
 from drdrill.providers.postgres.sources import RecoverySource
@@ -58,7 +59,9 @@ class DrdrillRepository(RecoverySource):
             )
         if manifest.get("format") == "base":
             return self._restore_base(ctx, target, point, cluster, archive, manifest)
-        listing = subprocess.run([tool("pg_restore"), "-l", str(archive)], capture_output=True, text=True)
+        box = cluster.sandbox()  # psql and pg_restore run in the drill's sandbox (sandbox.py)
+        with Inputs(cluster.path, box.identity) as inputs:
+            listing = _in_sandbox(box.run, target.name, [tool("pg_restore"), "-l", inputs.path(archive)], pass_fds=inputs.fds)
         if listing.returncode != 0:
             raise ProviderError(
                 "ARCHIVE_UNREADABLE",
@@ -82,13 +85,17 @@ class DrdrillRepository(RecoverySource):
 
         # 3. Roles first (pg_dump does not carry them), then the archive.
         if (point_dir / "globals.sql").exists():
-            subprocess.run(
-                [tool("psql"), "-X", "-q", "-d", cluster.dsn(dbname), "-f", str(point_dir / "globals.sql")],
-                capture_output=True, text=True,
-            )
-        cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), str(archive)]
+            with Inputs(cluster.path, box.identity) as inputs:
+                _in_sandbox(box.run, target.name, [tool("psql"), "-X", "-q", "-d", cluster.dsn(dbname), "-f", inputs.path(point_dir / "globals.sql")],
+                            pass_fds=inputs.fds)
+        inputs = Inputs(cluster.path, box.identity)
+        cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), inputs.path(archive)]
         started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            proc = _in_sandbox(box.popen, target.name, cmd, pass_fds=inputs.fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        except BaseException:
+            inputs.close()
+            raise
         stderr_chunks: list[str] = []
         reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
         reader.start()
@@ -103,6 +110,7 @@ class DrdrillRepository(RecoverySource):
             if proc.poll() is None:  # cancelled (or the worker is shutting down): stop pg_restore too
                 proc.kill()
                 proc.wait()
+            inputs.close()
         reader.join()
         stderr = "".join(stderr_chunks)
         findings.extend(classify_restore_errors(stderr, target.name))
@@ -148,12 +156,14 @@ class DrdrillRepository(RecoverySource):
         }
         heartbeat({"target": target.name, "step": "copy base backup"})
         if data.exists():  # a retried attempt starts over
-            subprocess.run([tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate"], capture_output=True)
+            stop_server(data)
             shutil.rmtree(data)
         started = time.monotonic()
         shutil.copytree(archive, data, symlinks=True)
         try:
-            adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target.name}.log")
+            config = adopt_data_dir(data, cluster.sock, port, cluster.path / f"{target.name}.log")
+        except BackupLinkRefused as exc:
+            raise ProviderError("BACKUP_SYMLINK_REFUSED", f"target {target.name}: {exc}") from exc
         except ClusterError as exc:
             raise ProviderError("RESTORE_ERROR", f"target {target.name}: {exc}") from exc
         return RestoredResource(
@@ -162,6 +172,14 @@ class DrdrillRepository(RecoverySource):
             id=str(data),
             description=f"base backup started as its own cluster on the private socket (port {port})",
             endpoint=endpoint,
-            details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base"},
+            details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base", "backup_configuration": config},
         )
 
+
+
+def _in_sandbox(call, target: str, argv: list[str], **kwargs):
+    """`call` (a Sandbox's run or popen) of `argv`; a sandbox that cannot start is ISOLATION_FAILED."""
+    try:
+        return call(argv, **kwargs)
+    except SandboxError as exc:
+        raise ProviderError("ISOLATION_FAILED", f"target {target}: {exc}") from exc

@@ -20,7 +20,8 @@ from typing import Optional
 
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, utc
+import drdrill.providers.postgres.safefs as safefs
+from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, utc
 
 _LABEL_LINE = re.compile(r"^([A-Z ]+):\s*(.*)$")
 _OFFSET = re.compile(r"^(?:UTC|GMT|Z)?([+-]\d{1,2})(?::?(\d{2}))?$")
@@ -122,26 +123,40 @@ class WalArchive(PhysicalSource):
 
     def lay_down(self, target: PostgresTarget, backup: Backup, data: Path, recovery_target: Optional[datetime], scratch: Path) -> str:
         source = Path(backup.details["path"])
+        base, _ = self._dirs(target)
         shutil.rmtree(data)
         shutil.copytree(source, data, symlinks=True)
         # Symlinks (pg_wal elsewhere, tablespaces) point where production keeps its files: copy
-        # what they point to into the drill's own directory instead.
+        # what they point to into the drill's own directory instead, but only from inside the
+        # drill's base_backups directory: a link elsewhere (/root, /etc …) is refused, never read as
+        # root into a directory the server user can read. Links inside the copies are refused later.
         links = [p for p in [data / "pg_wal", *((data / "pg_tblspc").glob("*"))] if p.is_symlink()]
         for link in links:
-            real = Path(os.readlink(link))
+            text = os.readlink(link)
+            real = os.path.realpath(text if os.path.isabs(text) else link.parent / text)
+            if not (real + "/").startswith(os.path.realpath(base).rstrip("/") + "/") or not os.path.isdir(real):
+                raise ProviderError(
+                    "BACKUP_SYMLINK_REFUSED",
+                    f"target {target.name}: base backup {source} links {link.relative_to(data)} -> {text}, outside wal_archive.base_backups "
+                    f"({base}): drdrill copies only what is inside the backup's own directory (take the backup with "
+                    "pg_basebackup --tablespace-mapping into it, or with -Ft)",
+                )
             copy = scratch / ("pg_wal" if link.name == "pg_wal" else f"tablespace-{link.name}")
-            shutil.copytree(real if real.is_absolute() else link.parent / real, copy, symlinks=False)
+            shutil.copytree(real, copy, symlinks=True)
             link.unlink()
             if link.name == "pg_wal":
                 shutil.move(str(copy), str(link))
             else:
                 os.symlink(copy, link)
-        (data / "backup_manifest").unlink(missing_ok=True)
+        safefs.remove_file(data / "backup_manifest")
         return f"copy of base backup {source}"
 
     def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
         _, archive = self._dirs(target)
         plain, packed = archive / name, archive / f"{name}.gz"
+        for f in (plain, packed):
+            if f.is_symlink():  # never read as root through a link someone planted in the archive
+                raise WalUnreadable(f"{f} is a symbolic link; drdrill reads only regular files from the archive")
         if plain.is_file():
             shutil.copyfile(plain, dest)
             return True
