@@ -416,7 +416,8 @@ def check_boundary(inp: ValidateInput, ct: float):
 
     moment, what = _boundary_moment(inp)
     if v.query is not None:
-        rows, label = sql.SQL(v.query), _short(v.query, 40)
+        # The user's query is text, not a template: its `%` (LIKE 'a%', modulo) must not read as a placeholder.
+        rows, label = sql.SQL(v.query.replace("%", "%%")), _short(v.query, 40)
     else:
         table = v.table if "." in v.table else f"public.{v.table}"
         rows, label = sql.SQL("SELECT {} FROM {}").format(sql.Identifier(v.column), table_ident(table)), f"{table}.{v.column}"

@@ -442,6 +442,16 @@ class PostgresRestoreOptions(RestoreOptions):
         "written by `drdrill reference write`): STRUCTURE_MISSING / STRUCTURE_UNEXPECTED against it",
     )
     after: Optional[AfterRestore] = Field(None, description="start an application from the restored data (isolation.postgres: network only)")
+    # pg_dump files (path, s3, url_env): bounds on what a backup can make drdrill read (issue 21).
+    max_expanded_bytes: int = Field(
+        1 << 40, ge=1, description="a gzip/zstd plain dump that decompresses to more bytes than this is ARTEFACT_TOO_LARGE (default 1 TiB)"
+    )
+    max_expansion_ratio: float = Field(
+        1000, ge=1, description="… or to more than this many times its compressed size (a decompression bomb; default 1000)"
+    )
+    stall_after: Duration = Field(
+        timedelta(minutes=5), description="a dump stream that delivers no byte for this long ends the restore: RESTORE_STALLED"
+    )
     environment: dict[str, str] = Field(
         default_factory=dict,
         description="more variables for restore.after: {targets.<target>.<field>} (an earlier group's endpoint) or "

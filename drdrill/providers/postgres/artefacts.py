@@ -184,7 +184,7 @@ def inspect(prefix: bytes, is_dir: bool = False) -> Header:
     if encoding != "none":
         decoder = Decoder(encoding)
         try:
-            text = decoder.feed(prefix)
+            text = decoder.feed(prefix, limit=HEADER_BYTES)  # a sniff: never more than a header's worth
         except DecodeError as exc:
             return Header(problem=f"a {encoding} file that does not decompress: {exc}")
         if text.startswith(b"PGDMP"):
@@ -243,10 +243,19 @@ class DecodeError(Exception):
 
 class Decoder:
     """gzip or zstd decompression, fed chunk by chunk, across concatenated members/frames; `finish`
-    says whether the stream ended where a member/frame ends (a cut file does not)."""
+    says whether the stream ended where a member/frame ends (a cut file does not).
 
-    def __init__(self, encoding: str):
+    Bounded: no call holds more than a few MiB of output at once (gzip by max_length, zstd by feeding
+    it 1 KiB at a time: one byte of zstd makes at most a 128 KiB block), and the whole output stops at
+    `max_bytes` or at `max_ratio` times the input (plus 64 MiB): ARTEFACT_TOO_LARGE, a bomb."""
+
+    ZSTD_STEP = 1024
+    SLACK = 64 << 20
+
+    def __init__(self, encoding: str, max_bytes: Optional[int] = None, max_ratio: Optional[float] = None, place: str = ""):
         self.encoding = encoding
+        self.max_bytes, self.max_ratio, self.place = max_bytes, max_ratio, place
+        self.bytes_in = self.bytes_out = 0
         self._obj = self._new()
 
     def _new(self):
@@ -256,25 +265,69 @@ class Decoder:
             return zstandard.ZstdDecompressor().decompressobj()
         return None
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, limit: Optional[int] = None) -> bytes:
+        """The output of `data` (at most `limit` bytes of it: a header sniff)."""
+        out, got = [], 0
+        for piece in self.pieces(data):
+            out.append(piece)
+            got += len(piece)
+            if limit is not None and got >= limit:
+                break
+        return b"".join(out)
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        self.bytes_in += len(data)
         if self._obj is None:
-            return data
-        out = []
+            yield data
+            return
         try:
-            while data:
-                out.append(self._obj.decompress(data))
-                if not self._obj.eof:
-                    break
-                data = self._obj.unused_data
-                if data:
-                    self._obj = self._new()
+            for piece in self._gzip(data) if self.encoding == "gzip" else self._zstd(data):
+                self.bytes_out += len(piece)
+                self._bound()
+                yield piece
         except (zlib.error, zstandard.ZstdError) as exc:
             raise DecodeError(str(exc)) from None
-        return b"".join(out)
+
+    def _gzip(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            yield self._obj.decompress(data, 1 << 20)
+            if self._obj.unconsumed_tail:
+                data = self._obj.unconsumed_tail
+                continue
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data
+            if data:
+                self._obj = self._new()
+
+    def _zstd(self, data: bytes) -> Iterator[bytes]:
+        pos = 0
+        while pos < len(data):
+            step, pos = data[pos : pos + self.ZSTD_STEP], pos + self.ZSTD_STEP
+            while step:
+                yield self._obj.decompress(step)
+                if not self._obj.eof:
+                    break
+                step = self._obj.unused_data
+                self._obj = self._new()
+
+    def _bound(self) -> None:
+        if self.max_bytes is not None and self.bytes_out > self.max_bytes:
+            raise TooLarge(f"{self.place}: it decompresses to more than {self.max_bytes} bytes (restore.max_expanded_bytes)")
+        if self.max_ratio is not None and self.bytes_out > self.max_ratio * self.bytes_in + self.SLACK:
+            raise TooLarge(
+                f"{self.place}: {self.bytes_in} bytes of {self.encoding} became over {self.bytes_out} bytes, more than "
+                f"{self.max_ratio:g} times as much (restore.max_expansion_ratio): a decompression bomb, or raise the ratio"
+            )
 
     def finish(self) -> None:
         if self._obj is not None and not self._obj.eof:
             raise DecodeError(f"the {self.encoding} stream ends in the middle (the file is cut short)")
+
+
+class TooLarge(ProviderError):
+    def __init__(self, message: str):
+        super().__init__("ARTEFACT_TOO_LARGE", message)
 
 
 # ---------------------------------------------------------------- stores

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import threading
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget, name_time_regex
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 import drdrill.providers.postgres.binaries as installs
 from drdrill.providers.postgres.artefacts import (
-    DUMP_COMPLETE,
     TAIL_BYTES,
     Artefact,
     Decoder,
@@ -52,6 +53,7 @@ from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, run_user
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
+from drdrill.providers.postgres.plainscan import PlainDumpScanner, supports_restrict, tail_complete, tool_env, tool_version
 from drdrill.providers.postgres.sources import RecoverySource
 
 CHUNK = 1 << 20
@@ -257,11 +259,14 @@ def _sha256_file(path: Path, target: str) -> str:
     return h.hexdigest()
 
 
-def _require_complete(tail: bytes, a: Artefact, target: str, streamed: bool = False) -> None:
-    if DUMP_COMPLETE not in tail:
+def _require_complete(tail: bytes, a: Artefact, target: str, streamed: bool = False, why: str = "") -> None:
+    """pg_dump's closing comment is the dump's last non-empty line (judged on its tail before the
+    restore; on the whole stream, outside COPY data, after it)."""
+    if (streamed and why) or (not streamed and not tail_complete(tail)):
         raise ProviderError(
             "ARCHIVE_TRUNCATED",
-            f"target {target}: {a.place} does not end with pg_dump's closing `-- PostgreSQL database dump complete`: "
+            f"target {target}: {a.place} does not end with pg_dump's closing `-- PostgreSQL database dump complete`"
+            + (f" ({why})" if why else "") + ": "
             "the dump was cut short (psql would restore the part before the cut and exit 0)"
             + (" (found while streaming it; what was restored is discarded)" if streamed else ""),
         )
@@ -280,7 +285,7 @@ class Server:
     label: str
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.sock} port={self.port} user={SUPERUSER} dbname={dbname}"
+        return make_conninfo(host=self.sock, port=self.port, user=SUPERUSER, dbname=dbname)
 
 
 def _server_for(cluster: LocalCluster, target: str, binaries: Binaries) -> Server:
@@ -351,6 +356,9 @@ class Restore:
         self.roles_created: list[str] = []
         self.how = ""
         self._tail = b""
+        self._scanner: Optional[PlainDumpScanner] = None
+        self._carry = b""
+        self._proc: Optional[subprocess.Popen] = None
         self._pump_error: Optional[BaseException] = None
         self._hasher = hashlib.sha256() if (expect.sha256 and self.local is None) else None
         self._roles_seen: set[str] = set()
@@ -365,7 +373,11 @@ class Restore:
         fmt, jobs = self.header.format, self.target.restore.jobs
         db = self.server.dsn(self.dbname)
         if fmt == "plain":
-            cmd = [self.binaries.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", db, "-f", "-"]
+            psql = self.binaries.tool("psql")
+            # psql's own \restrict where it has one: no meta-command runs but drdrill's \connect wrap.
+            key = secrets.token_hex(16) if supports_restrict(tool_version(psql)) else None
+            self._scanner = PlainDumpScanner(self.a.place, connect_wrap=key)
+            cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", db, *(["-c", f"\\restrict {key}"] if key else []), "-f", "-"]
             self.how = "psql -f - (" + ("streamed" if self.local is None else "read") + (f", {self.header.encoding}" if self.header.encoding != "none" else "") + ")"
             self._run(cmd, feed=self.store.open(self.a), scan_owners=True)
             return
@@ -388,7 +400,8 @@ class Restore:
     def _run(self, cmd: list[str], feed: Optional[BinaryIO], scan_owners: bool = False) -> None:
         """Run a restore tool, feeding it `feed` (decompressed on the way) while heartbeating."""
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if feed is not None else subprocess.DEVNULL,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=tool_env())
+        self._proc = proc
         errs: list[bytes] = []
         reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -419,24 +432,25 @@ class Restore:
         self.stderr = b"".join(errs).decode("utf-8", "replace")
 
     def _pump(self, feed: BinaryIO, sink, scan_owners: bool) -> None:
-        decoder = Decoder(self.header.encoding if self.header.format == "plain" else "none")
-        carry = b""
+        opts = self.target.restore
+        decoder = Decoder(self.header.encoding if self.header.format == "plain" else "none",
+                          max_bytes=opts.max_expanded_bytes, max_ratio=opts.max_expansion_ratio, place=f"target {self.name}: {self.a.place}")
         try:
             while chunk := feed.read(CHUNK):
                 self.bytes_read += len(chunk)
                 if self._hasher is not None:
                     self._hasher.update(chunk)
-                data = decoder.feed(chunk)
-                if scan_owners:
-                    text = carry + data
-                    cut = text.rfind(b"\n") + 1
-                    self._create_owners(m.decode("utf-8", "replace") for m in _OWNER_COMMENT.findall(text, 0, cut))
-                    carry = text[cut:][-TAIL_BYTES:]
-                self._tail = (self._tail + data)[-TAIL_BYTES:]
-                sink.write(data)
+                for data in decoder.pieces(chunk):
+                    self._forward(data, sink, scan_owners)
             decoder.finish()
+            if self._scanner:
+                sink.write(self._scanner.finish())
             if self._hasher is not None:
                 self.sha256 = self._hasher.hexdigest()
+        except ProviderError as exc:  # a refused line, a bomb: psql has not read it, stop it before it reads on
+            self._pump_error = exc
+            if self._proc is not None:
+                self._proc.kill()
         except BrokenPipeError:
             pass  # the tool stopped reading; its stderr says why
         except BaseException as exc:  # noqa: BLE001 - judged after the tool ends
@@ -446,6 +460,17 @@ class Restore:
                 sink.close()
             except OSError:
                 pass
+
+    def _forward(self, data: bytes, sink, scan_owners: bool) -> None:
+        """One piece of the decompressed stream: owners created, the tail kept, the lines checked
+        (plain dumps) before psql gets them."""
+        if scan_owners:
+            text = self._carry + data
+            cut = text.rfind(b"\n") + 1
+            self._create_owners(m.decode("utf-8", "replace") for m in _OWNER_COMMENT.findall(text, 0, cut))
+            self._carry = text[cut:][-TAIL_BYTES:]
+        self._tail = (self._tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+        sink.write(self._scanner.feed(data) if self._scanner else data)
 
     def _spool(self) -> None:
         """A tar from S3 or a URL: pg_restore needs to seek in it, so it goes to a scratch file first
@@ -518,8 +543,8 @@ class Restore:
             raise ProviderError(
                 "SOURCE_UNREACHABLE", f"{where}: reading it stopped: {type(self._pump_error).__name__}: {self._pump_error}", retryable=True
             )
-        if self.header.format == "plain":  # a compressed one could not be read to its end before
-            _require_complete(self._tail, self.a, self.name, streamed=True)
+        if self._scanner is not None:  # judged on the whole stream: the marker last, outside COPY data
+            _require_complete(self._tail, self.a, self.name, streamed=True, why=self._scanner.complete())
         findings = classify_restore_errors(self.stderr, self.name)
         unreadable = [f for f in findings if f.code == "ARCHIVE_UNREADABLE"]
         if unreadable:

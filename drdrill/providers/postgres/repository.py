@@ -5,6 +5,7 @@ sha256): the strongest proof a drill can give, since every table can be compared
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 import subprocess
 import threading
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget
@@ -20,7 +22,24 @@ from drdrill.providers.postgres.backup import read_points, sha256_path
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, adopt_data_dir, server_major, tool
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
+from drdrill.providers.postgres.plainscan import DumpRefused, PlainDumpScanner, supports_restrict, tool_env, tool_version
 from drdrill.providers.postgres.sources import RecoverySource
+
+
+def _run_globals(path: Path, dsn: str, target: str) -> None:
+    """globals.sql (pg_dumpall -g) is a psql script too: read as psql would before psql sees it, with
+    psql restricted where it can be, and without the worker's environment."""
+    psql = tool("psql")
+    scanner = PlainDumpScanner(str(path))
+    try:
+        script = scanner.feed(path.read_bytes()) + scanner.finish()
+    except DumpRefused as exc:
+        raise ProviderError(exc.code, f"target {target}: {exc.message}") from None
+    key = secrets.token_hex(16) if supports_restrict(tool_version(psql)) else None
+    subprocess.run(
+        [psql, "-X", "-q", "-d", dsn, *(["-c", f"\\restrict {key}"] if key else []), "-f", "-"],
+        input=script, capture_output=True, env=tool_env(),
+    )
 
 
 class DrdrillRepository(RecoverySource):
@@ -82,10 +101,7 @@ class DrdrillRepository(RecoverySource):
 
         # 3. Roles first (pg_dump does not carry them), then the archive.
         if (point_dir / "globals.sql").exists():
-            subprocess.run(
-                [tool("psql"), "-X", "-q", "-d", cluster.dsn(dbname), "-f", str(point_dir / "globals.sql")],
-                capture_output=True, text=True,
-            )
+            _run_globals(point_dir / "globals.sql", cluster.dsn(dbname), target.name)
         cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), str(archive)]
         started = time.monotonic()
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -142,7 +158,7 @@ class DrdrillRepository(RecoverySource):
         data = cluster.path / f"{target.name}-data"
         dbname = target.source.database or manifest.get("database") or "postgres"
         endpoint = {
-            "dsn": f"host={cluster.sock} port={port} user={manifest.get('connect_as', 'postgres')} dbname={dbname}",
+            "dsn": make_conninfo(host=str(cluster.sock), port=port, user=str(manifest.get("connect_as", "postgres")), dbname=str(dbname)),
             "database": dbname,
             "socket_dir": str(cluster.sock),
         }

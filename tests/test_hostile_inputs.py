@@ -1,0 +1,220 @@
+"""A backup is untrusted input (issue 21): what drdrill itself reads from one. Each test is an attack
+or a defect as an adversary (or an unlucky team) would bring it: a plain dump carrying psql
+meta-commands, a decompression bomb, an HTTP server that ignores Range or drips, an S3 object
+replaced mid-drill, a `%` in a boundary query, a DSN injection, a secret under an unremarkable name.
+Every drill runs through the real worker, Temporal and PostgreSQL (tests/conftest.py)."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.pg_fixtures import cluster_root, clusters_left, shop_dsn  # noqa: F401
+from tests.test_dump_sources import codes, drill, dumps, place, run  # noqa: F401
+
+
+def _inject(dump: Path, where: Path, line: str, after: bytes = b"SET row_security = off;\n") -> tuple[Path, int]:
+    """The dump with `line` inserted after pg_dump's SET block; the line number it has there."""
+    text = dump.read_bytes()
+    at = text.index(after) + len(after)
+    out = place(dump, where, with_sidecar=False)
+    out.write_bytes(text[:at] + line.encode() + b"\n" + text[at:])
+    return out, text[:at].count(b"\n") + 1
+
+
+# ---------------------------------------------------------------- plain dumps: psql meta-commands
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        "\\! touch {marker}",
+        "\\setenv PAGER 'touch {marker}'",
+        "\\o |touch {marker}",
+        "\\copy (SELECT 1) TO PROGRAM 'touch {marker}'",
+        "SELECT 1 \\! touch {marker}",  # hidden after SQL on the same line: psql still runs it
+        "SELECT 'x' AS \"y\" /* c */ \\echo `touch {marker}`",
+    ],
+)
+def test_a_plain_dump_with_a_psql_meta_command_is_refused_before_psql_reads_it(drill_harness, dumps, tmp_path, cluster_root, attack):
+    marker = tmp_path / "marker"
+    _, lineno = _inject(dumps["plain"], tmp_path / "b", attack.format(marker=marker))
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.sql'}}"))
+
+    assert result.verdict == "FAILED"
+    assert "DUMP_META_COMMAND" in codes(result), result.findings
+    refused = next(f for f in result.findings if f.code == "DUMP_META_COMMAND")
+    assert f"shop.sql line {lineno}:" in refused.message
+    assert not marker.exists()  # psql never read the line
+    assert clusters_left(cluster_root) == []
+
+
+def test_a_meta_command_in_the_data_of_a_failing_copy_is_refused(drill_harness, dumps, tmp_path, cluster_root):
+    """A COPY with a syntax error fails on the server, and psql then reads its data lines as commands."""
+    marker = tmp_path / "marker"
+    _inject(dumps["plain"], tmp_path / "b", f"COPY nosuch (a FROM stdin;\n\\N\tC:\\\\Users\n\\! touch {marker}\n\\.")
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.sql'}}"))
+
+    assert result.verdict == "FAILED"
+    refused = next(f for f in result.findings if f.code == "DUMP_META_COMMAND")
+    assert "if the COPY of line" in refused.message
+    assert not marker.exists()
+
+
+def test_a_meta_command_in_a_compressed_dump_is_refused(drill_harness, dumps, tmp_path, cluster_root):
+    marker = tmp_path / "marker"
+    f, _ = _inject(dumps["plain"], tmp_path / "b", f"\\! touch {marker}")
+    gz = f.with_suffix(".sql.gz")
+    gz.write_bytes(gzip.compress(f.read_bytes()))
+    f.unlink()
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.gz'}}"))
+
+    assert "DUMP_META_COMMAND" in codes(result)
+    assert not marker.exists()
+
+
+def test_backslashes_inside_quotes_dollar_quotes_and_comments_and_a_connect_are_not_refused(drill_harness, dumps, tmp_path, cluster_root):
+    """What psql does not read as a command is not refused: a function body, strings, comments, and
+    the `\\connect` pg_dump writes."""
+    benign = (
+        "CREATE FUNCTION public.f() RETURNS text LANGUAGE sql AS $body$ SELECT '\\! touch {m}' $body$;\n"
+        "SELECT E'\\\\! not a command', $$ \\o |touch {m} $$; -- \\! touch {m}\n"
+        "/* \\! touch {m} */\n"
+        "\\connect -reuse-previous=on \"dbname='shop'\""
+    )
+    marker = tmp_path / "marker"
+    _inject(dumps["plain"], tmp_path / "b", benign.format(m=marker))
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.sql'}}"))
+
+    assert result.verdict == "PASSED", result.findings
+    assert "DUMP_META_COMMAND" not in codes(result)
+    assert not marker.exists()
+
+
+def test_a_connect_elsewhere_is_refused(drill_harness, dumps, tmp_path, cluster_root):
+    _inject(dumps["plain"], tmp_path / "b", "\\connect -reuse-previous=on \"dbname='shop' host=127.0.0.1 port=5432\"")
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.sql'}}"))
+
+    assert result.verdict == "FAILED"
+    assert "DUMP_META_COMMAND" in codes(result)
+
+
+def test_a_plain_dump_cut_after_a_row_holding_the_closing_marker_is_truncated(drill_harness, dumps, tmp_path, cluster_root):
+    """pg_dump's closing comment must be the last line outside COPY data, not text in the last rows."""
+    f, _ = _inject(dumps["plain"], tmp_path / "b", "CREATE TABLE public.notes (t text);")
+    text = f.read_bytes()
+    cut = text.index(b"ALTER TABLE ONLY")  # the primary keys and everything after them are lost
+    f.write_bytes(text[:cut] + b"COPY public.notes (t) FROM stdin;\nhello\n--\n-- PostgreSQL database dump complete\n--\n\n")
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.sql'}}"))
+
+    assert result.verdict == "FAILED"
+    assert "ARCHIVE_TRUNCATED" in codes(result), result.findings
+    assert "it ends inside a table's COPY data" in next(f.message for f in result.findings if f.code == "ARCHIVE_TRUNCATED")
+
+
+# ---------------------------------------------------------------- bounded inputs
+
+
+def _bomb(path: Path, head: bytes, gib: float = 1.0) -> Path:
+    """`head` then `gib` GiB of empty lines, zstd-compressed: a few dozen KiB on disk."""
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor(level=3)
+    with open(path, "wb") as fh, cctx.stream_writer(fh) as w:
+        w.write(head)
+        block = b"\n" * (64 << 20)
+        for _ in range(int(gib * 16)):
+            w.write(block)
+    return path
+
+
+_PEAK_RSS = """
+import resource, sys
+from drdrill.providers.postgres.artefacts import PathStore
+store = PathStore(sys.argv[1])
+header = store.header(store.list()[0])
+print(header.format or header.problem)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _sniff(path: Path) -> tuple[str, int]:
+    out = subprocess.run([sys.executable, "-c", _PEAK_RSS, str(path)], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    what, rss_kib = out.stdout.strip().splitlines()
+    return what, int(rss_kib)
+
+
+def test_sniffing_a_zstd_bomb_does_not_decompress_it(dumps, tmp_path):
+    head = dumps["plain"].read_bytes()[:2000]
+    (tmp_path / "small").mkdir()
+    (tmp_path / "bomb").mkdir()
+    _bomb(tmp_path / "small" / "shop.sql.zst", head, gib=0)
+    bomb = _bomb(tmp_path / "bomb" / "shop.sql.zst", head, gib=1)
+    assert bomb.stat().st_size < 256 * 1024
+
+    base_what, base_rss = _sniff(tmp_path / "small" / "*.zst")
+    what, rss = _sniff(tmp_path / "bomb" / "*.zst")
+    assert what == base_what == "plain"
+    assert rss - base_rss < 64 * 1024  # KiB: a header's worth, not the gigabyte behind it
+
+
+def test_restoring_a_zstd_bomb_stops_at_the_expansion_ratio(drill_harness, dumps, tmp_path, cluster_root):
+    head = dumps["plain"].read_bytes()
+    head = head[: head.index(b"SET row_security = off;\n")]
+    (tmp_path / "b").mkdir()
+    _bomb(tmp_path / "b" / "shop.sql.zst", head, gib=1)
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.zst'}}"))
+
+    assert result.verdict == "FAILED"
+    assert "ARTEFACT_TOO_LARGE" in codes(result), result.findings
+    assert "max_expansion_ratio" in next(f.message for f in result.findings if f.code == "ARTEFACT_TOO_LARGE")
+    assert clusters_left(cluster_root) == []
+
+
+def test_a_gzip_dump_larger_than_max_expanded_bytes_is_too_large(drill_harness, dumps, tmp_path, cluster_root):
+    place(dumps["plain.gz"], tmp_path / "b", with_sidecar=False)
+    text = drill(f"{{path: '{tmp_path}/b/*.gz'}}").replace("restore: {jobs: 2, timeout: 5m}", "restore: {jobs: 2, timeout: 5m, max_expanded_bytes: 4096}")
+    result = run(drill_harness, text)
+
+    assert result.verdict == "FAILED"
+    assert "ARTEFACT_TOO_LARGE" in codes(result), result.findings
+
+
+# ---------------------------------------------------------------- queries and DSNs
+
+
+def test_a_percent_sign_in_a_boundary_query_is_sql_not_a_placeholder(drill_harness, dumps, tmp_path, cluster_root):
+    place(dumps["custom"], tmp_path / "b")
+    check = """  - {name: even, type: boundary, target: shop, max_gap: 30d,
+     query: "SELECT created_at - interval '1 day' FROM orders WHERE id % 2 = 0 AND amount::text LIKE '%0'"}"""
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.dump'}}", validations=check))
+
+    boundary = next(v for v in result.validations if v.name == "even")
+    assert boundary.outcome == "PASSED", boundary.detail
+    assert result.verdict == "PASSED"
+
+
+def test_a_database_name_cannot_point_the_restore_at_another_server(drill_harness, dumps, tmp_path, cluster_root):
+    """`source.database` is a name: `host=`/`dbname=` in it must not reach a conninfo string, where
+    they would send the restore to production (here: the system PostgreSQL on 127.0.0.1)."""
+    import psycopg
+
+    from tests.pg_fixtures import ADMIN_DSN
+
+    def production_has_orders() -> bool:
+        with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+            return conn.execute("SELECT to_regclass('public.orders') IS NOT NULL").fetchone()[0]
+
+    assert not production_has_orders()
+    place(dumps["custom"], tmp_path / "b")
+    injected = "x dbname=postgres host=127.0.0.1 port=5432"
+    result = run(drill_harness, drill(f"{{path: '{tmp_path}/b/*.dump', database: '{injected}'}}"))
+
+    assert not production_has_orders()
+    assert result.verdict == "PASSED", result.findings
+    assert result.restored[0].endpoint["database"] == injected
