@@ -51,6 +51,7 @@ class Artefact:
     modified: Optional[datetime] = None
     is_dir: bool = False
     key: str = ""  # S3 key
+    etag: str = ""  # S3: the ETag seen when it was listed; every read asks for it (If-Match)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -305,11 +306,10 @@ class Decoder:
         while pos < len(data):
             step, pos = data[pos : pos + self.ZSTD_STEP], pos + self.ZSTD_STEP
             while step:
+                if self._obj.eof:  # the next frame of a concatenation
+                    self._obj = self._new()
                 yield self._obj.decompress(step)
-                if not self._obj.eof:
-                    break
-                step = self._obj.unused_data
-                self._obj = self._new()
+                step = self._obj.unused_data if self._obj.eof else b""
 
     def _bound(self) -> None:
         if self.max_bytes is not None and self.bytes_out > self.max_bytes:
@@ -448,6 +448,12 @@ class S3Store(Store):
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "PreconditionFailed" or status == 412:
+                return ProviderError(
+                    "ARTEFACT_CHANGED",
+                    f"{what}: the object was replaced after it was chosen as the recovery point (its ETag is no longer the one "
+                    "listed): what is restored must be what was chosen; run the drill again",
+                )
             if code in ("NoSuchBucket",):
                 return ProviderError("SOURCE_MISSING", f"{what}: bucket {self.bucket} does not exist")
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -469,7 +475,8 @@ class S3Store(Store):
                     if not name or name.endswith(".sha256") or name.startswith("."):
                         continue
                     found.append(
-                        Artefact(name=name, place=f"s3://{self.bucket}/{key}", key=key, size=obj["Size"], modified=obj["LastModified"].astimezone(timezone.utc))
+                        Artefact(name=name, place=f"s3://{self.bucket}/{key}", key=key, size=obj["Size"],
+                                 modified=obj["LastModified"].astimezone(timezone.utc), etag=obj.get("ETag", ""))
                     )
         except Exception as exc:  # noqa: BLE001 - every S3 failure becomes one finding naming the place
             raise self._fail(exc, self.place()) from None
@@ -479,16 +486,21 @@ class S3Store(Store):
         if length <= 0:
             return b""
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=a.key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=a.key, Range=f"bytes={start}-{start + length - 1}", **self._pin(a))["Body"]
             return body.read()
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, a.place) from None
 
     def open(self, a: Artefact) -> BinaryIO:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=a.key)["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=a.key, **self._pin(a))["Body"]
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, a.place) from None
+
+    @staticmethod
+    def _pin(a: Artefact) -> dict:
+        """Read the object as it was listed, or fail: ARTEFACT_CHANGED (If-Match on its ETag)."""
+        return {"IfMatch": a.etag} if a.etag else {}
 
     def sidecar(self, a: Artefact) -> Optional[tuple[str, str]]:
         from botocore.exceptions import ClientError
@@ -558,8 +570,14 @@ class UrlStore(Store):
         with self._request({"Range": f"bytes={start}-{start + length - 1}"}) as resp:
             if resp.status == 206:
                 return resp.read()
-            # A server that ignores Range sends everything: skip to `start`, keep `length`.
-            resp.read(start)
+            # A server that ignores Range sends everything: skip to `start` a chunk at a time (never
+            # holding more than one), keep `length`, and close the rest unread.
+            left = start
+            while left > 0:
+                skipped = len(resp.read(min(left, 1 << 20)))
+                if not skipped:
+                    return b""
+                left -= skipped
             return resp.read(length)
 
     def open(self, a: Artefact) -> BinaryIO:
@@ -571,7 +589,8 @@ def store_for(source: PostgresSource) -> Store:
     if source.path is not None:
         return PathStore(source.path)
     if source.s3 is not None:
-        return S3Store(source.s3.bucket, source.s3.prefix, source.s3.region, source.s3.endpoint_url)
+        endpoint = source.s3.endpoint_url or os.environ.get("DRDRILL_AWS_ENDPOINT_URL") or None  # as every AWS client of drdrill
+        return S3Store(source.s3.bucket, source.s3.prefix, source.s3.region, endpoint)
     if source.url_env is not None:
         return UrlStore(source.url_env)
     raise ValueError(f"not a pg_dump source: {source.kind}")

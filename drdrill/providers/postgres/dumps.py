@@ -76,8 +76,10 @@ class DumpFiles(RecoverySource):
         if not artefacts:
             raise ProviderError(
                 "RECOVERY_POINT_NOT_FOUND",
-                f"target {target.name}: nothing matches {store.place()}: check the "
-                + ("glob and the directory" if source.path else "bucket and prefix" if source.s3 else "URL"),
+                f"target {target.name}: nothing matches {store.place()}: "
+                + (f"it is a directory, and a glob is needed: path: {source.path.rstrip('/')}/*.dump (or *.sql, *.sql.gz …)"
+                   if source.path and os.path.isdir(source.path) else "check the "
+                   + ("glob and the directory" if source.path else "bucket and prefix" if source.s3 else "URL")),
             )
         name_time = name_time_regex(source.name_time) if source.name_time else None
         points = []
@@ -98,8 +100,20 @@ class DumpFiles(RecoverySource):
                     },
                 )
             )
+        if name_time is not None and not any(p.metadata["time_from"] == "name" for p in points):
+            raise ProviderError(
+                "NAME_TIME_UNMATCHED",
+                f"target {target.name}: source.name_time {source.name_time!r} matches none of the {len(points)} names under "
+                f"{store.place()} (e.g. {points[0].id}): fix the pattern to the names' time stamp, or remove it to date them by their headers",
+            )
         _refuse_mixed_formats(points, store.place(), target.name)
         chosen = select_for_target(points, ctx, target)
+        if chosen.consistent_time > (ctx.as_of or ctx.declared):
+            raise ProviderError(
+                "RECOVERY_POINT_IN_FUTURE",
+                f"target {target.name}: {chosen.id} is dated {chosen.consistent_time.isoformat()} by {TIME_SOURCES[chosen.metadata['time_from']]}, "
+                f"after the declared disaster ({(ctx.as_of or ctx.declared).isoformat()}): a wrong clock, zone or name_time; no RPO can be measured from it",
+            )
         self._check(chosen, store, target)
         return chosen
 
@@ -207,6 +221,13 @@ class DumpFiles(RecoverySource):
             },
             findings=findings,
         )
+
+
+def _close_quietly(feed) -> None:
+    try:
+        feed.close()
+    except Exception:  # noqa: BLE001 - a stream already broken
+        pass
 
 
 def _refuse_mixed_formats(points: list[RecoveryPoint], place: str, target: str) -> None:
@@ -358,6 +379,7 @@ class Restore:
         self._tail = b""
         self._scanner: Optional[PlainDumpScanner] = None
         self._carry = b""
+        self._reading_since: Optional[float] = None
         self._proc: Optional[subprocess.Popen] = None
         self._pump_error: Optional[BaseException] = None
         self._hasher = hashlib.sha256() if (expect.sha256 and self.local is None) else None
@@ -411,12 +433,17 @@ class Restore:
             pump = threading.Thread(target=self._pump, args=(feed, proc.stdin, scan_owners), daemon=True)
             pump.start()
         started = time.monotonic()
+        stall = self.target.restore.stall_after.total_seconds()
         try:
             while proc.poll() is None:
                 heartbeat({"target": self.name, "step": Path(cmd[0]).name, "bytes_streamed": self.bytes_read,
                            "of": self.a.size, "seconds": round(time.monotonic() - started, 1)})
+                since = self._reading_since
+                if pump is not None and pump.is_alive() and since is not None and time.monotonic() - since > stall:
+                    self._stalled(proc, feed, stall)
+                    break
                 try:
-                    proc.wait(timeout=2)
+                    proc.wait(timeout=min(2.0, max(0.2, stall / 4)))
                 except subprocess.TimeoutExpired:
                     pass
         finally:
@@ -424,9 +451,13 @@ class Restore:
                 proc.kill()
                 proc.wait()
             if pump is not None:
-                pump.join(timeout=30)
+                pump.join(timeout=1 if self._pump_error is not None else 30)
             if feed is not None:
-                feed.close()
+                # A read blocked in the pump (a stalled source) holds the stream: close it beside,
+                # it ends with the connection's own timeout.
+                closing = threading.Thread(target=_close_quietly, args=(feed,), daemon=True)
+                closing.start()
+                closing.join(timeout=5)
         reader.join()
         self.returncode = proc.returncode
         self.stderr = b"".join(errs).decode("utf-8", "replace")
@@ -436,7 +467,7 @@ class Restore:
         decoder = Decoder(self.header.encoding if self.header.format == "plain" else "none",
                           max_bytes=opts.max_expanded_bytes, max_ratio=opts.max_expansion_ratio, place=f"target {self.name}: {self.a.place}")
         try:
-            while chunk := feed.read(CHUNK):
+            while chunk := self._read(feed):
                 self.bytes_read += len(chunk)
                 if self._hasher is not None:
                     self._hasher.update(chunk)
@@ -454,12 +485,32 @@ class Restore:
         except BrokenPipeError:
             pass  # the tool stopped reading; its stderr says why
         except BaseException as exc:  # noqa: BLE001 - judged after the tool ends
-            self._pump_error = exc
+            self._pump_error = self._pump_error or exc  # a stall, found first, stays the cause
         finally:
             try:
                 sink.close()
             except OSError:
                 pass
+
+    def _read(self, feed: BinaryIO) -> bytes:
+        """One chunk from the source, timed: a read that brings no whole chunk within stall_after is a
+        stall. (Time the tool spends on a statement, with the pump waiting to write, is not.)"""
+        self._reading_since = time.monotonic()
+        try:
+            return feed.read(CHUNK)
+        finally:
+            self._reading_since = None
+
+    def _stalled(self, proc: subprocess.Popen, feed: Optional[BinaryIO], stall: float) -> None:
+        """A read of the source brought no whole chunk (1 MiB) for `stall` seconds: a source that drips
+        or hangs. Progress, not time, is what counts; the restore ends."""
+        self._pump_error = ProviderError(
+            "RESTORE_STALLED",
+            f"target {self.name}: {self.a.place}: no progress for {stall:g} s after {self.bytes_read} bytes (restore.stall_after): "
+            "the source drips or hangs",
+            retryable=False,
+        )
+        proc.kill()
 
     def _forward(self, data: bytes, sink, scan_owners: bool) -> None:
         """One piece of the decompressed stream: owners created, the tail kept, the lines checked

@@ -26,7 +26,9 @@ from drdrill.providers.base import ProviderError
 
 DUMP_COMPLETE = "-- PostgreSQL database dump complete"
 
-_IDENT = r"[A-Za-z\x80-\xff_][A-Za-z\x80-\xff_0-9$]*"
+# Only the identifiers that matter are tokens: one holding a `$` (not a dollar quote) or ending at a
+# quote (`somE'…'` is not an E'' string). Every other word is skipped inside the regex engine.
+_IDENT = r"[A-Za-z\x80-\xff_][A-Za-z\x80-\xff_0-9]*(?:\$[A-Za-z\x80-\xff_0-9$]*|(?='))"
 _SQL = re.compile(r"--|/\*|[eE]'|[uU]&'|[uU]&\"|'|\"|\$(?:[A-Za-z\x80-\xff_][A-Za-z\x80-\xff_0-9]*)?\$|" + _IDENT + r"|\\|;")
 _XQ = re.compile(r"''|'")
 _XE = re.compile(r"\\.|''|'", re.S)
