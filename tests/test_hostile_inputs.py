@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.pg_fixtures import cluster_root, clusters_left, shop_dsn  # noqa: F401
+from tests.pg_fixtures import cluster_root, clusters_left, shop_dsn, shop_repo  # noqa: F401
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.test_dump_sources import bucket, codes, drill, dumps, place, run  # noqa: F401
 
@@ -424,3 +424,23 @@ def test_an_s3_object_replaced_after_it_was_chosen_is_artefact_changed(drill_har
     assert result.verdict == "FAILED"
     assert "ARTEFACT_CHANGED" in codes(result), result.findings
     assert result.restored == []
+
+
+# ---------------------------------------------------------------- a drdrill repository's globals.sql
+
+
+def test_a_meta_command_in_a_repositorys_globals_sql_is_refused(drill_harness, shop_repo, tmp_path, cluster_root):
+    from drdrill.providers.postgres import PostgresProvider
+    from tests.test_postgres_drill import drill_yaml
+
+    marker = tmp_path / "marker"
+    planted = [g for g in shop_repo.rglob("globals.sql")]
+    assert planted, "drdrill backup writes globals.sql"
+    for g in planted:
+        g.write_text(g.read_text() + f"\nSELECT 1 \\! touch {marker}\n")
+    result = drill_harness.run(drill_yaml(shop_repo), providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "FAILED"
+    assert "DUMP_META_COMMAND" in codes(result), result.findings
+    assert "globals.sql line" in next(f.message for f in result.findings if f.code == "DUMP_META_COMMAND")
+    assert not marker.exists()
