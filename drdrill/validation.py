@@ -156,9 +156,10 @@ def run_validation(inp: ValidateInput, connect_timeout: float = 10.0) -> Validat
     result.finished = _now()
     # Redacted at the source: a check's output (a command printing its environment, an error
     # quoting a DSN) becomes the workflow history, findings, evidence and reports.
-    from drdrill.core.redact import redact, redact_obj
+    from drdrill.core.redact import redact_keeping, redact_obj
 
-    result.detail = redact(result.detail)
+    own = [x for x in (getattr(v, "contains", None), getattr(v, "expect", None)) if isinstance(x, str)]
+    result.detail = redact_keeping(result.detail, own)
     result.measured = redact_obj(result.measured)
     if result.outcome == "FAILED" and v.type == "checksum":
         result.findings.append(Finding(code="CHECKSUM_MISMATCH", message=result.detail, target=result.target))
@@ -416,7 +417,8 @@ def check_boundary(inp: ValidateInput, ct: float):
 
     moment, what = _boundary_moment(inp)
     if v.query is not None:
-        rows, label = sql.SQL(v.query), _short(v.query, 40)
+        # The user's query is text, not a template: its `%` (LIKE 'a%', modulo) must not read as a placeholder.
+        rows, label = sql.SQL(v.query.replace("%", "%%")), _short(v.query, 40)
     else:
         table = v.table if "." in v.table else f"public.{v.table}"
         rows, label = sql.SQL("SELECT {} FROM {}").format(sql.Identifier(v.column), table_ident(table)), f"{table}.{v.column}"
@@ -532,7 +534,7 @@ def check_http(inp: ValidateInput, ct: float):
 
 def check_command(inp: ValidateInput, ct: float):
     v = inp.validation
-    env = dict(os.environ)
+    env = command_env(v.env)
     if inp.resource is not None:
         for k, val in inp.resource.endpoint.items():
             env[f"DRDRILL_{k.upper()}"] = str(val)
@@ -561,6 +563,30 @@ def check_command(inp: ValidateInput, ct: float):
     if proc.returncode != v.expect_exit:
         raise Failed(detail)
     return detail, {"exit": proc.returncode}, True
+
+
+_COMMAND_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
+# The cloud SDKs' own configuration (a `drdrill check aws-volume` needs it); their secrets are
+# redacted by name and shape. Every other variable reaches a command only when the drill names it.
+_COMMAND_PREFIXES = ("AWS_", "AZURE_", "ARM_", "GOOGLE_", "CLOUDSDK_", "DRDRILL_")
+
+
+def command_env(named: list[str], environ=None) -> dict[str, str]:
+    """What a command check runs with: not the worker's environment, but PATH and the locale, the
+    cloud SDKs' configuration (drdrill's own DRDRILL_* but its secrets), and the variables the drill
+    names, each value registered for redaction whatever its name."""
+    from drdrill.core.redact import register_secret, secret_name
+
+    environ = os.environ if environ is None else environ
+    env = {k: environ[k] for k in _COMMAND_BASE if k in environ}
+    env.update({k: val for k, val in environ.items() if k.startswith(_COMMAND_PREFIXES) and not (k.startswith("DRDRILL_") and secret_name(k))})
+    missing = [n for n in named if n not in environ]
+    if missing:
+        raise CouldNotVerify(f"the command's variable{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not set on this worker", retry=False)
+    for name in named:
+        register_secret(environ[name])
+        env[name] = environ[name]
+    return env
 
 
 _CHECKS = {

@@ -74,3 +74,37 @@ def test_no_secret_reaches_the_files_the_report_or_the_store(secret_env, evidenc
         for where, text in written.items():
             assert secret not in text, f"{kind} reached {where}"
     assert "***" in written["report.html"] and "***" in stored
+
+
+def test_an_http_checks_own_expected_text_is_not_masked_but_what_the_service_says_is(tmp_path):
+    """Issue 23 item 17: `containing 'token=abc'` is the drill file's own text, shown as written;
+    a secret the service answers with is still masked."""
+    import http.server
+    import threading
+
+    from datetime import datetime, timezone
+
+    from drdrill.core.spec import HttpValidation
+    from drdrill.validation import ValidateInput, run_validation
+
+    class Answers(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"ready token=abc")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answers)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check = HttpValidation(type="http", name="ready", url=f"http://127.0.0.1:{server.server_port}/?token=s3cr3tQueryTok", contains="token=abc")
+        inp = ValidateInput(name="ready", validation=check, declared=datetime.now(timezone.utc), rpo_objective_seconds=3600)
+        result = run_validation(inp)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.outcome == "PASSED", result.detail
+    assert "containing 'token=abc'" in result.detail
+    assert "s3cr3tQueryTok" not in result.detail

@@ -41,9 +41,9 @@ def test_a_check_printing_secrets_leaks_them_nowhere(temporal_server, tmp_path):
     env = {"DRDRILL_TEST_PASSWORD": PASSWORD, "SHOP_DSN": DSN, "DRDRILL_LOG_LEVEL": "DEBUG"}
     text = sim_yaml(
         validations=(
-            f"  - {{type: command, target: db0, name: prints-password, timeout: 5s, argv: [{sys.executable}, -c, "
+            f"  - {{type: command, target: db0, name: prints-password, timeout: 5s, env: [DRDRILL_TEST_PASSWORD], argv: [{sys.executable}, -c, "
             f"'import os, sys; print(\"password is\", os.environ[\"DRDRILL_TEST_PASSWORD\"]); sys.exit(3)']}}\n"
-            f"  - {{type: command, target: db0, name: prints-dsn, timeout: 5s, argv: [{sys.executable}, -c, "
+            f"  - {{type: command, target: db0, name: prints-dsn, timeout: 5s, env: [SHOP_DSN], argv: [{sys.executable}, -c, "
             f"'import os; print(\"connected to\", os.environ[\"SHOP_DSN\"])']}}"
         )
     )
@@ -72,6 +72,45 @@ def test_a_check_printing_secrets_leaks_them_nowhere(temporal_server, tmp_path):
     assert any(p.name == "evidence.json" for p in files)
     for path, blob in files.items():
         _assert_clean(str(path.name), blob)
+
+
+APP_PASS = "pl41n-n4med-v4lue"  # under a name no pattern recognises
+
+
+def test_a_command_gets_only_the_variables_it_names_and_each_is_redacted_whatever_its_name(temporal_server, tmp_path):
+    """APP_PASS is not secret-looking by name: named by the check, its value is still redacted from
+    the history, the result, the log and the evidence; not named, the command never sees it."""
+    state, state_dir = tmp_path / "sim.json", tmp_path / "state"
+    state_dir.mkdir()
+    queue = f"secrets-{uuid.uuid4().hex[:8]}"
+    text = sim_yaml(
+        validations=(
+            f"  - {{type: command, target: db0, name: named, timeout: 5s, env: [APP_PASS], argv: [{sys.executable}, -c, "
+            f"'import os; print(\"app pass\", os.environ[\"APP_PASS\"])']}}\n"
+            f"  - {{type: command, target: db0, name: unnamed, timeout: 5s, argv: [{sys.executable}, -c, "
+            f"'import os; print(\"app pass\", os.environ.get(\"APP_PASS\", \"unset\"))']}}"
+        )
+    )
+    worker = WorkerProcess(temporal_server.address, queue, state, state_dir, tmp_path / "worker.log", extra_env={"APP_PASS": APP_PASS})
+
+    async def go():
+        await wait_until(worker.polling, timeout=60, what="the worker to poll")
+        client = await connect(temporal_server.address)
+        handle = await start(client, spec_of(text), queue)
+        result = await final_result(handle, state_dir)
+        return result, await _history_bytes(handle)
+
+    try:
+        result, history = asyncio.run(go())
+    finally:
+        worker.stop()
+    outcomes = {v.name: v for v in result.validations}
+    assert outcomes["named"].outcome == "PASSED" and "app pass ***" in outcomes["named"].detail
+    assert outcomes["unnamed"].outcome == "PASSED" and "app pass unset" in outcomes["unnamed"].detail
+    for where, blob in [("the workflow history", history), ("the result", result.model_dump_json().encode()),
+                        ("the worker log", worker.log.read_bytes()),
+                        *((p.name, b) for p, b in _files_under(state_dir / "runs" / result.drill_id).items())]:
+        assert APP_PASS.encode() not in blob, f"APP_PASS leaked into {where}"
 
 
 class _LeakyCloud(SimProvider):

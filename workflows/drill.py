@@ -646,7 +646,8 @@ class DrillWorkflow:
         with the group, and on the timeline."""
         name = action.label(when, index)
         check = CommandValidation(
-            type="command", name=name, argv=action.argv, expect_exit=action.expect_exit, timeout=action.timeout, target=action.target
+            type="command", name=name, argv=action.argv, expect_exit=action.expect_exit, timeout=action.timeout, target=action.target,
+            env=action.env,
         )
         family = self.spec.target(action.target).family if action.target else None
         if action.on == "probe" and family is None:

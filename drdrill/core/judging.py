@@ -105,6 +105,14 @@ def rpo(
     as_of = as_of or declared
     shift = (as_of - declared).total_seconds()
     oldest = min(p.consistent_time for p in points)
+    newest = max(points, key=lambda p: p.consistent_time)
+    if newest.consistent_time > as_of:  # a clock, a zone or a name pattern is wrong: no RPO can be told
+        ahead = (newest.consistent_time - as_of).total_seconds()
+        return ObjectiveResult(
+            name="RPO", objective_seconds=objective.total_seconds(), outcome="FAILED",
+            detail=f"RECOVERY_POINT_IN_FUTURE: recovery point {newest.id} of {newest.target} is dated {format_duration(ahead)} "
+            "after the declared disaster, so the data lost cannot be measured",
+        )
     point_rpo = (as_of - oldest).total_seconds()
     measured = [float(v.measured["rpo_seconds"]) + shift for v in validations if v.measured.get("rpo_seconds") is not None]
     achieved = max([point_rpo] + measured)

@@ -54,6 +54,11 @@ def register_secret(value: str) -> None:
         _registered.add(value)
 
 
+def secret_name(name: str) -> bool:
+    """A variable whose name says it holds a secret."""
+    return bool(_SECRET_NAME.search(name))
+
+
 def secret_values() -> list[str]:
     values = set(_registered)
     for name, value in os.environ.items():
@@ -71,6 +76,17 @@ def redact(text: str, _values: Optional[list[str]] = None) -> str:
     for rx, repl in _PATTERNS:
         text = rx.sub(repl, text)
     return text
+
+
+def redact_keeping(text: str, keep: list[str]) -> str:
+    """Redact `text` but for the literal strings in `keep`: a check's own expected text, which the
+    drill file states in the open (`containing 'token=abc'` must not read `token=***`)."""
+    kept = sorted({k for k in keep if k} | {repr(k)[1:-1] for k in keep if k}, key=len, reverse=True)
+    if not text or not kept:
+        return redact(text)
+    parts = re.split("(" + "|".join(map(re.escape, kept)) + ")", text)
+    values = secret_values()
+    return "".join(p if i % 2 else redact(p, values) for i, p in enumerate(parts))
 
 
 def redact_obj(obj: Any, _values: Optional[list[str]] = None) -> Any:

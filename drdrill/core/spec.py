@@ -357,7 +357,7 @@ class PostgresSource(Strict):
         pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
         description="name of the environment variable holding the source DSN (for `drdrill backup`)",
     )
-    format: Optional[Literal["auto", "custom", "directory", "tar", "plain", "base"]] = Field(
+    format: Optional[str] = Field(  # checked per kind of source below: an error lists only the ones that apply
         None,
         description="repository: custom (pg_dump -Fc, the default), directory (-Fd) or base (pg_basebackup); "
         "pg_dump files: auto (the default: read from the file), custom, directory, tar or plain (SQL, also .gz or .zst)",
@@ -443,6 +443,16 @@ class PostgresRestoreOptions(RestoreOptions):
         "written by `drdrill reference write`): STRUCTURE_MISSING / STRUCTURE_UNEXPECTED against it",
     )
     after: Optional[AfterRestore] = Field(None, description="start an application from the restored data (isolation.postgres: network only)")
+    # pg_dump files (path, s3, url_env): bounds on what a backup can make drdrill read (issue 21).
+    max_expanded_bytes: int = Field(
+        1 << 40, ge=1, description="a gzip/zstd plain dump that decompresses to more bytes than this is ARTEFACT_TOO_LARGE (default 1 TiB)"
+    )
+    max_expansion_ratio: float = Field(
+        1000, ge=1, description="… or to more than this many times its compressed size (a decompression bomb; default 1000)"
+    )
+    stall_after: Duration = Field(
+        timedelta(minutes=5), description="a dump stream that delivers no byte for this long ends the restore: RESTORE_STALLED"
+    )
     environment: dict[str, str] = Field(
         default_factory=dict,
         description="more variables for restore.after: {targets.<target>.<field>} (an earlier group's endpoint) or "
@@ -1067,6 +1077,11 @@ class CommandValidation(ValidationBase):
     argv: list[str] = Field(min_length=1)
     expect_exit: int = 0
     target: Optional[str] = Field(None, description="target whose connection details are passed as DRDRILL_* variables")
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list,
+        description="names of the worker's variables the command gets (its secrets, say); their values are redacted "
+        "wherever they appear. Nothing else of the worker's environment is passed but PATH, locale and the cloud SDKs' own",
+    )
 
 
 Validation = Annotated[
@@ -1175,6 +1190,9 @@ class PlanAction(Strict):
     target: Optional[str] = Field(None, description="a target restored before the action runs: its endpoint as DRDRILL_* variables")
     expect_exit: int = 0
     timeout: Duration = Field(timedelta(minutes=5), description="how long the action may keep trying")
+    env: list[Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]] = Field(
+        default_factory=list, description="names of the worker's variables the action gets, as a command check's `env`"
+    )
 
     def label(self, when: str, index: int) -> str:
         return f"{when}:{self.name or index + 1}"

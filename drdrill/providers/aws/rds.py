@@ -4,6 +4,8 @@ public anyway is made private before any check runs, and the drill says so."""
 
 from __future__ import annotations
 
+from psycopg.conninfo import make_conninfo
+
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -272,5 +274,5 @@ def _db_endpoint(db: dict, region: str, ident: str) -> dict[str, Any]:
         "region": region,
     }
     if "postgres" in engine and ep.get("Address"):
-        endpoint["dsn"] = f"host={ep['Address']} port={ep.get('Port', 5432)} dbname={dbname} user={user} sslmode=require"
+        endpoint["dsn"] = make_conninfo(host=ep["Address"], port=ep.get("Port", 5432), dbname=dbname, user=user, sslmode="require")
     return endpoint

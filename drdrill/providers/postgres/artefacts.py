@@ -51,6 +51,7 @@ class Artefact:
     modified: Optional[datetime] = None
     is_dir: bool = False
     key: str = ""  # S3 key
+    etag: str = ""  # S3: the ETag seen when it was listed; every read asks for it (If-Match)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -184,7 +185,7 @@ def inspect(prefix: bytes, is_dir: bool = False) -> Header:
     if encoding != "none":
         decoder = Decoder(encoding)
         try:
-            text = decoder.feed(prefix)
+            text = decoder.feed(prefix, limit=HEADER_BYTES)  # a sniff: never more than a header's worth
         except DecodeError as exc:
             return Header(problem=f"a {encoding} file that does not decompress: {exc}")
         if text.startswith(b"PGDMP"):
@@ -243,10 +244,19 @@ class DecodeError(Exception):
 
 class Decoder:
     """gzip or zstd decompression, fed chunk by chunk, across concatenated members/frames; `finish`
-    says whether the stream ended where a member/frame ends (a cut file does not)."""
+    says whether the stream ended where a member/frame ends (a cut file does not).
 
-    def __init__(self, encoding: str):
+    Bounded: no call holds more than a few MiB of output at once (gzip by max_length, zstd by feeding
+    it 1 KiB at a time: one byte of zstd makes at most a 128 KiB block), and the whole output stops at
+    `max_bytes` or at `max_ratio` times the input (plus 64 MiB): ARTEFACT_TOO_LARGE, a bomb."""
+
+    ZSTD_STEP = 1024
+    SLACK = 64 << 20
+
+    def __init__(self, encoding: str, max_bytes: Optional[int] = None, max_ratio: Optional[float] = None, place: str = ""):
         self.encoding = encoding
+        self.max_bytes, self.max_ratio, self.place = max_bytes, max_ratio, place
+        self.bytes_in = self.bytes_out = 0
         self._obj = self._new()
 
     def _new(self):
@@ -256,25 +266,68 @@ class Decoder:
             return zstandard.ZstdDecompressor().decompressobj()
         return None
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes, limit: Optional[int] = None) -> bytes:
+        """The output of `data` (at most `limit` bytes of it: a header sniff)."""
+        out, got = [], 0
+        for piece in self.pieces(data):
+            out.append(piece)
+            got += len(piece)
+            if limit is not None and got >= limit:
+                break
+        return b"".join(out)
+
+    def pieces(self, data: bytes) -> Iterator[bytes]:
+        self.bytes_in += len(data)
         if self._obj is None:
-            return data
-        out = []
+            yield data
+            return
         try:
-            while data:
-                out.append(self._obj.decompress(data))
-                if not self._obj.eof:
-                    break
-                data = self._obj.unused_data
-                if data:
-                    self._obj = self._new()
+            for piece in self._gzip(data) if self.encoding == "gzip" else self._zstd(data):
+                self.bytes_out += len(piece)
+                self._bound()
+                yield piece
         except (zlib.error, zstandard.ZstdError) as exc:
             raise DecodeError(str(exc)) from None
-        return b"".join(out)
+
+    def _gzip(self, data: bytes) -> Iterator[bytes]:
+        while data:
+            yield self._obj.decompress(data, 1 << 20)
+            if self._obj.unconsumed_tail:
+                data = self._obj.unconsumed_tail
+                continue
+            if not self._obj.eof:
+                break
+            data = self._obj.unused_data
+            if data:
+                self._obj = self._new()
+
+    def _zstd(self, data: bytes) -> Iterator[bytes]:
+        pos = 0
+        while pos < len(data):
+            step, pos = data[pos : pos + self.ZSTD_STEP], pos + self.ZSTD_STEP
+            while step:
+                if self._obj.eof:  # the next frame of a concatenation
+                    self._obj = self._new()
+                yield self._obj.decompress(step)
+                step = self._obj.unused_data if self._obj.eof else b""
+
+    def _bound(self) -> None:
+        if self.max_bytes is not None and self.bytes_out > self.max_bytes:
+            raise TooLarge(f"{self.place}: it decompresses to more than {self.max_bytes} bytes (restore.max_expanded_bytes)")
+        if self.max_ratio is not None and self.bytes_out > self.max_ratio * self.bytes_in + self.SLACK:
+            raise TooLarge(
+                f"{self.place}: {self.bytes_in} bytes of {self.encoding} became over {self.bytes_out} bytes, more than "
+                f"{self.max_ratio:g} times as much (restore.max_expansion_ratio): a decompression bomb, or raise the ratio"
+            )
 
     def finish(self) -> None:
         if self._obj is not None and not self._obj.eof:
             raise DecodeError(f"the {self.encoding} stream ends in the middle (the file is cut short)")
+
+
+class TooLarge(ProviderError):
+    def __init__(self, message: str):
+        super().__init__("ARTEFACT_TOO_LARGE", message)
 
 
 # ---------------------------------------------------------------- stores
@@ -395,6 +448,12 @@ class S3Store(Store):
         if isinstance(exc, ClientError):
             code = exc.response.get("Error", {}).get("Code", "")
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "PreconditionFailed" or status == 412:
+                return ProviderError(
+                    "ARTEFACT_CHANGED",
+                    f"{what}: the object was replaced after it was chosen as the recovery point (its ETag is no longer the one "
+                    "listed): what is restored must be what was chosen; run the drill again",
+                )
             if code in ("NoSuchBucket",):
                 return ProviderError("SOURCE_MISSING", f"{what}: bucket {self.bucket} does not exist")
             if code in ("NoSuchKey", "404", "NotFound"):
@@ -416,7 +475,8 @@ class S3Store(Store):
                     if not name or name.endswith(".sha256") or name.startswith("."):
                         continue
                     found.append(
-                        Artefact(name=name, place=f"s3://{self.bucket}/{key}", key=key, size=obj["Size"], modified=obj["LastModified"].astimezone(timezone.utc))
+                        Artefact(name=name, place=f"s3://{self.bucket}/{key}", key=key, size=obj["Size"],
+                                 modified=obj["LastModified"].astimezone(timezone.utc), etag=obj.get("ETag", ""))
                     )
         except Exception as exc:  # noqa: BLE001 - every S3 failure becomes one finding naming the place
             raise self._fail(exc, self.place()) from None
@@ -426,16 +486,21 @@ class S3Store(Store):
         if length <= 0:
             return b""
         try:
-            body = self.client.get_object(Bucket=self.bucket, Key=a.key, Range=f"bytes={start}-{start + length - 1}")["Body"]
+            body = self.client.get_object(Bucket=self.bucket, Key=a.key, Range=f"bytes={start}-{start + length - 1}", **self._pin(a))["Body"]
             return body.read()
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, a.place) from None
 
     def open(self, a: Artefact) -> BinaryIO:
         try:
-            return self.client.get_object(Bucket=self.bucket, Key=a.key)["Body"]
+            return self.client.get_object(Bucket=self.bucket, Key=a.key, **self._pin(a))["Body"]
         except Exception as exc:  # noqa: BLE001
             raise self._fail(exc, a.place) from None
+
+    @staticmethod
+    def _pin(a: Artefact) -> dict:
+        """Read the object as it was listed, or fail: ARTEFACT_CHANGED (If-Match on its ETag)."""
+        return {"IfMatch": a.etag} if a.etag else {}
 
     def sidecar(self, a: Artefact) -> Optional[tuple[str, str]]:
         from botocore.exceptions import ClientError
@@ -505,8 +570,14 @@ class UrlStore(Store):
         with self._request({"Range": f"bytes={start}-{start + length - 1}"}) as resp:
             if resp.status == 206:
                 return resp.read()
-            # A server that ignores Range sends everything: skip to `start`, keep `length`.
-            resp.read(start)
+            # A server that ignores Range sends everything: skip to `start` a chunk at a time (never
+            # holding more than one), keep `length`, and close the rest unread.
+            left = start
+            while left > 0:
+                skipped = len(resp.read(min(left, 1 << 20)))
+                if not skipped:
+                    return b""
+                left -= skipped
             return resp.read(length)
 
     def open(self, a: Artefact) -> BinaryIO:
@@ -518,7 +589,8 @@ def store_for(source: PostgresSource) -> Store:
     if source.path is not None:
         return PathStore(source.path)
     if source.s3 is not None:
-        return S3Store(source.s3.bucket, source.s3.prefix, source.s3.region, source.s3.endpoint_url)
+        endpoint = source.s3.endpoint_url or os.environ.get("DRDRILL_AWS_ENDPOINT_URL") or None  # as every AWS client of drdrill
+        return S3Store(source.s3.bucket, source.s3.prefix, source.s3.region, endpoint)
     if source.url_env is not None:
         return UrlStore(source.url_env)
     raise ValueError(f"not a pg_dump source: {source.kind}")

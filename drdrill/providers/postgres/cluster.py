@@ -8,6 +8,8 @@ directory; root's clients still reach the socket.
 
 from __future__ import annotations
 
+from psycopg.conninfo import make_conninfo
+
 import json
 import os
 import pwd
@@ -232,7 +234,7 @@ class LocalCluster:
             return None
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.sock} port={self.port} user={SUPERUSER} dbname={dbname}"
+        return make_conninfo(host=str(self.sock), port=self.port, user=SUPERUSER, dbname=dbname)
 
     def running(self) -> bool:
         if not self.initialised:

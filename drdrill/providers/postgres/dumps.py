@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import threading
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import BinaryIO, Optional
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget, name_time_regex
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 import drdrill.providers.postgres.binaries as installs
 from drdrill.providers.postgres.artefacts import (
-    DUMP_COMPLETE,
     TAIL_BYTES,
     Artefact,
     Decoder,
@@ -53,6 +54,7 @@ from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalClu
 from drdrill.providers.postgres.sandbox import Inputs, Sandbox, SandboxError
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
+from drdrill.providers.postgres.plainscan import PlainDumpScanner, supports_restrict, tail_complete, tool_version
 from drdrill.providers.postgres.sources import RecoverySource
 
 CHUNK = 1 << 20
@@ -75,8 +77,10 @@ class DumpFiles(RecoverySource):
         if not artefacts:
             raise ProviderError(
                 "RECOVERY_POINT_NOT_FOUND",
-                f"target {target.name}: nothing matches {store.place()}: check the "
-                + ("glob and the directory" if source.path else "bucket and prefix" if source.s3 else "URL"),
+                f"target {target.name}: nothing matches {store.place()}: "
+                + (f"it is a directory, and a glob is needed: path: {source.path.rstrip('/')}/*.dump (or *.sql, *.sql.gz …)"
+                   if source.path and os.path.isdir(source.path) else "check the "
+                   + ("glob and the directory" if source.path else "bucket and prefix" if source.s3 else "URL")),
             )
         name_time = name_time_regex(source.name_time) if source.name_time else None
         points = []
@@ -97,8 +101,20 @@ class DumpFiles(RecoverySource):
                     },
                 )
             )
+        if name_time is not None and not any(p.metadata["time_from"] == "name" for p in points):
+            raise ProviderError(
+                "NAME_TIME_UNMATCHED",
+                f"target {target.name}: source.name_time {source.name_time!r} matches none of the {len(points)} names under "
+                f"{store.place()} (e.g. {points[0].id}): fix the pattern to the names' time stamp, or remove it to date them by their headers",
+            )
         _refuse_mixed_formats(points, store.place(), target.name)
         chosen = select_for_target(points, ctx, target)
+        if chosen.consistent_time > (ctx.as_of or ctx.declared):
+            raise ProviderError(
+                "RECOVERY_POINT_IN_FUTURE",
+                f"target {target.name}: {chosen.id} is dated {chosen.consistent_time.isoformat()} by {TIME_SOURCES[chosen.metadata['time_from']]}, "
+                f"after the declared disaster ({(ctx.as_of or ctx.declared).isoformat()}): a wrong clock, zone or name_time; no RPO can be measured from it",
+            )
         self._check(chosen, store, target)
         return chosen
 
@@ -209,6 +225,13 @@ class DumpFiles(RecoverySource):
         )
 
 
+def _close_quietly(feed) -> None:
+    try:
+        feed.close()
+    except Exception:  # noqa: BLE001 - a stream already broken
+        pass
+
+
 def _refuse_mixed_formats(points: list[RecoveryPoint], place: str, target: str) -> None:
     """One source, one format: a glob that matches both custom and plain dumps is ambiguous (someone
     changed the cron job, or the glob is too wide), and a drill of either would not say so."""
@@ -259,11 +282,14 @@ def _sha256_file(path: Path, target: str) -> str:
     return h.hexdigest()
 
 
-def _require_complete(tail: bytes, a: Artefact, target: str, streamed: bool = False) -> None:
-    if DUMP_COMPLETE not in tail:
+def _require_complete(tail: bytes, a: Artefact, target: str, streamed: bool = False, why: str = "") -> None:
+    """pg_dump's closing comment is the dump's last non-empty line (judged on its tail before the
+    restore; on the whole stream, outside COPY data, after it)."""
+    if (streamed and why) or (not streamed and not tail_complete(tail)):
         raise ProviderError(
             "ARCHIVE_TRUNCATED",
-            f"target {target}: {a.place} does not end with pg_dump's closing `-- PostgreSQL database dump complete`: "
+            f"target {target}: {a.place} does not end with pg_dump's closing `-- PostgreSQL database dump complete`"
+            + (f" ({why})" if why else "") + ": "
             "the dump was cut short (psql would restore the part before the cut and exit 0)"
             + (" (found while streaming it; what was restored is discarded)" if streamed else ""),
         )
@@ -282,7 +308,7 @@ class Server:
     label: str
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.sock} port={self.port} user={SUPERUSER} dbname={dbname}"
+        return make_conninfo(host=self.sock, port=self.port, user=SUPERUSER, dbname=dbname)
 
 
 def _server_for(cluster: LocalCluster, target: str, binaries: Binaries) -> Server:
@@ -355,6 +381,10 @@ class Restore:
         self.roles_created: list[str] = []
         self.how = ""
         self._tail = b""
+        self._scanner: Optional[PlainDumpScanner] = None
+        self._carry = b""
+        self._reading_since: Optional[float] = None
+        self._proc: Optional[subprocess.Popen] = None
         self._pump_error: Optional[BaseException] = None
         self._hasher = hashlib.sha256() if (expect.sha256 and self.local is None) else None
         self._roles_seen: set[str] = set()
@@ -369,7 +399,11 @@ class Restore:
         fmt, jobs = self.header.format, self.target.restore.jobs
         db = self.server.dsn(self.dbname)
         if fmt == "plain":
-            cmd = [self.binaries.tool("psql"), "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", db, "-f", "-"]
+            psql = self.binaries.tool("psql")
+            # psql's own \restrict where it has one: no meta-command runs but drdrill's \connect wrap.
+            key = secrets.token_hex(16) if supports_restrict(tool_version(psql)) else None
+            self._scanner = PlainDumpScanner(self.a.place, connect_wrap=key)
+            cmd = [psql, "-X", "-q", "-v", "ON_ERROR_STOP=0", "-d", db, *(["-c", f"\\restrict {key}"] if key else []), "-f", "-"]
             self.how = "psql -f - (" + ("streamed" if self.local is None else "read") + (f", {self.header.encoding}" if self.header.encoding != "none" else "") + ")"
             self._run(cmd, feed=self.store.open(self.a), scan_owners=True)
             return
@@ -397,6 +431,7 @@ class Restore:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except SandboxError as exc:
             raise ProviderError("ISOLATION_FAILED", f"target {self.name}: {exc}") from exc
+        self._proc = proc
         errs: list[bytes] = []
         reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -406,12 +441,17 @@ class Restore:
             pump = threading.Thread(target=self._pump, args=(feed, proc.stdin, scan_owners), daemon=True)
             pump.start()
         started = time.monotonic()
+        stall = self.target.restore.stall_after.total_seconds()
         try:
             while proc.poll() is None:
                 heartbeat({"target": self.name, "step": Path(cmd[0]).name, "bytes_streamed": self.bytes_read,
                            "of": self.a.size, "seconds": round(time.monotonic() - started, 1)})
+                since = self._reading_since
+                if pump is not None and pump.is_alive() and since is not None and time.monotonic() - since > stall:
+                    self._stalled(proc, feed, stall)
+                    break
                 try:
-                    proc.wait(timeout=2)
+                    proc.wait(timeout=min(2.0, max(0.2, stall / 4)))
                 except subprocess.TimeoutExpired:
                     pass
         finally:
@@ -419,41 +459,77 @@ class Restore:
                 proc.kill()
                 proc.wait()
             if pump is not None:
-                pump.join(timeout=30)
+                pump.join(timeout=1 if self._pump_error is not None else 30)
             if feed is not None:
-                feed.close()
+                # A read blocked in the pump (a stalled source) holds the stream: close it beside,
+                # it ends with the connection's own timeout.
+                closing = threading.Thread(target=_close_quietly, args=(feed,), daemon=True)
+                closing.start()
+                closing.join(timeout=5)
         reader.join()
         self.returncode = proc.returncode
         self.stderr = b"".join(errs).decode("utf-8", "replace")
 
     def _pump(self, feed: BinaryIO, sink, scan_owners: bool) -> None:
-        decoder = Decoder(self.header.encoding if self.header.format == "plain" else "none")
-        carry = b""
+        opts = self.target.restore
+        decoder = Decoder(self.header.encoding if self.header.format == "plain" else "none",
+                          max_bytes=opts.max_expanded_bytes, max_ratio=opts.max_expansion_ratio, place=f"target {self.name}: {self.a.place}")
         try:
-            while chunk := feed.read(CHUNK):
+            while chunk := self._read(feed):
                 self.bytes_read += len(chunk)
                 if self._hasher is not None:
                     self._hasher.update(chunk)
-                data = decoder.feed(chunk)
-                if scan_owners:
-                    text = carry + data
-                    cut = text.rfind(b"\n") + 1
-                    self._create_owners(m.decode("utf-8", "replace") for m in _OWNER_COMMENT.findall(text, 0, cut))
-                    carry = text[cut:][-TAIL_BYTES:]
-                self._tail = (self._tail + data)[-TAIL_BYTES:]
-                sink.write(data)
+                for data in decoder.pieces(chunk):
+                    self._forward(data, sink, scan_owners)
             decoder.finish()
+            if self._scanner:
+                sink.write(self._scanner.finish())
             if self._hasher is not None:
                 self.sha256 = self._hasher.hexdigest()
+        except ProviderError as exc:  # a refused line, a bomb: psql has not read it, stop it before it reads on
+            self._pump_error = exc
+            if self._proc is not None:
+                self._proc.kill()
         except BrokenPipeError:
             pass  # the tool stopped reading; its stderr says why
         except BaseException as exc:  # noqa: BLE001 - judged after the tool ends
-            self._pump_error = exc
+            self._pump_error = self._pump_error or exc  # a stall, found first, stays the cause
         finally:
             try:
                 sink.close()
             except OSError:
                 pass
+
+    def _read(self, feed: BinaryIO) -> bytes:
+        """One chunk from the source, timed: a read that brings no whole chunk within stall_after is a
+        stall. (Time the tool spends on a statement, with the pump waiting to write, is not.)"""
+        self._reading_since = time.monotonic()
+        try:
+            return feed.read(CHUNK)
+        finally:
+            self._reading_since = None
+
+    def _stalled(self, proc: subprocess.Popen, feed: Optional[BinaryIO], stall: float) -> None:
+        """A read of the source brought no whole chunk (1 MiB) for `stall` seconds: a source that drips
+        or hangs. Progress, not time, is what counts; the restore ends."""
+        self._pump_error = ProviderError(
+            "RESTORE_STALLED",
+            f"target {self.name}: {self.a.place}: no progress for {stall:g} s after {self.bytes_read} bytes (restore.stall_after): "
+            "the source drips or hangs",
+            retryable=False,
+        )
+        proc.kill()
+
+    def _forward(self, data: bytes, sink, scan_owners: bool) -> None:
+        """One piece of the decompressed stream: owners created, the tail kept, the lines checked
+        (plain dumps) before psql gets them."""
+        if scan_owners:
+            text = self._carry + data
+            cut = text.rfind(b"\n") + 1
+            self._create_owners(m.decode("utf-8", "replace") for m in _OWNER_COMMENT.findall(text, 0, cut))
+            self._carry = text[cut:][-TAIL_BYTES:]
+        self._tail = (self._tail + data[-TAIL_BYTES:])[-TAIL_BYTES:]
+        sink.write(self._scanner.feed(data) if self._scanner else data)
 
     def _spool(self) -> None:
         """A tar from S3 or a URL: pg_restore needs to seek in it, so it goes to a scratch file first
@@ -534,8 +610,8 @@ class Restore:
             raise ProviderError(
                 "SOURCE_UNREACHABLE", f"{where}: reading it stopped: {type(self._pump_error).__name__}: {self._pump_error}", retryable=True
             )
-        if self.header.format == "plain":  # a compressed one could not be read to its end before
-            _require_complete(self._tail, self.a, self.name, streamed=True)
+        if self._scanner is not None:  # judged on the whole stream: the marker last, outside COPY data
+            _require_complete(self._tail, self.a, self.name, streamed=True, why=self._scanner.complete())
         findings = classify_restore_errors(self.stderr, self.name)
         unreadable = [f for f in findings if f.code == "ARCHIVE_UNREADABLE"]
         if unreadable:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget, format_duration
@@ -479,7 +480,7 @@ class PhysicalSource(RecoverySource):
             raise recovery_failure(target, outcome, feeder, wal_before, recovery_target, log)
 
         dbname = target.source.database or "postgres"
-        dsn = f"host={cluster.sock} port={port} user={self.settings(target).user} dbname={dbname}"
+        dsn = make_conninfo(host=str(cluster.sock), port=port, user=self.settings(target).user, dbname=dbname)
         try:
             reached, isolation = ask_recovered_server(dsn, target.name)
         except ProviderError:

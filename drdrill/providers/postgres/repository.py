@@ -5,6 +5,7 @@ sha256): the strongest proof a drill can give, since every table can be compared
 from __future__ import annotations
 
 import hashlib
+import secrets
 import shutil
 import subprocess
 import threading
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget
@@ -21,7 +23,23 @@ from drdrill.providers.postgres.cluster import BackupLinkRefused, ClusterError, 
 from drdrill.providers.postgres.sandbox import Inputs, SandboxError
 from drdrill.providers.postgres.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
+from drdrill.providers.postgres.plainscan import DumpRefused, PlainDumpScanner, supports_restrict, tool_version
 from drdrill.providers.postgres.sources import RecoverySource
+
+
+def _run_globals(box, path: Path, dsn: str, target: str) -> None:
+    """globals.sql (pg_dumpall -g) is a psql script too: read as psql would before psql sees it, then
+    fed to psql on its stdin (never by path, which would bypass the scan), restricted where it can
+    be, in the drill's sandbox (`box`)."""
+    psql = tool("psql")
+    scanner = PlainDumpScanner(str(path))
+    try:
+        script = scanner.feed(path.read_bytes()) + scanner.finish()
+    except DumpRefused as exc:
+        raise ProviderError(exc.code, f"target {target}: {exc.message}") from None
+    key = secrets.token_hex(16) if supports_restrict(tool_version(psql)) else None
+    _in_sandbox(box.run, target, [psql, "-X", "-q", "-d", dsn, *(["-c", f"\\restrict {key}"] if key else []), "-f", "-"],
+                input=script, text=False)
 
 
 class DrdrillRepository(RecoverySource):
@@ -85,9 +103,7 @@ class DrdrillRepository(RecoverySource):
 
         # 3. Roles first (pg_dump does not carry them), then the archive.
         if (point_dir / "globals.sql").exists():
-            with Inputs(cluster.path, box.identity) as inputs:
-                _in_sandbox(box.run, target.name, [tool("psql"), "-X", "-q", "-d", cluster.dsn(dbname), "-f", inputs.path(point_dir / "globals.sql")],
-                            pass_fds=inputs.fds)
+            _run_globals(box, point_dir / "globals.sql", cluster.dsn(dbname), target.name)
         inputs = Inputs(cluster.path, box.identity)
         cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), inputs.path(archive)]
         started = time.monotonic()
@@ -150,7 +166,7 @@ class DrdrillRepository(RecoverySource):
         data = cluster.path / f"{target.name}-data"
         dbname = target.source.database or manifest.get("database") or "postgres"
         endpoint = {
-            "dsn": f"host={cluster.sock} port={port} user={manifest.get('connect_as', 'postgres')} dbname={dbname}",
+            "dsn": make_conninfo(host=str(cluster.sock), port=port, user=str(manifest.get("connect_as", "postgres")), dbname=str(dbname)),
             "database": dbname,
             "socket_dir": str(cluster.sock),
         }
