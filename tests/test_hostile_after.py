@@ -183,3 +183,28 @@ def test_lint_names_an_after_path_the_sandbox_uid_cannot_reach(tmp_path, hostile
 
     drill.write_text(text.replace(f"paths: [{hidden}, ./missing]", f"paths: [{hostile_app.parent}]"))
     assert load_spec(drill).targets[0].restore.after.paths == [str(hostile_app.parent)]
+
+
+def test_an_unreachable_after_path_on_the_worker_is_refused_with_the_fix(shop_repo, cluster_root, hostile_app, tmp_path):
+    """Lint may run on another machine: the worker checks the paths again before it starts the application."""
+    from drdrill.providers.base import ProviderError
+
+    hidden = tmp_path / "app"  # under pytest's 0700 directory of root's
+    hidden.mkdir()
+    text = _drill(shop_repo, hostile_app, Path("/nowhere"), "t").replace(f"paths: [{hostile_app.parent}]", f"paths: [{hidden}]")
+    spec = parse_spec(text, "<hostile after>")
+    target = spec.targets[0]
+    now = datetime.now(timezone.utc)
+    ctx = DrillContext(drill_id=f"hostile-{uuid.uuid4().hex[:6]}", drill_name="hostile-after", declared=now, expires_at=now + timedelta(hours=1))
+    provider = PostgresProvider(root=str(cluster_root))
+    env = provider.create_isolation(ctx, spec.isolation, spec.targets)
+    try:
+        resource = provider.restore(ctx, target, provider.find_recovery_point(ctx, target), env)
+        with pytest.raises(ProviderError) as err:
+            provider.wait_ready(ctx, target, resource, 60)
+        assert err.value.code == "RESTORE_AFTER_FAILED"
+        assert "restore.after.paths:" in str(err.value) and "move the application under /opt or /srv" in str(err.value)
+        assert not list(Path(env.id).glob("after-*.sandbox.json"))
+    finally:
+        provider.teardown(ctx, env)
+    assert not Path(env.id).exists()

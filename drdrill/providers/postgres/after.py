@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
+from drdrill.core.spec import unreachable_by_others
 import drdrill.providers.postgres.netns as netns
 import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, start_sandboxed
@@ -64,6 +65,10 @@ def start(ctx: Any, target: Any, endpoint: dict, details: dict) -> tuple[int, Op
         # names): the only variables besides DRDRILL_*; nothing of the worker's own environment.
         env.update(getattr(target.restore, "environment", None) or {})
         after = target.restore.after
+        for path in after.paths:  # checked again here, on the worker that starts it (lint may run elsewhere)
+            problem = unreachable_by_others(path)
+            if problem:
+                raise AfterError(f"restore.after.paths: {problem}")
         box = cluster.sandbox(ro=tuple(_visible(after.argv[0], list(after.paths))), env=env, network=True)
         try:
             start_sandboxed(box, list(after.argv), record=record, log=cluster.path / f"{role}.log", ready=None, timeout=0)
