@@ -430,7 +430,8 @@ class AfterRestore(Strict):
     """An application started from the restored data inside the drill's network namespace
     (`isolation.postgres: network`), so `http` and `tcp` checks through the probe reach it. It gets
     the restored database as DRDRILL_DSN, DRDRILL_HOST, DRDRILL_PORT and DRDRILL_DATABASE, runs
-    until the environment is torn down, and logs to the cluster directory."""
+    until the environment is torn down, and logs to the cluster directory. It runs in the drill's
+    restore sandbox: it sees /usr, its argv[0], the restored socket directory and `paths` only."""
 
     argv: list[str] = Field(min_length=1, description="the command; argv[0] is found on PATH, so prefer absolute paths")
     paths: list[str] = Field(
