@@ -10,14 +10,16 @@ import asyncio
 import http.server
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import psycopg
 import pytest
@@ -26,6 +28,7 @@ from temporalio.client import WorkflowFailureError
 from drdrill.core.models import DrillContext, DrillInput, DrillResult, RestoredResource
 from drdrill.core.spec import SpecError, parse_spec
 from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.cluster import tool
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
 from drdrill.validation import ValidateInput, run_validation
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
@@ -33,21 +36,23 @@ from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces need root")
+SYSTEM_PYTHON = "/usr/bin/python3"
 
-# A tiny service started from the restored data inside the namespace (restore.after): it answers
-# from the restored database, and /ready answers 503 until the file READY_FLAG names exists.
+# A tiny service started from the restored data inside the namespace (restore.after), in the
+# drill's sandbox: it answers from the restored database (through psql: the sandbox sees the system
+# Python and PostgreSQL, not the test's virtualenv), prints each request to its log, and /ready
+# answers 503 until the file `ready` exists beside it.
 APP = r'''
-import http.server, os, sys, psycopg
-hits = sys.argv[1]
+import http.server, os, subprocess, sys
+psql, here = sys.argv[1], os.path.dirname(os.path.abspath(__file__))
 class H(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
-        with open(hits, "a") as f:
-            f.write(self.path + "\n")
-        if self.path == "/ready" and not os.path.exists(hits + ".ready"):
+        print("hit", self.path, flush=True)
+        if self.path == "/ready" and not os.path.exists(os.path.join(here, "ready")):
             body, status = b"not yet", 503
         else:
-            with psycopg.connect(os.environ["DRDRILL_DSN"]) as conn:
-                n = conn.execute("SELECT count(*) FROM orders").fetchone()[0]
+            n = subprocess.run([psql, os.environ["DRDRILL_DSN"], "-tAc", "SELECT count(*) FROM orders"],
+                               capture_output=True, text=True, check=True).stdout.strip()
             body, status = f"orders={n}".encode(), 200
         self.send_response(status)
         self.end_headers()
@@ -59,7 +64,7 @@ http.server.ThreadingHTTPServer(("127.0.0.1", 8080), H).serve_forever()
 
 
 def network_drill(repo: Path, validations: str, *, probe: bool = True, app: Optional[Path] = None, name: str = "net") -> str:
-    after = f"\n      after: {{argv: [{sys.executable}, {app}, {app}.hits]}}" if app else ""
+    after = f"\n      after: {{argv: [{SYSTEM_PYTHON}, {app}, {tool('psql')}], paths: [{app.parent}]}}" if app else ""
     probe_yaml = "\n  probe: {postgres: {start_timeout: 90s}}" if probe else ""
     return f"""
 version: 1
@@ -87,10 +92,23 @@ def production(shop_dsn, monkeypatch) -> str:
 
 
 @pytest.fixture
-def app(tmp_path) -> Path:
-    path = tmp_path / "app.py"
+def app() -> Iterator[Path]:
+    """The service, in a directory the sandbox's unprivileged uid can reach (pytest's tmp_path lies
+    under a 0700 directory of root's): made 0755 for the test, removed after it."""
+    if not os.path.exists(SYSTEM_PYTHON):
+        pytest.skip(f"restore.after runs in the sandbox, which sees the system Python only: {SYSTEM_PYTHON} is missing")
+    where = Path(tempfile.mkdtemp(prefix="drdrill-after-app-"))
+    os.chmod(where, 0o755)
+    path = where / "app.py"
     path.write_text(APP)
-    return path
+    os.chmod(path, 0o644)
+    yield path
+    shutil.rmtree(where, ignore_errors=True)
+
+
+def app_log(root: Path) -> str:
+    """What the service printed (its requests): its log, in the drill's cluster directory."""
+    return "".join(p.read_text(errors="replace") for p in root.glob("*/after-shop.log"))
 
 
 @pytest.fixture
@@ -228,16 +246,15 @@ def test_killing_the_probe_mid_check_could_not_verify_never_passes(temporal_serv
     """The check keeps asking /ready (503) while the probe runs it; the probe is killed, then the
     service becomes ready. Nobody is left to see it: the check could not be verified."""
     validations = """  - {name: app-ready, type: http, target: shop, path: /ready, port: 8080, contains: "orders=2000", timeout: 10s}"""
-    hits = Path(f"{app}.hits")
     killed = {}
 
     async def kill_the_probe_mid_check(drill_id: str) -> None:
-        while "/ready" not in (hits.read_text() if hits.exists() else ""):
+        while "hit /ready" not in app_log(network_root):
             await asyncio.sleep(0.05)  # polling for the probe's first request to the service
         probe = next(p for p in tagged_processes(network_root, drill_id) if p.role == "probe")
         os.killpg(probe.pid, signal.SIGKILL)
         killed["pid"] = probe.pid
-        Path(f"{hits}.ready").touch()
+        (app.parent / "ready").touch()
 
     result = run_drill(
         temporal_server.address, tmp_path, network_drill(shop_repo, validations, app=app), during=kill_the_probe_mid_check, heartbeat_seconds=5

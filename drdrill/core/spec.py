@@ -431,9 +431,15 @@ class AfterRestore(Strict):
     """An application started from the restored data inside the drill's network namespace
     (`isolation.postgres: network`), so `http` and `tcp` checks through the probe reach it. It gets
     the restored database as DRDRILL_DSN, DRDRILL_HOST, DRDRILL_PORT and DRDRILL_DATABASE, runs
-    until the environment is torn down, and logs to the cluster directory."""
+    until the environment is torn down, and logs to the cluster directory. It runs in the drill's
+    restore sandbox: it sees /usr, its argv[0], the restored socket directory and `paths` only."""
 
     argv: list[str] = Field(min_length=1, description="the command; argv[0] is found on PATH, so prefer absolute paths")
+    paths: list[str] = Field(
+        default_factory=list,
+        description="files and directories the application reads (read-only in its sandbox, besides /usr and the "
+        "restored database's socket directory); each must be reachable by an unprivileged uid (relative to the drill file)",
+    )
 
 
 class PostgresRestoreOptions(RestoreOptions):
@@ -2054,8 +2060,28 @@ def _drill_paths(spec: DrillSpec) -> Iterator[tuple[str, Any, str]]:
                     yield f"targets[{i}].source.{field}", owner, attr
             if t.restore.structure_reference:
                 yield f"targets[{i}].restore.structure_reference", t.restore, "structure_reference"
+            for j in range(len(t.restore.after.paths) if t.restore.after else 0):
+                yield f"targets[{i}].restore.after.paths[{j}]", t.restore.after.paths, j  # type: ignore[union-attr]
         for j in range(len(t.select.repositories) if t.select else 0):
             yield f"targets[{i}].select.repositories[{j}]", t.select.repositories, j  # type: ignore[union-attr]
+
+
+def unreachable_by_others(path: str) -> Optional[str]:
+    """Why an unprivileged uid (restore.after's sandbox) cannot read `path`, with the fix; None: it can."""
+    if not os.path.exists(path):
+        return f"{path} does not exist: restore.after's sandbox sees only what exists when the drill starts"
+    current = Path("/")
+    for part in Path(path).parts[1:]:
+        mode = os.stat(current).st_mode
+        if not mode & 0o001:
+            return (f"{current} is {mode & 0o777:04o}: the sandbox's unprivileged uid cannot traverse it to reach {path}; "
+                    "move the application under /opt or /srv, or make the directory traversable by others (o+x)")
+        current = current / part
+    mode = os.stat(path).st_mode
+    need = 0o005 if os.path.isdir(path) else 0o004
+    if mode & need != need:
+        return f"{path} is {mode & 0o777:04o}: the sandbox's unprivileged uid cannot read it; make it readable by others (o+r{'x' if need == 0o005 else ''})"
+    return None
 
 
 def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None:
@@ -2074,6 +2100,10 @@ def _resolve_paths(spec: DrillSpec, path: str, base_dir: Optional[Path]) -> None
             owner[attr] = value
         else:
             setattr(owner, attr, value)
+        if base_dir is not None and ".restore.after.paths[" in field:
+            problem = unreachable_by_others(value)
+            if problem:
+                problems.append((field, problem))
     if problems:
         raise SpecError(path, problems)
 

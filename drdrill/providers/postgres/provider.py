@@ -34,6 +34,7 @@ from drdrill.core.models import (
 )
 from drdrill.core.paths import default_state_dir
 from drdrill.core.selection import ProtectedResource
+import drdrill.providers.postgres.after as after
 import drdrill.providers.postgres.discover as discover
 import drdrill.providers.postgres.netns as netns
 import drdrill.providers.postgres.sandbox as sandbox
@@ -261,6 +262,9 @@ class PostgresProvider(Provider):
                 ns = tags.get(netns.TAG_NETNS)  # type: ignore[union-attr]
                 if ns and netns.namespace_exists(ns):
                     found.append(Resource(NETNS, ns, tags=dict(tags), scope=str(root), extra={"cluster": str(d)}))  # type: ignore[arg-type]
+                for role, pid, record in after.processes(d):  # restore.after, by its root-owned record
+                    found.insert(0, Resource(PROCESS, f"{role}:{pid}", tags=dict(tags), scope=str(root),  # type: ignore[arg-type]
+                                             extra={"cluster": str(d), "role": role, "record": str(record)}))
         for proc in netns.tagged_processes(root, drill_id):
             found.append(Resource(PROCESS, proc.id, tags=proc.tags(), scope=str(root), extra={"cluster": proc.cluster, "role": proc.role}))
         return found
@@ -290,6 +294,8 @@ class PostgresProvider(Provider):
         """Stop a process; stop the server and whatever else runs in a namespace and delete it;
         stop every server running from a cluster directory and remove it."""
         try:
+            if resource.kind == PROCESS and resource.extra.get("record"):
+                return after.stop(self._after_record(resource))
             if resource.kind == PROCESS:
                 return netns.stop_process(_pid(resource))
             if resource.kind == NETNS:
@@ -301,7 +307,20 @@ class PostgresProvider(Provider):
             raise ProviderError("TEARDOWN_FAILED", str(exc), retryable=True) from exc
         return LocalCluster(resource.id).destroy()
 
+    def _after_record(self, resource: Resource) -> Path:
+        """A restore.after sandbox's record, only inside this worker's cluster root."""
+        record = Path(resource.extra["record"])
+        if not record.resolve().is_relative_to(self.root.resolve()) or record.name != f"{resource.id.split(':', 1)[0]}{after.RECORD_SUFFIX}":
+            raise NotOurs(f"{record} is not a restore.after record under this worker's cluster root {self.root}")
+        return record
+
     def _process_tags(self, resource: Resource) -> Optional[dict[str, str]]:
+        if resource.extra.get("record"):
+            record = self._after_record(resource)
+            if sandbox.recorded_pid(record) != _pid(resource) or not sandbox.alive(record):
+                return None
+            tags = LocalCluster(record.parent).tags()
+            return tags if isinstance(tags, dict) else {}
         proc = netns.tagged_process(_pid(resource))
         if proc is None:
             # Gone, or a pid now used by a process drdrill did not start: either way not ours to stop.
@@ -441,6 +460,7 @@ class PostgresProvider(Provider):
         """Every process drdrill started for the drill (the probe, the relay's inner half) runs inside
         the namespace; only the relay's outer half runs outside, and it only forwards to Temporal."""
         procs = [p for p in netns.tagged_processes(cluster.path.parent, drill_id) if p.cluster == str(cluster.path)]
+        procs += [netns.TaggedProcess(pid, role, drill_id, "", str(cluster.path)) for role, pid, _ in after.processes(cluster.path)]
         outside = [p for p in procs if p.role != "relay-host" and not netns.inside(p.pid, ns)]
         described = [
             f"{p.role} {p.pid} " + ("outside (the relay's outer half)" if p.role == "relay-host" else "inside" if p not in outside else "OUTSIDE")
@@ -492,26 +512,16 @@ class PostgresProvider(Provider):
         return resource
 
     def _start_after(self, ctx: DrillContext, target: Any, resource: RestoredResource) -> None:
-        """Start `restore.after` inside the namespace (once), with the restored database as DRDRILL_*."""
+        """Start `restore.after` (once) in the drill's sandbox, inside the namespace (after.py)."""
         cluster = Path(resource.details["cluster"])
-        role = f"after-{target.name}"
-        running = netns.running_role(cluster, ctx.drill_id, role)
-        if running is None:
-            env = {f"DRDRILL_{k.upper()}": str(v) for k, v in resource.endpoint.items()}
-            # restore.environment, as the wait_ready activity filled it in (earlier targets'
-            # endpoints, secrets read on this worker): given to the application, recorded by name only.
-            env.update(getattr(target.restore, "environment", None) or {})
-            log = cluster / f"{role}.log"
-            try:
-                pid = netns.spawn(role, list(target.restore.after.argv), tags=ctx.tags(), cluster=cluster, log=log, netns=resource.details["netns"], env=env)
-            except OSError as exc:
-                raise ProviderError("RESTORE_AFTER_FAILED", f"target {target.name}: restore.after could not start: {exc}") from exc
-        else:
-            pid = running.pid
+        role = after.role_of(target.name)
+        try:
+            pid, status = after.start(ctx, target, resource.endpoint, resource.details)
+        except (after.AfterError, OSError, sandbox.SandboxError) as exc:
+            raise ProviderError("RESTORE_AFTER_FAILED", f"target {target.name}: restore.after could not start in its sandbox: {exc}") from exc
         resource.details.update(after_pid=pid, after_log=str(cluster / f"{role}.log"))
         if getattr(target.restore, "environment", None):
             resource.details["after_environment"] = sorted(target.restore.environment)
-        status = netns.exited(pid)
         if status is not None:
             resource.findings.append(
                 Finding(

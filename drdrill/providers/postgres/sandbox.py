@@ -478,3 +478,9 @@ def _wait_fd(fd: int, timeout: float, pid: int) -> bool:
             return True
         if time.monotonic() >= deadline:
             return False
+
+
+def exit_status(pid: int) -> Optional[int]:
+    """The exit status of a sandbox this worker started, once it has ended (None: running or unknown)."""
+    child = _children.get(pid)
+    return child.poll() if child is not None else None
