@@ -534,7 +534,7 @@ def check_http(inp: ValidateInput, ct: float):
 
 def check_command(inp: ValidateInput, ct: float):
     v = inp.validation
-    env = command_env(v.env)
+    env = command_env(v.env, drdrill_check=_is_drdrill_check(v.argv))
     if inp.resource is not None:
         for k, val in inp.resource.endpoint.items():
             env[f"DRDRILL_{k.upper()}"] = str(val)
@@ -566,20 +566,26 @@ def check_command(inp: ValidateInput, ct: float):
 
 
 _COMMAND_BASE = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "PYTHONPATH", "VIRTUAL_ENV")
-# The cloud SDKs' own configuration (a `drdrill check aws-volume` needs it); their secrets are
-# redacted by name and shape. Every other variable reaches a command only when the drill names it.
+# The cloud SDKs' own configuration, handed only to drdrill's own `drdrill check …` (it reads the
+# restored resource through the worker's cloud identity); their secrets are redacted by name and
+# shape. Any other command gets none of it: only what the drill names.
 _COMMAND_PREFIXES = ("AWS_", "AZURE_", "ARM_", "GOOGLE_", "CLOUDSDK_", "DRDRILL_")
 
 
-def command_env(named: list[str], environ=None) -> dict[str, str]:
+def _is_drdrill_check(argv: list[str]) -> bool:
+    return len(argv) >= 2 and os.path.basename(argv[0]) == "drdrill" and argv[1] == "check"
+
+
+def command_env(named: list[str], environ=None, drdrill_check: bool = False) -> dict[str, str]:
     """What a command check runs with: not the worker's environment, but PATH and the locale, the
-    cloud SDKs' configuration (drdrill's own DRDRILL_* but its secrets), and the variables the drill
-    names, each value registered for redaction whatever its name."""
+    variables the drill names (each value registered for redaction whatever its name) and, for
+    drdrill's own `drdrill check`, the cloud SDKs' configuration (DRDRILL_* but its secrets)."""
     from drdrill.core.redact import register_secret, secret_name
 
     environ = os.environ if environ is None else environ
     env = {k: environ[k] for k in _COMMAND_BASE if k in environ}
-    env.update({k: val for k, val in environ.items() if k.startswith(_COMMAND_PREFIXES) and not (k.startswith("DRDRILL_") and secret_name(k))})
+    if drdrill_check:
+        env.update({k: val for k, val in environ.items() if k.startswith(_COMMAND_PREFIXES) and not (k.startswith("DRDRILL_") and secret_name(k))})
     missing = [n for n in named if n not in environ]
     if missing:
         raise CouldNotVerify(f"the command's variable{'s' if len(missing) > 1 else ''} {', '.join(missing)} {'are' if len(missing) > 1 else 'is'} not set on this worker", retry=False)

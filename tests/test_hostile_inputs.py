@@ -417,7 +417,8 @@ def test_an_s3_object_replaced_after_it_was_chosen_is_artefact_changed(drill_har
     )
     plan = (
         "plan:\n  - group: all\n    targets: [shop]\n    pre:\n"
-        f"      - {{name: swap, argv: ['{sys.executable}', -c, \"{replace}\", '{moto_endpoint}', {bucket}, '{dumps['tar']}']}}\n"
+        f"      - {{name: swap, env: [AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY], "
+        f"argv: ['{sys.executable}', -c, \"{replace}\", '{moto_endpoint}', {bucket}, '{dumps['tar']}']}}\n"
     )
     result = run(drill_harness, drill(s3_source(moto_endpoint, bucket)) + plan)
 

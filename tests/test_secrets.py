@@ -88,10 +88,12 @@ def test_a_command_gets_only_the_variables_it_names_and_each_is_redacted_whateve
             f"  - {{type: command, target: db0, name: named, timeout: 5s, env: [APP_PASS], argv: [{sys.executable}, -c, "
             f"'import os; print(\"app pass\", os.environ[\"APP_PASS\"])']}}\n"
             f"  - {{type: command, target: db0, name: unnamed, timeout: 5s, argv: [{sys.executable}, -c, "
-            f"'import os; print(\"app pass\", os.environ.get(\"APP_PASS\", \"unset\"))']}}"
+            f"'import os; print(\"app pass\", os.environ.get(\"APP_PASS\", \"unset\"))']}}\n"
+            f"  - {{type: command, target: db0, name: cloud, timeout: 5s, argv: [{sys.executable}, -c, "
+            f"'import os; print(\"aws key\", os.environ.get(\"AWS_SECRET_ACCESS_KEY\", \"unset\"))']}}"
         )
     )
-    worker = WorkerProcess(temporal_server.address, queue, state, state_dir, tmp_path / "worker.log", extra_env={"APP_PASS": APP_PASS})
+    worker = WorkerProcess(temporal_server.address, queue, state, state_dir, tmp_path / "worker.log", extra_env={"APP_PASS": APP_PASS, "AWS_SECRET_ACCESS_KEY": "worker-cloud-secret"})
 
     async def go():
         await wait_until(worker.polling, timeout=60, what="the worker to poll")
@@ -107,6 +109,8 @@ def test_a_command_gets_only_the_variables_it_names_and_each_is_redacted_whateve
     outcomes = {v.name: v for v in result.validations}
     assert outcomes["named"].outcome == "PASSED" and "app pass ***" in outcomes["named"].detail
     assert outcomes["unnamed"].outcome == "PASSED" and "app pass unset" in outcomes["unnamed"].detail
+    # The worker's cloud identity goes only to drdrill's own `drdrill check`, never to another command.
+    assert outcomes["cloud"].outcome == "PASSED" and "aws key unset" in outcomes["cloud"].detail
     for where, blob in [("the workflow history", history), ("the result", result.model_dump_json().encode()),
                         ("the worker log", worker.log.read_bytes()),
                         *((p.name, b) for p, b in _files_under(state_dir / "runs" / result.drill_id).items())]:
