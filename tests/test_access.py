@@ -23,7 +23,7 @@ import psycopg
 import pytest
 
 from app.temporal import temporal_cli
-from tests.test_probe import app, left_behind, network_drill, network_root, production, run_drill  # noqa: F401
+from tests.test_probe import app, app_log, left_behind, network_drill, network_root, production, run_drill  # noqa: F401
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 from tests.test_evidence_embedded import embedded  # noqa: F401
 from drdrill.providers.postgres.netns import netns_name, tagged_processes
@@ -160,7 +160,10 @@ def test_nobody_cannot_start_update_or_poll_on_roots_embedded_temporal(open_stat
                                                 "--task-queue", "drdrill", "--workflow-id", wid, "--input", "{}")
                     seen[f"{who}_update"] = _cli(who == "nobody", port, "workflow", "update", "execute", "--workflow-id", wid,
                                                  "--name", "approve", "--input", '{"by": "alice"}')
-                    seen[f"{who}_poll"] = _poll(NOBODY if who == "nobody" else [], f"127.0.0.1:{port}", "drdrill", timeout=3)
+                    # The poller's own uid does not matter: it reaches the server only through the bridge,
+                        # which runs as `who` (a Python with grpc need not be runnable by nobody wherever
+                        # the checkout lives).
+                        seen[f"{who}_poll"] = _poll([], f"127.0.0.1:{port}", "drdrill", timeout=3)
                     seen[f"{who}_exists"] = await _exists(client, wid)
                 finally:
                     bridge.terminate()
@@ -203,11 +206,12 @@ def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, 
     """From inside the drill's namespace, through the relay: StartWorkflowExecution and a poll of
     the worker's own queue are PERMISSION_DENIED and logged; the probe's drill still PASSES."""
     validations = """  - {name: app-ready, type: http, target: shop, path: /ready, port: 8080, contains: "orders=2000", timeout: 2m}"""
-    hits = Path(f"{app}.hits")
     seen: dict = {}
 
     async def attack(drill_id: str) -> None:
-        while "/ready" not in (hits.read_text() if hits.exists() else ""):
+        deadline = time.monotonic() + 240
+        while "hit /ready" not in app_log(network_root):
+            assert time.monotonic() < deadline, "the probe never ran the app's check"
             await asyncio.sleep(0.05)  # the probe runs the check: the relay is up
         ns = netns_name(drill_id)
         inside = ["ip", "netns", "exec", ns]
@@ -222,7 +226,7 @@ def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, 
         relay = next(p for p in tagged_processes(network_root, drill_id) if p.role == "relay-host")
         seen["log"] = (Path(relay.cluster) / "relay-host.log").read_text()
         seen["wid"] = wid
-        Path(f"{hits}.ready").touch()
+        (app.parent / "ready").touch()  # the app answers its check from now on
 
     result = run_drill(temporal_server.address, tmp_path, network_drill(shop_repo, validations, app=app), during=attack)
 
