@@ -161,9 +161,9 @@ def test_nobody_cannot_start_update_or_poll_on_roots_embedded_temporal(open_stat
                     seen[f"{who}_update"] = _cli(who == "nobody", port, "workflow", "update", "execute", "--workflow-id", wid,
                                                  "--name", "approve", "--input", '{"by": "alice"}')
                     # The poller's own uid does not matter: it reaches the server only through the bridge,
-                        # which runs as `who` (a Python with grpc need not be runnable by nobody wherever
-                        # the checkout lives).
-                        seen[f"{who}_poll"] = _poll([], f"127.0.0.1:{port}", "drdrill", timeout=3)
+                    # which runs as `who` (a Python with grpc need not be runnable by nobody wherever
+                    # the checkout lives).
+                    seen[f"{who}_poll"] = _poll([], f"127.0.0.1:{port}", "drdrill", timeout=3)
                     seen[f"{who}_exists"] = await _exists(client, wid)
                 finally:
                     bridge.terminate()
