@@ -243,20 +243,17 @@ def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, 
 # ------------------------------------------------------------------ the embedded evidence store
 
 
-CONNECT = """
-import sys, psycopg
-try:
-    with psycopg.connect(sys.argv[1], connect_timeout=5) as conn:
-        print("CONNECTED", conn.execute("SELECT count(*) FROM drdrill_evidence.runs").fetchone()[0])
-except psycopg.OperationalError as exc:
-    print("REFUSED", " | ".join(str(exc).strip().splitlines()))
-"""
-
-
 def _connect_as(user: str, dsn: str) -> str:
+    """`psql` (the system's client: runnable by any uid, wherever the checkout lives) as `user`."""
+    from drdrill.providers.postgres.cluster import tool
+
     pw = pwd.getpwnam(user)
-    argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups", sys.executable, "-c", CONNECT, dsn]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/").stdout.strip()
+    argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
+            tool("psql"), "-X", "-tA", "-d", f"{dsn} connect_timeout=5", "-c", "SELECT count(*) FROM drdrill_evidence.runs"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"})
+    if proc.returncode == 0:
+        return "CONNECTED " + proc.stdout.strip()
+    return "REFUSED " + " | ".join(proc.stderr.strip().splitlines())
 
 
 def test_only_drdrill_reaches_the_embedded_evidence_store(embedded):
