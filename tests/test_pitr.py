@@ -459,6 +459,9 @@ def test_barman_cloud_backup_on_s3_recovers_to_a_moment(drill_harness, cluster_r
 
     assert result.verdict == "PASSED", (result.findings, result.validations)
     assert result.restored[0].details["restored_with"].startswith("barman-cloud-restore")
+    # Fetched inside the restore sandbox, reaching only moto_server (tests/test_sandbox_network_repo.py).
+    assert "in the sandbox: bubblewrap as uid" in result.restored[0].details["restored_with"]
+    assert f"only the repository's endpoint {moto_endpoint.split('://')[1]}" in result.restored[0].details["restored_with"]
     assert result.restored[0].details["repository"]["unchanged"] is True
     assert clusters_left(cluster_root) == []
 

@@ -10,10 +10,13 @@ Credentials come from the variables the drill names (AWS_ACCESS_KEY_ID, …), pa
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
+import subprocess
 import sys
+import sysconfig
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
@@ -21,6 +24,8 @@ from typing import Any, Optional
 from drdrill.core.spec import PostgresTarget
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
+import drdrill.providers.postgres.sandbox as sandbox
+from drdrill.providers.postgres.netrepo import Endpoint, Tunnel, endpoint_of_url, inner_url
 from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool
 
 _CREDENTIALS = ("AWS_",)
@@ -42,6 +47,7 @@ class Barman(PhysicalSource):
 
     def __init__(self) -> None:
         self._list: Optional[list[dict[str, Any]]] = None
+        self.containment = "outside the sandbox"
 
     # -------------------------------------------------------------- running barman-cloud
 
@@ -52,6 +58,46 @@ class Barman(PhysicalSource):
             argv += ["--endpoint-url", s.endpoint_url]
         argv += [s.source_url, s.server, *params]
         return run_tool(argv, named_env(s.env, target.name, _CREDENTIALS), target.name, tool)
+
+    def _endpoint(self, target: PostgresTarget) -> Optional[tuple[str, Endpoint]]:
+        """(the endpoint URL, the one endpoint) barman-cloud reaches: `endpoint_url`, else AWS's
+        regional endpoint for the region the drill names; None when neither is known."""
+        s = target.source.barman
+        url = s.endpoint_url
+        if not url:
+            region = next((os.environ[n] for n in s.env if n in ("AWS_DEFAULT_REGION", "AWS_REGION") and os.environ.get(n)), None)
+            url = f"https://s3.{region}.amazonaws.com" if region else None
+        endpoint = endpoint_of_url(url) if url else None
+        return (url, endpoint) if url and endpoint else None
+
+    def _sandboxed_run(self, target: PostgresTarget, tool: str, params: tuple[str, ...], options: tuple[str, ...], rw: tuple[Path, ...]) -> Any:
+        """barman-cloud-restore / barman-cloud-wal-restore in the drill's sandbox (its own uid, the
+        named AWS_* variables only, its own PID namespace, no capabilities), reaching only the S3
+        endpoint through a relay (netrepo.py); outside, as before, when bubblewrap is missing or the
+        endpoint is not known (`self.containment` says which)."""
+        s = target.source.barman
+        found = self._endpoint(target) if sandbox.available() else None
+        if found is None:
+            self.containment = "outside the sandbox: " + (
+                "bubblewrap is not installed" if not sandbox.available() else "no endpoint_url and no AWS region named, so no one endpoint to allow"
+            )
+            return self._run(target, tool, *params, options=options)
+        url, endpoint = found
+        python = _python_for_sandbox(barman_tool(tool))
+        if python is None:
+            self.containment = f"outside the sandbox: the Python {tool} runs on is in a directory the sandbox uid cannot enter"
+            return self._run(target, tool, *params, options=options)
+        prefix, binds, python_env = python
+        identity = sandbox.identity_for(rw[0].parent)  # the drill's own sandbox uid
+        for path in rw:
+            os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
+        env = {n: os.environ[n] for n in named_env(s.env, target.name, _CREDENTIALS) if n in s.env}
+        env.update({"AWS_EC2_METADATA_DISABLED": "true", **python_env})
+        argv = [*prefix, barman_tool(tool), *options, "--endpoint-url", inner_url(url, endpoint), s.source_url, s.server, *params]
+        self.containment = f"in the sandbox: bubblewrap as uid {identity.uid}, network: only the repository's endpoint {endpoint}, through a relay"
+        with Tunnel(endpoint, rw[0].parent, identity) as tunnel, sandbox.Inputs() as inputs:
+            box = sandbox.Sandbox(identity, rw=list(rw), ro=[*tunnel.ro, *binds], env=env, files=tunnel.files)
+            return run_tool(tunnel.wrap(argv, inputs), env, target.name, tool, spawn=lambda a, **kw: box.popen(a, pass_fds=inputs.fds, **kw))
 
     def _s3(self, target: PostgresTarget) -> tuple[Any, str, str]:
         """An S3 client with the named credentials, the bucket, and the server's key prefix."""
@@ -125,17 +171,52 @@ class Barman(PhysicalSource):
         for ts in backup.details.get("tablespaces") or []:
             name = ts[0] if isinstance(ts, (list, tuple)) else ts.get("name")
             options += ["--tablespace", f"{name}:{scratch / ('tablespace-' + str(name))}"]
-        proc = self._run(target, "barman-cloud-restore", backup.label, str(data), options=tuple(options))
+        proc = self._sandboxed_run(target, "barman-cloud-restore", (backup.label, str(data)), tuple(options), rw=(data, scratch))
         if proc.returncode != 0:
             raise ProviderError(
                 "RESTORE_FAILED", f"target {target.name}: barman-cloud-restore of backup {backup.label} failed: {last_line(proc.stderr)}"
             )
-        return f"barman-cloud-restore {backup.label}"
+        return f"barman-cloud-restore {backup.label} ({self.containment})"
 
     def fetch_wal(self, target: PostgresTarget, name: str, dest: Path, data: Path) -> bool:
-        proc = self._run(target, "barman-cloud-wal-restore", name, str(dest))
-        if proc.returncode == 0 and os.path.exists(dest):
+        """barman-cloud-wal-restore into an outbox beside `dest` (the only directory the sandbox may
+        write), then moved to `dest` by drdrill."""
+        outbox = dest.parent.with_name(dest.parent.name + "-outbox")
+        outbox.mkdir(mode=0o700, exist_ok=True)
+        proc = self._sandboxed_run(target, "barman-cloud-wal-restore", (name, str(outbox / name)), (), rw=(outbox,))
+        if proc.returncode == 0 and (outbox / name).is_file() and not (outbox / name).is_symlink():
+            os.replace(outbox / name, dest)
             return True
         if proc.returncode == 1:  # the archive does not have it
             return False
         raise WalUnreadable(last_line(proc.stderr) or f"barman-cloud-wal-restore exited {proc.returncode}")
+
+
+
+def _reachable(path: str) -> bool:
+    """Every directory above `path` is searchable by any uid (what the sandbox uid needs to bind it)."""
+    parts = Path(path).resolve().parents
+    return all(os.stat(p).st_mode & 0o001 for p in parts) and os.path.exists(path)
+
+
+def _python_for_sandbox(tool: str) -> Optional[tuple[list[str], list[Path], dict[str, str]]]:
+    """(the command prefix, the paths to bind read-only, the environment) that run barman-cloud
+    `tool` inside the sandbox; None when the sandbox uid cannot reach a Python for it.
+    A tool outside this virtualenv (Debian's barman-cli-cloud) runs as it is. One in this
+    virtualenv runs on its own interpreter when the sandbox uid can walk to it, else on the
+    system's /usr/bin/python3 of the same version with the virtualenv's site-packages on its path
+    (a pyenv under /root, which no other uid may enter)."""
+    if not tool.startswith(sys.prefix + os.sep):
+        return ([], [], {}) if _reachable(tool) else None
+    venv = Path(sys.prefix)
+    if not _reachable(sys.prefix):
+        return None
+    interpreter = os.path.realpath(sys.executable)
+    if _reachable(interpreter):
+        return [], [venv, Path(sys.base_prefix)], {}
+    system = "/usr/bin/python3"
+    probe = subprocess.run([system, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True) if os.path.exists(system) else None
+    if probe is None or probe.stdout.strip() != str(tuple(sys.version_info[:2])):
+        return None
+    site = sysconfig.get_paths()
+    return [system, "-s"], [venv], {"PYTHONPATH": os.pathsep.join(dict.fromkeys((site["purelib"], site["platlib"]))), "PYTHONNOUSERSITE": "1"}

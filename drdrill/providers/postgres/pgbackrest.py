@@ -12,6 +12,7 @@ config file and the PGBACKREST_* variables the drill names, passed by name; drdr
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
 import drdrill.providers.postgres.safefs as safefs
 import drdrill.providers.postgres.sandbox as sandbox
+from drdrill.providers.postgres.netrepo import Endpoint, Tunnel
 from drdrill.providers.postgres.recovery import ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool, utc
 
 # pgBackRest's stanza status codes (`pgbackrest info --output=json`).
@@ -62,6 +64,7 @@ class PgBackRest(PhysicalSource):
     def __init__(self) -> None:
         self._info: Optional[dict[str, Any]] = None
         self._repos: Optional[tuple[list[Path], list[Path]]] = None
+        self._remote: Optional[tuple[int, Endpoint]] = None  # the S3 repository sandboxed runs reach
         self.containment = "outside the sandbox"
 
     # -------------------------------------------------------------- running pgBackRest
@@ -87,7 +90,20 @@ class PgBackRest(PhysicalSource):
         box = self.sandboxed(target, rw, ro) if command in ("restore", "archive-get") else None
         if box is None:
             return run_tool(argv, env, target.name, step or f"pgbackrest {command}")
-        return run_tool(argv, env, target.name, step or f"pgbackrest {command}", spawn=box.popen)
+        if self._remote is None:
+            return run_tool(argv, env, target.name, step or f"pgbackrest {command}", spawn=box.popen)
+        n, endpoint = self._remote
+        if endpoint.inner_port != endpoint.port:
+            options = (*options, f"--repo{n}-storage-port={endpoint.inner_port}")
+        if endpoint.inner_host != endpoint.host:
+            options = (*options, f"--repo{n}-storage-host={endpoint.inner_host}")
+        argv = self._argv(target, command, list(options), list(params))
+        with Tunnel(endpoint, rw[0].parent, box.identity) as tunnel, sandbox.Inputs() as inputs:
+            inside = dataclasses.replace(box, ro=[*box.ro, *tunnel.ro], files=tunnel.files)
+            return run_tool(
+                tunnel.wrap(argv, inputs), env, target.name, step or f"pgbackrest {command}",
+                spawn=lambda a, **kw: inside.popen(a, pass_fds=inputs.fds, **kw),
+            )
 
     # -------------------------------------------------------------- the sandbox
 
@@ -98,11 +114,9 @@ class PgBackRest(PhysicalSource):
         home = Path("/etc/pgbackrest")
         return [p for p in [home / "pgbackrest.conf", *sorted((home / "conf.d").glob("*.conf"))] if p.is_file()]
 
-    def local_repositories(self, target: PostgresTarget) -> Optional[tuple[list[Path], list[Path]]]:
-        """(repository paths, config files) when every repository the stanza may read is a local
-        (posix) one; None when one is S3, Azure, GCS or SFTP (those need the network: see docs/security.md)."""
-        if self._repos is not None:
-            return self._repos
+    def _settings(self, target: PostgresTarget) -> Optional[tuple[dict[str, str], list[Path], set[int]]]:
+        """(the settings pgBackRest's restore and archive-get read, the config files, the repository
+        numbers they may use); None when a config file cannot be read."""
         s = target.source.pgbackrest
         values: dict[str, str] = {}
         files = self._config_files(target)
@@ -119,8 +133,39 @@ class PgBackRest(PhysicalSource):
             if name.startswith("PGBACKREST_") and os.environ.get(name):
                 values[name[len("PGBACKREST_") :].lower().replace("_", "-")] = os.environ[name]
         numbers = {int(k[4:].split("-", 1)[0]) for k in values if k.startswith("repo") and k[4:].split("-", 1)[0].isdigit()} or {1}
-        if s.repo:
-            numbers = {s.repo}
+        return values, files, ({s.repo} if s.repo else numbers)
+
+    def s3_repository(self, target: PostgresTarget) -> Optional[tuple[int, Endpoint, list[Path]]]:
+        """(its number, the endpoint pgBackRest connects to, the config files) when the stanza reads
+        exactly one repository and it is an S3 one; None otherwise."""
+        found = self._settings(target)
+        if found is None:
+            return None
+        values, files, numbers = found
+        if len(numbers) != 1:
+            return None
+        n = next(iter(numbers))
+        get = lambda key: values.get(f"repo{n}-{key}")  # noqa: E731
+        if get("type") != "s3" or not get("s3-endpoint"):
+            return None
+        endpoint, bucket = get("s3-endpoint") or "", get("s3-bucket") or ""
+        virtual = (get("s3-uri-style") or "host") == "host" and bucket
+        host = get("storage-host") or get("s3-host") or (f"{bucket}.{endpoint}" if virtual else endpoint)
+        port = get("storage-port") or get("s3-port") or "443"
+        if not port.isdigit():
+            return None
+        aliases = (f"{bucket}.{endpoint}", endpoint) if virtual else ()
+        return n, Endpoint(host, int(port), tuple(a for a in aliases if a != host)), files
+
+    def local_repositories(self, target: PostgresTarget) -> Optional[tuple[list[Path], list[Path]]]:
+        """(repository paths, config files) when every repository the stanza may read is a local
+        (posix) one; None when one is S3, Azure, GCS or SFTP (those need the network: `s3_repository`)."""
+        if self._repos is not None:
+            return self._repos
+        found = self._settings(target)
+        if found is None:
+            return None
+        values, files, numbers = found
         repos = []
         for n in sorted(numbers):
             if values.get(f"repo{n}-type", "posix") != "posix":
@@ -135,15 +180,26 @@ class PgBackRest(PhysicalSource):
         """The sandbox pgBackRest reads a local repository in: as the repository's owner (the one
         uid that can read it), seeing the repository and its configuration read-only and only `rw`
         writable, with only the variables the drill names, on `lo` only, in its own PID namespace.
-        None (run as before, outside) when bubblewrap is missing, the repository is remote or its
-        configuration is not readable by that uid alone; `self.containment` says which, for the evidence."""
+        One S3 repository: as the drill's own sandbox uid, reaching only its endpoint through a relay
+        (netrepo.py). None (run as before, outside) when bubblewrap is missing, the repository is
+        another remote kind or its configuration is not readable by that uid alone;
+        `self.containment` says which, for the evidence."""
         local = self.local_repositories(target) if sandbox.available() else None
-        if local is None:
-            self.containment = "outside the sandbox: " + ("bubblewrap is not installed" if not sandbox.available() else "the repository is not a local (posix) one")
+        remote = self.s3_repository(target) if sandbox.available() and local is None and rw else None
+        if local is None and remote is None:
+            self.containment = "outside the sandbox: " + (
+                "bubblewrap is not installed" if not sandbox.available() else "the repository is neither a local (posix) one nor one S3 repository"
+            )
             return None
-        repos, files = local
-        st = os.stat(repos[0])
-        identity = sandbox.Identity(st.st_uid, st.st_gid) if os.geteuid() == 0 else sandbox.Identity(os.getuid(), os.getgid())
+        if local is not None:
+            repos, files = local
+            st = os.stat(repos[0])
+            identity = sandbox.Identity(st.st_uid, st.st_gid) if os.geteuid() == 0 else sandbox.Identity(os.getuid(), os.getgid())
+            reach, self._remote = "the repository read-only, network lo only", None
+        else:
+            n, endpoint, files = remote  # type: ignore[misc]
+            repos, identity = [], sandbox.identity_for(rw[0].parent)  # the drill's own sandbox uid
+            reach, self._remote = f"network: only the repository's endpoint {endpoint}, through a relay", (n, endpoint)
         unreadable = [str(f) for f in files if not _readable_by(f, identity.uid)]
         if unreadable:
             self.containment = f"outside the sandbox: {', '.join(unreadable)} is not readable by the repository's owner (uid {identity.uid}) without its groups"
@@ -152,7 +208,7 @@ class PgBackRest(PhysicalSource):
             os.chown(path, identity.uid, identity.gid, follow_symlinks=False)
         env = {n: os.environ[n] for n in target.source.pgbackrest.env if n.startswith("PGBACKREST_") and n in os.environ}
         env["PGBACKREST_LOG_LEVEL_FILE"] = "off"
-        self.containment = f"in the sandbox: bubblewrap as uid {identity.uid}, the repository read-only, network lo only"
+        self.containment = f"in the sandbox: bubblewrap as uid {identity.uid}, {reach}"
         return sandbox.Sandbox(identity, rw=list(rw), ro=[*repos, *files, *ro], env=env)
 
     def info(self, target: PostgresTarget) -> dict[str, Any]:

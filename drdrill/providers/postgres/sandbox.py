@@ -189,6 +189,10 @@ class Sandbox:
     env: dict[str, str] = field(default_factory=dict)
     netns: Optional[str] = None
     cwd: str = "/"
+    # Extra files (path -> text, e.g. a private /etc/hosts), handed over through pipes, and open
+    # directory descriptors bound read-only (fd -> path: what the sandbox uid could not walk to).
+    files: dict[str, str] = field(default_factory=dict)
+    ro_fds: dict[int, str] = field(default_factory=dict)
 
     def argv(self, argv: Sequence[str]) -> list[str]:
         """The full command line: [ip netns exec NAME] setpriv … bwrap … -- argv."""
@@ -214,7 +218,7 @@ class Sandbox:
             elif host.is_dir():
                 opts += ["--ro-bind", str(host), str(host)]
         for name in ETC_FILES:
-            if os.path.exists(f"/etc/{name}"):
+            if os.path.exists(f"/etc/{name}") and f"/etc/{name}" not in self.files:
                 opts += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
         opts += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/run", "--dir", "/run/postgresql",
                  "--dir", "/var", "--symlink", "../run", "/var/run"]
@@ -222,6 +226,8 @@ class Sandbox:
             opts += ["--ro-bind", str(path), str(path)]
         for path in self.rw:
             opts += ["--bind", str(path), str(path)]
+        for fd, path in self.ro_fds.items():
+            opts += ["--ro-bind-fd", str(fd), path]
         opts += ["--chdir", self.cwd]
         return opts
 
@@ -239,6 +245,7 @@ class Sandbox:
             "/etc/group": f"root:x:0:\n{USER_NAME}:x:{g}:\n",
         }
         opts, fds = [], []
+        files.update(self.files)
         for dest, text in files.items():
             r, w = os.pipe()
             os.write(w, text.encode())
@@ -253,7 +260,7 @@ class Sandbox:
         cut = full.index("--", full.index(bwrap()))
         full = full[:cut] + extra + full[cut:]
         try:
-            return subprocess.Popen(full, env=self._environment(), pass_fds=[*fds, *pass_fds], close_fds=True, **kwargs)
+            return subprocess.Popen(full, env=self._environment(), pass_fds=[*fds, *self.ro_fds, *pass_fds], close_fds=True, **kwargs)
         finally:
             for fd in fds:
                 os.close(fd)
