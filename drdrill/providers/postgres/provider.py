@@ -39,6 +39,7 @@ import drdrill.providers.postgres.netns as netns
 import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
+from drdrill.providers.postgres.integrity import check_restored
 from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.barman import Barman
 from drdrill.providers.postgres.pgbackrest import PgBackRest
@@ -239,6 +240,9 @@ class PostgresProvider(Provider):
         inspection = inspect_restored(admin_dsn, target)
         ready.findings.extend(inspection.findings)
         ready.details.update(inspection.details)
+        # Is what came back sound: amcheck, collation versions, page checksums (integrity.py).
+        checks, ready.details["integrity"] = check_restored(target, resource.endpoint, resource.details, admin_dsn)
+        ready.findings.extend(checks)
         if resource.details.get("netns") and getattr(target.restore, "after", None) is not None:
             self._start_after(ctx, target, ready)
         ready.ready = True

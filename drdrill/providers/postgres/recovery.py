@@ -51,6 +51,7 @@ from drdrill.providers.postgres.cluster import (
     stop_server,
 )
 from drdrill.providers.postgres.sources import RecoverySource
+from drdrill.providers.postgres.pagechecks import check_page_checksums
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 
@@ -414,6 +415,7 @@ class PhysicalSource(RecoverySource):
         if not self.lays_down_recovery_settings:
             write_recovery_settings(data, recovery_target)
         prepare_recovered_data_dir(data)
+        check_page_checksums(target, data, binaries)  # before it starts (pagechecks.py; read back after it serves)
         _chown(spool)
         script = spool / "restore_command.sh"
         script.write_text(RESTORE_SCRIPT.format(spool=spool))
