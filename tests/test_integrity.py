@@ -164,3 +164,61 @@ def test_collation_recorded_at_another_version_names_indexes_and_reindex(drill, 
     default = found[f"the database's default collation ({resource.endpoint['database']})"].message
     assert "public.customers_email_key" in default and "REFRESH COLLATION VERSION" in default
     assert "public.names_by_icu" not in default
+
+
+# ------------------------------------------------------------------------------ physical restores
+
+from tests.test_pitr import Stanza, needs_pgbackrest, pgbackrest_source, pitr_drill  # noqa: E402
+
+
+def _physical_drill(drill_harness, stanza):
+    validations = '  - {name: markers, type: sql, target: app, query: "SELECT count(*) FROM markers", expect: ">= 0"}\n'
+    return drill_harness.run(pitr_drill(pgbackrest_source(stanza), validations=validations), providers={"postgres": PostgresProvider()})
+
+
+@needs_pgbackrest
+def test_physical_restore_of_a_cluster_without_checksums_is_a_warning_that_says_so(drill_harness, cluster_root):
+    stanza = Stanza(cluster_root, checksums=False)
+    try:
+        stanza.backup()
+        stanza.prod.markers(2)
+        stanza.prod.archive()
+        result = _physical_drill(drill_harness, stanza)
+    finally:
+        stanza.prod.stop()
+
+    assert result.verdict == "PASSED", result.findings
+    (off,) = [f for f in result.findings if f.code == "DATA_CHECKSUMS_OFF"]
+    assert off.severity == "warning" and "rotted or torn page" in off.message
+    pages = result.restored[0].details["integrity"]["page_checksums"]
+    assert pages["enabled"] is False and pages["checked"] is False
+    assert clusters_left(cluster_root) == []
+
+
+@needs_pgbackrest
+def test_damaged_page_in_an_offline_backup_is_page_checksum_failure_before_the_server_starts(drill_harness, cluster_root):
+    stanza = Stanza(cluster_root)
+    try:
+        with psycopg.connect(stanza.prod.dsn, autocommit=True) as conn:
+            conn.execute("INSERT INTO markers (at) SELECT clock_timestamp() FROM generate_series(1, 50)")
+            path = stanza.prod.cluster.data / conn.execute("SELECT pg_relation_filepath('markers')").fetchone()[0]
+        stanza.prod.cluster.stop("fast")  # an offline backup: pg_control says "shut down", pg_checksums can read it
+        page = bytearray(path.read_bytes())
+        page[PAGE - 200] ^= 0xFF  # one byte of a row, its page's checksum left as it was
+        path.write_bytes(bytes(page))
+        stanza.run("backup", "--type=full", "--no-online")
+        result = _physical_drill(drill_harness, stanza)
+    finally:
+        stanza.prod.stop()
+
+    assert result.verdict == "FAILED", result.findings
+    (failed,) = [f for f in result.findings if f.code == "PAGE_CHECKSUM_FAILURE"]
+    file = str(path.relative_to(stanza.prod.cluster.data))
+    assert f"1 pages of the restored data directory fail their checksums: " in failed.message
+    assert f"{file} block 0 (public.markers)" in failed.message, failed.message
+    pages = result.restored[0].details["integrity"]["page_checksums"]
+    assert pages["checked"] is True and pages["cluster_state"] == "shut down"
+    # amcheck, reading the same page through the server, names the table and block too.
+    corrupt = [f.message for f in result.findings if f.code == "AMCHECK_CORRUPTION"]
+    assert any("heap table public.markers is corrupt (block 0)" in m for m in corrupt), corrupt
+    assert clusters_left(cluster_root) == []

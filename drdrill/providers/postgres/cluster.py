@@ -216,8 +216,9 @@ class LocalCluster:
             tmp.write_text(json.dumps(tags, sort_keys=True))
             os.replace(tmp, self.marker)
 
-    def create(self, tags: dict, settings: Optional[dict] = None) -> None:
-        """Create (idempotently) the directory, its marker and the cluster; then start it."""
+    def create(self, tags: dict, settings: Optional[dict] = None, checksums: bool = False) -> None:
+        """Create (idempotently) the directory, its marker and the cluster (with data page
+        `checksums`: initdb --data-checksums); then start it."""
         # The marker comes first, so a half-created cluster is still found and removed by tag.
         self.claim(tags)
         (self.path / "bindir").write_text(f"{self.binaries.major} {self.binaries.bindir}\n")
@@ -235,6 +236,7 @@ class LocalCluster:
             staging.mkdir(mode=0o700)
             self._give(staging)
             initdb = [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+            initdb += ["--data-checksums"] if checksums else []
             if self.sandboxed:
                 proc = self._sandboxed_run(initdb, rw=(staging,))
             else:

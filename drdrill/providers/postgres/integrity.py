@@ -39,7 +39,7 @@ from drdrill.core.models import Finding
 from drdrill.providers.base import ProviderError, heartbeat
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.cluster import LocalCluster, install_dirs
-from drdrill.providers.postgres.pagechecks import read_page_checks
+from drdrill.providers.postgres.pagechecks import page_findings, read_page_checks
 from drdrill.providers.postgres.sandbox import SandboxError
 
 LISTED = 10  # relations named in a finding's message; the evidence keeps every one
@@ -115,8 +115,9 @@ def check_restored(target: Any, endpoint: dict, details: dict, admin_dsn: str) -
     report: dict[str, Any] = {"enabled": opts.enabled, "budget_seconds": opts.budget.total_seconds()}
     findings_pages, pages = read_page_checks(details, name)
     if pages is not None:
+        _name_failed_pages(admin_dsn, pages)
         report["page_checksums"] = pages
-        findings += findings_pages
+        findings += page_findings(pages, name)
     if not opts.enabled:
         findings.append(Finding(code="INTEGRITY_CHECKS_OFF", severity="warning", target=name,
                                 message=f"target {name}: restore.integrity.enabled is false: no amcheck and no collation check ran, "
@@ -126,8 +127,10 @@ def check_restored(target: Any, endpoint: dict, details: dict, admin_dsn: str) -
     cluster = LocalCluster(Path(endpoint["socket_dir"]).parent)
     run = run_amcheck(admin_dsn, cluster, target.restore.jobs, deadline, name)
     report["amcheck"] = run.as_details()
+    _attribute_by_file(admin_dsn, run, pages)
     findings += amcheck_findings(run, name)
-    findings += _server_checksum_failures(admin_dsn, report, name)
+    if not (pages or {}).get("failures"):  # pg_checksums already named the pages
+        findings += _server_checksum_failures(admin_dsn, report, name)
     try:
         collations = check_collations(admin_dsn)
         report["collations"] = collations
@@ -137,6 +140,58 @@ def check_restored(target: Any, endpoint: dict, details: dict, admin_dsn: str) -
         findings.append(Finding(code="COLLATION_UNVERIFIED", could_not_verify=True, target=name,
                                 message=f"target {name}: collation versions could not be read: {str(exc).strip()}"))
     return findings, report
+
+
+_FILE = re.compile(r"(?:base/\d+|global|pg_tblspc/\d+/[^/]+/\d+)/(\d+)(?:_\w+)?(?:\.\d+)?")
+_INVALID_PAGE = re.compile(r"invalid page in block (\d+) of relation (\S+)")
+
+
+def _relations_of_files(admin_dsn: str, paths: list[str]) -> dict[str, str]:
+    """Data file paths (…/base/DB/FILENODE[.N]) to the relations they hold, in the restored database."""
+    nodes = {p: int(m.group(1)) for p in paths if (m := _FILE.search(p))}
+    if not nodes:
+        return {}
+    try:
+        with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+            named = {}
+            for path, node in nodes.items():
+                row = conn.execute("SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c "
+                                   "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = pg_filenode_relation(0, %s)",
+                                   (node,)).fetchone()
+                if row and row[0]:
+                    named[path] = row[0]
+            return named
+    except psycopg.Error:
+        return {}
+
+
+def _name_failed_pages(admin_dsn: str, pages: dict) -> None:
+    failures = pages.get("failures") or []
+    named = _relations_of_files(admin_dsn, [f["file"] for f in failures])
+    for f in failures:
+        if f["file"] in named:
+            f["relation"] = named[f["file"]]
+
+
+def _attribute_by_file(admin_dsn: str, run: AmcheckRun, pages: Optional[dict]) -> None:
+    """`invalid page in block B of relation base/D/F` reported while checking an index (heapallindexed
+    reads its table) is a problem of the relation that file holds: moved there, with its block."""
+    for relation, problem in list(run.problems.items()):
+        for text in problem.messages:
+            m = _INVALID_PAGE.search(text)
+            if not m:
+                continue
+            owner = _relations_of_files(admin_dsn, [m.group(2)]).get(m.group(2))
+            if owner and owner != relation:
+                target = run.problems.setdefault(owner, Problem(kind="heap table", relation=owner))
+                target.messages.append(text)
+                problem.messages.remove(text)
+            else:
+                target = problem
+            if int(m.group(1)) not in target.blocks:
+                target.blocks.append(int(m.group(1)))
+        if not problem.messages:
+            del run.problems[relation]
 
 
 def _server_checksum_failures(admin_dsn: str, report: dict[str, Any], target: str) -> list[Finding]:

@@ -104,7 +104,7 @@ def page_findings(result: dict, target: str) -> list[Finding]:
                         "(initdb --data-checksums, or pg_checksums --enable on a stopped cluster)")]
     failures = result.get("failures") or []
     if failures:
-        shown = ", ".join(f"{f['file']} block {f['block']}" for f in failures[:LISTED])
+        shown = ", ".join(f"{f['file']} block {f['block']}" + (f" ({f['relation']})" if f.get("relation") else "") for f in failures[:LISTED])
         more = f" and {len(failures) - LISTED} more" if len(failures) > LISTED else ""
         return [Finding(code="PAGE_CHECKSUM_FAILURE", target=target,
                         message=f"target {target}: {len(failures)} pages of the restored data directory fail their checksums: {shown}{more}")]
