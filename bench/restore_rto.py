@@ -7,6 +7,13 @@ equivalent throwaway cluster (drdrill/providers/postgres/cluster.py LocalCluster
 Runs alternate (bare, drill, bare, drill, ...) so background load hits both alike.
 
     python -m bench.restore_rto --gb 1 --runs 5 --jobs 2
+
+With --sandbox, the cost of the restore sandbox (drdrill/providers/postgres/sandbox.py) alone: the
+constant (bubblewrap starting /bin/true, as every sandboxed tool pays it), and the same restore
+(cluster created and started, pg_restore -j N) on the old direct path against the sandboxed one,
+alternating; no Temporal, no checks.
+
+    python -m bench.restore_rto --sandbox --gb 0.15 --runs 3
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from bench.simdrill import run_passing
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider, take_backup
 from drdrill.providers.postgres.cluster import LocalCluster, tool
+from drdrill.providers.postgres.sandbox import Inputs
 from worker import connect, running_worker
 
 DRILL = """
@@ -63,6 +71,75 @@ def bare_restore(root: Path, archive: Path, jobs: int) -> dict:
         raise RuntimeError(proc.stderr)
     cluster.destroy()
     return {"cluster_seconds": t1 - t0, "pg_restore_seconds": t2 - t1, "total_seconds": t2 - t0}
+
+
+def sandboxed_restore(root: Path, archive: Path, jobs: int) -> dict:
+    """bare_restore's steps, as a drill now takes them: the cluster and pg_restore in the sandbox."""
+    cluster = LocalCluster(root / f"sbx-{uuid.uuid4().hex[:6]}", sandboxed=True)
+    t0 = time.perf_counter()
+    cluster.create({"drdrill:bench": "sandboxed"})
+    t1 = time.perf_counter()
+    with psycopg.connect(cluster.dsn(), autocommit=True) as conn:
+        conn.execute("CREATE DATABASE bench TEMPLATE template0")
+    box = cluster.sandbox()
+    globals_sql = archive.parent / "globals.sql"
+    with Inputs(cluster.path, box.identity) as inputs:
+        if globals_sql.exists():
+            box.run([tool("psql"), "-X", "-q", "-d", cluster.dsn("bench"), "-f", inputs.path(globals_sql)], pass_fds=inputs.fds)
+        proc = box.run([tool("pg_restore"), "-j", str(jobs), "-d", cluster.dsn("bench"), inputs.path(archive)], pass_fds=inputs.fds)
+    t2 = time.perf_counter()
+    if proc.returncode != 0:
+        raise RuntimeError(proc.stderr)
+    cluster.destroy()
+    return {"cluster_seconds": t1 - t0, "pg_restore_seconds": t2 - t1, "total_seconds": t2 - t0}
+
+
+def bwrap_constant(root: Path, runs: int = 20) -> dict:
+    """What starting one sandboxed process costs: bubblewrap (and setpriv) around /bin/true."""
+    cluster = LocalCluster(root / f"sbx-{uuid.uuid4().hex[:6]}", sandboxed=True)
+    cluster.claim({"drdrill:bench": "bwrap"})
+    cluster.sock.mkdir(mode=0o700)
+    box = cluster.sandbox()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        box.run(["/bin/true"])
+        times.append(time.perf_counter() - t0)
+    cluster.destroy()
+    return summary(times)
+
+
+def run_sandbox(a) -> dict:
+    dsn = datagen.generate(a.gb)
+    work = Path(tempfile.mkdtemp(prefix="drb-", dir="/tmp"))
+    root = work / "c"
+    root.mkdir()
+    root.chmod(0o711)
+    work.chmod(0o711)
+    try:
+        point = take_backup(dsn, work / "repo", jobs=a.jobs)
+        archive = point / "archive.dump"
+        print(f"archive {archive.stat().st_size / 2**20:.0f} MiB", flush=True)
+        constant = bwrap_constant(root)
+        print(f"bwrap /bin/true: median {constant['median'] * 1000:.1f} ms", flush=True)
+        direct, boxed = [], []
+        for i in range(a.runs):
+            direct.append(bare_restore(root, archive, a.jobs))
+            boxed.append(sandboxed_restore(root, archive, a.jobs))
+            print(f"run {i + 1}: direct {direct[-1]['total_seconds']:.2f}s, sandboxed {boxed[-1]['total_seconds']:.2f}s load {load()}", flush=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = lambda key, rows: summary([r[key] for r in rows])  # noqa: E731
+    out = {
+        "gb": a.gb, "jobs": a.jobs, "archive_mib": archive.stat().st_size / 2**20 if archive.exists() else None,
+        "bwrap_true_seconds": constant,
+        "direct": {k: med(k, direct) for k in ("cluster_seconds", "pg_restore_seconds", "total_seconds")},
+        "sandboxed": {k: med(k, boxed) for k in ("cluster_seconds", "pg_restore_seconds", "total_seconds")},
+    }
+    d, b = out["direct"]["total_seconds"]["median"], out["sandboxed"]["total_seconds"]["median"]
+    out["sandbox_overhead_seconds"] = b - d
+    out["sandbox_overhead_ratio"] = b / d - 1
+    return out
 
 
 async def drill_once(client, queue: str, spec) -> dict:
@@ -136,8 +213,15 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=3000)
+    ap.add_argument("--sandbox", action="store_true", help="only the restore sandbox's cost: direct vs sandboxed")
     a = ap.parse_args()
     time_limit(a.timeout)
+    if a.sandbox:
+        out = run_sandbox(a)
+        path = write_result(f"restore_sandbox_{datagen.dbname(a.gb)}", out)
+        print({k: v for k, v in out.items() if k.startswith("sandbox_overhead")})
+        print(path)
+        return
     out = asyncio.run(run(a))
     path = write_result(f"restore_rto_{datagen.dbname(a.gb)}", out)
     print({k: v for k, v in out.items() if k.startswith("overhead")})

@@ -8,6 +8,7 @@ Real pieces throughout: pg_dump of a seeded database on the machine's PostgreSQL
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -272,3 +273,21 @@ def test_a_production_socket_in_the_default_directory_is_unreachable_and_the_pro
         assert result.restored, "the drill restored (the sandbox contained the attempt)"
     finally:
         planted.close()
+
+
+def test_a_dump_file_restores_under_network_isolation_on_the_clusters_own_port(drill_harness, shop_dsn, tmp_path, cluster_root, monkeypatch):
+    """isolation.postgres: network: the cluster listens on 55432 in the drill's namespace, and a
+    path: dump is restored over its socket on that port (it used to be sent to 5432 and fail)."""
+    monkeypatch.setenv("SHOP_PRODUCTION_DSN", shop_dsn)
+    dump = plain_dump_with(shop_dsn, tmp_path / "b" / "shop.sql", "")
+    Path(f"{dump}.sha256").write_text(f"{hashlib.sha256(dump.read_bytes()).hexdigest()}  {dump.name}\n")  # what sha256sum writes
+    result = run(drill_harness, drill(
+        f"{{path: '{tmp_path}/b/*.sql'}}", "  - {type: sql, target: shop, name: orders, query: 'SELECT 1', expect: '== 1'}",
+        isolation="isolation: {postgres: network, production_dsn_env: SHOP_PRODUCTION_DSN}",
+    ))
+
+    # Restored, without a finding (the sql check needs a probe inside the namespace; none is asked for).
+    assert result.isolation[0].outcome == "PASSED"
+    assert result.findings == [] and next(e for e in result.timeline if e.phase == "restore").outcome == "PASSED"
+    assert result.restored[0].endpoint["port"] == 55432 and "psql" in result.restored[0].description
+    assert result.teardown[0].deleted
