@@ -91,6 +91,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=900)
+    ap.add_argument("--keep-db", action="store_true", help="keep the pgbench database for the next run")
     a = ap.parse_args()
     time_limit(a.timeout)
     dsn = database(a.scale)
@@ -115,6 +116,9 @@ def main() -> None:
         archive_mib = ours.stat().st_size / 2**20
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        if not a.keep_db:
+            with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "drdrill_bench_pgbench_s{a.scale}" WITH (FORCE)')
     out = {
         "scale": a.scale, "database_mib": mib, "archive_mib": archive_mib, "jobs": a.jobs,
         "pg_dump_seconds": summary(bare), "drdrill_dump_seconds": summary(dumped),

@@ -25,6 +25,7 @@ FULL = {
     "restore_rto": (["--gb", "1", "--runs", "5", "--jobs", "2"], 3000),
     "dump_s3": (["--size", "1", "--runs", "5", "--jobs", "2"], 3600),
     "pitr": (["--gb", "1", "--wal-mb", "512", "--steps", "4", "--runs", "5", "--jobs", "2"], 1800),
+    "integrity": (["--scale", "10", "--runs", "3", "--jobs", "2"], 900),
 }
 QUICK = {
     "readiness": (["--trials", "20"], 120),
@@ -34,6 +35,7 @@ QUICK = {
     "restore_rto": (["--gb", "0.02", "--runs", "1", "--jobs", "2"], 600),
     "dump_s3": (["--size", "0.02", "--runs", "1", "--jobs", "2"], 600),
     "pitr": (["--gb", "0.02", "--wal-mb", "32", "--steps", "2", "--runs", "1", "--jobs", "2"], 300),
+    "integrity": (["--scale", "1", "--runs", "1", "--jobs", "2"], 300),
 }
 
 

@@ -5,6 +5,7 @@ written into the restored relation's file while its server is stopped."""
 from __future__ import annotations
 
 import struct
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from drdrill.core.models import DrillContext
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider, take_backup
 from drdrill.providers.postgres.cluster import LocalCluster
+from drdrill.providers.postgres.integrity import run_amcheck
 from tests.pg_fixtures import SEED_SQL, clusters_left, cluster_root, create_source_db, drop_db, shop_dsn, shop_repo  # noqa: F401
 
 PAGE = 8192
@@ -105,6 +107,12 @@ def test_corrupt_index_and_heap_page_fail_the_drill_naming_relation_and_block(dr
     assert report["corrupt"]["public.orders"]["blocks"] == [0]
     with psycopg.connect(resource.endpoint["dsn"]) as conn:  # the restored database is left as it was restored
         assert conn.execute("SELECT count(*) FROM pg_extension WHERE extname = 'amcheck'").fetchone()[0] == 0
+    # Without pg_amcheck (a server before 14, or none installed): the extension's functions find the same.
+    cluster = LocalCluster(Path(resource.endpoint["socket_dir"]).parent)
+    fallback = run_amcheck(resource.endpoint["dsn"], cluster, 2, time.monotonic() + 120, "shop", functions_only=True)
+    assert fallback.tool.startswith("amcheck functions") and fallback.not_checked == []
+    assert {"public.orders", "public.customers_email_key"} <= set(fallback.problems), fallback.problems
+    assert fallback.problems["public.orders"].blocks == [0]
 
 
 def test_sound_restore_is_checked_whole_and_passes(drill):

@@ -22,6 +22,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from datetime import timezone
@@ -103,6 +104,11 @@ def _output(opts: dict[str, str]) -> Optional[Path]:
     return None
 
 
+def _client(name: str) -> str:
+    """The pg_dump (pg_restore) the cron job ran: the one on PATH, else the newest installed."""
+    return shutil.which(name) or tool(name)
+
+
 def manifest_path(output: Path) -> Path:
     return output.with_name(output.name + SUFFIX)
 
@@ -113,7 +119,7 @@ def run_dump(argv: list[str]) -> int:
     if "--snapshot" in opts:
         raise DumpError("drdrill dump exports its own snapshot: remove --snapshot from the arguments")
     output = _output(opts)
-    pg_dump = tool("pg_dump")
+    pg_dump = _client("pg_dump")
     if output is None or any(o in opts for o in ("--schema-only", "-s")) or "-s" in argv:
         print("drdrill dump: no manifest: " + ("the dump goes to a pipe, not a file (use -f FILE)" if output is None
               else "a schema-only dump holds no rows to fingerprint"), file=sys.stderr)
@@ -173,7 +179,7 @@ def tables_in_dump(output: Path, fmt: str) -> list[str]:
                 if m:
                     found.append(f"{m.group(2).decode()}.{m.group(1).decode()}")
         return found
-    proc = subprocess.run([tool("pg_restore"), "-l", str(output)], capture_output=True, text=True)
+    proc = subprocess.run([_client("pg_restore"), "-l", str(output)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise DumpError(f"pg_restore -l {output} failed: {proc.stderr.strip()}")
     found = []
@@ -211,3 +217,18 @@ def table_manifest(conn: psycopg.Connection, table: str) -> dict:
         method, ranges = "text", key_ranges(conn, table, key[0], int(lo), width, "text")
     return {"rows": sum(r[0] for r in ranges.values()), "checksum": str(sum(int(r[1]) for r in ranges.values())), "method": method,
             "key": key[0], "lo": int(lo), "width": width, "ranges": ranges}
+
+
+def main(argv: list[str]) -> int:
+    """`drdrill dump ARGS…`: pg_dump's exit code; 2 for arguments it cannot take, 4 (or 3, see
+    NO_MANIFEST) when the dump was written but its manifest could not be."""
+    from drdrill.core.redact import redact
+
+    try:
+        return run_dump(argv)
+    except (DumpError, OSError) as exc:
+        print(f"drdrill dump: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:  # never echo the DSN
+        print(f"drdrill dump: the manifest could not be written: {redact(str(exc).strip())}", file=sys.stderr)
+        return 4

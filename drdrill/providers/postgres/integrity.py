@@ -107,12 +107,17 @@ class AmcheckRun:
 # ---------------------------------------------------------------------- the entry point
 
 
-def check_restored(target: Any, endpoint: dict, details: dict, admin_dsn: str) -> tuple[list[Finding], dict[str, Any]]:
-    """Every integrity check of one restored target: findings, and what the report shows."""
+def check_restored(target: Any, details: dict, admin_dsn: str, left: Optional[float] = None) -> tuple[list[Finding], dict[str, Any]]:
+    """Every integrity check of one restored target: findings, and what the report shows. `left`:
+    the seconds the activity has left (restore.timeout), which caps the budget."""
     opts = target.restore.integrity
     name = target.name
     findings: list[Finding] = []
-    report: dict[str, Any] = {"enabled": opts.enabled, "budget_seconds": opts.budget.total_seconds()}
+    budget = opts.budget.total_seconds()
+    if left is not None and left < budget:
+        budget = max(0.0, left)
+    report: dict[str, Any] = {"enabled": opts.enabled, "budget_seconds": budget,
+                              "budget_capped_by_restore_timeout": budget < opts.budget.total_seconds()}
     findings_pages, pages = read_page_checks(details, name)
     if pages is not None:
         _name_failed_pages(admin_dsn, pages)
@@ -123,8 +128,8 @@ def check_restored(target: Any, endpoint: dict, details: dict, admin_dsn: str) -
                                 message=f"target {name}: restore.integrity.enabled is false: no amcheck and no collation check ran, "
                                 "so corruption in what was restored would go unseen"))
         return findings, report
-    deadline = time.monotonic() + opts.budget.total_seconds()
-    cluster = LocalCluster(Path(endpoint["socket_dir"]).parent)
+    deadline = time.monotonic() + budget - float((pages or {}).get("seconds") or 0)  # pg_checksums spent part of it
+    cluster = LocalCluster(Path(str(conninfo_to_dict(admin_dsn)["host"])).parent)  # the drill's, whose socket this is
     run = run_amcheck(admin_dsn, cluster, target.restore.jobs, deadline, name)
     report["amcheck"] = run.as_details()
     _attribute_by_file(admin_dsn, run, pages)
@@ -213,7 +218,8 @@ def _server_checksum_failures(admin_dsn: str, report: dict[str, Any], target: st
 # ---------------------------------------------------------------------- amcheck
 
 
-def run_amcheck(admin_dsn: str, cluster: LocalCluster, jobs: int, deadline: float, target: str) -> AmcheckRun:
+def run_amcheck(admin_dsn: str, cluster: LocalCluster, jobs: int, deadline: float, target: str, functions_only: bool = False) -> AmcheckRun:
+    """Check every user table, its TOAST and its B-tree indexes; `functions_only`: without pg_amcheck."""
     run = AmcheckRun()
     started = time.monotonic()
     with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
@@ -227,7 +233,7 @@ def run_amcheck(admin_dsn: str, cluster: LocalCluster, jobs: int, deadline: floa
         for table_oid, index, _ in conn.execute(_BTREES_OF, ([t.oid for t in tables],)).fetchall():
             by_oid[table_oid].indexes.append(index)
         run.tables, run.indexes = len(tables), sum(len(t.indexes) for t in tables)
-        binaries = _amcheck_binaries(major)
+        binaries = None if functions_only else _amcheck_binaries(major)
         try:
             if binaries is not None:
                 run.tool = f"pg_amcheck ({binaries})"
@@ -399,7 +405,7 @@ def amcheck_findings(run: AmcheckRun, target: str) -> list[Finding]:
         shown = ", ".join(run.not_checked[:LISTED]) + (f" and {len(run.not_checked) - LISTED} more" if len(run.not_checked) > LISTED else "")
         findings.append(Finding(code="AMCHECK_BUDGET_EXCEEDED", could_not_verify=True, target=target,
                                 message=f"target {target}: {len(run.not_checked)} relations were not checked for corruption "
-                                f"within restore.integrity.budget: {shown}; raise the budget or restore.jobs"))
+                                f"within restore.integrity.budget (or what restore.timeout left of it): {shown}; raise them, or restore.jobs"))
     return findings
 
 
