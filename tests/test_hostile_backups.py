@@ -291,3 +291,44 @@ def test_a_dump_file_restores_under_network_isolation_on_the_clusters_own_port(d
     assert result.findings == [] and next(e for e in result.timeline if e.phase == "restore").outcome == "PASSED"
     assert result.restored[0].endpoint["port"] == 55432 and "psql" in result.restored[0].description
     assert result.teardown[0].deleted
+
+
+# ---------------------------------------------------------------- the sandbox itself
+
+
+def test_a_process_in_the_sandbox_has_its_own_uid_no_secret_no_capability_and_no_view_of_the_host(tmp_path, monkeypatch):
+    from drdrill.providers.postgres import sandbox
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret")
+    meta = tmp_path / "meta"
+    meta.mkdir(mode=0o711)
+    ident = sandbox.identity_for(meta)
+    box = sandbox.Sandbox(ident, env={"NAMED": "by-the-drill"})
+    proc = box.run(["/bin/sh", "-c", f"id -u; grep CapEff /proc/self/status; env; ls -a /tmp /run/postgresql; ls {tmp_path} 2>&1; ls /proc | grep -c '^[0-9]'"])
+
+    assert proc.stdout, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert int(lines[0]) == ident.uid and ident.uid >= sandbox.UID_BASE
+    assert lines[1].split() == ["CapEff:", "0000000000000000"]
+    assert "NAMED=by-the-drill" in lines and "worker-secret" not in proc.stdout
+    assert f"ls: cannot access '{tmp_path}': No such file or directory" in proc.stdout
+    assert int(lines[-1]) <= 5, "the sandbox sees only its own processes (its PID namespace): init, sh and the pipeline"
+    assert sandbox.identity_for(meta) == ident  # recorded: the drill keeps its uid
+
+
+def test_teardown_never_believes_a_record_that_names_another_process(tmp_path):
+    from drdrill.providers.postgres import sandbox
+
+    victim = subprocess.Popen(["sleep", "600"])
+    try:
+        record = tmp_path / "server.sandbox.json"
+        record.write_text(f'{{"pid": {victim.pid}, "starttime": {sandbox.starttime(victim.pid) + 1}}}')  # a pid reused since
+        assert sandbox.alive(record) is False
+        assert sandbox.stop(record) is False
+        record.write_text(f'{{"pid": {victim.pid}, "starttime": {sandbox.starttime(victim.pid)}}}')
+        os.chown(record, 12345, 12345)  # written by someone else than drdrill
+        assert sandbox.alive(record) is False and sandbox.stop(record) is False
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()

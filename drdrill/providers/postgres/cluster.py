@@ -242,7 +242,7 @@ class LocalCluster:
             else:
                 proc = subprocess.run(initdb, capture_output=True, text=True, **_as_server_user())
             if proc.returncode != 0:
-                raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}")
+                raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}" + sandbox.hint(proc.stderr))
             conf = {
                 "listen_addresses": "''",
                 "unix_socket_directories": f"'{self.sock}'",
@@ -324,7 +324,7 @@ class LocalCluster:
     def stop(self, mode: str = "immediate") -> None:
         """Stop the server: `immediate` for throwaway clusters; `fast` (a clean shutdown with a
         checkpoint) for a cluster whose data is kept, such as the evidence store."""
-        if self.record.exists():
+        if self.record.exists() or self.sandboxed:  # its sandbox, by drdrill's record: nothing else runs from it
             sandbox.stop(self.record, STOP_SIGNALS[mode], grace=30)
             return
         if not self.initialised:
@@ -401,7 +401,7 @@ def start_sandboxed(box: sandbox.Sandbox, argv: list[str], *, record: Path, log:
             sandbox.stop(record, signal.SIGQUIT, grace=10)
             tail = log.read_text(errors="replace").strip().splitlines()[-5:] if log.exists() else []
             why = "exited" if time.monotonic() <= deadline else f"did not accept connections within {timeout:.0f}s"
-            raise ClusterError(f"the server {why}: {' | '.join(tail)}")
+            raise ClusterError(f"the server {why}: {' | '.join(tail)}" + sandbox.hint(" ".join(tail)))
         time.sleep(0.1)  # a server coming up in its sandbox: its socket is what we wait on
 
 

@@ -434,7 +434,7 @@ def run_sandboxed_proof(box: "Sandbox", production: list[str], temporal: Optiona
     """Run the proof (proof.py, standard library only) inside the drill's sandbox `box`, under the
     system's python3: the sandbox sees the script through a descriptor, not drdrill's checkout."""
     import drdrill.providers.postgres.proof as proof
-    from drdrill.providers.postgres.sandbox import Inputs, SandboxError
+    from drdrill.providers.postgres.sandbox import Inputs, SandboxError, hint
 
     python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
     args = ["--sandboxed"] + [a for e in production for a in ("--production", e)] + [a for e in evidence for a in ("--evidence", e)]
@@ -446,7 +446,7 @@ def run_sandboxed_proof(box: "Sandbox", production: list[str], temporal: Optiona
         except (SandboxError, OSError, subprocess.TimeoutExpired) as exc:
             raise NetnsError(f"the proof could not run in the sandbox: {exc}") from exc
     if proc.returncode != 0:
-        raise NetnsError(f"the proof inside the sandbox failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        raise NetnsError(f"the proof inside the sandbox failed: {(proc.stderr.strip().splitlines() or ['no output'])[-1]}" + hint(proc.stderr))
     return json.loads(proc.stdout)
 
 

@@ -75,6 +75,15 @@ def available() -> bool:
         return False
 
 
+def hint(stderr: str) -> str:
+    """The fix for bubblewrap's "Can't find source path …: Permission denied": the sandbox uid
+    walks to every path it binds, so none may lie under a directory only root can enter."""
+    if "Can't find source path" in (stderr or "") and "Permission denied" in stderr:
+        return (" (the sandbox's unprivileged uid must be able to reach that path: keep the cluster root "
+                "(DRDRILL_CLUSTER_ROOT) and the PostgreSQL install out of directories only root may enter, such as /root)")
+    return ""
+
+
 # ------------------------------------------------------------------ identity
 
 
