@@ -80,6 +80,10 @@ def test_drdrill_dump_writes_the_dump_and_a_manifest_the_drill_checks(drill_harn
 
 
 def test_plain_dump_to_redirected_stdout_gets_its_manifest_too(source, tmp_path):
+    with psycopg.connect(source, autocommit=True) as conn:  # a partitioned table: pg_dump dumps its partitions' rows
+        conn.execute("CREATE TABLE readings (at date NOT NULL, v int) PARTITION BY RANGE (at)")
+        conn.execute("CREATE TABLE readings_2026 PARTITION OF readings FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+        conn.execute("INSERT INTO readings SELECT '2026-03-01'::date + g, g FROM generate_series(1, 30) g")
     out = tmp_path / "shop.sql"
     with open(out, "w") as fh:
         proc = dump(source, stdout=fh)
@@ -88,6 +92,7 @@ def test_plain_dump_to_redirected_stdout_gets_its_manifest_too(source, tmp_path)
     assert "-- PostgreSQL database dump complete" in out.read_text()[-300:]
     manifest = json.loads((tmp_path / "shop.sql.manifest.json").read_text())
     assert manifest["format"] == "plain" and manifest["tables"]["public.customers"]["rows"] == 200
+    assert manifest["tables"]["public.readings"]["rows"] == 30  # as list_tables and the checksum check name it
 
 
 def test_failed_checksum_names_the_key_ranges_that_differ_with_their_rows(drill_harness, source, tmp_path, cluster_root):

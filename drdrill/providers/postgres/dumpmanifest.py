@@ -138,6 +138,7 @@ def run_dump(argv: list[str]) -> int:
             "SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_database()").fetchone()
         dump = subprocess.Popen([pg_dump, *argv, f"--snapshot={snapshot}"])
         try:  # while pg_dump reads the same snapshot
+            leaves = _partitions(conn)
             fps = {t: table_manifest(conn, t) for t in list_tables(conn)}
         finally:
             code = dump.wait()
@@ -145,7 +146,9 @@ def run_dump(argv: list[str]) -> int:
     if code != 0:
         return code
     fmt = _format(opts.get("--format", "p"))
-    fps = {t: fps[t] for t in tables_in_dump(output, fmt) if t in fps}
+    dumped = set(tables_in_dump(output, fmt))
+    # A partitioned table's rows are dumped as its partitions' (list_tables names the parent).
+    fps = {t: fp for t, fp in fps.items() if t in dumped or dumped & leaves.get(t, set())}
     digest, size = sha256_path(output)
     manifest = {
         "format": fmt, "archive": output.name, "archive_sha256": digest, "archive_size": size,
@@ -158,6 +161,22 @@ def run_dump(argv: list[str]) -> int:
     tmp.write_text(json.dumps(manifest, sort_keys=True, separators=(",", ":")))
     os.replace(tmp, manifest_path(output))
     return 0
+
+
+_LEAVES = """
+SELECT r.nspname || '.' || r.relname, ln.nspname || '.' || l.relname
+FROM (SELECT c.oid, c.relname, n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.relkind = 'p' AND NOT c.relispartition) r
+CROSS JOIN LATERAL pg_partition_tree(r.oid) t JOIN pg_class l ON l.oid = t.relid JOIN pg_namespace ln ON ln.oid = l.relnamespace
+WHERE t.isleaf"""
+
+
+def _partitions(conn: psycopg.Connection) -> dict[str, set[str]]:
+    """Each partitioned table's leaf partitions (schema.name, as list_tables names tables)."""
+    out: dict[str, set[str]] = {}
+    for root, leaf in conn.execute(_LEAVES).fetchall():
+        out.setdefault(root, set()).add(leaf)
+    return out
 
 
 def _format(value: str) -> str:
