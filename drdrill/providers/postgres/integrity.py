@@ -130,7 +130,10 @@ def check_restored(target: Any, details: dict, admin_dsn: str, left: Optional[fl
         return findings, report
     deadline = time.monotonic() + budget - float((pages or {}).get("seconds") or 0)  # pg_checksums spent part of it
     cluster = LocalCluster(Path(str(conninfo_to_dict(admin_dsn)["host"])).parent)  # the drill's, whose socket this is
-    run = run_amcheck(admin_dsn, cluster, target.restore.jobs, deadline, name)
+    try:
+        run = run_amcheck(admin_dsn, cluster, target.restore.jobs, deadline, name)
+    except (psycopg.Error, ProviderError) as exc:  # a check that could not run: never a pass, never a crash
+        run = AmcheckRun(failed=str(getattr(exc, "message", None) or exc).strip())
     report["amcheck"] = run.as_details()
     _attribute_by_file(admin_dsn, run, pages)
     findings += amcheck_findings(run, name)
@@ -400,7 +403,7 @@ def amcheck_findings(run: AmcheckRun, target: str) -> list[Finding]:
                                 message=f"target {target}: {p.kind} {relation} is corrupt (block {blocks}): {first}"))
     if run.failed:
         findings.append(Finding(code="AMCHECK_FAILED", could_not_verify=True, target=target,
-                                message=f"target {target}: {run.tool} did not finish: {run.failed}"))
+                                message=f"target {target}: {run.tool or 'the corruption check'} did not finish: {run.failed}"))
     if run.not_checked:
         shown = ", ".join(run.not_checked[:LISTED]) + (f" and {len(run.not_checked) - LISTED} more" if len(run.not_checked) > LISTED else "")
         findings.append(Finding(code="AMCHECK_BUDGET_EXCEEDED", could_not_verify=True, target=target,
