@@ -121,3 +121,25 @@ def test_failed_checksum_names_the_key_ranges_that_differ_with_their_rows(drill_
     ), checksum.detail
     assert "orders: 1950 rows, manifest 2000" in result.validations[1].detail
     assert clusters_left(cluster_root) == []
+
+
+from tests.moto_server import moto_endpoint  # noqa: E402,F401
+from tests.test_dump_sources import _s3, bucket, s3_source  # noqa: E402,F401
+
+
+def test_an_s3_dump_with_its_manifest_beside_it_is_checked_against_it(drill_harness, source, bucket, moto_endpoint, tmp_path, cluster_root):
+    out = tmp_path / "shop.dump"
+    assert dump("-Fc", "-f", str(out), "-d", source).returncode == 0
+    s3 = _s3(moto_endpoint)
+    s3.put_object(Bucket=bucket, Key="shop/shop.dump", Body=out.read_bytes())
+    s3.put_object(Bucket=bucket, Key="shop/shop.dump.manifest.json", Body=out.with_name("shop.dump.manifest.json").read_bytes())
+
+    text = drill("unused").replace("{path: 'unused'}", s3_source(moto_endpoint, bucket))
+    result = drill_harness.run(text, providers={"postgres": PostgresProvider()})
+
+    assert result.verdict == "PASSED", (result.findings, result.validations)
+    assert [f.code for f in result.findings] == []  # the manifest's sha256 was the expectation, checked while streaming
+    assert result.restored[0].details["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert result.recovery_points[0].metadata["manifest_from"] == f"s3://{bucket}/shop/shop.dump.manifest.json"
+    assert [v.outcome for v in result.validations] == ["PASSED", "PASSED"]
+    assert clusters_left(cluster_root) == []
