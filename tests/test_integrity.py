@@ -229,4 +229,5 @@ def test_damaged_page_in_an_offline_backup_is_page_checksum_failure_before_the_s
     # amcheck, reading the same page through the server, names the table and block too.
     corrupt = [f.message for f in result.findings if f.code == "AMCHECK_CORRUPTION"]
     assert any("heap table public.markers is corrupt (block 0)" in m for m in corrupt), corrupt
+    assert result.restored[0].details["integrity"]["amcheck"]["corrupt"]["public.markers"]["blocks"] == [0]
     assert clusters_left(cluster_root) == []

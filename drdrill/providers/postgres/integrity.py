@@ -118,7 +118,7 @@ def check_restored(target: Any, details: dict, admin_dsn: str, left: Optional[fl
         budget = max(0.0, left)
     report: dict[str, Any] = {"enabled": opts.enabled, "budget_seconds": budget,
                               "budget_capped_by_restore_timeout": budget < opts.budget.total_seconds()}
-    findings_pages, pages = read_page_checks(details, name)
+    _, pages = read_page_checks(details, name)
     if pages is not None:
         _name_failed_pages(admin_dsn, pages)
         report["page_checksums"] = pages
@@ -134,8 +134,8 @@ def check_restored(target: Any, details: dict, admin_dsn: str, left: Optional[fl
         run = run_amcheck(admin_dsn, cluster, target.restore.jobs, deadline, name)
     except (psycopg.Error, ProviderError) as exc:  # a check that could not run: never a pass, never a crash
         run = AmcheckRun(failed=str(getattr(exc, "message", None) or exc).strip())
+    _attribute_by_file(admin_dsn, run)
     report["amcheck"] = run.as_details()
-    _attribute_by_file(admin_dsn, run, pages)
     findings += amcheck_findings(run, name)
     if not (pages or {}).get("failures"):  # pg_checksums already named the pages
         findings += _server_checksum_failures(admin_dsn, report, name)
@@ -181,7 +181,7 @@ def _name_failed_pages(admin_dsn: str, pages: dict) -> None:
             f["relation"] = named[f["file"]]
 
 
-def _attribute_by_file(admin_dsn: str, run: AmcheckRun, pages: Optional[dict]) -> None:
+def _attribute_by_file(admin_dsn: str, run: AmcheckRun) -> None:
     """`invalid page in block B of relation base/D/F` reported while checking an index (heapallindexed
     reads its table) is a problem of the relation that file holds: moved there, with its block."""
     for relation, problem in list(run.problems.items()):
