@@ -143,3 +143,19 @@ def test_an_s3_dump_with_its_manifest_beside_it_is_checked_against_it(drill_harn
     assert result.recovery_points[0].metadata["manifest_from"] == f"s3://{bucket}/shop/shop.dump.manifest.json"
     assert [v.outcome for v in result.validations] == ["PASSED", "PASSED"]
     assert clusters_left(cluster_root) == []
+
+
+def test_what_drdrill_dump_cannot_prove_it_says_and_pg_dump_still_runs(source, tmp_path):
+    refused = dump("--snapshot=00000003-1", "-f", str(tmp_path / "x.dump"), "-d", source)
+    assert refused.returncode == 2 and "drdrill dump exports its own snapshot: remove --snapshot" in refused.stderr
+    assert not (tmp_path / "x.dump").exists()
+
+    piped = subprocess.run(f"{DRDRILL} dump -d '{source}' | gzip > {tmp_path / 'shop.sql.gz'}", shell=True, capture_output=True, text=True, timeout=120)
+    assert piped.returncode == 0 and "no manifest: the dump goes to a pipe, not a file (use -f FILE)" in piped.stderr
+    assert (tmp_path / "shop.sql.gz").stat().st_size > 0 and list(tmp_path.glob("*.manifest.json")) == []
+
+    stale = tmp_path / "shop.dump.manifest.json"
+    stale.write_text("{}")
+    failed = dump("-Fc", "-f", str(tmp_path / "shop.dump"), "-d", source, "--table=no_such_table")
+    assert failed.returncode == 1 and "no matching tables were found" in failed.stderr  # pg_dump's own code and words
+    assert not stale.exists()  # a manifest never describes another dump than the one beside it
