@@ -146,6 +146,16 @@ def backup(drill: Path = typer.Argument(..., help="drill file whose postgres tar
         raise typer.Exit(2)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def dump(ctx: typer.Context) -> None:
+    """pg_dump with the same arguments and output, plus FILE.manifest.json (rows and fingerprints in the
+    dump's own snapshot) that drills of path:/s3:/url_env: sources compare the restore with."""
+    from drdrill.providers.postgres.dumpmanifest import main as dump_main
+
+    code = dump_main(list(ctx.args))  # `drdrill dump` usually starts in app/entry.py, without this CLI
+    raise typer.Exit(code)
+
+
 # ------------------------------------------------------------------ run
 
 

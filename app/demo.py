@@ -192,6 +192,7 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
                 "archive_command": f"'pgbackrest --config={conf} --stanza=main archive-push %p'",
                 "max_wal_senders": "4",
             },
+            checksums=True,  # as a production cluster should: the drill checks the restored pages
         )
         with psycopg.connect(prod.dsn(), autocommit=True) as conn:
             if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'").fetchone():

@@ -23,7 +23,7 @@ import psycopg
 from pydantic import BaseModel
 
 from drdrill.core.models import Finding, RecoveryPoint, RestoredResource, ValidationResult
-from drdrill.providers.postgres.data import fingerprints_parallel, list_tables, table_ident
+from drdrill.providers.postgres.data import differing_ranges, fingerprints_parallel, list_tables, table_ident
 from drdrill.core.progress import heartbeat
 from drdrill.core.spec import ENDPOINT_TEMPLATE_RE, Validation, format_duration
 
@@ -221,7 +221,7 @@ def _manifest(inp: ValidateInput) -> dict:
 
 
 HOW_TO_GET_A_MANIFEST = (
-    "take the backups with `drdrill backup` (format custom or directory): it records every table's rows and "
+    "take the backups with `drdrill backup` (format custom or directory), or your pg_dump cron job's with `drdrill dump` (the same arguments): it records every table's rows and "
     "content checksum in the dump's own snapshot; without one, prove the data with row_count min, sql, freshness or volume"
 )
 
@@ -305,13 +305,26 @@ def check_checksum(inp: ValidateInput, ct: float):
     for t in wanted:
         exp, act = tables[t], got[t]
         if exp["rows"] != act["rows"]:
-            bad.append(f"{t}: {act['rows']} rows, backup had {exp['rows']}")
+            bad.append(f"{t}: {act['rows']} rows, backup had {exp['rows']}" + _ranges_that_differ(connect, t, exp))
         elif str(exp["checksum"]) != str(act["checksum"]):
-            bad.append(f"{t}: content differs from the backup")
+            bad.append(f"{t}: content differs from the backup" + _ranges_that_differ(connect, t, exp))
     total = sum(got[t]["rows"] for t in wanted)
     if bad:
         return f"{len(wanted) - len(bad)}/{len(wanted)} tables match; " + "; ".join(bad), {"tables": len(wanted), "rows": total}, False
     return f"{len(wanted)}/{len(wanted)} tables match the backup ({total} rows)", {"tables": len(wanted), "rows": total}, True
+
+
+def _ranges_that_differ(connect, table: str, expected: dict, listed: int = 10) -> str:
+    """With key ranges in the manifest (`drdrill dump`): which ranges differ, with their row counts."""
+    if not expected.get("ranges"):
+        return ""
+    try:
+        with connect() as conn:
+            ranges = differing_ranges(conn, table, expected)
+    except psycopg.Error:
+        return " (its key ranges could not be compared)"
+    more = f" and {len(ranges) - listed} more" if len(ranges) > listed else ""
+    return f" (key ranges that differ: {'; '.join(ranges[:listed])}{more})" if ranges else ""
 
 
 def check_freshness(inp: ValidateInput, ct: float):

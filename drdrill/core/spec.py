@@ -442,7 +442,17 @@ class AfterRestore(Strict):
     )
 
 
+class IntegrityOptions(Strict):
+    """Proof that the restored data is sound (integrity.py): pg_amcheck of heaps and B-trees,
+    collation versions, page checksums of physical restores; what the budget leaves unchecked is
+    COULD NOT VERIFY."""
+
+    enabled: bool = Field(True, description="run the corruption checks after the restore (off: the report says they did not run)")
+    budget: Duration = Field(timedelta(minutes=30), description="time for the checks; relations left unchecked when it runs out are named")
+
+
 class PostgresRestoreOptions(RestoreOptions):
+    integrity: IntegrityOptions = Field(default_factory=IntegrityOptions, description="corruption checks after the restore")
     structure_reference: Optional[str] = Field(
         None,
         description="file listing the catalog objects the restore must have (relative to the drill file; "

@@ -295,7 +295,44 @@ def drill_context(doc: dict) -> dict:
         "simulation": is_simulation(doc),
         "timeline_rows": timeline_rows(doc.get("timeline", [])),
         "controls": declared_controls(doc),
+        "integrity": integrity_rows(doc),
     }
+
+
+def integrity_rows(doc: dict) -> list[dict]:
+    """The report's Integrity section, one row per restored postgres target (providers/postgres/integrity.py)."""
+    rows = []
+    for r in doc.get("restored", []) or []:
+        found = (r.get("details") or {}).get("integrity")
+        if not isinstance(found, dict):
+            continue
+        am, col, pages = found.get("amcheck") or {}, found.get("collations") or {}, found.get("page_checksums")
+        server = found.get("server_checksums") or {}
+        if not found.get("enabled"):
+            amcheck = "not run (restore.integrity.enabled: false)"
+        elif am.get("unavailable"):
+            amcheck = f"could not run: {am['unavailable']}"
+        else:
+            amcheck = (f"{am.get('relations_checked', 0)} of {am.get('tables', 0) + am.get('indexes', 0)} relations checked "
+                       f"({am.get('tables', 0)} tables, {am.get('indexes', 0)} B-tree indexes) with {am.get('tool', '')} in {am.get('seconds', 0)} s; "
+                       f"{len(am.get('relations_not_checked') or [])} not checked; corrupt: {', '.join(am.get('corrupt') or {}) or 'none'}")
+        mismatched = col.get("mismatched")
+        collations = ("not checked" if mismatched is None else "all recorded versions match this host's"
+                      if not mismatched else "; ".join(f"{m['collation']}: recorded {m['recorded']}, now {m['actual']}" for m in mismatched))
+        if pages is None:
+            page = (f"checked by the server while amcheck read the pages: {server.get('failures', 0)} failures"
+                    if server.get("enabled") else "not applicable: a logical restore writes new pages" if server else "not recorded")
+        elif pages.get("enabled") is False:
+            page = "off in the backed-up cluster (DATA_CHECKSUMS_OFF)"
+        elif pages.get("checked"):
+            page = f"pg_checksums --check before start: {len(pages.get('failures') or [])} failures"
+        else:
+            page = f"enabled; checked by the server after recovery ({server.get('failures', 0)} failures)" if pages.get("after_recovery") else pages.get("error", "")
+        manifest = [f"{v['name']}: {v['outcome']}" for v in doc.get("validations", [])
+                    if v.get("target") == r.get("target") and v.get("type") in ("checksum", "row_count")]
+        rows.append({"target": r.get("target"), "amcheck": amcheck, "collations": collations, "pages": page,
+                     "manifest": "; ".join(manifest) or "no manifest comparison in this drill"})
+    return rows
 
 
 def render_drill_html(doc: dict) -> str:

@@ -35,6 +35,7 @@ from drdrill.providers.base import ProviderError
 HEADER_BYTES = 64 * 1024  # enough for every pg_dump header: custom's is ~200 bytes, plain's ~1 KiB
 TAIL_BYTES = 4 * 1024  # pg_dump's closing comment sits in the last few hundred bytes
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
+MANIFEST_SUFFIX = ".manifest.json"  # `drdrill dump`'s sidecar: rows and fingerprints in the dump's snapshot
 _ARCHIVE_FORMATS = {1: "custom", 3: "tar", 5: "directory"}  # pg_backup.h ArchiveFormat
 
 
@@ -356,6 +357,10 @@ class Store:
         """The artefact on this machine's disk (pg_restore reads it directly), else None."""
         return None
 
+    def manifest(self, a: Artefact) -> Optional[tuple[str, str]]:
+        """(where, text) of `<name>.manifest.json` beside the artefact (`drdrill dump`), when there is one."""
+        return None
+
     def header(self, a: Artefact) -> Header:
         if a.is_dir:
             local = self.local_path(a)
@@ -388,7 +393,7 @@ class PathStore(Store):
         found = []
         for name in sorted(globlib.glob(self.pattern)):
             p = Path(name)
-            if p.name.startswith(".") or p.name.endswith(".sha256"):
+            if p.name.startswith(".") or p.name.endswith((".sha256", MANIFEST_SUFFIX)):
                 continue
             if p.is_dir() and not (p / "toc.dat").is_file():
                 continue
@@ -421,6 +426,13 @@ class PathStore(Store):
 
     def local_path(self, a: Artefact) -> Optional[Path]:
         return Path(a.place)
+
+    def manifest(self, a: Artefact) -> Optional[tuple[str, str]]:
+        side = Path(a.place + MANIFEST_SUFFIX)
+        if not side.is_file():
+            return None
+        with open(side, "rb") as fh:  # bounded, as the S3 and URL stores read it
+            return str(side), fh.read(64 << 20).decode(errors="replace")
 
 
 class S3Store(Store):
@@ -472,7 +484,7 @@ class S3Store(Store):
                 for obj in page.get("Contents", []):
                     key = obj["Key"]
                     name = key.rsplit("/", 1)[-1]
-                    if not name or name.endswith(".sha256") or name.startswith("."):
+                    if not name or name.endswith((".sha256", MANIFEST_SUFFIX)) or name.startswith("."):
                         continue
                     found.append(
                         Artefact(name=name, place=f"s3://{self.bucket}/{key}", key=key, size=obj["Size"],
@@ -514,12 +526,24 @@ class S3Store(Store):
             raise self._fail(exc, f"{a.place}.sha256") from None
 
 
+    def manifest(self, a: Artefact) -> Optional[tuple[str, str]]:
+        from botocore.exceptions import ClientError
+
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=a.key + MANIFEST_SUFFIX)["Body"]
+            return f"{a.place}{MANIFEST_SUFFIX}", body.read(64 << 20).decode(errors="replace")
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._fail(exc, f"{a.place}{MANIFEST_SUFFIX}") from None
+
+
 class UrlStore(Store):
     """`url_env: VAR`: the one object behind a presigned HTTPS URL held in an environment variable.
     The URL is a credential: registered for redaction, and named only by its variable."""
 
     def __init__(self, variable: str, environ=os.environ):
-        self.variable = variable
+        self.variable, self.environ = variable, environ
         self.url = environ.get(variable, "")
         if self.url:
             register_secret(self.url)
@@ -582,6 +606,14 @@ class UrlStore(Store):
 
     def open(self, a: Artefact) -> BinaryIO:
         return self._request()
+
+    def manifest(self, a: Artefact) -> Optional[tuple[str, str]]:
+        """The sidecar's own presigned URL, in `<VARIABLE>_MANIFEST` (a URL signs one object only)."""
+        side = UrlStore(f"{self.variable}_MANIFEST", self.environ)
+        if not side.url:
+            return None
+        with side._request() as resp:
+            return side.place(), resp.read(64 << 20).decode(errors="replace")
 
 
 def store_for(source: PostgresSource) -> Store:

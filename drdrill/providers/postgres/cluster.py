@@ -264,8 +264,10 @@ class LocalCluster:
             tmp.write_text(json.dumps(tags, sort_keys=True))
             os.replace(tmp, self.marker)
 
-    def create(self, tags: dict, settings: Optional[dict] = None, access: Optional[dict[str, str]] = None) -> None:
-        """Create (idempotently) the directory, its marker and the cluster; then start it.
+    def create(self, tags: dict, settings: Optional[dict] = None, access: Optional[dict[str, str]] = None,
+               checksums: bool = False) -> None:
+        """Create (idempotently) the directory, its marker and the cluster (with data page
+        `checksums`: initdb --data-checksums); then start it.
 
         `access`: files (pg_hba.conf, pg_ident.conf) written into a new data directory before its
         first start, replacing initdb's trust authentication (the evidence store's peer auth)."""
@@ -286,6 +288,7 @@ class LocalCluster:
             staging.mkdir(mode=0o700)
             self._give(staging)
             initdb = [self.tool("initdb"), "-D", str(staging), "-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"]
+            initdb += ["--data-checksums"] if checksums else []
             if self.sandboxed:
                 proc = self._sandboxed_run(initdb, rw=(staging,))
             else:

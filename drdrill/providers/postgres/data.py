@@ -128,3 +128,29 @@ def mark_restored(conn: psycopg.Connection, dbname: str, point_id: str) -> list[
         psycopg.sql.SQL("COMMENT ON DATABASE {} IS {}").format(psycopg.sql.Identifier(dbname), psycopg.sql.Literal(f"drdrill restored {point_id}"))
     )
     return tables
+
+
+# ---------------------------------------------------------------- by key range (drdrill dump's manifests)
+
+
+def key_ranges(conn: psycopg.Connection, table: str, key: str, lo: int, width: int, method: str) -> dict[str, list]:
+    """{range number: [rows, fingerprint]} of rows whose key falls in [lo + n*width, lo + (n+1)*width)."""
+    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in _columns(conn, table))) if method == "record" else None
+    digest = sql.SQL("hash_record_extended({}, 0)").format(row) if row is not None else sql.SQL("hashtextextended(t::text, 0)")
+    query = sql.SQL("SELECT ({k} - {lo}) / {w}, count(*), sum({d})::text FROM {t} AS t GROUP BY 1 ORDER BY 1").format(
+        k=sql.Identifier(key), lo=sql.Literal(lo), w=sql.Literal(width), d=digest, t=table_ident(table))
+    return {str(int(n)): [int(c), str(s)] for n, c, s in conn.execute(query).fetchall()}
+
+
+def differing_ranges(conn: psycopg.Connection, table: str, expected: dict) -> list[str]:
+    """The key ranges of a restored table that differ from the manifest's, each with both row counts."""
+    got = key_ranges(conn, table, expected["key"], expected["lo"], expected["width"], expected.get("method", "text"))
+    want = expected["ranges"]
+    out = []
+    for n in sorted(set(got) | set(want), key=int):
+        g, w = got.get(n, [0, "0"]), want.get(n, [0, "0"])
+        if g != w:
+            start = expected["lo"] + int(n) * expected["width"]
+            what = f"{g[0]} rows, backup had {w[0]}" if g[0] != w[0] else f"{g[0]} rows, content differs"
+            out.append(f"{expected['key']} {start}..{start + expected['width'] - 1}: {what}")
+    return out

@@ -18,6 +18,7 @@ cluster when it is that major, else a cluster of its own beside it, on the same 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -37,6 +38,7 @@ from drdrill.core.spec import PostgresTarget, name_time_regex
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 import drdrill.providers.postgres.binaries as installs
 from drdrill.providers.postgres.artefacts import (
+    MANIFEST_SUFFIX,
     TAIL_BYTES,
     Artefact,
     Decoder,
@@ -130,7 +132,7 @@ class DumpFiles(RecoverySource):
             raise ProviderError("ARCHIVE_FORMAT_MISMATCH", f"{where} is a {header.describe()} dump; the drill says format: {declared}")
         if header.format == "directory" and store.local_path(a) is None:
             raise ProviderError("ARCHIVE_NOT_A_DUMP", f"{where}: a directory archive's toc.dat alone; store directory dumps on disk (path:) or as custom (-Fc)")
-        expect = self._expectation(a, store, target)
+        expect = self._expectation(a, store, target, point)
         point.metadata["expect"] = asdict(expect)
         if expect.size is not None and a.size is not None and a.size != expect.size:
             raise ProviderError(
@@ -155,11 +157,18 @@ class DumpFiles(RecoverySource):
             point.metadata["restore_with"] = str(chosen)
             point.findings.extend(notes)
 
-    def _expectation(self, a: Artefact, store: Store, target: PostgresTarget) -> Expectation:
+    def _expectation(self, a: Artefact, store: Store, target: PostgresTarget, point: RecoveryPoint) -> Expectation:
         source = target.source
+        manifest = _read_manifest(a, store, target)
+        if manifest is not None:
+            point.metadata["manifest"], point.metadata["manifest_from"] = manifest
         if source.sha256 or source.size is not None:
             return Expectation(sha256=(source.sha256 or "").lower() or None, size=source.size, said_by="the drill file")
         side = store.sidecar(a)
+        if side is None and manifest is not None:
+            m, where = manifest
+            return Expectation(sha256=m.get("archive_sha256") if not a.is_dir else None, size=m.get("archive_size") if not a.is_dir else None,
+                               files=m.get("files") or {} if a.is_dir else {}, said_by=where)
         if side is None:
             return Expectation()
         where, text = side
@@ -230,6 +239,27 @@ def _close_quietly(feed) -> None:
         feed.close()
     except Exception:  # noqa: BLE001 - a stream already broken
         pass
+
+
+def _read_manifest(a: Artefact, store: Store, target: PostgresTarget) -> Optional[tuple[dict, str]]:
+    """`drdrill dump`'s `<name>.manifest.json` beside the artefact: (manifest, where), None without one."""
+    try:
+        found = store.manifest(a)
+    except OSError as exc:
+        raise ProviderError("SOURCE_UNREADABLE", f"target {target.name}: {a.place}{MANIFEST_SUFFIX} cannot be read: {exc}") from None
+    if found is None:
+        return None
+    where, text = found
+    try:
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("tables"), dict):
+            raise ValueError("it has no tables")
+    except ValueError as exc:
+        raise ProviderError(
+            "ARTEFACT_CHECKSUM_MISMATCH",
+            f"target {target.name}: {where} is not a manifest drdrill dump wrote ({exc}): remove it, or take the dump again with drdrill dump",
+        ) from None
+    return manifest, where
 
 
 def _refuse_mixed_formats(points: list[RecoveryPoint], place: str, target: str) -> None:

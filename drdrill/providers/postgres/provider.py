@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
@@ -40,6 +41,7 @@ import drdrill.providers.postgres.netns as netns
 import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.cluster import ClusterError, ClusterRootError, LocalCluster, cluster_root
 from drdrill.providers.postgres.inspect import inspect_restored
+from drdrill.providers.postgres.integrity import check_restored
 from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.barman import Barman
 from drdrill.providers.postgres.pgbackrest import PgBackRest
@@ -219,6 +221,7 @@ class PostgresProvider(Provider):
     def wait_ready(self, ctx: DrillContext, target: Any, resource: RestoredResource, timeout: float) -> RestoredResource:
         # On the network, the worker still reaches the cluster over its Unix socket (the TCP
         # listener is inside the namespace), and expects it to listen on the namespace's loopback.
+        entered = time.monotonic()
         admin_dsn = resource.details.get("socket_dsn") or resource.endpoint["dsn"]
         expected_listen = netns.LOOPBACK if resource.details.get("netns") else ""
 
@@ -239,6 +242,10 @@ class PostgresProvider(Provider):
         inspection = inspect_restored(admin_dsn, target)
         ready.findings.extend(inspection.findings)
         ready.details.update(inspection.details)
+        # Is what came back sound: amcheck, collation versions, page checksums (integrity.py).
+        left = timeout - (time.monotonic() - entered) - 30  # the activity's own deadline is restore.timeout + 1 min
+        checks, ready.details["integrity"] = check_restored(target, resource.details, admin_dsn, left)
+        ready.findings.extend(checks)
         if resource.details.get("netns") and getattr(target.restore, "after", None) is not None:
             self._start_after(ctx, target, ready)
         ready.ready = True

@@ -55,6 +55,7 @@ from drdrill.providers.postgres.cluster import (
 )
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.postgres.walcheck import WalChecks, WalDamaged
+from drdrill.providers.postgres.pagechecks import check_page_checksums
 
 SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
 WAL_NAME_RE = re.compile(r"^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)$")
@@ -457,6 +458,7 @@ class PhysicalSource(RecoverySource):
         laid_down = time.monotonic()
         config = self._prepare(target, backup, data, cluster.path, config_to, recovery_target)
         hand_to_server_user(scratch)
+        check_page_checksums(target, data, binaries)  # before it starts (pagechecks.py; read back after it serves)
         _chown(spool)
         safefs.write_file(spool / "restore_command.sh", RESTORE_SCRIPT.format(spool=spool), mode=0o755)
         control = control_data(binaries, data)
