@@ -71,7 +71,7 @@ def _wait_listening(port: int, proc: subprocess.Popen) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
-            time.sleep(0.05)  # socat, just started, binds its port
+            time.sleep(0.05)  # allowed: polling interval while socat, just started, binds its port
     raise AssertionError(f"socat did not listen on {port}")
 
 
@@ -343,7 +343,7 @@ def test_the_probe_relay_passes_the_servers_own_answers_through(temporal_server,
     try:
         while not ready.exists():
             assert relay.poll() is None, "the relay exited before it was ready"
-            time.sleep(0.05)  # a process we just started, coming up
+            time.sleep(0.05)  # allowed: polling interval while a process we just started comes up
         with grpc.insecure_channel(f"unix:{sock}") as channel:
             describe = channel.unary_unary(
                 "/temporal.api.workflowservice.v1.WorkflowService/DescribeNamespace",

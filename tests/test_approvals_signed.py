@@ -227,7 +227,7 @@ def test_a_key_held_by_ssh_agent_signs_through_its_public_half(tmp_path, monkeyp
         deadline = time.monotonic() + 30
         while not sock.exists():  # the agent listening is the condition; polled
             assert agent.poll() is None and time.monotonic() < deadline, "ssh-agent did not start"
-            time.sleep(0.02)
+            time.sleep(0.02)  # allowed: polling interval while ssh-agent creates its socket
         env = {"SSH_AUTH_SOCK": str(sock)}
         subprocess.run(["ssh-add", "-q", str(key)], check=True, capture_output=True, env={**os.environ, **env})
         key.unlink()  # from here only the agent holds it

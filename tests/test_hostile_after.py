@@ -50,10 +50,10 @@ except OSError as exc:
     print("production refused", exc, flush=True)
 rows = subprocess.run([psql, os.environ["DRDRILL_DSN"], "-tAc", "SELECT count(*) FROM orders"], capture_output=True, text=True)
 print("restored orders", rows.stdout.strip(), rows.stderr.strip(), flush=True)
-subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)", token], start_new_session=True)
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(100000)", token], start_new_session=True)  # allowed: a child left behind on purpose
 print("child left", flush=True)
 import time
-time.sleep(100000)  # a long-lived service: it runs until teardown
+time.sleep(100000)  # allowed: the hostile app is a long-lived service, it runs until teardown
 '''
 
 
