@@ -240,15 +240,7 @@ class GcpKmsSigner:
             response = self._session.request(method, f"{self._endpoint}/v1/{self.name}{suffix}", json=body, timeout=30)
         except self._errors as exc:
             raise SigningError(f"{where}: Cloud KMS could not be asked: {exc}", retryable=True) from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        if response.status_code != 200:
-            error = data.get("error") or {}
-            raise SigningError(f"{where}: Cloud KMS answered {response.status_code} {error.get('status', '')}: {error.get('message', '')}",
-                               retryable=response.status_code in (429, 500, 502, 503, 504))
-        return data
+        return _answer(response, f"{where}: Cloud KMS", "status")
 
     def sign(self, payload: bytes) -> bytes:
         if self.alg == ED25519:
@@ -299,15 +291,7 @@ class AzureKeyVaultSigner:
                                         headers={"Authorization": f"Bearer {token}"}, verify=os.environ.get("DRDRILL_AZURE_CA_BUNDLE") or True)
         except self._errors as exc:
             raise SigningError(f"{self._where}: Key Vault could not be asked: {exc}", retryable=True) from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        if response.status_code != 200:
-            error = data.get("error") or {}
-            raise SigningError(f"{self._where}: Key Vault answered {response.status_code} {error.get('code', '')}: {error.get('message', '')}",
-                               retryable=response.status_code in (429, 500, 502, 503, 504))
-        return data
+        return _answer(response, f"{self._where}: Key Vault", "code")
 
     def sign(self, payload: bytes) -> bytes:
         from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -364,3 +348,17 @@ def trusted_keys(state_dir: Optional[str | Path] = None, extra: Iterable[Path] =
             raise SigningError(f"{path}: cannot read trusted keys ({exc.strerror})") from None
         keys += parse_public_keys(text, str(path))
     return {fingerprint(k): k for k in keys}
+
+
+def _answer(response, who: str, reason: str) -> dict:
+    """A key service's JSON answer; anything but 200 is a SigningError naming `who`, the status and
+    the service's own `error.<reason>` and message (retryable for throttling and server errors)."""
+    try:
+        data = response.json()
+    except ValueError:
+        data = {}
+    if response.status_code != 200:
+        error = data.get("error") or {}
+        raise SigningError(f"{who} answered {response.status_code} {error.get(reason, '')}: {error.get('message', '')}",
+                           retryable=response.status_code in (429, 500, 502, 503, 504))
+    return data
