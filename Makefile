@@ -18,8 +18,10 @@ demo: $(STAMP)
 demo-pitr: $(STAMP)
 	$(BIN)/drdrill demo --pitr
 
+# Three pytest-xdist workers, one test file each at a time (module fixtures stay shared): most of a
+# drill test waits on Temporal, PostgreSQL or a subprocess, so three fit on two cores.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=25
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all

@@ -91,8 +91,9 @@ def setup_logging(verbose: bool) -> None:
 def explain(exc: BaseException) -> Optional[tuple[int, str]]:
     """(exit code, one line) for an ordinary situation; None for anything else (a bug)."""
     from app.runtime import EmbeddedBusy  # here, not at the top: runtime imports the worker
+    from app.temporal import StateDirTooLong
 
-    if isinstance(exc, EmbeddedBusy):
+    if isinstance(exc, (EmbeddedBusy, StateDirTooLong)):
         return ERROR, str(exc)
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.NOT_FOUND:

@@ -51,6 +51,10 @@ PRIVATE_PORT = 7233
 GATE_SOCKET = "frontend.sock"
 
 
+class StateDirTooLong(RuntimeError):
+    """The state directory's path leaves no room for the embedded Temporal's socket (108 bytes)."""
+
+
 def _private_directory(path: Path) -> None:
     """Create the gate's directory, 0700 and ours; refuse one that another user owns or could enter."""
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -126,7 +130,7 @@ class DevServer:
         socket_path = self.private_dir / GATE_SOCKET
         _private_directory(self.private_dir)
         if len(str(socket_path)) > 100:
-            raise RuntimeError(f"{socket_path} is too long for a Unix socket; set DRDRILL_STATE_DIR to a shorter directory")
+            raise StateDirTooLong(f"{socket_path} is too long for a Unix socket: set DRDRILL_STATE_DIR to a shorter directory")
         if not shutil.which("unshare"):
             raise RuntimeError("the embedded Temporal needs `unshare` (util-linux) to run in a network namespace of its own")
         gate = [sys.executable, "-m", "app.temporal_gate", "--socket", str(socket_path), "--port", str(self.port)]

@@ -91,6 +91,14 @@ def test_a_busy_state_directory_is_one_line_exit_4(tmp_path, env):
     assert _processes_mentioning(str(tmp_path)) == []
 
 
+def test_a_state_directory_too_long_for_the_temporal_socket_is_one_line_exit_4(tmp_path, env):
+    state = tmp_path / ("s" * 120)
+    proc = drdrill("run", str(_sim_drill(tmp_path)), env={**env, "DRDRILL_STATE_DIR": str(state)})
+    assert proc.returncode == 4, proc.stdout + proc.stderr
+    assert "is too long for a Unix socket: set DRDRILL_STATE_DIR to a shorter directory" in no_traceback(proc)
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
 def test_an_unreachable_temporal_is_one_line_exit_4(tmp_path, env):
     address = f"127.0.0.1:{free_port()}"  # nothing listens there
     env = {**env, "TEMPORAL_ADDRESS": address}

@@ -414,7 +414,6 @@ class Restore:
         self._scanner: Optional[PlainDumpScanner] = None
         self._carry = b""
         self._reading_since: Optional[float] = None
-        self._proc: Optional[subprocess.Popen] = None
         self._pump_error: Optional[BaseException] = None
         self._hasher = hashlib.sha256() if (expect.sha256 and self.local is None) else None
         self._roles_seen: set[str] = set()
@@ -461,7 +460,6 @@ class Restore:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         except SandboxError as exc:
             raise ProviderError("ISOLATION_FAILED", f"target {self.name}: {exc}") from exc
-        self._proc = proc
         errs: list[bytes] = []
         reader = threading.Thread(target=lambda: errs.append(proc.stderr.read()), daemon=True)  # type: ignore[union-attr]
         reader.start()
@@ -516,10 +514,11 @@ class Restore:
                 sink.write(self._scanner.finish())
             if self._hasher is not None:
                 self.sha256 = self._hasher.hexdigest()
-        except ProviderError as exc:  # a refused line, a bomb: psql has not read it, stop it before it reads on
+        except ProviderError as exc:  # a refused line, a bomb: psql never gets it
+            # Its input ends here (the `finally` closes it): psql finishes what it was given and exits.
+            # Not killed: a kill that lands while bwrap is still setting up its namespaces can orphan
+            # the inner sandbox before --die-with-parent is armed, and its stderr would never close.
             self._pump_error = exc
-            if self._proc is not None:
-                self._proc.kill()
         except BrokenPipeError:
             pass  # the tool stopped reading; its stderr says why
         except BaseException as exc:  # noqa: BLE001 - judged after the tool ends
