@@ -52,7 +52,7 @@ async def run_passing(client, queue: str, spec, drill_id: str) -> tuple[float, D
 class MemoryState:
     """The sim's state kept in this process's memory (a lock instead of a flock'd JSON file).
 
-    Same interface as drdrill.providers.sim.provider.SimState, for benchmarks that measure the
+    Same interface as drdrill.providers.sim.SimState, for benchmarks that measure the
     orchestrator rather than the simulator's file: the file-backed state rewrites the whole JSON
     document under one exclusive lock on every operation, which serialises all drills of a worker.
     """
