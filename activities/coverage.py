@@ -18,7 +18,7 @@ from typing import Optional
 from pydantic import BaseModel, Field
 from temporalio import activity
 
-from drdrill.core.spec import CoverageSpec, DrillSpec
+from drdrill.providers.spec import CoverageSpec, DrillSpec
 from drdrill.evidence.coverage import CoverageRow, current_period, gather, regions_to_read
 from drdrill.providers import load_provider
 

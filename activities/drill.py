@@ -45,7 +45,7 @@ from drdrill.notify import alert_failing_teardown
 from drdrill.providers import HOST_BOUND, family_of, load_provider
 from drdrill.providers.base import Provider, ProviderError
 from drdrill.providers.sweep import refusal
-from drdrill.core.spec import IsolationSpec, Target
+from drdrill.providers.spec import IsolationSpec, Target
 
 log = logging.getLogger("drdrill.activities")
 

@@ -33,17 +33,20 @@ from app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from app.cli_evidence import print_rows
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from app.simulate import simulated
-from drdrill.core.models import ApprovalRecord, DrillInput, DrillResult, DrillStatus
+from drdrill.core.models import ApprovalRecord, DrillResult, DrillStatus
+from drdrill.providers.spec import DrillInput, DrillSpec, load_coverage_policy, load_spec
 from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
-from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
+from drdrill.core.coverage_policy import COVERAGE_FILE
+from drdrill.core.durations import AwareTime, format_duration
+from drdrill.core.schema import SpecError
 from drdrill.evidence.created import created_resources
 from drdrill.evidence.record import record_sweep
 from drdrill.evidence.store import embedded_server
 from drdrill.evidence.render import fmt_time
 from drdrill.providers import FAMILIES, load_provider
-from drdrill.providers.postgres import take_backup
+from drdrill.providers.postgres.backup import take_backup
 from drdrill.providers.sweep import sweep as do_sweep
 from worker import exit_without_finalizing, task_queue
 from workflows.drill import DrillWorkflow
@@ -192,7 +195,7 @@ def _as_of(text: str, spec: DrillSpec) -> datetime:
     except ValidationError as exc:
         err.print(f"--as-of {text}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}", markup=False)
         raise typer.Exit(2)
-    if moment > datetime.now(timezone.utc) and any(t.provider != "sim" for t in spec.targets):
+    if moment > datetime.now(timezone.utc) and not all(t.SIMULATED for t in spec.targets):
         err.print(
             f"--as-of {text} is in the future: a real cloud has no recovery points from the future; "
             "use a past time, or add --simulate to dry-run the plan as of that date",

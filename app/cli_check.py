@@ -37,7 +37,7 @@ def _run(required: str, kind: str, check: Callable[[Any, str, Mapping[str, str]]
         raise typer.Exit(2)
     # Imported here, not at the top: every `drdrill` command registers this group, and only an AWS
     # check needs the AWS SDK loaded.
-    from drdrill.providers.aws import AwsProvider
+    from drdrill.providers.aws.provider import AwsProvider
     from drdrill.providers.base import ProviderError
 
     region = env.get("DRDRILL_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"

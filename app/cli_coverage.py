@@ -23,7 +23,8 @@ from app.cli_evidence import command_store
 from app.coverage import coverage_for, render_coverage
 from app.reports import parse_period
 from app.runtime import EmbeddedBusy, state_dir, temporal
-from drdrill.core.spec import SpecError, parse_duration
+from drdrill.core.durations import parse_duration
+from drdrill.core.schema import SpecError
 from drdrill.evidence.coverage import current_period, load_drills
 from worker import task_queue
 

@@ -20,7 +20,9 @@ import typer
 from rich.console import Console
 
 from app.cli_evidence import command_store
-from drdrill.core.spec import DrillSpec, PostgresTarget, SpecError, load_spec
+from drdrill.core.schema import SpecError
+from drdrill.providers.postgres.schema import PostgresTarget
+from drdrill.providers.spec import DrillSpec, load_spec
 from drdrill.providers.postgres.inspect import parse_reference, reference_header, render_reference
 
 console = Console(highlight=False, soft_wrap=True)

@@ -23,7 +23,7 @@ from app import schedules
 from app.cli_evidence import command_store
 from app.runtime import EmbeddedBusy, temporal
 from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
-from drdrill.core.spec import parse_duration
+from drdrill.core.durations import parse_duration
 from worker import task_queue
 from workflows.drill import DrillWorkflow
 

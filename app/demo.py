@@ -27,8 +27,8 @@ import psycopg
 from rich.console import Console
 
 from app.runtime import state_dir
-from drdrill.core.spec import DrillSpec, load_spec, parse_spec
-from drdrill.providers.postgres import take_backup
+from drdrill.providers.spec import DrillSpec, load_spec, parse_spec
+from drdrill.providers.postgres.backup import take_backup
 from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
 
 DRILL = Path(__file__).resolve().parents[1] / "drills" / "demo-postgres.yaml"

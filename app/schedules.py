@@ -42,10 +42,12 @@ from temporalio.client import (
 
 from activities.coverage import CoverageCheckInput, CoverageCheckResult
 from drdrill.core.calendar import EVERY_WEEKDAY, Calendar
-from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.models import DrillResult
+from drdrill.providers.spec import DrillInput, DrillSpec, load_spec
 from drdrill.core.operations import SweepInput, SweepRecord
-from drdrill.core.spec import COVERAGE_FILE, DrillSpec, SpecError, load_spec
-from drdrill.core.spec import ScheduleSpec as DrillSchedule
+from drdrill.core.coverage_policy import COVERAGE_FILE
+from drdrill.core.schema import SpecError
+from drdrill.core.drill import ScheduleSpec as DrillSchedule
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.sweep import OrphanSweepWorkflow

@@ -30,8 +30,9 @@ import time
 from datetime import timedelta
 from typing import Any
 
-from drdrill.core.spec import DrillSpec, RestoreOptions
-from drdrill.providers.sim import SimState
+from drdrill.core.schema import RestoreOptions
+from drdrill.providers.spec import DrillSpec
+from drdrill.providers.sim.provider import SimState
 
 
 def simulated(spec: DrillSpec) -> DrillSpec:

@@ -18,7 +18,7 @@ from app.approval_sign import sign
 from bench.common import summary, time_limit, write_result
 from drdrill.core import approvals
 from drdrill.core.approvals import ApprovalPayload
-from drdrill.core.spec import Approver
+from drdrill.core.planspec import Approver
 
 KINDS = {"ed25519": ["-t", "ed25519"], "ecdsa-p256": ["-t", "ecdsa", "-b", "256"], "rsa-3072": ["-t", "rsa", "-b", "3072"]}
 

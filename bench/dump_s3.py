@@ -33,8 +33,8 @@ from app.temporal import DevServer, free_port
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
-from drdrill.core.spec import parse_spec
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.spec import parse_spec
+from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.cluster import LocalCluster, tool
 from worker import connect, running_worker
 

@@ -26,7 +26,7 @@ from app.temporal import DevServer
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_one, sim_provider, sim_spec
 from drdrill.core.models import DrillContext
-from drdrill.providers.sim import SimProvider
+from drdrill.providers.sim.provider import SimProvider
 from worker import connect, running_worker
 
 

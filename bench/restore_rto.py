@@ -33,8 +33,9 @@ from app.temporal import DevServer
 from bench import datagen
 from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
-from drdrill.core.spec import parse_spec
-from drdrill.providers.postgres import PostgresProvider, take_backup
+from drdrill.providers.spec import parse_spec
+from drdrill.providers.postgres.provider import PostgresProvider
+from drdrill.providers.postgres.backup import take_backup
 from drdrill.providers.postgres.cluster import LocalCluster, tool
 from drdrill.providers.postgres.sandbox import Inputs
 from worker import connect, running_worker

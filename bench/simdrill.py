@@ -6,9 +6,9 @@ import time
 import uuid
 from typing import Optional
 
-from drdrill.core.models import DrillInput, DrillResult
+from drdrill.core.models import DrillResult
+from drdrill.providers.spec import DrillInput, parse_spec
 from workflows.drill import DrillWorkflow
-from drdrill.core.spec import parse_spec
 
 
 def sim_spec(name: str, targets: int, restore_time: float, ready_after: float = 0.0, validate: bool = True):
@@ -61,7 +61,7 @@ class MemoryState:
         import threading
         from pathlib import Path
 
-        from drdrill.providers.sim import _empty
+        from drdrill.providers.sim.provider import _empty
 
         self.path = Path(f"/nonexistent/{name}.json")
         self._data = _empty()
@@ -89,7 +89,7 @@ class MemoryState:
 
 def sim_provider(kind: str, path):
     """A SimProvider on a fresh state: "file" (the real flock'd JSON file at `path`) or "memory"."""
-    from drdrill.providers.sim import SimProvider
+    from drdrill.providers.sim.provider import SimProvider
 
     p = SimProvider(state_path=path, speed=1.0)
     if kind == "memory":

@@ -26,7 +26,7 @@ from drdrill.providers.postgres.backup import libpq_env
 from drdrill.validation import ValidateInput, run_validation
 from bench import datagen
 from bench.common import load, sh, summary, time_limit, write_result
-from drdrill.core.spec import parse_spec
+from drdrill.providers.spec import parse_spec
 
 
 def checksum_input(dsn: str, manifest_tables: dict) -> ValidateInput:

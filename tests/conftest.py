@@ -19,8 +19,8 @@ import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
 
 from app.temporal import DevServer
-from drdrill.core.models import DrillInput, DrillResult, DrillStatus
-from drdrill.core.spec import DrillSpec, load_spec, parse_spec
+from drdrill.core.models import DrillResult, DrillStatus
+from drdrill.providers.spec import DrillInput, DrillSpec, load_spec, parse_spec
 from tests.evidence_fixtures import evidence_store_dsn  # noqa: F401  (evidence store for every test: issue 6)
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow

@@ -22,7 +22,7 @@ import pytest
 
 from app.temporal import free_port
 from drdrill.core.models import TAG_DRILL_ID
-from drdrill.providers.aws import AwsProvider
+from drdrill.providers.aws.provider import AwsProvider
 
 REGION = "us-east-1"
 OTHER_REGION = "eu-west-1"

@@ -14,11 +14,11 @@ from typing import AsyncIterator, Optional
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from typer.testing import CliRunner
 
-from drdrill.core.models import DrillInput, DrillResult, DrillStatus
-from drdrill.core.spec import DrillSpec, parse_spec
+from drdrill.core.models import DrillResult, DrillStatus
+from drdrill.providers.spec import DrillInput, DrillSpec, parse_spec
 from drdrill.evidence.created import created_resources, record_created
 from drdrill.providers.base import Resource
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.provider import PostgresProvider
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from drdrill.providers.postgres.cluster import postmaster_alive
-from drdrill.providers.postgres import take_backup
+from drdrill.providers.postgres.backup import take_backup
 
 ADMIN_DSN = os.environ.get("DRDRILL_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 

@@ -19,9 +19,9 @@ from typing import Awaitable, Callable, Optional
 
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
-from drdrill.core.models import DrillInput, DrillResult, DrillStatus
-from drdrill.core.spec import DrillSpec, parse_spec
-from drdrill.providers.sim import SimProvider, SimState
+from drdrill.core.models import DrillResult, DrillStatus
+from drdrill.providers.spec import DrillInput, DrillSpec, parse_spec
+from drdrill.providers.sim.provider import SimProvider, SimState
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 

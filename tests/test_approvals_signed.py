@@ -26,8 +26,10 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 from app.approval_sign import SigningError, sign, signed_request
 from drdrill.core import approvals, sshsig
 from drdrill.core.approvals import ApprovalPayload, Refused
-from drdrill.core.spec import ApprovalGate, Approver, SpecError, parse_spec
-from drdrill.providers.sim import SimProvider
+from drdrill.core.planspec import ApprovalGate, Approver
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import parse_spec
+from drdrill.providers.sim.provider import SimProvider
 from tests.sim_harness import leaked
 from workflows.drill import DrillWorkflow
 from tests.test_plan import approvers, drdrill, events, group, keys, run_drill, sim_plan, sim_state, ssh_key, wait_for_phase  # noqa: F401

@@ -13,10 +13,10 @@ import pytest
 from temporalio.client import WorkflowFailureError
 
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, TAG_TARGET, DrillContext
-from drdrill.providers.aws import AwsProvider
+from drdrill.providers.aws.provider import AwsProvider
 from drdrill.providers.base import ProviderError
 from drdrill.providers.sweep import failed, sweep
-from drdrill.core.spec import parse_spec
+from drdrill.providers.spec import parse_spec
 from tests.conftest import wait_for_phase
 from tests.moto_server import OTHER_REGION, REGION, aws, moto_endpoint  # noqa: F401
 from tests.ops_helpers import created, recorded
@@ -388,7 +388,7 @@ def test_teardown_refuses_what_lacks_the_drill_tag(aws):
 
 @pytest.mark.parametrize("name", ["aws-ebs", "aws-ec2", "aws-rds"])
 def test_example_drill_files_load(name):
-    from drdrill.core.spec import load_spec
+    from drdrill.providers.spec import load_spec
     from tests.moto_server import REPO
 
     spec = load_spec(REPO / "drills" / f"{name}.yaml")

@@ -15,7 +15,7 @@ from pathlib import Path
 from drdrill.core.models import DrillContext
 from drdrill.providers import aws as aws_module
 from drdrill.providers.sweep import sweep
-from drdrill.core.spec import parse_spec
+from drdrill.providers.spec import parse_spec
 from tests.moto_server import aws, moto_endpoint  # noqa: F401
 
 POLICY = Path(__file__).resolve().parent.parent / "deploy" / "aws" / "iam-policy.json"

@@ -14,9 +14,9 @@ import pytest
 from azure.core.credentials import AccessToken
 
 from drdrill.core.models import DrillContext, Environment, Orphan
-from drdrill.providers.azure import AzureProvider
+from drdrill.providers.azure.provider import AzureProvider
 from drdrill.providers.base import ProviderError
-from drdrill.core.spec import load_spec, parse_spec
+from drdrill.providers.spec import load_spec, parse_spec
 
 from tests.azure_fake import TOKEN, AzureFake
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
-from drdrill.providers.sim import SimProvider
+from drdrill.providers.sim.provider import SimProvider
 
 from tests.ops_helpers import service
 from tests.sim_harness import cli_env, leaked, sim_yaml

@@ -35,10 +35,11 @@ from psycopg import sql
 
 from activities.validation import with_password
 from drdrill.core.models import TAG_DRILL_ID, DrillContext, RestoredResource, ValidationResult
-from drdrill.core.spec import SpecError, parse_spec
-from drdrill.providers.azure import AzureProvider
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import parse_spec
+from drdrill.providers.azure.provider import AzureProvider
 from drdrill.providers.base import ProviderError
-from drdrill.providers.gcp import GcpProvider
+from drdrill.providers.gcp.provider import GcpProvider
 from drdrill.providers.postgres.cluster import LocalCluster, run_user
 from drdrill.providers.probes import PASSWORD_REFERENCE, resolve_secret
 from drdrill.validation import ValidateInput

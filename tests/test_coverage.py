@@ -18,10 +18,10 @@ from app import cli as cli_mod
 from app.reports import period_report, render_period
 from drdrill.core import selection
 from drdrill.core.operations import LimiterRequest, limiter_workflow_id
-from drdrill.core.spec import load_spec
+from drdrill.providers.spec import load_spec
 from drdrill.evidence.coverage import current_period
 from drdrill.evidence.store import open_store
-from drdrill.providers.postgres import take_backup
+from drdrill.providers.postgres.backup import take_backup
 from tests.moto_server import OTHER_REGION, REGION, aws, moto_endpoint  # noqa: F401
 from tests.ops_helpers import unique
 from tests.pg_fixtures import shop_dsn  # noqa: F401
@@ -242,7 +242,7 @@ def test_the_coverage_policy_is_as_strict_as_a_drill_file(tmp_path):
 def test_the_scheduled_check_alerts_before_the_period_ends_naming_the_resources_and_their_drill(temporal_server, tmp_path, shop_dsn, monkeypatch):
     from activities.coverage import CoverageCheckInput, CoverageCheckResult
     from app.schedules import COVERAGE_SCHEDULE_ID
-    from drdrill.core.spec import parse_coverage_policy
+    from drdrill.providers.spec import parse_coverage_policy
     from tests.ops_helpers import service
     from workflows.coverage import CoverageCheckWorkflow
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from drdrill.core.models import DrillResult
-from drdrill.providers.sim import SimState
+from drdrill.providers.sim.provider import SimState
 from tests.sim_harness import WorkerProcess, leaked, phase_of, sim_yaml, spec_of, start, wait_until
 from worker import connect
 

@@ -10,7 +10,7 @@ import pytest
 
 from app.temporal import DevServer
 from drdrill.core.models import DrillResult
-from drdrill.providers.sim import SimProvider, SimState
+from drdrill.providers.sim.provider import SimProvider, SimState
 from tests.sim_harness import leaked, phase_of, sim_yaml, spec_of, start, wait_until
 from worker import connect, running_worker
 

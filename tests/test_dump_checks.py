@@ -17,7 +17,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drdrill.providers.postgres import PostgresProvider, take_backup
+from drdrill.providers.postgres.provider import PostgresProvider
+from drdrill.providers.postgres.backup import take_backup
 from tests.pg_fixtures import clusters_left, cluster_root, create_source_db, drop_db  # noqa: F401
 
 DRDRILL = str(Path(sys.executable).parent / "drdrill")

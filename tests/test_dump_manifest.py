@@ -14,7 +14,7 @@ import pytest
 
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.render import render_drill_html
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.provider import PostgresProvider
 from tests.test_reports import page_text
 from tests.pg_fixtures import clusters_left, cluster_root, create_source_db, drop_db  # noqa: F401
 

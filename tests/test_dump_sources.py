@@ -20,8 +20,9 @@ import boto3
 import psycopg
 import pytest
 
-from drdrill.core.spec import SpecError, parse_spec
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import parse_spec
+from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres import binaries as installs
 from drdrill.providers.postgres.binaries import Binaries
 from drdrill.providers.postgres.cluster import LocalCluster

@@ -16,7 +16,7 @@ from app.cli_evidence import register
 from drdrill.evidence.chain import evidence_document, result_from_document, verify_document
 from drdrill.evidence.record import record_run
 from drdrill.evidence.store import SCHEMA, SCHEMA_VERSION, EvidenceStore, open_store
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.provider import PostgresProvider
 from tests.evidence_fixtures import ADMIN_DSN, sample_result
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401

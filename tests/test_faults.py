@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from drdrill.providers.base import ProviderError
-from drdrill.providers.sim import SimProvider, SimState
+from drdrill.providers.sim.provider import SimProvider, SimState
 from tests.sim_harness import leaked, run_sim, sim_yaml
 
 

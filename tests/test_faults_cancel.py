@@ -35,7 +35,7 @@ OP_OF = {"recovery point": "find_recovery_point", "isolate": "create_isolation",
 
 async def _cancel_in(handle, phase: str, state: Path) -> None:
     """Cancel once the drill is in `phase` and (for a provider phase) its operation is running."""
-    from drdrill.providers.sim import SimState
+    from drdrill.providers.sim.provider import SimState
 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
@@ -59,7 +59,7 @@ def test_cancel_in_each_phase_tears_down_and_records_an_honest_verdict(temporal_
 
 def _assert_nothing_created_late(state: Path) -> None:
     """An activity still running when teardown ran must not create anything afterwards."""
-    from drdrill.providers.sim import SimState
+    from drdrill.providers.sim.provider import SimState
 
     # Wait for every simulated operation of the drill to have ended, then look again.
     async def settle():

@@ -17,7 +17,7 @@ from google.auth.credentials import AnonymousCredentials
 
 from drdrill.core.models import DrillContext
 from drdrill.providers.base import ProviderError
-from drdrill.providers.gcp import (
+from drdrill.providers.gcp.provider import (
     LABEL_DRILL_ID,
     LABEL_EXPIRES_AT,
     GcpProvider,
@@ -25,7 +25,7 @@ from drdrill.providers.gcp import (
     gcp_name,
     label_value,
 )
-from drdrill.core.spec import load_spec, parse_spec
+from drdrill.providers.spec import load_spec, parse_spec
 from tests.gcp_fake import LABEL_KEY_RE, LABEL_VALUE_RE, NAME_RE, ComputeFake
 
 REPO = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from drdrill.core.spec import parse_spec
+from drdrill.providers.spec import parse_spec
 from tests import gcp_fake
 from tests.test_gcp import DISK_DRILL, INSTANCE_DRILL, NOW, _ctx  # noqa: F401 - shared fixtures below
 from tests.test_gcp import fake, gcp  # noqa: F401 - pytest fixtures

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from app.cli_evidence import register
 from app.reports import period_report
 from app.simulate import simulated
-from drdrill.core.spec import load_spec
+from drdrill.providers.spec import load_spec
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.record import record_run
 from drdrill.evidence.render import render_drill_html, render_junit
@@ -257,7 +257,7 @@ def report_pages(tmp_path) -> dict[str, str]:
     missed drills, a simulation, a tampered run, an unreadable inventory beside a covered resource."""
     from app.coverage import render_coverage_html
     from app.reports import period_data, render_period
-    from drdrill.core.spec import CoverageSpec, parse_spec
+    from drdrill.providers.spec import CoverageSpec, parse_spec
     from drdrill.evidence.coverage import Restore, coverage_report
 
     day = datetime(2026, 11, 2, 9, 0, tzinfo=timezone.utc)

@@ -18,8 +18,9 @@ from typing import Iterator
 import pytest
 
 from drdrill.core.models import DrillContext
-from drdrill.core.spec import SpecError, load_spec, parse_spec
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import load_spec, parse_spec
+from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.cluster import tool
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.provider import PostgresProvider
 from tests.pg_fixtures import ADMIN_DSN, cluster_root, create_source_db, drop_db, shop_dsn  # noqa: F401
 
 PSQL = "/usr/lib/postgresql/15/bin/psql"

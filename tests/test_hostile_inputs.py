@@ -334,7 +334,8 @@ def test_a_directory_without_a_glob_says_a_glob_is_needed(drill_harness, dumps, 
 
 
 def test_format_sql_lists_only_the_formats_of_dump_files():
-    from drdrill.core.spec import SpecError, parse_spec
+    from drdrill.core.schema import SpecError
+    from drdrill.providers.spec import parse_spec
 
     with pytest.raises(SpecError) as err:
         parse_spec(drill("{path: /b/*.sql, format: sql}"), "<t>")
@@ -431,7 +432,7 @@ def test_an_s3_object_replaced_after_it_was_chosen_is_artefact_changed(drill_har
 
 
 def test_a_meta_command_in_a_repositorys_globals_sql_is_refused(drill_harness, shop_repo, tmp_path, cluster_root):
-    from drdrill.providers.postgres import PostgresProvider
+    from drdrill.providers.postgres.provider import PostgresProvider
     from tests.test_postgres_drill import drill_yaml
 
     marker = tmp_path / "marker"

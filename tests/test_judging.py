@@ -14,7 +14,7 @@ import pytest
 
 from drdrill.core import judging
 from drdrill.core.models import Finding, IsolationCheck, IsolationProof, ObjectiveResult, RecoveryPoint, RestoredResource, ValidationResult
-from drdrill.core.spec import DrillSpec
+from drdrill.providers.spec import DrillSpec
 
 # The drill's own clock: every time below is derived from this moment, never from today.
 DECLARED = datetime(2031, 5, 6, 7, 8, 9, tzinfo=timezone.utc)

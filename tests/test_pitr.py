@@ -23,9 +23,10 @@ from typing import Callable, Optional
 import psycopg
 import pytest
 
-from drdrill.core.spec import SpecError, parse_spec
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import parse_spec
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.cluster import LocalCluster, run_user, tool
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import clusters_left, cluster_root  # noqa: F401

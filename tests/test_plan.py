@@ -24,7 +24,6 @@ import pytest
 
 from drdrill.core import plan as recovery_plan
 from drdrill.core.models import (
-    DrillInput,
     DrillResult,
     DrillStatus,
     Finding,
@@ -32,10 +31,12 @@ from drdrill.core.models import (
     RestoredResource,
     ValidationResult,
 )
-from drdrill.core.spec import SpecError, load_spec, parse_spec
+from drdrill.providers.spec import DrillInput, load_spec, parse_spec
+from drdrill.core.schema import SpecError
 from drdrill.notify import ApprovalNotice, NotifyInput, message
-from drdrill.providers.postgres import PostgresProvider, take_backup
-from drdrill.providers.sim import SimProvider, SimState
+from drdrill.providers.postgres.provider import PostgresProvider
+from drdrill.providers.postgres.backup import take_backup
+from drdrill.providers.sim.provider import SimProvider, SimState
 from tests.pg_fixtures import create_source_db, drop_db, cluster_root, shop_dsn  # noqa: F401
 from tests.sim_harness import WorkerProcess, final_result, leaked, wait_until
 from tests.test_notify import Receiver

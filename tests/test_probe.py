@@ -25,9 +25,10 @@ import psycopg
 import pytest
 from temporalio.client import WorkflowFailureError
 
-from drdrill.core.models import DrillContext, DrillInput, DrillResult, RestoredResource
-from drdrill.core.spec import SpecError, parse_spec
-from drdrill.providers.postgres import PostgresProvider
+from drdrill.core.models import DrillContext, DrillResult, RestoredResource
+from drdrill.providers.spec import DrillInput, parse_spec
+from drdrill.core.schema import SpecError
+from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.cluster import tool
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
 from drdrill.validation import ValidateInput, run_validation

@@ -84,7 +84,7 @@ def test_an_http_checks_own_expected_text_is_not_masked_but_what_the_service_say
 
     from datetime import datetime, timezone
 
-    from drdrill.core.spec import HttpValidation
+    from drdrill.core.validations import HttpValidation
     from drdrill.validation import ValidateInput, run_validation
 
     class Answers(http.server.BaseHTTPRequestHandler):

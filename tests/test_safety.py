@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, DrillContext, Environment, Orphan
-from drdrill.providers.sim import SimProvider, SimState
+from drdrill.providers.sim.provider import SimProvider, SimState
 from drdrill.providers.sweep import sweep
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)

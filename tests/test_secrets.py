@@ -10,7 +10,7 @@ import uuid
 from pathlib import Path
 
 from drdrill.providers.base import ProviderError
-from drdrill.providers.sim import SimProvider
+from drdrill.providers.sim.provider import SimProvider
 from tests.sim_harness import WorkerProcess, final_result, leaked, sim_yaml, spec_of, start, wait_until
 from worker import connect, running_worker
 

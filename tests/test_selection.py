@@ -13,9 +13,11 @@ import pytest
 
 from drdrill.core import selection
 from drdrill.core.selection import Discovery, LastRestore, ProtectedResource
-from drdrill.core.spec import NAME_RE, SpecError, parse_spec
-from drdrill.providers.azure import AzureProvider
-from drdrill.providers.postgres import PostgresProvider, take_backup
+from drdrill.core.schema import NAME_RE, SpecError
+from drdrill.providers.spec import parse_spec
+from drdrill.providers.azure.provider import AzureProvider
+from drdrill.providers.postgres.provider import PostgresProvider
+from drdrill.providers.postgres.backup import take_backup
 from tests.azure_fake import AzureFake
 from tests.gcp_fake import ComputeFake
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn  # noqa: F401

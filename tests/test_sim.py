@@ -17,10 +17,11 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from app.simulate import simulated
-from drdrill.core.models import TAG_DRILL_ID, DrillContext, DrillInput, DrillResult, RecoveryPoint
-from drdrill.core.spec import DrillSpec, SpecError, load_spec, parse_spec
+from drdrill.core.models import TAG_DRILL_ID, DrillContext, DrillResult, RecoveryPoint
+from drdrill.providers.spec import DrillInput, DrillSpec, load_spec, parse_spec
+from drdrill.core.schema import SpecError
 from drdrill.providers.base import ProviderError, select_for_target
-from drdrill.providers.sim import SimProvider, SimState, default_state_path, sample_latency
+from drdrill.providers.sim.provider import SimProvider, SimState, default_state_path, sample_latency
 from tests.sim_harness import REPO, cli_env, leaked, run_sim, sim_yaml, spec_of
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from drdrill.core.spec import DrillSpec, SpecError, format_duration, load_spec, parse_duration
+from drdrill.core.durations import format_duration, parse_duration
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import DrillSpec, load_spec
 
 REPO = Path(__file__).resolve().parent.parent
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
@@ -102,7 +104,7 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
 
 def test_rules_need_their_fields():
     with pytest.raises(SpecError) as exc:
-        from drdrill.core.spec import parse_spec
+        from drdrill.providers.spec import parse_spec
 
         parse_spec(GOOD.replace("    source: {repository: /var/backups/shop}\n", "    source: {repository: /r}\n    recovery_point: {rule: random}\n"), "d.yaml")
     assert exc.value.problems == [("targets[0].recovery_point", "rule 'random' needs 'within: <duration>', e.g. within: 30d")]
@@ -124,7 +126,7 @@ def test_relative_repository_is_resolved_against_the_drill_file(tmp_path):
 
 
 def test_yaml_1_2_booleans_so_on_is_a_key():
-    from drdrill.core.spec import parse_spec
+    from drdrill.providers.spec import parse_spec
 
     spec = parse_spec(GOOD + "notify: {webhooks_env: [HOOK], on: [PASSED, FAILED]}\n", "d.yaml")
     assert spec.notify.on == ["PASSED", "FAILED"]
@@ -170,7 +172,7 @@ def test_a_path_variable_that_is_not_set_is_an_error_and_nothing_is_written(tmp_
 
 def test_parsing_without_a_drill_file_expands_paths_too(monkeypatch, tmp_path):
     """In-memory drills (no base directory) once kept `${VAR}` verbatim, relative to the working directory."""
-    from drdrill.core.spec import parse_spec
+    from drdrill.providers.spec import parse_spec
 
     monkeypatch.delenv(UNSET, raising=False)
     monkeypatch.setenv("DRDRILL_TEST_BACKUP_ROOT", str(tmp_path))
@@ -250,7 +252,7 @@ def test_lint_refuses_duplicate_keys_naming_both_lines(tmp_path):
 
 
 def test_a_merge_key_may_be_overridden_and_booleans_stay_yaml_1_2():
-    from drdrill.core.spec import parse_spec
+    from drdrill.providers.spec import parse_spec
 
     text = GOOD.replace("    source: {repository: /var/backups/shop}\n", "    source: &src {repository: /var/backups/shop, format: custom}\n")
     text = text.replace("validations:", "  - {name: copy, provider: postgres, source: {<<: *src, format: directory}}\nvalidations:")
@@ -277,7 +279,7 @@ def test_lint_warns_when_the_rto_exceeds_max_duration_and_still_exits_0(tmp_path
 
 
 def test_warnings_are_part_of_the_spec(tmp_path):
-    from drdrill.core.spec import parse_spec
+    from drdrill.providers.spec import parse_spec
 
     assert [str(w) for w in parse_spec(SLOW_RTO, "d.yaml").warnings()] == [f"d.yaml: {SLOW_RTO_WARNING}"]
     assert parse_spec(GOOD.replace("rto: 15m", "rto: 30m") + "max_duration: 30m\n", "d.yaml").warnings() == []

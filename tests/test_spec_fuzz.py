@@ -12,7 +12,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from drdrill.core.spec import DrillSpec, SpecError, parse_spec
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import DrillSpec, parse_spec
 
 PATH = "fuzz/ünïcode drill.yaml"
 

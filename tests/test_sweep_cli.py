@@ -17,7 +17,7 @@ from pathlib import Path
 
 from app.temporal import free_port
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT
-from drdrill.providers.aws import AwsProvider
+from drdrill.providers.aws.provider import AwsProvider
 from tests.conftest import wait_for_phase
 from tests.moto_server import REGION, aws, moto_endpoint  # noqa: F401
 from tests.ops_helpers import recorded, service, spec_of, unique

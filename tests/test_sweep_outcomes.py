@@ -24,8 +24,8 @@ from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, DrillContext, Envi
 from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.times import format_time
 from drdrill.evidence.store import open_store
-from drdrill.providers.postgres import PostgresProvider
-from drdrill.providers.sim import SimProvider, SimState
+from drdrill.providers.postgres.provider import PostgresProvider
+from drdrill.providers.sim.provider import SimProvider, SimState
 from drdrill.providers.sweep import delete_one, failed, sweep
 from tests.conftest import wait_for_phase
 from tests.ops_helpers import created, recorded, service, unique

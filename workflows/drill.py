@@ -31,7 +31,6 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRecord,
         ApprovalRequest,
         DrillContext,
-        DrillInput,
         DrillResult,
         DrillStatus,
         Environment,
@@ -47,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         TimelineEvent,
         ValidationResult,
     )
+    from drdrill.providers.spec import DrillInput, DrillSpec, Target
     from activities.probe import ProbeActivities, ProbeStatus, WaitForProbeInput
     from activities.notify import NotifyActivities
     from activities.validation import ValidationActivities
@@ -54,7 +54,9 @@ with workflow.unsafe.imports_passed_through():
     from drdrill.validation import WORKER_CHECKS, ValidateInput
     from drdrill.core import approvals, judging, selection
     from drdrill.core import plan as recovery_plan
-    from drdrill.core.spec import ApprovalGate, CommandValidation, DrillSpec, PlanAction, PlanGroup, Target, format_duration
+    from drdrill.core.durations import format_duration
+    from drdrill.core.planspec import ApprovalGate, PlanAction, PlanGroup
+    from drdrill.core.validations import CommandValidation
     from drdrill.core.operations import drill_id_from_workflow_id
 
 from workflows import hooks as ops_hooks  # operations (issue 7): metrics, notifications

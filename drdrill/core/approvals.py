@@ -21,7 +21,7 @@ from typing import Iterable, Literal, Optional
 from pydantic import BaseModel, Field, ValidationError
 
 from drdrill.core import sshsig
-from drdrill.core.spec import Approver
+from drdrill.core.planspec import Approver
 
 NAMESPACE = "drdrill-approval"
 # A signed answer is taken only this long after it was signed (and this far ahead of the workflow's

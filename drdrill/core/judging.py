@@ -32,7 +32,8 @@ from drdrill.core.models import (
     ValidationResult,
     Verdict,
 )
-from drdrill.core.spec import DrillSpec, format_duration
+from drdrill.core.drill import DrillSpecBase
+from drdrill.core.durations import format_duration
 
 # How bad an outcome is, for picking the worst of several.
 RANK: dict[str, int] = {"PASSED": 0, "NOT_RUN": 1, "NOT_MEASURED": 1, "COULD_NOT_VERIFY": 2, "FAILED": 3, "ERROR": 4}
@@ -129,7 +130,7 @@ def rpo(
 
 
 def objectives(
-    spec: DrillSpec,
+    spec: DrillSpecBase,
     declared: datetime,
     points: Mapping[str, RecoveryPoint],
     restored: Mapping[str, RestoredResource],

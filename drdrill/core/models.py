@@ -6,10 +6,9 @@ import hashlib
 from datetime import datetime
 from typing import Any, Literal, Optional
 
-from pydantic import AwareDatetime, BaseModel, Field, computed_field, model_validator
+from pydantic import BaseModel, Field, computed_field, model_validator
 
 from drdrill.core.selection import SelectionRecord
-from drdrill.core.spec import DrillSpec
 
 Outcome = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "NOT_RUN", "NOT_MEASURED", "ERROR"]  # NOT_MEASURED: an objective with nothing recovered
 Verdict = Literal["PASSED", "FAILED", "COULD_NOT_VERIFY", "ERROR"]
@@ -309,21 +308,6 @@ class GroupResult(BaseModel):
     objective_seconds: Optional[float] = None
     rto_outcome: Outcome = "NOT_RUN"
     rto_detail: str = ""
-
-
-class DrillInput(BaseModel):
-    """What starts a DrillWorkflow."""
-
-    spec: DrillSpec
-    drill_id: str
-    started_by: str = "cli"
-    # Heartbeat timeout of the long activities (default 30 s; isolation and teardown 2 min). Tests and
-    # simulations set a few seconds so a killed worker's activity moves to another worker quickly.
-    heartbeat_seconds: Optional[float] = None
-    # Choose recovery points as if the disaster were declared at this moment (timezone required).
-    # RTO is still measured from the real declared time; RPO from this one. A moment later than the
-    # real declared time is refused unless every target is simulated: a real cloud has no future snapshots.
-    as_of: Optional[AwareDatetime] = None
 
 
 class TargetState(BaseModel):

@@ -39,18 +39,7 @@ def drill_id_from_workflow_id(workflow_id: str) -> str:
 
 def permit_key(target: Any, isolation: Any) -> str:
     """The account/region a target's resources count against: 'postgres', 'aws:us-east-1', …"""
-    family = target.provider.split(".", 1)[0]
-    source = getattr(target, "source", None)
-    if family == "aws":
-        region = getattr(source, "region", None) or getattr(isolation, "aws_region", None) or "default"
-        return f"aws:{region}"
-    if family == "azure":
-        sub = getattr(isolation, "azure_subscription_id", None) or getattr(source, "subscription_id", None) or "default"
-        return f"azure:{sub}"
-    if family == "gcp":
-        project = getattr(isolation, "gcp_project", None) or getattr(source, "project", None) or "default"
-        return f"gcp:{project}"
-    return family
+    return target.permit_key(isolation)  # each family's target model says (drdrill/providers/<family>/schema.py)
 
 
 def permit_keys(spec: Any) -> list[str]:

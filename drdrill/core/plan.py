@@ -2,7 +2,7 @@
 
 A real recovery is not a set of independent restores: the database comes back first, then the
 application pointed at it, and a person may look before traffic would be switched. A drill's
-`plan:` (drdrill/core/spec.py: PlanGroup, ApprovalGate) says so. DrillWorkflow runs the groups in
+`plan:` (drdrill/core/planspec.py: PlanGroup, ApprovalGate) says so. DrillWorkflow runs the groups in
 the order listed, the targets of one group in parallel; a group's checks must pass before the next
 group starts. This module holds what that means, without I/O and without a clock of its own, so
 the workflow can call it and tests/test_plan.py can check it alone:
@@ -38,14 +38,10 @@ from drdrill.core.models import (
     ValidationResult,
 )
 from drdrill.core.selection import expand_checks
-from drdrill.core.spec import (
-    ENDPOINT_TEMPLATE_RE,
-    ApprovalGate,
-    DrillSpec,
-    PlanGroup,
-    environment_refs,
-    format_duration,
-)
+from drdrill.core.drill import DrillSpecBase
+from drdrill.core.durations import format_duration
+from drdrill.core.planspec import ApprovalGate, PlanGroup
+from drdrill.core.schema import ENDPOINT_TEMPLATE_RE, environment_refs
 
 
 
@@ -60,7 +56,7 @@ class EnvironmentProblem(ValueError):
 # ------------------------------------------------------------------ the plan's shape
 
 
-def expand(spec: DrillSpec, chosen: Mapping[str, Sequence[str]]) -> DrillSpec:
+def expand(spec: DrillSpecBase, chosen: Mapping[str, Sequence[str]]) -> DrillSpecBase:
     """The plan once selections chose their resources: a selecting target named in a group becomes
     the targets it chose (`chosen`: selecting target -> chosen target names), and each of the
     group's checks of that target is repeated for each of them, as selection.expand does for the
@@ -80,7 +76,7 @@ def expand(spec: DrillSpec, chosen: Mapping[str, Sequence[str]]) -> DrillSpec:
     return spec.model_copy(update={"plan": groups})
 
 
-def gate_before(spec: DrillSpec, group: str) -> Optional[ApprovalGate]:
+def gate_before(spec: DrillSpecBase, group: str) -> Optional[ApprovalGate]:
     """The approval gate that holds `group` back, if any."""
     return next((gate for gate in spec.approve if gate.before == group), None)
 
@@ -99,7 +95,7 @@ def not_run(group: PlanGroup, reason: str) -> list[ValidationResult]:
     ]
 
 
-def later_groups(spec: DrillSpec, index: int) -> list[PlanGroup]:
+def later_groups(spec: DrillSpecBase, index: int) -> list[PlanGroup]:
     """The groups after the one at `index`: they never start when it stops the plan."""
     return list((spec.plan or [])[index + 1 :])
 
@@ -229,7 +225,7 @@ def group_objectives(groups: Sequence[GroupResult]) -> list[ObjectiveResult]:
 
 
 def objectives(
-    spec: DrillSpec,
+    spec: DrillSpecBase,
     declared: datetime,
     points: Mapping[str, RecoveryPoint],
     validations: Sequence[ValidationResult],

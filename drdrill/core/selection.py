@@ -27,25 +27,13 @@ from typing import Any, Mapping, Optional, Sequence
 
 from pydantic import BaseModel, Field, ValidationError
 
-from drdrill.core.spec import NAME_RE, DrillSpec, Selection, format_duration
+from drdrill.core.drill import DrillSpecBase
+from drdrill.core.durations import format_duration
+from drdrill.core.schema import NAME_RE, Selection
 
 NEVER = datetime.min.replace(tzinfo=timezone.utc)
 _NAME_MAX = 40
 _VALIDATION_NAME_MAX = 80
-
-# How each kind's `source` names its resource: the field that holds the provider's id.
-ID_FIELDS = {
-    "aws.ebs": ("volume_id",),
-    "aws.ec2": ("instance_id",),
-    "aws.rds": ("db_instance_identifier",),
-    "azure.disk": ("disk_id",),
-    "azure.vm": ("vm_id",),
-    "gcp.disk": ("project", "zone", "disk"),
-    "gcp.instance": ("project", "zone", "instance"),
-    "postgres": ("repository",),
-    "sim": ("resource",),
-}
-
 
 # ------------------------------------------------------------------ models
 
@@ -155,7 +143,7 @@ class Problem(BaseModel):
 
 
 class Expansion(BaseModel):
-    spec: DrillSpec
+    spec: DrillSpecBase
     records: list[SelectionRecord] = Field(default_factory=list)
     problems: list[Problem] = Field(default_factory=list)
 
@@ -177,7 +165,7 @@ def resource_ref(target: Any) -> Optional[tuple[str, str]]:
     source = getattr(target, "source", None)
     if source is None:
         return None
-    fields = ID_FIELDS.get(target.provider)
+    fields = getattr(target, "ID_FIELDS", ())  # how the kind's `source` names its resource (its schema)
     values = [getattr(source, f, None) for f in fields] if fields else []
     if not values or not all(isinstance(v, str) and v for v in values):
         # a kind of source this module does not know: its whole description names it
@@ -332,22 +320,22 @@ def concrete_target(target: Any, resource: ProtectedResource, name: str) -> Any:
     return type(target).model_validate(data)
 
 
-def drill_scopes(spec: DrillSpec) -> dict[str, tuple[str, str]]:
+def drill_scopes(spec: DrillSpecBase) -> dict[str, tuple[str, str]]:
     """Where the drill restores each family, when its file says so: the isolation settings, else a
-    named target's own region."""
-    iso = spec.isolation
+    named target's own region (each family's target model says which: isolation_scope, own_scope)."""
     scopes: dict[str, tuple[str, str]] = {}
-    for family, value, field in (("aws", iso.aws_region, "isolation.aws_region"), ("azure", iso.azure_location, "isolation.azure_location"), ("gcp", iso.gcp_region, "isolation.gcp_region")):
-        if value:
-            scopes[family] = (value, field)
     for t in spec.targets:
-        region = getattr(getattr(t, "source", None), "region", None)
-        if t.family == "aws" and region and "aws" not in scopes:
-            scopes["aws"] = (region, f"the region of target {t.name}")
+        scope = type(t).isolation_scope(spec.isolation)
+        if scope and t.family not in scopes:
+            scopes[t.family] = scope
+    for t in spec.targets:
+        scope = t.own_scope()
+        if scope and t.family not in scopes:
+            scopes[t.family] = scope
     return scopes
 
 
-def expand(spec: DrillSpec, discoveries: dict[str, Discovery], *, default_seed: str, now: datetime) -> Expansion:
+def expand(spec: DrillSpecBase, discoveries: dict[str, Discovery], *, default_seed: str, now: datetime) -> Expansion:
     """The drill with every selecting target replaced by the targets it chose (and their
     validations repeated), the selection records, and the problems found. When a selection chose
     nothing, the spec is returned unchanged and the problems say why (SELECTION_EMPTY)."""

@@ -25,17 +25,10 @@ from pydantic import BaseModel, Field
 from drdrill.core.models import DrillContext
 from drdrill.core.redact import redact
 from drdrill.core.selection import LastRestore, ProtectedResource, resource_key, resource_keys, resource_ref
-from drdrill.core.spec import (
-    COVERAGE_FILE,
-    CoverageSpec,
-    DrillSpec,
-    Selection,
-    SpecError,
-    format_duration,
-    load_coverage_policy,
-    load_spec,
-    parse_spec,
-)
+from drdrill.core.coverage_policy import COVERAGE_FILE
+from drdrill.core.durations import format_duration
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import COVERED, CoverageSpec, DrillSpec, load_coverage_policy, load_spec, parse_spec
 from drdrill.core.times import parse_time
 from drdrill.evidence.render import is_simulation
 from drdrill.evidence.store import SCHEMA, open_store
@@ -270,7 +263,7 @@ def coverage_report(
 
 def _families(specs: list[DrillSpec], policy: CoverageSpec) -> list[str]:
     found = {t.family for s in specs for t in s.targets} | set(policy.providers)
-    return sorted(found - {"sim"})  # simulated resources protect nothing
+    return sorted(found & set(COVERED))  # simulated resources protect nothing
 
 
 def regions_named(specs: list[DrillSpec], policy: CoverageSpec) -> list[str]:
@@ -308,37 +301,19 @@ def _read_provider(
             if t.select is not None:
                 for r in provider.discover(t.provider, t.select):
                     _add(rows, r, DrillRef(drill=spec.name, target=t.name, how="selects"))
-            elif family == "postgres" and t.source.repository:  # type: ignore[union-attr]
-                for r in provider.discover(t.provider, Selection(repositories=[t.source.repository])):  # type: ignore[union-attr]
+            elif t.inventory_selection() is not None:  # a named source found as discovery finds it (postgres: a repository)
+                for r in provider.discover(t.provider, t.inventory_selection()):
                     _add(rows, r)
-            elif family == "postgres":
-                _add(rows, postgres_source_item(provider, spec, t, now, notes))
+            elif t.INVENTORY_BY_POINT:  # a named source no inventory lists (postgres: dump files, a stanza, …)
+                _add(rows, named_source_item(provider, spec, t, now, notes))
 
 
-def source_name(source: Any) -> str:
-    """A postgres source as a person names it: its path, bucket, variable, stanza, server or archive."""
-    kind = source.kind
-    if kind == "path":
-        return str(source.path)
-    if kind == "s3":
-        return f"s3://{source.s3.bucket}/{source.s3.prefix}"
-    if kind == "url_env":
-        return f"${source.url_env}"
-    if kind == "pgbackrest":
-        return f"pgBackRest stanza {source.pgbackrest.stanza}" + (f" (repo {source.pgbackrest.repo})" if source.pgbackrest.repo else "")
-    if kind == "barman":
-        return f"barman server {source.barman.server} in {source.barman.source_url}"
-    if kind == "wal_archive":
-        return f"WAL archive {source.wal_archive.archive}"
-    return str(source.repository)
-
-
-def postgres_source_item(provider: Provider, spec: DrillSpec, target: Any, now: datetime, notes: list[str]) -> ProtectedResource:
-    """A named postgres source of any kind as an inventory item: its key is the one the drill's runs
+def named_source_item(provider: Provider, spec: DrillSpec, target: Any, now: datetime, notes: list[str]) -> ProtectedResource:
+    """A named source no inventory lists (a postgres source of any kind) as an inventory item: its key is the one the drill's runs
     record (selection.resource_key), its name says where the backups are, and its newest recovery
     point is the one a drill declared now would restore (none found: NO_RECENT_RECOVERY_POINT)."""
     kind, ident = resource_ref(target)  # type: ignore[misc]
-    item = ProtectedResource(kind=kind, id=ident, name=source_name(target.source), source=target.source.model_dump(mode="json", exclude_none=True))
+    item = ProtectedResource(kind=kind, id=ident, name=target.source_label(), source=target.source.model_dump(mode="json", exclude_none=True))
     ctx = DrillContext(drill_id=f"coverage-{spec.name}", drill_name=spec.name, declared=now, expires_at=now + timedelta(hours=1))
     try:
         point = provider.find_recovery_point(ctx, target)
@@ -364,7 +339,7 @@ def _add_named(specs: list[DrillSpec], rows: dict[str, CoverageRow]) -> None:
     for spec in specs:
         for t in spec.targets:
             ref = resource_ref(t)
-            if t.family == "sim" or ref is None:
+            if not t.PROTECTS or ref is None:
                 continue
             key = resource_key(*ref)
             row = rows.get(key)

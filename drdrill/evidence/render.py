@@ -15,7 +15,7 @@ from typing import Any
 import jinja2
 from markupsafe import Markup
 
-from drdrill.core.spec import format_duration
+from drdrill.core.durations import format_duration
 from drdrill.core.times import parse_time
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"

@@ -40,7 +40,7 @@ from drdrill.core.models import (
     TeardownReport,
 )
 from drdrill.core.selection import ProtectedResource
-from drdrill.core.spec import IsolationSpec, Selection, Target
+from drdrill.core.schema import IsolationBase, Selection, TargetBase
 
 
 class ProviderError(Exception):
@@ -278,19 +278,10 @@ class Provider(ABC):
     family: str = ""
     DELETE_ORDER: tuple[str, ...] = ()
     CONTAINERS: frozenset[str] = frozenset()
-    # The endpoint fields a restored resource of each kind publishes (RestoredResource.endpoint):
-    # what `tcp`/`http` checks naming a target and url templates such as http://{host}:8080/ may
-    # use, and `command` checks receive as DRDRILL_*. `drdrill lint` checks templates against it.
-    ENDPOINT_FIELDS: dict[str, tuple[str, ...]] = {}
     # The kinds whose restore.environment this provider hands to what it starts (an application,
     # an instance's user data), filled in by the restore and wait_ready activities. A target of
     # another kind that has one is refused (ENVIRONMENT_NOT_SUPPORTED), never silently ignored.
     APPLIES_ENVIRONMENT: tuple[str, ...] = ()
-
-    @classmethod
-    def published_fields(cls, kind: str, isolation: IsolationSpec) -> Optional[tuple[str, ...]]:
-        """The endpoint fields a `kind` target publishes under `isolation` (None: not documented)."""
-        return cls.ENDPOINT_FIELDS.get(kind)
 
     @classmethod
     def from_environment(cls, env: Mapping[str, str], settings: Optional[dict] = None) -> "Provider":
@@ -300,11 +291,11 @@ class Provider(ABC):
     # ------------------------------------------------------------------ the drill's steps
 
     @abstractmethod
-    def find_recovery_point(self, ctx: DrillContext, target: Target) -> RecoveryPoint:
-        """Pick the recovery point for `target` (a drdrill.core.spec target model) by its rule."""
+    def find_recovery_point(self, ctx: DrillContext, target: TargetBase) -> RecoveryPoint:
+        """Pick the recovery point for `target` (a target model of a family schema, drdrill/providers/<family>/schema.py) by its rule."""
 
     @abstractmethod
-    def create_isolation(self, ctx: DrillContext, isolation: IsolationSpec, targets: list[Target]) -> Environment:
+    def create_isolation(self, ctx: DrillContext, isolation: IsolationBase, targets: list[TargetBase]) -> Environment:
         """Create (idempotently) the drill's isolated environment for this family's targets."""
 
     @abstractmethod
@@ -312,11 +303,11 @@ class Provider(ABC):
         """Read the environment back and prove there is no route to production."""
 
     @abstractmethod
-    def restore(self, ctx: DrillContext, target: Target, point: RecoveryPoint, env: Environment) -> RestoredResource:
+    def restore(self, ctx: DrillContext, target: TargetBase, point: RecoveryPoint, env: Environment) -> RestoredResource:
         """Restore `point` into `env` (idempotently: deterministic names / client tokens)."""
 
     @abstractmethod
-    def wait_ready(self, ctx: DrillContext, target: Target, resource: RestoredResource, timeout: float) -> RestoredResource:
+    def wait_ready(self, ctx: DrillContext, target: TargetBase, resource: RestoredResource, timeout: float) -> RestoredResource:
         """Wait (heartbeating) until the restored resource serves; fill in its endpoint."""
 
     # ------------------------------------------------------------------ selections and coverage (optional)

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable, Optional
 
 from drdrill.core.models import TAG_DRILL_ID
 from drdrill.core.selection import ProtectedResource, tags_match
-from drdrill.core.spec import Selection
+from drdrill.core.schema import Selection
 from drdrill.core.times import parse_time
 from drdrill.providers.aws.clients import LIVE_INSTANCE_STATES, tags_of
 from drdrill.providers.aws.ebs import EbsTargets

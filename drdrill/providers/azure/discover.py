@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 from drdrill.core.models import TAG_DRILL_ID
 from drdrill.core.selection import ProtectedResource, tags_match
-from drdrill.core.spec import Selection
+from drdrill.core.schema import Selection
 from drdrill.providers.azure.disk import snapshot_time, snapshots_of
 from drdrill.providers.azure.primitives import AzurePrimitives, parse_id, props, wire
 from drdrill.providers.base import ProviderError, heartbeat

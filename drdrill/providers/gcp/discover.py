@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 from drdrill.core.selection import ProtectedResource, tags_match
-from drdrill.core.spec import Selection
+from drdrill.core.schema import Selection
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
 from drdrill.providers.gcp.disk import _snapshots

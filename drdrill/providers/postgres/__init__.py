@@ -14,9 +14,5 @@
     findings.py  restore tools' stderr into findings with stable codes
     provider.py  PostgresProvider: isolation, readiness, the primitives of cleaning up; dispatches to sources
     discover.py  selections of repositories (a list, or globs)
+    schema.py    the postgres part of the drill format: PostgresTarget, its sources, PostgresProbe (no I/O, no driver)
 """
-
-from drdrill.providers.postgres.backup import take_backup
-from drdrill.providers.postgres.provider import PostgresProvider
-
-__all__ = ["PostgresProvider", "take_backup"]

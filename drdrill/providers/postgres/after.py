@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional
 
-from drdrill.core.spec import unreachable_by_others
+from drdrill.core.drillpaths import unreachable_by_others
 import drdrill.providers.postgres.netns as netns
 import drdrill.providers.postgres.sandbox as sandbox
 from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, start_sandboxed

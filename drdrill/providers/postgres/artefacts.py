@@ -29,7 +29,7 @@ from typing import BinaryIO, Iterator, Optional
 import zstandard
 
 from drdrill.core.redact import register_secret
-from drdrill.core.spec import PostgresSource
+from drdrill.providers.postgres.schema import PostgresSource
 from drdrill.providers.base import ProviderError
 
 HEADER_BYTES = 64 * 1024  # enough for every pg_dump header: custom's is ~200 bytes, plain's ~1 KiB

@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from drdrill.core.spec import PostgresTarget
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
 import drdrill.providers.postgres.sandbox as sandbox

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from drdrill.core.selection import ProtectedResource
-from drdrill.core.spec import Selection
+from drdrill.core.schema import Selection
 from drdrill.providers.base import ProviderError
 from drdrill.providers.postgres.backup import read_points
 

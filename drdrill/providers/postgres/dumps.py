@@ -34,7 +34,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
-from drdrill.core.spec import PostgresTarget, name_time_regex
+from drdrill.providers.postgres.schema import name_time_regex, PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 import drdrill.providers.postgres.binaries as installs
 from drdrill.providers.postgres.artefacts import (

@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from drdrill.core.models import Finding
-from drdrill.core.spec import PostgresTarget
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import heartbeat
 
 # How many objects a finding's message names; the evidence keeps the full lists.

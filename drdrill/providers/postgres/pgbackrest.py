@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from drdrill.core.spec import PostgresTarget
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import ProviderError
 import drdrill.providers.postgres.safefs as safefs
 import drdrill.providers.postgres.sandbox as sandbox

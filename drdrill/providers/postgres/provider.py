@@ -62,10 +62,6 @@ CLUSTER = "cluster"
 NETNS = "netns"  # isolation.postgres: network
 PROCESS = "process"  # its relay halves, its probe, restore.after applications
 
-# What a check may name (url templates, tcp/http targets): host and port only on TCP, i.e. with
-# isolation.postgres: network; the default cluster has no TCP listener at all.
-SOCKET_FIELDS = ("dsn", "database", "socket_dir")
-NETWORK_FIELDS = ("host", "port") + SOCKET_FIELDS
 
 
 class PostgresProvider(Provider):
@@ -75,12 +71,7 @@ class PostgresProvider(Provider):
     # Processes before the namespace they run in; the namespace before the cluster directory,
     # whose tag file names it.
     DELETE_ORDER = (PROCESS, NETNS, CLUSTER)
-    ENDPOINT_FIELDS = {"postgres": NETWORK_FIELDS}
     APPLIES_ENVIRONMENT = ("postgres",)  # to the restore.after application
-
-    @classmethod
-    def published_fields(cls, kind: str, isolation: Any) -> Optional[tuple[str, ...]]:
-        return NETWORK_FIELDS if getattr(isolation, "postgres", "socket") == "network" else SOCKET_FIELDS
 
     def __init__(self, root: Optional[str] = None):
         self._root = root

@@ -37,7 +37,8 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
-from drdrill.core.spec import PostgresTarget, format_duration
+from drdrill.core.durations import format_duration
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError, heartbeat
 from drdrill.providers.postgres.binaries import Binaries, for_major

@@ -16,7 +16,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
-from drdrill.core.spec import PostgresTarget
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
 from drdrill.providers.postgres.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool

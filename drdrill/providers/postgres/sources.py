@@ -11,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 
 from drdrill.core.models import DrillContext, RecoveryPoint, RestoredResource
-from drdrill.core.spec import PostgresTarget
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.postgres.cluster import LocalCluster
 
 

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Optional
 
-from drdrill.core.spec import PostgresTarget
+from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import ProviderError
 import drdrill.providers.postgres.safefs as safefs
 from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, utc
