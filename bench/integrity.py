@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -56,12 +57,17 @@ def size_mib(dsn: str) -> float:
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20
 
 
-def timed(argv: list[str]) -> float:
-    t0 = time.perf_counter()
+def timed(argv: list[str], cpu: Optional[list[float]] = None) -> float:
+    """Wall seconds of `argv`; its CPU seconds (user + system, with its children: pg_dump, pg_restore -l)
+    appended to `cpu`."""
+    r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True)
+    wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]}: {proc.stderr.strip()}")
-    return time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
+    return wall
 
 
 def restore_and_check(root: Path, archive: Path, jobs: int) -> dict:
@@ -101,15 +107,16 @@ def dumps(dsn: str, work: Path, runs: int, before: Optional[list[str]]) -> dict:
     """Interleaved: bare pg_dump -Fc, drdrill dump -Fc (and the earlier drdrill dump), `runs` times."""
     methods = {"pg_dump": [tool("pg_dump")], "drdrill_dump": [DRDRILL, "dump"], **({"before": before} if before else {})}
     times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
     loads = []
     for i in range(runs):
         for m, cmd in methods.items():
             out = work / f"{m}.dump"
-            times[m].append(timed([*cmd, "-Fc", "-f", str(out), "-d", dsn]))
+            times[m].append(timed([*cmd, "-Fc", "-f", str(out), "-d", dsn], cpu[m]))
         loads.append(load())
         print(f"run {i + 1}: " + ", ".join(f"{m} {t[-1]:.2f}s" for m, t in times.items()) + f", load {loads[-1]}", flush=True)
     manifest = work / "drdrill_dump.dump.manifest.json"
-    return {"times": times, "loads": loads, "archive": work / "drdrill_dump.dump", "manifest_bytes": manifest.stat().st_size,
+    return {"times": times, "client_cpu": cpu, "loads": loads, "archive": work / "drdrill_dump.dump", "manifest_bytes": manifest.stat().st_size,
             "ranges": {t: len(v.get("ranges") or {}) for t, v in json.loads(manifest.read_text())["tables"].items()},
             "ratios": [d / b for d, b in zip(times["drdrill_dump"], times["pg_dump"])]}
 
@@ -147,6 +154,9 @@ def cpu_split(dsn: str, scale: int) -> dict:
         "fingerprint_key_ranges": backend_cpu(dsn, f"SELECT (aid - 1) / {n}, count(*), sum({row})::text FROM pgbench_accounts AS t GROUP BY 1"),
         "fingerprint_whole_table": backend_cpu(dsn, f"SELECT count(*), sum({row})::text FROM pgbench_accounts AS t"),
         "count_only": backend_cpu(dsn, "SELECT count(*) FROM pgbench_accounts"),
+        # not what drdrill dump computes: what a per-column fingerprint format would cost (RESULTS.md §14)
+        "per_column_hashes_key_ranges": backend_cpu(dsn, f"SELECT (aid - 1) / {n}, count(*), sum(hashint4extended(aid, 0) # hashint4extended(bid, 1) "
+                                                         f"# hashint4extended(abalance, 2) # hashbpcharextended(filler, 3))::text FROM pgbench_accounts AS t GROUP BY 1"),
     }
 
 
@@ -186,6 +196,7 @@ def main() -> None:
     out = {
         "scale": a.scale, "database_mib": mib, "archive_mib": archive_mib, "jobs": a.jobs,
         **{f"{m}_seconds": summary(t) for m, t in d["times"].items()}, "dump_loads": d["loads"],
+        **{f"{m}_client_cpu_seconds": summary(t) for m, t in d["client_cpu"].items()},
         "ratio_per_run": summary(d["ratios"]), "server_backend_cpu_seconds": cpu,
         "restore_seconds": summary([c["restore_seconds"] for c in checks]),
         "amcheck_seconds": summary([c["amcheck_seconds"] for c in checks]),
