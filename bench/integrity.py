@@ -57,11 +57,11 @@ def size_mib(dsn: str) -> float:
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20
 
 
-def timed(argv: list[str], cpu: Optional[list[float]] = None) -> float:
+def timed(argv: list[str], cpu: Optional[list[float]] = None, env: Optional[dict] = None) -> float:
     """Wall seconds of `argv`; its CPU seconds (user + system, with its children: pg_dump, pg_restore -l)
     appended to `cpu`."""
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True)
+    proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env} if env else None)
     wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]}: {proc.stderr.strip()}")
@@ -88,7 +88,7 @@ def restore_and_check(root: Path, archive: Path, jobs: int) -> dict:
         amcheck = time.perf_counter() - t1
         if run.problems or run.not_checked or run.unavailable or run.failed:
             raise RuntimeError(f"amcheck did not check everything cleanly: {run.as_details()}")
-        return {"restore_seconds": restore, "amcheck_seconds": amcheck, "relations": len(run.checked)}
+        return {"restore_seconds": restore, "amcheck_seconds": amcheck, "relations": len(run.checked), "load": load()}
     finally:
         cluster.destroy()
 
@@ -103,16 +103,19 @@ def before_command(rev: str, work: Path) -> list[str]:
     return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); import dumpmanifest_before as d; sys.exit(d.main(sys.argv[1:]))"]
 
 
-def dumps(dsn: str, work: Path, runs: int, before: Optional[list[str]]) -> dict:
-    """Interleaved: bare pg_dump -Fc, drdrill dump -Fc (and the earlier drdrill dump), `runs` times."""
-    methods = {"pg_dump": [tool("pg_dump")], "drdrill_dump": [DRDRILL, "dump"], **({"before": before} if before else {})}
+def dumps(dsn: str, work: Path, runs: int, before: Optional[list[str]], one_connection: bool = False) -> dict:
+    """Interleaved: bare pg_dump -Fc, drdrill dump -Fc (and with one connection, and the earlier
+    drdrill dump), `runs` times."""
+    methods = {"pg_dump": [tool("pg_dump")], "drdrill_dump": [DRDRILL, "dump"], **({"one_connection": [DRDRILL, "dump"]} if one_connection else {}),
+               **({"before": before} if before else {})}
     times: dict[str, list[float]] = {m: [] for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
     loads = []
     for i in range(runs):
         for m, cmd in methods.items():
             out = work / f"{m}.dump"
-            times[m].append(timed([*cmd, "-Fc", "-f", str(out), "-d", dsn], cpu[m]))
+            env = {"DRDRILL_DUMP_WORKERS": "1"} if m == "one_connection" else None
+            times[m].append(timed([*cmd, "-Fc", "-f", str(out), "-d", dsn], cpu[m], env))
         loads.append(load())
         print(f"run {i + 1}: " + ", ".join(f"{m} {t[-1]:.2f}s" for m, t in times.items()) + f", load {loads[-1]}", flush=True)
     manifest = work / "drdrill_dump.dump.manifest.json"
@@ -169,6 +172,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=900)
     ap.add_argument("--database", help="the pgbench database's name (default drdrill_bench_pgbench_s<scale>)")
     ap.add_argument("--before", metavar="REV", help="also time the drdrill dump of this git revision")
+    ap.add_argument("--one-connection", action="store_true", help="also time drdrill dump with DRDRILL_DUMP_WORKERS=1")
     ap.add_argument("--keep-db", action="store_true", help="keep the pgbench database for the next run")
     a = ap.parse_args()
     time_limit(a.timeout)
@@ -182,7 +186,7 @@ def main() -> None:
     root.mkdir(mode=0o711)
     checks = []
     try:
-        d = dumps(dsn, work, a.runs, before_command(a.before, work) if a.before else None)
+        d = dumps(dsn, work, a.runs, before_command(a.before, work) if a.before else None, a.one_connection)
         cpu = cpu_split(dsn, a.scale)
         for i in range(a.restores):
             checks.append(restore_and_check(root, d["archive"], a.jobs))
@@ -200,16 +204,18 @@ def main() -> None:
         "ratio_per_run": summary(d["ratios"]), "server_backend_cpu_seconds": cpu,
         "restore_seconds": summary([c["restore_seconds"] for c in checks]),
         "amcheck_seconds": summary([c["amcheck_seconds"] for c in checks]),
-        "relations_checked": checks[-1]["relations"] if checks else 0, "manifest_bytes": d["manifest_bytes"], "ranges_per_table": d["ranges"],
+        "restore_loads": [c["load"] for c in checks], "relations_checked": checks[-1]["relations"] if checks else 0, "manifest_bytes": d["manifest_bytes"], "ranges_per_table": d["ranges"],
     }
     out["dump_ratio"] = out["drdrill_dump_seconds"]["median"] / out["pg_dump_seconds"]["median"]
+    if a.one_connection:
+        out["one_connection_ratio"] = out["one_connection_seconds"]["median"] / out["pg_dump_seconds"]["median"]
     if a.before:
         out["before_ratio"] = out["before_seconds"]["median"] / out["pg_dump_seconds"]["median"]
     if checks:
         out["amcheck_over_restore"] = out["amcheck_seconds"]["median"] / out["restore_seconds"]["median"]
     out["manifest_bytes_per_gib"] = d["manifest_bytes"] / (mib / 1024)
     path = write_result(f"integrity_pgbench_s{a.scale}", out)
-    print({k: out.get(k) for k in ("dump_ratio", "before_ratio", "amcheck_over_restore", "manifest_bytes", "manifest_bytes_per_gib", "server_backend_cpu_seconds")})
+    print({k: out.get(k) for k in ("dump_ratio", "one_connection_ratio", "before_ratio", "amcheck_over_restore", "manifest_bytes", "manifest_bytes_per_gib", "server_backend_cpu_seconds")})
     print(path)
 
 
