@@ -220,3 +220,25 @@ def test_a_plain_dump_is_read_once_in_blocks_with_table_markers_cut_by_a_block_e
 
     assert read_plain(plain) == (["public.first", "public.cut", "public.last"], hashlib.sha256(body).hexdigest(), len(body))
     assert read_plain(packed) == (["public.first", "public.cut", "public.last"], hashlib.sha256(packed.read_bytes()).hexdigest(), packed.stat().st_size)
+
+
+def test_a_column_type_without_an_extended_hash_is_fingerprinted_as_text_as_the_drill_recomputes_it(source):
+    """`point` has no hash function: the table is fingerprinted with the "text" method, whole and
+    per key range, giving the numbers data.py recomputes on the restored table."""
+    from drdrill.providers.postgres import dumpfingerprints as fp
+    from drdrill.providers.postgres.data import fingerprint, key_ranges
+
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE shapes (id int PRIMARY KEY, at point)")
+        conn.execute("INSERT INTO shapes SELECT g, point(g, -g) FROM generate_series(1, 500) g")
+        conn.execute("CREATE TABLE marks (at point)")
+        conn.execute("INSERT INTO marks SELECT point(g, g) FROM generate_series(1, 30) g")
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        got = fp.table_manifests(conn, ["public.shapes", "public.marks", "public.orders"])
+        conn.execute("ROLLBACK")
+        shapes = got["public.shapes"]
+        assert (shapes["method"], got["public.marks"]["method"], got["public.orders"]["method"]) == ("text", "text", "record")
+        assert shapes["ranges"] == key_ranges(conn, "public.shapes", "id", shapes["lo"], shapes["width"], "text")
+        for table in ("public.shapes", "public.marks", "public.orders"):
+            again = fingerprint(conn, table, got[table]["method"])
+            assert (got[table]["rows"], got[table]["checksum"]) == (again["rows"], again["checksum"]), table
