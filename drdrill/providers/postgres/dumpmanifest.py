@@ -5,10 +5,12 @@
 
 Same arguments, same output file, same exit code. It opens a REPEATABLE READ transaction on the
 same database and exports its snapshot (`pg_export_snapshot()`), runs the real pg_dump with
-`--snapshot`, and, in that very snapshot, counts and fingerprints each table the dump holds
-(data.py: the fingerprints `drdrill backup` records), and each range of a large table's integer
-primary key (about 1,000 ranges per large table, as reladiff/data-diff segment theirs): a failed
-`checksum` check then names the key ranges that differ, with their row counts. The manifest also
+`--snapshot` (drdrill.core.dumpstart: before the rest of drdrill is imported), and, in that very
+snapshot, while pg_dump runs, counts and fingerprints each table the dump holds (data.py: the
+fingerprints `drdrill backup` records), and each range of a large table's integer primary key
+(about 1,000 ranges per large table, as reladiff/data-diff segment theirs; dumpfingerprints.py,
+over two connections): a failed `checksum` check then names the key ranges that differ, with
+their row counts. The manifest also
 holds the dump's sha256 and size, so drills of `path:`/`s3:`/`url_env:` sources verify the bytes
 and compare the restored tables with it (`checksum`, `row_count: equals_manifest`).
 
