@@ -33,7 +33,15 @@ from drdrill.providers.postgres.data import COLUMNS, table_ident
 RANGES = 1000  # about this many key ranges per large table
 RANGE_ROWS = 100  # …and no fewer rows than this per range on a small one
 SPLIT_PAGES = 4096  # tables above 32 MiB are read in parts, one per connection
-WORKERS = int(os.environ.get("DRDRILL_DUMP_WORKERS", "2"))  # connections, the snapshot's own included
+
+
+def _workers(value: str) -> int:
+    """DRDRILL_DUMP_WORKERS: connections, the snapshot's own included (2; a value that is not a
+    positive whole number means the default: the dump must not fail over a tuning knob)."""
+    return int(value) if value.strip().isdigit() and int(value) > 0 else 2
+
+
+WORKERS = _workers(os.environ.get("DRDRILL_DUMP_WORKERS", "2"))
 
 # The snapshot's transactions plan their aggregates for a dump running beside them: a hash
 # aggregate of ~1,000 groups (1 MB) where the planner would sort the table (740 MB written to disk
