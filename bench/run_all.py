@@ -27,7 +27,7 @@ FULL = {
     "pitr": (["--gb", "1", "--wal-mb", "512", "--steps", "4", "--runs", "5", "--jobs", "2"], 1800),
     "embedded_gate": (["--runs", "5", "--calls", "200"], 120),
     "approvals": (["--runs", "200"], 300),
-    "integrity": (["--scale", "10", "--runs", "3", "--jobs", "2"], 900),
+    "integrity": (["--scale", "68", "--runs", "7", "--restores", "3", "--jobs", "2"], 3600),
 }
 QUICK = {
     "readiness": (["--trials", "20"], 120),
@@ -39,7 +39,7 @@ QUICK = {
     "pitr": (["--gb", "0.02", "--wal-mb", "32", "--steps", "2", "--runs", "1", "--jobs", "2"], 300),
     "embedded_gate": (["--runs", "1", "--calls", "20"], 60),
     "approvals": (["--runs", "20"], 120),
-    "integrity": (["--scale", "1", "--runs", "1", "--jobs", "2"], 300),
+    "integrity": (["--scale", "1", "--runs", "1", "--restores", "1", "--jobs", "2"], 300),
 }
 
 

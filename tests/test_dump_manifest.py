@@ -159,3 +159,86 @@ def test_what_drdrill_dump_cannot_prove_it_says_and_pg_dump_still_runs(source, t
     failed = dump("-Fc", "-f", str(tmp_path / "shop.dump"), "-d", source, "--table=no_such_table")
     assert failed.returncode == 1 and "no matching tables were found" in failed.stderr  # pg_dump's own code and words
     assert not stale.exists()  # a manifest never describes another dump than the one beside it
+
+
+def test_key_ranges_are_hash_aggregates_over_parts_of_the_table_in_one_snapshot(source):
+    """The planner takes `(id - lo) / width` for as many groups as rows and would sort the whole
+    table (on disk, for a large one); drdrill dump makes it a hash aggregate, over parts of the
+    table's blocks read by two connections in the one snapshot, whose sums are the table's."""
+    from drdrill.providers.postgres import dumpfingerprints as fp
+
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, note text)")
+        conn.execute("INSERT INTO big SELECT g, repeat('n', 200) || g FROM generate_series(1, 300000) g")
+        conn.execute("ANALYZE big")
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        snapshot = conn.execute("SELECT pg_export_snapshot()").fetchone()[0]
+        conn.execute("SET LOCAL work_mem = '64kB'")  # the planner's trap of a 1 GiB table, at 300,000 rows
+        plan = fp.plan_table(conn, "public.big", 2, True)
+        trap = explain(conn, fp.part_query(plan, (0, None)))
+        for setting in fp.PLANNER:
+            conn.execute(setting)
+        tuned = explain(conn, fp.part_query(plan, plan.parts[0]))
+        with psycopg.connect(source, autocommit=True) as other:  # rows the snapshot must not see
+            other.execute("INSERT INTO big VALUES (300001, 'later')")
+        opened = []
+        workers = fp.worker_connection(lambda: opened.append(psycopg.connect(source, autocommit=True)) or opened[-1], snapshot)
+        manifest = fp.table_manifests(conn, ["public.big", "public.orders"], workers)["public.big"]
+        conn.execute("ROLLBACK")
+        conn.execute("DELETE FROM big WHERE id = 300001")
+        whole = conn.execute("SELECT count(*), sum(hash_record_extended(ROW(id, note), 0))::text FROM big").fetchone()
+
+    assert "Sort" in trap, trap
+    assert "HashAggregate" in tuned and "Tid Range Scan" in tuned and "Sort" not in tuned and "Gather" not in tuned, tuned
+    assert len(plan.parts) == 2 and plan.parts[0][0] == 0 and plan.parts[1][1] is None  # every block, once
+    assert len(opened) == 1 and all(c.closed for c in opened)
+    assert (manifest["rows"], manifest["checksum"]) == (whole[0], whole[1])  # the table's = the sum of its parts' ranges'
+    assert (manifest["width"], len(manifest["ranges"]), list(manifest["ranges"])[:3]) == (300, 1000, ["0", "1", "2"])
+
+
+def explain(conn, query) -> str:
+    from psycopg import sql
+
+    return "\n".join(r[0] for r in conn.execute(sql.SQL("EXPLAIN ") + query).fetchall())
+
+
+def test_a_plain_dump_is_read_once_in_blocks_with_table_markers_cut_by_a_block_end(tmp_path):
+    """read_plain finds each TABLE DATA marker wherever the 4 MiB blocks cut it, and the sha256 and
+    size are the file's own (gzip: the compressed file's)."""
+    from drdrill.providers.postgres.dumpmanifest import read_plain
+
+    marker = b"-- Data for Name: %s; Type: TABLE DATA; Schema: public; Owner: postgres\n"
+    block = 1 << 22
+    body = b"-- PostgreSQL database dump\n" + marker % b"first" + b"x" * (block - 200) + b"\n"
+    body += b"\n" * (block - len(body) - 10) + marker % b"cut" + b"1\t2\n" * 1000 + marker % b"last"  # no newline at the end
+    plain = tmp_path / "shop.sql"
+    plain.write_bytes(body)
+    packed = tmp_path / "shop.sql.gz"
+    import gzip
+
+    packed.write_bytes(gzip.compress(body))
+
+    assert read_plain(plain) == (["public.first", "public.cut", "public.last"], hashlib.sha256(body).hexdigest(), len(body))
+    assert read_plain(packed) == (["public.first", "public.cut", "public.last"], hashlib.sha256(packed.read_bytes()).hexdigest(), packed.stat().st_size)
+
+
+def test_a_column_type_without_an_extended_hash_is_fingerprinted_as_text_as_the_drill_recomputes_it(source):
+    """`point` has no hash function: the table is fingerprinted with the "text" method, whole and
+    per key range, giving the numbers data.py recomputes on the restored table."""
+    from drdrill.providers.postgres import dumpfingerprints as fp
+    from drdrill.providers.postgres.data import fingerprint, key_ranges
+
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE shapes (id int PRIMARY KEY, at point)")
+        conn.execute("INSERT INTO shapes SELECT g, point(g, -g) FROM generate_series(1, 500) g")
+        conn.execute("CREATE TABLE marks (at point)")
+        conn.execute("INSERT INTO marks SELECT point(g, g) FROM generate_series(1, 30) g")
+        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        got = fp.table_manifests(conn, ["public.shapes", "public.marks", "public.orders"])
+        conn.execute("ROLLBACK")
+        shapes = got["public.shapes"]
+        assert (shapes["method"], got["public.marks"]["method"], got["public.orders"]["method"]) == ("text", "text", "record")
+        assert shapes["ranges"] == key_ranges(conn, "public.shapes", "id", shapes["lo"], shapes["width"], "text")
+        for table in ("public.shapes", "public.marks", "public.orders"):
+            again = fingerprint(conn, table, got[table]["method"])
+            assert (got[table]["rows"], got[table]["checksum"]) == (again["rows"], again["checksum"]), table

@@ -5,10 +5,12 @@
 
 Same arguments, same output file, same exit code. It opens a REPEATABLE READ transaction on the
 same database and exports its snapshot (`pg_export_snapshot()`), runs the real pg_dump with
-`--snapshot`, and, in that very snapshot, counts and fingerprints each table the dump holds
-(data.py: the fingerprints `drdrill backup` records), and each range of a large table's integer
-primary key (about 1,000 ranges per large table, as reladiff/data-diff segment theirs): a failed
-`checksum` check then names the key ranges that differ, with their row counts. The manifest also
+`--snapshot` (drdrill.core.dumpstart: before the rest of drdrill is imported), and, in that very
+snapshot, while pg_dump runs, counts and fingerprints each table the dump holds (data.py: the
+fingerprints `drdrill backup` records), and each range of a large table's integer primary key
+(about 1,000 ranges per large table, as reladiff/data-diff segment theirs; dumpfingerprints.py,
+over two connections): a failed `checksum` check then names the key ranges that differ, with
+their row counts. The manifest also
 holds the dump's sha256 and size, so drills of `path:`/`s3:`/`url_env:` sources verify the bytes
 and compare the restored tables with it (`checksum`, `row_count: equals_manifest`).
 
@@ -19,6 +21,7 @@ removed first: it never describes another dump than the one beside it.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import re
@@ -30,78 +33,22 @@ from pathlib import Path
 from typing import Optional
 
 import psycopg
-from psycopg import sql
 
+from drdrill.core.dumpstart import MANIFEST_SUFFIX as _START_SUFFIX
+from drdrill.core.dumpstart import Started, manifest_path, no_manifest_reason, output_of, parse_args, start
 from drdrill.providers.postgres.artefacts import MANIFEST_SUFFIX
 from drdrill.providers.postgres.backup import sha256_path
 from drdrill.providers.postgres.cluster import tool
-from drdrill.providers.postgres.data import fingerprint, key_ranges, list_tables, table_ident
+from drdrill.providers.postgres.data import list_tables
+from drdrill.providers.postgres.dumpfingerprints import table_manifests, worker_connection
 
 SUFFIX = MANIFEST_SUFFIX
-RANGES = 1000  # about this many key ranges per large table
-RANGE_ROWS = 100  # …and no fewer rows than this per range on a small one
+assert SUFFIX == _START_SUFFIX, "drdrill.core.dumpstart names the sidecar as artefacts.py reads it"
 NO_MANIFEST = 3  # exit code: pg_dump succeeded, the manifest could not be written
-
-# pg_dump's options that take a value (short, and long when not written --opt=value).
-_SHORT_WITH_VALUE = set("dEfFhjnNpStTUZe")
-_LONG_WITH_VALUE = {
-    "--dbname", "--file", "--format", "--host", "--jobs", "--schema", "--exclude-schema", "--port", "--superuser", "--table",
-    "--exclude-table", "--username", "--compress", "--encoding", "--extension", "--exclude-extension", "--exclude-table-data",
-    "--lock-wait-timeout", "--role", "--section", "--snapshot", "--exclude-table-and-children", "--table-and-children",
-    "--exclude-table-data-and-children", "--extra-float-digits", "--rows-per-insert", "--filter",
-}
-_LONG_OF = {"d": "--dbname", "f": "--file", "F": "--format", "h": "--host", "p": "--port", "U": "--username", "j": "--jobs"}
 
 
 class DumpError(Exception):
     pass
-
-
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    """The options drdrill dump needs to know (long names), and the positional arguments."""
-    opts: dict[str, str] = {}
-    positional: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            name, eq, value = arg.partition("=")
-            if not eq and name in _LONG_WITH_VALUE:
-                i += 1
-                value = argv[i] if i < len(argv) else ""
-            opts[name] = value
-        elif arg.startswith("-") and len(arg) > 1:
-            letter = arg[1]
-            if letter in _SHORT_WITH_VALUE:
-                value = arg[2:]
-                if not value:
-                    i += 1
-                    value = argv[i] if i < len(argv) else ""
-                opts[_LONG_OF.get(letter, f"-{letter}")] = value
-        else:
-            positional.append(arg)
-        i += 1
-    return opts, positional
-
-
-def _connect_kwargs(opts: dict[str, str], positional: list[str]) -> tuple[str, dict[str, str]]:
-    conninfo = opts.get("--dbname") or (positional[0] if positional else "")
-    kwargs = {k: opts[o] for k, o in (("host", "--host"), ("port", "--port"), ("user", "--username")) if opts.get(o)}
-    if conninfo and "=" not in conninfo and "://" not in conninfo:  # a bare database name
-        kwargs["dbname"], conninfo = conninfo, ""
-    return conninfo, kwargs
-
-
-def _output(opts: dict[str, str]) -> Optional[Path]:
-    """The dump's file: --file, else standard output when it is a regular file (`pg_dump db > x.sql`)."""
-    if opts.get("--file"):
-        return Path(opts["--file"])
-    try:
-        if os.path.isfile(f"/proc/self/fd/{sys.stdout.fileno()}"):
-            return Path(os.readlink(f"/proc/self/fd/{sys.stdout.fileno()}"))
-    except (OSError, ValueError):
-        pass
-    return None
 
 
 def _client(name: str) -> str:
@@ -109,51 +56,49 @@ def _client(name: str) -> str:
     return shutil.which(name) or tool(name)
 
 
-def manifest_path(output: Path) -> Path:
-    return output.with_name(output.name + SUFFIX)
-
-
-def run_dump(argv: list[str]) -> int:
-    """pg_dump with `argv` in an exported snapshot, then the manifest; pg_dump's exit code."""
-    opts, positional = parse_args(argv)
+def run_dump(argv: list[str], started: Optional[Started] = None) -> int:
+    """pg_dump with `argv` in an exported snapshot, then the manifest; pg_dump's exit code.
+    `started`: pg_dump already running in its snapshot (app/entry.py starts it before importing this)."""
+    opts, _ = parse_args(argv)
     if "--snapshot" in opts:
         raise DumpError("drdrill dump exports its own snapshot: remove --snapshot from the arguments")
-    output = _output(opts)
-    pg_dump = _client("pg_dump")
-    if output is None or any(o in opts for o in ("--schema-only", "-s")) or "-s" in argv:
-        print("drdrill dump: no manifest: " + ("the dump goes to a pipe, not a file (use -f FILE)" if output is None
-              else "a schema-only dump holds no rows to fingerprint"), file=sys.stderr)
-        return subprocess.run([pg_dump, *argv]).returncode
-    manifest_path(output).unlink(missing_ok=True)
-    conninfo, kwargs = _connect_kwargs(opts, positional)
-    try:
-        conn = psycopg.connect(conninfo, autocommit=True, **kwargs)
-    except psycopg.Error as exc:  # the dump is still taken, as the cron job expects; its manifest is not
-        code = subprocess.run([pg_dump, *argv]).returncode
-        print(f"drdrill dump: no manifest: cannot connect to read the snapshot: {str(exc).strip()}", file=sys.stderr)
+    output = output_of(opts)
+    reason = no_manifest_reason(argv, opts, output)
+    if reason is not None:
+        print(f"drdrill dump: no manifest: {reason}", file=sys.stderr)
+        return subprocess.run([_client("pg_dump"), *argv]).returncode
+    started = started or start(argv, psycopg.connect, (psycopg.Error,), _client("pg_dump"))
+    assert started is not None  # start() declines only the cases handled above
+    if started.conn is None:
+        code = subprocess.run([started.pg_dump, *argv]).returncode
+        print(f"drdrill dump: no manifest: cannot connect to read the snapshot: {started.error}", file=sys.stderr)
         return code or NO_MANIFEST
+    return _finish(started)
+
+
+def _finish(started: Started) -> int:
+    """While pg_dump reads the snapshot: the tables' fingerprints in it; then, if pg_dump succeeded,
+    what the dump holds, its sha256, and the manifest, written atomically."""
+    conn, dump, output = started.conn, started.process, started.output
     with conn:
-        conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        snapshot, consistent, version, dbname = conn.execute(
-            "SELECT pg_export_snapshot(), now(), current_setting('server_version'), current_database()").fetchone()
-        dump = subprocess.Popen([pg_dump, *argv, f"--snapshot={snapshot}"])
-        try:  # while pg_dump reads the same snapshot
+        try:
             leaves = _partitions(conn)
-            fps = {t: table_manifest(conn, t) for t in list_tables(conn)}
+            workers = worker_connection(started.connect, started.snapshot) if started.connect else None
+            fps = table_manifests(conn, list_tables(conn), workers)
         finally:
             code = dump.wait()
         conn.execute("ROLLBACK")
     if code != 0:
         return code
-    fmt = _format(opts.get("--format", "p"))
-    dumped = set(tables_in_dump(output, fmt))
+    fmt = _format(started.opts.get("--format", "p"))
+    found, digest, size = read_plain(output) if fmt == "plain" and output.is_file() else (tables_in_dump(output, fmt), *sha256_path(output))
+    dumped = set(found)
     # A partitioned table's rows are dumped as its partitions' (list_tables names the parent).
     fps = {t: fp for t, fp in fps.items() if t in dumped or dumped & leaves.get(t, set())}
-    digest, size = sha256_path(output)
     manifest = {
         "format": fmt, "archive": output.name, "archive_sha256": digest, "archive_size": size,
-        "consistent_time": consistent.astimezone(timezone.utc).isoformat(), "server_version": version, "database": dbname,
-        "tables": fps, "taken_with": "drdrill dump (pg_dump --snapshot)",
+        "consistent_time": started.consistent.astimezone(timezone.utc).isoformat(), "server_version": started.version,
+        "database": started.dbname, "tables": fps, "taken_with": "drdrill dump (pg_dump --snapshot)",
     }
     if output.is_dir():
         manifest["files"] = {p.name: sha256_path(p)[0] for p in sorted(output.iterdir()) if p.is_file()}
@@ -184,20 +129,47 @@ def _format(value: str) -> str:
     return {"p": "plain", "c": "custom", "d": "directory", "t": "tar"}.get(v[:1], v)
 
 
-_PLAIN_DATA = re.compile(rb"^-- Data for Name: (.+?); Type: TABLE DATA; Schema: (.+?);", re.M)
+_PLAIN_DATA = re.compile(rb"-- Data for Name: (.+?); Type: TABLE DATA; Schema: (.+?);")
+_MARK = b"\n-- Data for Name: "
+
+
+def read_plain(output: Path) -> tuple[list[str], str, int]:
+    """A plain dump's TABLE DATA tables, sha256 and size, in one read of the file (a 1 GiB plain
+    dump is read once, in large blocks, never line by line or whole into memory)."""
+    with open(output, "rb") as fh:
+        gzipped = fh.read(2) == b"\x1f\x8b"
+    digest, size = sha256_path(output) if gzipped else (None, 0)
+    h = hashlib.sha256()
+    found: list[str] = []
+    tail = b"\n"  # the file's start counts as a line start
+    with (gzip.open(output, "rb") if gzipped else open(output, "rb")) as fh:  # type: ignore[operator]
+        while block := fh.read(1 << 22):
+            if not gzipped:
+                h.update(block)
+                size += len(block)
+            tail = _scan(tail + block, found)
+        _scan(tail + b"\n", found)
+    return found, digest or h.hexdigest(), size
+
+
+def _scan(buf: bytes, found: list[str]) -> bytes:
+    """Append the tables of the complete marker lines in `buf`; what may continue in the next block."""
+    pos = buf.find(_MARK)
+    while pos >= 0:
+        end = buf.find(b"\n", pos + 1)
+        if end < 0:
+            return buf[pos:]  # a marker line cut by the block's end
+        m = _PLAIN_DATA.match(buf, pos + 1, end)
+        if m:
+            found.append(f"{m.group(2).decode()}.{m.group(1).decode()}")
+        pos = buf.find(_MARK, end)
+    return buf[-(len(_MARK) - 1):]
 
 
 def tables_in_dump(output: Path, fmt: str) -> list[str]:
     """schema.table of every TABLE DATA entry the dump holds (what a restore brings back)."""
     if fmt == "plain":
-        opener = gzip.open if output.read_bytes()[:2] == b"\x1f\x8b" else open
-        found = []
-        with opener(output, "rb") as fh:  # type: ignore[operator]
-            for line in fh:
-                m = _PLAIN_DATA.match(line)
-                if m:
-                    found.append(f"{m.group(2).decode()}.{m.group(1).decode()}")
-        return found
+        return read_plain(output)[0]
     proc = subprocess.run([_client("pg_restore"), "-l", str(output)], capture_output=True, text=True)
     if proc.returncode != 0:
         raise DumpError(f"pg_restore -l {output} failed: {proc.stderr.strip()}")
@@ -209,42 +181,13 @@ def tables_in_dump(output: Path, fmt: str) -> list[str]:
     return found
 
 
-# ---------------------------------------------------------------- fingerprints by key range
-
-_INT_PK = """
-SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-WHERE i.indrelid = %s::regclass AND i.indisprimary AND i.indnkeyatts = 1 AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)"""
-
-
-def table_manifest(conn: psycopg.Connection, table: str) -> dict:
-    """A table's rows and fingerprint, and with an integer primary key its key ranges' too, in one
-    pass: the table's count and fingerprint are the sums of its ranges' (the same numbers
-    `fingerprint` computes, so the check compares them as it does `drdrill backup`'s)."""
-    key = conn.execute(_INT_PK, (table_ident(table).as_string(conn),)).fetchone()
-    if key is None:
-        return fingerprint(conn, table)
-    lo, hi = conn.execute(sql.SQL("SELECT min({k}), max({k}) FROM {t}").format(k=sql.Identifier(key[0]), t=table_ident(table))).fetchone()
-    estimate = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (table_ident(table).as_string(conn),)).fetchone()[0]
-    if lo is None or (estimate if estimate >= 0 else int(hi) - int(lo) + 1) < 2 * RANGE_ROWS:
-        return fingerprint(conn, table)
-    count = max(1, min(RANGES, int(estimate if estimate >= 0 else int(hi) - int(lo) + 1) // RANGE_ROWS))
-    width = max(1, -(-(int(hi) - int(lo) + 1) // count))
-    try:
-        with conn.transaction():
-            method, ranges = "record", key_ranges(conn, table, key[0], int(lo), width, "record")
-    except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
-        method, ranges = "text", key_ranges(conn, table, key[0], int(lo), width, "text")
-    return {"rows": sum(r[0] for r in ranges.values()), "checksum": str(sum(int(r[1]) for r in ranges.values())), "method": method,
-            "key": key[0], "lo": int(lo), "width": width, "ranges": ranges}
-
-
-def main(argv: list[str]) -> int:
+def main(argv: list[str], started: Optional[Started] = None) -> int:
     """`drdrill dump ARGS…`: pg_dump's exit code; 2 for arguments it cannot take, 4 (or 3, see
     NO_MANIFEST) when the dump was written but its manifest could not be."""
     from drdrill.core.redact import redact
 
     try:
-        return run_dump(argv)
+        return run_dump(argv, started)
     except (DumpError, OSError) as exc:
         print(f"drdrill dump: {redact(str(exc))}", file=sys.stderr)
         return 2
