@@ -185,9 +185,9 @@ def _busy_message(state: Path) -> str:
     holder = _holder(state)
     if holder is not None and holder[1] == "server":
         return f"a `drdrill server` (pid {holder[0]}) holds {state} but did not become ready; see {state / 'drdrill.log'}"
-    who = f" (pid {holder[0]})" if holder else ""
+    who = f" (pid {holder[0]}, one-shot)" if holder and holder[0] else ""
     return (
-        f"another drdrill command{who} is running drills in one-shot mode on {state}; wait for it to end, "
+        f"another drdrill command is using the embedded Temporal in {state}{who}; wait for it to end, "
         "or start `drdrill server` so that commands share one Temporal (or set TEMPORAL_ADDRESS)"
     )
 
