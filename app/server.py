@@ -47,6 +47,7 @@ from app import server_file
 from app.console import ConsoleSettings, create_app
 from app.runtime import embedded_lock, state_dir
 from app.temporal import DevServer
+from drdrill import metrics
 from drdrill.evidence.store import embedded_server, evidence_dsn
 from worker import connect, running_worker, sdk_runtime, task_queue
 
@@ -181,6 +182,8 @@ async def serve(opts: ServerOptions) -> int:
     stop = asyncio.Event()
     _stop_on_signals(stop)
     state = state_dir()
+    if metrics.serve():  # DRDRILL_METRICS_PORT, as worker.py serves it (the same metrics are on /metrics too)
+        log.info("drdrill metrics also on :%s/metrics (DRDRILL_METRICS_PORT)", os.environ["DRDRILL_METRICS_PORT"])
     with embedded_server():
         if opts.temporal:
             await _replica(opts, state, stop, began)
