@@ -24,30 +24,22 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from app import errors
 from app import cli_approve, cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule, cli_server, cli_sweep
-from app.approval_sign import DEFAULT_KEY, SigningError, signed_request
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from app.cli_evidence import print_rows
-from app.runtime import EmbeddedBusy, NeedsService, state_dir, temporal, where
+from app.runtime import EmbeddedBusy, NeedsService, temporal, where
 from app.simulate import simulated
-from drdrill.core.models import ApprovalRecord, DrillInput, DrillResult, DrillStatus
-from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
+from drdrill.core.models import DrillInput, DrillResult, DrillStatus
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
-from drdrill.evidence.created import created_resources
-from drdrill.evidence.record import record_sweep
-from drdrill.evidence.store import embedded_server
 from drdrill.evidence.render import fmt_time
-from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup
-from drdrill.providers.sweep import sweep as do_sweep
 from worker import exit_without_finalizing, task_queue
 from workflows.drill import DrillWorkflow
-from workflows.sweep import OrphanSweepWorkflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
 # Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
@@ -512,6 +504,13 @@ def demo(
     pitr: bool = typer.Option(False, "--pitr", help="point-in-time recovery from pgBackRest instead (needs pgbackrest installed)"),
 ) -> None:
     """Run a complete PostgreSQL drill with nothing installed: embedded Temporal, a sample database, a backup."""
+    if where() == "server":  # the sample database's DSN lives in this command's environment, not the server's
+        err.print(
+            "drdrill demo runs one-shot, and a `drdrill server` holds this state directory: stop it, "
+            "or run the demo with DRDRILL_STATE_DIR set to another directory",
+            markup=False,
+        )
+        raise typer.Exit(4)
     production = sample_pitr_production if pitr else sample_production
     try:
         with production(console, keep=keep) as spec:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -30,7 +29,6 @@ from tests.sim_harness import cli_env, leaked, sim_yaml
 from tests.test_cli_interrupt import Run, _processes_mentioning
 from tests.test_plan import approvers, keys, sim_plan  # noqa: F401  (keys: a fixture)
 from worker import connect
-from workflows.drill import DrillWorkflow
 
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
 SLOW = "{restore_time: 600}"  # ten simulated minutes: the drill is surely still running while we look
