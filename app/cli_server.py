@@ -13,9 +13,9 @@ from typing import List, Optional
 import typer
 from rich.console import Console
 
-from app.server import DEFAULT_LISTEN, ServerOptions, serve
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
+DEFAULT_LISTEN = ("127.0.0.1", 7470)  # app.server's; not imported here, so other commands do not load uvicorn
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -48,6 +48,8 @@ def server(
     It runs the embedded Temporal (persisted in the state directory), the worker, the evidence store,
     Prometheus metrics and the web console. Other drdrill commands on this host find it through the
     state directory and run their drills in it."""
+    from app.server import ServerOptions, serve  # the web stack: only for this command
+
     opts = ServerOptions(
         listen=_listen(listen),
         temporal=temporal or os.environ.get("TEMPORAL_ADDRESS") or None,

@@ -8,7 +8,10 @@ WAL after it, production stopped), run three ways, interleaved (bare, one-shot, 
 - one-shot: `drdrill run drill.yaml --json` with nothing running: the command starts the embedded
   Temporal, the evidence store and a worker, runs the drill, and stops them;
 - server: the same command while `drdrill server` runs on another state directory: it submits
-  the drill to the server and follows it.
+  the drill to the server and follows it;
+- submitted: the drill submitted to that server by a client already running (as the console and
+  the schedules do): start_workflow → result, no process start;
+- and `drdrill --help` alone: the Python start and imports any command pays.
 
 Wall time is the command's, from exec to exit. The drill's own span is its timeline (declared,
 or its first phase, to its last phase or its end); the fixed cost is wall minus that span.
@@ -34,6 +37,7 @@ from app import server_file
 from bench.common import load, summary, time_limit, write_result
 from bench.pitr import DRILL, Source, bare, owned
 from drdrill.core.models import DrillResult
+from drdrill.core.spec import parse_spec
 
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
 
@@ -54,6 +58,40 @@ def command(drill: Path, env: dict) -> dict:
     result = DrillResult.model_validate_json(proc.stdout)
     span = drill_span(result)
     return {"wall_seconds": wall, "span_seconds": span, "fixed_seconds": wall - span, "rto_seconds": result.rto_seconds}
+
+
+def submitted(state: Path, spec) -> dict:
+    """The drill submitted by a client already running (the console, a schedule, a script): from
+    start_workflow to its result, through the server's gate; no process start."""
+    import asyncio
+    import uuid
+
+    from drdrill.core.models import DrillInput
+    from worker import connect
+    from workflows.drill import DrillWorkflow
+
+    async def go() -> dict:
+        info = server_file.find(state)
+        client = await connect(info.address, namespace=info.namespace, proxy=info.proxy)
+        drill_id = f"bench-pitr-{uuid.uuid4().hex[:6]}"
+        t0 = time.perf_counter()
+        handle = await client.start_workflow(DrillWorkflow.run, DrillInput(spec=spec, drill_id=drill_id, started_by="bench"),
+                                             id=drill_id, task_queue=info.task_queue)
+        result = await handle.result()
+        wall = time.perf_counter() - t0
+        if result.verdict != "PASSED":
+            raise RuntimeError(f"{drill_id}: {result.verdict}")
+        span = drill_span(result)
+        return {"wall_seconds": wall, "span_seconds": span, "fixed_seconds": wall - span, "rto_seconds": result.rto_seconds}
+
+    return asyncio.run(go())
+
+
+def cli_start(env: dict) -> float:
+    """How long `drdrill --help` takes: the Python start and imports every command pays."""
+    t0 = time.perf_counter()
+    subprocess.run([DRDRILL, "--help"], env=env, capture_output=True, check=True)
+    return time.perf_counter() - t0
 
 
 class Server:
@@ -91,7 +129,7 @@ def run(a) -> dict:
     one_env = {**base, "DRDRILL_STATE_DIR": str(work / "one")}
     srv_env = {**base, "DRDRILL_STATE_DIR": str(work / "srv")}
     source = Source(work, a.jobs)
-    bares, ones, subs, loads = [], [], [], []
+    bares, ones, subs, apis, starts, loads = [], [], [], [], [], []
     server = Server(srv_env, work / "srv")
     started = stopped = None
     try:
@@ -106,13 +144,18 @@ def run(a) -> dict:
         started = server.start()
         print(f"server ready in {started:.2f}s", flush=True)
         command(drill, srv_env)  # warm-up of the server's first drill
+        spec = parse_spec(drill.read_text(), str(drill))
         for i in range(a.runs):
             b = bare(source, root, last, a.jobs)
             o = command(drill, one_env)
             s = command(drill, srv_env)
-            bares.append(b), ones.append(o), subs.append(s), loads.append(load())
+            c = submitted(work / "srv", spec)
+            h = {"cli_start_seconds": cli_start(srv_env)}
+            bares.append(b), ones.append(o), subs.append(s), apis.append(c), starts.append(h), loads.append(load())
             print(f"run {i + 1}: bare {b['total_seconds']:.2f}s · one-shot wall {o['wall_seconds']:.2f}s (fixed {o['fixed_seconds']:.2f}s) · "
-                  f"server wall {s['wall_seconds']:.2f}s (fixed {s['fixed_seconds']:.2f}s) · load {load()}", flush=True)
+                  f"drdrill run with server wall {s['wall_seconds']:.2f}s (fixed {s['fixed_seconds']:.2f}s) · "
+                  f"submitted wall {c['wall_seconds']:.2f}s (fixed {c['fixed_seconds']:.2f}s) · drdrill --help {h['cli_start_seconds']:.2f}s · "
+                  f"load {load()}", flush=True)
         stopped = server.stop()
     finally:
         if getattr(server, "proc", None) is not None and server.proc.poll() is None:
@@ -130,11 +173,14 @@ def run(a) -> dict:
         "bare": {k: med(k, bares) for k in ("restore_seconds", "replay_seconds", "total_seconds")},
         "one_shot": {k: med(k, ones) for k in ("wall_seconds", "span_seconds", "fixed_seconds", "rto_seconds")},
         "server": {k: med(k, subs) for k in ("wall_seconds", "span_seconds", "fixed_seconds", "rto_seconds")},
-        "raw": {"bare": bares, "one_shot": ones, "server": subs}, "loads": loads,
+        "submitted": {k: med(k, apis) for k in ("wall_seconds", "span_seconds", "fixed_seconds", "rto_seconds")},
+        "cli_start_seconds": med("cli_start_seconds", starts),
+        "raw": {"bare": bares, "one_shot": ones, "server": subs, "submitted": apis, "cli_start": starts}, "loads": loads,
     }
     bt = out["bare"]["total_seconds"]["median"]
     out["ratio_one_shot_wall_vs_bare"] = out["one_shot"]["wall_seconds"]["median"] / bt
     out["ratio_server_wall_vs_bare"] = out["server"]["wall_seconds"]["median"] / bt
+    out["ratio_submitted_wall_vs_bare"] = out["submitted"]["wall_seconds"]["median"] / bt
     return out
 
 
