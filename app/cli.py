@@ -200,6 +200,8 @@ async def _run(
     mode = where()
     if spec.approve and mode == "one-shot":  # nobody could answer the gate once this command waits at it
         raise NeedsService(f"drill {spec.name} has an approval gate: answering it")
+    if not wait and mode == "one-shot":  # the drill would stop with this command's Temporal
+        raise NeedsService("drdrill run --no-wait")
     here = bool(with_worker) or mode == "one-shot"  # this process's worker runs the drill
     if here:
         errors.check_evidence_dsn()  # this process's worker records the evidence

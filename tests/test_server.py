@@ -273,6 +273,7 @@ def test_without_a_server_what_needs_one_is_refused_with_the_fix(tmp_path, keys)
         ("schedule", "sync", str(drills)),
         ("schedule", "trigger", "nightly"),
         ("run", str(gated)),
+        ("run", str(drills / "nightly.yaml"), "--no-wait"),
         ("approve", "some-drill", "--key", str(keys["alice"][0])),
         ("reject", "some-drill", "--key", str(keys["alice"][0])),
     ):
