@@ -209,6 +209,10 @@ async def _replica(opts: ServerOptions, state: Path, stop: asyncio.Event, began:
 
 async def _embedded(opts: ServerOptions, state: Path, stop: asyncio.Event, began: float) -> None:
     """The embedded Temporal, persisted in the state directory, plus worker, evidence and console."""
+    running = server_file.find(state)
+    if running is not None:
+        raise ServerError(f"a drdrill server already runs on {state} (pid {running.pid}, console {running.console}); "
+                          "stop it first, or set DRDRILL_STATE_DIR to another directory")
     with embedded_lock(state, "server"):
         dev = DevServer(db_filename=str(state / "temporal.db"), log_path=str(state / "temporal.log"), private_dir=state / "temporal")
         evidence = asyncio.create_task(asyncio.to_thread(evidence_dsn, state))  # meanwhile: both take a second or two

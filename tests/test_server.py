@@ -134,6 +134,9 @@ def test_two_runs_at_once_with_list_status_and_cancel_while_they_run(server, tmp
     for run in runs:
         run.wait_for("verify isolation")  # both isolated, both restoring: running at once
 
+    second = server.cli("server", "--listen", "127.0.0.1:0")  # one server per state directory
+    assert second.returncode == 4 and "a drdrill server already runs" in _one_line(second), second.stderr
+
     listed = server.cli("list", "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {r["drill_id"]: r for r in json.loads(listed.stdout)}
