@@ -299,3 +299,36 @@ def test_a_second_command_on_a_busy_one_shot_state_directory_says_so_in_one_line
     code, out, err = run.finish()
     assert code == 4, out + err
     assert _processes_mentioning(str(srv.state)) == []
+
+
+# ------------------------------------------------------------------ replicas against a Temporal cluster
+
+
+def test_replicas_against_an_existing_temporal_share_the_work_without_an_embedded_temporal(temporal_server, tmp_path):
+    queue = f"replicas-{uuid.uuid4().hex[:6]}"
+    env = cli_env(DRDRILL_STATE_DIR=str(tmp_path / "state"), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1",
+                  DRDRILL_TASK_QUEUE=queue)
+    replicas = []
+    for console in ("--console", "--no-console"):
+        proc = subprocess.Popen([DRDRILL, "server", "--temporal", temporal_server.address, console, "--listen", "127.0.0.1:0"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        replicas.append(proc)
+    try:
+        for proc in replicas:
+            line = _wait_for(lambda p=proc: next((l for l in iter(p.stderr.readline, "") if "ready" in l), None), "a replica to be ready")
+            url = line.split(" at ")[-1].strip()
+            with urllib.request.urlopen(f"{url}healthz", timeout=30) as resp:
+                assert json.loads(resp.read())["ready"] is True
+        assert not (tmp_path / "state" / "server.json").exists()  # no coordination of drdrill's own
+        assert not (tmp_path / "state" / "temporal.db").exists()  # no embedded Temporal
+        drills = [_drill(tmp_path, f"r{i}") for i in range(2)]
+        runs = [Run(d, f"r{i}-{uuid.uuid4().hex[:6]}", {**env, "TEMPORAL_ADDRESS": temporal_server.address}) for i, d in enumerate(drills)]
+        for run in runs:
+            code, out, err = run.finish()
+            assert code == 0, out + err
+    finally:
+        for proc in replicas:
+            proc.send_signal(signal.SIGTERM)
+        codes = [proc.wait(timeout=120) for proc in replicas]
+    assert codes == [0, 0]
+    assert _processes_mentioning(str(tmp_path)) == []
