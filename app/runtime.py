@@ -132,13 +132,11 @@ def where() -> str:
     on this state directory runs them) or "one-shot" (in this command, for as long as it runs)."""
     if os.environ.get("TEMPORAL_ADDRESS"):
         return "service"
-    return "server" if server_file.find(state_dir()) is not None else "one-shot"
-
-
-def require_service(what: str) -> None:
-    """Refuse `what` in one-shot mode, where nothing would be left to carry it on (NeedsService)."""
-    if where() == "one-shot":
-        raise NeedsService(what)
+    state = state_dir()
+    if server_file.find(state) is not None:
+        return "server"
+    holder = _holder(state)
+    return "server" if holder is not None and holder[1] == "server" else "one-shot"  # a server starting: temporal() waits for it
 
 
 @contextmanager
