@@ -24,33 +24,25 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 
 from app import errors
-from app import cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule
-from app.approval_sign import DEFAULT_KEY, SigningError, signed_request
+from app import cli_approve, cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule, cli_server, cli_sweep
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from app.cli_evidence import print_rows
-from app.runtime import EmbeddedBusy, state_dir, temporal
+from app.runtime import EmbeddedBusy, NeedsService, temporal, where
 from app.simulate import simulated
-from drdrill.core.models import ApprovalRecord, DrillResult, DrillStatus
+from drdrill.core.models import DrillResult, DrillStatus
 from drdrill.providers.spec import DrillInput, DrillSpec, load_coverage_policy, load_spec
-from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
 from drdrill.core.coverage_policy import COVERAGE_FILE
 from drdrill.core.durations import AwareTime, format_duration
 from drdrill.core.schema import SpecError
-from drdrill.evidence.created import created_resources
-from drdrill.evidence.record import record_sweep
-from drdrill.evidence.store import embedded_server
 from drdrill.evidence.render import fmt_time
-from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres.backup import take_backup
-from drdrill.providers.sweep import sweep as do_sweep
 from worker import exit_without_finalizing, task_queue
 from workflows.drill import DrillWorkflow
-from workflows.sweep import OrphanSweepWorkflow
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
 # Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
@@ -208,7 +200,13 @@ def _as_of(text: str, spec: DrillSpec) -> datetime:
 async def _run(
     spec: DrillSpec, drill_id: str, wait: bool, as_json: bool, with_worker: Optional[bool], as_of: Optional[datetime] = None
 ) -> Optional[str]:
-    if with_worker or not os.environ.get("TEMPORAL_ADDRESS"):
+    mode = where()
+    if spec.approve and mode == "one-shot":  # nobody could answer the gate once this command waits at it
+        raise NeedsService(f"drill {spec.name} has an approval gate: answering it")
+    if not wait and mode == "one-shot":  # the drill would stop with this command's Temporal
+        raise NeedsService("drdrill run --no-wait")
+    here = bool(with_worker) or mode == "one-shot"  # this process's worker runs the drill
+    if here:
         errors.check_evidence_dsn()  # this process's worker records the evidence
     try:
         async with temporal(with_worker=with_worker) as client:
@@ -223,7 +221,6 @@ async def _run(
                 return None
             if as_of is not None and not as_json:
                 console.print(f"recovery points chosen as of {as_of.isoformat()}")
-            here = bool(with_worker) or not os.environ.get("TEMPORAL_ADDRESS")
             result = await _until_verdict(handle, spec, as_json, worker_here=here)
             if result is None:
                 return "INTERRUPTED"
@@ -255,7 +252,7 @@ async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bo
     if not worker_here:
         watch.cancel()
         _say(
-            f"{why}: stopped following {handle.id}; it goes on in the Temporal service "
+            f"{why}: stopped following {handle.id}; it goes on in the Temporal service or `drdrill server` "
             f"(drdrill status {handle.id}; drdrill cancel {handle.id})"
         )
         return None
@@ -445,68 +442,6 @@ def approval_lines(drill_id: str, st: DrillStatus) -> list[str]:
     ]
 
 
-# ------------------------------------------------------------------ approval gates
-
-
-KEY_HELP = "your SSH key, which signs the answer: a private key file, or its .pub with ssh-agent (SSH_AUTH_SOCK)"
-
-
-@app.command()
-def approve(
-    drill_id: str = typer.Argument(..., help="drill id"),
-    group: Optional[str] = typer.Option(None, "--group", help="the group you approve (refused when the plan waits before another)"),
-    note: str = typer.Option("", "--note", help="why: kept in the evidence with your name and the time"),
-    key: str = typer.Option(DEFAULT_KEY, "--key", help=KEY_HELP),
-) -> None:
-    """Approve the gate a drill's recovery plan waits at, signed with your SSH key: its group starts."""
-    record = _answer_gate(drill_id, "approve", group, note, key)
-    console.print(
-        f"{drill_id}: group {record.group} approved by {record.by} at {record.decided:%Y-%m-%d %H:%M:%S}Z; the plan continues", markup=False
-    )
-
-
-@app.command()
-def reject(
-    drill_id: str = typer.Argument(..., help="drill id"),
-    note: str = typer.Option("", "--note", help="why: kept in the evidence with your name and the time"),
-    group: Optional[str] = typer.Option(None, "--group", help="the group you reject (refused when the plan waits before another)"),
-    key: str = typer.Option(DEFAULT_KEY, "--key", help=KEY_HELP),
-) -> None:
-    """Reject the gate a drill's recovery plan waits at, signed with your SSH key: the plan ends FAILED and tears down."""
-    record = _answer_gate(drill_id, "reject", group, note, key)
-    console.print(
-        f"{drill_id}: group {record.group} rejected by {record.by} at {record.decided:%Y-%m-%d %H:%M:%S}Z; the plan stops, FAILED, and tears down",
-        markup=False,
-    )
-
-
-def _answer_gate(drill_id: str, verb: str, group: Optional[str], note: str, key: str) -> ApprovalRecord:
-    """Sign the answer (app/approval_sign.py) and send it (an update: the drill says at once
-    whether it took it); exit 2 when it did not."""
-
-    async def go() -> ApprovalRecord:
-        async with temporal(with_worker=False) as client:
-            handle = client.get_workflow_handle(drill_id)
-            waiting = group
-            if waiting is None:  # the signed payload names the group: the one the plan waits before
-                gate = (await handle.query(DrillWorkflow.status)).approval
-                if gate is None:
-                    raise SigningError("the drill is not waiting for approval")
-                waiting = gate.group
-            request = signed_request(drill_id, waiting, verb, note, key, _user())  # type: ignore[arg-type]
-            update = DrillWorkflow.approve if verb == "approve" else DrillWorkflow.reject
-            return await handle.execute_update(update, request, result_type=ApprovalRecord)
-
-    done = {"approve": "approved", "reject": "rejected"}[verb]
-    try:
-        return asyncio.run(go())
-    except WorkflowUpdateFailedError as exc:
-        err.print(f"{drill_id}: not {done}: {getattr(exc.cause, 'message', None) or exc.cause or exc}", markup=False)
-    except Exception as exc:  # noqa: BLE001 - not found, already closed, Temporal unreachable, not signed
-        err.print(f"{drill_id}: not {done}: {exc}", markup=False)
-    raise typer.Exit(2)
-
-
 @app.command("list")
 def list_runs(
     limit: int = typer.Option(20, help="how many runs"),
@@ -565,119 +500,6 @@ def cancel(drill_id: str = typer.Argument(..., help="drill id")) -> None:
     console.print(f"cancellation requested for {drill_id}; the drill tears down and records its evidence")
 
 
-# ------------------------------------------------------------------ sweep
-
-
-@app.command()
-def sweep(
-    providers: List[str] = typer.Option(["postgres"], "--provider", "-p", help="provider families to sweep"),
-    dry_run: bool = typer.Option(False, "--dry-run", help="list orphans, delete nothing"),
-    worker: bool = typer.Option(False, "--worker", help="with TEMPORAL_ADDRESS: also run a worker in this process"),
-) -> None:
-    """Find resources left by ended or expired drills and delete them: only those the evidence
-    store records a drill creating (a tagged resource it does not record is refused).
-
-    Runs the OrphanSweepWorkflow, which asks Temporal which drills are running and leaves their
-    resources alone. Without Temporal, only resources whose expiry has passed are considered.
-    Exits 4 when a deletion failed or was refused, or a provider could not be listed.
-    """
-    families = _sweep_families(providers)
-    try:
-        record = asyncio.run(_sweep(families, dry_run, worker or None))
-    except WorkflowFailureError as exc:
-        err.print(f"the sweep did not finish: {exc.cause or exc}", markup=False)
-        raise typer.Exit(4)
-    _print_sweep(record)
-    if record.errors or any(a.failed for a in record.actions):
-        raise typer.Exit(4)
-
-
-def _sweep_families(providers: List[str]) -> list[str]:
-    families = list(dict.fromkeys(providers))
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        err.print(f"--provider {unknown[0]}: unknown provider family; use one of: {', '.join(FAMILIES)}", markup=False)
-        raise typer.Exit(2)
-    return families
-
-
-async def _sweep(families: list[str], dry_run: bool, with_worker: Optional[bool]):
-    """The sweep's record: from the OrphanSweepWorkflow, or, when Temporal cannot be reached, from
-    an in-process sweep that takes only expired resources (it cannot tell which drills run)."""
-    sweep_id = f"drdrill-sweep-{datetime.now(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(2)}"
-    reached = False
-    try:
-        async with temporal(with_worker=with_worker) as client:
-            reached = True
-            return await client.execute_workflow(
-                OrphanSweepWorkflow.run, SweepInput(families=families, dry_run=dry_run), id=sweep_id, task_queue=task_queue()
-            )
-    except (EmbeddedBusy, RuntimeError) as exc:  # connect and the embedded server raise RuntimeError
-        if reached:
-            raise
-        err.print(
-            "Temporal unreachable: only expired resources considered; resources of drills that may "
-            f"still be running are left alone ({exc})",
-            markup=False,
-        )
-    return _sweep_expired_only(sweep_id, families, dry_run)
-
-
-def _sweep_expired_only(sweep_id: str, families: list[str], dry_run: bool):
-    """Sweep in this process, counting every drill as running; recorded as evidence like any sweep
-    (an embedded evidence server started for that is stopped before this returns)."""
-    with embedded_server():
-        return _sweep_expired_here(sweep_id, families, dry_run)
-
-
-def _sweep_expired_here(sweep_id: str, families: list[str], dry_run: bool):
-    now = datetime.now(timezone.utc)
-    record = SweepRecord(sweep_id=sweep_id, started=now, ended=now, families=families, dry_run=dry_run)
-    for family in families:
-        provider = None
-        try:
-            provider = load_provider(family)
-            created, why = _created_by_drills(family)
-            rows = do_sweep({family: provider}, now=now, dry_run=dry_run, expired_only=True, created=created, why_unknown=why)
-        except Exception as exc:  # noqa: BLE001 - one provider out of reach must not hide the others
-            record.errors.append(f"{family}: could not list orphans: {exc}")
-            continue
-        finally:
-            if provider is not None:
-                provider.close()
-        record.actions += [SweepAction(orphan=o, outcome=outcome) for o, outcome in rows]
-    record.ended = datetime.now(timezone.utc)
-    record.evidence_path = record_sweep(state_dir(), record)
-    return record
-
-
-def _created_by_drills(family: str):
-    """{family: what the evidence store records drills creating}, or (None, why): then nothing is deleted."""
-    try:
-        return {family: created_resources(state_dir(), family)}, ""
-    except Exception as exc:  # noqa: BLE001 - the store out of reach: every orphan is refused, saying why
-        return None, redact(str(exc)) or type(exc).__name__
-
-
-def _print_sweep(record) -> None:
-    if record.actions:
-        table = Table(box=None, header_style="bold")
-        for col in ("provider", "kind", "id", "drill", "outcome", "reason"):
-            table.add_column(col)
-        for a in record.actions:
-            o, outcome = a.orphan, a.outcome
-            result = outcome.result.replace("_", " ")
-            shown = f"[red]{result}[/]" if a.failed else result
-            table.add_row(escape(o.provider), escape(o.kind), escape(o.id), escape(o.drill_id), shown, escape(outcome.reason))
-        console.print(table)
-    else:
-        console.print("no orphans")
-    for e in record.errors:
-        err.print(f"error: {e}", markup=False)
-    if record.evidence_path:
-        console.print(f"evidence: {record.evidence_path}", markup=False)
-
-
 # ------------------------------------------------------------------ demo
 
 
@@ -687,6 +509,13 @@ def demo(
     pitr: bool = typer.Option(False, "--pitr", help="point-in-time recovery from pgBackRest instead (needs pgbackrest installed)"),
 ) -> None:
     """Run a complete PostgreSQL drill with nothing installed: embedded Temporal, a sample database, a backup."""
+    if where() == "server":  # the sample database's DSN lives in this command's environment, not the server's
+        err.print(
+            "drdrill demo runs one-shot, and a `drdrill server` holds this state directory: stop it, "
+            "or run the demo with DRDRILL_STATE_DIR set to another directory",
+            markup=False,
+        )
+        raise typer.Exit(4)
     production = sample_pitr_production if pitr else sample_production
     try:
         with production(console, keep=keep) as spec:
@@ -710,6 +539,9 @@ COMMAND_GROUPS = [
     cli_probe,
     cli_reference,
     cli_schedule,
+    cli_server,
+    cli_sweep,
+    cli_approve,
 ]
 for _group in COMMAND_GROUPS:
     _group.register(app)

@@ -1,7 +1,8 @@
 """CLI commands for operating drills: `drdrill schedule …`, `drdrill release`, `drdrill extend`.
 
 Registered by app.cli through `register(app)`. They talk to the Temporal service named by
-TEMPORAL_ADDRESS (or the embedded one, see app/runtime.py).
+TEMPORAL_ADDRESS, or the `drdrill server` of the state directory, or the one-shot embedded one
+(app/runtime.py), where `schedule sync`, `trigger` and `sweep` are refused: nothing would fire them.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.table import Table
 
 from app import schedules
 from app.cli_evidence import command_store
-from app.runtime import EmbeddedBusy, temporal
+from app.runtime import EmbeddedBusy, NeedsService, temporal
 from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
 from drdrill.core.durations import parse_duration
 from worker import task_queue
@@ -33,8 +34,10 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules for drill files (quarterly or cron).")
 
 
-def _client_ctx():
-    return temporal(with_worker=False)
+def _client_ctx(needs_service: Optional[str] = None):
+    """A client of the Temporal that holds the schedules. A schedule fires only while Temporal runs:
+    what creates or fires one (`needs_service`) is refused in one-shot mode (app/runtime.py)."""
+    return temporal(with_worker=False, needs_service=needs_service)
 
 
 def _run(coro):
@@ -56,7 +59,7 @@ def sync_cmd(
 ) -> None:
     """Create, update and delete schedules so they match every drill file with a `schedule`."""
     async def go():
-        async with _client_ctx() as client:
+        async with _client_ctx(None if dry_run else "drdrill schedule sync") as client:
             return await schedules.sync(client, paths, task_queue(), dry_run=dry_run)
 
     plan = _run(go())
@@ -130,7 +133,7 @@ def _schedule_op(name: str, op: str, note: Optional[str]) -> None:
     sid = _handle_id(name)
 
     async def go():
-        async with _client_ctx() as client:
+        async with _client_ctx("drdrill schedule trigger" if op == "trigger" else None) as client:
             handle = client.get_schedule_handle(sid)
             if op == "pause":
                 await handle.pause(note=note or "paused with drdrill schedule pause")
@@ -141,7 +144,7 @@ def _schedule_op(name: str, op: str, note: Optional[str]) -> None:
 
     try:
         _run(go())
-    except typer.Exit:
+    except (typer.Exit, NeedsService):
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. not found
         err.print(f"schedule {sid}: {exc}", markup=False)
@@ -187,7 +190,7 @@ def sweep_schedule_cmd(
         raise typer.Exit(2)
 
     async def go():
-        async with _client_ctx() as client:
+        async with _client_ctx("drdrill schedule sweep") as client:
             return await schedules.install_sweep(client, task_queue(), list(providers), interval, dry_run=dry_run)
 
     what = _run(go())

@@ -8,7 +8,9 @@ Exit codes (README, "Exit codes"):
     2  bad input: a drill file, an argument, an id that names no drill
     3  COULD_NOT_VERIFY
     4  ERROR: the drill broke, or drdrill could not run it (Temporal or the evidence database
-       unreachable, the embedded Temporal busy with another command, an unexpected error)
+       unreachable, the embedded Temporal busy with another command, an unexpected error), or
+       what was asked needs a Temporal that stays up (a schedule, an approval gate) and none runs:
+       "start `drdrill server`, or set TEMPORAL_ADDRESS"
     130 interrupted (Ctrl-C, SIGTERM), or stdout closed, while `drdrill run` follows a drill that
         runs elsewhere (a closed stdout otherwise: click's exit 1, or a cancelled run's verdict;
         141 if it is noticed after click has finished)
@@ -90,10 +92,10 @@ def setup_logging(verbose: bool) -> None:
 
 def explain(exc: BaseException) -> Optional[tuple[int, str]]:
     """(exit code, one line) for an ordinary situation; None for anything else (a bug)."""
-    from app.runtime import EmbeddedBusy  # here, not at the top: runtime imports the worker
+    from app.runtime import EmbeddedBusy, NeedsService  # here, not at the top: runtime imports the worker
     from app.temporal import StateDirTooLong
 
-    if isinstance(exc, (EmbeddedBusy, StateDirTooLong)):
+    if isinstance(exc, (EmbeddedBusy, NeedsService, StateDirTooLong)) or type(exc).__name__ == "ServerError":  # app.server: not imported by other commands
         return ERROR, str(exc)
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.NOT_FOUND:
