@@ -105,6 +105,20 @@ class LiveConsole:
     def result(self, handle, timeout: float = 120):
         return self.call(handle.result(), timeout=timeout)
 
+    def wait_for_phase(self, handle, phase: str, timeout: float = 120) -> None:
+        """Until the drill's status query answers `phase` (polled, bounded; never a fixed sleep)."""
+
+        async def go():
+            while True:
+                try:
+                    if (await handle.query(DrillWorkflow.status)).phase == phase:
+                        return
+                except Exception:  # noqa: BLE001 - not started yet
+                    pass
+                await asyncio.sleep(0.05)  # allowed: the polling interval of a bounded wait
+
+        self.call(asyncio.wait_for(go(), timeout), timeout=timeout + 5)
+
     def stop(self) -> None:
         for server, task in self.servers:
             server.should_exit = True

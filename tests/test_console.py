@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from temporalio.client import WorkflowFailureError
 
 from app import schedules
 from app.console import ConsoleSettings, create_app
@@ -88,14 +89,15 @@ def browser():
             b.close()
 
 
-def shot(page, name: str) -> None:
+def shot(page, name: str, full: bool = False) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=False)
+        page.screenshot(path=str(Path(SHOTS) / f"console-{name}.png"), full_page=full)
 
 
 def test_a_running_drill_is_followed_live_on_its_page_and_ends_with_its_evidence(live, browser):
-    handle = live.start_drill(load_spec(live.drills_dir / "console-live.yaml"))
+    spec = load_spec(live.drills_dir / "console-live.yaml")
+    handle, *others = [live.start_drill(spec) for _ in range(3)]  # three runs: the Drills page draws a trend
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(f"{live.url}/runs/{handle.id}")
     expect(page.locator(".v-running")).to_be_visible(timeout=30_000)  # opened while it runs
@@ -112,13 +114,15 @@ def test_a_running_drill_is_followed_live_on_its_page_and_ends_with_its_evidence
     assert page.locator("a", has_text="in the Temporal Web UI").get_attribute("href").endswith(f"/workflows/{handle.id}")
     page.locator("a", has_text="HTML report").click()
     expect(page.locator("body")).to_contain_text("console-live", timeout=30_000)
-    page.go_back()
-    shot(page, "run")
+    page.goto(f"{live.url}/runs/{handle.id}")
+    expect(page.locator("#run")).to_have_attribute("data-done", "yes")
+    shot(page, "run", full=True)
+    for other in others:
+        assert live.result(other).verdict == "PASSED"
     page.goto(live.url + "/")
     card = page.locator("article.drill", has_text="console-live")
     expect(card.locator("svg.trend").first).to_be_visible()
     expect(card).to_contain_text("PASSED")
-    shot(page, "drills")
     page.close()
 
 
@@ -174,6 +178,15 @@ def test_a_schedule_is_paused_and_unpaused_from_the_browser(live, browser):
 
 def test_coverage_and_the_period_report_render_with_their_charts(live, browser):
     page = browser.new_page(viewport={"width": 1280, "height": 900})
+    waiting = live.start_drill(load_spec(live.drills_dir / "console-gate.yaml"))  # running now, at its gate
+    live.wait_for_phase(waiting, "waiting for approval")
+    page.goto(live.url + "/")
+    expect(page.locator("article.drill").first).to_be_visible()
+    expect(page.locator("section", has_text="Running now")).to_contain_text("waits for approval")
+    shot(page, "drills")
+    live.call(waiting.cancel())
+    with pytest.raises(WorkflowFailureError):  # cancelled at its gate: it tears down
+        live.result(waiting)
     page.goto(f"{live.url}/coverage")
     expect(page.locator("h1")).to_contain_text("Coverage")
     expect(page.locator("svg.chart")).to_be_visible()
