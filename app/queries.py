@@ -21,7 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 
 from app.coverage import coverage_for
 from app.reports import parse_period, period_report
-from app.schedules import ScheduleRow, rows as schedule_rows_of, schedule_id
+from app.schedules import ScheduleRow, managed, rows as schedule_rows_of, schedule_id
 from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillResult, DrillStatus
 from drdrill.core.spec import COVERAGE_FILE, SpecError, load_spec, parse_duration
 from drdrill.evidence.bundle import check_files, write_export
@@ -138,6 +138,25 @@ async def send_answer(client: Client, drill_id: str, verb: str, group: Optional[
 async def schedule_rows(client: Client, task_queue: Optional[str]) -> list[ScheduleRow]:
     """The schedules drdrill manages for this task queue, with next and last run (app/schedules.py)."""
     return await schedule_rows_of(client, task_queue)
+
+
+@dataclass
+class NextRun:
+    schedule_id: str
+    paused: bool
+    next_run: Optional[datetime]
+
+
+async def next_runs(client: Client, task_queue: Optional[str]) -> dict[str, NextRun]:
+    """{schedule id: paused, next run} of the drill schedules, from Temporal's schedule list alone
+    (one call; schedule_rows describes each schedule and its last run, for the Schedules page)."""
+    out = {}
+    for sid, s in (await managed(client, "drill", task_queue)).items():
+        info, sched = getattr(s, "info", None), getattr(s, "schedule", None)
+        times = list(getattr(info, "next_action_times", None) or [])
+        paused = bool(getattr(getattr(sched, "state", None), "paused", False))
+        out[sid] = NextRun(sid, paused, times[0] if times else None)
+    return out
 
 
 def schedule_handle_id(name: str) -> str:

@@ -172,6 +172,8 @@ def test_a_schedule_is_paused_and_unpaused_from_the_browser(live, browser):
     page.goto(f"{live.url}/schedules")
     row.locator("button", has_text="Unpause").click()
     expect(row.locator("td.state")).to_have_text("active", timeout=30_000)
+    page.goto(live.url + "/")  # the Drills page gives its next run (03:00 UTC, plus the jitter)
+    expect(page.locator("article.drill", has_text="console-sched")).to_contain_text(re.compile(r"next run\s*\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"))
     live.call(live.client.get_schedule_handle(sid).delete())
     page.close()
 

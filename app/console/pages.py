@@ -64,8 +64,7 @@ async def drills(console: Console, request: Request) -> Response:
         return queries.runs_by_drill(store, names, TRENDS), queries.recent_runs(store, 25), queries.count_runs(store)
 
     async def from_temporal(client):
-        running, rows = await asyncio.gather(queries.running_now(client, 50), queries.schedule_rows(client, console.settings.task_queue))
-        return running, {r.schedule_id: r for r in rows}
+        return await asyncio.gather(queries.running_now(client, 50), queries.next_runs(client, console.settings.task_queue))
 
     (by_drill, recent, total), (live, problem) = await asyncio.gather(console.store(from_store), _temporal(console, from_temporal))
     running, schedules = live or ([], {})
