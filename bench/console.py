@@ -128,7 +128,7 @@ def measure(dsn: str, state: Path, drills: Path, run_id: str, requests: int) -> 
 
         settings = ConsoleSettings(state_dir=state, connect=connected, drills_dir=drills, evidence_dsn=dsn, local_user="bench")
         port = free_port()
-        web = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+        web = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=False))
         task = asyncio.run_coroutine_threadsafe(web.serve(), loop)
         deadline = time.monotonic() + 30
         while not web.started and time.monotonic() < deadline:

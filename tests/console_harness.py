@@ -78,7 +78,7 @@ class LiveConsole:
         """Serve a console for `settings` on 127.0.0.1 (whatever settings.bind_host says: the
         console decides by it); its base URL once uvicorn answers."""
         port = free_port()
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="off", proxy_headers=False)
         server = uvicorn.Server(config)
         task = asyncio.run_coroutine_threadsafe(server.serve(), self.loop)
         self.servers.append((server, task))

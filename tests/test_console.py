@@ -214,6 +214,7 @@ def test_bound_elsewhere_a_request_needs_a_token_and_a_viewer_cannot_act(live, b
     assert http("GET", url + "/")[0] == 401
     assert http("GET", url + "/", {"Authorization": "Bearer not-a-token-of-ours-at-all"})[0] == 401
     assert http("GET", url + "/", {"X-Forwarded-User": "alice"})[0] == 401  # not from the proxy's address
+    assert http("GET", url + "/", {"X-Forwarded-User": "alice", "X-Forwarded-For": "10.9.9.9"})[0] == 401  # nor claiming to be
     status, body = http("GET", url + "/", {"Authorization": f"Bearer {VIEWER}"})
     assert status == 200 and "victor · viewer" in body
     assert http("POST", url + "/gates/console-gate-1/approve", {"Authorization": f"Bearer {VIEWER}"}, b"note=x")[0] == 403
@@ -233,6 +234,19 @@ def test_bound_elsewhere_a_request_needs_a_token_and_a_viewer_cannot_act(live, b
     page.goto(url + "/schedules")
     expect(page.locator("button", has_text="Pause")).to_have_count(0)  # a viewer is offered no action
     page.close()
+
+
+def test_a_trusted_proxy_names_the_user_and_a_loopback_console_answers_only_to_loopback_names(live, tmp_path):
+    url = live.serve(live.settings(bind_host="0.0.0.0", proxy_header="X-Forwarded-User", proxy_addresses=("127.0.0.1",),
+                                   proxy_approvers=("alice",)))
+    status, body = http("GET", url + "/", {"X-Forwarded-User": "bob"})
+    assert status == 200 and "bob · viewer" in body
+    assert http("POST", url + "/schedules/drdrill-none/pause", {"X-Forwarded-User": "bob", "Origin": url})[0] == 403
+    assert http("POST", url + "/schedules/drdrill-none/pause", {"X-Forwarded-User": "alice", "Origin": url})[0] == 404  # may act
+    assert http("GET", url + "/")[0] == 401  # from the proxy's address, but naming nobody
+    # The local console, asked under another site's name (DNS rebinding), refuses.
+    assert http("GET", live.url + "/", {"Host": "evil.example:80"})[0] == 403
+    assert http("GET", live.url + "/", {"Host": live.url.removeprefix("http://").replace("127.0.0.1", "localhost")})[0] == 200
 
 
 def test_settings_that_would_leave_the_console_open_are_refused(tmp_path):

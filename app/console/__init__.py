@@ -1,6 +1,10 @@
 """The web console of `drdrill server` (issue 25): a thin ASGI layer over the same queries the CLI
 uses (app/queries.py). `app/server.py` builds a `ConsoleSettings` and serves `create_app(settings)`
 with uvicorn; nothing else in drdrill imports this package.
+
+Serve it with `uvicorn.Config(..., proxy_headers=False)`: the console decides from the peer's own
+address whether a request comes from the trusted proxy (proxy_addresses); uvicorn's default would
+replace that address with whatever X-Forwarded-For a local process sends.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import queue
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Optional
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 import jinja2
 from starlette.requests import Request
@@ -124,6 +124,10 @@ def guarded(console: Console, handler: Handler, *, act: bool = False, public: bo
 
     @functools.wraps(handler)
     async def endpoint(request: Request) -> Response:
+        if console.loopback and not is_loopback(urlsplit("//" + request.headers.get("host", "")).hostname or ""):
+            # Another site's name resolved to 127.0.0.1 (DNS rebinding) would otherwise be the local user.
+            log.warning("console: refused a request for host %r on a loopback console", request.headers.get("host", ""))
+            return _refused(console, request, 403, "refused: this console answers to 127.0.0.1 or localhost only")
         who = console.identity(request)
         request.state.identity = who
         if who is None and not public:
