@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import re
 import secrets
 import shutil
@@ -53,6 +52,14 @@ async def _temporal(console: Console, what):
         return None, f"Temporal could not be reached: {exc}"
 
 
+async def _stored(console: Console, fn):
+    """(fn(store), "") or ((empty answers), why) when the evidence store cannot be read."""
+    try:
+        return await console.store(fn), ""
+    except Exception as exc:  # noqa: BLE001 - a store out of reach: the page says so
+        return ({}, [], 0), f"the evidence store could not be read: {exc}"
+
+
 # ------------------------------------------------------------------ Drills
 
 
@@ -66,7 +73,9 @@ async def drills(console: Console, request: Request) -> Response:
     async def from_temporal(client):
         return await asyncio.gather(queries.running_now(client, 50), queries.next_runs(client, console.settings.task_queue))
 
-    (by_drill, recent, total), (live, problem) = await asyncio.gather(console.store(from_store), _temporal(console, from_temporal))
+    stored, (live, problem) = await asyncio.gather(_stored(console, from_store), _temporal(console, from_temporal))
+    (by_drill, recent, total), store_problem = stored
+    problem = "; ".join(p for p in (problem, store_problem) if p)
     running, schedules = live or ([], {})
     rows = []
     for f in files:
