@@ -7,11 +7,14 @@ Set DRDRILL_CONSOLE_SCREENSHOTS=DIR to keep screenshots of the pages (the README
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -112,6 +115,10 @@ def test_a_running_drill_is_followed_live_on_its_page_and_ends_with_its_evidence
     assert "db-answers" in body and "Isolation" in body and "Teardown" in body
     assert "verifies" in body and "record hash" in body and "signed log entry" in body
     assert page.locator("a", has_text="in the Temporal Web UI").get_attribute("href").endswith(f"/workflows/{handle.id}")
+    bundle = page.request.get(f"{live.url}/runs/{handle.id}/bundle")
+    assert bundle.status == 200 and bundle.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(bundle.body())) as z:
+        assert {f"{handle.id}/evidence.json", f"{handle.id}/anchor.json", f"{handle.id}/SHA256SUMS"} <= set(z.namelist())
     page.locator("a", has_text="HTML report").click()
     expect(page.locator("body")).to_contain_text("console-live", timeout=30_000)
     page.goto(f"{live.url}/runs/{handle.id}")
@@ -154,7 +161,8 @@ def test_a_gate_is_approved_from_the_browser_signed_by_the_console_for_its_user(
     page.close()
 
 
-def test_a_schedule_is_paused_and_unpaused_from_the_browser(live, browser):
+def test_a_schedule_is_paused_and_unpaused_from_the_browser(live, browser, caplog):
+    caplog.set_level(logging.INFO, logger="drdrill.console")
     plan = live.call(schedules.sync(live.client, [live.drills_dir], live.queue))
     sid = "drdrill-console-sched"
     assert sid in plan.of("create") and not plan.problems
@@ -165,6 +173,7 @@ def test_a_schedule_is_paused_and_unpaused_from_the_browser(live, browser):
     row.locator("button", has_text="Pause").click()
     expect(row.locator("td.state")).to_have_text("paused", timeout=30_000)
     expect(row).to_contain_text("paused from the console by alice")
+    assert f"alice (local) paused schedule {sid}" in caplog.text  # who did it, in the log too
     desc = live.call(live.client.get_schedule_handle(sid).describe())
     assert desc.schedule.state.paused and "by alice" in desc.schedule.state.note
     page.goto(live.url + "/")
