@@ -55,6 +55,9 @@ def drill_files(drills: Path, alice: str, console_key: str) -> None:
         f'approve:\n  - {{before: app, timeout: 10m, approvers: [{{name: alice, key: "{alice}"}}, '
         f'{{name: drdrill-console, key: "{console_key}", role: console}}]}}\n'
     )
+    (drills / "console-pg.yaml").write_text(  # a named resource: coverage has something to count
+        head + "name: console-pg\ntargets:\n  - {name: shop, provider: postgres, source: {path: /var/backups/shop.dump}}\n"
+    )
     (drills / "console-sched.yaml").write_text(
         head + "name: console-sched\ntargets:\n  - {name: db, provider: sim, source: {restore_time: 0.2}}\n"
         "schedule: {cron: '0 3 * * *', timezone: UTC}\n"
@@ -193,7 +196,7 @@ def test_coverage_and_the_period_report_render_with_their_charts(live, browser):
     live.wait_for_phase(waiting, "waiting for approval")
     page.goto(live.url + "/")
     expect(page.locator("article.drill").first).to_be_visible()
-    expect(page.locator("section", has_text="Running now")).to_contain_text("waits for approval")
+    expect(page.locator("section", has_text="Running now")).to_contain_text("answer on the Gates page")
     shot(page, "drills")
     live.call(waiting.cancel())
     with pytest.raises(WorkflowFailureError):  # cancelled at its gate: it tears down
@@ -201,12 +204,16 @@ def test_coverage_and_the_period_report_render_with_their_charts(live, browser):
     page.goto(f"{live.url}/coverage")
     expect(page.locator("h1")).to_contain_text("Coverage")
     expect(page.locator("svg.chart")).to_be_visible()
-    expect(page.locator("p.lead")).to_contain_text("protected resources restored")
+    expect(page.locator("p.lead")).to_contain_text("0/1 protected resources restored")
+    expect(page.locator("svg.chart")).to_contain_text("postgres")
+    expect(page.locator("table")).to_contain_text("/var/backups/shop.dump")
+    shot(page, "coverage", full=True)
     page.goto(f"{live.url}/reports/coverage.html")
     expect(page.locator("svg.chart")).to_be_visible()
     page.goto(f"{live.url}/reports/period")
     expect(page.locator("h1")).to_contain_text("Period report")
     expect(page.locator("table")).to_contain_text("SOC 2")
+    shot(page, "period", full=True)
     page.goto(f"{live.url}/reports/period?period=not-a-period")
     expect(page.locator(".problem")).to_contain_text("is not a period")
     page.goto(f"{live.url}/evidence?check=log")
