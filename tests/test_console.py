@@ -252,6 +252,26 @@ def test_bound_elsewhere_a_request_needs_a_token_and_a_viewer_cannot_act(live, b
     page.close()
 
 
+def test_an_answer_for_someone_the_gate_does_not_list_is_refused_and_a_reject_stops_the_plan(live, tmp_path):
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{APPROVER} alice approver\ncarol-token-0123456789abcdef carol approver\n")
+    tokens.chmod(0o600)
+    url = live.serve(live.settings(bind_host="0.0.0.0", tokens_file=tokens))
+    handle = live.start_drill(load_spec(live.drills_dir / "console-gate.yaml"))
+    live.wait_for_phase(handle, "waiting for approval")
+    carol = {"Authorization": "Bearer carol-token-0123456789abcdef"}
+    status, body = http("POST", f"{url}/gates/{handle.id}/approve", carol, b"group=app&note=looks+fine")
+    assert status == 409 and "carol, who is not an approver of this gate" in body
+    status, _ = http("POST", f"{url}/gates/{handle.id}/reject", {"Authorization": f"Bearer {APPROVER}"}, b"group=app&note=not+today")
+    assert status == 303
+    result = live.result(handle)
+    assert result.verdict == "FAILED"
+    approval = result.groups[1].approval
+    assert (approval.decision, approval.by, approval.signer, approval.note) == ("rejected", "alice", "drdrill-console", "not today")
+    refused = [f for f in result.findings if f.code == "APPROVAL_NOT_AN_APPROVER"]
+    assert len(refused) == 1 and "console:carol" in refused[0].message  # the refusal is recorded, with who asked
+
+
 def test_a_trusted_proxy_names_the_user_and_a_loopback_console_answers_only_to_loopback_names(live, tmp_path):
     url = live.serve(live.settings(bind_host="0.0.0.0", proxy_header="X-Forwarded-User", proxy_addresses=("127.0.0.1",),
                                    proxy_approvers=("alice",)))

@@ -29,7 +29,6 @@ from app.console.web import Console, form, log
 from app.coverage import coverage_svg, render_coverage_html
 from app.reports import parse_period, render_period_html, trend_svg
 from drdrill.core.spec import SpecError
-from drdrill.evidence.signing import trusted_keys
 
 DRILL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,250}$")
 RUN_FILES = {"report.html": "text/html", "evidence.json": "application/json", "junit.xml": "application/xml"}
@@ -105,7 +104,7 @@ async def run_context(console: Console, drill_id: str, *, verify: bool = True) -
                 doc = store.load(drill_id)
             except KeyError:
                 return None, None
-            keys = trusted_keys(console.settings.state_dir)
+            keys = console.trusted()
             return doc, queries.verify_run(store, Path(console.settings.state_dir), drill_id, keys) if verify else None
 
         doc, verification = await console.store(from_store)
@@ -320,7 +319,7 @@ async def evidence(console: Console, request: Request) -> Response:
     state_dir = Path(console.settings.state_dir)
 
     def from_store(store):
-        keys = trusted_keys(state_dir)
+        keys = console.trusted()
         head = store.log_head()
         total = queries.count_runs(store)
         walked = store.verify_log(keys) if check_log else None

@@ -8,6 +8,7 @@ import asyncio
 import functools
 import logging
 import queue
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator, Optional
@@ -20,7 +21,7 @@ from temporalio.client import Client
 
 from app.console.auth import ConsoleConfigError, Identity, Tokens, is_loopback, local_user, same_origin, token_of
 from drdrill.evidence.render import environment as report_environment
-from drdrill.evidence.signing import fingerprint
+from drdrill.evidence.signing import fingerprint, trusted_keys
 from drdrill.evidence.store import EvidenceStore, evidence_dsn
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +72,7 @@ class Console:
             )
         self.stores = Stores(settings.evidence_dsn, Path(settings.state_dir))
         self._client: Optional[Client] = None
+        self._trusted: Optional[tuple[float, dict[str, str]]] = None
         self._client_lock = asyncio.Lock()
         env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(str(HERE / "templates")), autoescape=True, undefined=jinja2.StrictUndefined,
@@ -85,6 +87,14 @@ class Console:
             if self._client is None:
                 self._client = await self.settings.connect()
             return self._client
+
+    def trusted(self) -> dict[str, str]:
+        """The keys evidence verification accepts (drdrill.evidence.signing.trusted_keys), read
+        again at most once a minute: with a KMS key, reading it is a call to the service."""
+        now = time.monotonic()
+        if self._trusted is None or now - self._trusted[0] > 60:
+            self._trusted = (now, trusted_keys(self.settings.state_dir))
+        return self._trusted[1]
 
     async def store(self, fn: Callable[[EvidenceStore], Any]) -> Any:
         """fn(store) in a thread, with one of the pooled connections."""
