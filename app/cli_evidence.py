@@ -25,7 +25,7 @@ from app.reports import parse_period, period_report, render_period
 from app.runtime import state_dir, temporal
 from app.schedules import schedule_id, scheduled_drills
 from drdrill.core.spec import format_duration, parse_duration
-from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor, write_export
+from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor
 from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
 from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
@@ -239,10 +239,6 @@ def export(
     if not result.ok or not entry:
         err.print(f"WARNING: the evidence of this run does not verify: {result.message if not result.ok else 'it is not in the signed log'}", markup=False)
         raise typer.Exit(1)
-
-
-def export_bundle(doc: dict, out: Path, log: Optional[list[dict]] = None) -> list[Path]:
-    return write_export(doc, log or [], out)
 
 
 def spec_evidence(doc: dict) -> dict:
