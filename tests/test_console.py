@@ -186,6 +186,20 @@ def test_a_schedule_is_paused_and_unpaused_from_the_browser(live, browser, caplo
     expect(row.locator("td.state")).to_have_text("active", timeout=30_000)
     page.goto(live.url + "/")  # the Drills page gives its next run (03:00 UTC, plus the jitter)
     expect(page.locator("article.drill", has_text="console-sched")).to_contain_text(re.compile(r"next run\s*\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"))
+    page.goto(f"{live.url}/schedules")
+    row.locator("button", has_text="Run now").click()  # through the schedule: it shows as its last run
+    assert f"alice (local) triggered schedule {sid}" in caplog.text
+    last = row.locator("td a")
+    for _ in range(120):  # the Schedules page is not live: look again until Temporal lists the run (bounded)
+        page.goto(f"{live.url}/schedules")
+        try:
+            expect(last).to_be_visible(timeout=1_000)
+            break
+        except AssertionError:
+            continue
+    run_id = last.get_attribute("href").removeprefix("/runs/")
+    assert run_id.startswith("console-sched-")
+    assert live.result(live.client.get_workflow_handle(run_id)) is not None  # it ran to its end on the worker
     live.call(live.client.get_schedule_handle(sid).delete())
     page.close()
 
