@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 import sys
+import urllib.request
 import zipfile
 from pathlib import Path
 
@@ -296,6 +297,8 @@ def test_a_trusted_proxy_names_the_user_and_a_loopback_console_answers_only_to_l
     assert http("GET", url + "/")[0] == 401  # from the proxy's address, but naming nobody
     # The local console, asked under another site's name (DNS rebinding), refuses.
     assert http("GET", live.url + "/", {"Host": "evil.example:80"})[0] == 403
+    with urllib.request.urlopen(live.url + "/gates") as resp:  # no page of the console can be framed by another site
+        assert resp.headers["X-Frame-Options"] == "DENY" and "frame-ancestors 'none'" in resp.headers["Content-Security-Policy"]
     assert http("GET", live.url + "/", {"Host": live.url.removeprefix("http://").replace("127.0.0.1", "localhost")})[0] == 200
 
 

@@ -150,9 +150,21 @@ def guarded(console: Console, handler: Handler, *, act: bool = False, public: bo
         if act and (who is None or not who.may_act):
             log.warning("console: %s (%s) may not %s %s", who.user if who else "nobody", who.role if who else "-", request.method, request.url.path)
             return _refused(console, request, 403, f"{who.user if who else 'you'}: viewers may look, not act; ask for the approver role")
-        return await handler(console, request)
+        response = await handler(console, request)
+        response.headers.update(SAFE_HEADERS)
+        return response
 
     return endpoint
+
+
+# No framing (an approve button under another site's page), no script but the console's own file,
+# no guessing of content types.
+SAFE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
 
 
 def _peer(request: Request) -> str:
@@ -160,7 +172,7 @@ def _peer(request: Request) -> str:
 
 
 def _refused(console: Console, request: Request, status: int, why: str) -> Response:
-    headers = {"WWW-Authenticate": 'Bearer realm="drdrill console"'} if status == 401 else {}
+    headers = {**SAFE_HEADERS, **({"WWW-Authenticate": 'Bearer realm="drdrill console"'} if status == 401 else {})}
     if "text/html" not in request.headers.get("accept", ""):
         return PlainTextResponse(why + "\n", status_code=status, headers=headers)
     html = console.templates.get_template("refused.html.j2").render(status=status, why=why, who=None, settings=console.settings, path="")
