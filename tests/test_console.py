@@ -236,6 +236,21 @@ def test_coverage_and_the_period_report_render_with_their_charts(live, browser):
     page.close()
 
 
+def test_no_console_page_is_wider_than_a_narrow_window(live, browser):
+    handle = live.start_drill(load_spec(live.drills_dir / "console-sched.yaml"))
+    live.result(handle)
+    some_run = f"/runs/{handle.id}"
+    page = browser.new_page(viewport={"width": 800, "height": 900})
+    wide = []
+    for path in ("/", "/gates", "/schedules", some_run, "/coverage", "/reports/period", "/evidence?check=log"):
+        page.goto(live.url + path)
+        width = page.evaluate("[document.documentElement.scrollWidth, innerWidth]")
+        if width[0] > width[1]:
+            wide.append(f"{path}: {width[0]}px wide in an {width[1]}px window")
+    assert wide == []
+    page.close()
+
+
 def test_bound_elsewhere_a_request_needs_a_token_and_a_viewer_cannot_act(live, browser, tmp_path):
     tokens = tmp_path / "tokens"
     tokens.write_text(f"# token user role\n{VIEWER} victor viewer\n{APPROVER} alice approver\n")
