@@ -24,9 +24,9 @@ from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
-from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import WorkflowFailureError
 
-from app import errors
+from app import errors, queries
 from app import cli_approve, cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule, cli_server, cli_sweep
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from app.cli_evidence import print_rows
@@ -460,32 +460,8 @@ def list_runs(
 
 
 async def _list(limit: int) -> list[dict]:
-    rows: list[dict] = []
     async with temporal(with_worker=False) as client:
-        async for wf in client.list_workflows("WorkflowType = 'DrillWorkflow'"):
-            verdict, phase = await _verdict_and_phase(client, wf)
-            rows.append({"drill_id": wf.id, "verdict": verdict, "phase": phase, "started": wf.start_time, "closed": wf.close_time})
-            if len(rows) >= limit:
-                break
-    return rows
-
-
-async def _verdict_and_phase(client, wf) -> tuple[str, str]:
-    """(RUNNING, its phase: 'queued' while it waits for a concurrency permit) for a running drill;
-    (its verdict, '') for a finished one; the workflow's status when it ended without a result."""
-    if wf.status == WorkflowExecutionStatus.RUNNING:
-        try:
-            st = await asyncio.wait_for(client.get_workflow_handle(wf.id).query(DrillWorkflow.status), timeout=5)
-            return "RUNNING", st.phase
-        except Exception:  # noqa: BLE001 - no worker answering
-            return "RUNNING", "?"
-    if wf.status == WorkflowExecutionStatus.COMPLETED:
-        try:
-            result = await client.get_workflow_handle(wf.id, run_id=wf.run_id, result_type=DrillResult).result()
-            return result.verdict + (" (SIMULATION)" if result.simulated else ""), ""
-        except Exception:  # noqa: BLE001 - a result this version cannot read
-            return "COMPLETED", ""
-    return (wf.status.name if wf.status else "UNKNOWN"), ""
+        return await queries.list_runs(client, limit)
 
 
 @app.command()

@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from temporalio.client import WorkflowUpdateFailedError
 
+from app import queries
 from app.approval_sign import DEFAULT_KEY, SigningError, signed_request
 from app.runtime import NeedsService, temporal
 from drdrill.core.models import ApprovalRecord
-from workflows.drill import DrillWorkflow
 
 _WIDTH = None if sys.stdout.isatty() else 200
 console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
@@ -69,16 +69,11 @@ def _answer_gate(drill_id: str, verb: str, group: Optional[str], note: str, key:
 
     async def go() -> ApprovalRecord:
         async with temporal(with_worker=False, needs_service=f"drdrill {verb}") as client:
-            handle = client.get_workflow_handle(drill_id)
-            waiting = group
-            if waiting is None:  # the signed payload names the group: the one the plan waits before
-                gate = (await handle.query(DrillWorkflow.status)).approval
-                if gate is None:
-                    raise SigningError("the drill is not waiting for approval")
-                waiting = gate.group
-            request = signed_request(drill_id, waiting, verb, note, key, _user())  # type: ignore[arg-type]
-            update = DrillWorkflow.approve if verb == "approve" else DrillWorkflow.reject
-            return await handle.execute_update(update, request, result_type=ApprovalRecord)
+            sign = lambda waiting: signed_request(drill_id, waiting, verb, note, key, _user())  # type: ignore[arg-type]  # noqa: E731
+            try:
+                return await queries.send_answer(client, drill_id, verb, group, sign)
+            except LookupError as exc:
+                raise SigningError(str(exc)) from None
 
     done = {"approve": "approved", "reject": "rejected"}[verb]
     try:

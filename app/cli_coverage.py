@@ -20,7 +20,8 @@ from rich.console import Console
 
 from activities.coverage import CoverageCheckInput
 from app.cli_evidence import command_store
-from app.coverage import coverage_for, render_coverage
+from app import queries
+from app.coverage import render_coverage
 from app.reports import parse_period
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.core.durations import parse_duration
@@ -60,12 +61,12 @@ def coverage(
         raise typer.Exit(2)
     period = period or current_period(policy.every, now)[0]
     try:
-        start, end = parse_period(period)
+        parse_period(period)
     except ValueError as exc:
         err.print(str(exc), markup=False)
         raise typer.Exit(2)
     with command_store() as store:
-        report = coverage_for(store, drills_dir, period, start, end, now=now)
+        report = queries.coverage_report(store, drills_dir, period, now=now)
     text = render_coverage(report, fmt)
     if out is not None and str(out) == "-":
         print(text, end="")

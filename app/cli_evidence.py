@@ -20,12 +20,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from app import queries
 from app.reports import parse_period, period_report, render_period
 from app.runtime import state_dir, temporal
 from app.schedules import schedule_id, scheduled_drills
 from drdrill.core.durations import format_duration, parse_duration
-from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor, write_export
-from drdrill.evidence.ledger import check_entry
+from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor
 from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
 from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
@@ -83,7 +83,7 @@ def verify(
     with command_store() as store:
         results = store.verify(run)
         log = store.verify_log(keys, anchor) if run is None or anchor is not None else None
-        entry_problem = _entry_problem(store, run, keys) if run is not None else None
+        entry_problem = queries.entry_problem(store, run, keys) if run is not None else None
         stored = {r.drill_id: store.load(r.drill_id) for r in results if r.ok}
     problems = ([entry_problem] if entry_problem else []) + check_files(state_dir(), stored, every=run is None)
     if not results and not problems and (log is None or log.ok) and anchor is None:
@@ -105,23 +105,6 @@ def verify(
     console.print(f"NOT INTACT: {len(results) - len(bad)}/{len(results)} runs' own hash chains verify; {broken} broken link(s) "
                   "in the signed log or the files, named above", markup=False, style="bold red")
     raise typer.Exit(1)
-
-
-def _entry_problem(store, run: str, keys: dict[str, str]) -> Optional[str]:
-    """One run's signed log entry: present, signed by a trusted key, for the record stored."""
-    try:
-        doc = store.load(run)
-    except KeyError:
-        return None  # store.verify says so
-    entry = doc.get("log_entry")
-    if entry is None:
-        return f"run {run}: not in the signed log"
-    problem, payload = check_entry(entry, keys)
-    if problem:
-        return problem
-    if payload.get("record_hash") != doc.get("record_hash"):
-        return f"log entry {entry['seq']} (run {run}): the stored run differs from the signed entry"
-    return None
 
 
 @evidence_app.command("list")
@@ -238,14 +221,10 @@ def export(
     anchored head (anchor.json), SHA256SUMS (optionally write-once to S3)."""
     with command_store() as store:
         try:
-            doc = store.load(run)
+            doc, paths, result, entry, head = queries.export_run(store, run, out)
         except KeyError:
             err.print(f"no run {run} in the evidence store", markup=False)
             raise typer.Exit(2)
-        (result,) = store.verify(run)
-        entry, head = doc.get("log_entry"), store.log_head()
-        log = store.log_between(entry["seq"], head["seq"]) if entry and head else []
-    paths = export_bundle(doc, out, log)
     console.print(f"bundle for {run} in {out}", markup=False)
     for p in paths:
         console.print(f"  {p.name}", markup=False)
@@ -260,10 +239,6 @@ def export(
     if not result.ok or not entry:
         err.print(f"WARNING: the evidence of this run does not verify: {result.message if not result.ok else 'it is not in the signed log'}", markup=False)
         raise typer.Exit(1)
-
-
-def export_bundle(doc: dict, out: Path, log: Optional[list[dict]] = None) -> list[Path]:
-    return write_export(doc, log or [], out)
 
 
 def spec_evidence(doc: dict) -> dict:

@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app import schedules
+from app import queries, schedules
 from app.cli_evidence import command_store
 from app.runtime import EmbeddedBusy, NeedsService, temporal
 from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
@@ -93,7 +93,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="print the sched
     """Schedules drdrill manages: next run, last run and its verdict, paused state and note."""
     async def go():
         async with _client_ctx() as client:
-            return await schedules.rows(client, task_queue())
+            return await queries.schedule_rows(client, task_queue())
 
     rows = _run(go())
     if as_json:
@@ -134,13 +134,7 @@ def _schedule_op(name: str, op: str, note: Optional[str]) -> None:
 
     async def go():
         async with _client_ctx("drdrill schedule trigger" if op == "trigger" else None) as client:
-            handle = client.get_schedule_handle(sid)
-            if op == "pause":
-                await handle.pause(note=note or "paused with drdrill schedule pause")
-            elif op == "unpause":
-                await handle.unpause(note=note or "unpaused with drdrill schedule unpause")
-            else:
-                await handle.trigger()
+            await queries.schedule_action(client, sid, op, note)
 
     try:
         _run(go())
