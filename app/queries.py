@@ -23,7 +23,10 @@ from app.coverage import coverage_for
 from app.reports import parse_period, period_report
 from app.schedules import ScheduleRow, managed, rows as schedule_rows_of, schedule_id
 from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillResult, DrillStatus
-from drdrill.core.spec import COVERAGE_FILE, SpecError, load_spec, parse_duration
+from drdrill.core.coverage_policy import COVERAGE_FILE
+from drdrill.core.durations import parse_duration
+from drdrill.core.schema import SpecError
+from drdrill.providers.spec import load_spec
 from drdrill.evidence.bundle import check_files, write_export
 from drdrill.evidence.coverage import CoverageReport, current_period, load_drills
 from drdrill.evidence.ledger import check_entry

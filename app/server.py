@@ -104,7 +104,7 @@ class ServerError(RuntimeError):
 
 
 def http_app(opts: ServerOptions, client: Client, state: Path) -> Starlette:
-    """`/healthz`, `/metrics`, and the console at `/` (unless --no-console, or not built yet)."""
+    """`/healthz`, `/metrics`, and the console at `/` (unless --no-console)."""
 
     async def healthz(_: Request) -> JSONResponse:
         try:
@@ -127,10 +127,7 @@ def http_app(opts: ServerOptions, client: Client, state: Path) -> Starlette:
             proxy_addresses=opts.proxy_addresses,
             temporal_ui_url=opts.temporal_ui_url,
         )
-        try:
-            routes.append(Mount("/", create_app(settings)))
-        except NotImplementedError:  # until app/console/ lands (issue 25); the lead removes this at merge
-            log.warning("the web console is not built yet: serving /healthz and /metrics only")
+        routes.append(Mount("/", create_app(settings)))
     return Starlette(routes=routes)
 
 
@@ -144,7 +141,9 @@ async def _listening(opts: ServerOptions, client: Client, state: Path) -> AsyncI
     sock = _bind(*opts.listen)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    listener = _Listener(uvicorn.Config(http_app(opts, client, state), log_level="warning", access_log=False, lifespan="auto"))
+    listener = _Listener(uvicorn.Config(http_app(opts, client, state), log_level="warning", access_log=False, lifespan="auto",
+                                         # never X-Forwarded-For: the console trusts only its configured proxy's address
+                                         proxy_headers=False))
     task = asyncio.create_task(listener.serve(sockets=[sock]))
     while not listener.started:
         if task.done():

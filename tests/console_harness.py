@@ -16,9 +16,8 @@ from typing import Any, Optional
 import uvicorn
 
 from app.console import ConsoleSettings, create_app
-from drdrill.core.models import DrillInput
-from drdrill.core.spec import DrillSpec
-from drdrill.providers.sim import SimProvider
+from drdrill.providers.sim.provider import SimProvider
+from drdrill.providers.spec import DrillInput, DrillSpec
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 

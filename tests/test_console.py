@@ -25,7 +25,7 @@ from app import schedules
 from app.console import ConsoleSettings, create_app
 from app.console.auth import ConsoleConfigError
 from app.console.signing import public_line
-from drdrill.core.spec import load_spec
+from drdrill.providers.spec import load_spec
 from tests.console_harness import CHROMIUM, CHROMIUM_ARGS, LiveConsole, http
 
 pytest.importorskip("playwright")
@@ -328,3 +328,12 @@ def test_settings_that_would_leave_the_console_open_are_refused(tmp_path):
     tokens.chmod(0o644)
     with pytest.raises(ConsoleConfigError, match="chmod 600"):
         create_app(ConsoleSettings(state_dir=tmp_path, connect=nothing, bind_host="0.0.0.0", tokens_file=tokens))
+
+
+def test_on_loopback_only_the_servers_own_account_needs_no_login(live):
+    """Another account on the same host reaches 127.0.0.1 too: it is not the local user (401)."""
+    assert http("GET", live.url + "/")[0] == 200  # this test's process: the console's own uid
+    ask = f"import urllib.request, urllib.error\ntry:\n    print(urllib.request.urlopen({live.url + '/gates'!r}, timeout=60).status)\nexcept urllib.error.HTTPError as e:\n    print(e.code)\n"
+    proc = subprocess.run(["setpriv", "--reuid", "nobody", "--regid", "nogroup", "--clear-groups", "/usr/bin/python3", "-c", ask],
+                          capture_output=True, text=True, timeout=120, cwd="/")
+    assert proc.stdout.strip() == "401", proc.stdout + proc.stderr

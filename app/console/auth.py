@@ -1,7 +1,9 @@
 """Who is asking, and may they: the console's authentication, roles and CSRF check.
 
-- Bound to loopback (127.0.0.1, ::1, localhost), the local user needs no login: every request is
-  theirs (ConsoleSettings.local_user, else the server's own user name), as an approver.
+- Bound to loopback (127.0.0.1, ::1, localhost), the local user needs no login: a request from a
+  socket of the server's own uid (or root's), which the kernel's socket table says (`peer_uid`), is
+  theirs (ConsoleSettings.local_user, else the server's own user name), as an approver. Any other
+  local account on the host is not the local user: it needs a token like a remote one (401 without).
 - Bound elsewhere, a request carries an API token (`Authorization: Bearer TOKEN`, or the cookie the
   login form sets) from the tokens file, one `TOKEN USER ROLE` a line (role viewer or approver; the
   file must not be readable by others), compared in constant time; or it comes from a trusted
@@ -15,6 +17,9 @@
 from __future__ import annotations
 
 import getpass
+import ipaddress
+import os
+import sys
 import hashlib
 import hmac
 import stat
@@ -45,6 +50,39 @@ class Identity:
 
 def is_loopback(host: str) -> bool:
     return host in LOOPBACK or host.startswith("127.")
+
+
+def _proc_address(host: str, port: int, v6_table: bool) -> str:
+    """`host:port` as /proc/net/tcp{,6} print it: each 32-bit word of the address in host order, hex."""
+    addr = ipaddress.ip_address(host)
+    if v6_table and addr.version == 4:
+        addr = ipaddress.IPv6Address("::ffff:" + host)  # a v4 client of a dual-stack socket
+    raw = addr.packed
+    words = [raw[i : i + 4] for i in range(0, len(raw), 4)]
+    return "".join(int.from_bytes(w, sys.byteorder).to_bytes(4, "big").hex().upper() for w in words) + f":{port:04X}"
+
+
+def peer_uid(client: tuple[str, int], server: tuple[str, int]) -> Optional[int]:
+    """The uid owning the client end of a TCP connection on this host (loopback): the kernel's
+    socket table, as `ss -tep` reads it. None when it is not there (not a local peer)."""
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        try:
+            local, remote = _proc_address(*client, v6), _proc_address(*server, v6)
+            rows = Path(table).read_text().splitlines()[1:]
+        except (OSError, ValueError):
+            continue
+        for row in rows:
+            f = row.split()
+            if len(f) > 7 and f[1] == local and f[2] == remote:
+                return int(f[7])
+    return None
+
+
+def is_local_user(client: Optional[tuple[str, int]], server: Optional[tuple[str, int]]) -> bool:
+    """The request comes from the server's own account (or root) on this host."""
+    if not client or not server:
+        return False
+    return peer_uid(client, server) in (os.geteuid(), 0)
 
 
 def local_user(configured: Optional[str]) -> str:

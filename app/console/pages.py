@@ -28,7 +28,7 @@ from app.console.signing import public_line, sign_for
 from app.console.web import Console, form, log
 from app.coverage import coverage_svg, render_coverage_html
 from app.reports import parse_period, render_period_html, trend_svg
-from drdrill.core.spec import SpecError
+from drdrill.core.schema import SpecError
 
 DRILL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,250}$")
 RUN_FILES = {"report.html": "text/html", "evidence.json": "application/json", "junit.xml": "application/xml"}

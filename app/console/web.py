@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, PlainTextResponse, Response
 from temporalio.client import Client
 
-from app.console.auth import ConsoleConfigError, Identity, Tokens, is_loopback, local_user, same_origin, token_of
+from app.console.auth import ConsoleConfigError, Identity, Tokens, is_local_user, is_loopback, local_user, same_origin, token_of
 from drdrill.evidence.render import environment as report_environment
 from drdrill.evidence.signing import fingerprint, trusted_keys
 from drdrill.evidence.store import EvidenceStore, evidence_dsn
@@ -113,7 +113,7 @@ class Console:
     def identity(self, request: Request) -> Optional[Identity]:
         """Who sends this request, or None (then it is refused)."""
         s = self.settings
-        if self.loopback:
+        if self.loopback and is_local_user(request.scope.get("client"), request.scope.get("server")):
             return Identity(local_user(s.local_user), "approver", "local")
         peer = request.client.host if request.client else ""
         if s.proxy_header and peer in s.proxy_addresses:
