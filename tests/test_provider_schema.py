@@ -39,7 +39,8 @@ ALLOWED: dict[str, dict[str, str]] = {
     "drdrill/evidence/store.py": {"postgres": "the evidence store is a PostgreSQL cluster (toolkit; 'postgres' is its database)"},
     "drdrill/validation.py": {"postgres": "data checks fingerprint tables (PostgreSQL toolkit)"},
     # Commands that exist for one family.
-    "app/cli.py": {"postgres": "`drdrill backup` writes drdrill's postgres repository; `sweep` defaults to postgres"},
+    "app/cli.py": {"postgres": "`drdrill backup` writes drdrill's postgres repository"},
+    "app/cli_sweep.py": {"postgres": "`drdrill sweep` defaults to postgres"},
     "app/cli_schedule.py": {"postgres": "`schedule sweep` defaults to postgres, as `drdrill sweep` does"},
     "app/cli_check.py": {"aws": "`drdrill check aws-volume|aws-instance|aws-db` reads a restored AWS resource back"},
     "drdrill/core/operations.py": {"postgres": "SweepInput's default families, as `drdrill sweep`'s"},
