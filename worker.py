@@ -19,7 +19,8 @@ Capacity of one worker (docs/deploy.md, "Worker settings"; bench/scale_out.py me
     DRDRILL_MAX_ACTIVITIES         activities at once (default 100)
     DRDRILL_MAX_WORKFLOW_TASKS     workflow tasks at once (default 100)
     DRDRILL_MAX_CACHED_WORKFLOWS   drills kept in memory between their steps (default 2000)
-    DRDRILL_WORKFLOW_POLLERS       `autoscale` (default), `autoscale:MIN:MAX`, or a fixed maximum N
+    DRDRILL_WORKFLOW_POLLERS       a fixed maximum N of polls at once (default 5), or `autoscale`,
+                                   `autoscale:MIN:MAX` (the server's backlog decides)
     DRDRILL_ACTIVITY_POLLERS       the same, for activity tasks
     DRDRILL_WORKFLOW_SANDBOX       `shared` (default): drdrill's workflow modules are loaded once per
                                    worker; `isolated`: reloaded for every drill (the SDK's default)
@@ -183,8 +184,10 @@ class Capacity:
     max_activities: int = 100
     max_workflow_tasks: int = 100
     max_cached_workflows: int = 2000
-    workflow_pollers: PollerBehavior = field(default_factory=PollerBehaviorAutoscaling)
-    activity_pollers: PollerBehavior = field(default_factory=PollerBehaviorAutoscaling)
+    # The SDK's default. Autoscaling opened ~100 polls per replica against one dev server and made
+    # the server, not the workers, the bottleneck (bench/RESULTS.md, scale-out): opt in per cluster.
+    workflow_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
+    activity_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
     sandbox: str = "shared"
 
     def workflow_runner(self) -> SandboxedWorkflowRunner:
@@ -206,10 +209,13 @@ def _whole(env: Mapping[str, str], name: str, default: int, minimum: int) -> int
 
 
 def _pollers(env: Mapping[str, str], name: str, minimum: int) -> PollerBehavior:
-    """`autoscale` (the server's backlog decides, 1..100 polls), `autoscale:MIN:MAX`, or N (at most N)."""
+    """N (at most N polls at once; default 5), `autoscale` (the server's backlog decides, 1..100
+    polls) or `autoscale:MIN:MAX`."""
     raw = env.get(name, "").strip().lower()
-    fix = f"set {name} to autoscale, autoscale:MIN:MAX or a whole number >= {minimum}"
-    if raw in ("", "autoscale"):
+    fix = f"set {name} to a whole number >= {minimum}, autoscale or autoscale:MIN:MAX"
+    if not raw:
+        return PollerBehaviorSimpleMaximum()
+    if raw == "autoscale":
         return PollerBehaviorAutoscaling()
     if raw.startswith("autoscale:"):
         parts = raw.split(":")[1:]
@@ -330,7 +336,7 @@ async def running_worker(
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
         # Capacity (bench/RESULTS.md, scale-out): the cache holds every drill in flight, so a drill's
-        # next step never replays its history; pollers follow the backlog the server reports.
+        # next step never replays its history.
         max_concurrent_workflow_tasks=settings.max_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
         workflow_task_poller_behavior=settings.workflow_pollers,

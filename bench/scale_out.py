@@ -195,6 +195,24 @@ def sdk_summary(scrapes: list[dict[str, float]]) -> dict:
     }
 
 
+async def history_facts(client, ids: list[str]) -> dict:
+    """Per drill of the sample: events, workflow tasks, and those that timed out or failed (a
+    timed-out task is done again: wasted work under overload)."""
+    from temporalio.api.enums.v1 import EventType
+
+    events, tasks, timed_out, failed = [], 0, 0, 0
+    for wid in ids:
+        n = 0
+        async for e in client.get_workflow_handle(wid).fetch_history_events():
+            n += 1
+            tasks += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+            timed_out += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
+            failed += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+        events.append(n)
+    return {"history_events_per_drill_p50": pct(events, 50), "workflow_tasks_per_drill": tasks / max(1, len(ids)),
+            "workflow_tasks_timed_out": timed_out, "workflow_tasks_failed": failed}
+
+
 def evidence_db(name: str, drop: bool = False) -> str:
     import psycopg
 
@@ -242,7 +260,8 @@ async def one_count(a, n: int, work: Path, procs: Processes) -> dict:
         cpu1 = ([cpu_seconds(p.pid) for p in started], cpu_seconds(server.proc.pid), self_cpu())
         sdk = sdk_summary([scrape(p) for p in ports])
         ids = res.pop("ids")
-        lat = await latencies(client, random.Random(n).sample(ids, min(a.sample, len(ids))))
+        sample = random.Random(n).sample(ids, min(a.sample, len(ids)))
+        lat = {**await latencies(client, sample), **await history_facts(client, sample)}
         procs.stop_all()
         workers_cpu = sum(cpu1[0]) - sum(cpu0[0])
         return {
@@ -268,7 +287,7 @@ def line(r: dict) -> str:
     c = r["cpu_seconds"]
     return (f"N={r['replicas']}: {r['wall_seconds']:.1f}s, {r['drills_per_minute']:.0f} drills/min, passed {r['passed']}/{r['drills']}, "
             f"WFT s2s p50 {s['p50']:.2f}s p99 {s['p99']:.2f}s, sched->completed p50 {w['p50']:.2f}s p99 {w['p99']:.2f}s, "
-            f"SDK s2s p99<={r['sdk']['workflow_task_schedule_to_start'].get('p99_le')}, sticky hit/miss "
+            f"SDK s2s p99<={r['sdk']['workflow_task_schedule_to_start'].get('p99_le')}, WFT timed out {r['workflow_tasks_timed_out']}, sticky hit/miss "
             f"{r['sdk']['sticky_cache_hit']:.0f}/{r['sdk']['sticky_cache_miss']:.0f}, CPU workers {c['workers']:.0f}s "
             f"({r['worker_cpu_seconds_per_drill'] * 1000:.0f} ms/drill) server {c['temporal_server']:.0f}s client {c['client']:.0f}s, load {load()}")
 

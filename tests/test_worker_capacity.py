@@ -34,7 +34,7 @@ def test_capacity_is_read_from_the_environment():
         ("DRDRILL_MAX_CACHED_WORKFLOWS", "lots", "whole number >= 0"),
         ("DRDRILL_MAX_WORKFLOW_TASKS", "1", "whole number >= 2"),
         ("DRDRILL_MAX_ACTIVITIES", "0", "whole number >= 1"),
-        ("DRDRILL_WORKFLOW_POLLERS", "1", "autoscale, autoscale:MIN:MAX or a whole number >= 2"),
+        ("DRDRILL_WORKFLOW_POLLERS", "1", "a whole number >= 2, autoscale or autoscale:MIN:MAX"),
         ("DRDRILL_ACTIVITY_POLLERS", "autoscale:9:3", "1 <= MIN <= MAX"),
         ("DRDRILL_WORKFLOW_SANDBOX", "off", "shared (the default) or isolated"),
     ],
