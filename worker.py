@@ -171,9 +171,9 @@ class WorkerSettingError(ValueError):
 # drill. pydantic, yaml, drdrill and activities are data models and activity code (imported by the
 # workflows only inside imports_passed_through). "workflows" (DRDRILL_WORKFLOW_SANDBOX=shared):
 # our workflow modules keep no state at module level (constants only), so loading them once per
-# worker is safe, and it is most of a drill's first workflow task: without it every new drill
-# compiles and executes workflows/drill.py again (bench/RESULTS.md, scale-out). The sandbox's
-# checks of what workflow code calls at run time stay on either way.
+# worker is safe; without it every new drill executes workflows/drill.py again, and compiles it too
+# where there is no bytecode cache (36% of a worker's CPU in a burst of 1,000 new drills, ~10% of
+# a drill's CPU over a run: bench/RESULTS.md §14). Workflow histories are the same either way.
 PASSTHROUGH = ("pydantic", "yaml", "drdrill", "activities")
 
 
@@ -182,6 +182,8 @@ class Capacity:
     """How much work one worker process takes on at once (read by `capacity()` from the environment)."""
 
     max_activities: int = 100
+    # The SDK's default. A Python worker runs workflow code one task at a time (the GIL); 10 was
+    # tried (bench/RESULTS.md §14) and did not help measurably on a shared machine: tunable.
     max_workflow_tasks: int = 100
     max_cached_workflows: int = 2000
     # The SDK's default. Autoscaling opened ~100 polls per replica against one dev server and made
