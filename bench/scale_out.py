@@ -311,6 +311,9 @@ async def run(a) -> list[dict]:
 
 
 def _sigterm(signum, frame):  # noqa: ARG001
+    """SIGTERM stops the run as Ctrl-C does; a second one (`timeout` forwards its own) does not
+    interrupt the cleanup that the first one started."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
