@@ -14,6 +14,16 @@ every workflow and activity drdrill has. Run it as `python worker.py`.
     DRDRILL_SDK_METRICS_PORT  the Temporal SDK's Prometheus metrics (default DRDRILL_METRICS_PORT + 1)
     DRDRILL_LOG_FORMAT   text (default) or json; every line carries drill_id and run_id when known
     DRDRILL_LOG_LEVEL    INFO (default), DEBUG, WARNING …
+
+Capacity of one worker (docs/deploy.md, "Worker settings"; bench/scale_out.py measures them):
+    DRDRILL_MAX_ACTIVITIES         activities at once (default 100)
+    DRDRILL_MAX_WORKFLOW_TASKS     workflow tasks at once (default 100)
+    DRDRILL_MAX_CACHED_WORKFLOWS   drills kept in memory between their steps (default 2000)
+    DRDRILL_WORKFLOW_POLLERS       a fixed maximum N of polls at once (default 5), or `autoscale`,
+                                   `autoscale:MIN:MAX` (the server's backlog decides)
+    DRDRILL_ACTIVITY_POLLERS       the same, for activity tasks
+    DRDRILL_WORKFLOW_SANDBOX       `shared` (default): drdrill's workflow modules are loaded once per
+                                   worker; `isolated`: reloaded for every drill (the SDK's default)
 """
 
 from __future__ import annotations
@@ -27,13 +37,14 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import timedelta
-from typing import AsyncIterator, Optional
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Mapping, Optional
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import HttpConnectProxyConfig
-from temporalio.worker import Worker
+from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import logs
@@ -152,6 +163,91 @@ def sdk_runtime(port: Optional[int] = None, addr: str = "0.0.0.0"):
     return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=f"{addr}:{port}")))
 
 
+class WorkerSettingError(ValueError):
+    """A capacity setting of the worker (DRDRILL_MAX_…, …_POLLERS, …_SANDBOX) that cannot be used."""
+
+
+# The modules the workflow sandbox takes from the worker instead of loading them anew for every
+# drill. pydantic, yaml, drdrill and activities are data models and activity code (imported by the
+# workflows only inside imports_passed_through). "workflows" (DRDRILL_WORKFLOW_SANDBOX=shared):
+# our workflow modules keep no state at module level (constants only), so loading them once per
+# worker is safe; without it every new drill executes workflows/drill.py again, and compiles it too
+# where there is no bytecode cache (36% of a worker's CPU in a burst of 1,000 new drills, ~10% of
+# a drill's CPU over a run: bench/RESULTS.md §14). Workflow histories are the same either way.
+PASSTHROUGH = ("pydantic", "yaml", "drdrill", "activities")
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """How much work one worker process takes on at once (read by `capacity()` from the environment)."""
+
+    max_activities: int = 100
+    # The SDK's default. A Python worker runs workflow code one task at a time (the GIL); 10 was
+    # tried (bench/RESULTS.md §14) and did not help measurably on a shared machine: tunable.
+    max_workflow_tasks: int = 100
+    max_cached_workflows: int = 2000
+    # The SDK's default. Autoscaling opened ~100 polls per replica against one dev server and made
+    # the server, not the workers, the bottleneck (bench/RESULTS.md, scale-out): opt in per cluster.
+    workflow_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
+    activity_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
+    sandbox: str = "shared"
+
+    def workflow_runner(self) -> SandboxedWorkflowRunner:
+        modules = PASSTHROUGH + (("workflows",) if self.sandbox == "shared" else ())
+        return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
+
+
+def _whole(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise WorkerSettingError(f"{name}={raw!r} is not a whole number >= {minimum}: set it to one, or unset it for the default {default}")
+    return value
+
+
+def _pollers(env: Mapping[str, str], name: str, minimum: int) -> PollerBehavior:
+    """N (at most N polls at once; default 5), `autoscale` (the server's backlog decides, 1..100
+    polls) or `autoscale:MIN:MAX`."""
+    raw = env.get(name, "").strip().lower()
+    fix = f"set {name} to a whole number >= {minimum}, autoscale or autoscale:MIN:MAX"
+    if not raw:
+        return PollerBehaviorSimpleMaximum()
+    if raw == "autoscale":
+        return PollerBehaviorAutoscaling()
+    if raw.startswith("autoscale:"):
+        parts = raw.split(":")[1:]
+        if len(parts) == 2 and all(p.isdigit() for p in parts) and 1 <= int(parts[0]) <= int(parts[1]):
+            low, high = int(parts[0]), int(parts[1])
+            return PollerBehaviorAutoscaling(minimum=low, maximum=high, initial=min(max(5, low), high))
+        raise WorkerSettingError(f"{name}={raw!r}: MIN and MAX must be whole numbers with 1 <= MIN <= MAX; {fix}")
+    if raw.isdigit() and int(raw) >= minimum:
+        return PollerBehaviorSimpleMaximum(maximum=int(raw))
+    raise WorkerSettingError(f"{name}={raw!r} is not a poller setting: {fix}")
+
+
+def capacity(env: Mapping[str, str] = os.environ) -> Capacity:
+    """The worker's capacity settings from the environment (module docstring); WorkerSettingError
+    names the variable and the fix for a value that cannot be used."""
+    sandbox = env.get("DRDRILL_WORKFLOW_SANDBOX", "").strip().lower() or "shared"
+    if sandbox not in ("shared", "isolated"):
+        raise WorkerSettingError(f"DRDRILL_WORKFLOW_SANDBOX={sandbox!r}: set it to shared (the default) or isolated")
+    return Capacity(
+        max_activities=_whole(env, "DRDRILL_MAX_ACTIVITIES", 100, 1),
+        # The SDK needs two workflow task slots when it caches workflows.
+        max_workflow_tasks=_whole(env, "DRDRILL_MAX_WORKFLOW_TASKS", 100, 2),
+        max_cached_workflows=_whole(env, "DRDRILL_MAX_CACHED_WORKFLOWS", 2000, 0),
+        # Workflow task polls: at least two (a sticky and a normal queue), as the SDK requires.
+        workflow_pollers=_pollers(env, "DRDRILL_WORKFLOW_POLLERS", 2),
+        activity_pollers=_pollers(env, "DRDRILL_ACTIVITY_POLLERS", 1),
+        sandbox=sandbox,
+    )
+
+
 def workflows() -> list:
     """Every workflow drdrill has."""
     return [DrillWorkflow, OrphanSweepWorkflow, LimiterWorkflow, CoverageCheckWorkflow]
@@ -208,13 +304,17 @@ async def running_worker(
     task_queue_name: Optional[str] = None,
     providers: Optional[dict] = None,
     state_dir: Optional[str] = None,
-    max_concurrent_activities: int = 100,
+    max_concurrent_activities: Optional[int] = None,
     disable_eager_activities: bool = False,
+    settings: Optional[Capacity] = None,
 ) -> AsyncIterator[Worker]:
     """Run a worker with every workflow and activity until the block exits, then shut it down cleanly.
 
     A second worker polls this host's own queue (activities only), for providers whose resources
-    live on the host: see DrillActivities.claim_host."""
+    live on the host: see DrillActivities.claim_host. `settings`: its capacity (default: from the
+    environment, `capacity()`); `max_concurrent_activities` overrides its activity slots."""
+    settings = settings or capacity()
+    max_concurrent_activities = max_concurrent_activities or settings.max_activities
     queue = task_queue_name or task_queue()
     temporal = (reached_at(client), client.namespace)
     acts, closables = activity_objects(providers, state_dir, host_queue(queue), temporal)
@@ -225,6 +325,7 @@ async def running_worker(
         activities=acts,
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
+        activity_task_poller_behavior=settings.activity_pollers,
         max_heartbeat_throttle_interval=timedelta(seconds=5),
         default_heartbeat_throttle_interval=timedelta(seconds=5),
     )
@@ -236,13 +337,17 @@ async def running_worker(
         activities=acts,
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
+        # Capacity (bench/RESULTS.md, scale-out): the cache holds every drill in flight, so a drill's
+        # next step never replays its history.
+        max_concurrent_workflow_tasks=settings.max_workflow_tasks,
+        max_cached_workflows=settings.max_cached_workflows,
+        workflow_task_poller_behavior=settings.workflow_pollers,
+        activity_task_poller_behavior=settings.activity_pollers,
         # Heartbeats reach the server at least every 5 s, so a cancellation reaches a waiting
         # activity promptly (the default lets up to 80% of the heartbeat timeout pass).
         max_heartbeat_throttle_interval=timedelta(seconds=5),
         default_heartbeat_throttle_interval=timedelta(seconds=5),
-        workflow_runner=SandboxedWorkflowRunner(
-            restrictions=SandboxRestrictions.default.with_passthrough_modules("pydantic", "yaml", "drdrill", "activities")
-        ),
+        workflow_runner=settings.workflow_runner(),
     )
     tasks = [asyncio.create_task(worker.run()), asyncio.create_task(host_worker.run())]
     try:
@@ -259,8 +364,14 @@ async def running_worker(
             c.close()
 
 
-async def main() -> None:
+async def main(providers: Optional[dict] = None) -> None:
+    """The worker process (`python worker.py`); `providers` replaces the registry's (benchmarks)."""
     logs.setup()
+    try:
+        settings = capacity()
+    except WorkerSettingError as exc:
+        print(f"drdrill worker: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     port = metrics.serve()
     runtime = sdk_runtime()
     if port:
@@ -273,7 +384,7 @@ async def main() -> None:
     # The embedded evidence PostgreSQL (without DRDRILL_EVIDENCE_DSN) runs while the worker lives
     # and is stopped when it exits.
     with embedded_server():
-        async with running_worker(client, max_concurrent_activities=int(os.environ.get("DRDRILL_MAX_ACTIVITIES", "100"))):
+        async with running_worker(client, providers=providers, settings=settings):
             logging.getLogger("drdrill.worker").info("worker polling task queue %s", task_queue())
             await stop.wait()
     logging.getLogger("drdrill.worker").info("worker stopped cleanly")

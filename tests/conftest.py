@@ -27,6 +27,11 @@ from workflows.drill import DrillWorkflow
 
 REPO = Path(__file__).resolve().parent.parent
 
+# The tests' workers reload the workflow modules for every drill, as the SDK does by default, so
+# that the sandbox catches a workflow that reads the clock or does I/O through a module it imported;
+# deployed workers share them (worker.py, DRDRILL_WORKFLOW_SANDBOX; tests/test_worker_capacity.py).
+os.environ.setdefault("DRDRILL_WORKFLOW_SANDBOX", "isolated")
+
 
 @pytest.fixture(scope="session")
 def temporal_server(tmp_path_factory):
