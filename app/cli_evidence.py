@@ -29,7 +29,7 @@ from drdrill.evidence.ledger import check_entry
 from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
 from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
-from drdrill.providers.postgres.cluster import ClusterError
+from drdrill.localpg.cluster import ClusterError
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -29,7 +29,7 @@ from rich.console import Console
 from app.runtime import state_dir
 from drdrill.core.spec import DrillSpec, load_spec, parse_spec
 from drdrill.providers.postgres import take_backup
-from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
+from drdrill.localpg.cluster import LocalCluster, cluster_root
 
 DRILL = Path(__file__).resolve().parents[1] / "drills" / "demo-postgres.yaml"
 
@@ -127,7 +127,7 @@ class OrderWriter(Writer):
 
 
 def _pgbackrest(conf: Path, *args: str) -> str:
-    from drdrill.providers.postgres.cluster import run_user
+    from drdrill.localpg.cluster import run_user
 
     user = run_user()
     ids = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
@@ -158,7 +158,7 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
     Over 80 lines: it is the demo's script (stanza, archiving cluster, backup, writer, disaster,
     cleanup), one step after another, and reads best in that order."""
     from drdrill.evidence.store import _prepare_home, store_home
-    from drdrill.providers.postgres.cluster import run_user
+    from drdrill.localpg.cluster import run_user
 
     if shutil.which("pgbackrest") is None:
         raise DemoUnavailable("pgbackrest is not installed: `apt-get install pgbackrest` (Debian/Ubuntu), then run it again")

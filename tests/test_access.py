@@ -245,7 +245,7 @@ def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, 
 
 def _connect_as(user: str, dsn: str) -> str:
     """`psql` (the system's client: runnable by any uid, wherever the checkout lives) as `user`."""
-    from drdrill.providers.postgres.cluster import tool
+    from drdrill.localpg.cluster import tool
 
     pw = pwd.getpwnam(user)
     argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
@@ -366,7 +366,7 @@ def test_a_store_made_by_an_older_drdrill_is_handed_over_with_its_evidence(embed
     from drdrill.evidence.record import record_run
     from drdrill.evidence.access import EVIDENCE_USER
     from drdrill.evidence.store import DURABLE, EMBEDDED_DB, _prepare_home, embedded_cluster, embedded_server, open_store
-    from drdrill.providers.postgres.cluster import LocalCluster, run_user
+    from drdrill.localpg.cluster import LocalCluster, run_user
     from tests.evidence_fixtures import sample_result
 
     state = embedded.use("old")

@@ -39,7 +39,7 @@ from drdrill.core.spec import SpecError, parse_spec
 from drdrill.providers.azure import AzureProvider
 from drdrill.providers.base import ProviderError
 from drdrill.providers.gcp import GcpProvider
-from drdrill.providers.postgres.cluster import LocalCluster, run_user
+from drdrill.localpg.cluster import LocalCluster, run_user
 from drdrill.providers.probes import PASSWORD_REFERENCE, resolve_secret
 from drdrill.validation import ValidateInput
 from tests.azure_fake import AzureFake, make_certificate

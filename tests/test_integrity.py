@@ -15,7 +15,7 @@ import pytest
 from drdrill.core.models import DrillContext
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider, take_backup
-from drdrill.providers.postgres.cluster import LocalCluster
+from drdrill.localpg.cluster import LocalCluster
 from drdrill.providers.postgres.integrity import run_amcheck
 from tests.pg_fixtures import SEED_SQL, clusters_left, cluster_root, create_source_db, drop_db, shop_dsn, shop_repo  # noqa: F401
 

@@ -28,7 +28,7 @@ from temporalio.client import WorkflowFailureError
 from drdrill.core.models import DrillContext, DrillInput, DrillResult, RestoredResource
 from drdrill.core.spec import SpecError, parse_spec
 from drdrill.providers.postgres import PostgresProvider
-from drdrill.providers.postgres.cluster import tool
+from drdrill.localpg.cluster import tool
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
 from drdrill.validation import ValidateInput, run_validation
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401

@@ -44,7 +44,7 @@ from drdrill.evidence.access import AccessError, access_files, evidence_user, se
 from drdrill.evidence.chain import GENESIS, canonical, document_from_parts, record_hash, sha256, split_record, verify_rows
 from drdrill.evidence.ledger import LogCheck, sign_entry, walk
 from drdrill.evidence.signing import Signer
-from drdrill.providers.postgres.cluster import LocalCluster, cluster_root, run_user
+from drdrill.localpg.cluster import LocalCluster, cluster_root, run_user
 
 SCHEMA = "drdrill_evidence"
 EMBEDDED_DB = "drdrill_evidence"

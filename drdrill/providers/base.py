@@ -39,22 +39,9 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
+from drdrill.core.errors import ProviderError  # the providers' error, raised below them too (core/errors.py)
 from drdrill.core.selection import ProtectedResource
 from drdrill.core.spec import IsolationSpec, Selection, Target
-
-
-class ProviderError(Exception):
-    """A provider operation failed. `code` is a stable finding code (e.g. RECOVERY_POINT_NOT_FOUND)."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = False, could_not_verify: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.could_not_verify = could_not_verify
-
-    def finding(self, target: Optional[str] = None) -> Finding:
-        return Finding(code=self.code, message=self.message, target=target, could_not_verify=self.could_not_verify)
 
 
 class NotReadyYet(Exception):

@@ -27,7 +27,7 @@ down in DELETE_ORDER, lists and deletes orphans, and refuses anything that lacks
 
 Every API call goes through a botocore `before-call` hook that records the IAM action
 (`CALLED_ACTIONS`); tests compare it with deploy/aws/iam-policy.json. `drdrill check aws-volume`
-(aws-instance, aws-db) reads a restored resource back for a `command` validation.
+(aws-instance, aws-db) reads a restored resource back for a `command` validation (checks.py `read_back`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from drdrill.core.models import DrillContext, Environment, RecoveryPoint, RestoredResource
+from drdrill.providers.aws.checks import read_back
 from drdrill.providers.aws.clients import CALLED_ACTIONS, AwsError
 from drdrill.providers.aws.discover import AwsDiscovery
 from drdrill.providers.aws.ec2 import Ec2Targets
@@ -101,4 +102,4 @@ class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscov
         return res
 
 
-__all__ = ["CALLED_ACTIONS", "CONTAINERS", "DELETE_ORDER", "AwsError", "AwsProvider"]
+__all__ = ["CALLED_ACTIONS", "CONTAINERS", "DELETE_ORDER", "AwsError", "AwsProvider", "read_back"]

@@ -1,9 +1,6 @@
 """The postgres provider: pg_dump backups restored into throwaway clusters on a private socket.
 
-    cluster.py   throwaway local clusters (initdb, pg_ctl) and the PostgreSQL binaries
-    data.py      table listing and content fingerprints (backups write them, validations check them)
     backup.py    `drdrill backup`: the backup repository, written and read
-    binaries.py  the PostgreSQL installs of the worker, by major version
     sources.py   RecoverySource: one kind of backup a target is recovered from
     repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
     dumps.py     pg_dump files a team already has (path, s3, url_env): every format, no manifest
@@ -14,6 +11,9 @@
     findings.py  restore tools' stderr into findings with stable codes
     provider.py  PostgresProvider: isolation, readiness, the primitives of cleaning up; dispatches to sources
     discover.py  selections of repositories (a list, or globs)
+
+Throwaway clusters, the installs, the sandbox and the data fingerprints are not the provider's own:
+they are the local-PostgreSQL toolkit, drdrill/localpg/, shared with the evidence store and the checks.
 """
 
 from drdrill.providers.postgres.backup import take_backup

@@ -21,8 +21,8 @@ from typing import Any, Optional
 
 from drdrill.core.spec import unreachable_by_others
 import drdrill.providers.postgres.netns as netns
-import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, start_sandboxed
+import drdrill.localpg.sandbox as sandbox
+from drdrill.localpg.cluster import ClusterError, LocalCluster, start_sandboxed
 
 PREFIX = "after-"
 RECORD_SUFFIX = ".sandbox.json"

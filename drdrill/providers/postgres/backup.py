@@ -25,8 +25,8 @@ import psycopg
 from drdrill.core.models import RecoveryPoint
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres.cluster import tool
-from drdrill.providers.postgres.data import fingerprints_parallel, list_tables
+from drdrill.localpg.cluster import tool
+from drdrill.localpg.data import fingerprints_parallel, list_tables
 
 MANIFEST = "manifest.json"
 

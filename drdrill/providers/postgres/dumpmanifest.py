@@ -34,8 +34,8 @@ from psycopg import sql
 
 from drdrill.providers.postgres.artefacts import MANIFEST_SUFFIX
 from drdrill.providers.postgres.backup import sha256_path
-from drdrill.providers.postgres.cluster import tool
-from drdrill.providers.postgres.data import fingerprint, key_ranges, list_tables, table_ident
+from drdrill.localpg.cluster import tool
+from drdrill.localpg.data import fingerprint, key_ranges, list_tables, table_ident
 
 SUFFIX = MANIFEST_SUFFIX
 RANGES = 1000  # about this many key ranges per large table

@@ -36,7 +36,7 @@ from psycopg.conninfo import make_conninfo
 from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredResource
 from drdrill.core.spec import PostgresTarget, name_time_regex
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
-import drdrill.providers.postgres.binaries as installs
+import drdrill.localpg.binaries as installs
 from drdrill.providers.postgres.artefacts import (
     MANIFEST_SUFFIX,
     TAIL_BYTES,
@@ -51,10 +51,10 @@ from drdrill.providers.postgres.artefacts import (
     store_for,
     tar_problem,
 )
-from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, install_dirs, stop_server
-from drdrill.providers.postgres.sandbox import Inputs, Sandbox, SandboxError
-from drdrill.providers.postgres.data import mark_restored
+from drdrill.localpg.binaries import Binaries
+from drdrill.localpg.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, install_dirs, stop_server
+from drdrill.localpg.sandbox import Inputs, Sandbox, SandboxError
+from drdrill.localpg.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings
 from drdrill.providers.postgres.plainscan import PlainDumpScanner, supports_restrict, tail_complete, tool_version
 from drdrill.providers.postgres.sources import RecoverySource

@@ -22,8 +22,8 @@ from typing import Any, Optional
 
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
-import drdrill.providers.postgres.safefs as safefs
-import drdrill.providers.postgres.sandbox as sandbox
+import drdrill.localpg.safefs as safefs
+import drdrill.localpg.sandbox as sandbox
 from drdrill.providers.postgres.netrepo import Endpoint, Tunnel
 from drdrill.providers.postgres.recovery import ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool, utc
 

@@ -40,9 +40,9 @@ from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredRe
 from drdrill.core.spec import PostgresTarget, format_duration
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError, heartbeat
-from drdrill.providers.postgres.binaries import Binaries, for_major
-import drdrill.providers.postgres.safefs as safefs
-from drdrill.providers.postgres.cluster import (
+from drdrill.localpg.binaries import Binaries, for_major
+import drdrill.localpg.safefs as safefs
+from drdrill.localpg.cluster import (
     ClusterError,
     LocalCluster,
     _chown,

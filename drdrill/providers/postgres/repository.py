@@ -19,9 +19,9 @@ from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredRe
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
-from drdrill.providers.postgres.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
-from drdrill.providers.postgres.sandbox import Inputs, SandboxError
-from drdrill.providers.postgres.data import mark_restored
+from drdrill.localpg.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
+from drdrill.localpg.sandbox import Inputs, SandboxError
+from drdrill.localpg.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
 from drdrill.providers.postgres.plainscan import DumpRefused, PlainDumpScanner, supports_restrict, tool_version
 from drdrill.providers.postgres.sources import RecoverySource

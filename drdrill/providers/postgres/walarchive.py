@@ -20,7 +20,7 @@ from typing import Optional
 
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError
-import drdrill.providers.postgres.safefs as safefs
+import drdrill.localpg.safefs as safefs
 from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, utc
 
 _LABEL_LINE = re.compile(r"^([A-Z ]+):\s*(.*)$")

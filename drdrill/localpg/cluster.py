@@ -23,12 +23,12 @@ from pathlib import Path
 from typing import Optional
 
 from drdrill.core.paths import default_state_dir
-import drdrill.providers.postgres.backupconf as backupconf
-import drdrill.providers.postgres.safefs as safefs
-import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.binaries import default as default_binaries
-from drdrill.providers.postgres.binaries import trusted as trusted_binaries
+import drdrill.localpg.backupconf as backupconf
+import drdrill.localpg.safefs as safefs
+import drdrill.localpg.sandbox as sandbox
+from drdrill.localpg.binaries import Binaries
+from drdrill.localpg.binaries import default as default_binaries
+from drdrill.localpg.binaries import trusted as trusted_binaries
 
 PORT = 5432
 SUPERUSER = "drdrill"

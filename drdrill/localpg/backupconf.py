@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-import drdrill.providers.postgres.safefs as safefs
+import drdrill.localpg.safefs as safefs
 
 FILES = ("postgresql.auto.conf", "postgresql.conf")
 
