@@ -22,7 +22,8 @@ from rich.table import Table
 
 from app.reports import parse_period, period_report, render_period
 from app.runtime import state_dir, temporal
-from app.schedules import schedule_id, scheduled_drills
+from app.schedules import schedule_id
+from drdrill.core.calendar import scheduled_drills
 from drdrill.core.spec import format_duration, parse_duration
 from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor, write_export
 from drdrill.evidence.ledger import check_entry

@@ -21,7 +21,7 @@ import yaml
 from markupsafe import Markup
 
 from app.coverage import coverage_for, coverage_svg
-from app.schedules import ScheduledDrill, due_times, scheduled_drills
+from drdrill.core.calendar import ScheduledDrill, due_times, scheduled_drills
 from drdrill.core.spec import SpecError, format_duration
 from drdrill.core.times import parse_time
 from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL

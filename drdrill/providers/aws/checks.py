@@ -1,6 +1,6 @@
 """Reading a restored AWS resource back for `drdrill check aws-volume|aws-instance|aws-db`.
 
-`read_back(kind, env)` proves what the cloud's API can prove about the resource named in the
+`read_with(provider, kind, region, env)` (through `drdrill.providers.aws.read_back`) proves what the cloud's API can prove about the resource named in the
 DRDRILL_* variables of a `command` validation: it exists, is usable, came from the chosen
 recovery point, sits in the drill's isolated network and carries the drill's tags. It returns
 (what it read, the problems it found); it raises ProviderError or LookupError when the cloud could
@@ -18,17 +18,9 @@ from drdrill.providers.aws.ec2 import instance_groups
 Verdict = tuple[str, list[str]]
 
 
-def read_back(kind: str, env: Mapping[str, str]) -> Verdict:
-    """Read the restored resource of an `aws.ebs`, `aws.ec2` or `aws.rds` target back from AWS."""
-    from drdrill.providers.aws import AwsProvider
-
-    check = _CHECKS[kind]
-    region = env.get("DRDRILL_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-    provider = AwsProvider.from_environment(env, {"region": region})
-    try:
-        return check(provider, region, env)
-    finally:
-        provider.close()
+def read_with(provider: Any, kind: str, region: str, env: Mapping[str, str]) -> Verdict:
+    """Read the restored resource of an `aws.ebs`, `aws.ec2` or `aws.rds` target back through `provider`."""
+    return _CHECKS[kind](provider, region, env)
 
 
 def _one(items: list[dict], what: str) -> dict:
