@@ -20,11 +20,11 @@ from rich.console import Console
 
 from activities.coverage import CoverageCheckInput
 from app.cli_evidence import command_store
-from app.coverage import coverage_for, render_coverage
-from app.reports import parse_period
 from app.runtime import EmbeddedBusy, state_dir, temporal
+from drdrill.core.calendar import parse_period
 from drdrill.core.spec import SpecError, parse_duration
-from drdrill.evidence.coverage import current_period, load_drills
+from drdrill.evidence.coverage import coverage_for, current_period, load_drills
+from drdrill.evidence.coverage_report import render_coverage
 from worker import task_queue
 
 console = Console(highlight=False, soft_wrap=True)

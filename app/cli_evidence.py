@@ -20,13 +20,13 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from app.reports import parse_period, period_report, render_period
 from app.runtime import state_dir, temporal
 from app.schedules import schedule_id
-from drdrill.core.calendar import scheduled_drills
+from drdrill.core.calendar import parse_period, scheduled_drills
 from drdrill.core.spec import format_duration, parse_duration
 from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor, write_export
 from drdrill.evidence.ledger import check_entry
+from drdrill.evidence.period import period_report, render_period
 from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
 from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store

@@ -8,8 +8,9 @@ due, which were missed).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -125,6 +126,28 @@ def scheduled_drills(drills_dir: Path) -> tuple[list[ScheduledDrill], list[str]]
         controls = list((data.get("evidence") or {}).get("controls") or [])
         found.append(ScheduledDrill(str(data.get("name", path.stem)), str(path), schedule, controls))
     return found, problems
+
+
+def parse_period(text: str) -> tuple[datetime, datetime]:
+    """2026Q4 -> [2026-10-01, 2027-01-01) UTC; also 2026 (a year) and 2026-11 (a month)."""
+    t = text.strip().upper()
+    m = re.fullmatch(r"(\d{4})-?Q([1-4])", t)
+    if m:
+        year, q = int(m.group(1)), int(m.group(2))
+        start = datetime(year, 3 * q - 2, 1, tzinfo=timezone.utc)
+        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc) if q == 4 else datetime(year, 3 * q + 1, 1, tzinfo=timezone.utc)
+        return start, end
+    m = re.fullmatch(r"(\d{4})-(\d{2})", t)
+    if m and 1 <= int(m.group(2)) <= 12:
+        year, month = int(m.group(1)), int(m.group(2))
+        start = datetime(year, month, 1, tzinfo=timezone.utc)
+        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+        return start, end
+    m = re.fullmatch(r"(\d{4})", t)
+    if m:
+        year = int(m.group(1))
+        return datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+    raise ValueError(f"{text!r} is not a period: write 2026Q4, 2026-11 or 2026")
 
 
 def _cron_field(field: str, lo: int, hi: int) -> set[int]:

@@ -1,8 +1,10 @@
 """The period report (HTML, JSON, CSV): drills of a quarter, month or year rolled up against
-compliance controls, with the scheduled drills that did not run.
+compliance controls, with the scheduled drills that did not run and the period's restore coverage.
 
-HTML goes through the same Jinja2 environment and style as the per-drill report
-(drdrill/evidence/render.py): self-contained, no JavaScript, prints on A4/Letter.
+Every report renders in drdrill/evidence/: the drill report (render.py), this one, and the
+coverage report (coverage_report.py); `drdrill evidence report` only calls `period_report` and
+`render_period`. HTML goes through the same Jinja2 environment and style as the per-drill report:
+self-contained, no JavaScript, prints on A4/Letter.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
@@ -20,38 +21,13 @@ from typing import Any, Optional
 import yaml
 from markupsafe import Markup
 
-from app.coverage import coverage_for, coverage_svg
-from drdrill.core.calendar import ScheduledDrill, due_times, scheduled_drills
+from drdrill.core.calendar import ScheduledDrill, due_times, parse_period, scheduled_drills
 from drdrill.core.spec import SpecError, format_duration
 from drdrill.core.times import parse_time
 from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL
-from drdrill.evidence.coverage import CoverageReport
+from drdrill.evidence.coverage import CoverageReport, coverage_for
+from drdrill.evidence.coverage_report import coverage_svg
 from drdrill.evidence.render import COLOURS, DATA_CHECKS, environment, fmt_time, is_simulation
-
-# ------------------------------------------------------------------ period report
-
-
-def parse_period(text: str) -> tuple[datetime, datetime]:
-    """2026Q4 -> [2026-10-01, 2027-01-01) UTC; also 2026 (a year) and 2026-11 (a month)."""
-    t = text.strip().upper()
-    m = re.fullmatch(r"(\d{4})-?Q([1-4])", t)
-    if m:
-        year, q = int(m.group(1)), int(m.group(2))
-        start = datetime(year, 3 * q - 2, 1, tzinfo=timezone.utc)
-        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc) if q == 4 else datetime(year, 3 * q + 1, 1, tzinfo=timezone.utc)
-        return start, end
-    m = re.fullmatch(r"(\d{4})-(\d{2})", t)
-    if m and 1 <= int(m.group(2)) <= 12:
-        year, month = int(m.group(1)), int(m.group(2))
-        start = datetime(year, month, 1, tzinfo=timezone.utc)
-        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
-        return start, end
-    m = re.fullmatch(r"(\d{4})", t)
-    if m:
-        year = int(m.group(1))
-        return datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
-    raise ValueError(f"{text!r} is not a period: write 2026Q4, 2026-11 or 2026")
-
 
 @dataclass(frozen=True)
 class Control:
@@ -486,7 +462,7 @@ def period_report(
     schedule_created: Optional[dict[str, datetime]] = None,
 ) -> dict:
     """Read the period's runs from the evidence store, verify each, and build the report data,
-    with the period's restore coverage (app/coverage.py) and its control. `schedule_created`: when
+    with the period's restore coverage (coverage.py) and its control. `schedule_created`: when
     Temporal says each drill's schedule was created (read by the CLI when it can reach Temporal)."""
     start, end = parse_period(period)
     runs = store.runs(start, end, drill)
