@@ -37,7 +37,8 @@ from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
 from drdrill.core.spec import parse_spec
 from drdrill.providers.postgres import PostgresProvider
-from drdrill.localpg.cluster import LocalCluster, run_user, server_pid
+from drdrill.localpg.cluster import LocalCluster, run_user
+from drdrill.localpg.recovered import server_pid
 from worker import connect, running_worker
 
 DRILL = """

@@ -52,7 +52,8 @@ from drdrill.providers.postgres.artefacts import (
     tar_problem,
 )
 from drdrill.localpg.binaries import Binaries
-from drdrill.localpg.cluster import SUPERUSER, ClusterError, LocalCluster, adopt_data_dir, install_dirs, stop_server
+from drdrill.localpg.cluster import SUPERUSER, ClusterError, LocalCluster, install_dirs
+from drdrill.localpg.recovered import adopt_data_dir, stop_server
 from drdrill.localpg.sandbox import Inputs, Sandbox, SandboxError
 from drdrill.localpg.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors, exit_code_findings

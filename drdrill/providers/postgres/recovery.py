@@ -42,17 +42,8 @@ from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError, heartbeat
 from drdrill.localpg.binaries import Binaries, for_major
 import drdrill.localpg.safefs as safefs
-from drdrill.localpg.cluster import (
-    ClusterError,
-    LocalCluster,
-    _chown,
-    hand_to_server_user,
-    prepare_recovered_data_dir,
-    recovery_overrides,
-    server_pid,
-    start_recovery,
-    stop_server,
-)
+from drdrill.localpg.cluster import ClusterError, LocalCluster, chown_to_server, hand_to_server_user
+from drdrill.localpg.recovered import prepare_recovered_data_dir, recovery_overrides, server_pid, start_recovery, stop_server
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.postgres.walcheck import WalChecks, WalDamaged
 from drdrill.providers.postgres.pagechecks import check_page_checksums
@@ -459,7 +450,7 @@ class PhysicalSource(RecoverySource):
         config = self._prepare(target, backup, data, cluster.path, config_to, recovery_target)
         hand_to_server_user(scratch)
         check_page_checksums(target, data, binaries)  # before it starts (pagechecks.py; read back after it serves)
-        _chown(spool)
+        chown_to_server(spool)
         safefs.write_file(spool / "restore_command.sh", RESTORE_SCRIPT.format(spool=spool), mode=0o755)
         control = control_data(binaries, data)
         checks = WalChecks(wal_before, control.get("segment_size", 16 << 20), backup.major, control.get("sysid"))

@@ -19,7 +19,8 @@ from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredRe
 from drdrill.core.spec import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
-from drdrill.localpg.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
+from drdrill.localpg.cluster import ClusterError, LocalCluster, server_major, tool
+from drdrill.localpg.recovered import BackupLinkRefused, adopt_data_dir, stop_server
 from drdrill.localpg.sandbox import Inputs, SandboxError
 from drdrill.localpg.data import mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
