@@ -5,7 +5,9 @@
     repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
     dumps.py     pg_dump files a team already has (path, s3, url_env): every format, no manifest
     artefacts.py  listing, reading and recognising those files (format, compression, header)
-    recovery.py  point-in-time recovery shared by physical sources: the rule's moment, WAL feeding, recovery's end
+    recovery.py  point-in-time recovery shared by physical sources: the rule's moment, the recovery run and its record
+    walreplay.py  WAL fed to the recovering server, its log read for recovery's end, replay findings
+    toolrun.py   running a physical source's backup tool (heartbeats, cancellation, named environment)
     pgbackrest.py, barman.py, walarchive.py  the physical sources: a pgBackRest stanza, barman-cloud on S3,
                  pg_basebackup directories plus a WAL archive directory
     findings.py  restore tools' stderr into findings with stable codes
