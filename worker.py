@@ -44,7 +44,7 @@ from activities.ops import OpsActivities
 from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
-from drdrill.evidence.store import embedded_server
+from drdrill.evidence.embedded import embedded_server
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.limiter import LimiterWorkflow

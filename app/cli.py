@@ -40,7 +40,7 @@ from drdrill.core.redact import redact
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec
 from drdrill.evidence.created import created_resources
 from drdrill.evidence.record import record_sweep
-from drdrill.evidence.store import embedded_server
+from drdrill.evidence.embedded import embedded_server
 from drdrill.evidence.render import fmt_time
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.postgres import take_backup

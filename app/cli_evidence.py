@@ -29,7 +29,8 @@ from drdrill.evidence.ledger import check_entry
 from drdrill.evidence.period import period_report, render_period
 from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
-from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
+from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, open_store
+from drdrill.evidence.embedded import embedded_server
 from drdrill.localpg.cluster import ClusterError
 
 console = Console(highlight=False, soft_wrap=True)

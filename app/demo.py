@@ -157,7 +157,7 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
 
     Over 80 lines: it is the demo's script (stanza, archiving cluster, backup, writer, disaster,
     cleanup), one step after another, and reads best in that order."""
-    from drdrill.evidence.store import _prepare_home, store_home
+    from drdrill.evidence.embedded import prepare_home, store_home
     from drdrill.localpg.cluster import run_user
 
     if shutil.which("pgbackrest") is None:
@@ -166,7 +166,7 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
     # The stanza lives under the state directory, where the server's user can reach it (as root with
     # the default state directory, beside the evidence store in /var/lib/drdrill): never in /tmp.
     home = store_home(state).parent / "pitr-demo"
-    _prepare_home(home)
+    prepare_home(home)
     user = run_user()
     for d in (home / "repo", home / "lock", home / "log"):
         d.mkdir(parents=True, exist_ok=True)

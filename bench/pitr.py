@@ -245,7 +245,7 @@ async def run(a) -> dict:
     finally:
         if server is not None:
             server.stop()
-        from drdrill.evidence.store import embedded_cluster
+        from drdrill.evidence.embedded import embedded_cluster
 
         embedded_cluster(work / "state").stop(mode="fast")
         source.prod.destroy()
