@@ -4,7 +4,9 @@
     sources.py   RecoverySource: one kind of backup a target is recovered from
     repository.py  drdrill's own repository (`drdrill backup`: dumps and base backups with manifests)
     dumps.py     pg_dump files a team already has (path, s3, url_env): every format, no manifest
-    artefacts.py  listing, reading and recognising those files (format, compression, header)
+    dumpstores.py  where those files are: a glob, an S3 prefix, a presigned URL (listed and read, never written)
+    artefacts.py  recognising those files (format, compression, header), their checksums
+    dumprestore.py  one such file restored: the server of its major, the tool streamed into, what it said
     recovery.py  point-in-time recovery shared by physical sources: the rule's moment, the recovery run and its record
     walreplay.py  WAL fed to the recovering server, its log read for recovery's end, replay findings
     toolrun.py   running a physical source's backup tool (heartbeats, cancellation, named environment)
