@@ -105,19 +105,6 @@ def cluster_beside(cluster: LocalCluster, target: str, binaries: Binaries) -> Se
     return Server(str(cluster.sock), port, str(data), f"a PostgreSQL {binaries.major} cluster beside the drill's, on its private socket")
 
 
-def fresh_database(server: Server, dbname: str, point_id: str) -> bool:
-    """Create the target's database anew; True when this drill already restored it (a retried activity)."""
-    ident = psycopg.sql.Identifier(dbname)
-    with psycopg.connect(server.dsn(), autocommit=True, connect_timeout=10) as conn:
-        done = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
-        if done and done[0] == f"drdrill restored {point_id}":
-            return True
-        if done:
-            conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
-        conn.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
-    return False
-
-
 # ---------------------------------------------------------------- one restore
 
 

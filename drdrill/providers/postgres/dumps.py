@@ -35,8 +35,8 @@ import drdrill.localpg.binaries as installs
 from drdrill.providers.postgres.artefacts import MANIFEST_SUFFIX, Artefact, Expectation, Header, parse_sidecar, point_time
 from drdrill.providers.postgres.dumpstores import Store, store_for
 from drdrill.localpg.cluster import LocalCluster, install_dirs
-from drdrill.localpg.data import mark_restored
-from drdrill.providers.postgres.dumprestore import CHUNK, Restore, fresh_database, require_complete, server_for
+from drdrill.localpg.data import already_restored, mark_restored
+from drdrill.providers.postgres.dumprestore import CHUNK, Restore, require_complete, server_for
 from drdrill.providers.postgres.sources import RecoverySource
 
 TIME_SOURCES = {
@@ -177,7 +177,7 @@ class DumpFiles(RecoverySource):
         server = server_for(cluster, target.name, binaries)
         dbname = target.source.database or target.name
         endpoint = {"dsn": server.dsn(dbname), "database": dbname, "socket_dir": str(cluster.sock)}
-        if fresh_database(server, dbname, point.id):
+        if already_restored(server.dsn(), dbname, point.id):
             return RestoredResource(
                 target=target.name, provider="postgres", id=f"{server.where}/{dbname}", endpoint=endpoint,
                 description=f"{a.name} restored earlier in this drill", details={"point": point.id, "resumed": True},
