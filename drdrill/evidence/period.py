@@ -123,18 +123,12 @@ def period_data(
     simulations = [_simulation_row(r) for r in runs if is_simulation(r)]
     runs = [r for r in runs if not is_simulation(r)]
 
-    if drills_dir is not None and Path(drills_dir).is_dir():
-        scheduled, problems = scheduled_drills(drills_dir)
-    else:
-        where = f" {drills_dir}" if drills_dir is not None else ""
-        scheduled, problems = [], [f"no drills directory{where}: scheduled drills were not checked (use --drills DIR)"]
+    scheduled, problems = _scheduled(drills_dir)
     due = [sd for sd in scheduled if not drill or sd.name == drill]
     missed, upcoming, findings, unchecked = _due_drills(due, runs, start, end, now, schedule_since or {})
     problems += unchecked
     run_rows, run_findings = _run_rows(runs, verified)
     findings += run_findings
-    intact = [row for row in run_rows if row["evidence_intact"]]
-    verdicts = [row["verdict"] for row in intact]
     missed_by_drill = group_missed(missed)
     return {
         "period": period.upper(),
@@ -142,17 +136,7 @@ def period_data(
         "end": end.isoformat(),
         "drill": drill,
         "generated_at": now.isoformat(),
-        "summary": {
-            "runs": len(run_rows),
-            "passed": verdicts.count("PASSED"),
-            "failed": verdicts.count("FAILED"),
-            "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
-            "error": verdicts.count("ERROR"),
-            "missed": len(missed),
-            "evidence_intact": len(intact),
-            "tampered": len(run_rows) - len(intact),
-            "simulations": len(simulations),
-        },
+        "summary": _summary(run_rows, missed, simulations),
         "runs": run_rows,
         "simulations": simulations,
         "drills": _drill_rows(run_rows, missed),
@@ -163,6 +147,31 @@ def period_data(
         "controls": _controls(run_rows, missed_by_drill, _declared_by(runs, scheduled)),
         "problems": problems,
         "scheduled_checked": not problems,
+    }
+
+
+def _scheduled(drills_dir: Optional[Path]) -> tuple[list[ScheduledDrill], list[str]]:
+    """The scheduled drill files of `drills_dir`, and problems reading them (or that there is none)."""
+    if drills_dir is not None and Path(drills_dir).is_dir():
+        return scheduled_drills(drills_dir)
+    where = f" {drills_dir}" if drills_dir is not None else ""
+    return [], [f"no drills directory{where}: scheduled drills were not checked (use --drills DIR)"]
+
+
+def _summary(run_rows: list[dict], missed: list[dict], simulations: list[dict]) -> dict:
+    """The period's counts: verdicts of the runs whose evidence is intact, the tampered, the missed."""
+    intact = [row for row in run_rows if row["evidence_intact"]]
+    verdicts = [row["verdict"] for row in intact]
+    return {
+        "runs": len(run_rows),
+        "passed": verdicts.count("PASSED"),
+        "failed": verdicts.count("FAILED"),
+        "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
+        "error": verdicts.count("ERROR"),
+        "missed": len(missed),
+        "evidence_intact": len(intact),
+        "tampered": len(run_rows) - len(intact),
+        "simulations": len(simulations),
     }
 
 
