@@ -118,7 +118,7 @@ class Restore:
                  binaries: Binaries, dbname: str, scratch: Path, sandbox: Sandbox):
         self.target, self.a, self.header, self.expect, self.store = target, artefact, header, expect, store
         self.server, self.binaries, self.dbname, self.scratch = server, binaries, dbname, scratch
-        # psql and pg_restore run in the drill's sandbox (sandbox.py): what a hostile dump makes
+        # psql and pg_restore run in the drill's sandbox (drdrill/localpg/sandbox.py): what a hostile dump makes
         # them do stays there. They reach the server over its socket and read the archive through
         # a descriptor opened here (Inputs).
         self.sandbox = sandbox

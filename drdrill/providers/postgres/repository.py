@@ -69,7 +69,7 @@ class DrdrillRepository(RecoverySource):
         check_archive(target.name, point.id, archive, manifest)
         if manifest.get("format") == "base":
             return self._restore_base(ctx, target, point, cluster, archive, manifest)
-        box = cluster.sandbox()  # psql and pg_restore run in the drill's sandbox (sandbox.py)
+        box = cluster.sandbox()  # psql and pg_restore run in the drill's sandbox (drdrill/localpg/sandbox.py)
         readable_archive(box, target.name, point.id, archive, cluster.path)
 
         # 2. A fresh database (a retried attempt starts over: idempotent).
