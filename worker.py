@@ -55,7 +55,7 @@ from activities.ops import OpsActivities
 from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
-from drdrill.evidence.store import embedded_server
+from drdrill.evidence.embedded import embedded_server
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.limiter import LimiterWorkflow
@@ -313,6 +313,7 @@ async def running_worker(
     A second worker polls this host's own queue (activities only), for providers whose resources
     live on the host: see DrillActivities.claim_host. `settings`: its capacity (default: from the
     environment, `capacity()`); `max_concurrent_activities` overrides its activity slots."""
+    # long: the two workers (the shared queue's and this host's) are built side by side from one capacity, to be read together
     settings = settings or capacity()
     max_concurrent_activities = max_concurrent_activities or settings.max_activities
     queue = task_queue_name or task_queue()

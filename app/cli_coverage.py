@@ -21,12 +21,12 @@ from rich.console import Console
 from activities.coverage import CoverageCheckInput
 from app.cli_evidence import command_store
 from app import queries
-from app.coverage import render_coverage
-from app.reports import parse_period
 from app.runtime import EmbeddedBusy, state_dir, temporal
+from drdrill.core.calendar import parse_period
 from drdrill.core.durations import parse_duration
 from drdrill.core.schema import SpecError
 from drdrill.evidence.coverage import current_period, load_drills
+from drdrill.evidence.coverage_report import render_coverage
 from worker import task_queue
 
 console = Console(highlight=False, soft_wrap=True)

@@ -21,15 +21,17 @@ from rich.console import Console
 from rich.table import Table
 
 from app import queries
-from app.reports import parse_period, period_report, render_period
 from app.runtime import state_dir, temporal
-from app.schedules import schedule_id, scheduled_drills
+from app.schedules import schedule_id
+from drdrill.core.calendar import parse_period, scheduled_drills
 from drdrill.core.durations import format_duration, parse_duration
 from drdrill.evidence.bundle import BundleError, check_files, check_import, read_anchor
+from drdrill.evidence.period import period_report, render_period
 from drdrill.evidence.render import fmt_time, is_simulation
 from drdrill.evidence.signing import SigningError, fingerprint, pem, signer, trusted_keys
-from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, embedded_server, open_store
-from drdrill.providers.postgres.cluster import ClusterError
+from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, open_store
+from drdrill.evidence.embedded import embedded_server
+from drdrill.localpg.cluster import ClusterError
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

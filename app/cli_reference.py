@@ -2,7 +2,7 @@
 structure reference its later drills compare with (STRUCTURE_MISSING, STRUCTURE_UNEXPECTED).
 
 The structure comes from the evidence, not from a new restore: every postgres restore is inspected
-(drdrill/providers/postgres/inspect.py), and the run records its catalog objects in the restored
+(drdrill/localpg/inspect.py), and the run records its catalog objects in the restored
 resource. So the reference is exactly what a drill restored (not what production looks like today),
 writing it costs no second restore, and the run it came from is named in the file's header. Run the
 drill, write the reference, review the diff and commit it beside the drill file.
@@ -23,7 +23,7 @@ from app.cli_evidence import command_store
 from drdrill.core.schema import SpecError
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.spec import DrillSpec, load_spec
-from drdrill.providers.postgres.inspect import parse_reference, reference_header, render_reference
+from drdrill.localpg.inspect import parse_reference, reference_header, render_reference
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)

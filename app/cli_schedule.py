@@ -79,7 +79,7 @@ def sync_cmd(
 
 def _record_sync(rows: list[dict]) -> None:
     """Keep the sync in the evidence store: the period report counts missed drills only from the
-    time a schedule provably existed (app/reports.py)."""
+    time a schedule provably existed (drdrill/evidence/period.py)."""
     try:
         with command_store() as store:
             store.record_schedule_sync(rows)

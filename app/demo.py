@@ -29,7 +29,7 @@ from rich.console import Console
 from app.runtime import state_dir
 from drdrill.providers.spec import DrillSpec, load_spec, parse_spec
 from drdrill.providers.postgres.backup import take_backup
-from drdrill.providers.postgres.cluster import LocalCluster, cluster_root
+from drdrill.localpg.cluster import LocalCluster, cluster_root
 
 DRILL = Path(__file__).resolve().parents[1] / "drills" / "demo-postgres.yaml"
 
@@ -127,7 +127,7 @@ class OrderWriter(Writer):
 
 
 def _pgbackrest(conf: Path, *args: str) -> str:
-    from drdrill.providers.postgres.cluster import run_user
+    from drdrill.localpg.cluster import run_user
 
     user = run_user()
     ids = {"user": user.pw_uid, "group": user.pw_gid} if user else {}
@@ -153,58 +153,18 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
     a full backup, an order written every second, and a "disaster" (DELETE FROM orders, no WHERE);
     yields drills/pgbackrest-pitr.yaml aimed at 20 seconds before the disaster.
 
-    Afterwards the writer and the cluster stop, and the stanza is removed (unless `keep`).
-
-    Over 80 lines: it is the demo's script (stanza, archiving cluster, backup, writer, disaster,
-    cleanup), one step after another, and reads best in that order."""
-    from drdrill.evidence.store import _prepare_home, store_home
-    from drdrill.providers.postgres.cluster import run_user
-
+    Afterwards the writer and the cluster stop, and the stanza is removed (unless `keep`)."""
     if shutil.which("pgbackrest") is None:
         raise DemoUnavailable("pgbackrest is not installed: `apt-get install pgbackrest` (Debian/Ubuntu), then run it again")
     state = state_dir()
-    # The stanza lives under the state directory, where the server's user can reach it (as root with
-    # the default state directory, beside the evidence store in /var/lib/drdrill): never in /tmp.
-    home = store_home(state).parent / "pitr-demo"
-    _prepare_home(home)
-    user = run_user()
-    for d in (home / "repo", home / "lock", home / "log"):
-        d.mkdir(parents=True, exist_ok=True)
-        if user is not None:
-            os.chown(d, user.pw_uid, user.pw_gid)
     prod = LocalCluster(cluster_root() / f"demo-pitr-production-{os.getuid()}")
-    conf = home / "pgbackrest.conf"
-    conf.write_text(
-        f"[global]\nrepo1-path={home / 'repo'}\nrepo1-retention-full=2\nlock-path={home / 'lock'}\nlog-path={home / 'log'}\n"
-        f"log-level-file=off\nstart-fast=y\n[main]\npg1-path={prod.data}\npg1-socket-path={prod.sock}\npg1-port=5432\npg1-user=drdrill\n"
-    )
-    os.chmod(conf, 0o644)
+    home, conf = _pitr_stanza(state, prod)
     console.print("[bold]drdrill demo --pitr[/]: point-in-time recovery from pgBackRest, end to end")
     console.print(f"  state directory   {state}")
     writer = None
     drilled = False
     try:
-        prod.create(
-            {"drdrill:demo": "sample production cluster for the PITR demo (not a drill resource)"},
-            settings={
-                "wal_level": "replica",
-                "archive_mode": "on",
-                "archive_command": f"'pgbackrest --config={conf} --stanza=main archive-push %p'",
-                "max_wal_senders": "4",
-            },
-            checksums=True,  # as a production cluster should: the drill checks the restored pages
-        )
-        with psycopg.connect(prod.dsn(), autocommit=True) as conn:
-            if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'").fetchone():
-                conn.execute("CREATE ROLE postgres SUPERUSER LOGIN")
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone():
-                conn.execute("CREATE DATABASE shop")
-        dsn = prod.dsn("shop")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS orders (id bigserial PRIMARY KEY, amount numeric(10,2), "
-                "created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
-            )
+        dsn = _archiving_production(prod, conf)
         _pgbackrest(conf, "stanza-create")
         console.print(f"  production        {prod.path} (WAL archived by pgBackRest into {home / 'repo'})")
         _pgbackrest(conf, "backup", "--type=full")
@@ -235,6 +195,57 @@ def sample_pitr_production(console: Console, keep: bool = False) -> Iterator[Dri
             prod.destroy()
             shutil.rmtree(home, ignore_errors=True)
     console.print("  the boundary check shows the orders written up to the moment came back, and none after it")
+
+
+def _pitr_stanza(state: Path, prod: LocalCluster) -> tuple[Path, Path]:
+    """The demo's pgBackRest stanza directory and its configuration, for the production cluster `prod`.
+
+    It lives under the state directory, where the server's user can reach it (as root with the
+    default state directory, beside the evidence store in /var/lib/drdrill): never in /tmp."""
+    from drdrill.evidence.embedded import prepare_home, store_home
+    from drdrill.localpg.cluster import run_user
+
+    home = store_home(state).parent / "pitr-demo"
+    prepare_home(home)
+    user = run_user()
+    for d in (home / "repo", home / "lock", home / "log"):
+        d.mkdir(parents=True, exist_ok=True)
+        if user is not None:
+            os.chown(d, user.pw_uid, user.pw_gid)
+    conf = home / "pgbackrest.conf"
+    conf.write_text(
+        f"[global]\nrepo1-path={home / 'repo'}\nrepo1-retention-full=2\nlock-path={home / 'lock'}\nlog-path={home / 'log'}\n"
+        f"log-level-file=off\nstart-fast=y\n[main]\npg1-path={prod.data}\npg1-socket-path={prod.sock}\npg1-port=5432\npg1-user=drdrill\n"
+    )
+    os.chmod(conf, 0o644)
+    return home, conf
+
+
+def _archiving_production(prod: LocalCluster, conf: Path) -> str:
+    """Create the sample production cluster, archiving its WAL into the stanza, with the `shop`
+    database and its `orders` table; return the database's DSN."""
+    prod.create(
+        {"drdrill:demo": "sample production cluster for the PITR demo (not a drill resource)"},
+        settings={
+            "wal_level": "replica",
+            "archive_mode": "on",
+            "archive_command": f"'pgbackrest --config={conf} --stanza=main archive-push %p'",
+            "max_wal_senders": "4",
+        },
+        checksums=True,  # as a production cluster should: the drill checks the restored pages
+    )
+    with psycopg.connect(prod.dsn(), autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'postgres'").fetchone():
+            conn.execute("CREATE ROLE postgres SUPERUSER LOGIN")
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone():
+            conn.execute("CREATE DATABASE shop")
+    dsn = prod.dsn("shop")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS orders (id bigserial PRIMARY KEY, amount numeric(10,2), "
+            "created_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+    return dsn
 
 
 def _pitr_spec(conf: Path, target: datetime) -> DrillSpec:

@@ -32,7 +32,7 @@ from activities.logs import ContextFilter, TextFormatter
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import RedactingFilter, redact
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres.cluster import ClusterError
+from drdrill.localpg.cluster import ClusterError
 
 BAD_INPUT = 2
 ERROR = 4

@@ -19,8 +19,9 @@ from typing import Any, Callable, Optional
 import yaml
 from temporalio.client import Client, WorkflowExecutionStatus
 
-from app.coverage import coverage_for
-from app.reports import parse_period, period_report
+from drdrill.core.calendar import parse_period
+from drdrill.evidence.coverage import coverage_for
+from drdrill.evidence.period import period_report
 from app.schedules import ScheduleRow, managed, rows as schedule_rows_of, schedule_id
 from drdrill.core.models import ApprovalRecord, ApprovalRequest, DrillResult, DrillStatus
 from drdrill.core.coverage_policy import COVERAGE_FILE
@@ -304,7 +305,7 @@ def count_runs(store: Any) -> int:
 
 
 def trend_points(runs_newest_first: list[dict], rto_objective: Optional[float], rpo_objective: Optional[float]) -> list[dict]:
-    """A drill's runs as the points app.reports.trend_svg draws: oldest first, each measured against the objective."""
+    """A drill's runs as the points drdrill.evidence.period.trend_svg draws: oldest first, each measured against the objective."""
     points = []
     for r in reversed(runs_newest_first):
         point = {"drill_id": r["drill_id"], "declared": r["declared"].isoformat() if r["declared"] else None}
@@ -375,5 +376,5 @@ def coverage_report(store: Any, drills_dir: Path, period: Optional[str] = None, 
 
 def period_report_data(store: Any, period: str, drills_dir: Optional[Path], drill: Optional[str] = None,
                        schedule_created: Optional[dict[str, datetime]] = None) -> dict:
-    """`drdrill report --period`: everything the period report shows (app/reports.py)."""
+    """`drdrill report --period`: everything the period report shows (drdrill/evidence/period.py)."""
     return period_report(store, period, drill=drill, drills_dir=drills_dir, schedule_created=schedule_created)

@@ -8,7 +8,7 @@ other local user can drive it (app/temporal_gate.py). That is what `drdrill demo
 and a laptop `drdrill run` use; production runs workers (worker.py) against a real cluster.
 
 Either way, an embedded evidence PostgreSQL that the command starts (when a drill records its
-evidence) is stopped when the command ends: see drdrill.evidence.store.embedded_server.
+evidence) is stopped when the command ends: see drdrill.evidence.embedded.embedded_server.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from temporalio.client import Client
 from app import server_file
 from app.temporal import DevServer
 from drdrill.core.paths import default_state_dir
-from drdrill.evidence.store import embedded_server
+from drdrill.evidence.embedded import embedded_server
 from worker import connect, running_worker
 
 

@@ -21,9 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Optional
-from zoneinfo import ZoneInfo
 
-import yaml
 from temporalio.client import (
     Client,
     Schedule,
@@ -41,13 +39,12 @@ from temporalio.client import (
 )
 
 from activities.coverage import CoverageCheckInput, CoverageCheckResult
-from drdrill.core.calendar import EVERY_WEEKDAY, Calendar
+from drdrill.core.calendar import EVERY_WEEKDAY, Calendar, calendar_of
 from drdrill.core.models import DrillResult
 from drdrill.providers.spec import DrillInput, DrillSpec, load_spec
 from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.coverage_policy import COVERAGE_FILE
 from drdrill.core.schema import SpecError
-from drdrill.core.drill import ScheduleSpec as DrillSchedule
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
 from workflows.sweep import OrphanSweepWorkflow
@@ -63,23 +60,6 @@ COVERAGE_SCHEDULE_ID = "drdrill-coverage-check"
 
 def schedule_id(name: str) -> str:
     return f"drdrill-{name}"
-
-
-# ------------------------------------------------------------------ a drill's calendar
-
-
-def calendar_of(schedule: DrillSchedule) -> Calendar:
-    """The times a drill's `schedule:` fires, in its time zone (drdrill/core/calendar.py)."""
-    if schedule.quarterly is not None:
-        q = schedule.quarterly
-        return Calendar.quarterly(q.month, q.day, q.time)
-    return Calendar.cron(schedule.cron)  # type: ignore[arg-type]
-
-
-def due_times(schedule: DrillSchedule, start: datetime, end: datetime) -> list[datetime]:
-    """When the drill was (or is) due in [start, end): the times its Temporal Schedule fires,
-    before jitter, as wall-clock times in the schedule's time zone."""
-    return calendar_of(schedule).times(start, end, ZoneInfo(schedule.timezone))
 
 
 def drill_spec_of(spec: DrillSpec) -> ScheduleSpec:
@@ -107,38 +87,6 @@ def _temporal_calendar(cal: Calendar, comment: str) -> ScheduleCalendarSpec:
         comment=comment,
         **weekdays,
     )
-
-
-@dataclass
-class ScheduledDrill:
-    """A drill file with a schedule, read for the period report."""
-
-    name: str
-    path: str
-    schedule: DrillSchedule
-    controls: list[str]
-
-
-def scheduled_drills(drills_dir: Path) -> tuple[list[ScheduledDrill], list[str]]:
-    """Drill files in `drills_dir` that have a (not paused) schedule; and problems reading the others.
-
-    Only the `schedule:` (and the name and controls) must be valid: whether a drill was due does
-    not depend on the rest of its file, nor on the environment the file's other fields refer to."""
-    found, problems = [], []
-    for path in sorted(Path(drills_dir).glob("*.y*ml")):
-        try:
-            data = yaml.safe_load(path.read_text())
-            if not isinstance(data, dict) or not data.get("schedule"):
-                continue
-            schedule = DrillSchedule.model_validate(data["schedule"])
-        except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
-            problems.append(f"{path}: schedule not readable: {exc}".splitlines()[0])
-            continue
-        if schedule.paused:
-            continue
-        controls = list((data.get("evidence") or {}).get("controls") or [])
-        found.append(ScheduledDrill(str(data.get("name", path.stem)), str(path), schedule, controls))
-    return found, problems
 
 
 def spec_hash(spec: DrillSpec, task_queue: str) -> str:

@@ -35,7 +35,7 @@ from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
 from drdrill.providers.spec import parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
-from drdrill.providers.postgres.cluster import LocalCluster, tool
+from drdrill.localpg.cluster import LocalCluster, tool
 from worker import connect, running_worker
 
 BUCKET = "bench-dumps"

@@ -31,9 +31,9 @@ from typing import Optional
 import psycopg
 
 from bench.common import ADMIN_DSN, load, summary, time_limit, write_result
-from drdrill.providers.postgres.cluster import LocalCluster, tool
+from drdrill.localpg.cluster import LocalCluster, tool
 from drdrill.providers.postgres.integrity import run_amcheck
-from drdrill.providers.postgres.sandbox import Inputs
+from drdrill.localpg.sandbox import Inputs
 
 DRDRILL = str(Path(sys.executable).parent / "drdrill")
 

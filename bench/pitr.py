@@ -37,7 +37,8 @@ from bench.common import load, summary, time_limit, write_result
 from bench.simdrill import run_passing
 from drdrill.providers.spec import parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
-from drdrill.providers.postgres.cluster import LocalCluster, run_user, server_pid
+from drdrill.localpg.cluster import LocalCluster, run_user
+from drdrill.localpg.recovered import server_pid
 from worker import connect, running_worker
 
 DRILL = """
@@ -244,7 +245,7 @@ async def run(a) -> dict:
     finally:
         if server is not None:
             server.stop()
-        from drdrill.evidence.store import embedded_cluster
+        from drdrill.evidence.embedded import embedded_cluster
 
         embedded_cluster(work / "state").stop(mode="fast")
         source.prod.destroy()

@@ -3,12 +3,12 @@
 The whole postgres drill (real Temporal dev server, real worker, PostgresProvider: throwaway
 cluster, archive sha256, pg_restore -j, readiness, checksum + sql validations, teardown, evidence)
 on a generated database, against a hand-run restore of the same archive: initdb + start of an
-equivalent throwaway cluster (drdrill/providers/postgres/cluster.py LocalCluster), createdb, `pg_restore -j N`.
+equivalent throwaway cluster (drdrill/localpg/cluster.py LocalCluster), createdb, `pg_restore -j N`.
 Runs alternate (bare, drill, bare, drill, ...) so background load hits both alike.
 
     python -m bench.restore_rto --gb 1 --runs 5 --jobs 2
 
-With --sandbox, the cost of the restore sandbox (drdrill/providers/postgres/sandbox.py) alone: the
+With --sandbox, the cost of the restore sandbox (drdrill/localpg/sandbox.py) alone: the
 constant (bubblewrap starting /bin/true, as every sandboxed tool pays it), and the same restore
 (cluster created and started, pg_restore -j N) on the old direct path against the sandboxed one,
 alternating; no Temporal, no checks.
@@ -36,8 +36,8 @@ from bench.simdrill import run_passing
 from drdrill.providers.spec import parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.backup import take_backup
-from drdrill.providers.postgres.cluster import LocalCluster, tool
-from drdrill.providers.postgres.sandbox import Inputs
+from drdrill.localpg.cluster import LocalCluster, tool
+from drdrill.localpg.sandbox import Inputs
 from worker import connect, running_worker
 
 DRILL = """

@@ -20,8 +20,8 @@ import psycopg
 from psycopg import sql
 
 from drdrill.core.models import RecoveryPoint, RestoredResource
-from drdrill.providers.postgres.data import fingerprints_parallel, list_tables, table_ident
-from drdrill.providers.postgres.cluster import tool
+from drdrill.localpg.data import fingerprints_parallel, list_tables, table_ident
+from drdrill.localpg.cluster import tool
 from drdrill.providers.postgres.backup import libpq_env
 from drdrill.validation import ValidateInput, run_validation
 from bench import datagen

@@ -23,7 +23,7 @@ import psycopg
 from pydantic import BaseModel
 
 from drdrill.core.models import Finding, RecoveryPoint, RestoredResource, ValidationResult
-from drdrill.providers.postgres.data import differing_ranges, fingerprints_parallel, list_tables, table_ident
+from drdrill.localpg.data import differing_ranges, fingerprints_parallel, list_tables, table_ident
 from drdrill.core.progress import heartbeat
 from drdrill.core.durations import format_duration
 from drdrill.core.schema import ENDPOINT_TEMPLATE_RE

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drdrill.providers.postgres.cluster import postmaster_alive
+from drdrill.localpg.cluster import postmaster_alive
 from drdrill.providers.postgres.backup import take_backup
 
 ADMIN_DSN = os.environ.get("DRDRILL_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
@@ -69,7 +69,7 @@ def cluster_root(tmp_path_factory, monkeypatch) -> Path:
     root.mkdir(mode=0o711)
     monkeypatch.setenv("DRDRILL_CLUSTER_ROOT", str(root))
     yield root
-    from drdrill.providers.postgres.cluster import LocalCluster
+    from drdrill.localpg.cluster import LocalCluster
 
     for p in list(root.iterdir()):  # a failed test must not leak servers into the next one
         if p.is_dir():
@@ -81,7 +81,7 @@ def cluster_root(tmp_path_factory, monkeypatch) -> Path:
 
 def clusters_left(root: Path) -> list[str]:
     """What a user would find left by drills: tagged cluster directories or servers still running."""
-    from drdrill.providers.postgres.cluster import LocalCluster
+    from drdrill.localpg.cluster import LocalCluster
 
     left = []
     if not root.exists():  # a host whose worker never created a cluster

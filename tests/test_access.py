@@ -245,7 +245,7 @@ def test_the_probe_relay_refuses_every_call_but_the_probes_own(temporal_server, 
 
 def _connect_as(user: str, dsn: str) -> str:
     """`psql` (the system's client: runnable by any uid, wherever the checkout lives) as `user`."""
-    from drdrill.providers.postgres.cluster import tool
+    from drdrill.localpg.cluster import tool
 
     pw = pwd.getpwnam(user)
     argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--clear-groups",
@@ -262,7 +262,8 @@ def test_only_drdrill_reaches_the_embedded_evidence_store(embedded):
     process of the store's own account cannot connect; drdrill records and verifies as before."""
     from drdrill.evidence.record import record_run
     from drdrill.evidence.access import EVIDENCE_USER
-    from drdrill.evidence.store import embedded_cluster, embedded_dsn, embedded_server, open_store
+    from drdrill.evidence.store import open_store
+    from drdrill.evidence.embedded import embedded_cluster, embedded_dsn, embedded_server
     from tests.evidence_fixtures import sample_result
 
     state = embedded.use("A")
@@ -365,15 +366,16 @@ def test_a_store_made_by_an_older_drdrill_is_handed_over_with_its_evidence(embed
     drdrill-evidence, with peer authentication, and the runs it held still verify."""
     from drdrill.evidence.record import record_run
     from drdrill.evidence.access import EVIDENCE_USER
-    from drdrill.evidence.store import DURABLE, EMBEDDED_DB, _prepare_home, embedded_cluster, embedded_server, open_store
-    from drdrill.providers.postgres.cluster import LocalCluster, run_user
+    from drdrill.evidence.store import open_store
+    from drdrill.evidence.embedded import DURABLE, EMBEDDED_DB, embedded_cluster, embedded_server, prepare_home
+    from drdrill.localpg.cluster import LocalCluster, run_user
     from tests.evidence_fixtures import sample_result
 
     state = embedded.use("old")
     new = embedded_cluster(state)
     old = LocalCluster(new.path)  # the server user of every cluster: postgres
     old.data, old.log = new.data, new.log
-    _prepare_home(new.data.parent, run_user())
+    prepare_home(new.data.parent, run_user())
     old.create({"drdrill:evidence": "embedded evidence store (an older drdrill's)", "data": str(old.data)}, DURABLE)
     try:
         with psycopg.connect(old.dsn(), autocommit=True) as conn:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres import binaries
+from drdrill.localpg import binaries
 
 
 @pytest.fixture(autouse=True)

@@ -40,7 +40,7 @@ from drdrill.providers.spec import parse_spec
 from drdrill.providers.azure.provider import AzureProvider
 from drdrill.providers.base import ProviderError
 from drdrill.providers.gcp.provider import GcpProvider
-from drdrill.providers.postgres.cluster import LocalCluster, run_user
+from drdrill.localpg.cluster import LocalCluster, run_user
 from drdrill.providers.probes import PASSWORD_REFERENCE, resolve_secret
 from drdrill.validation import ValidateInput
 from tests.azure_fake import AzureFake, make_certificate

@@ -15,7 +15,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from app import cli as cli_mod
-from app.reports import period_report, render_period
+from drdrill.evidence.period import period_report, render_period
 from drdrill.core import selection
 from drdrill.core.operations import LimiterRequest, limiter_workflow_id
 from drdrill.providers.spec import load_spec

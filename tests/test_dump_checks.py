@@ -197,7 +197,7 @@ def test_reference_write_refuses_a_target_without_a_reference_file_named(tmp_pat
 
 def test_checksum_and_equals_manifest_without_a_manifest_could_not_verify(drill_harness, tmp_path, cluster_root):
     """A base backup (pg_basebackup: a physical copy) has no per-table counts or checksums."""
-    from drdrill.providers.postgres.cluster import LocalCluster
+    from drdrill.localpg.cluster import LocalCluster
 
     server = LocalCluster(cluster_root / "source")
     server.create({"purpose": "test source"}, settings={"wal_level": "replica", "max_wal_senders": "4"})

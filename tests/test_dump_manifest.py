@@ -226,7 +226,7 @@ def test_a_column_type_without_an_extended_hash_is_fingerprinted_as_text_as_the_
     """`point` has no hash function: the table is fingerprinted with the "text" method, whole and
     per key range, giving the numbers data.py recomputes on the restored table."""
     from drdrill.providers.postgres import dumpfingerprints as fp
-    from drdrill.providers.postgres.data import fingerprint, key_ranges
+    from drdrill.localpg.data import fingerprint, key_ranges
 
     with psycopg.connect(source, autocommit=True) as conn:
         conn.execute("CREATE TABLE shapes (id int PRIMARY KEY, at point)")

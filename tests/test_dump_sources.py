@@ -23,9 +23,9 @@ import pytest
 from drdrill.core.schema import SpecError
 from drdrill.providers.spec import parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
-from drdrill.providers.postgres import binaries as installs
-from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.cluster import LocalCluster
+from drdrill.localpg import binaries as installs
+from drdrill.localpg.binaries import Binaries
+from drdrill.localpg.cluster import LocalCluster
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import ADMIN_DSN, SEED_SQL, cluster_root, clusters_left, create_source_db, drop_db, shop_dsn  # noqa: F401
 

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from app.cli_evidence import register
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.record import record_run
-from drdrill.evidence.store import embedded_cluster, embedded_server, open_store
+from drdrill.evidence.store import open_store
+from drdrill.evidence.embedded import embedded_cluster, embedded_server
 from tests.evidence_fixtures import sample_result
 from tests.pg_fixtures import cluster_root  # noqa: F401
 from tests.test_cli import clean_env, cli

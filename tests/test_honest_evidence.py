@@ -14,7 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from app.cli_evidence import register
-from app.reports import period_report
+from drdrill.evidence.period import period_report
 from app.simulate import simulated
 from drdrill.providers.spec import load_spec
 from drdrill.evidence.chain import evidence_document
@@ -255,8 +255,8 @@ OVERFLOWS = """() => {
 def report_pages(tmp_path) -> dict[str, str]:
     """The three reports, with what made them hard to read: long ids and paths, same-day runs, many
     missed drills, a simulation, a tampered run, an unreadable inventory beside a covered resource."""
-    from app.coverage import render_coverage_html
-    from app.reports import period_data, render_period
+    from drdrill.evidence.coverage_report import render_coverage_html
+    from drdrill.evidence.period import period_data, render_period
     from drdrill.providers.spec import CoverageSpec, parse_spec
     from drdrill.evidence.coverage import Restore, coverage_report
 

@@ -21,7 +21,7 @@ from drdrill.core.models import DrillContext
 from drdrill.core.schema import SpecError
 from drdrill.providers.spec import load_spec, parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
-from drdrill.providers.postgres.cluster import tool
+from drdrill.localpg.cluster import tool
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="network namespaces and sandbox uids need root")

@@ -1,5 +1,5 @@
 """Backups written by an adversary: what a restore makes the restored server run must stay in the
-drill's sandbox (drdrill/providers/postgres/sandbox.py). Each test is one attack, carried out with
+drill's sandbox (drdrill/localpg/sandbox.py). Each test is one attack, carried out with
 SQL that PostgreSQL itself executes on restore (COPY … TO PROGRAM, a CHECK constraint's function),
 which no dump check can refuse; each asserts what escaped, as the team's adversary would try.
 
@@ -297,7 +297,7 @@ def test_a_dump_file_restores_under_network_isolation_on_the_clusters_own_port(d
 
 
 def test_a_process_in_the_sandbox_has_its_own_uid_no_secret_no_capability_and_no_view_of_the_host(tmp_path, monkeypatch):
-    from drdrill.providers.postgres import sandbox
+    from drdrill.localpg import sandbox
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "worker-secret")
     meta = tmp_path / "meta"
@@ -317,7 +317,7 @@ def test_a_process_in_the_sandbox_has_its_own_uid_no_secret_no_capability_and_no
 
 
 def test_teardown_never_believes_a_record_that_names_another_process(tmp_path):
-    from drdrill.providers.postgres import sandbox
+    from drdrill.localpg import sandbox
 
     victim = subprocess.Popen(["sleep", "600"])
     try:

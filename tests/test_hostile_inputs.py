@@ -135,7 +135,7 @@ def _bomb(path: Path, head: bytes, gib: float = 1.0) -> Path:
 
 _PEAK_RSS = """
 import resource, sys
-from drdrill.providers.postgres.artefacts import PathStore
+from drdrill.providers.postgres.dumpstores import PathStore
 store = PathStore(sys.argv[1])
 header = store.header(store.list()[0])
 print(header.format or header.problem)
@@ -226,7 +226,7 @@ def test_a_database_name_cannot_point_the_restore_at_another_server(drill_harnes
 
 _URL_RSS = """
 import resource, sys
-from drdrill.providers.postgres.artefacts import UrlStore
+from drdrill.providers.postgres.dumpstores import UrlStore
 store = UrlStore("DUMP_URL")
 a = store.list()[0]
 head, tail = store.header(a), store.tail(a)

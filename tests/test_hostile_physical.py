@@ -18,9 +18,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from drdrill.providers.postgres.cluster import ClusterRootError, cluster_root as cluster_root_of
-from drdrill.providers.postgres.backupconf import parse
-from drdrill.providers.postgres.cluster import tool
+from drdrill.localpg.cluster import ClusterRootError, cluster_root as cluster_root_of
+from drdrill.localpg.backupconf import parse
+from drdrill.localpg.cluster import tool
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import clusters_left, cluster_root  # noqa: F401
 from tests.test_pitr import (  # noqa: F401
@@ -183,7 +183,7 @@ def test_a_cluster_root_writable_by_others_is_refused_and_the_default_is_not_in_
     finally:
         planted.rmdir()
     monkeypatch.delenv("DRDRILL_CLUSTER_ROOT")
-    from drdrill.providers.postgres.cluster import default_cluster_root
+    from drdrill.localpg.cluster import default_cluster_root
 
     assert not str(default_cluster_root()).startswith("/tmp/")
 
@@ -331,7 +331,7 @@ def test_a_barman_segment_damaged_mid_archive_ends_replay_early(drill_harness, c
 
 
 def test_safefs_replaces_a_link_instead_of_writing_through_it_and_hands_over_without_following(tmp_path):
-    from drdrill.providers.postgres import safefs
+    from drdrill.localpg import safefs
 
     victim = victim_file(tmp_path)
     tree = tmp_path / "data"

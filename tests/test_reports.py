@@ -16,7 +16,8 @@ import typer
 from typer.testing import CliRunner
 
 from app.cli_evidence import register
-from app.reports import parse_period, period_report, render_period
+from drdrill.core.calendar import parse_period
+from drdrill.evidence.period import period_report, render_period
 from drdrill.core.calendar import cron_times
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.record import record_run
@@ -174,7 +175,7 @@ def test_period_report_lists_the_missed_scheduled_drill_and_maps_controls(eviden
 
 
 def test_a_drill_scheduled_later_in_the_period_is_not_missed_yet(tmp_path):
-    from app.reports import period_data
+    from drdrill.evidence.period import period_data
 
     drills = tmp_path / "d"
     drills.mkdir()

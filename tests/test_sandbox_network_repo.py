@@ -17,7 +17,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from drdrill.providers.postgres import sandbox
+from drdrill.localpg import sandbox
 from drdrill.providers.postgres.netrepo import Endpoint, Tunnel, endpoint_of_url
 from tests.moto_server import moto_endpoint  # noqa: F401
 from tests.pg_fixtures import clusters_left, cluster_root  # noqa: F401

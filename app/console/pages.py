@@ -26,8 +26,9 @@ from app import queries
 from app.console.auth import COOKIE
 from app.console.signing import public_line, sign_for
 from app.console.web import Console, form, log
-from app.coverage import coverage_svg, render_coverage_html
-from app.reports import parse_period, render_period_html, trend_svg
+from drdrill.core.calendar import parse_period
+from drdrill.evidence.coverage_report import coverage_svg, render_coverage_html
+from drdrill.evidence.period import render_period_html, trend_svg
 from drdrill.core.schema import SpecError
 
 DRILL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,250}$")

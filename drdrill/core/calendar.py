@@ -1,14 +1,22 @@
 """When a drill is due: the calendar of a `schedule:` (quarterly, or a five-field cron line).
 
-Pure date arithmetic: no Temporal, no clock. app/schedules.py turns a drill's schedule into
-a Temporal Schedule and, from the same `Calendar`, answers which times fell due in a period (the
-period report's "which drills were due, which were missed").
+Date arithmetic, no Temporal, no clock. app/schedules.py turns a drill's schedule into a Temporal
+Schedule from the same `Calendar` (`calendar_of`); the period report asks `scheduled_drills` which
+drill files have a schedule and `due_times` which times fell due in a period (which drills were
+due, which were missed).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta, timezone, tzinfo
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import yaml
+
+from drdrill.core.drill import ScheduleSpec as DrillSchedule
 
 QUARTER_STARTS = (1, 4, 7, 10)
 EVERY_WEEKDAY = frozenset(range(7))
@@ -72,6 +80,74 @@ class Calendar:
 def cron_times(expr: str, start: datetime, end: datetime, tz: tzinfo) -> list[datetime]:
     """Times a five-field cron expression fires in [start, end) (numeric fields; 0 or 7 = Sunday)."""
     return Calendar.cron(expr).times(start, end, tz)
+
+
+def calendar_of(schedule: DrillSchedule) -> Calendar:
+    """The times a drill's `schedule:` fires, in its time zone."""
+    if schedule.quarterly is not None:
+        q = schedule.quarterly
+        return Calendar.quarterly(q.month, q.day, q.time)
+    return Calendar.cron(schedule.cron)  # type: ignore[arg-type]
+
+
+def due_times(schedule: DrillSchedule, start: datetime, end: datetime) -> list[datetime]:
+    """When the drill was (or is) due in [start, end): the times its Temporal Schedule fires,
+    before jitter, as wall-clock times in the schedule's time zone."""
+    return calendar_of(schedule).times(start, end, ZoneInfo(schedule.timezone))
+
+
+@dataclass
+class ScheduledDrill:
+    """A drill file with a schedule, read for the period report."""
+
+    name: str
+    path: str
+    schedule: DrillSchedule
+    controls: list[str]
+
+
+def scheduled_drills(drills_dir: Path) -> tuple[list[ScheduledDrill], list[str]]:
+    """Drill files in `drills_dir` that have a (not paused) schedule; and problems reading the others.
+
+    Only the `schedule:` (and the name and controls) must be valid: whether a drill was due does
+    not depend on the rest of its file, nor on the environment the file's other fields refer to."""
+    found, problems = [], []
+    for path in sorted(Path(drills_dir).glob("*.y*ml")):
+        try:
+            data = yaml.safe_load(path.read_text())
+            if not isinstance(data, dict) or not data.get("schedule"):
+                continue
+            schedule = DrillSchedule.model_validate(data["schedule"])
+        except Exception as exc:  # noqa: BLE001 - a broken file is reported, not fatal
+            problems.append(f"{path}: schedule not readable: {exc}".splitlines()[0])
+            continue
+        if schedule.paused:
+            continue
+        controls = list((data.get("evidence") or {}).get("controls") or [])
+        found.append(ScheduledDrill(str(data.get("name", path.stem)), str(path), schedule, controls))
+    return found, problems
+
+
+def parse_period(text: str) -> tuple[datetime, datetime]:
+    """2026Q4 -> [2026-10-01, 2027-01-01) UTC; also 2026 (a year) and 2026-11 (a month)."""
+    t = text.strip().upper()
+    m = re.fullmatch(r"(\d{4})-?Q([1-4])", t)
+    if m:
+        year, q = int(m.group(1)), int(m.group(2))
+        start = datetime(year, 3 * q - 2, 1, tzinfo=timezone.utc)
+        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc) if q == 4 else datetime(year, 3 * q + 1, 1, tzinfo=timezone.utc)
+        return start, end
+    m = re.fullmatch(r"(\d{4})-(\d{2})", t)
+    if m and 1 <= int(m.group(2)) <= 12:
+        year, month = int(m.group(1)), int(m.group(2))
+        start = datetime(year, month, 1, tzinfo=timezone.utc)
+        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
+        return start, end
+    m = re.fullmatch(r"(\d{4})", t)
+    if m:
+        year = int(m.group(1))
+        return datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
+    raise ValueError(f"{text!r} is not a period: write 2026Q4, 2026-11 or 2026")
 
 
 def _cron_field(field: str, lo: int, hi: int) -> set[int]:

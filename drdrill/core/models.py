@@ -365,5 +365,5 @@ class DrillResult(BaseModel):
     # A drill with a recovery plan: each group as it ran (its RTO, its approval); empty without one.
     groups: list[GroupResult] = Field(default_factory=list)
     # A target ran on the `sim` provider (`drdrill run --simulate`, tests): it restored nothing real,
-    # so the run is shown as SIMULATION and never counted as evidence (app/reports.py).
+    # so the run is shown as SIMULATION and never counted as evidence (drdrill/evidence/period.py).
     simulated: bool = False

@@ -242,21 +242,7 @@ def choose(
     settings, or an earlier target); otherwise the scope of the first candidate in the order is it."""
     sel: Selection = target.select
     last = discovery.last_restored
-    candidates: list[Candidate] = []
-    eligible: list[tuple[ProtectedResource, Candidate]] = []
-    for r in sorted(discovery.resources, key=lambda r: r.key):
-        lr = last.get(r.key)
-        c = Candidate(
-            key=r.key, id=r.id, name=r.name, scope=r.scope, newest_point=r.newest_point,
-            last_restored=lr.at if lr else None, last_drill_id=lr.drill_id if lr else None,
-        )
-        candidates.append(c)
-        why_not = outside_window(r, target.recovery_point, now)
-        if why_not:
-            c.reason = why_not
-        else:
-            c.in_window = True
-            eligible.append((r, c))
+    candidates, eligible = _candidates(target, discovery, now)
     eligible.sort(key=lambda rc: (last[rc[0].key].at if rc[0].key in last else NEVER, _draw(seed, rc[0].key)))
     if scope is None and eligible and eligible[0][0].scope is not None:
         scope = (eligible[0][0].scope, "where the least recently restored candidate is")  # type: ignore[assignment]
@@ -290,6 +276,28 @@ def choose(
         note=discovery.history_note,
     )
     return record, chosen
+
+
+def _candidates(target: Any, discovery: Discovery, now: datetime) -> tuple[list[Candidate], list[tuple[ProtectedResource, Candidate]]]:
+    """Every resource discovery found, as a candidate (in key order), and those whose recovery
+    points fall within the target's rule (the others carry why not)."""
+    last = discovery.last_restored
+    candidates: list[Candidate] = []
+    eligible: list[tuple[ProtectedResource, Candidate]] = []
+    for r in sorted(discovery.resources, key=lambda r: r.key):
+        lr = last.get(r.key)
+        c = Candidate(
+            key=r.key, id=r.id, name=r.name, scope=r.scope, newest_point=r.newest_point,
+            last_restored=lr.at if lr else None, last_drill_id=lr.drill_id if lr else None,
+        )
+        candidates.append(c)
+        why_not = outside_window(r, target.recovery_point, now)
+        if why_not:
+            c.reason = why_not
+        else:
+            c.in_window = True
+            eligible.append((r, c))
+    return candidates, eligible
 
 
 # ------------------------------------------------------------------ expanding the drill

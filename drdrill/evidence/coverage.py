@@ -9,16 +9,19 @@ restored (`DrillResult.resources`, keyed as drdrill/core/selection.py keys them)
 A provider whose inventory cannot be read (no credentials, no network) is never left out: its
 resources are listed from the drill files and the evidence, as COULD_NOT_VERIFY.
 
-Used by `drdrill coverage` and the period report (app/), the discover activity (when each
-candidate was last restored) and the scheduled coverage check (activities/coverage.py).
+Used by `drdrill coverage` (`coverage_for`; rendered by coverage_report.py) and the period report
+(period.py), the discover activity (`last_restored`: when each candidate was last restored) and the
+scheduled coverage check (activities/coverage.py, `gather`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping, Optional
+from typing import Any, Callable, Iterator, Literal, Mapping, Optional
 
 from pydantic import BaseModel, Field
 
@@ -32,6 +35,7 @@ from drdrill.providers.spec import COVERED, CoverageSpec, DrillSpec, load_covera
 from drdrill.core.times import parse_time
 from drdrill.evidence.render import is_simulation
 from drdrill.evidence.store import SCHEMA, open_store
+from drdrill.providers import load_provider
 from drdrill.providers.base import Provider
 
 FLAGS = ("NEVER_DRILLED", "LAST_DRILL_FAILED", "NO_RECENT_RECOVERY_POINT", "NOT_DRILLED_IN_PERIOD", "COULD_NOT_VERIFY")
@@ -81,7 +85,7 @@ def _keys_from_spec(text: Any) -> dict[str, str]:
         return {}
 
 
-def restore_history(store: Any, until: Optional[datetime] = None) -> dict[str, list[Restore]]:
+def restores_by_resource(store: Any, until: Optional[datetime] = None) -> dict[str, list[Restore]]:
     """{resource key: its runs, oldest first}, from every run declared before `until`."""
     rows = store.conn.execute(
         f"SELECT record FROM {SCHEMA}.runs WHERE declared < coalesce(%s, 'infinity'::timestamptz) ORDER BY declared, drill_id",
@@ -103,7 +107,7 @@ def last_restored(keys: list[str], dsn: Optional[str] = None) -> dict[str, LastR
     discover activity: a selection prefers those restored least recently."""
     wanted = set(keys)
     with open_store(dsn) as store:
-        history = restore_history(store)
+        history = restores_by_resource(store)
     out = {}
     for key in wanted:
         done = [r for r in history.get(key, []) if r.restored]
@@ -436,7 +440,48 @@ def gather(
 ) -> CoverageReport:
     """coverage_report with the restore history read from the evidence store."""
     with open_store(dsn) as store:
-        history = restore_history(store, until=end)
+        history = restores_by_resource(store, until=end)
     return coverage_report(
         specs, policy, period=period, start=start, end=end, now=now, history=history, provider_for=provider_for, problems=problems
     )
+
+
+@contextmanager
+def providers_from_environment(given: Optional[dict[str, Provider]] = None, settings: Optional[dict[str, dict]] = None) -> Iterator:
+    """`provider_for(family)`: each provider built once from the environment and `settings[family]`
+    (closed at the end)."""
+    loaded: dict[str, Provider] = {}
+
+    def provider_for(family: str) -> Provider:
+        if given and family in given:
+            return given[family]
+        if family not in loaded:
+            loaded[family] = load_provider(family, (settings or {}).get(family))
+        return loaded[family]
+
+    try:
+        yield provider_for
+    finally:
+        for p in loaded.values():
+            p.close()
+
+
+def coverage_for(
+    store: Any,
+    drills_dir: Path,
+    period: str,
+    start: datetime,
+    end: datetime,
+    *,
+    now: Optional[datetime] = None,
+    providers: Optional[dict[str, Provider]] = None,
+) -> CoverageReport:
+    """The coverage report of `period` ([start, end): drdrill.core.calendar.parse_period) for the
+    drill files (and coverage.yaml) in `drills_dir`, with the restores recorded in `store`."""
+    specs, policy, problems = load_drills(drills_dir)
+    history = restores_by_resource(store, until=end)
+    with providers_from_environment(providers, {"aws": {"regions": regions_to_read(specs, policy, os.environ)}}) as provider_for:
+        return coverage_report(
+            specs, policy, period=period.upper(), start=start, end=end, now=now or datetime.now(timezone.utc),
+            history=history, provider_for=provider_for, problems=problems,
+        )

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import xml.etree.ElementTree as ET
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -129,6 +130,24 @@ def _group_of(e: dict) -> str:
     return str((e.get("data") or {}).get("group") or "")
 
 
+@dataclass(frozen=True)
+class _Chart:
+    """The timeline chart's geometry: seconds since the drill was declared, placed on the x axis."""
+
+    declared: datetime
+    span: float
+    top: int
+    left: int = 200
+    width: int = 660
+    row_h: int = 22
+
+    def x(self, sec: float) -> float:
+        return self.left + self.width * max(0.0, sec) / self.span
+
+    def at(self, when: Any) -> float:
+        return _seconds_since(when, self.declared)
+
+
 def timeline_svg(doc: dict) -> Markup:
     """A Gantt-style chart: one bar per phase, one marker per target event, the RTO line; with a
     recovery plan, each group as a band behind its phases, labelled with its RTO."""
@@ -141,70 +160,79 @@ def timeline_svg(doc: dict) -> Markup:
     span = max(ends + [_seconds_since(doc.get("ended"), declared), 1.0])
     if doc.get("rto_seconds"):
         span = max(span, float(doc["rto_seconds"]))
-    left, width, row_h, top = 200, 660, 22, (44 if bands else 24)
-    rows = len(phases) + len(targets)
-    height = top + rows * row_h + 30
-
-    def x(sec: float) -> float:
-        return left + width * max(0.0, sec) / span
-
+    c = _Chart(declared=declared, span=span, top=44 if bands else 24)
+    bottom = c.top + (len(phases) + len(targets)) * c.row_h
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {left + width + 20} {height}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" role="img" viewBox="0 0 {c.left + c.width + 20} {bottom + 30}" '
         f'width="100%" aria-label="timeline of every phase and target">'
     ]
-    for i, band in enumerate(bands):
-        s, end = _seconds_since(band.get("started"), declared), _seconds_since(band.get("ended") or band.get("started"), declared)
-        group, rto = _group_of(band), (band.get("data") or {}).get("rto_seconds")
-        label = f"group {group} · RTO {format_duration(rto) if rto is not None else 'not measured'}"
-        out.append(
-            f'<g data-group="{escape(group)}"><rect x="{x(s):.1f}" y="2" width="{max(2.0, x(end) - x(s)):.1f}" height="{top + rows * row_h - 2}" '
-            f'fill="{BAND_COLOURS[i % 2]}" stroke="{COLOURS.get(band.get("outcome", ""), "#6e7781")}" stroke-width="1">'
-            f"<title>{escape(label)}: {escape(band.get('outcome', ''))}</title></rect>"
-            f'<text x="{x(s) + 4:.1f}" y="14" font-size="11" font-weight="600">{escape(label)}</text></g>'
-        )
+    out += [_band(c, i, band, bottom) for i, band in enumerate(bands)]
     for tick in _ticks(span):
-        out.append(f'<line x1="{x(tick):.1f}" y1="{top - 6}" x2="{x(tick):.1f}" y2="{top + rows * row_h}" stroke="#d0d7de" stroke-width="1"/>')
-        out.append(f'<text x="{x(tick):.1f}" y="{top - 10}" font-size="10" text-anchor="middle" fill="#57606a">+{escape(format_duration(tick))}</text>')
-    y = top
-    for e in phases:
-        s = _seconds_since(e.get("started"), declared)
-        end = _seconds_since(e.get("ended") or e.get("started"), declared)
-        colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
-        label = f"{_group_of(e)} · {e.get('phase', '')}" if _group_of(e) else e.get("phase", "")
-        took = format_duration(end - s)
-        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(_fit(label, 30))}<title>{escape(label)}</title></text>')
-        out.append(
-            f'<rect x="{x(s):.1f}" y="{y + 4}" width="{max(2.0, x(end) - x(s)):.1f}" height="{row_h - 8}" fill="{colour}" rx="2">'
-            f"<title>{escape(label)}: {escape(e.get('outcome', ''))}, {escape(took)}</title></rect>"
-        )
-        note = f"{str(e.get('outcome', '')).replace('_', ' ')} {took}"
-        fits = x(end) + 4 + 5.8 * len(note) <= left + width + 18
-        out.append(
-            f'<text x="{(x(end) + 4) if fits else (x(s) - 4):.1f}" y="{y + 15}" font-size="10" fill="#57606a"'
-            f'{"" if fits else chr(32) + "text-anchor=" + chr(34) + "end" + chr(34)}>{escape(note)}</text>'
-        )
-        y += row_h
-    for e in targets:
-        s = _seconds_since(e.get("started"), declared)
-        colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
-        label = f"{e.get('target')} · {e.get('phase')}"
-        out.append(f'<text x="{left - 8}" y="{y + 15}" font-size="11" text-anchor="end" fill="#57606a">{escape(_fit(label, 32))}<title>{escape(label)}</title></text>')
-        cx, cy = x(s), y + row_h / 2
-        out.append(
-            f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} {cx - 6:.1f},{cy:.1f}" fill="{colour}">'
-            f"<title>{escape(label)} {escape(e.get('outcome', ''))} at +{escape(format_duration(s))}</title></polygon>"
-        )
-        at = f"+{format_duration(s)}"
-        out.append(f'<text x="{min(cx + 10, left + width + 16 - 5.8 * len(at)):.1f}" y="{y + 15}" font-size="10" fill="#57606a">{escape(at)}</text>')
-        y += row_h
+        out.append(f'<line x1="{c.x(tick):.1f}" y1="{c.top - 6}" x2="{c.x(tick):.1f}" y2="{bottom}" stroke="#d0d7de" stroke-width="1"/>')
+        out.append(f'<text x="{c.x(tick):.1f}" y="{c.top - 10}" font-size="10" text-anchor="middle" fill="#57606a">+{escape(format_duration(tick))}</text>')
+    rows = [(_phase_row, e) for e in phases] + [(_target_row, e) for e in targets]
+    out += [row(c, e, c.top + i * c.row_h) for i, (row, e) in enumerate(rows)]
     if doc.get("rto_seconds") is not None:
-        rx = x(float(doc["rto_seconds"]))
-        out.append(f'<line x1="{rx:.1f}" y1="{top - 4}" x2="{rx:.1f}" y2="{y}" stroke="#0969da" stroke-width="2" stroke-dasharray="4 3"/>')
-        label = f"RTO {format_duration(doc['rto_seconds'])}"
-        lx = min(max(rx, left + 3.5 * len(label)), left + width + 18 - 3.5 * len(label))  # centred on the line, inside the chart
-        out.append(f'<text x="{lx:.1f}" y="{y + 14}" font-size="11" text-anchor="middle" fill="#0969da">{escape(label)}</text>')
+        out.append(_rto_line(c, float(doc["rto_seconds"]), bottom))
     out.append("</svg>")
     return Markup("".join(out))
+
+
+def _band(c: _Chart, i: int, band: dict, bottom: int) -> str:
+    """A recovery plan's group: a band behind its phases, labelled with the group's RTO."""
+    s, end = c.at(band.get("started")), c.at(band.get("ended") or band.get("started"))
+    group, rto = _group_of(band), (band.get("data") or {}).get("rto_seconds")
+    label = f"group {group} · RTO {format_duration(rto) if rto is not None else 'not measured'}"
+    return (
+        f'<g data-group="{escape(group)}"><rect x="{c.x(s):.1f}" y="2" width="{max(2.0, c.x(end) - c.x(s)):.1f}" height="{bottom - 2}" '
+        f'fill="{BAND_COLOURS[i % 2]}" stroke="{COLOURS.get(band.get("outcome", ""), "#6e7781")}" stroke-width="1">'
+        f"<title>{escape(label)}: {escape(band.get('outcome', ''))}</title></rect>"
+        f'<text x="{c.x(s) + 4:.1f}" y="14" font-size="11" font-weight="600">{escape(label)}</text></g>'
+    )
+
+
+def _phase_row(c: _Chart, e: dict, y: int) -> str:
+    """A phase: its label, its bar, and its outcome and duration beside the bar (before it when the
+    chart has no room after it)."""
+    s, end = c.at(e.get("started")), c.at(e.get("ended") or e.get("started"))
+    colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
+    label = f"{_group_of(e)} · {e.get('phase', '')}" if _group_of(e) else e.get("phase", "")
+    took = format_duration(end - s)
+    note = f"{str(e.get('outcome', '')).replace('_', ' ')} {took}"
+    fits = c.x(end) + 4 + 5.8 * len(note) <= c.left + c.width + 18
+    return (
+        f'<text x="{c.left - 8}" y="{y + 15}" font-size="12" text-anchor="end">{escape(_fit(label, 30))}<title>{escape(label)}</title></text>'
+        f'<rect x="{c.x(s):.1f}" y="{y + 4}" width="{max(2.0, c.x(end) - c.x(s)):.1f}" height="{c.row_h - 8}" fill="{colour}" rx="2">'
+        f"<title>{escape(label)}: {escape(e.get('outcome', ''))}, {escape(took)}</title></rect>"
+        f'<text x="{(c.x(end) + 4) if fits else (c.x(s) - 4):.1f}" y="{y + 15}" font-size="10" fill="#57606a"'
+        f'{"" if fits else chr(32) + "text-anchor=" + chr(34) + "end" + chr(34)}>{escape(note)}</text>'
+    )
+
+
+def _target_row(c: _Chart, e: dict, y: int) -> str:
+    """A target's event: its label and a diamond at the moment it happened."""
+    s = c.at(e.get("started"))
+    colour = COLOURS.get(e.get("outcome", ""), "#6e7781")
+    label = f"{e.get('target')} · {e.get('phase')}"
+    cx, cy = c.x(s), y + c.row_h / 2
+    at = f"+{format_duration(s)}"
+    return (
+        f'<text x="{c.left - 8}" y="{y + 15}" font-size="11" text-anchor="end" fill="#57606a">{escape(_fit(label, 32))}<title>{escape(label)}</title></text>'
+        f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} {cx - 6:.1f},{cy:.1f}" fill="{colour}">'
+        f"<title>{escape(label)} {escape(e.get('outcome', ''))} at +{escape(format_duration(s))}</title></polygon>"
+        f'<text x="{min(cx + 10, c.left + c.width + 16 - 5.8 * len(at)):.1f}" y="{y + 15}" font-size="10" fill="#57606a">{escape(at)}</text>'
+    )
+
+
+def _rto_line(c: _Chart, rto: float, bottom: int) -> str:
+    """The RTO: a dashed line across the chart, labelled below it."""
+    rx = c.x(rto)
+    label = f"RTO {format_duration(rto)}"
+    lx = min(max(rx, c.left + 3.5 * len(label)), c.left + c.width + 18 - 3.5 * len(label))  # centred on the line, inside the chart
+    return (
+        f'<line x1="{rx:.1f}" y1="{c.top - 4}" x2="{rx:.1f}" y2="{bottom}" stroke="#0969da" stroke-width="2" stroke-dasharray="4 3"/>'
+        f'<text x="{lx:.1f}" y="{bottom + 14}" font-size="11" text-anchor="middle" fill="#0969da">{escape(label)}</text>'
+    )
 
 
 def timeline_rows(timeline: list[dict]) -> list[dict]:

@@ -39,22 +39,9 @@ from drdrill.core.models import (
     RestoredResource,
     TeardownReport,
 )
+from drdrill.core.errors import ProviderError  # the providers' error, raised below them too (core/errors.py)
 from drdrill.core.selection import ProtectedResource
 from drdrill.core.schema import IsolationBase, Selection, TargetBase
-
-
-class ProviderError(Exception):
-    """A provider operation failed. `code` is a stable finding code (e.g. RECOVERY_POINT_NOT_FOUND)."""
-
-    def __init__(self, code: str, message: str, *, retryable: bool = False, could_not_verify: bool = False):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.retryable = retryable
-        self.could_not_verify = could_not_verify
-
-    def finding(self, target: Optional[str] = None) -> Finding:
-        return Finding(code=self.code, message=self.message, target=target, could_not_verify=self.could_not_verify)
 
 
 class NotReadyYet(Exception):
@@ -89,14 +76,8 @@ def poll_until(
     Without `expected`, the expectation set by `readiness.expecting_ready_in` around the provider's
     wait_ready (by the activity, from the target's restore history) applies.
 
-    The provider's own ready time: poll_until returns the probe's value unchanged, so a probe can
-    carry what the cloud reports. A provider that knows when the resource became ready puts it in
-    the RestoredResource its wait_ready returns, as `details["ready_at"]` (ISO 8601 with a zone).
-    The next drill's prior then takes the restore's end from it (drdrill/evidence/history.py, via
-    `readiness.ready_time`, which falls back to the time the drill noticed when there is none or it
-    is implausible), so that prior carries no detection delay. No provider reports one yet. The RTO
-    itself ends when the last required check first passed (drdrill/core/judging.py), which comes
-    after readiness was noticed, so the detection delay is part of it.
+    poll_until returns the probe's value unchanged, so a probe can carry what the cloud reports,
+    such as the provider's own ready time (`details["ready_at"]`: see readiness.py).
 
     Heartbeats after every probe that is not ready, and during a long sleep at least every third
     of the activity's heartbeat timeout (10 s outside an activity), so the sleep neither outlives
@@ -122,13 +103,17 @@ def poll_until(
             waited = clock() - started
             if waited >= timeout:
                 raise ProviderError("READY_TIMEOUT", f"{what} was not ready after {timeout:.0f}s ({polls} polls): {exc}") from None
-            nap = schedule.next_sleep(waited, polls)
-            while nap > 1e-9:
-                piece = min(nap, pause)
-                sleep(piece)
-                nap -= piece
-                if nap > 1e-9:
-                    heartbeat({**waiting, "sleeping": round(nap, 1)})
+            _sleep_heartbeating(schedule.next_sleep(waited, polls), pause, sleep, waiting)
+
+
+def _sleep_heartbeating(nap: float, pause: float, sleep: Callable[[float], None], waiting: dict) -> None:
+    """Sleep `nap` seconds in pieces of at most `pause`, heartbeating between them."""
+    while nap > 1e-9:
+        piece = min(nap, pause)
+        sleep(piece)
+        nap -= piece
+        if nap > 1e-9:
+            heartbeat({**waiting, "sleeping": round(nap, 1)})
 
 
 def select_point(

@@ -6,6 +6,15 @@ provider API calls, and a drill fleet that polls too often gets throttled. `Read
 says how long a wait sleeps before its next probe. It is pure (no clock, no SDK, no Temporal):
 `poll_until` (drdrill/providers/base.py) gives it the time waited and the number of probes.
 
+The provider's own ready time: `poll_until` returns the probe's value unchanged, so a probe can
+carry what the cloud reports. A provider that knows when the resource became ready puts it in
+the RestoredResource its wait_ready returns, as `details["ready_at"]` (ISO 8601 with a zone).
+The next drill's prior then takes the restore's end from it (drdrill/evidence/history.py, via
+`ready_time`, which falls back to the time the drill noticed when there is none or it is
+implausible), so that prior carries no detection delay. No provider reports one yet. The RTO
+itself ends when the last required check first passed (drdrill/core/judging.py), which comes
+after readiness was noticed, so the detection delay is part of it.
+
 The yardstick is polling every 15 s (the boto3 waiters' default). What the schedule guarantees,
 with the default parameters (bench/readiness.py measures it):
 

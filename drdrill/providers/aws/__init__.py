@@ -27,7 +27,7 @@ down in DELETE_ORDER, lists and deletes orphans, and refuses anything that lacks
 
 Every API call goes through a botocore `before-call` hook that records the IAM action
 (`CALLED_ACTIONS`); tests compare it with deploy/aws/iam-policy.json. `drdrill check aws-volume`
-(aws-instance, aws-db) reads a restored resource back for a `command` validation.
+(aws-instance, aws-db) reads a restored resource back for a `command` validation (provider.py `read_back`).
 
 The package's modules: schema.py (its part of the drill format, read without any SDK: see
 drdrill/providers/registry.py) and provider.py (AwsProvider, imported only by a worker that drills aws).

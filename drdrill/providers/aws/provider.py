@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 from drdrill.core.models import DrillContext, Environment, RecoveryPoint, RestoredResource
+from drdrill.providers.aws.checks import Verdict, read_with
 from drdrill.providers.aws.clients import CALLED_ACTIONS, AwsError
 from drdrill.providers.aws.discover import AwsDiscovery
 from drdrill.providers.aws.ec2 import Ec2Targets
@@ -63,4 +64,15 @@ class AwsProvider(Ec2Targets, RdsTargets, AwsIsolation, AwsPrimitives, AwsDiscov
         return res
 
 
-__all__ = ["CALLED_ACTIONS", "CONTAINERS", "DELETE_ORDER", "AwsError", "AwsProvider"]
+__all__ = ["CALLED_ACTIONS", "CONTAINERS", "DELETE_ORDER", "AwsError", "AwsProvider", "read_back"]
+
+
+def read_back(kind: str, env: Mapping[str, str]) -> Verdict:
+    """`drdrill check aws-*`: read the restored resource of an `aws.ebs`, `aws.ec2` or `aws.rds`
+    target (named by DRDRILL_* variables in `env`) back from AWS: (what it read, the problems)."""
+    region = env.get("DRDRILL_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    provider = AwsProvider.from_environment(env, {"region": region})
+    try:
+        return read_with(provider, kind, region, env)
+    finally:
+        provider.close()

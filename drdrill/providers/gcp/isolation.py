@@ -63,8 +63,9 @@ def _cidrs(isolation: Any) -> tuple[str, list[str]]:
 
 
 def create_isolation(gcp: GcpPrimitives, ctx: DrillContext, isolation: Any, targets: list[Any]) -> Environment:
-    # Over 80 lines: the network, subnetwork, firewall rules and probe, each created idempotently
-    # in the order GCP needs them; the request bodies are most of its length.
+    """The drill's isolated environment, each part created idempotently in the order GCP needs them:
+    a custom-mode network without its default internet route, one subnetwork, firewall rules that
+    deny egress and admit only the named sources, and the probe instance when the drill has one."""
     project, region = env_location(gcp, isolation, targets)
     gcp.env_projects.setdefault(ctx.drill_id, set()).add(project)
     cidr, sources = _cidrs(isolation)
@@ -72,40 +73,8 @@ def create_isolation(gcp: GcpPrimitives, ctx: DrillContext, isolation: Any, targ
     net_name = gcp_name(ctx, suffix="net")
     sub_name = gcp_name(ctx, suffix="subnet")
     what = f"drill {ctx.drill_id}"
-    network = gcp.create_resource(
-        "networks",
-        {
-            "project": project,
-            "network_resource": {
-                "name": net_name,
-                "auto_create_subnetworks": False,
-                "routing_config": {"routing_mode": "REGIONAL"},
-                "description": description_with_labels(f"drdrill isolated network for drill {ctx.drill_id}", labels),
-            },
-        },
-        what=f"{what}: network {net_name}",
-        get_request={"project": project, "network": net_name},
-        drill_id=ctx.drill_id,
-    )
-    if network.auto_create_subnetworks:
-        raise ProviderError("ISOLATION_BROKEN", f"network {net_name} is in auto subnet mode")
-    subnet = gcp.create_resource(
-        "subnetworks",
-        {
-            "project": project,
-            "region": region,
-            "subnetwork_resource": {
-                "name": sub_name,
-                "network": network.self_link,
-                "ip_cidr_range": cidr,
-                "private_ip_google_access": False,
-                "description": description_with_labels(f"drdrill isolated subnetwork for drill {ctx.drill_id}", labels),
-            },
-        },
-        what=f"{what}: subnetwork {sub_name}",
-        get_request={"project": project, "region": region, "subnetwork": sub_name},
-        drill_id=ctx.drill_id,
-    )
+    network = _network(gcp, ctx, project, net_name, labels)
+    subnet = _subnetwork(gcp, ctx, project, region, sub_name, network.self_link, cidr, labels)
     # The default route to the internet gateway GCP adds to a new network goes.
     for route in _network_routes(gcp, project, network.self_link):
         if route.next_hop_gateway:
@@ -147,6 +116,51 @@ def create_isolation(gcp: GcpPrimitives, ctx: DrillContext, isolation: Any, targ
         id=net_name,
         description=f"VPC network {project}/{net_name} ({cidr} in {region}), no internet route, {egress_text}",
         details=details,
+    )
+
+
+def _network(gcp: GcpPrimitives, ctx: DrillContext, project: str, net_name: str, labels: dict) -> Any:
+    """The drill's VPC network: custom subnet mode, regional routing (ISOLATION_BROKEN in auto mode)."""
+    network = gcp.create_resource(
+        "networks",
+        {
+            "project": project,
+            "network_resource": {
+                "name": net_name,
+                "auto_create_subnetworks": False,
+                "routing_config": {"routing_mode": "REGIONAL"},
+                "description": description_with_labels(f"drdrill isolated network for drill {ctx.drill_id}", labels),
+            },
+        },
+        what=f"drill {ctx.drill_id}: network {net_name}",
+        get_request={"project": project, "network": net_name},
+        drill_id=ctx.drill_id,
+    )
+    if network.auto_create_subnetworks:
+        raise ProviderError("ISOLATION_BROKEN", f"network {net_name} is in auto subnet mode")
+    return network
+
+
+def _subnetwork(
+    gcp: GcpPrimitives, ctx: DrillContext, project: str, region: str, sub_name: str, network_link: str, cidr: str, labels: dict
+) -> Any:
+    """The drill's one subnetwork, without private Google access."""
+    return gcp.create_resource(
+        "subnetworks",
+        {
+            "project": project,
+            "region": region,
+            "subnetwork_resource": {
+                "name": sub_name,
+                "network": network_link,
+                "ip_cidr_range": cidr,
+                "private_ip_google_access": False,
+                "description": description_with_labels(f"drdrill isolated subnetwork for drill {ctx.drill_id}", labels),
+            },
+        },
+        what=f"drill {ctx.drill_id}: subnetwork {sub_name}",
+        get_request={"project": project, "region": region, "subnetwork": sub_name},
+        drill_id=ctx.drill_id,
     )
 
 

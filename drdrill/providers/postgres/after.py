@@ -2,7 +2,7 @@
 
 The application is as untrusted as the backup it reads (it runs queries a hostile dump may have
 planted answers to, and it is the team's own code run next to production), so it runs like the
-restored server (sandbox.py): as the drill's sandbox uid, with no capabilities, an environment of
+restored server (drdrill/localpg/sandbox.py): as the drill's sandbox uid, with no capabilities, an environment of
 only the restored database (DRDRILL_*) and `restore.environment`, a mount namespace holding the
 system directories, the restored cluster's socket directory and the read-only `restore.after.paths`
 (plus argv[0]), private /tmp and /run, inside the drill's network namespace, and a PID namespace.
@@ -21,12 +21,12 @@ from typing import Any, Optional
 
 from drdrill.core.drillpaths import unreachable_by_others
 import drdrill.providers.postgres.netns as netns
-import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.cluster import ClusterError, LocalCluster, start_sandboxed
+import drdrill.localpg.sandbox as sandbox
+from drdrill.localpg.cluster import ClusterError, LocalCluster, start_sandboxed
 
 PREFIX = "after-"
 RECORD_SUFFIX = ".sandbox.json"
-# What every sandbox already sees read-only (sandbox.py): argv[0] there needs no bind of its own.
+# What every sandbox already sees read-only (drdrill/localpg/sandbox.py): argv[0] there needs no bind of its own.
 _SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 
 

@@ -25,8 +25,8 @@ import psycopg
 from drdrill.core.models import RecoveryPoint
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
-from drdrill.providers.postgres.cluster import tool
-from drdrill.providers.postgres.data import fingerprints_parallel, list_tables
+from drdrill.localpg.cluster import tool
+from drdrill.localpg.data import fingerprints_parallel, list_tables
 
 MANIFEST = "manifest.json"
 
@@ -153,16 +153,7 @@ def take_backup(dsn: str, repository: str | Path, fmt: str = "custom", jobs: int
                 raise RuntimeError(f"pg_dump failed: {err.strip()}")
         finally:
             conn.rollback()
-        globals_note = ""
-        glob = subprocess.run(
-            [tool("pg_dumpall"), "--globals-only", "--no-role-passwords", "-f", str(work / "globals.sql")],
-            env=libpq_env(dsn),
-            capture_output=True,
-            text=True,
-        )
-        if glob.returncode != 0:
-            (work / "globals.sql").unlink(missing_ok=True)
-            globals_note = glob.stderr.strip().splitlines()[0] if glob.stderr.strip() else "pg_dumpall failed"
+        globals_note = dump_globals(dsn, work / "globals.sql")
         digest, size = sha256_path(archive)
         manifest = {
             "format": fmt,
@@ -182,6 +173,21 @@ def take_backup(dsn: str, repository: str | Path, fmt: str = "custom", jobs: int
         os.replace(work, final)
         return final
     raise AssertionError("unreachable")
+
+
+def dump_globals(dsn: str, path: Path) -> str:
+    """The roles a restore creates first (pg_dumpall --globals-only, without passwords) into `path`;
+    "" when written, else why not (the backup is still taken, without them)."""
+    glob = subprocess.run(
+        [tool("pg_dumpall"), "--globals-only", "--no-role-passwords", "-f", str(path)],
+        env=libpq_env(dsn),
+        capture_output=True,
+        text=True,
+    )
+    if glob.returncode == 0:
+        return ""
+    path.unlink(missing_ok=True)
+    return glob.stderr.strip().splitlines()[0] if glob.stderr.strip() else "pg_dumpall failed"
 
 
 def read_points(repository: str | Path, target: str) -> list[RecoveryPoint]:

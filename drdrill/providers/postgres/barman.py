@@ -24,9 +24,11 @@ from typing import Any, Optional
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
-import drdrill.providers.postgres.sandbox as sandbox
+import drdrill.localpg.sandbox as sandbox
 from drdrill.providers.postgres.netrepo import Endpoint, Tunnel, endpoint_of_url, inner_url
-from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool
+from drdrill.providers.postgres.recovery import Backup, PhysicalSource
+from drdrill.providers.postgres.toolrun import last_line, named_env, run_tool
+from drdrill.providers.postgres.walreplay import SEGMENT_RE, ArchivedWal, WalUnreadable
 
 _CREDENTIALS = ("AWS_",)
 

@@ -28,7 +28,7 @@ from typing import Callable, Optional
 import psycopg
 from psycopg import sql
 
-from drdrill.providers.postgres.data import COLUMNS, table_ident
+from drdrill.localpg.data import COLUMNS, table_ident
 
 RANGES = 1000  # about this many key ranges per large table
 RANGE_ROWS = 100  # …and no fewer rows than this per range on a small one

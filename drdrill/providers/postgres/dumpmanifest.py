@@ -38,8 +38,8 @@ from drdrill.core.dumpstart import MANIFEST_SUFFIX as _START_SUFFIX
 from drdrill.core.dumpstart import Started, manifest_path, no_manifest_reason, output_of, parse_args, start
 from drdrill.providers.postgres.artefacts import MANIFEST_SUFFIX
 from drdrill.providers.postgres.backup import sha256_path
-from drdrill.providers.postgres.cluster import tool
-from drdrill.providers.postgres.data import list_tables
+from drdrill.localpg.cluster import tool
+from drdrill.localpg.data import list_tables
 from drdrill.providers.postgres.dumpfingerprints import table_manifests, worker_connection
 
 SUFFIX = MANIFEST_SUFFIX

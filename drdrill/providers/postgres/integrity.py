@@ -34,13 +34,13 @@ from typing import Any, Optional
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-import drdrill.providers.postgres.binaries as installs
+import drdrill.localpg.binaries as installs
 from drdrill.core.models import Finding
 from drdrill.providers.base import ProviderError, heartbeat
-from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.cluster import LocalCluster, install_dirs
+from drdrill.localpg.binaries import Binaries
+from drdrill.localpg.cluster import LocalCluster, install_dirs
 from drdrill.providers.postgres.pagechecks import page_findings, read_page_checks
-from drdrill.providers.postgres.sandbox import SandboxError
+from drdrill.localpg.sandbox import SandboxError
 
 LISTED = 10  # relations named in a finding's message; the evidence keeps every one
 BATCHES = 8  # the budget is accounted batch by batch: a cut batch counts as not checked

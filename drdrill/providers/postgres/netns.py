@@ -53,7 +53,7 @@ from drdrill.providers.postgres.proof import (  # noqa: F401 - the proof's check
 )
 
 if TYPE_CHECKING:
-    from drdrill.providers.postgres.sandbox import Sandbox
+    from drdrill.localpg.sandbox import Sandbox
 
 # The restored cluster's port inside the namespace: not 5432, so "production on 127.0.0.1:5432"
 # (refused inside: that loopback is the namespace's own) is never confused with the restored copy.
@@ -434,7 +434,7 @@ def run_sandboxed_proof(box: "Sandbox", production: list[str], temporal: Optiona
     """Run the proof (proof.py, standard library only) inside the drill's sandbox `box`, under the
     system's python3: the sandbox sees the script through a descriptor, not drdrill's checkout."""
     import drdrill.providers.postgres.proof as proof
-    from drdrill.providers.postgres.sandbox import Inputs, SandboxError, hint
+    from drdrill.localpg.sandbox import Inputs, SandboxError, hint
 
     python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
     args = ["--sandboxed"] + [a for e in production for a in ("--production", e)] + [a for e in evidence for a in ("--evidence", e)]

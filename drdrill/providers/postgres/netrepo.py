@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 import drdrill.providers.postgres.forward as forward
 from drdrill.providers.postgres.netns import NetnsError, child_env, this_module, wait_for_file
-from drdrill.providers.postgres.sandbox import Identity, Inputs
+from drdrill.localpg.sandbox import Identity, Inputs
 
 # Where the sandbox finds the relay for an endpoint port it may not bind (under 1024).
 HIGH_PORT_BASE = 40000

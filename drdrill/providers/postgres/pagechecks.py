@@ -27,10 +27,10 @@ from typing import Any, Optional
 
 from drdrill.core.models import Finding
 from drdrill.providers.base import heartbeat
-import drdrill.providers.postgres.safefs as safefs
-import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.cluster import install_dirs, sandbox_identity
+import drdrill.localpg.safefs as safefs
+import drdrill.localpg.sandbox as sandbox
+from drdrill.localpg.binaries import Binaries
+from drdrill.localpg.cluster import install_dirs, sandbox_identity
 
 _FAILED = re.compile(r'checksum verification failed in file "([^"]+)", block (\d+)')
 CLEAN_STATES = ("shut down", "shut down in recovery")

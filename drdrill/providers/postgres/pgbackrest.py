@@ -22,10 +22,12 @@ from typing import Any, Optional
 
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import ProviderError
-import drdrill.providers.postgres.safefs as safefs
-import drdrill.providers.postgres.sandbox as sandbox
+import drdrill.localpg.safefs as safefs
+import drdrill.localpg.sandbox as sandbox
 from drdrill.providers.postgres.netrepo import Endpoint, Tunnel
-from drdrill.providers.postgres.recovery import ArchivedWal, Backup, PhysicalSource, WalUnreadable, last_line, named_env, run_tool, utc
+from drdrill.providers.postgres.recovery import Backup, PhysicalSource
+from drdrill.providers.postgres.toolrun import last_line, named_env, run_tool, utc
+from drdrill.providers.postgres.walreplay import ArchivedWal, WalUnreadable
 
 # pgBackRest's stanza status codes (`pgbackrest info --output=json`).
 _MISSING_STANZA = {1: "missing stanza path", 3: "missing stanza data"}

@@ -38,9 +38,9 @@ from drdrill.core.selection import ProtectedResource
 import drdrill.providers.postgres.after as after
 import drdrill.providers.postgres.discover as discover
 import drdrill.providers.postgres.netns as netns
-import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.cluster import ClusterError, ClusterRootError, LocalCluster, cluster_root
-from drdrill.providers.postgres.inspect import inspect_restored
+import drdrill.localpg.sandbox as sandbox
+from drdrill.localpg.cluster import ClusterError, ClusterRootError, LocalCluster, cluster_root
+from drdrill.localpg.inspect import inspect_restored
 from drdrill.providers.postgres.integrity import check_restored
 from drdrill.providers.postgres.dumps import DumpFiles
 from drdrill.providers.postgres.barman import Barman
@@ -230,7 +230,7 @@ class PostgresProvider(Provider):
                 Finding(code="ISOLATION_BROKEN", message=f"target {target.name}: restored server listens on TCP ({listen!r})", target=target.name)
             )
         # It serves; now what came back: sequences, materialized views, emptiness, the structure.
-        inspection = inspect_restored(admin_dsn, target)
+        inspection = inspect_restored(admin_dsn, target.name, target.restore.structure_reference)
         ready.findings.extend(inspection.findings)
         ready.details.update(inspection.details)
         # Is what came back sound: amcheck, collation versions, page checksums (integrity.py).

@@ -15,6 +15,7 @@ data directory, and fetches one WAL file. This module does the rest, the same wa
 
 Findings: PITR_TARGET_BEFORE_BACKUP, PITR_TARGET_UNREACHED, WAL_GAP (naming the segment),
 BACKUP_STALE, ARCHIVING_ENABLED, VERSION_MISMATCH, PITR_UNASSERTED (no boundary check).
+WAL feeding, the server's log and what replay found: walreplay.py.
 """
 
 from __future__ import annotations
@@ -25,13 +26,12 @@ import random
 import re
 import shutil
 import subprocess
-import threading
 import time
 from abc import abstractmethod
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import psycopg
 from psycopg.conninfo import make_conninfo
@@ -41,30 +41,23 @@ from drdrill.core.durations import format_duration
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError, heartbeat
-from drdrill.providers.postgres.binaries import Binaries, for_major
-import drdrill.providers.postgres.safefs as safefs
-from drdrill.providers.postgres.cluster import (
-    ClusterError,
-    LocalCluster,
-    _chown,
-    hand_to_server_user,
-    prepare_recovered_data_dir,
-    recovery_overrides,
-    server_pid,
-    start_recovery,
-    stop_server,
-)
+from drdrill.localpg.binaries import Binaries, for_major
+import drdrill.localpg.safefs as safefs
+from drdrill.localpg.cluster import ClusterError, LocalCluster, chown_to_server, hand_to_server_user
+from drdrill.localpg.recovered import prepare_recovered_data_dir, recovery_overrides, start_recovery, stop_server
 from drdrill.providers.postgres.sources import RecoverySource
-from drdrill.providers.postgres.walcheck import WalChecks, WalDamaged
+from drdrill.providers.postgres.walreplay import (
+    RESTORE_SCRIPT,
+    RecoveryLog,
+    SEGMENT_RE,
+    ArchivedWal,
+    WalFeeder,
+    recovery_failure,
+    replay_findings,
+    wait_for_recovery,
+)
+from drdrill.providers.postgres.walcheck import WalChecks
 from drdrill.providers.postgres.pagechecks import check_page_checksums
-
-SEGMENT_RE = re.compile(r"^([0-9A-F]{8})([0-9A-F]{8})([0-9A-F]{8})$")
-WAL_NAME_RE = re.compile(r"^(?:[0-9A-F]{24}|[0-9A-F]{8}\.history)$")
-
-
-class WalUnreadable(Exception):
-    """The archive has the WAL file, but the tool could not read it (its own error text)."""
-
 
 @dataclass
 class Backup:
@@ -88,15 +81,6 @@ class Backup:
         return cls(**{**data, "started": parse_time(data["started"]), "stopped": parse_time(data["stopped"])})
 
 
-@dataclass
-class ArchivedWal:
-    """One WAL file in the archive (a segment or a timeline history file) and when it was archived."""
-
-    name: str
-    archived: Optional[datetime] = None
-    checksum: Optional[str] = None  # the SHA1 the repository names it with (pgBackRest)
-
-
 # ------------------------------------------------------------------------------------ choosing
 
 
@@ -110,10 +94,7 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
     The point's consistent time is the moment asked for (for `latest`, when the newest WAL was
     archived): no data after it can come back. Where recovery really stopped is measured after
     the restore (`recovered_to`), and the boundary check turns it into the RPO.
-
-    Over 80 lines: each rule's case, with the finding its failure gives, reads best side by side.
     """
-    rule = target.recovery_point
     now = ctx.as_of or ctx.declared
     name = target.name
     backups = sorted((b for b in backups if b.stopped <= now), key=lambda b: b.stopped)
@@ -124,35 +105,8 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
     # Repositories list times in whole seconds (pgBackRest, S3): the newest WAL was archived before
     # the end of that second, and nothing after the moment of the disaster can be in it.
     archive_end = min(max(w.archived for w in segments) + timedelta(seconds=1), now) if segments else None  # type: ignore[type-var,operator]
-    findings: list[Finding] = []
-    if rule.max_age is not None and now - backups[-1].stopped > rule.max_age:
-        findings.append(
-            Finding(
-                code="BACKUP_STALE",
-                target=name,
-                message=f"target {name}: the newest backup, {backups[-1].label}, finished {format_duration(now - backups[-1].stopped)} "
-                f"before {now.isoformat()}, longer ago than max_age {format_duration(rule.max_age)}: every recovery "
-                "replays more WAL than intended (are backups still running?)",
-            )
-        )
-
-    moment: Optional[datetime]
-    if rule.rule == "at":
-        moment = rule.at
-    elif rule.rule == "random":
-        assert rule.within is not None
-        low = max(now - rule.within, backups[0].stopped)
-        high = min(now, archive_end) if archive_end else backups[-1].stopped
-        if low > high:
-            raise ProviderError(
-                "RECOVERY_POINT_NOT_FOUND",
-                f"target {name}: no moment within the last {format_duration(rule.within)} is covered by a backup and archived WAL",
-            )
-        seed = rule.seed if rule.seed is not None else f"{ctx.drill_id}/{name}"
-        moment = low + (high - low) * random.Random(str(seed)).random()
-    else:
-        moment = now if now < ctx.declared else None  # latest as of an earlier moment: up to that moment
-
+    findings = stale_backup(target, backups[-1], now)
+    moment = rule_moment(ctx, target, backups, now, archive_end)
     if moment is None:
         chosen = backups[-1]
         consistent = max(archive_end, chosen.stopped) if archive_end else chosen.stopped
@@ -190,6 +144,46 @@ def plan_recovery(ctx: DrillContext, target: PostgresTarget, backups: list[Backu
     )
 
 
+def stale_backup(target: PostgresTarget, newest: Backup, now: datetime) -> list[Finding]:
+    """BACKUP_STALE when the newest backup finished longer ago than the rule's `max_age`."""
+    max_age = target.recovery_point.max_age
+    if max_age is None or now - newest.stopped <= max_age:
+        return []
+    return [
+        Finding(
+            code="BACKUP_STALE",
+            target=target.name,
+            message=f"target {target.name}: the newest backup, {newest.label}, finished {format_duration(now - newest.stopped)} "
+            f"before {now.isoformat()}, longer ago than max_age {format_duration(max_age)}: every recovery "
+            "replays more WAL than intended (are backups still running?)",
+        )
+    ]
+
+
+def rule_moment(
+    ctx: DrillContext, target: PostgresTarget, backups: list[Backup], now: datetime, archive_end: Optional[datetime]
+) -> Optional[datetime]:
+    """The moment the target's rule asks to recover to; None for `latest` (every archived WAL file).
+
+    `random` draws within the window covered by a backup and archived WAL, seeded by the drill and
+    target (a retried activity draws the same)."""
+    rule = target.recovery_point
+    if rule.rule == "at":
+        return rule.at
+    if rule.rule == "random":
+        assert rule.within is not None
+        low = max(now - rule.within, backups[0].stopped)
+        high = min(now, archive_end) if archive_end else backups[-1].stopped
+        if low > high:
+            raise ProviderError(
+                "RECOVERY_POINT_NOT_FOUND",
+                f"target {target.name}: no moment within the last {format_duration(rule.within)} is covered by a backup and archived WAL",
+            )
+        seed = rule.seed if rule.seed is not None else f"{ctx.drill_id}/{target.name}"
+        return low + (high - low) * random.Random(str(seed)).random()
+    return now if now < ctx.declared else None  # latest as of an earlier moment: up to that moment
+
+
 def before_backups(name: str, moment: datetime, backups: list[Backup]) -> str:
     """Why no backup serves a target before the oldest one finished, naming the real cause: a moment
     inside a backup's own run (recoverable only from its end), or before every backup held (the
@@ -206,191 +200,6 @@ def before_backups(name: str, moment: datetime, backups: list[Backup]) -> str:
         f"(the oldest, {oldest.label}, started {oldest.started.isoformat()}): it holds none from before then "
         "(none was taken, or retention removed it)"
     )
-
-
-# ------------------------------------------------------------------------------------ WAL feeding
-
-RESTORE_SCRIPT = """#!/bin/sh
-# drdrill: the recovered server's restore_command. WAL comes only from this spool, which drdrill
-# fills from the backup repository: the server never reaches the repository itself.
-spool='{spool}'
-printf '%s\\n' "$1" > "$spool/.wanted.$$" && mv -f "$spool/.wanted.$$" "$spool/wanted"
-while :; do
-  if [ -f "$spool/$1" ]; then exec cp "$spool/$1" "$2"; fi
-  if [ -f "$spool/$1.missing" ]; then exit 1; fi
-  sleep 0.02
-done
-"""
-
-
-def next_segment(name: str, step: int, segments_per_id: int) -> str:
-    m = SEGMENT_RE.match(name)
-    assert m
-    tli, log, seg = (int(g, 16) for g in m.groups())
-    n = log * segments_per_id + seg + step
-    return f"{tli:08X}{n // segments_per_id:08X}{n % segments_per_id:08X}"
-
-
-class WalFeeder(threading.Thread):
-    """Fills the spool with the WAL files the recovering server asks for, reading a few segments
-    ahead, and drops the ones it has replayed. `missing` lists the segments the archive lacked,
-    `errors` those the tool could not read (with its text), `damaged` those that failed the checks
-    (walcheck: handed to the server as missing, so replay never reads them), `requested` the
-    segments the server asked for and got.
-
-    Files are fetched into `fetched` (a root-owned directory the server user cannot enter) and
-    renamed into the spool only when complete and checked. The server's wish (`wanted`, written by
-    the restore_command as the server user) is read without following a link and must be a WAL
-    file name: it is never a path."""
-
-    READ_AHEAD = 4
-    KEEP_BEHIND = 4
-
-    def __init__(self, fetch: Callable[[str, Path], bool], spool: Path, segment_size: int, fetched: Optional[Path] = None):
-        super().__init__(daemon=True, name=f"wal-feeder-{spool.name}")
-        self.fetch = fetch
-        self.spool = spool
-        self.fetch_dir = fetched or spool
-        self.damaged: dict[str, str] = {}
-        self.requested: set[str] = set()
-        self.per_id = 0x100000000 // segment_size
-        self.known: dict[str, bool] = {}
-        self.missing: list[str] = []
-        self.errors: dict[str, str] = {}
-        self.wanted: Optional[str] = None
-        self.fetched = 0
-        self.failure: Optional[BaseException] = None
-        self._halt = threading.Event()
-
-    def stop(self) -> None:
-        self._halt.set()
-        self.join(timeout=30)
-
-    def run(self) -> None:
-        try:
-            while not self._halt.is_set():
-                self._read_wanted()
-                todo = self._next()
-                if todo is None:
-                    self._halt.wait(0.01)
-                    continue
-                self._get(todo)
-        except BaseException as exc:  # noqa: BLE001 - reported to the restore, which stops the server
-            self.failure = exc
-
-    def _read_wanted(self) -> None:
-        try:
-            wanted = (safefs.read_file(self.spool / "wanted", limit=64) or b"").decode(errors="replace").strip()
-        except OSError:
-            return
-        if not WAL_NAME_RE.match(wanted):
-            return  # not a WAL file name (a path, a link's target …): never fetched
-        if self.known.get(wanted):
-            self.requested.add(wanted)
-        if wanted and wanted != self.wanted:
-            self.wanted = wanted
-            self._prune()
-
-    def _next(self) -> Optional[str]:
-        wanted = self.wanted
-        if wanted is None:
-            return None
-        if wanted not in self.known:
-            return wanted
-        if not SEGMENT_RE.match(wanted) or not self.known[wanted]:
-            return None
-        for step in range(1, self.READ_AHEAD + 1):
-            ahead = next_segment(wanted, step, self.per_id)
-            if ahead not in self.known:
-                return ahead
-            if not self.known[ahead]:
-                return None  # the archive ends (or has a gap) there: nothing beyond to read ahead
-        return None
-
-    def _get(self, name: str) -> None:
-        tmp = self.fetch_dir / f".tmp-{name}"
-        safefs.remove_file(tmp)
-        try:
-            found = self.fetch(name, tmp)
-        except WalUnreadable as exc:
-            self.errors[name] = str(exc)
-            found = False
-        except WalDamaged as exc:
-            self.damaged[name] = str(exc)
-            found = False
-        if found:
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.spool / name)
-            self.fetched += 1
-            if name == self.wanted:
-                self.requested.add(name)
-        else:
-            safefs.remove_file(tmp)
-            safefs.write_file(self.spool / f"{name}.missing", "", mode=0o644)
-            if SEGMENT_RE.match(name):
-                self.missing.append(name)
-        self.known[name] = found
-
-    def replayed_to(self) -> Optional[str]:
-        """The newest segment the server asked for and got: where replay ended."""
-        got = [n for n in self.requested if SEGMENT_RE.match(n)]
-        return max(got) if got else None
-
-    def _prune(self) -> None:
-        """Drop segments well behind the one replayed now (fetched again should they be asked for)."""
-        if self.wanted is None or not SEGMENT_RE.match(self.wanted):
-            return
-        oldest_kept = next_segment(self.wanted, -self.KEEP_BEHIND, self.per_id) if int(self.wanted[8:], 16) > self.KEEP_BEHIND else None
-        if oldest_kept is None:
-            return
-        for name in [n for n, ok in self.known.items() if ok and SEGMENT_RE.match(n) and n[:8] == self.wanted[:8] and n < oldest_kept]:
-            (self.spool / name).unlink(missing_ok=True)
-            del self.known[name]
-
-
-# ------------------------------------------------------------------------------------ the server's log
-
-_STOPPING = re.compile(r"LOG:\s+(recovery stopping (?:before|after) .*)$")
-_LAST_TX = re.compile(r"LOG:\s+last completed transaction was at log time (.+)$")
-_REDO_DONE = re.compile(r"LOG:\s+redo done at (\S+)")
-_READY = "database system is ready to accept connections"
-_FATAL = re.compile(r"(?:FATAL|PANIC):\s+(.*)$")
-_RESTORED = re.compile(r"LOG:\s+restored log file \"([0-9A-F]{24})\" from archive")
-
-
-@dataclass
-class RecoveryLog:
-    """What the recovered server's log says about its recovery."""
-
-    ready: bool = False
-    fatal: Optional[str] = None
-    stopping: Optional[str] = None
-    last_transaction: Optional[datetime] = None
-    redo_done_at: Optional[str] = None
-    segments: int = 0
-    last_segment: Optional[str] = None
-
-    @classmethod
-    def read(cls, text: str) -> "RecoveryLog":
-        out = cls()
-        for line in text.splitlines():
-            if _READY in line:
-                out.ready = True
-            elif m := _FATAL.search(line):
-                out.fatal = out.fatal or m.group(1).strip()
-            elif m := _STOPPING.search(line):
-                out.stopping = m.group(1).strip()
-            elif m := _LAST_TX.search(line):
-                try:
-                    out.last_transaction = parse_time(m.group(1).strip())
-                except ValueError:
-                    pass
-            elif m := _REDO_DONE.search(line):
-                out.redo_done_at = m.group(1)
-            elif m := _RESTORED.search(line):
-                out.segments += 1
-                out.last_segment = max(out.last_segment or "", m.group(1))
-        return out
 
 
 # ------------------------------------------------------------------------------------ the template
@@ -436,7 +245,10 @@ class PhysicalSource(RecoverySource):
     # -------------------------------------------------------------- restore
 
     def restore(self, ctx: DrillContext, target: PostgresTarget, point: RecoveryPoint, cluster: LocalCluster) -> RestoredResource:
-        # Over 80 lines on purpose: lay down, recover, prove isolation, record, in the order they happen.
+        """Lay the backup down beside the drill's cluster, recover it on the private socket with drdrill
+        feeding the WAL, ask the server where it stopped, and record it all (the repository untouched)."""
+        # long: the recovery's steps in the order they happen, then the one record of them (details)
+        # that a reader checks against those steps; each step is a function of its own.
         backup = Backup.from_metadata(point.metadata["backup"])
         recovery_target = parse_time(point.metadata.get("recovery_target"))
         binaries = physical_binaries(backup.major, target.name, backup.label)
@@ -449,35 +261,20 @@ class PhysicalSource(RecoverySource):
         wal_before = self.archived_wal(target)
         config_to, fetched = cluster.path / f"{target.name}-backup-config", cluster.path / f"{target.name}-fetch"
         stop_server(data, binaries)  # a retried attempt starts over
-        os.chmod(cluster.path, 0o711)  # a sandboxed tool enters its own directories in it, lists nothing
-        for d in (data, spool, scratch, config_to, fetched):
-            shutil.rmtree(d, ignore_errors=True)
-            d.mkdir(mode=0o700)
-        safefs.remove_file(log)
+        fresh_area(cluster.path, (data, spool, scratch, config_to, fetched), log)
         heartbeat({"target": target.name, "step": f"{self.tool_name}: restoring backup {backup.label}"})
         how = self.lay_down(target, backup, data, recovery_target, scratch)
         laid_down = time.monotonic()
         config = self._prepare(target, backup, data, cluster.path, config_to, recovery_target)
         hand_to_server_user(scratch)
         check_page_checksums(target, data, binaries)  # before it starts (pagechecks.py; read back after it serves)
-        _chown(spool)
+        chown_to_server(spool)
         safefs.write_file(spool / "restore_command.sh", RESTORE_SCRIPT.format(spool=spool), mode=0o755)
         control = control_data(binaries, data)
         checks = WalChecks(wal_before, control.get("segment_size", 16 << 20), backup.major, control.get("sysid"))
         feeder = WalFeeder(lambda name, dest: self._fetch_checked(target, name, dest, data, checks), spool, checks.segment_size, fetched)
-        feeder.start()
-        try:
-            settings = recovery_overrides(data, cluster.sock, port, backup.major, f"{spool / 'restore_command.sh'} %f %p")
-            try:
-                start_recovery(data, log, binaries, settings)
-            except ClusterError as exc:
-                raise ProviderError("RECOVERY_FAILED", f"target {target.name}: {exc}") from exc
-            outcome = wait_for_recovery(data, log, feeder, target, timeout=target.restore.timeout.total_seconds())
-        except BaseException:
-            stop_server(data, binaries)
-            raise
-        finally:
-            feeder.stop()
+        settings = recovery_overrides(data, cluster.sock, port, backup.major, f"{spool / 'restore_command.sh'} %f %p")
+        outcome = recover(target, data, log, binaries, settings, feeder)
         if not outcome.ready:
             stop_server(data, binaries)
             raise recovery_failure(target, outcome, feeder, wal_before, recovery_target, log)
@@ -490,30 +287,13 @@ class PhysicalSource(RecoverySource):
             stop_server(data, binaries)
             raise
         reached = reached or outcome.last_transaction
-        findings: list[Finding] = []
-        findings += config_findings(target.name, config)
-        findings += replay_findings(target.name, feeder, wal_before, outcome)
-        if not target.source.boundary_checks:
-            findings.append(
-                Finding(
-                    code="PITR_UNASSERTED",
-                    target=target.name,
-                    could_not_verify=True,
-                    message=f"target {target.name}: recovered to a point in time, but no boundary check proves the moment "
-                    "(add a validation of type boundary): a server that came up proves nothing about the moment it reached",
-                )
-            )
         untouched = compare_inventories(before, self.inventory(target))
-        if untouched["changed"]:
-            findings.append(
-                Finding(
-                    code="REPOSITORY_CHANGED",
-                    severity="warning",
-                    target=target.name,
-                    message=f"target {target.name}: files of the repository changed or vanished during the drill (not by drdrill, "
-                    f"which only reads it; by production's expire?): {', '.join(untouched['changed'][:5])}",
-                )
-            )
+        findings = [
+            *config_findings(target.name, config),
+            *replay_findings(target.name, feeder, wal_before, outcome),
+            *unasserted(target),
+            *repository_changed(target.name, untouched),
+        ]
         recovered_to = reached or backup.stopped
         wanted = recovery_target.isoformat() if recovery_target else "the end of the archive"
         return RestoredResource(
@@ -549,7 +329,7 @@ class PhysicalSource(RecoverySource):
         self, target: PostgresTarget, backup: Backup, data: Path, area: Path, config_to: Path, recovery_target: Optional[datetime]
     ) -> dict[str, Any]:
         """The laid-down backup made drdrill's: links refused, its configuration set aside, drdrill's
-        recovery settings, owned by the server user (cluster.prepare_recovered_data_dir)."""
+        recovery settings, owned by the server user (localpg.recovered.prepare_recovered_data_dir)."""
         try:
             return prepare_recovered_data_dir(data, area, config_to, recovery_settings(recovery_target))
         except safefs.LinkRefused as exc:
@@ -571,6 +351,63 @@ class PhysicalSource(RecoverySource):
 
     def settings(self, target: PostgresTarget) -> Any:
         return getattr(target.source, target.source.kind)
+
+
+def fresh_area(area: Path, dirs: tuple[Path, ...], log: Path) -> None:
+    """Empty 0700 directories for a (retried) recovery in the drill's cluster directory, 0711 so a
+    sandboxed tool enters its own directories in it and lists nothing; no log of an earlier try."""
+    os.chmod(area, 0o711)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(mode=0o700)
+    safefs.remove_file(log)
+
+
+def recover(target: PostgresTarget, data: Path, log: Path, binaries: Binaries, settings: dict[str, str], feeder: WalFeeder) -> RecoveryLog:
+    """Start the laid-down server with `settings` and feed it WAL until recovery ends or it stops;
+    the server is stopped again when anything goes wrong, the feeder in any case."""
+    feeder.start()
+    try:
+        try:
+            start_recovery(data, log, binaries, settings)
+        except ClusterError as exc:
+            raise ProviderError("RECOVERY_FAILED", f"target {target.name}: {exc}") from exc
+        return wait_for_recovery(data, log, feeder, target, timeout=target.restore.timeout.total_seconds())
+    except BaseException:
+        stop_server(data, binaries)
+        raise
+    finally:
+        feeder.stop()
+
+
+def unasserted(target: PostgresTarget) -> list[Finding]:
+    """PITR_UNASSERTED when no boundary check proves the moment recovery reached."""
+    if target.source.boundary_checks:
+        return []
+    return [
+        Finding(
+            code="PITR_UNASSERTED",
+            target=target.name,
+            could_not_verify=True,
+            message=f"target {target.name}: recovered to a point in time, but no boundary check proves the moment "
+            "(add a validation of type boundary): a server that came up proves nothing about the moment it reached",
+        )
+    ]
+
+
+def repository_changed(name: str, untouched: dict[str, Any]) -> list[Finding]:
+    """REPOSITORY_CHANGED (a warning) when the repository's files changed during the drill."""
+    if not untouched["changed"]:
+        return []
+    return [
+        Finding(
+            code="REPOSITORY_CHANGED",
+            severity="warning",
+            target=name,
+            message=f"target {name}: files of the repository changed or vanished during the drill (not by drdrill, "
+            f"which only reads it; by production's expire?): {', '.join(untouched['changed'][:5])}",
+        )
+    ]
 
 
 def physical_binaries(major: int, target: str, label: str) -> Binaries:
@@ -620,129 +457,6 @@ def recovery_settings(recovery_target: Optional[datetime]) -> str:
     if recovery_target is not None:
         lines.append(f"recovery_target_time = '{recovery_target.astimezone(timezone.utc).isoformat()}'")
     return "\n".join(lines) + "\n"
-
-
-def wait_for_recovery(data: Path, log: Path, feeder: WalFeeder, target: PostgresTarget, timeout: float) -> RecoveryLog:
-    """Wait until the server has ended recovery (ready for connections) or stopped; heartbeat meanwhile.
-
-    Polls the log and the postmaster a few times a second (both cheap), so the end of recovery is
-    noticed within a fraction of a second."""
-    started = time.monotonic()
-    seen_running = False
-    while True:
-        outcome = RecoveryLog.read(log.read_text(errors="replace") if log.exists() else "")
-        if outcome.ready:
-            return outcome
-        running = server_pid(data) is not None
-        seen_running = seen_running or running
-        if not running and (outcome.fatal or seen_running or time.monotonic() - started > 10):
-            return outcome
-        if feeder.failure is not None:
-            raise ProviderError("RECOVERY_FAILED", f"target {target.name}: drdrill could not feed WAL to the server: {feeder.failure}")
-        if time.monotonic() - started > timeout:
-            raise ProviderError(
-                "RECOVERY_TIMEOUT",
-                f"target {target.name}: recovery had not ended after {format_duration(timeout)} "
-                f"(replaying {feeder.wanted or 'nothing yet'}; raise restore.timeout)",
-            )
-        heartbeat({"target": target.name, "step": "replaying WAL", "segment": feeder.wanted, "fetched": feeder.fetched})
-        time.sleep(0.1)
-
-
-def recovery_failure(
-    target: PostgresTarget, outcome: RecoveryLog, feeder: WalFeeder, wal: list[ArchivedWal], recovery_target: Optional[datetime], log: Path
-) -> ProviderError:
-    """Why the server stopped instead of ending recovery, as one finding with PostgreSQL's words."""
-    name = target.name
-    said = outcome.fatal or "the server stopped without a message"
-    gap = wal_gap(feeder, wal, outcome)
-    unreadable = next(iter(feeder.errors.items()), None)
-    damaged = wal_damaged(feeder, wal)
-    early = replay_ended_early(feeder, wal)
-    if damaged:
-        return ProviderError("WAL_DAMAGED", f"target {name}: {damaged}; the recovery target was not reached; PostgreSQL: {said}")
-    if unreadable:
-        return ProviderError("WAL_UNREADABLE", f"target {name}: archived WAL {unreadable[0]} could not be read: {unreadable[1]}")
-    if gap:
-        return ProviderError("WAL_GAP", f"target {name}: {gap}; PostgreSQL: {said}")
-    if early and "before configured recovery target was reached" in said:
-        return ProviderError(
-            "REPLAY_ENDED_EARLY", f"target {name}: {early}; the archive is damaged, it does not end there; PostgreSQL: {said}"
-        )
-    if "before configured recovery target was reached" in said:
-        return ProviderError(
-            "PITR_TARGET_UNREACHED",
-            f"target {name}: the archive ends before the recovery target {recovery_target.isoformat() if recovery_target else ''}: "
-            f"WAL was replayed to {outcome.last_transaction.isoformat() if outcome.last_transaction else 'the backup'}"
-            f"{' (' + feeder.missing[-1] + ' is not archived)' if feeder.missing else ''}; PostgreSQL: {said}",
-        )
-    if "before consistent recovery point" in said:
-        return ProviderError(
-            "PITR_TARGET_BEFORE_BACKUP",
-            f"target {name}: the recovery target {recovery_target.isoformat() if recovery_target else ''} is before the backup "
-            f"was consistent; PostgreSQL: {said}",
-        )
-    tail = " | ".join(log.read_text(errors="replace").strip().splitlines()[-3:]) if log.exists() else ""
-    return ProviderError("RECOVERY_FAILED", f"target {name}: the recovered server stopped: {said} ({tail})")
-
-
-def wal_gap(feeder: WalFeeder, wal: list[ArchivedWal], outcome: RecoveryLog) -> Optional[str]:
-    """A segment recovery asked for and the archive lacks, while it holds later ones: a hole that
-    silently ends recovery early. None when replay simply reached the archive's end."""
-    if not feeder.missing:
-        return None
-    archived = {w.name for w in wal if SEGMENT_RE.match(w.name)}
-    for missing in feeder.missing:
-        if missing in archived:
-            continue
-        later = sorted(n for n in archived if n[:8] == missing[:8] and n > missing)
-        if later:
-            return (
-                f"WAL segment {missing} is missing from the archive, which holds later segments ({later[0]} … {later[-1]}): "
-                "recovery stops at the hole and everything after it is lost"
-            )
-    return None
-
-
-def wal_damaged(feeder: WalFeeder, wal: list[ArchivedWal]) -> Optional[str]:
-    """The first fetched segment that failed its checks, with the archive's later segments."""
-    if not feeder.damaged:
-        return None
-    name, why = sorted(feeder.damaged.items())[0]
-    later = sorted(w.name for w in wal if SEGMENT_RE.match(w.name) and w.name[:8] == name[:8] and w.name > name)
-    after = f"; the archive holds {len(later)} later segments ({later[0]} … {later[-1]}) that were not replayed" if later else ""
-    return f"archived WAL segment {name} is damaged: {why}{after}"
-
-
-def replay_ended_early(feeder: WalFeeder, wal: list[ArchivedWal]) -> Optional[str]:
-    """Replay that ended before the newest segment archived on its timeline (REPLAY_ENDED_EARLY):
-    the server took a damaged record for the end of the WAL. None when it reached the newest."""
-    end = feeder.replayed_to()
-    if end is None:
-        return None
-    newest = max((w.name for w in wal if SEGMENT_RE.match(w.name) and w.name[:8] == end[:8]), default=None)
-    if newest is None or newest <= end:
-        return None
-    return (
-        f"replay ended in WAL segment {end}, but the archive holds segments up to {newest} on the same timeline: "
-        "what they hold was not recovered (a damaged record ends replay as if the WAL ended there)"
-    )
-
-
-def replay_findings(name: str, feeder: WalFeeder, wal: list[ArchivedWal], outcome: RecoveryLog) -> list[Finding]:
-    """What a recovery that ended and promoted still got wrong: a damaged segment (WAL_DAMAGED), a
-    hole (WAL_GAP), or replay that ended before the archive's newest segment (REPLAY_ENDED_EARLY).
-    One finding, the most specific; none when replay stopped at the target it was asked for."""
-    damaged = wal_damaged(feeder, wal)
-    if damaged:
-        return [Finding(code="WAL_DAMAGED", target=name, message=f"target {name}: {damaged}")]
-    gap = wal_gap(feeder, wal, outcome)
-    if gap:
-        return [Finding(code="WAL_GAP", target=name, message=f"target {name}: {gap}")]
-    early = None if outcome.stopping else replay_ended_early(feeder, wal)
-    if early:
-        return [Finding(code="REPLAY_ENDED_EARLY", target=name, message=f"target {name}: {early}")]
-    return []
 
 
 def config_findings(name: str, config: dict[str, Any]) -> list[Finding]:
@@ -825,67 +539,3 @@ def compare_inventories(before: dict[str, str], after: dict[str, str]) -> dict[s
             "added_meanwhile": len(set(after) - set(before)),
         },
     }
-
-
-# ------------------------------------------------------------------------------------ running tools
-
-
-def run_tool(
-    argv: list[str], env: dict[str, str], target: str, step: str, timeout: Optional[float] = None, spawn: Optional[Callable[..., Any]] = None
-) -> subprocess.CompletedProcess:
-    """Run a backup tool to its end, heartbeating meanwhile; a cancelled drill stops it. `spawn`
-    (a sandbox's popen, which sets the environment itself) starts it instead of subprocess.Popen."""
-    if spawn is not None:
-        proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    else:
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    out: dict[str, str] = {}
-    readers = [
-        threading.Thread(target=lambda: out.__setitem__("stdout", proc.stdout.read()), daemon=True),  # type: ignore[union-attr]
-        threading.Thread(target=lambda: out.__setitem__("stderr", proc.stderr.read()), daemon=True),  # type: ignore[union-attr]
-    ]
-    for r in readers:
-        r.start()
-    started = time.monotonic()
-    try:
-        while proc.poll() is None:
-            heartbeat({"target": target, "step": step, "seconds": round(time.monotonic() - started, 1)})
-            if timeout is not None and time.monotonic() - started > timeout:
-                raise ProviderError("TOOL_TIMEOUT", f"target {target}: {step} did not finish within {format_duration(timeout)}")
-            try:
-                proc.wait(timeout=1)
-            except subprocess.TimeoutExpired:
-                pass
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    for r in readers:
-        r.join()
-    return subprocess.CompletedProcess(argv, proc.returncode, out.get("stdout", ""), out.get("stderr", ""))
-
-
-def named_env(names: list[str], target: str, prefixes: tuple[str, ...]) -> dict[str, str]:
-    """The worker's environment for a backup tool: variables with `prefixes` only as the drill names
-    them (by name; a named one that is unset is bad input), everything else as it is."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
-    unset = [n for n in names if not os.environ.get(n)]
-    if unset:
-        raise ProviderError(
-            "SOURCE_ENV_MISSING",
-            f"target {target}: the drill names {', '.join(unset)}, which this worker does not have set: set "
-            f"{'it' if len(unset) == 1 else 'them'} in the worker's environment",
-        )
-    env.update({n: os.environ[n] for n in names})
-    return env
-
-
-def last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
-
-
-def utc(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, timezone.utc)
-
-

@@ -19,9 +19,10 @@ from drdrill.core.models import DrillContext, Finding, RecoveryPoint, RestoredRe
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import ProviderError, heartbeat, select_for_target
 from drdrill.providers.postgres.backup import read_points, sha256_path
-from drdrill.providers.postgres.cluster import BackupLinkRefused, ClusterError, LocalCluster, adopt_data_dir, server_major, stop_server, tool
-from drdrill.providers.postgres.sandbox import Inputs, SandboxError
-from drdrill.providers.postgres.data import mark_restored
+from drdrill.localpg.cluster import ClusterError, LocalCluster, server_major, tool
+from drdrill.localpg.recovered import BackupLinkRefused, adopt_data_dir, stop_server
+from drdrill.localpg.sandbox import Inputs, SandboxError
+from drdrill.localpg.data import already_restored, mark_restored
 from drdrill.providers.postgres.findings import classify_restore_errors
 from drdrill.providers.postgres.plainscan import DumpRefused, PlainDumpScanner, supports_restrict, tool_version
 from drdrill.providers.postgres.sources import RecoverySource
@@ -55,81 +56,35 @@ class DrdrillRepository(RecoverySource):
         return select_for_target(points, ctx, target)
 
     def restore(self, ctx: DrillContext, target: PostgresTarget, point: RecoveryPoint, cluster: LocalCluster) -> RestoredResource:
-        # Over 80 lines on purpose: the four numbered steps of one restore read best in order.
+        """Restore a backup of drdrill's repository in four steps: the archive checked against its
+        manifest, a fresh database, roles then the archive (pg_restore in the drill's sandbox), and
+        the mark a retried attempt resumes from."""
         point_dir = Path(point.metadata["path"])
         manifest = point.metadata.get("manifest") or {}
         archive = point_dir / manifest.get("archive", "archive.dump")
         dbname = target.source.database or target.name
         endpoint = {"dsn": cluster.dsn(dbname), "database": dbname, "socket_dir": str(cluster.sock)}
-        findings: list[Finding] = []
 
         # 1. The archive is what the manifest says it is, before anything is restored from it.
-        heartbeat({"target": target.name, "step": "checksum"})
-        if not archive.exists():
-            raise ProviderError("ARCHIVE_MISSING", f"target {target.name}: archive {archive} is missing")
-        digest, size = sha256_path(archive)
-        if digest != manifest.get("archive_sha256"):
-            raise ProviderError(
-                "ARCHIVE_CHECKSUM_MISMATCH",
-                f"target {target.name}: archive {archive.name} of {point.id} has sha256 {digest[:16]}…, "
-                f"the manifest says {str(manifest.get('archive_sha256'))[:16]}… ({size} bytes, manifest {manifest.get('archive_size')}): "
-                "the backup was altered or damaged after it was taken",
-            )
+        check_archive(target.name, point.id, archive, manifest)
         if manifest.get("format") == "base":
             return self._restore_base(ctx, target, point, cluster, archive, manifest)
-        box = cluster.sandbox()  # psql and pg_restore run in the drill's sandbox (sandbox.py)
-        with Inputs(cluster.path, box.identity) as inputs:
-            listing = _in_sandbox(box.run, target.name, [tool("pg_restore"), "-l", inputs.path(archive)], pass_fds=inputs.fds)
-        if listing.returncode != 0:
-            raise ProviderError(
-                "ARCHIVE_UNREADABLE",
-                f"target {target.name}: pg_restore cannot read {archive.name} of {point.id}: "
-                + (listing.stderr.strip().splitlines() or ["unknown error"])[-1],
-            )
+        box = cluster.sandbox()  # psql and pg_restore run in the drill's sandbox (drdrill/localpg/sandbox.py)
+        readable_archive(box, target.name, point.id, archive, cluster.path)
 
         # 2. A fresh database (a retried attempt starts over: idempotent).
-        with psycopg.connect(cluster.dsn(), autocommit=True, connect_timeout=10) as conn:
-            done = conn.execute(
-                "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (dbname,)
-            ).fetchone()
-            if done and done[0] == f"drdrill restored {point.id}":
-                return RestoredResource(
-                    target=target.name, provider="postgres", id=f"{cluster.path}/{dbname}", endpoint=endpoint,
-                    description=f"pg_restore -j {target.restore.jobs}", details={"point": point.id, "resumed": True},
-                )
-            if done:
-                conn.execute(psycopg.sql.SQL("DROP DATABASE {} WITH (FORCE)").format(psycopg.sql.Identifier(dbname)))
-            conn.execute(psycopg.sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(psycopg.sql.Identifier(dbname)))
+        if already_restored(cluster.dsn(), dbname, point.id):
+            return RestoredResource(
+                target=target.name, provider="postgres", id=f"{cluster.path}/{dbname}", endpoint=endpoint,
+                description=f"pg_restore -j {target.restore.jobs}", details={"point": point.id, "resumed": True},
+            )
 
         # 3. Roles first (pg_dump does not carry them), then the archive.
         if (point_dir / "globals.sql").exists():
             _run_globals(box, point_dir / "globals.sql", cluster.dsn(dbname), target.name)
-        inputs = Inputs(cluster.path, box.identity)
-        cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), inputs.path(archive)]
         started = time.monotonic()
-        try:
-            proc = _in_sandbox(box.popen, target.name, cmd, pass_fds=inputs.fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        except BaseException:
-            inputs.close()
-            raise
-        stderr_chunks: list[str] = []
-        reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
-        reader.start()
-        try:
-            while proc.poll() is None:
-                heartbeat({"target": target.name, "step": "pg_restore", "seconds": round(time.monotonic() - started, 1)})
-                try:
-                    proc.wait(timeout=2)
-                except subprocess.TimeoutExpired:
-                    pass
-        finally:
-            if proc.poll() is None:  # cancelled (or the worker is shutting down): stop pg_restore too
-                proc.kill()
-                proc.wait()
-            inputs.close()
-        reader.join()
-        stderr = "".join(stderr_chunks)
-        findings.extend(classify_restore_errors(stderr, target.name))
+        returncode, stderr = pg_restore(box, cluster, dbname, archive, target)
+        findings: list[Finding] = list(classify_restore_errors(stderr, target.name))
         unreadable = [f for f in findings if f.code == "ARCHIVE_UNREADABLE"]
         if unreadable:
             detail = unreadable[0].message.split(": ", 1)[-1]
@@ -148,7 +103,7 @@ class DrdrillRepository(RecoverySource):
             id=f"{cluster.path}/{dbname}",
             description=f"pg_restore -j {target.restore.jobs}, {len(restored_tables)} tables",
             endpoint=endpoint,
-            details={"point": point.id, "exit_code": proc.returncode, "tables": len(restored_tables), "seconds": round(time.monotonic() - started, 3)},
+            details={"point": point.id, "exit_code": returncode, "tables": len(restored_tables), "seconds": round(time.monotonic() - started, 3)},
             findings=findings,
         )
 
@@ -190,6 +145,63 @@ class DrdrillRepository(RecoverySource):
             endpoint=endpoint,
             details={"point": point.id, "seconds": round(time.monotonic() - started, 3), "format": "base", "backup_configuration": config},
         )
+
+
+def check_archive(target: str, point_id: str, archive: Path, manifest: dict) -> None:
+    """ARCHIVE_MISSING, or ARCHIVE_CHECKSUM_MISMATCH when the archive is not what its manifest says."""
+    heartbeat({"target": target, "step": "checksum"})
+    if not archive.exists():
+        raise ProviderError("ARCHIVE_MISSING", f"target {target}: archive {archive} is missing")
+    digest, size = sha256_path(archive)
+    if digest != manifest.get("archive_sha256"):
+        raise ProviderError(
+            "ARCHIVE_CHECKSUM_MISMATCH",
+            f"target {target}: archive {archive.name} of {point_id} has sha256 {digest[:16]}…, "
+            f"the manifest says {str(manifest.get('archive_sha256'))[:16]}… ({size} bytes, manifest {manifest.get('archive_size')}): "
+            "the backup was altered or damaged after it was taken",
+        )
+
+
+def readable_archive(box, target: str, point_id: str, archive: Path, area: Path) -> None:  # noqa: ANN001 - a Sandbox
+    """ARCHIVE_UNREADABLE when pg_restore, in the drill's sandbox, cannot list the archive."""
+    with Inputs(area, box.identity) as inputs:
+        listing = _in_sandbox(box.run, target, [tool("pg_restore"), "-l", inputs.path(archive)], pass_fds=inputs.fds)
+    if listing.returncode != 0:
+        raise ProviderError(
+            "ARCHIVE_UNREADABLE",
+            f"target {target}: pg_restore cannot read {archive.name} of {point_id}: "
+            + (listing.stderr.strip().splitlines() or ["unknown error"])[-1],
+        )
+
+
+def pg_restore(box, cluster: LocalCluster, dbname: str, archive: Path, target: PostgresTarget) -> tuple[int, str]:  # noqa: ANN001
+    """Run pg_restore -j N in the drill's sandbox to its end, heartbeating; a cancelled drill stops
+    it. Returns its exit code and what it wrote to stderr."""
+    inputs = Inputs(cluster.path, box.identity)
+    cmd = [tool("pg_restore"), "-j", str(target.restore.jobs), "-d", cluster.dsn(dbname), inputs.path(archive)]
+    started = time.monotonic()
+    try:
+        proc = _in_sandbox(box.popen, target.name, cmd, pass_fds=inputs.fds, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    except BaseException:
+        inputs.close()
+        raise
+    stderr_chunks: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_chunks.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    try:
+        while proc.poll() is None:
+            heartbeat({"target": target.name, "step": "pg_restore", "seconds": round(time.monotonic() - started, 1)})
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        if proc.poll() is None:  # cancelled (or the worker is shutting down): stop pg_restore too
+            proc.kill()
+            proc.wait()
+        inputs.close()
+    reader.join()
+    return proc.returncode, "".join(stderr_chunks)
 
 
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 
 from drdrill.core.models import DrillContext, RecoveryPoint, RestoredResource
 from drdrill.providers.postgres.schema import PostgresTarget
-from drdrill.providers.postgres.cluster import LocalCluster
+from drdrill.localpg.cluster import LocalCluster
 
 
 class RecoverySource(ABC):

@@ -20,8 +20,10 @@ from typing import Optional
 
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.base import ProviderError
-import drdrill.providers.postgres.safefs as safefs
-from drdrill.providers.postgres.recovery import SEGMENT_RE, ArchivedWal, Backup, PhysicalSource, WalUnreadable, utc
+import drdrill.localpg.safefs as safefs
+from drdrill.providers.postgres.recovery import Backup, PhysicalSource
+from drdrill.providers.postgres.toolrun import utc
+from drdrill.providers.postgres.walreplay import SEGMENT_RE, ArchivedWal, WalUnreadable
 
 _LABEL_LINE = re.compile(r"^([A-Z ]+):\s*(.*)$")
 _OFFSET = re.compile(r"^(?:UTC|GMT|Z)?([+-]\d{1,2})(?::?(\d{2}))?$")

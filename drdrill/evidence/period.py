@@ -1,8 +1,10 @@
 """The period report (HTML, JSON, CSV): drills of a quarter, month or year rolled up against
-compliance controls, with the scheduled drills that did not run.
+compliance controls, with the scheduled drills that did not run and the period's restore coverage.
 
-HTML goes through the same Jinja2 environment and style as the per-drill report
-(drdrill/evidence/render.py): self-contained, no JavaScript, prints on A4/Letter.
+Every report renders in drdrill/evidence/: the drill report (render.py), this one, and the
+coverage report (coverage_report.py); `drdrill evidence report` only calls `period_report` and
+`render_period`. HTML goes through the same Jinja2 environment and style as the per-drill report:
+self-contained, no JavaScript, prints on A4/Letter.
 """
 
 from __future__ import annotations
@@ -10,7 +12,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from html import escape
@@ -20,39 +21,14 @@ from typing import Any, Optional
 import yaml
 from markupsafe import Markup
 
-from app.coverage import coverage_for, coverage_svg
-from app.schedules import ScheduledDrill, due_times, scheduled_drills
+from drdrill.core.calendar import ScheduledDrill, due_times, parse_period, scheduled_drills
 from drdrill.core.durations import format_duration
 from drdrill.core.schema import SpecError
 from drdrill.core.times import parse_time
 from drdrill.evidence.coverage import CONTROL as COVERAGE_CONTROL
-from drdrill.evidence.coverage import CoverageReport
+from drdrill.evidence.coverage import CoverageReport, coverage_for
+from drdrill.evidence.coverage_report import coverage_svg
 from drdrill.evidence.render import COLOURS, DATA_CHECKS, environment, fmt_time, is_simulation
-
-# ------------------------------------------------------------------ period report
-
-
-def parse_period(text: str) -> tuple[datetime, datetime]:
-    """2026Q4 -> [2026-10-01, 2027-01-01) UTC; also 2026 (a year) and 2026-11 (a month)."""
-    t = text.strip().upper()
-    m = re.fullmatch(r"(\d{4})-?Q([1-4])", t)
-    if m:
-        year, q = int(m.group(1)), int(m.group(2))
-        start = datetime(year, 3 * q - 2, 1, tzinfo=timezone.utc)
-        end = datetime(year + 1, 1, 1, tzinfo=timezone.utc) if q == 4 else datetime(year, 3 * q + 1, 1, tzinfo=timezone.utc)
-        return start, end
-    m = re.fullmatch(r"(\d{4})-(\d{2})", t)
-    if m and 1 <= int(m.group(2)) <= 12:
-        year, month = int(m.group(1)), int(m.group(2))
-        start = datetime(year, month, 1, tzinfo=timezone.utc)
-        end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=timezone.utc)
-        return start, end
-    m = re.fullmatch(r"(\d{4})", t)
-    if m:
-        year = int(m.group(1))
-        return datetime(year, 1, 1, tzinfo=timezone.utc), datetime(year + 1, 1, 1, tzinfo=timezone.utc)
-    raise ValueError(f"{text!r} is not a period: write 2026Q4, 2026-11 or 2026")
-
 
 @dataclass(frozen=True)
 class Control:
@@ -148,18 +124,12 @@ def period_data(
     simulations = [_simulation_row(r) for r in runs if is_simulation(r)]
     runs = [r for r in runs if not is_simulation(r)]
 
-    if drills_dir is not None and Path(drills_dir).is_dir():
-        scheduled, problems = scheduled_drills(drills_dir)
-    else:
-        where = f" {drills_dir}" if drills_dir is not None else ""
-        scheduled, problems = [], [f"no drills directory{where}: scheduled drills were not checked (use --drills DIR)"]
+    scheduled, problems = _scheduled(drills_dir)
     due = [sd for sd in scheduled if not drill or sd.name == drill]
     missed, upcoming, findings, unchecked = _due_drills(due, runs, start, end, now, schedule_since or {})
     problems += unchecked
     run_rows, run_findings = _run_rows(runs, verified)
     findings += run_findings
-    intact = [row for row in run_rows if row["evidence_intact"]]
-    verdicts = [row["verdict"] for row in intact]
     missed_by_drill = group_missed(missed)
     return {
         "period": period.upper(),
@@ -167,17 +137,7 @@ def period_data(
         "end": end.isoformat(),
         "drill": drill,
         "generated_at": now.isoformat(),
-        "summary": {
-            "runs": len(run_rows),
-            "passed": verdicts.count("PASSED"),
-            "failed": verdicts.count("FAILED"),
-            "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
-            "error": verdicts.count("ERROR"),
-            "missed": len(missed),
-            "evidence_intact": len(intact),
-            "tampered": len(run_rows) - len(intact),
-            "simulations": len(simulations),
-        },
+        "summary": _summary(run_rows, missed, simulations),
         "runs": run_rows,
         "simulations": simulations,
         "drills": _drill_rows(run_rows, missed),
@@ -188,6 +148,31 @@ def period_data(
         "controls": _controls(run_rows, missed_by_drill, _declared_by(runs, scheduled)),
         "problems": problems,
         "scheduled_checked": not problems,
+    }
+
+
+def _scheduled(drills_dir: Optional[Path]) -> tuple[list[ScheduledDrill], list[str]]:
+    """The scheduled drill files of `drills_dir`, and problems reading them (or that there is none)."""
+    if drills_dir is not None and Path(drills_dir).is_dir():
+        return scheduled_drills(drills_dir)
+    where = f" {drills_dir}" if drills_dir is not None else ""
+    return [], [f"no drills directory{where}: scheduled drills were not checked (use --drills DIR)"]
+
+
+def _summary(run_rows: list[dict], missed: list[dict], simulations: list[dict]) -> dict:
+    """The period's counts: verdicts of the runs whose evidence is intact, the tampered, the missed."""
+    intact = [row for row in run_rows if row["evidence_intact"]]
+    verdicts = [row["verdict"] for row in intact]
+    return {
+        "runs": len(run_rows),
+        "passed": verdicts.count("PASSED"),
+        "failed": verdicts.count("FAILED"),
+        "could_not_verify": verdicts.count("COULD_NOT_VERIFY"),
+        "error": verdicts.count("ERROR"),
+        "missed": len(missed),
+        "evidence_intact": len(intact),
+        "tampered": len(run_rows) - len(intact),
+        "simulations": len(simulations),
     }
 
 
@@ -487,7 +472,7 @@ def period_report(
     schedule_created: Optional[dict[str, datetime]] = None,
 ) -> dict:
     """Read the period's runs from the evidence store, verify each, and build the report data,
-    with the period's restore coverage (app/coverage.py) and its control. `schedule_created`: when
+    with the period's restore coverage (coverage.py) and its control. `schedule_created`: when
     Temporal says each drill's schedule was created (read by the CLI when it can reach Temporal)."""
     start, end = parse_period(period)
     runs = store.runs(start, end, drill)

@@ -10,7 +10,7 @@ directory beside it), records their sha256 and every setting they held, and writ
 `postgresql.conf` that keeps only the harmless settings (memory, planner, locale, …): never an
 include directive, a command, a library, a path or anything about sockets, archiving, replication,
 recovery, SSL or logging. The recovered server's command line forces those too
-(cluster.recovery_overrides), so a setting missed here is still overridden.
+(recovered.recovery_overrides), so a setting missed here is still overridden.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
-import drdrill.providers.postgres.safefs as safefs
+import drdrill.localpg.safefs as safefs
 
 FILES = ("postgresql.auto.conf", "postgresql.conf")
 

@@ -24,8 +24,7 @@ import psycopg
 from psycopg import sql
 
 from drdrill.core.models import Finding
-from drdrill.providers.postgres.schema import PostgresTarget
-from drdrill.providers.base import heartbeat
+from drdrill.core.progress import heartbeat
 
 # How many objects a finding's message names; the evidence keeps the full lists.
 LISTED = 50
@@ -117,12 +116,11 @@ class Inspection:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-def inspect_restored(dsn: str, target: PostgresTarget) -> Inspection:
-    """Inspect the database a target was restored into: sequences, materialized views, emptiness,
+def inspect_restored(dsn: str, name: str, structure_reference: Optional[str] = None) -> Inspection:
+    """Inspect the database target `name` was restored into: sequences, materialized views, emptiness,
     and its structure against the target's reference (`restore.structure_reference`), if any.
 
     Read-only and idempotent: a retried wait_ready inspects again and finds the same."""
-    name = target.name
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
             conn.execute("SELECT set_config('search_path', '', false)")
@@ -141,9 +139,8 @@ def inspect_restored(dsn: str, target: PostgresTarget) -> Inspection:
             ]
         )
     details: dict[str, Any] = {"structure": structure}
-    reference_path = target.restore.structure_reference
-    if reference_path:
-        findings += compare_structure(structure, reference_path, name, details)
+    if structure_reference:
+        findings += compare_structure(structure, structure_reference, name, details)
     return Inspection(findings=findings, details=details)
 
 

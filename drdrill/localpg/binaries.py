@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Optional
 
 from drdrill.core.models import Finding
-from drdrill.providers.base import ProviderError
+from drdrill.core.errors import ProviderError
 
 _NEEDED = ("initdb", "pg_ctl", "pg_restore", "postgres")
 
