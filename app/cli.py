@@ -34,7 +34,7 @@ from app.cli_evidence import print_rows
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from app.simulate import simulated
 from drdrill.core.models import ApprovalRecord, DrillInput, DrillResult, DrillStatus
-from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
+from drdrill.core.activity_io import SweepAction, SweepInput, SweepRecord
 from drdrill.core.paths import default_state_dir
 from drdrill.core.redact import redact
 from drdrill.core.spec import COVERAGE_FILE, AwareTime, DrillSpec, SpecError, format_duration, load_coverage_policy, load_spec

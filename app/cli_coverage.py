@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from activities.coverage import CoverageCheckInput
+from drdrill.core.activity_io import CoverageCheckInput
 from app.cli_evidence import command_store
 from app.coverage import coverage_for, render_coverage
 from app.reports import parse_period

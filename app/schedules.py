@@ -40,10 +40,9 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
-from activities.coverage import CoverageCheckInput, CoverageCheckResult
+from drdrill.core.activity_io import CoverageCheckInput, CoverageCheckResult, SweepInput, SweepRecord
 from drdrill.core.calendar import EVERY_WEEKDAY, Calendar
 from drdrill.core.models import DrillInput, DrillResult
-from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.spec import COVERAGE_FILE, DrillSpec, SpecError, load_spec
 from drdrill.core.spec import ScheduleSpec as DrillSchedule
 from workflows.coverage import CoverageCheckWorkflow

@@ -33,7 +33,8 @@ from drdrill.core.models import (
     ValidationResult,
 )
 from drdrill.core.spec import SpecError, load_spec, parse_spec
-from drdrill.notify import ApprovalNotice, NotifyInput, message
+from drdrill.core.activity_io import ApprovalNotice, NotifyInput
+from drdrill.notify import message
 from drdrill.providers.postgres import PostgresProvider, take_backup
 from drdrill.providers.sim import SimProvider, SimState
 from tests.pg_fixtures import create_source_db, drop_db, cluster_root, shop_dsn  # noqa: F401

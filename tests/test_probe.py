@@ -30,7 +30,8 @@ from drdrill.core.spec import SpecError, parse_spec
 from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.postgres.cluster import tool
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
-from drdrill.validation import ValidateInput, run_validation
+from drdrill.core.activity_io import ValidateInput
+from drdrill.validation.run import run_validation
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
