@@ -9,7 +9,9 @@ Re-record them only from a release whose histories a new worker must still repla
 (the file is not named test_*.py, so the suite never runs it; given on the command line, pytest does).
 The drills: a simulated drill that passes, one whose check fails, a recovery plan whose gate is
 answered (one refused answer, then a signed approval) with pre- and post-actions, a plan whose gate
-is rejected, and a drill cancelled during its hold for inspection (after an `extend` signal).
+is rejected, a drill cancelled during its hold for inspection (after an `extend` signal), and a
+PostgreSQL drill in an isolated network whose network checks run in its probe (probe routing; needs
+root, as tests/test_probe.py does).
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from temporalio.client import WorkflowUpdateFailedError
 from app.approval_sign import signed_request
 from drdrill.core.models import DrillInput
 from drdrill.core.spec import parse_spec
+from drdrill.providers.postgres import PostgresProvider
 from drdrill.providers.sim import SimProvider
 from tests.sim_harness import final_result, phase_of, sim_yaml
+from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401  (fixtures)
 from tests.test_plan import approvers, keys, sim_plan, sim_state  # noqa: F401  (fixtures)
+from tests.test_probe import network_drill, network_root, production  # noqa: F401  (fixtures)
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
@@ -35,13 +40,14 @@ HISTORIES = Path(__file__).resolve().parent / "fixtures" / "histories"
 FAIL = "[sh, -c, 'echo orders: 0 rows; exit 1']"
 
 
-async def _record(address: str, state_dir: Path, state: Path, name: str, text: str, during=None) -> None:
+async def _record(address: str, state_dir: Path, state: Path, name: str, text: str, during=None, providers=None) -> None:
     """Run the drill `text` to its end and save its history as `name`.json."""
     client = await connect(address)
     queue = f"record-{uuid.uuid4().hex[:8]}"
     spec = parse_spec(text, "<recorded drill>")
     drill_id = f"{name}-{uuid.uuid4().hex[:6]}"
-    async with running_worker(client, task_queue_name=queue, providers={"sim": SimProvider(state, speed=1.0)}, state_dir=str(state_dir)):
+    providers = providers or {"sim": SimProvider(state, speed=1.0)}
+    async with running_worker(client, task_queue_name=queue, providers=providers, state_dir=str(state_dir)):
         handle = await client.start_workflow(
             DrillWorkflow.run, DrillInput(spec=spec, drill_id=drill_id, started_by="recorder"), id=drill_id, task_queue=queue
         )
@@ -53,10 +59,10 @@ async def _record(address: str, state_dir: Path, state: Path, name: str, text: s
     (HISTORIES / f"{name}.json").write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
 
 
-def _record_sync(temporal_server, tmp_path: Path, state: Path, name: str, text: str, during=None) -> None:
+def _record_sync(temporal_server, tmp_path: Path, state: Path, name: str, text: str, during=None, providers=None) -> None:
     state_dir = tmp_path / "state"
     state_dir.mkdir(exist_ok=True)
-    asyncio.run(_record(temporal_server.address, state_dir, state, name, text, during))
+    asyncio.run(_record(temporal_server.address, state_dir, state, name, text, during, providers))
 
 
 def test_record_a_sim_drill_that_passes(temporal_server, tmp_path, sim_state):
@@ -122,3 +128,11 @@ def test_record_a_drill_cancelled_during_its_hold(temporal_server, tmp_path, sim
         await handle.cancel()
 
     _record_sync(temporal_server, tmp_path, sim_state, "sim-cancelled", sim_yaml(name="sim-cancelled", extra="teardown: {hold: 10m}"), during=cancel)
+
+
+def test_record_a_postgres_drill_whose_network_checks_run_in_its_probe(temporal_server, tmp_path, shop_repo, network_root, production):
+    checks = """  - {name: orders-present, type: sql, target: shop, query: "SELECT count(*) FROM orders", expect: "== 2000"}
+  - {name: database-port, type: tcp, target: shop}
+  - {name: on-the-worker, type: command, target: shop, argv: [sh, -c, 'test -n "$DRDRILL_PORT"']}"""
+    text = network_drill(shop_repo, checks, name="pg-probe")
+    _record_sync(temporal_server, tmp_path, tmp_path / "unused", "pg-probe", text, providers={"postgres": PostgresProvider()})
