@@ -128,7 +128,8 @@ class DrillWorkflow:
         s.heartbeat, s.slow_heartbeat = hb or HEARTBEAT, hb or timedelta(minutes=2)
         # A scheduled run has no drill id of its own: it takes its workflow id ('<name>-<scheduled time>').
         drill_id = inp.drill_id or drill_id_from_workflow_id(workflow.info().workflow_id)
-        s.status = DrillStatus(drill_id=drill_id, name=spec.name, phase="declared", targets=[TargetState(target=t.name, provider=t.provider) for t in spec.targets])
+        targets = [TargetState(target=t.name, provider=t.provider) for t in spec.targets]
+        s.status = DrillStatus(drill_id=drill_id, name=spec.name, phase="declared", targets=targets)
         queued_at = workflow.now()
         queued = await s.permits.acquire_drill(spec, s.status)
         s.declared = declared = workflow.now()
