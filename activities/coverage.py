@@ -12,61 +12,15 @@ import json
 import logging
 import os
 import threading
-from datetime import datetime
 from typing import Optional
 
-from pydantic import BaseModel, Field
 from temporalio import activity
 
-from drdrill.providers.spec import CoverageSpec, DrillSpec
+from drdrill.providers.activity_io import CoverageCheckRequest, CoverageCheckResult, CoverageGap
 from drdrill.evidence.coverage import CoverageRow, current_period, gather, regions_to_read
 from drdrill.providers import load_provider
 
 log = logging.getLogger("drdrill.coverage")
-
-
-class CoverageCheckInput(BaseModel):
-    """What the coverage check's schedule starts the workflow with (`drdrill coverage schedule`)."""
-
-    policy: CoverageSpec
-    specs: list[DrillSpec] = Field(default_factory=list)
-    source: str = ""  # the drills directory the schedule was built from, for the alert
-
-
-class CoverageCheckRequest(BaseModel):
-    check: CoverageCheckInput
-    now: datetime  # the workflow's time: whether the period is about to end is decided as of it
-
-
-class CoverageGap(BaseModel):
-    """A protected resource not yet restored in the period, and what would cover it."""
-
-    resource: str
-    kind: str
-    flags: list[str] = Field(default_factory=list)
-    drills: list[str] = Field(default_factory=list)  # drill (target) that names or selects it
-
-    @property
-    def line(self) -> str:
-        cover = f"would be covered by {', '.join(self.drills)}" if self.drills else "no drill covers it: name or select it in a drill"
-        return f"{self.resource} ({self.kind}): {cover}"
-
-
-class CoverageCheckResult(BaseModel):
-    period: str
-    end: datetime
-    protected: int = 0
-    covered: int = 0
-    gaps: list[CoverageGap] = Field(default_factory=list)
-    unreadable: list[str] = Field(default_factory=list)  # providers whose inventory could not be read
-    control: str = ""  # met | not met | could not verify
-    alert: bool = False  # the period ends within policy.alert_before and something is not covered
-    notified: list[str] = Field(default_factory=list)  # webhooks told (set by the workflow)
-    errors: list[str] = Field(default_factory=list)
-
-    @property
-    def summary(self) -> str:
-        return f"{self.covered}/{self.protected} protected resources restored in {self.period} (ends {self.end:%Y-%m-%d}); {len(self.gaps)} not yet"
 
 
 def _gap(row: CoverageRow) -> CoverageGap:

@@ -9,23 +9,30 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
-from pydantic import BaseModel
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from temporalio.exceptions import CancelledError as TemporalCancelledError
 
 from drdrill.core.paths import default_state_dir
-from drdrill.evidence.history import restore_history
-from drdrill.evidence.coverage import last_restored
+from drdrill.evidence.history import readiness_prior, with_restore_times
 from drdrill.evidence.created import created_resources, record_created
 from drdrill.evidence.record import record_run
 from drdrill.evidence.signing import SigningError
 from drdrill.evidence.store import EvidenceConflict
-from drdrill.providers.readiness import expecting_ready_in
+from drdrill.providers.activity_io import (
+    CreateIsolationInput,
+    DeleteOrphanInput,
+    DiscoverInput,
+    FindRecoveryPointInput,
+    ListOrphansInput,
+    RestoreInput,
+    TeardownInput,
+    VerifyIsolationInput,
+    WaitReadyInput,
+)
 from drdrill.core.models import (
     DeletionOutcome,
     Finding,
@@ -45,68 +52,10 @@ from drdrill.notify import alert_failing_teardown
 from drdrill.providers import HOST_BOUND, family_of, load_provider
 from drdrill.providers.base import Provider, ProviderError
 from drdrill.providers.sweep import refusal
-from drdrill.providers.spec import IsolationSpec, Target
+from drdrill.providers.spec import IsolationSpec
 
 log = logging.getLogger("drdrill.activities")
-
-
-class DiscoverInput(BaseModel):
-    ctx: DrillContext
-    target: Target  # a target with `select:`
-
-
-class FindRecoveryPointInput(BaseModel):
-    ctx: DrillContext
-    target: Target
-
-
-class CreateIsolationInput(BaseModel):
-    ctx: DrillContext
-    family: str
-    isolation: IsolationSpec
-    targets: list[Target]
-
-
-class VerifyIsolationInput(BaseModel):
-    ctx: DrillContext
-    env: Environment
-
-
-class RestoreInput(BaseModel):
-    ctx: DrillContext
-    target: Target
-    point: RecoveryPoint
-    env: Environment
-    # The endpoints of the earlier targets the target's restore.environment names (a recovery plan).
-    endpoints: dict[str, dict[str, Any]] = {}
-
-
-class WaitReadyInput(BaseModel):
-    ctx: DrillContext
-    target: Target
-    resource: RestoredResource
-    timeout_seconds: float
-    # When the target's restore started: earlier drills' restore → ready times then say when it
-    # should be ready, and readiness polling is dense around that moment (providers/readiness.py).
-    restore_started: Optional[datetime] = None
-    endpoints: dict[str, dict[str, Any]] = {}  # as RestoreInput.endpoints
-
-
-class TeardownInput(BaseModel):
-    ctx: DrillContext
-    env: Environment
-    # Names of the environment variables holding webhook URLs to alert while teardown keeps failing.
-    alert_webhooks_env: list[str] = []
-
-
-class ListOrphansInput(BaseModel):
-    family: str
-    now: datetime
-    active_drill_ids: list[str] = []
-
-
-class DeleteOrphanInput(BaseModel):
-    orphan: Orphan
+T = TypeVar("T")
 
 
 def provider_failure(exc: Exception, target: Optional[str] = None) -> ApplicationError:
@@ -152,10 +101,10 @@ class DrillActivities:
             except Exception:  # pragma: no cover - best effort at shutdown
                 log.exception("closing provider %s", p.family)
 
-    def _call(self, family: str, target: Optional[str], fn_name: str, *args: Any) -> Any:
+    def _call(self, family: str, target: Optional[str], call: Callable[[Provider], T]) -> T:
+        """`call` on the family's provider; every failure becomes a typed ApplicationError."""
         try:
-            provider = self.provider(family)
-            return getattr(provider, fn_name)(*args)
+            return call(self.provider(family))
         except TemporalCancelledError:
             raise  # a cancelled drill: Temporal must see the cancellation, not a retryable failure
         except Exception as exc:  # noqa: BLE001 - every failure becomes a typed ApplicationError
@@ -165,11 +114,11 @@ class DrillActivities:
                 raise failure from None
             raise failure from exc
 
-    def _creating(self, family: str, ctx: DrillContext, target: Optional[str], fn_name: str, *args: Any) -> Any:
+    def _creating(self, family: str, ctx: DrillContext, target: Optional[str], call: Callable[[Provider], T]) -> T:
         """A provider call that creates resources, then the record of what this drill created so
         far (the evidence store's created_resources: what the sweep may delete), also when it failed."""
         try:
-            result = self._call(family, target, fn_name, *args)
+            result = self._call(family, target, call)
         except BaseException:
             self._note_created(family, ctx.drill_id, failing=True)
             raise
@@ -204,29 +153,19 @@ class DrillActivities:
     @activity.defn(name="discover")
     def discover(self, inp: DiscoverInput) -> Discovery:
         """The resources a selecting target matches (its provider's `discover`), and when each was
-        last restored (the evidence store): what drdrill/core/selection.py chooses from.
-
-        A restore history that cannot be read is no reason to stop the drill: every candidate then
-        counts as never restored, and the selection's record says so."""
+        last restored (drdrill/evidence/history.py): what drdrill/core/selection.py chooses from."""
         t = inp.target
-        resources = self._call(family_of(t.provider), t.name, "discover", t.provider, t.select)
-        last, note = {}, ""
-        try:
-            last = last_restored([r.key for r in resources])
-        except Exception as exc:  # noqa: BLE001 - the evidence store is out of reach: choose without it
-            from drdrill.core.redact import redact
-
-            note = f"the restore history could not be read, so every candidate counted as never restored: {redact(str(exc))}"
-            log.warning("drill %s: %s", inp.ctx.drill_id, note)
-        return Discovery(target=t.name, resources=resources, last_restored=last, history_note=note)
+        resources = self._call(family_of(t.provider), t.name, lambda p: p.discover(t.provider, t.select))
+        return with_restore_times(t.name, resources, inp.ctx.drill_id)
 
     @activity.defn(name="find_recovery_point")
     def find_recovery_point(self, inp: FindRecoveryPointInput) -> RecoveryPoint:
-        return self._call(family_of(inp.target.provider), inp.target.name, "find_recovery_point", inp.ctx, inp.target)
+        return self._call(family_of(inp.target.provider), inp.target.name, lambda p: p.find_recovery_point(inp.ctx, inp.target))
 
     @activity.defn(name="create_isolation")
     def create_isolation(self, inp: CreateIsolationInput) -> Environment:
-        return self._creating(inp.family, inp.ctx, None, "create_isolation", inp.ctx, self._probe_defaults(inp.isolation), inp.targets)
+        isolation = self._probe_defaults(inp.isolation)
+        return self._creating(inp.family, inp.ctx, None, lambda p: p.create_isolation(inp.ctx, isolation, inp.targets))
 
     def _probe_defaults(self, isolation: IsolationSpec) -> IsolationSpec:
         """A probe the drill asks for reports to this worker's Temporal unless the drill names another."""
@@ -244,13 +183,13 @@ class DrillActivities:
 
     @activity.defn(name="verify_isolation")
     def verify_isolation(self, inp: VerifyIsolationInput) -> IsolationProof:
-        return self._call(inp.env.family, None, "verify_isolation", inp.ctx, inp.env)
+        return self._call(inp.env.family, None, lambda p: p.verify_isolation(inp.ctx, inp.env))
 
     @activity.defn(name="restore")
     def restore(self, inp: RestoreInput) -> RestoredResource:
         target = self._with_environment(inp.target, inp.endpoints)
         family = family_of(inp.target.provider)
-        return self._creating(family, inp.ctx, inp.target.name, "restore", inp.ctx, target, inp.point, inp.env)
+        return self._creating(family, inp.ctx, inp.target.name, lambda p: p.restore(inp.ctx, target, inp.point, inp.env))
 
     def _with_environment(self, target: Any, endpoints: dict[str, dict[str, Any]]) -> Any:
         """The target with its restore.environment filled in, for the provider that starts the
@@ -281,24 +220,15 @@ class DrillActivities:
 
     @activity.defn(name="wait_ready")
     def wait_ready(self, inp: WaitReadyInput) -> RestoredResource:
-        inp = inp.model_copy(update={"target": self._with_environment(inp.target, inp.endpoints)})
-        history = None
-        if inp.restore_started is not None:
-            history = restore_history(self.state_dir, inp.ctx.drill_name, inp.target.name, provider=family_of(inp.target.provider))
-        family = family_of(inp.target.provider)
-        args = ("wait_ready", inp.ctx, inp.target, inp.resource, inp.timeout_seconds)
-        if history is None:  # the target's first drill here: no prior
-            return self._creating(family, inp.ctx, inp.target.name, *args)
-        elapsed = (datetime.now(timezone.utc) - inp.restore_started).total_seconds()
-        with expecting_ready_in(max(0.0, history.typical - elapsed), history.spread):
-            ready: RestoredResource = self._creating(family, inp.ctx, inp.target.name, *args)
-        # What the readiness polling expected, for the evidence: the RTO's detection delay is
-        # smallest around this moment.
-        ready.details["readiness_prior"] = {
-            "expected_seconds": round(history.typical, 3),
-            "spread_seconds": round(history.spread, 3),
-            "earlier_runs": history.runs,
-        }
+        """The restored resource once it serves; polled most densely around when its earlier
+        restores became ready (drdrill/evidence/history.py), which the evidence then records."""
+        target, family = self._with_environment(inp.target, inp.endpoints), family_of(inp.target.provider)
+        with readiness_prior(self.state_dir, inp.ctx.drill_name, inp.target.name, family, inp.restore_started) as prior:
+            ready: RestoredResource = self._creating(
+                family, inp.ctx, inp.target.name, lambda p: p.wait_ready(inp.ctx, target, inp.resource, inp.timeout_seconds)
+            )
+        if prior is not None:
+            ready.details["readiness_prior"] = prior
         return ready
 
     @activity.defn(name="teardown")
@@ -307,7 +237,7 @@ class DrillActivities:
         if attempt > 1:
             log.warning("teardown of %s for drill %s: attempt %d", inp.env.id, inp.ctx.drill_id, attempt)
         try:
-            report: TeardownReport = self._call(inp.env.family, None, "teardown", inp.ctx, inp.env)
+            report: TeardownReport = self._call(inp.env.family, None, lambda p: p.teardown(inp.ctx, inp.env))
         except ApplicationError as exc:
             alert_failing_teardown(inp.alert_webhooks_env, inp.ctx.drill_id, inp.ctx.drill_name, inp.env.id, attempt, exc.message)
             # Teardown is retried until it succeeds, whatever the provider calls the error (an
@@ -323,7 +253,7 @@ class DrillActivities:
     def list_orphans(self, inp: ListOrphansInput) -> list[Orphan]:
         """The provider's orphans; each one the evidence store does not record a drill creating
         carries `details["refused"]`, the reason the sweep must not delete it."""
-        orphans: list[Orphan] = self._call(inp.family, None, "list_orphans", inp.now, set(inp.active_drill_ids))
+        orphans: list[Orphan] = self._call(inp.family, None, lambda p: p.list_orphans(inp.now, set(inp.active_drill_ids)))
         created, why = self._created(inp.family)
         for orphan in orphans:
             reason = refusal(orphan, created, why)
@@ -349,7 +279,7 @@ class DrillActivities:
         if reason:
             o = inp.orphan
             return DeletionOutcome(kind=o.kind, id=o.id, result="refused", reason=reason, region=o.region)
-        outcome = self._call(family, None, "delete_orphan", inp.orphan)
+        outcome = self._call(family, None, lambda p: p.delete_orphan(inp.orphan))
         if not isinstance(outcome, DeletionOutcome):
             raise ApplicationError(f"provider {family} answered {outcome!r}, not a DeletionOutcome", type="BAD_PROVIDER_ANSWER", non_retryable=True)
         return outcome

@@ -5,7 +5,8 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from drdrill.notify import NotifyError, NotifyInput, send
+from drdrill.providers.activity_io import NotifyInput
+from drdrill.notify import NotifyError, send
 
 
 class NotifyActivities:

@@ -23,14 +23,12 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from drdrill import metrics
 from drdrill.core.models import DrillResult
+from drdrill.providers.activity_io import PermitAnswer, RequestPermitInput, SweepRecord
 from drdrill.core.operations import (
     DRILL_WORKFLOW,
     LIMITER_WORKFLOW,
     LimiterRequest,
     LimiterState,
-    PermitAnswer,
-    RequestPermitInput,
-    SweepRecord,
     drill_id_from_workflow_id,
     limit_for,
     limiter_workflow_id,

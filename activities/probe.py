@@ -10,24 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from pydantic import BaseModel
 from temporalio import activity
 from temporalio.api.enums.v1 import TaskQueueKind, TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 
-
-class WaitForProbeInput(BaseModel):
-    queue: str
-    timeout_seconds: float
-    poll_seconds: float = 0.5
-
-
-class ProbeStatus(BaseModel):
-    queue: str
-    polling: bool
-    pollers: list[str] = []
-    waited_seconds: float = 0.0
+from drdrill.providers.activity_io import ProbeStatus, WaitForProbeInput
 
 
 class ProbeActivities:

@@ -1,6 +1,6 @@
 """`drdrill check …`: read a restored resource back from its cloud, for `command` validations.
 
-A `command` validation (drdrill/validation.py) runs one of these with the restored resource's
+A `command` validation (drdrill/validation/service.py) runs one of these with the restored resource's
 endpoint as DRDRILL_* variables, e.g. in a drill file:
 
     - {name: volume-restored, type: command, target: orders-data, argv: [drdrill, check, aws-volume]}

@@ -18,7 +18,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
-from activities.coverage import CoverageCheckInput
+from drdrill.providers.activity_io import CoverageCheckInput
 from app.cli_evidence import command_store
 from app import queries
 from app.runtime import EmbeddedBusy, state_dir, temporal

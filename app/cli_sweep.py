@@ -22,7 +22,7 @@ from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
 from drdrill.core.redact import redact
 from drdrill.evidence.created import created_resources
 from drdrill.evidence.record import record_sweep
-from drdrill.evidence.store import embedded_server
+from drdrill.evidence.embedded import embedded_server
 from drdrill.providers import FAMILIES, load_provider
 from drdrill.providers.sweep import sweep as do_sweep
 from worker import task_queue

@@ -38,11 +38,10 @@ from temporalio.client import (
     WorkflowExecutionStatus,
 )
 
-from activities.coverage import CoverageCheckInput, CoverageCheckResult
+from drdrill.providers.activity_io import CoverageCheckInput, CoverageCheckResult, SweepInput, SweepRecord
 from drdrill.core.calendar import EVERY_WEEKDAY, Calendar, calendar_of
 from drdrill.core.models import DrillResult
 from drdrill.providers.spec import DrillInput, DrillSpec, load_spec
-from drdrill.core.operations import SweepInput, SweepRecord
 from drdrill.core.coverage_policy import COVERAGE_FILE
 from drdrill.core.schema import SpecError
 from workflows.coverage import CoverageCheckWorkflow

@@ -48,7 +48,7 @@ from app.console import ConsoleSettings, create_app
 from app.runtime import embedded_lock, state_dir
 from app.temporal import DevServer
 from drdrill import metrics
-from drdrill.evidence.store import embedded_server, evidence_dsn
+from drdrill.evidence.embedded import embedded_server, evidence_dsn
 from worker import connect, running_worker, sdk_runtime, task_queue
 
 log = logging.getLogger("drdrill.server")

@@ -1,6 +1,6 @@
 """Benchmark 4: data validation throughput.
 
-drdrill's checksum validation (drdrill/validation.py check_checksum: per table count(*) and
+drdrill's checksum validation (drdrill/validation/data.py check_checksum: per table count(*) and
 sum(hashtextextended(row::text, 0)), tables in parallel connections) on a generated database,
 against (a) `pg_dump | sha256sum`, the common alternative, and (b) the physical limit, a parallel
 sequential scan (SELECT count(*) per table, same connections). Throughput = bytes of table data
@@ -23,7 +23,8 @@ from drdrill.core.models import RecoveryPoint, RestoredResource
 from drdrill.localpg.data import fingerprints_parallel, list_tables, table_ident
 from drdrill.localpg.cluster import tool
 from drdrill.providers.postgres.backup import libpq_env
-from drdrill.validation import ValidateInput, run_validation
+from drdrill.providers.activity_io import ValidateInput
+from drdrill.validation.run import run_validation
 from bench import datagen
 from bench.common import load, sh, summary, time_limit, write_result
 from drdrill.providers.spec import parse_spec

@@ -13,41 +13,15 @@ import logging
 import os
 import urllib.error
 import urllib.request
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import timezone
+from typing import Any
 
-from pydantic import BaseModel, Field
-
+from drdrill.providers.activity_io import NotifyInput
 from drdrill.core.redact import redact, redact_obj, register_secret
 
 log = logging.getLogger("drdrill.notify")
 
 ICON = {"APPROVAL": ":raising_hand:", "PASSED": ":white_check_mark:", "FAILED": ":x:", "COULD_NOT_VERIFY": ":warning:", "ERROR": ":rotating_light:", "TEARDOWN": ":broom:", "COVERAGE": ":calendar:"}
-
-
-class ApprovalNotice(BaseModel):
-    """A recovery plan waiting at an approval gate: who can approve, how, and until when."""
-
-    group: str
-    approvers: list[str]
-    until: datetime
-    approve: str  # the command that approves
-    reject: str  # the command that rejects
-
-
-class NotifyInput(BaseModel):
-    webhook_env: str
-    event: str  # a verdict, "TEARDOWN", or "APPROVAL" (a plan waits at a gate)
-    drill_id: str
-    drill_name: str
-    run_id: str = ""
-    verdict: str
-    started_by: str = ""
-    summary: str = ""
-    findings: list[dict[str, Any]] = Field(default_factory=list)
-    objectives: list[dict[str, Any]] = Field(default_factory=list)
-    evidence_path: Optional[str] = None
-    approval: Optional[ApprovalNotice] = None  # event APPROVAL
 
 
 def message(inp: NotifyInput) -> dict[str, Any]:

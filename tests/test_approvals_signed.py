@@ -262,7 +262,7 @@ def test_a_drill_answered_before_approvals_were_signed_still_replays():
 def test_a_flood_of_refused_answers_is_recorded_up_to_a_bound(temporal_server, tmp_path, sim_state, keys):
     """Anyone who reaches Temporal can send answers; each refusal is written to the history, so
     after MAX_REFUSED_ANSWERS no more are taken or recorded, and a signed answer still opens the gate."""
-    from workflows.drill import MAX_REFUSED_ANSWERS
+    from workflows.plan import MAX_REFUSED_ANSWERS
 
     spec = parse_spec(sim_plan("refusal-flood", gate=f"approve: {{before: app, timeout: 10m, approvers: {approvers(keys, 'alice')}}}"), "<test>")
     codes: list[str] = []

@@ -42,7 +42,7 @@ from drdrill.providers.base import ProviderError
 from drdrill.providers.gcp.provider import GcpProvider
 from drdrill.localpg.cluster import LocalCluster, run_user
 from drdrill.providers.probes import PASSWORD_REFERENCE, resolve_secret
-from drdrill.validation import ValidateInput
+from drdrill.providers.activity_io import ValidateInput
 from tests.azure_fake import AzureFake, make_certificate
 from tests.gcp_fake import ComputeFake
 from tests.moto_server import REGION, aws, moto_endpoint  # noqa: F401

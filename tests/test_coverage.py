@@ -240,7 +240,7 @@ def test_the_coverage_policy_is_as_strict_as_a_drill_file(tmp_path):
 
 
 def test_the_scheduled_check_alerts_before_the_period_ends_naming_the_resources_and_their_drill(temporal_server, tmp_path, shop_dsn, monkeypatch):
-    from activities.coverage import CoverageCheckInput, CoverageCheckResult
+    from drdrill.providers.activity_io import CoverageCheckInput, CoverageCheckResult
     from app.schedules import COVERAGE_SCHEDULE_ID
     from drdrill.providers.spec import parse_coverage_policy
     from tests.ops_helpers import service

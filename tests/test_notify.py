@@ -11,7 +11,8 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 
-from drdrill.notify import NotifyInput, message
+from drdrill.providers.activity_io import NotifyInput
+from drdrill.notify import message
 from tests.ops_helpers import pg_drill, service, spec_of, unique
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401
 

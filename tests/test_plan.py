@@ -33,7 +33,8 @@ from drdrill.core.models import (
 )
 from drdrill.providers.spec import DrillInput, load_spec, parse_spec
 from drdrill.core.schema import SpecError
-from drdrill.notify import ApprovalNotice, NotifyInput, message
+from drdrill.providers.activity_io import ApprovalNotice, NotifyInput
+from drdrill.notify import message
 from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.backup import take_backup
 from drdrill.providers.sim.provider import SimProvider, SimState

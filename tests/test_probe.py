@@ -31,7 +31,8 @@ from drdrill.core.schema import SpecError
 from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.localpg.cluster import tool
 from drdrill.providers.postgres.netns import ENV_DRILL_ID, netns_name, tagged_processes
-from drdrill.validation import ValidateInput, run_validation
+from drdrill.providers.activity_io import ValidateInput
+from drdrill.validation.run import run_validation
 from tests.pg_fixtures import ADMIN_DSN, clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow

@@ -55,7 +55,6 @@ ALLOWED: dict[str, dict[str, str]] = {
     # Coverage reads AWS in every region the drill files and coverage.yaml name (DRDRILL_AWS_REGIONS).
     "drdrill/evidence/coverage.py": {"aws": "the AWS regions coverage reads"},
     "activities/coverage.py": {"aws": "hands the AWS provider the regions to read"},
-    "app/coverage.py": {"aws": "hands the AWS provider the regions to read"},
     # A resource key is counted by (kind, id) alone, before any target model is at hand: ARM ids are
     # case-insensitive, so resource_key folds azure ids to lower case.
     "drdrill/core/selection.py": {"azure": "resource_key: ARM ids are case-insensitive"},
@@ -63,8 +62,6 @@ ALLOWED: dict[str, dict[str, str]] = {
     "app/simulate.py": {"sim": "--simulate runs the drill's plan on sim targets"},
     # Evidence recorded before `simulated` existed says so only by its resource keys ("sim:…").
     "drdrill/evidence/render.py": {"sim": "old evidence: simulated by its resource keys"},
-    # workflows/drill.py is being split (branch a24-workflow); its two checks become `t.SIMULATED` there.
-    "workflows/drill.py": {"sim": "as_of in the future only for simulated targets; DrillResult.simulated"},
 }
 
 

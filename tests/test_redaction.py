@@ -85,7 +85,8 @@ def test_an_http_checks_own_expected_text_is_not_masked_but_what_the_service_say
     from datetime import datetime, timezone
 
     from drdrill.core.validations import HttpValidation
-    from drdrill.validation import ValidateInput, run_validation
+    from drdrill.providers.activity_io import ValidateInput
+    from drdrill.validation.run import run_validation
 
     class Answers(http.server.BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802

@@ -23,7 +23,8 @@ from temporalio.service import RPCError
 from app import schedules
 from drdrill.evidence.store import open_store
 from drdrill.core.models import DrillResult
-from drdrill.core.operations import SweepInput, drill_id_from_workflow_id
+from drdrill.providers.activity_io import SweepInput
+from drdrill.core.operations import drill_id_from_workflow_id
 from tests.ops_helpers import pg_drill, service, unique, wait_until
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401
 

@@ -28,8 +28,6 @@ LISTED = re.compile(r"^- `((?:drdrill|workflows|activities|app|drills)/[\w/]+\.p
 # Modules that other work in flight is splitting (issue 24): they may stay over the limits until it
 # lands. Each entry fails the test once its module is within the limits again: then delete it.
 PENDING_FILES = {
-    "workflows/drill.py": "the workflow on one screen (issue 24, a24-workflow)",
-    "drdrill/validation.py": "activity inputs and checks (issue 24, a24-workflow)",
 }
 PENDING_FUNCTIONS = {
 }

@@ -21,7 +21,7 @@ from pathlib import Path
 from app.temporal import free_port
 from drdrill import metrics
 from drdrill.core.models import TAG_DRILL_ID, TAG_EXPIRES_AT, DrillContext, Environment
-from drdrill.core.operations import SweepInput, SweepRecord
+from drdrill.providers.activity_io import SweepInput, SweepRecord
 from drdrill.core.times import format_time
 from drdrill.evidence.store import open_store
 from drdrill.providers.postgres.provider import PostgresProvider

@@ -9,7 +9,7 @@ import uuid
 
 from temporalio.client import WorkflowExecutionStatus
 
-from drdrill.core.operations import SweepInput, SweepRecord
+from drdrill.providers.activity_io import SweepInput, SweepRecord
 from tests.conftest import wait_for_phase
 from tests.ops_helpers import pg_drill, service, spec_of, unique, wait_until
 from tests.pg_fixtures import clusters_left, cluster_root, shop_dsn, shop_repo  # noqa: F401

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from temporalio.worker import PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum
 
-from drdrill.providers.sim import SimProvider
+from drdrill.providers.sim.provider import SimProvider
 from tests.sim_harness import REPO, WorkerProcess, final_result, leaked, sim_yaml, spec_of, start, wait_until
 from worker import Capacity, WorkerSettingError, capacity, connect, running_worker
 

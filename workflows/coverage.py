@@ -15,9 +15,9 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.coverage import CoverageActivities, CoverageCheckInput, CoverageCheckRequest, CoverageCheckResult
+    from activities.coverage import CoverageActivities
+    from drdrill.providers.activity_io import CoverageCheckInput, CoverageCheckRequest, CoverageCheckResult, NotifyInput
     from activities.notify import NotifyActivities
-    from drdrill.notify import NotifyInput
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(minutes=2), maximum_attempts=5)
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5), maximum_attempts=10)

@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.notify import NotifyActivities
     from activities.ops import OpsActivities
     from drdrill.core.models import DrillResult
-    from drdrill.notify import NotifyInput
+    from drdrill.providers.activity_io import NotifyInput
 
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5), maximum_attempts=10)
 

@@ -21,12 +21,10 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.ops import OpsActivities
+    from drdrill.providers.activity_io import PermitAnswer, PermitRequest, RequestPermitInput
     from drdrill.core.operations import (
         LimiterRequest,
         LimiterState,
-        PermitAnswer,
-        PermitRequest,
-        RequestPermitInput,
         permit_key,
         permit_keys,
     )

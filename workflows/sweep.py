@@ -16,10 +16,10 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.drill import DeleteOrphanInput, DrillActivities, ListOrphansInput
+    from activities.drill import DrillActivities
+    from drdrill.providers.activity_io import DeleteOrphanInput, ListOrphansInput, SweepAction, SweepInput, SweepRecord
     from activities.ops import OpsActivities
     from drdrill.core.models import DeletionOutcome, Orphan
-    from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
     from drdrill.providers.sweep import outcome_of
 
 RETRY = RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(minutes=1), maximum_attempts=5)

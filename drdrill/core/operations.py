@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Any, Optional
 
 from pydantic import BaseModel, Field
-from drdrill.core.models import DeletionOutcome, Orphan
 
 LIMITER_WORKFLOW = "DrillLimiterWorkflow"
 DRILL_WORKFLOW = "DrillWorkflow"
@@ -65,6 +64,8 @@ def limit_for(key: str, config: dict[str, int]) -> Optional[int]:
 
 
 class PermitRequest(BaseModel):
+    """A request for a permit: the limiter workflow's signal, and what it holds and queues."""
+
     request_id: str
     workflow_id: str
     label: str = ""
@@ -88,47 +89,3 @@ class LimiterRequest(BaseModel):
     limit: int
 
 
-class RequestPermitInput(BaseModel):
-    kind: str  # "drill" or "restore"
-    key: str
-    task_queue: str
-    request: PermitRequest
-
-
-class PermitAnswer(BaseModel):
-    limit: Optional[int] = None  # None: no limit configured, nothing to wait for
-    limiter_id: str = ""
-
-
-class SweepInput(BaseModel):
-    families: list[str] = Field(default_factory=lambda: ["postgres"])
-    dry_run: bool = False
-
-
-class SweepAction(BaseModel):
-    orphan: Orphan
-    outcome: DeletionOutcome
-
-    @property
-    def action(self) -> str:
-        """How the sweep table shows it: 'deleted', 'refused (tag …)', 'would delete'."""
-        text = self.outcome.result.replace("_", " ")
-        return f"{text} ({self.outcome.reason})" if self.outcome.reason else text
-
-    @property
-    def failed(self) -> bool:
-        """A deletion that failed or was refused: a sweep with any of these exits non-zero."""
-        return self.outcome.result in ("failed", "refused")
-
-
-class SweepRecord(BaseModel):
-    sweep_id: str
-    run_id: str = ""
-    started: datetime
-    ended: datetime
-    families: list[str]
-    dry_run: bool = False
-    active_drill_ids: list[str] = Field(default_factory=list)
-    actions: list[SweepAction] = Field(default_factory=list)
-    errors: list[str] = Field(default_factory=list)
-    evidence_path: Optional[str] = None

@@ -1,4 +1,5 @@
-"""How long a target's restore took in earlier drills: the prior for its readiness wait.
+"""How long a target's restore took in earlier drills: the prior for its readiness wait; and when a
+selecting target's candidates were last restored (`with_restore_times`).
 
 `poll_until` polls sparsely early and densely around the expected finish when it knows how long
 the restore should take (drdrill/providers/readiness.py). That expectation comes from the
@@ -22,13 +23,20 @@ advice and must never stop a drill.
 from __future__ import annotations
 
 import json
+import logging
 import statistics
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
-from drdrill.providers.readiness import parse_ready_at, ready_time
+from drdrill.core.redact import redact
+from drdrill.core.selection import Discovery
+from drdrill.evidence.coverage import last_restored
+from drdrill.providers.readiness import expecting_ready_in, parse_ready_at, ready_time
+
+log = logging.getLogger("drdrill.evidence")
 
 RECENT_RUNS = 10  # restores drift (data grows): only the latest runs speak for the next one
 MIN_SPREAD = 0.1  # of the typical duration: no two restores take exactly as long
@@ -104,3 +112,34 @@ def restore_duration(doc: dict, target: str, *, provider: Optional[str] = None) 
 
 def _time(event: Optional[dict], key: str) -> Optional[datetime]:
     return parse_ready_at(event.get(key)) if event else None
+
+
+@contextmanager
+def readiness_prior(
+    state_dir: str | Path, drill_name: str, target: str, provider: str, restore_started: Optional[datetime]
+) -> Iterator[Optional[dict]]:
+    """Within the block, readiness polling expects `target` ready when its earlier restores were
+    (drdrill/providers/readiness.py: dense polling around that moment). Yields what it expected,
+    for the evidence (`details["readiness_prior"]`), or None: the target's first drill here, or
+    no restore start to count from."""
+    history = restore_history(state_dir, drill_name, target, provider=provider) if restore_started is not None else None
+    if history is None:
+        yield None
+        return
+    elapsed = (datetime.now(timezone.utc) - restore_started).total_seconds()
+    with expecting_ready_in(max(0.0, history.typical - elapsed), history.spread):
+        yield {"expected_seconds": round(history.typical, 3), "spread_seconds": round(history.spread, 3), "earlier_runs": history.runs}
+
+
+def with_restore_times(target: str, resources: list, drill_id: str) -> Discovery:
+    """The resources a selecting target matches, with when each was last restored (the evidence
+    store): what drdrill/core/selection.py chooses from. A restore history that cannot be read is
+    no reason to stop the drill: every candidate then counts as never restored, and the selection's
+    record says so."""
+    last, note = {}, ""
+    try:
+        last = last_restored([r.key for r in resources])
+    except Exception as exc:  # noqa: BLE001 - the evidence store is out of reach: choose without it
+        note = f"the restore history could not be read, so every candidate counted as never restored: {redact(str(exc))}"
+        log.warning("drill %s: %s", drill_id, note)
+    return Discovery(target=target, resources=resources, last_restored=last, history_note=note)

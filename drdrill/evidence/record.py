@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 from drdrill.core.models import DrillResult
-from drdrill.core.operations import SweepRecord
+from drdrill.providers.activity_io import SweepRecord
 from drdrill.core.redact import redact_obj
 from drdrill.evidence.chain import evidence_document
 from drdrill.evidence.render import render_drill_html, render_junit
