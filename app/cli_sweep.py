@@ -18,7 +18,7 @@ from rich.table import Table
 from temporalio.client import WorkflowFailureError
 
 from app.runtime import EmbeddedBusy, state_dir, temporal
-from drdrill.core.operations import SweepAction, SweepInput, SweepRecord
+from drdrill.providers.activity_io import SweepAction, SweepInput, SweepRecord
 from drdrill.core.redact import redact
 from drdrill.evidence.created import created_resources
 from drdrill.evidence.record import record_sweep

@@ -49,7 +49,7 @@ ALLOWED: dict[str, dict[str, str]] = {
     "app/cli_sweep.py": {"postgres": "`drdrill sweep` defaults to postgres"},
     "app/cli_schedule.py": {"postgres": "`schedule sweep` defaults to postgres, as `drdrill sweep` does"},
     "app/cli_check.py": {"aws": "`drdrill check aws-volume|aws-instance|aws-db` reads a restored AWS resource back"},
-    "drdrill/core/operations.py": {"postgres": "SweepInput's default families, as `drdrill sweep`'s"},
+    "drdrill/providers/activity_io.py": {"postgres": "SweepInput's default families, as `drdrill sweep`'s"},
     # An RDS instance's engine is called "postgres" (the database, not the family).
     "drdrill/providers/aws/rds.py": {"postgres": "the RDS engine name"},
     # Coverage reads AWS in every region the drill files and coverage.yaml name (DRDRILL_AWS_REGIONS).

@@ -21,10 +21,11 @@ from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.ops import OpsActivities
-    from drdrill.providers.activity_io import PermitAnswer, PermitRequest, RequestPermitInput
+    from drdrill.providers.activity_io import PermitAnswer, RequestPermitInput
     from drdrill.core.operations import (
         LimiterRequest,
         LimiterState,
+        PermitRequest,
         permit_key,
         permit_keys,
     )
