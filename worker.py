@@ -173,7 +173,7 @@ class WorkerSettingError(ValueError):
 # our workflow modules keep no state at module level (constants only), so loading them once per
 # worker is safe; without it every new drill executes workflows/drill.py again, and compiles it too
 # where there is no bytecode cache (36% of a worker's CPU in a burst of 1,000 new drills, ~10% of
-# a drill's CPU over a run: bench/RESULTS.md §14). Workflow histories are the same either way.
+# a drill's CPU over a run: bench/RESULTS.md §18). Workflow histories are the same either way.
 PASSTHROUGH = ("pydantic", "yaml", "drdrill", "activities")
 
 
@@ -183,7 +183,7 @@ class Capacity:
 
     max_activities: int = 100
     # The SDK's default. A Python worker runs workflow code one task at a time (the GIL); 10 was
-    # tried (bench/RESULTS.md §14) and did not help measurably on a shared machine: tunable.
+    # tried (bench/RESULTS.md §18) and did not help measurably on a shared machine: tunable.
     max_workflow_tasks: int = 100
     max_cached_workflows: int = 2000
     # The SDK's default. Autoscaling opened ~100 polls per replica against one dev server and made

@@ -157,7 +157,7 @@ def cpu_split(dsn: str, scale: int) -> dict:
         "fingerprint_key_ranges": backend_cpu(dsn, f"SELECT (aid - 1) / {n}, count(*), sum({row})::text FROM pgbench_accounts AS t GROUP BY 1"),
         "fingerprint_whole_table": backend_cpu(dsn, f"SELECT count(*), sum({row})::text FROM pgbench_accounts AS t"),
         "count_only": backend_cpu(dsn, "SELECT count(*) FROM pgbench_accounts"),
-        # not what drdrill dump computes: what a per-column fingerprint format would cost (RESULTS.md §14)
+        # not what drdrill dump computes: what a per-column fingerprint format would cost (RESULTS.md §15)
         "per_column_hashes_key_ranges": backend_cpu(dsn, f"SELECT (aid - 1) / {n}, count(*), sum(hashint4extended(aid, 0) # hashint4extended(bid, 1) "
                                                          f"# hashint4extended(abalance, 2) # hashbpcharextended(filler, 3))::text FROM pgbench_accounts AS t GROUP BY 1"),
     }
