@@ -55,6 +55,7 @@ from activities.ops import OpsActivities
 from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
+from drdrill.core.paths import real_socket_path, socket_path
 from drdrill.evidence.embedded import embedded_server
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
@@ -77,9 +78,14 @@ async def connect(address: Optional[str] = None, namespace: Optional[str] = None
         address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
         namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
         data_converter=pydantic_data_converter,
-        http_connect_proxy_config=HttpConnectProxyConfig(target_host=proxy) if proxy else None,
+        http_connect_proxy_config=HttpConnectProxyConfig(target_host=_reachable(proxy)) if proxy else None,
         **({"runtime": runtime} if runtime is not None else {}),
     )
+
+
+def _reachable(proxy: str) -> str:
+    """`unix:PATH` of the gate, shortened when PATH is too long for a socket (a deep state directory)."""
+    return "unix:" + socket_path(proxy[5:]) if proxy.startswith("unix:") else proxy
 
 
 _gated: list[Runtime] = []
@@ -101,7 +107,7 @@ def reached_at(client: Client) -> str:
     server's gate (its frontend's own address means nothing outside its network namespace)."""
     proxy = client.service_client.config.http_connect_proxy_config
     if proxy is not None and proxy.target_host.startswith("unix:"):
-        return proxy.target_host
+        return "unix:" + real_socket_path(proxy.target_host[5:])
     return client.service_client.config.target_host
 
 

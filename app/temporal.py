@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from drdrill.core.paths import socket_path
 from worker import connect
 
 
@@ -49,10 +50,6 @@ def _die_with_parent() -> None:
 # Where the private server's frontend listens, inside its own network namespace.
 PRIVATE_PORT = 7233
 GATE_SOCKET = "frontend.sock"
-
-
-class StateDirTooLong(RuntimeError):
-    """The state directory's path leaves no room for the embedded Temporal's socket (108 bytes)."""
 
 
 def _private_directory(path: Path) -> None:
@@ -129,8 +126,6 @@ class DevServer:
         """The private server: `unshare` a user and network namespace, in which the gate starts the server."""
         socket_path = self.private_dir / GATE_SOCKET
         _private_directory(self.private_dir)
-        if len(str(socket_path)) > 100:
-            raise StateDirTooLong(f"{socket_path} is too long for a Unix socket: set DRDRILL_STATE_DIR to a shorter directory")
         if not shutil.which("unshare"):
             raise RuntimeError("the embedded Temporal needs `unshare` (util-linux) to run in a network namespace of its own")
         gate = [sys.executable, "-m", "app.temporal_gate", "--socket", str(socket_path), "--port", str(self.port)]
@@ -163,7 +158,7 @@ class DevServer:
             if self.private_dir:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.settimeout(1)
-                    s.connect(str(self.private_dir / GATE_SOCKET))
+                    s.connect(socket_path(str(self.private_dir / GATE_SOCKET)))
             else:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass

@@ -25,6 +25,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from drdrill.core import paths
+
 # What a CONNECT request may be before it is refused (a request line and a few headers).
 _MAX_HEADER = 8192
 
@@ -79,7 +81,7 @@ async def serve(socket_path: str, port: int, server_argv: list[str], log: Option
     Path(socket_path).unlink(missing_ok=True)
     old = os.umask(0o177)
     try:
-        gate = await asyncio.start_unix_server(lambda r, w: _handle(r, w, port), socket_path)
+        gate = await asyncio.start_unix_server(lambda r, w: _handle(r, w, port), paths.socket_path(socket_path))
     finally:
         os.umask(old)
     stop = asyncio.Event()

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from drdrill.core.models import DrillContext
-from drdrill.providers import aws as aws_module
+from drdrill.providers.aws.clients import CALLED_ACTIONS
 from drdrill.providers.sweep import sweep
 from drdrill.providers.spec import parse_spec
 from tests.moto_server import aws, moto_endpoint  # noqa: F401
@@ -85,7 +85,7 @@ targets:
 
 def test_iam_policy_covers_every_action_the_provider_called(aws):
     _exercise_every_kind(aws)
-    called = set(aws_module.CALLED_ACTIONS)
+    called = set(CALLED_ACTIONS)
     assert {"ec2:RunInstances", "rds:RestoreDBInstanceToPointInTime", "rds:RestoreDBInstanceFromDBSnapshot", "ec2:DeleteVpc"} <= called
     missing = sorted(a for a in called if not allowed(a))
     assert missing == [], f"deploy/aws/iam-policy.json lacks: {missing}"

@@ -91,11 +91,14 @@ def test_a_busy_state_directory_is_one_line_exit_4(tmp_path, env):
     assert _processes_mentioning(str(tmp_path)) == []
 
 
-def test_a_state_directory_too_long_for_the_temporal_socket_is_one_line_exit_4(tmp_path, env):
+def test_a_state_directory_deeper_than_a_socket_path_allows_still_works(tmp_path, env):
+    """The embedded Temporal's gate socket lives in the state directory: a path longer than a Unix
+    socket's 108 bytes is reached through a descriptor of its directory, not refused."""
     state = tmp_path / ("s" * 120)
+    assert len(str(state / "temporal" / "frontend.sock")) > 108
     proc = drdrill("run", str(_sim_drill(tmp_path)), env={**env, "DRDRILL_STATE_DIR": str(state)})
-    assert proc.returncode == 4, proc.stdout + proc.stderr
-    assert "is too long for a Unix socket: set DRDRILL_STATE_DIR to a shorter directory" in no_traceback(proc)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "PASSED" in proc.stdout and "Traceback" not in proc.stderr
     assert _processes_mentioning(str(tmp_path)) == []
 
 

@@ -51,16 +51,8 @@ def _link(src: str, dst: str) -> None:
         shutil.copy2(src, dst)
 
 
-@pytest.fixture
-def private(cluster_root):
-    """A 0700 home beside the cluster root: a short path, as a home is (the embedded Temporal's
-    socket lives in its state directory; pytest's tmp_path can be too long for one under xdist)."""
-    home = cluster_root.with_name(cluster_root.name + "-home")
-    yield home
-    shutil.rmtree(home, ignore_errors=True)
-
-
-def test_demo_passes_from_a_private_checkout_with_only_its_embedded_postgres(private, cluster_root):
+def test_demo_passes_from_a_private_checkout_with_only_its_embedded_postgres(tmp_path, cluster_root):
+    private = tmp_path / "home"
     checkout, site = _private_checkout(private)
     bindir = site / "embedded_postgres" / "pginstall" / "bin"
     stage = cluster_root / "pg-stage"  # where the copy goes (default /usr/local/lib/drdrill)

@@ -14,3 +14,38 @@ def default_state_dir(env: Mapping[str, str] = os.environ) -> str:
         return env["DRDRILL_STATE_DIR"]
     base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
     return os.path.join(base, "drdrill")
+
+
+# A Unix socket's path fits in 108 bytes (sun_path). A state directory deeper than that still works:
+# its sockets are reached through a descriptor of their directory that this process holds open.
+SUN_PATH_MAX = 107
+_held: dict[str, int] = {}      # directory -> O_PATH descriptor this process keeps open
+_shortened: dict[str, str] = {}  # /proc/self/fd/N/name -> the socket's own path
+
+
+def socket_path(path: str) -> str:
+    """A path to the Unix socket `path` that fits sun_path: `path` itself when it does, else
+    `/proc/self/fd/N/<name>` through a descriptor of its directory (valid in this process only; for
+    bind and connect alike). `real_socket_path` gives the socket's own path back."""
+    path = os.fspath(path)
+    if len(os.fsencode(path)) <= SUN_PATH_MAX:
+        return path
+    directory, name = os.path.split(path)
+    fd = _held.get(directory)
+    try:
+        if fd is not None and os.stat(directory).st_ino != os.fstat(fd).st_ino:
+            raise FileNotFoundError  # the directory was made anew: hold the new one
+    except OSError:
+        os.close(fd)  # type: ignore[arg-type]
+        fd = None
+    if fd is None:
+        fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        _held[directory] = fd
+    short = f"/proc/self/fd/{fd}/{name}"
+    _shortened[short] = path
+    return short
+
+
+def real_socket_path(path: str) -> str:
+    """The socket's own path, for a path `socket_path` shortened (what another process can use)."""
+    return _shortened.get(path, path)
