@@ -22,6 +22,7 @@ from drdrill.core.models import (
     RecoveryPoint,
     RestoredResource,
 )
+from drdrill.core.paths import default_state_dir
 from drdrill.providers.base import (
     NotReadyYet,
     Provider,
@@ -37,12 +38,8 @@ OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore",
 
 
 def default_state_path(env: Mapping[str, str] = os.environ) -> str:
-    if env.get("DRDRILL_SIM_STATE"):
-        return env["DRDRILL_SIM_STATE"]
-    base = env.get("DRDRILL_STATE_DIR") or os.path.join(
-        env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state"), "drdrill"
-    )
-    return os.path.join(base, "sim-state.json")
+    """DRDRILL_SIM_STATE, else sim-state.json in the state directory (drdrill.core.paths)."""
+    return env.get("DRDRILL_SIM_STATE") or os.path.join(default_state_dir(env), "sim-state.json")
 
 
 def _empty() -> dict:
