@@ -332,3 +332,27 @@ def test_teardown_never_believes_a_record_that_names_another_process(tmp_path):
     finally:
         victim.kill()
         victim.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the sandbox has a uid of its own only for root")
+def test_teardown_kills_whatever_still_runs_as_the_drills_sandbox_uid(cluster_root):  # noqa: F811
+    """A sandbox can outlive its outer bwrap (killed before --die-with-parent is armed): whatever
+    still runs as the drill's own uid when its cluster is torn down is killed, and nothing else."""
+    from drdrill.localpg import sandbox
+    from drdrill.localpg.cluster import LocalCluster
+
+    path = cluster_root / f"drdrill-orphan-{uuid.uuid4().hex[:6]}"
+    path.mkdir(mode=0o700)
+    ident = sandbox.identity_for(path)
+    orphan = subprocess.Popen(["setpriv", f"--reuid={ident.uid}", f"--regid={ident.gid}", "--clear-groups", "sleep", "600"],
+                              start_new_session=True, cwd="/")
+    bystander = subprocess.Popen(["sleep", "600"], start_new_session=True)  # the worker's own uid: never touched
+    try:
+        assert LocalCluster(path).destroy()
+        assert orphan.wait(timeout=60) == -9
+        assert bystander.poll() is None
+    finally:
+        for proc in (orphan, bystander):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -398,6 +398,9 @@ class LocalCluster:
             sandbox.stop(record, signal.SIGQUIT, grace=10)
         for pid_file in self.path.glob("*/postmaster.pid"):  # an old-layout (unsandboxed) directory
             _kill_legacy_postmaster(pid_file.parent)
+        identity = sandbox.read_identity(self.path)
+        if identity is not None:  # anything still running as the drill's own uid (a sandbox orphaned mid-start)
+            sandbox.kill_everything_of(identity)
         shutil.rmtree(self.path, ignore_errors=True)
         if self.path.exists():  # a file appeared while deleting (server still exiting)
             time.sleep(0.2)

@@ -136,6 +136,26 @@ def identity_for(meta_dir: Path) -> Identity:
     return Identity(uid, uid)
 
 
+def kill_everything_of(ident: Identity) -> list[int]:
+    """SIGKILL every process running as a drill's sandbox uid: the backstop of teardown, for a
+    sandbox that outlived its outer bwrap (a kill that lands before `--die-with-parent` is armed).
+    Only a uid of the sandbox range, never this process's own: no other program runs as one."""
+    if not (UID_BASE <= ident.uid < UID_BASE + UID_SPAN) or ident.uid == os.geteuid():
+        return []
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            uid_line = next(line for line in Path(f"/proc/{entry}/status").read_text().splitlines() if line.startswith("Uid:"))
+            if int(uid_line.split()[1]) == ident.uid:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+        except (OSError, StopIteration, ValueError):
+            continue  # gone meanwhile
+    return killed
+
+
 def read_identity(meta_dir: Path) -> Optional[Identity]:
     """The identity recorded in `meta_dir` (None: not a sandboxed directory, or not root-owned)."""
     record = meta_dir / IDENTITY_FILE
