@@ -160,7 +160,7 @@ def run(a) -> dict:
     finally:
         if getattr(server, "proc", None) is not None and server.proc.poll() is None:
             server.stop()
-        from drdrill.evidence.store import embedded_cluster
+        from drdrill.evidence.embedded import embedded_cluster
 
         for state in ("one", "srv"):
             embedded_cluster(work / state).stop(mode="fast")
