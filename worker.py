@@ -55,7 +55,7 @@ from activities.ops import OpsActivities
 from activities.probe import ProbeActivities
 from activities.validation import ValidationActivities
 from drdrill import metrics
-from drdrill.core.paths import real_socket_path, socket_path
+from drdrill.core.paths import reachable, real_socket_path
 from drdrill.evidence.embedded import embedded_server
 from workflows.coverage import CoverageCheckWorkflow
 from workflows.drill import DrillWorkflow
@@ -78,14 +78,9 @@ async def connect(address: Optional[str] = None, namespace: Optional[str] = None
         address or os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"),
         namespace=namespace or os.environ.get("TEMPORAL_NAMESPACE", "default"),
         data_converter=pydantic_data_converter,
-        http_connect_proxy_config=HttpConnectProxyConfig(target_host=_reachable(proxy)) if proxy else None,
+        http_connect_proxy_config=HttpConnectProxyConfig(target_host=reachable(proxy)) if proxy else None,
         **({"runtime": runtime} if runtime is not None else {}),
     )
-
-
-def _reachable(proxy: str) -> str:
-    """`unix:PATH` of the gate, shortened when PATH is too long for a socket (a deep state directory)."""
-    return "unix:" + socket_path(proxy[5:]) if proxy.startswith("unix:") else proxy
 
 
 _gated: list[Runtime] = []

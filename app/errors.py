@@ -93,8 +93,9 @@ def setup_logging(verbose: bool) -> None:
 def explain(exc: BaseException) -> Optional[tuple[int, str]]:
     """(exit code, one line) for an ordinary situation; None for anything else (a bug)."""
     from app.runtime import EmbeddedBusy, NeedsService  # here, not at the top: runtime imports the worker
+    from app.server_file import ServerError
 
-    if isinstance(exc, (EmbeddedBusy, NeedsService)) or type(exc).__name__ == "ServerError":  # app.server: not imported by other commands
+    if isinstance(exc, (EmbeddedBusy, NeedsService, ServerError)):
         return ERROR, str(exc)
     if isinstance(exc, RPCError):
         if exc.status == RPCStatusCode.NOT_FOUND:

@@ -163,12 +163,12 @@ def _copied(key: str) -> bool:
 async def serve(listen: str, upstream: str, queue: str, namespace: str, ready_file: Optional[str] = None) -> None:
     """Serve the relay on `listen` (`unix:PATH` or `HOST:PORT`) until SIGTERM."""
     relay = ProbeRelay(upstream, queue, namespace)
-    relay.channel = grpc.aio.insecure_channel("unix:" + paths.socket_path(upstream[5:]) if upstream.startswith("unix:") else upstream)
+    relay.channel = grpc.aio.insecure_channel(paths.reachable(upstream))
     server = grpc.aio.server()
     server.add_generic_rpc_handlers((relay,))
     if listen.startswith("unix:"):
         Path(listen[5:]).unlink(missing_ok=True)
-    server.add_insecure_port("unix:" + paths.socket_path(listen[5:]) if listen.startswith("unix:") else listen)
+    server.add_insecure_port(paths.reachable(listen))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -44,6 +44,7 @@ from starlette.routing import Mount, Route
 from temporalio.client import Client
 
 from app import server_file
+from app.server_file import ServerError
 from app.console import ConsoleSettings, create_app
 from app.runtime import embedded_lock, state_dir
 from app.temporal import DevServer
@@ -99,8 +100,6 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-class ServerError(RuntimeError):
-    """The server cannot start for an ordinary reason (one line for the user, exit 4)."""
 
 
 def http_app(opts: ServerOptions, client: Client, state: Path) -> Starlette:

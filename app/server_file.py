@@ -89,3 +89,7 @@ def find(state: Path) -> Optional[ServerInfo]:
 def stale(state: Path) -> bool:
     """A server.json whose server is not running (call only while holding the embedded lock)."""
     return (state / SERVER_FILE).exists() and find(state) is None
+
+
+class ServerError(RuntimeError):
+    """The server cannot start for an ordinary reason (one line for the user, exit 4)."""

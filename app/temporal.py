@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from drdrill.core.paths import socket_path
+from drdrill.core import paths
 from worker import connect
 
 
@@ -158,7 +158,7 @@ class DevServer:
             if self.private_dir:
                 with socket.socket(socket.AF_UNIX) as s:
                     s.settimeout(1)
-                    s.connect(socket_path(str(self.private_dir / GATE_SOCKET)))
+                    s.connect(paths.socket_path(str(self.private_dir / GATE_SOCKET)))
             else:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=1):
                     pass

@@ -42,18 +42,6 @@ def temporal_server(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture
-def short_tmp():
-    """A fresh directory with a short path, for a state directory whose embedded Temporal listens on
-    a Unix socket inside it (108 bytes at most): pytest's tmp_path under xdist can be too long."""
-    import shutil
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="drdrill-t-"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 class DrillHarness:
     """Runs drills through a real worker on a private task queue of the session's dev server."""
 

@@ -222,8 +222,8 @@ def test_release_ends_a_hold_and_coverage_reads_the_evidence_while_the_server_ru
 # ------------------------------------------------------------------ restart, signals
 
 
-def test_a_drill_waiting_at_a_gate_survives_a_restart_and_nothing_is_left_after_sigint_or_sigterm(tmp_path, short_tmp, keys):  # noqa: F811
-    srv = Server(short_tmp / "own").start()
+def test_a_drill_waiting_at_a_gate_survives_a_restart_and_nothing_is_left_after_sigint_or_sigterm(tmp_path, keys):  # noqa: F811
+    srv = Server(tmp_path / "own").start()
     drill = tmp_path / "gated.yaml"
     drill.write_text(sim_plan("restart", gate=f"approve: {{before: app, timeout: 10m, approvers: {approvers(keys, 'alice')}}}"))
     drill_id = f"restart-{uuid.uuid4().hex[:6]}"
@@ -249,8 +249,8 @@ def test_a_drill_waiting_at_a_gate_survives_a_restart_and_nothing_is_left_after_
     assert leaked(srv.root / "sim.json") == []
 
 
-def test_a_stale_server_file_is_never_trusted(short_tmp):
-    srv = Server(short_tmp / "stale")
+def test_a_stale_server_file_is_never_trusted(tmp_path):
+    srv = Server(tmp_path / "stale")
     srv.state.mkdir(parents=True)
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -267,8 +267,8 @@ def test_a_stale_server_file_is_never_trusted(short_tmp):
 # ------------------------------------------------------------------ without a server
 
 
-def test_without_a_server_what_needs_one_is_refused_with_the_fix(tmp_path, short_tmp, keys):  # noqa: F811
-    srv = Server(short_tmp / "none")
+def test_without_a_server_what_needs_one_is_refused_with_the_fix(tmp_path, keys):  # noqa: F811
+    srv = Server(tmp_path / "none")
     drills = tmp_path / "drills"
     drills.mkdir()
     _drill(drills, "nightly", extra='schedule: {cron: "0 4 * * 1"}')
@@ -289,8 +289,8 @@ def test_without_a_server_what_needs_one_is_refused_with_the_fix(tmp_path, short
     assert _processes_mentioning(str(srv.state)) == []
 
 
-def test_a_second_command_on_a_busy_one_shot_state_directory_says_so_in_one_line(tmp_path, short_tmp):
-    srv = Server(short_tmp / "busy")
+def test_a_second_command_on_a_busy_one_shot_state_directory_says_so_in_one_line(tmp_path):
+    srv = Server(tmp_path / "busy")
     slow = _drill(tmp_path, "slow", source=SLOW)
     run = srv.run(slow, f"slow-{uuid.uuid4().hex[:6]}")
     run.wait_for("verify isolation")

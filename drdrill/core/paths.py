@@ -37,6 +37,7 @@ def socket_path(path: str) -> str:
             raise FileNotFoundError  # the directory was made anew: hold the new one
     except OSError:
         os.close(fd)  # type: ignore[arg-type]
+        del _held[directory]
         fd = None
     if fd is None:
         fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -44,6 +45,12 @@ def socket_path(path: str) -> str:
     short = f"/proc/self/fd/{fd}/{name}"
     _shortened[short] = path
     return short
+
+
+def reachable(target: str) -> str:
+    """A gRPC/proxy target (`unix:PATH` or `host:port`) this process can reach: PATH shortened by
+    `socket_path` when it is too long; anything else as it is."""
+    return "unix:" + socket_path(target[5:]) if target.startswith("unix:") else target
 
 
 def real_socket_path(path: str) -> str:
