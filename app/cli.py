@@ -21,12 +21,12 @@ from typing import List, Optional
 
 import typer
 from pydantic import TypeAdapter, ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import CancelledError as TemporalCancelledError
 
-from app import errors, queries
+from app import errors, output, queries
 from app import cli_approve, cli_check, cli_coverage, cli_evidence, cli_probe, cli_reference, cli_schedule, cli_server, cli_sweep
 from app.demo import DemoUnavailable, sample_pitr_production, sample_production
 from app.cli_evidence import print_rows
@@ -47,8 +47,8 @@ from workflows.drill import DrillWorkflow
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="drdrill: prove your backups restore.")
 # Piped output (CI logs, files) is not wrapped at 80 columns: lines stay greppable.
 _WIDTH = None if sys.stdout.isatty() else 200
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+console = output.console(width=_WIDTH)
+err = output.console(stderr=True, width=_WIDTH)
 
 EXIT = {"PASSED": 0, "FAILED": 1, "COULD_NOT_VERIFY": 3, "ERROR": 4, "INTERRUPTED": 130}
 MARK = {"PASSED": "[green]\\[ok  ][/]", "FAILED": "[red]\\[FAIL][/]", "COULD_NOT_VERIFY": "[yellow]\\[CNV ][/]", "NOT_RUN": "[dim]\\[skip][/]", "ERROR": "[red]\\[ERR ][/]"}
@@ -264,10 +264,16 @@ async def _until_verdict(handle, spec: DrillSpec, as_json: bool, worker_here: bo
     if watch.done() and watch.exception() is not None:  # the follower died on the closed pipe
         watch = asyncio.ensure_future(_result(handle))
     try:
-        return await watch
-    except BrokenPipeError:  # stdout closed while the teardown was shown
-        console.file = open(os.devnull, "w")
-        return await _result(handle)
+        try:
+            return await watch
+        except BrokenPipeError:  # stdout closed while the teardown was shown
+            console.file = open(os.devnull, "w")
+            return await _result(handle)
+    except WorkflowFailureError as exc:
+        if not isinstance(exc.cause, TemporalCancelledError):
+            raise
+        _say(f"drill {handle.id} was cancelled while waiting for its permit, before it was declared: nothing was created or recorded")
+        return None
 
 
 async def _until_done_or_stdout_closed(task: asyncio.Future) -> None:

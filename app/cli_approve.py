@@ -13,17 +13,16 @@ import sys
 from typing import Optional
 
 import typer
-from rich.console import Console
 from temporalio.client import WorkflowUpdateFailedError
 
-from app import queries
+from app import output, queries
 from app.approval_sign import DEFAULT_KEY, SigningError, signed_request
 from app.runtime import NeedsService, temporal
 from drdrill.core.models import ApprovalRecord
 
 _WIDTH = None if sys.stdout.isatty() else 200
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+console = output.console(width=_WIDTH)
+err = output.console(stderr=True, width=_WIDTH)
 
 
 def _user() -> str:

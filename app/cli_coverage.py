@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
 from drdrill.providers.activity_io import CoverageCheckInput
 from app.cli_evidence import command_store
-from app import queries
+from app import output, queries
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.core.calendar import parse_period
 from drdrill.core.durations import parse_duration
@@ -29,8 +28,8 @@ from drdrill.evidence.coverage import current_period, load_drills
 from drdrill.evidence.coverage_report import render_coverage
 from worker import task_queue
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+console = output.console()
+err = output.console(stderr=True)
 
 coverage_app = typer.Typer(help="Restore coverage: every protected resource, when it was last restored, and what never was.")
 

@@ -17,10 +17,9 @@ from typing import Iterator, Optional
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from app import queries
+from app import output, queries
 from app.runtime import state_dir, temporal
 from app.schedules import schedule_id
 from drdrill.core.calendar import parse_period, scheduled_drills
@@ -33,8 +32,8 @@ from drdrill.evidence.store import EvidenceConflict, EvidenceStoreError, open_st
 from drdrill.evidence.embedded import embedded_server
 from drdrill.localpg.cluster import ClusterError
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+console = output.console()
+err = output.console(stderr=True)
 
 evidence_app = typer.Typer(no_args_is_help=True, help="The evidence store: verify the signed log and the hash chains, export bundles.")
 

@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 
+from app import output
 from app.cli_evidence import command_store
 from drdrill.core.schema import SpecError
 from drdrill.providers.postgres.schema import PostgresTarget
 from drdrill.providers.spec import DrillSpec, load_spec
 from drdrill.localpg.inspect import parse_reference, reference_header, render_reference
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+console = output.console()
+err = output.console(stderr=True)
 
 reference_app = typer.Typer(no_args_is_help=True, help="Structure references: the catalog objects a restore must have.")
 

@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from app import queries, schedules
+from app import output, queries, schedules
 from app.cli_evidence import command_store
 from app.runtime import EmbeddedBusy, NeedsService, temporal
 from app.schedules import SWEEP_SCHEDULE_ID, schedule_id
@@ -28,8 +27,8 @@ from drdrill.core.durations import parse_duration
 from worker import task_queue
 from workflows.drill import DrillWorkflow
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+console = output.console()
+err = output.console(stderr=True)
 
 schedule_app = typer.Typer(no_args_is_help=True, help="Temporal Schedules for drill files (quarterly or cron).")
 
@@ -119,7 +118,7 @@ def list_cmd(as_json: bool = typer.Option(False, "--json", help="print the sched
             r.last_workflow_id or "",
         )
     # Piped (grep, CI logs): no terminal width to respect, keep each schedule on one line.
-    wide = Console(highlight=False, width=shutil.get_terminal_size().columns if sys.stdout.isatty() else 200)
+    wide = output.console(soft_wrap=False, width=shutil.get_terminal_size().columns if sys.stdout.isatty() else 200)
     wide.print(table)
 
 

@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.console import Console
+
+from app import output
 
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+err = output.console(stderr=True)
 DEFAULT_LISTEN = ("127.0.0.1", 7470)  # app.server's; not imported here, so other commands do not load uvicorn
 
 

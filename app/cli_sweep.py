@@ -12,11 +12,11 @@ from datetime import datetime, timezone
 from typing import List, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from temporalio.client import WorkflowFailureError
 
+from app import output
 from app.runtime import EmbeddedBusy, state_dir, temporal
 from drdrill.providers.activity_io import SweepAction, SweepInput, SweepRecord
 from drdrill.core.redact import redact
@@ -29,8 +29,8 @@ from worker import task_queue
 from workflows.sweep import OrphanSweepWorkflow
 
 _WIDTH = None if sys.stdout.isatty() else 200
-console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
+console = output.console(width=_WIDTH)
+err = output.console(stderr=True, width=_WIDTH)
 
 
 def sweep(

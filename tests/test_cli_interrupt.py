@@ -167,6 +167,63 @@ def test_a_closed_stdout_cancels_an_embedded_run_tears_down_and_leaves_nothing_r
     assert _processes_mentioning(str(tmp_path)) == []
 
 
+def test_head_1_a_stdout_closed_after_the_first_line_cancels_tears_down_and_exits(tmp_path):
+    """`drdrill run x.yaml | head -1`: the next line is usually written before the command has
+    noticed that the reader is gone, so the write itself fails. rich's own answer to that
+    (SystemExit raised from inside the write) escaped the event loop and left the command waiting
+    forever in asyncio's final cancellation, its drill's resources still there."""
+    drill = tmp_path / "slow.yaml"
+    drill.write_text(sim_yaml(name="slow", source=SLOW_RESTORE, timeout="30m"))
+    drill_id = f"slow-{uuid.uuid4().hex[:6]}"
+    state = tmp_path / "state"
+    env = cli_env(DRDRILL_STATE_DIR=str(state), DRDRILL_SIM_STATE=str(tmp_path / "sim.json"), DRDRILL_SIM_SPEED="1")
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen(
+        [DRDRILL, "run", str(drill), "--id", drill_id], stdout=write_end, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=_ignore_sigint
+    )
+    os.close(write_end)
+    try:
+        seen = _read_until(read_end, "declared")
+    finally:
+        os.close(read_end)  # as `head -1` exits after the first line
+    try:
+        code = proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise AssertionError("drdrill run still running 180 s after its stdout closed:\n" + seen + proc.stderr.read())
+    err = proc.stderr.read()
+
+    assert f"stdout closed: cancelling drill {drill_id}; its teardown runs now" in err, seen + err
+    assert "Traceback" not in err, err
+    evidence = json.loads((state / "runs" / drill_id / "evidence.json").read_text())
+    assert "DRILL_CANCELLED" in [f["code"] for f in evidence["findings"]]
+    assert code == 4, err
+    assert leaked(tmp_path / "sim.json") == []
+    assert _processes_mentioning(str(tmp_path)) == []
+
+
+def test_a_write_to_a_closed_stdout_is_an_ordinary_broken_pipe():
+    """What every command prints through: a closed stdout raises BrokenPipeError for the command to
+    handle (app/errors.py: exit 141, no traceback), never rich's SystemExit from inside the write."""
+    from app import output
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    closed = os.fdopen(write_end, "w")
+    out, err = output.console(file=closed), output.console(stderr=True, file=closed)
+    try:
+        with pytest.raises(BrokenPipeError):
+            out.print("a line nobody reads")
+        assert out.quiet
+        err.print("a warning nobody reads")  # a closed stderr only silences stderr
+        assert err.quiet
+    finally:
+        try:
+            closed.close()
+        except BrokenPipeError:  # what is still buffered cannot be written either
+            pass
+
+
 def _read_until(fd: int, text: str, timeout: float = 120) -> str:
     """What the command printed on the pipe up to and including `text`."""
     seen = b""

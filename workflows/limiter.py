@@ -17,7 +17,7 @@ from typing import Optional
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
+from temporalio.exceptions import ActivityError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from activities.ops import OpsActivities
@@ -134,6 +134,8 @@ class Permits:
         try:
             answer = await self._request(kind, key, label, rid)
         except ActivityError as exc:
+            if is_cancelled_exception(exc):  # the drill was cancelled while asking: it ends here, as when queued
+                raise asyncio.CancelledError("cancelled while asking for a permit") from exc
             workflow.logger.error("concurrency limit for %s %s not applied: %s", kind, key, exc.cause or exc)
             return None
         if answer.limit is None:
