@@ -188,3 +188,27 @@ def test_demo_leaves_no_process_behind_and_keeps_its_evidence_in_the_state_direc
     verify = cli("evidence", "verify", env=env)
     assert verify.returncode == 0 and f"run {drill_id}: " in verify.stdout and "1/1 runs intact" in verify.stdout, verify.stdout
     assert embedded.processes() == []
+
+
+def test_a_deleted_state_directory_leaves_no_runtime_directory_once_another_store_starts(embedded):
+    """Each store keeps a small runtime directory (socket, locks) under the cluster root; deleting
+    its state directory used to leave it there until reboot. The next store to start removes it,
+    and only it: a store whose state directory still exists keeps its own."""
+    gone, kept = embedded.use("gone"), embedded.use("kept")
+    for state in (gone, kept):
+        embedded.monkeypatch.setenv("DRDRILL_STATE_DIR", str(state))
+        with embedded_server():
+            record_run(state, sample_result(f"run-in-{state.name}"))
+    gone_dir, kept_dir = embedded_cluster(gone).path, embedded_cluster(kept).path
+    assert gone_dir.is_dir() and kept_dir.is_dir()
+    stranger = embedded.root / "evidence-not-ours"  # not marked as drdrill's: never touched
+    stranger.mkdir()
+    shutil.rmtree(gone)
+
+    embedded.use("next")
+    with embedded_server():
+        record_run(embedded.states[-1], sample_result("run-in-next"))
+
+    assert not gone_dir.exists()
+    assert kept_dir.is_dir() and stranger.is_dir()
+    assert embedded.processes() == []

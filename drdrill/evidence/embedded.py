@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import pwd
+import shutil
 import stat
 import threading
 from contextlib import contextmanager
@@ -103,6 +104,7 @@ def embedded_dsn(state_dir: Optional[str | Path] = None) -> str:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not _reachable(cluster):
+                forget_runtime_dirs_of_removed_stores(cluster.path.parent)
                 _forget_stale_pid(cluster)
                 if cluster.running():  # up, but its socket directory was removed (a cleaned /tmp)
                     cluster.stop(mode="fast")
@@ -172,6 +174,26 @@ def prepare_home(home: Path, user: Optional[pwd.struct_passwd]) -> None:
                 "made %s traversable by %s (%o -> %o: enter only, not list) so the evidence server, which runs as %s, reaches %s",
                 d, user.pw_name, stat.S_IMODE(st.st_mode), stat.S_IMODE(st.st_mode) | bit, user.pw_name, home,
             )
+
+
+def forget_runtime_dirs_of_removed_stores(root: Path) -> list[Path]:
+    """Remove the runtime directories (socket, locks) that stores of deleted state directories
+    left under the cluster root: only directories drdrill marked as an embedded evidence store's,
+    whose recorded data directory no longer exists and whose socket directory holds no server's
+    socket. Each state directory's store keeps one until reboot otherwise (a tmpfs)."""
+    removed = []
+    for path in root.glob("evidence-*"):
+        tags = LocalCluster(path).tags() or {}
+        data = tags.get("data")
+        if "drdrill:evidence" not in tags or not data or Path(data).exists():
+            continue
+        if any((path / "sock").glob(".s.PGSQL.*")):  # a server may still run from a deleted directory
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d runtime directories of evidence stores whose state directory is gone", len(removed))
+    return removed
 
 
 _noted_old: set[Path] = set()
