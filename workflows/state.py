@@ -8,12 +8,13 @@ Deterministic: time only from `workflow.now()`.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Optional
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from drdrill.core import selection
@@ -107,7 +108,9 @@ class DrillState:
         self.findings.append(Finding(code=code, message=message, target=target, could_not_verify=could_not_verify))
 
     def activity_finding(self, exc: ActivityError, target: Optional[str], default_code: str, could_not_verify: bool = False) -> None:
-        """The finding an activity's failure carries (a provider's), else one named after its error type."""
+        """The finding an activity's failure carries (a provider's), else one named after its error type.
+        An activity that ended because the drill was cancelled did not fail: DRILL_CANCELLED says so."""
+        cancelled(exc)
         cause = exc.cause
         if isinstance(cause, ApplicationError) and cause.details:
             try:
@@ -135,6 +138,14 @@ class DrillState:
     def new_environment(self, family: str) -> Environment:
         """An environment not heard back from yet: teardown finds what it holds by the drill's tag."""
         return Environment(family=family, drill_id=self.ctx.drill_id, id=self.ctx.resource_name())
+
+
+def cancelled(exc: ActivityError) -> None:
+    """Raise the drill's cancellation when `exc` is an activity cancelled with it (the SDK reports a
+    cancelled activity to its caller as an ActivityError): the step stops there, and the drill
+    goes on to its teardown, instead of recording the cancel as that step's failure."""
+    if is_cancelled_exception(exc):
+        raise asyncio.CancelledError("the drill was cancelled") from exc
 
 
 def describe(exc: BaseException) -> str:

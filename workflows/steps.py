@@ -24,7 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from drdrill.providers.spec import Target
 
 from workflows import calls
-from workflows.state import DrillState, describe
+from workflows.state import DrillState, cancelled, describe
 
 PROBE_START_TIMEOUT = timedelta(minutes=5)  # when the drill file names no start_timeout for a family's probe
 
@@ -228,6 +228,7 @@ async def run_check(s: DrillState, v: Any, name: str, where: calls.Placement, sa
     try:
         return await calls.validate(s, v, name, where)
     except ActivityError as exc:
+        cancelled(exc)
         return ValidationResult(
             name=name, type=v.type, target=getattr(v, "target", None), required=v.required, outcome="COULD_NOT_VERIFY",
             detail=f"the check could not run{said}: {describe(exc)}",
@@ -259,6 +260,7 @@ async def _wait_for_probe(s: DrillState, env: Environment) -> ProbeStatus:
     try:
         status = await calls.wait_for_probe(s, queue, bound)
     except ActivityError as exc:
+        cancelled(exc)
         status = ProbeStatus(queue=queue, polling=False)
         s.finding("PROBE_NOT_STARTED", f"could not ask Temporal whether the {env.family} probe polls {queue}: {describe(exc)}", could_not_verify=True)
     else:
