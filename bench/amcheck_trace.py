@@ -15,6 +15,7 @@ and joined with its backend's CPU.
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import re
@@ -131,7 +132,9 @@ def _module_at(rev: str) -> Any:
                           capture_output=True, text=True, check=True).stdout
     import importlib.util
 
-    path = Path(tempfile.mkdtemp(prefix="drb-amt-mod-")) / f"integrity_{rev.replace('/', '_')}.py"
+    where = tempfile.mkdtemp(prefix="drb-amt-mod-")
+    atexit.register(shutil.rmtree, where, True)
+    path = Path(where) / f"integrity_{rev.replace('/', '_')}.py"
     path.write_text(text)
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
