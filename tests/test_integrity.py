@@ -17,7 +17,7 @@ from drdrill.providers.spec import parse_spec
 from drdrill.providers.postgres.provider import PostgresProvider
 from drdrill.providers.postgres.backup import take_backup
 from drdrill.localpg.cluster import LocalCluster
-from drdrill.providers.postgres.integrity import run_amcheck
+from drdrill.providers.postgres.integrity import BATCHES, Table, _batches, run_amcheck
 from tests.pg_fixtures import SEED_SQL, clusters_left, cluster_root, create_source_db, drop_db, shop_dsn, shop_repo  # noqa: F401
 
 PAGE = 8192
@@ -135,6 +135,18 @@ def test_budget_run_out_names_what_was_not_checked_could_not_verify(drill):
     assert budget.could_not_verify and "7 relations were not checked" in budget.message
     assert "public.orders" in budget.message and "public.customers_email_key" in budget.message
     assert ready.details["integrity"]["amcheck"]["relations_checked"] == 0
+
+
+def test_batches_start_with_the_largest_table_and_every_table_is_in_one():
+    # pgbench's shape: one table holds nearly everything; the small ones ride in its batch (one pg_amcheck)
+    pgbench = [Table("public", n, i, s) for i, (n, s) in enumerate([("accounts", 10**9), ("branches", 8192), ("history", 0), ("tellers", 16384)])]
+    assert [[t.name for t in b] for b in _batches(pgbench)] == [["accounts", "tellers", "branches", "history"]]
+    # many tables of mixed sizes: the largest first, at most BATCHES batches, each table exactly once
+    many = [Table("s", f"t{i:03d}", i, (i * 7919) % 1000 * 1000) for i in range(100)]
+    batches = _batches(many)
+    assert 1 < len(batches) <= BATCHES and batches[0][0].size == max(t.size for t in many)
+    assert sorted(t.oid for b in batches for t in b) == list(range(100))
+    assert _batches([]) == []
 
 
 def test_integrity_switched_off_is_said(drill):

@@ -261,16 +261,22 @@ def _amcheck_binaries(major: int) -> Optional[Binaries]:
 
 
 def _batches(tables: list[Table]) -> list[list[Table]]:
-    """Tables in up to BATCHES groups of about equal size, in name order."""
-    total = sum(t.size for t in tables) or 1
+    """Tables in up to BATCHES groups of about equal size, the largest tables first. pg_amcheck starts
+    a batch's largest relations first, so the longest single check (the `heapallindexed` scan of a
+    large table's index, one backend's work) begins at once instead of after the batches before it.
+    The small tables left at the end (together under a batch's share) join the first batch: its
+    other jobs idle while its largest relation is checked, and a pg_amcheck process is saved."""
+    share = (sum(t.size for t in tables) or 1) / BATCHES
     batches: list[list[Table]] = [[]]
     acc = 0
-    for t in tables:
-        if batches[-1] and acc + t.size > total / BATCHES and len(batches) < BATCHES:
+    for t in sorted(tables, key=lambda t: (-t.size, t.schema, t.name)):
+        if batches[-1] and acc >= share and len(batches) < BATCHES:
             batches.append([])
             acc = 0
         batches[-1].append(t)
         acc += t.size
+    if len(batches) > 1 and acc < share:
+        batches[0] += batches.pop()
     return [b for b in batches if b]
 
 
