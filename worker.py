@@ -46,6 +46,7 @@ from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, Telemet
 from temporalio.service import HttpConnectProxyConfig
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox import _runner as sdk_sandbox
 
 from activities import logs
 from activities.coverage import CoverageActivities
@@ -178,6 +179,47 @@ class WorkerSettingError(ValueError):
 PASSTHROUGH = ("pydantic", "yaml", "drdrill", "activities")
 
 
+# The SDK's sandbox (temporalio 1.35) enters a workflow's sandbox through `exec` of a source string,
+# compiled anew each time, with its import restrictions applied; the worker does that not only for
+# each activation but, in the payload visitor, for every payload of every activation and completion
+# (5 passes: decode, external storage, codec), to ask the workflow for a serialization context.
+# With 1,000 drills that was a quarter of a worker's Python CPU (bench/RESULTS.md §18, "Where a
+# drill's CPU goes"). _Instance below changes neither what runs inside the sandbox nor its
+# restrictions: it compiles each of the sandbox's few fixed snippets once, and answers the
+# serialization-context questions (SDK code that reads the workflow's pending commands: no import,
+# no workflow code) by calling the sandboxed SDK object directly. Private SDK names: when they are
+# missing (another SDK version), the SDK's own runner is used unchanged.
+_SANDBOX_INSIDE = "__temporal_in_sandbox"
+_FAST_SANDBOX = all(hasattr(getattr(sdk_sandbox, "_Instance", None), a) for a in ("_run_code", "get_serialization_context", "get_external_store_context"))
+_compiled: dict[str, object] = {}
+
+
+class _Instance(getattr(sdk_sandbox, "_Instance", object)):  # type: ignore[misc]
+    """The SDK's sandboxed workflow instance, without its per-call compile and context detours."""
+
+    def _run_code(self, code, **extra_globals) -> None:
+        compiled = _compiled.get(code) if isinstance(code, str) else code
+        if compiled is None:
+            compiled = _compiled.setdefault(code, compile(code, "<string>", "exec"))
+        super()._run_code(compiled, **extra_globals)
+
+    def get_serialization_context(self, command_info):
+        inside = self.globals_and_locals.get(_SANDBOX_INSIDE)
+        return inside.get_serialization_context(command_info) if inside is not None else super().get_serialization_context(command_info)
+
+    def get_external_store_context(self, command_info):
+        inside = self.globals_and_locals.get(_SANDBOX_INSIDE)
+        return inside.get_external_store_context(command_info) if inside is not None else super().get_external_store_context(command_info)
+
+
+@dataclass(frozen=True)
+class FastSandboxRunner(SandboxedWorkflowRunner):
+    """SandboxedWorkflowRunner whose instances are _Instance (above)."""
+
+    def create_instance(self, det):
+        return _Instance(det, self.runner_class, self.restrictions)
+
+
 @dataclass(frozen=True)
 class Capacity:
     """How much work one worker process takes on at once (read by `capacity()` from the environment)."""
@@ -195,7 +237,8 @@ class Capacity:
 
     def workflow_runner(self) -> SandboxedWorkflowRunner:
         modules = PASSTHROUGH + (("workflows",) if self.sandbox == "shared" else ())
-        return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
+        runner = FastSandboxRunner if _FAST_SANDBOX else SandboxedWorkflowRunner
+        return runner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
 
 
 def _whole(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
