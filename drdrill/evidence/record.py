@@ -55,7 +55,7 @@ def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) 
     key = signer(state_dir)
     with open_store(dsn, state_dir=state_dir) as store:
         store.record(doc, key)
-        doc["log_entry"] = store.load(result.drill_id).get("log_entry")
+        doc["log_entry"] = store.log_entry(result.drill_id)
     return write_evidence_file(state_dir, result, doc)
 
 

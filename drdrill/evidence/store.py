@@ -422,6 +422,12 @@ class EvidenceStore:
         doc["log_entry"] = entry[0] if entry else None
         return doc
 
+    def log_entry(self, drill_id: str) -> Optional[dict]:
+        """The run's signed log entry, as `load` gives it in `log_entry` (without reading the run back)."""
+        with self.conn.transaction():
+            entry = self._log("drill_id = %s", (drill_id,))
+        return entry[0] if entry else None
+
     def _log(self, where: str = "true", args: tuple = ()) -> list[dict]:
         rows = self.conn.execute(
             f"SELECT seq, drill_id, entry, hash, signature, public_key FROM {SCHEMA}.log WHERE {where} ORDER BY seq", args
