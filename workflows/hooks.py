@@ -18,6 +18,8 @@ with workflow.unsafe.imports_passed_through():
     from drdrill.core.models import DrillResult
     from drdrill.providers.activity_io import NotifyInput
 
+from workflows import quick
+
 NOTIFY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=5), maximum_attempts=10)
 
 
@@ -52,11 +54,8 @@ def _summary(result: DrillResult) -> str:
 
 async def after_result(spec, result: DrillResult) -> None:
     """Update metrics and send the configured notifications; never changes the verdict."""
-    calls = [
-        workflow.execute_activity_method(
-            OpsActivities.observe_result, result, start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3)
-        )
-    ]
+    # A local activity (workflows/quick.py): this worker's Prometheus counters.
+    calls = [quick.call(OpsActivities.observe_result, result, timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3))]
     for event in notify_events(spec, result):
         findings = [f.model_dump(mode="json") for f in result.findings if f.severity != "info"]
         summary = _summary(result)
