@@ -14,7 +14,7 @@ from temporalio.worker import PollerBehaviorAutoscaling, PollerBehaviorSimpleMax
 
 from drdrill.providers.sim.provider import SimProvider
 from tests.sim_harness import REPO, WorkerProcess, final_result, leaked, sim_yaml, spec_of, start, wait_until
-from worker import Capacity, WorkerSettingError, capacity, connect, running_worker
+from worker import Capacity, FastSandboxRunner, WorkerSettingError, capacity, connect, running_worker
 
 
 def test_capacity_is_read_from_the_environment():
@@ -26,6 +26,15 @@ def test_capacity_is_read_from_the_environment():
     assert c.workflow_pollers == PollerBehaviorAutoscaling(minimum=2, maximum=40, initial=5)
     assert c.activity_pollers == PollerBehaviorSimpleMaximum(maximum=3)
     assert capacity({}) == Capacity()
+
+
+def test_the_worker_runs_workflows_in_the_sandbox_without_its_per_call_detours():
+    """With the installed SDK the worker's sandbox is FastSandboxRunner (worker.py): the SDK's own
+    sandbox with its fixed snippets compiled once; every workflow test runs through it. An SDK whose
+    private names moved would silently fall back to the stock runner (correct, but a quarter slower
+    in a burst): this says so."""
+    for mode in ("shared", "isolated"):
+        assert type(Capacity(sandbox=mode).workflow_runner()) is FastSandboxRunner
 
 
 @pytest.mark.parametrize(
