@@ -36,6 +36,17 @@ def teardown_trouble(result: DrillResult) -> list[str]:
     return out
 
 
+def for_metrics(result: DrillResult) -> DrillResult:
+    """The result as observe_result reads it (drdrill/metrics.py: name, verdict, objectives, RTO,
+    RPO, end, teardown attempts): the record's other parts (timeline, checks, spec text: ~10 kB of
+    JSON, encoded and validated again for the call) left out."""
+    return DrillResult(
+        drill_id=result.drill_id, run_id=result.run_id, name=result.name, verdict=result.verdict, declared=result.declared,
+        ended=result.ended, objectives=result.objectives, rto_seconds=result.rto_seconds, rpo_seconds=result.rpo_seconds,
+        teardown=result.teardown, simulated=result.simulated,
+    )
+
+
 def notify_events(spec, result: DrillResult) -> list[str]:
     on = set(spec.notify.on)
     events = [result.verdict] if result.verdict in on else []
@@ -55,7 +66,8 @@ def _summary(result: DrillResult) -> str:
 async def after_result(spec, result: DrillResult) -> None:
     """Update metrics and send the configured notifications; never changes the verdict."""
     # A local activity (workflows/quick.py): this worker's Prometheus counters.
-    calls = [quick.call(OpsActivities.observe_result, result, timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3))]
+    observe = quick.call(OpsActivities.observe_result, for_metrics(result), timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=3))
+    calls = [observe]
     for event in notify_events(spec, result):
         findings = [f.model_dump(mode="json") for f in result.findings if f.severity != "info"]
         summary = _summary(result)
