@@ -22,6 +22,8 @@ Capacity of one worker (docs/deploy.md, "Worker settings"; bench/scale_out.py me
     DRDRILL_WORKFLOW_POLLERS       a fixed maximum N of polls at once (default 5), or `autoscale`,
                                    `autoscale:MIN:MAX` (the server's backlog decides)
     DRDRILL_ACTIVITY_POLLERS       the same, for activity tasks
+    DRDRILL_WORKFLOW_NONSTICKY_RATIO  of the workflow polls, the share on the shared queue (new drills)
+                                   against the sticky one (default 0.2, the SDK's)
     DRDRILL_WORKFLOW_SANDBOX       `shared` (default): drdrill's workflow modules are loaded once per
                                    worker; `isolated`: reloaded for every drill (the SDK's default)
 """
@@ -234,6 +236,9 @@ class Capacity:
     workflow_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
     activity_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
     sandbox: str = "shared"
+    # Of the workflow-task polls, the share on the shared queue (new drills' first tasks) against the
+    # sticky one (drills this worker already runs); the SDK's 0.2: 1 of 5 polls.
+    nonsticky_poll_ratio: float = 0.2
 
     def workflow_runner(self) -> SandboxedWorkflowRunner:
         modules = PASSTHROUGH + (("workflows",) if self.sandbox == "shared" else ())
@@ -289,7 +294,21 @@ def capacity(env: Mapping[str, str] = os.environ) -> Capacity:
         workflow_pollers=_pollers(env, "DRDRILL_WORKFLOW_POLLERS", 2),
         activity_pollers=_pollers(env, "DRDRILL_ACTIVITY_POLLERS", 1),
         sandbox=sandbox,
+        nonsticky_poll_ratio=_ratio(env, "DRDRILL_WORKFLOW_NONSTICKY_RATIO", 0.2),
     )
+
+
+def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise WorkerSettingError(f"{name}={raw!r} is not a number in (0, 1]: set it to one, or unset it for the default {default}")
+    return value
 
 
 def workflows() -> list:
@@ -387,6 +406,7 @@ async def running_worker(
         max_concurrent_workflow_tasks=settings.max_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
         workflow_task_poller_behavior=settings.workflow_pollers,
+        nonsticky_to_sticky_poll_ratio=settings.nonsticky_poll_ratio,
         activity_task_poller_behavior=settings.activity_pollers,
         # Heartbeats reach the server at least every 5 s, so a cancellation reaches a waiting
         # activity promptly (the default lets up to 80% of the heartbeat timeout pass).

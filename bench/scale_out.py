@@ -219,17 +219,25 @@ async def history_facts(client, ids: list[str]) -> dict:
     timed-out task is done again: wasted work under overload)."""
     from temporalio.api.enums.v1 import EventType
 
-    events, tasks, timed_out, failed = [], 0, 0, 0
+    events, tasks, timed_out, failed, first, later = [], 0, 0, 0, [], []
     for wid in ids:
-        n = 0
+        n, scheduled = 0, {}
         async for e in client.get_workflow_handle(wid).fetch_history_events():
             n += 1
             tasks += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
             timed_out += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
             failed += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+                scheduled[e.event_id] = e.event_time.ToDatetime().timestamp()
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                sid = e.workflow_task_started_event_attributes.scheduled_event_id
+                # the drill's first task (on the shared queue, behind every other drill's start) or a later one
+                (first if sid == min(scheduled) else later).append(e.event_time.ToDatetime().timestamp() - scheduled[sid])
         events.append(n)
     return {"history_events_per_drill_p50": pct(events, 50), "workflow_tasks_per_drill": tasks / max(1, len(ids)),
-            "workflow_tasks_timed_out": timed_out, "workflow_tasks_failed": failed}
+            "workflow_tasks_timed_out": timed_out, "workflow_tasks_failed": failed,
+            "first_workflow_task_schedule_to_start": {"p50": pct(first, 50), "p99": pct(first, 99)},
+            "later_workflow_tasks_schedule_to_start": {"p50": pct(later, 50), "p99": pct(later, 99)}}
 
 
 def evidence_db(name: str, drop: bool = False) -> str:
@@ -314,6 +322,8 @@ def line(r: dict) -> str:
     c = r["cpu_seconds"]
     return (f"N={r['replicas']}: {r['wall_seconds']:.1f}s, {r['drills_per_minute']:.0f} drills/min, passed {r['passed']}/{r['drills']}, "
             f"WFT s2s p50 {s['p50']:.2f}s p99 {s['p99']:.2f}s, sched->completed p50 {w['p50']:.2f}s p99 {w['p99']:.2f}s, "
+            f"first WFT s2s p50/p99 {r['first_workflow_task_schedule_to_start']['p50']:.2f}/{r['first_workflow_task_schedule_to_start']['p99']:.2f}s, "
+            f"later {r['later_workflow_tasks_schedule_to_start']['p50']:.2f}/{r['later_workflow_tasks_schedule_to_start']['p99']:.2f}s, "
             f"SDK s2s p99<={r['sdk']['workflow_task_schedule_to_start'].get('p99_le')}, WFT timed out {r['workflow_tasks_timed_out']}, sticky hit/miss "
             f"{r['sdk']['sticky_cache_hit']:.0f}/{r['sdk']['sticky_cache_miss']:.0f}, CPU workers {c['workers']:.0f}s "
             f"({r['worker_cpu_seconds_per_drill'] * 1000:.0f} ms/drill: {r['worker_thread_cpu_ms_per_drill']}) server {c['temporal_server']:.0f}s ({c['temporal_server'] * 1000 / r['drills']:.0f} ms/drill) client {c['client']:.0f}s, load {load()}")

@@ -46,6 +46,7 @@ def test_the_worker_runs_workflows_in_the_sandbox_without_its_per_call_detours()
         ("DRDRILL_WORKFLOW_POLLERS", "1", "a whole number >= 2, autoscale or autoscale:MIN:MAX"),
         ("DRDRILL_ACTIVITY_POLLERS", "autoscale:9:3", "1 <= MIN <= MAX"),
         ("DRDRILL_WORKFLOW_SANDBOX", "off", "shared (the default) or isolated"),
+        ("DRDRILL_WORKFLOW_NONSTICKY_RATIO", "0", "a number in (0, 1]"),
     ],
 )
 def test_a_bad_setting_is_refused_with_its_name_and_the_fix(name, value, fix):
