@@ -15,7 +15,10 @@ started at once, or evenly over --spread seconds (1 sim target each, restore --r
   (temporal_workflow_task_schedule_to_start_latency, bucketed), sticky cache hits/misses, and
   workflow-task execution latency;
 - CPU seconds of the workers, of the Temporal server and of this (client) process, also per drill,
-  read from /proc: on a shared 2-core machine wall times do not transfer, CPU per drill does.
+  read from /proc: on a shared 2-core machine wall times do not transfer, CPU per drill does; the
+  workers' also by thread name (Python threads against the SDK's Rust core);
+- a drill's first workflow task (on the shared queue, behind every new drill's) apart from its later
+  ones (on the worker's sticky queue): schedule-to-start p50/p99 of each.
 
 The sim's cloud is its state file shared by all replicas (DRDRILL_SIM_STATE, --state file: the
 real provider code, whose one flock'd JSON document serialises every operation of every worker),
