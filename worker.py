@@ -22,6 +22,8 @@ Capacity of one worker (docs/deploy.md, "Worker settings"; bench/scale_out.py me
     DRDRILL_WORKFLOW_POLLERS       a fixed maximum N of polls at once (default 5), or `autoscale`,
                                    `autoscale:MIN:MAX` (the server's backlog decides)
     DRDRILL_ACTIVITY_POLLERS       the same, for activity tasks
+    DRDRILL_WORKFLOW_NONSTICKY_RATIO  of the workflow polls, the share on the shared queue (new drills)
+                                   against the sticky one (default 0.2, the SDK's)
     DRDRILL_WORKFLOW_SANDBOX       `shared` (default): drdrill's workflow modules are loaded once per
                                    worker; `isolated`: reloaded for every drill (the SDK's default)
 """
@@ -46,6 +48,7 @@ from temporalio.runtime import LoggingConfig, PrometheusConfig, Runtime, Telemet
 from temporalio.service import HttpConnectProxyConfig
 from temporalio.worker import PollerBehavior, PollerBehaviorAutoscaling, PollerBehaviorSimpleMaximum, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+from temporalio.worker.workflow_sandbox import _runner as sdk_sandbox
 
 from activities import logs
 from activities.coverage import CoverageActivities
@@ -178,6 +181,47 @@ class WorkerSettingError(ValueError):
 PASSTHROUGH = ("pydantic", "yaml", "drdrill", "activities")
 
 
+# The SDK's sandbox (temporalio 1.35) enters a workflow's sandbox through `exec` of a source string,
+# compiled anew each time, with its import restrictions applied; the worker does that not only for
+# each activation but, in the payload visitor, for every payload of every activation and completion
+# (5 passes: decode, external storage, codec), to ask the workflow for a serialization context.
+# With 1,000 drills that was a quarter of a worker's Python CPU (bench/RESULTS.md §18, "Where a
+# drill's CPU goes"). _Instance below changes neither what runs inside the sandbox nor its
+# restrictions: it compiles each of the sandbox's few fixed snippets once, and answers the
+# serialization-context questions (SDK code that reads the workflow's pending commands: no import,
+# no workflow code) by calling the sandboxed SDK object directly. Private SDK names: when they are
+# missing (another SDK version), the SDK's own runner is used unchanged.
+_SANDBOX_INSIDE = "__temporal_in_sandbox"
+_FAST_SANDBOX = all(hasattr(getattr(sdk_sandbox, "_Instance", None), a) for a in ("_run_code", "get_serialization_context", "get_external_store_context"))
+_compiled: dict[str, object] = {}
+
+
+class _Instance(getattr(sdk_sandbox, "_Instance", object)):  # type: ignore[misc]
+    """The SDK's sandboxed workflow instance, without its per-call compile and context detours."""
+
+    def _run_code(self, code, **extra_globals) -> None:
+        compiled = _compiled.get(code) if isinstance(code, str) else code
+        if compiled is None:
+            compiled = _compiled.setdefault(code, compile(code, "<string>", "exec"))
+        super()._run_code(compiled, **extra_globals)
+
+    def get_serialization_context(self, command_info):
+        inside = self.globals_and_locals.get(_SANDBOX_INSIDE)
+        return inside.get_serialization_context(command_info) if inside is not None else super().get_serialization_context(command_info)
+
+    def get_external_store_context(self, command_info):
+        inside = self.globals_and_locals.get(_SANDBOX_INSIDE)
+        return inside.get_external_store_context(command_info) if inside is not None else super().get_external_store_context(command_info)
+
+
+@dataclass(frozen=True)
+class FastSandboxRunner(SandboxedWorkflowRunner):
+    """SandboxedWorkflowRunner whose instances are _Instance (above)."""
+
+    def create_instance(self, det):
+        return _Instance(det, self.runner_class, self.restrictions)
+
+
 @dataclass(frozen=True)
 class Capacity:
     """How much work one worker process takes on at once (read by `capacity()` from the environment)."""
@@ -192,10 +236,14 @@ class Capacity:
     workflow_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
     activity_pollers: PollerBehavior = field(default_factory=PollerBehaviorSimpleMaximum)
     sandbox: str = "shared"
+    # Of the workflow-task polls, the share on the shared queue (new drills' first tasks) against the
+    # sticky one (drills this worker already runs); the SDK's 0.2: 1 of 5 polls.
+    nonsticky_poll_ratio: float = 0.2
 
     def workflow_runner(self) -> SandboxedWorkflowRunner:
         modules = PASSTHROUGH + (("workflows",) if self.sandbox == "shared" else ())
-        return SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
+        runner = FastSandboxRunner if _FAST_SANDBOX else SandboxedWorkflowRunner
+        return runner(restrictions=SandboxRestrictions.default.with_passthrough_modules(*modules))
 
 
 def _whole(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
@@ -246,7 +294,21 @@ def capacity(env: Mapping[str, str] = os.environ) -> Capacity:
         workflow_pollers=_pollers(env, "DRDRILL_WORKFLOW_POLLERS", 2),
         activity_pollers=_pollers(env, "DRDRILL_ACTIVITY_POLLERS", 1),
         sandbox=sandbox,
+        nonsticky_poll_ratio=_ratio(env, "DRDRILL_WORKFLOW_NONSTICKY_RATIO", 0.2),
     )
+
+
+def _ratio(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0.0 < value <= 1.0:
+        raise WorkerSettingError(f"{name}={raw!r} is not a number in (0, 1]: set it to one, or unset it for the default {default}")
+    return value
 
 
 def workflows() -> list:
@@ -344,6 +406,7 @@ async def running_worker(
         max_concurrent_workflow_tasks=settings.max_workflow_tasks,
         max_cached_workflows=settings.max_cached_workflows,
         workflow_task_poller_behavior=settings.workflow_pollers,
+        nonsticky_to_sticky_poll_ratio=settings.nonsticky_poll_ratio,
         activity_task_poller_behavior=settings.activity_pollers,
         # Heartbeats reach the server at least every 5 s, so a cancellation reaches a waiting
         # activity promptly (the default lets up to 80% of the heartbeat timeout pass).

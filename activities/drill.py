@@ -21,7 +21,7 @@ from drdrill.evidence.history import readiness_prior, with_restore_times
 from drdrill.evidence.created import created_resources, record_created
 from drdrill.evidence.record import record_run
 from drdrill.evidence.signing import SigningError
-from drdrill.evidence.store import EvidenceConflict
+from drdrill.evidence.store import EvidenceConflict, StorePool
 from drdrill.providers.activity_io import (
     CreateIsolationInput,
     DeleteOrphanInput,
@@ -87,6 +87,7 @@ class DrillActivities:
         self.temporal = temporal
         self._lock = threading.Lock()
         self.state_dir = Path(state_dir or default_state_dir())
+        self.stores = StorePool()  # evidence-store connections kept between activities
 
     def provider(self, family: str) -> Provider:
         with self._lock:
@@ -95,6 +96,7 @@ class DrillActivities:
             return self._providers[family]
 
     def close(self) -> None:
+        self.stores.close()
         for p in self._providers.values():
             try:
                 p.close()
@@ -133,7 +135,7 @@ class DrillActivities:
         The inventory is asked without an environment: with one, a provider may count the call as
         the start of a teardown (the simulated cloud does)."""
         try:
-            record_created(self.state_dir, drill_id, family, self.provider(family).inventory(drill_id, None))
+            record_created(self.state_dir, drill_id, family, self.provider(family).inventory(drill_id, None), opener=self.stores.open)
         except NotImplementedError:
             return  # a provider without an inventory creates nothing the sweep could find
         except Exception as exc:  # noqa: BLE001 - the store or the provider's listing out of reach
@@ -291,7 +293,7 @@ class DrillActivities:
         Returns evidence.json's path. A different record for a drill id already stored, or a signing
         key that cannot be used, fails at once (EVIDENCE_CONFLICT, EVIDENCE_KEY_UNUSABLE)."""
         try:
-            return record_run(self.state_dir, result)
+            return record_run(self.state_dir, result, opener=self.stores.open)
         except EvidenceConflict as exc:
             raise ApplicationError(str(exc), type="EVIDENCE_CONFLICT", non_retryable=True) from None
         except SigningError as exc:

@@ -4,8 +4,8 @@ worker replicas, each a separate `python worker.py` process as a deployment runs
 For each replica count N: a fresh Temporal dev server (in memory), a fresh evidence database on
 the shared PostgreSQL (DRDRILL_EVIDENCE_DSN, as replicas on several hosts would share one), N
 workers on one task queue (each its own DRDRILL_HOST_ID and state directory), then all drills
-started at once (1 sim target each, restore --restore-time s, one /bin/true check: bench/simdrill.py)
-and awaited. Reported per N:
+started at once, or evenly over --spread seconds (1 sim target each, restore --restore-time s, one
+/bin/true check: bench/simdrill.py), and awaited. Reported per N:
 
 - total time (first start -> last result) and throughput (drills/min);
 - workflow-task latency p50/p99 **from the histories** of a sample of the drills:
@@ -15,7 +15,10 @@ and awaited. Reported per N:
   (temporal_workflow_task_schedule_to_start_latency, bucketed), sticky cache hits/misses, and
   workflow-task execution latency;
 - CPU seconds of the workers, of the Temporal server and of this (client) process, also per drill,
-  read from /proc: on a shared 2-core machine wall times do not transfer, CPU per drill does.
+  read from /proc: on a shared 2-core machine wall times do not transfer, CPU per drill does; the
+  workers' also by thread name (Python threads against the SDK's Rust core);
+- a drill's first workflow task (on the shared queue, behind every new drill's) apart from its later
+  ones (on the worker's sticky queue): schedule-to-start p50/p99 of each.
 
 The sim's cloud is its state file shared by all replicas (DRDRILL_SIM_STATE, --state file: the
 real provider code, whose one flock'd JSON document serialises every operation of every worker),
@@ -26,6 +29,7 @@ Every process started here is stopped at the end, on an error, on Ctrl-C and on 
 
     python -m bench.scale_out --replicas 1,2,4 --drills 1000
     python -m bench.scale_out --replicas 1 --drills 200 --worker-env DRDRILL_MAX_CACHED_WORKFLOWS=1000
+    python -m bench.scale_out --replicas 1 --drills 200 --state memory --spread 60   (arrivals over 60 s)
 """
 
 from __future__ import annotations
@@ -74,6 +78,24 @@ def cpu_seconds(pid: int) -> float:
             pass
         todo.extend(children.get(p, []))
     return total
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of a process's threads by thread name: a replica's Python threads ("python": the
+    event loop and the activity threads) against the SDK's Rust core ("tokio-rt-worker" …)."""
+    out: dict[str, float] = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICK
+    return out
 
 
 def self_cpu() -> float:
@@ -200,17 +222,25 @@ async def history_facts(client, ids: list[str]) -> dict:
     timed-out task is done again: wasted work under overload)."""
     from temporalio.api.enums.v1 import EventType
 
-    events, tasks, timed_out, failed = [], 0, 0, 0
+    events, tasks, timed_out, failed, first, later = [], 0, 0, 0, [], []
     for wid in ids:
-        n = 0
+        n, scheduled = 0, {}
         async for e in client.get_workflow_handle(wid).fetch_history_events():
             n += 1
             tasks += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
             timed_out += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_TIMED_OUT
             failed += e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED:
+                scheduled[e.event_id] = e.event_time.ToDatetime().timestamp()
+            elif e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+                sid = e.workflow_task_started_event_attributes.scheduled_event_id
+                # the drill's first task (on the shared queue, behind every other drill's start) or a later one
+                (first if sid == min(scheduled) else later).append(e.event_time.ToDatetime().timestamp() - scheduled[sid])
         events.append(n)
     return {"history_events_per_drill_p50": pct(events, 50), "workflow_tasks_per_drill": tasks / max(1, len(ids)),
-            "workflow_tasks_timed_out": timed_out, "workflow_tasks_failed": failed}
+            "workflow_tasks_timed_out": timed_out, "workflow_tasks_failed": failed,
+            "first_workflow_task_schedule_to_start": {"p50": pct(first, 50), "p99": pct(first, 99)},
+            "later_workflow_tasks_schedule_to_start": {"p50": pct(later, 50), "p99": pct(later, 99)}}
 
 
 def evidence_db(name: str, drop: bool = False) -> str:
@@ -230,6 +260,8 @@ async def drive(client, queue: str, a) -> dict:
     sem = asyncio.Semaphore(200)  # starts in flight at once: the client's gRPC channel, not the drills
 
     async def one(i: int):
+        if a.spread:  # arrivals spread evenly over `spread` seconds instead of all at once
+            await asyncio.sleep(max(0.0, t0 + i * a.spread / a.drills - time.perf_counter()))  # allowed: the start schedule
         async with sem:
             h = await start(client, queue, spec, f"scale-{i}-{uuid.uuid4().hex[:4]}")
         r = await h.result()
@@ -256,8 +288,13 @@ async def one_count(a, n: int, work: Path, procs: Processes) -> dict:
         started = [procs.start(argv, worker_env(a, server, queue, dsn, work, i, ports[i]), work / f"worker-{n}-{i}.log") for i in range(n)]
         await wait_for_pollers(client, queue, n, started)
         cpu0 = ([cpu_seconds(p.pid) for p in started], cpu_seconds(server.proc.pid), self_cpu())
+        threads0 = [thread_cpu(p.pid) for p in started]
         res = await drive(client, queue, a)
         cpu1 = ([cpu_seconds(p.pid) for p in started], cpu_seconds(server.proc.pid), self_cpu())
+        threads = {}
+        for before, p in zip(threads0, started):
+            for name, sec in thread_cpu(p.pid).items():
+                threads[name] = threads.get(name, 0.0) + sec - before.get(name, 0.0)
         sdk = sdk_summary([scrape(p) for p in ports])
         ids = res.pop("ids")
         sample = random.Random(n).sample(ids, min(a.sample, len(ids)))
@@ -265,10 +302,11 @@ async def one_count(a, n: int, work: Path, procs: Processes) -> dict:
         procs.stop_all()
         workers_cpu = sum(cpu1[0]) - sum(cpu0[0])
         return {
-            "replicas": n, "drills": a.drills, "restore_time": a.restore_time, "state": a.state, "worker_env": a.worker_env, **res,
+            "replicas": n, "drills": a.drills, "spread_seconds": a.spread, "restore_time": a.restore_time, "state": a.state, "worker_env": a.worker_env, **res,
             "cpu_seconds": {"workers": workers_cpu, "per_worker": [b - x for b, x in zip(cpu1[0], cpu0[0])],
                             "temporal_server": cpu1[1] - cpu0[1], "client": cpu1[2] - cpu0[2]},
             "worker_cpu_seconds_per_drill": workers_cpu / a.drills,
+            "worker_thread_cpu_ms_per_drill": {k: round(v * 1000 / a.drills, 1) for k, v in sorted(threads.items(), key=lambda kv: -kv[1])},
             "all_cpu_seconds_per_drill": (workers_cpu + cpu1[1] - cpu0[1] + cpu1[2] - cpu0[2]) / a.drills,
             "latency_source": "histories (sample) + SDK Prometheus metrics of every replica",
             "latency_sample": min(a.sample, len(ids)), **lat, "sdk": sdk, "load_at_end": load(),
@@ -287,9 +325,11 @@ def line(r: dict) -> str:
     c = r["cpu_seconds"]
     return (f"N={r['replicas']}: {r['wall_seconds']:.1f}s, {r['drills_per_minute']:.0f} drills/min, passed {r['passed']}/{r['drills']}, "
             f"WFT s2s p50 {s['p50']:.2f}s p99 {s['p99']:.2f}s, sched->completed p50 {w['p50']:.2f}s p99 {w['p99']:.2f}s, "
+            f"first WFT s2s p50/p99 {r['first_workflow_task_schedule_to_start']['p50']:.2f}/{r['first_workflow_task_schedule_to_start']['p99']:.2f}s, "
+            f"later {r['later_workflow_tasks_schedule_to_start']['p50']:.2f}/{r['later_workflow_tasks_schedule_to_start']['p99']:.2f}s, "
             f"SDK s2s p99<={r['sdk']['workflow_task_schedule_to_start'].get('p99_le')}, WFT timed out {r['workflow_tasks_timed_out']}, sticky hit/miss "
             f"{r['sdk']['sticky_cache_hit']:.0f}/{r['sdk']['sticky_cache_miss']:.0f}, CPU workers {c['workers']:.0f}s "
-            f"({r['worker_cpu_seconds_per_drill'] * 1000:.0f} ms/drill) server {c['temporal_server']:.0f}s client {c['client']:.0f}s, load {load()}")
+            f"({r['worker_cpu_seconds_per_drill'] * 1000:.0f} ms/drill: {r['worker_thread_cpu_ms_per_drill']}) server {c['temporal_server']:.0f}s ({c['temporal_server'] * 1000 / r['drills']:.0f} ms/drill) client {c['client']:.0f}s, load {load()}")
 
 
 async def run(a) -> list[dict]:
@@ -324,6 +364,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--restore-time", type=float, default=5.0)
     ap.add_argument("--sample", type=int, default=200, help="drills whose histories give the latencies")
     ap.add_argument("--state", choices=["file", "memory"], default="file")
+    ap.add_argument("--spread", type=float, default=0.0, help="start the drills evenly over this many seconds (default 0: all at once)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE", help="an extra setting of every replica")
     ap.add_argument("--out", default="scale_out")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from app.cli_evidence import register
 from drdrill.evidence.chain import evidence_document, result_from_document, verify_document
 from drdrill.evidence.record import record_run
-from drdrill.evidence.store import SCHEMA, SCHEMA_VERSION, EvidenceStore, open_store
+from drdrill.evidence.store import SCHEMA, SCHEMA_VERSION, EvidenceStore, StorePool, open_store
 from drdrill.providers.postgres.provider import PostgresProvider
 from tests.evidence_fixtures import ADMIN_DSN, sample_result
 from tests.moto_server import moto_endpoint  # noqa: F401
@@ -208,6 +208,28 @@ def test_the_store_is_append_only_and_untouched_runs_still_verify(store, tmp_pat
         store.conn.execute(f"DELETE FROM {SCHEMA}.runs WHERE drill_id = %s", (run,))
     res = cli("evidence", "verify", run)
     assert res.exit_code == 0 and f"run {run}: 11 events intact" in res.output, res.output
+
+
+def test_a_pool_reuses_a_connection_and_never_one_that_failed_or_that_the_server_ended(evidence_store_dsn):
+    """StorePool (a worker's evidence connections, kept between activities): a connection is used
+    again; one whose use raised is closed, not kept; one the server ended while idle is replaced."""
+    assert evidence_store_dsn, "no PostgreSQL to test against"
+    pool = StorePool(keep=1)
+    with pool.open(evidence_store_dsn) as first:
+        pass
+    with pool.open(evidence_store_dsn) as again:
+        assert again is first
+    with pytest.raises(RuntimeError), pool.open(evidence_store_dsn) as failing:
+        raise RuntimeError("the activity failed")
+    assert failing is first and first.conn.closed
+    with pool.open(evidence_store_dsn) as fresh:
+        assert fresh is not first
+    with psycopg.connect(ADMIN_DSN, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (fresh.conn.info.backend_pid,))
+    with pool.open(evidence_store_dsn) as replaced:
+        assert replaced is not fresh and replaced.conn.execute("SELECT 1").fetchone() == (1,)
+    pool.close()
+    assert replaced.conn.closed
 
 
 def test_schema_is_created_and_migrated_by_version():

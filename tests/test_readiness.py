@@ -309,6 +309,19 @@ def test_a_single_earlier_run_gives_a_prior_with_a_20_percent_spread(tmp_path):
     assert (history.typical, history.spread, history.runs) == (300, 60, 1)
 
 
+def test_an_evidence_file_written_again_is_read_again(tmp_path):
+    """restore_history keeps what each evidence file held while the file stays as it was: a run
+    recorded again under the same drill id (a new file) counts with its new content."""
+    start = datetime.now(timezone.utc).replace(microsecond=0) - timedelta(days=1)
+    _run(tmp_path, "db", "main", start=start, seconds=300, drill_id="db-1")
+    assert restore_history(tmp_path, "db", "main").durations == (300,)
+    assert restore_history(tmp_path, "db", "main").durations == (300,)  # the second time from what was kept
+    _run(tmp_path, "db", "main", start=start, seconds=450, drill_id="db-1")
+    assert restore_history(tmp_path, "db", "main").durations == (450,)
+    (tmp_path / "runs" / "db-1" / "evidence.json").write_text("{not json")
+    assert restore_history(tmp_path, "db", "main") is None
+
+
 def test_an_expected_ready_time_set_around_a_wait_reaches_every_poll_within_it():
     """The activity sets the expectation once; each poll inside the provider's wait_ready gets the
     time left until that moment, and none outside the block does."""

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
     from drdrill.core.selection import Discovery
     from drdrill.providers.spec import Target
 
+from workflows import quick
 from workflows.state import DrillState
 
 # Retry settings per kind of call. Bad input raises non-retryable errors, so these only retry
@@ -74,9 +75,8 @@ async def find_recovery_point(s: DrillState, target: Target) -> RecoveryPoint:
 
 
 async def claim_host(family: str) -> str:
-    return await workflow.execute_activity_method(
-        DrillActivities.claim_host, family, start_to_close_timeout=timedelta(seconds=30), retry_policy=QUICK_RETRY
-    )
+    # A local activity (workflows/quick.py): the host of the worker that runs this drill's workflow task.
+    return await quick.call(DrillActivities.claim_host, family, timeout=timedelta(seconds=30), retry_policy=QUICK_RETRY)
 
 
 async def create_isolation(s: DrillState, family: str, targets: list[Target]) -> Environment:

@@ -30,6 +30,8 @@ with workflow.unsafe.imports_passed_through():
         permit_keys,
     )
 
+from workflows import quick
+
 STALE_CHECK = timedelta(seconds=30)
 GRANT_GRACE = timedelta(seconds=1)
 HISTORY_LIMIT = 2000
@@ -156,7 +158,8 @@ class Permits:
 
     async def _request(self, kind: str, key: str, label: str, rid: str) -> PermitAnswer:
         info = workflow.info()
-        return await workflow.execute_activity_method(
+        # A local activity (workflows/quick.py): the limits are the worker's configuration.
+        return await quick.call(
             OpsActivities.request_permit,
             RequestPermitInput(
                 kind=kind,
@@ -164,7 +167,7 @@ class Permits:
                 task_queue=info.task_queue,
                 request=PermitRequest(request_id=rid, workflow_id=info.workflow_id, label=label, requested_at=workflow.now()),
             ),
-            start_to_close_timeout=timedelta(minutes=1),
+            timeout=timedelta(minutes=1),
             retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=30), maximum_attempts=10),
         )
 

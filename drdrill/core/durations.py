@@ -11,6 +11,9 @@ from pydantic.functional_validators import BeforeValidator
 
 _DURATION_RE = re.compile(r"^(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_DURATION = timedelta(days=3660)
+# Built once: every duration of a spec sent through Temporal arrives in ISO form and passes here, and
+# building an adapter per value was 4% of a worker's Python CPU in a burst (bench/RESULTS.md §18).
+_ISO_DURATION = TypeAdapter(timedelta)
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -29,7 +32,7 @@ def parse_duration(value: Any) -> timedelta:
         # ISO 8601 ("PT30M", "P7Y"): how pydantic serializes a timedelta, e.g. a DrillSpec sent
         # to the workflow through Temporal's pydantic converter and validated again there.
         try:
-            result = TypeAdapter(timedelta).validate_python(value.strip())
+            result = _ISO_DURATION.validate_python(value.strip())
         except ValidationError:
             raise ValueError(f"{value!r} is not a duration: write it like 30s, 15m, 1h30m, 7d or 1y") from None
         if result < timedelta(0) or result > MAX_DURATION:

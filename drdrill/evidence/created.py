@@ -5,18 +5,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from drdrill.evidence.store import open_store
 from drdrill.providers.base import Resource
 
 
-def record_created(state_dir: Path, drill_id: str, provider: str, resources: Iterable[Resource], dsn: Optional[str] = None) -> int:
-    """Record `resources` as created by `drill_id` (idempotent). Raises when the store is out of reach."""
+def record_created(
+    state_dir: Path, drill_id: str, provider: str, resources: Iterable[Resource], dsn: Optional[str] = None, opener: Callable = open_store
+) -> int:
+    """Record `resources` as created by `drill_id` (idempotent). Raises when the store is out of reach.
+    `opener`: how to open the store (a worker's StorePool.open keeps connections between activities)."""
     rows = [(r.kind, r.id, r.scope or "") for r in resources]
     if not rows:
         return 0
-    with open_store(dsn, state_dir=state_dir) as store:
+    with opener(dsn, state_dir=state_dir) as store:
         return store.record_created(drill_id, provider, rows)
 
 

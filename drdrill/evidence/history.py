@@ -70,11 +70,8 @@ def restore_history(
     """
     found: list[tuple[datetime, float]] = []
     for path in sorted(Path(state_dir).glob("runs/*/evidence.json")):
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(doc, dict) or doc.get("name") != drill_name:
+        doc = _evidence(path)
+        if doc is None or doc.get("name") != drill_name:
             continue
         run = restore_duration(doc, target, provider=provider)
         if run is not None:
@@ -89,6 +86,34 @@ def restore_history(
     off = max((abs(typical - d) / d for d in durations if d > 0), default=0.0)
     share = max(off, MIN_SPREAD if len(durations) >= 3 else FEW_RUNS_SPREAD)
     return RestoreHistory(typical=typical, spread=share * typical, durations=durations)
+
+
+# Every wait_ready reads the evidence of every earlier run in the state directory: with a burst of
+# 1,000 drills that was a quadratic pile of JSON parsing. An evidence file is written once (atomically,
+# under its drill id), so what a file holds is kept here, for as long as its size, mtime and inode stay.
+_SEEN: dict[str, tuple[tuple[int, int, int], Optional[dict]]] = {}
+_SEEN_MAX = 20000
+
+
+def _evidence(path: Path) -> Optional[dict]:
+    """The parts of an evidence file restore_duration reads (name, timeline, restored), or None
+    when it cannot be read or is not a document."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    key, seen = (st.st_mtime_ns, st.st_size, st.st_ino), _SEEN.get(str(path))
+    if seen is not None and seen[0] == key:
+        return seen[1]
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # not remembered: a file being replaced is read again next time
+    lite = {k: doc.get(k) for k in ("name", "timeline", "restored")} if isinstance(doc, dict) else None
+    if len(_SEEN) >= _SEEN_MAX:
+        _SEEN.clear()
+    _SEEN[str(path)] = (key, lite)
+    return lite
 
 
 def restore_duration(doc: dict, target: str, *, provider: Optional[str] = None) -> Optional[tuple[datetime, float]]:

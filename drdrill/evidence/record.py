@@ -7,7 +7,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 from drdrill.core.models import DrillResult
 from drdrill.providers.activity_io import SweepRecord
@@ -43,19 +43,20 @@ def write_evidence_file(state_dir: Path, result: DrillResult, doc: Optional[dict
     return str(paths["evidence.json"])
 
 
-def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None) -> str:
+def record_run(state_dir: Path, result: DrillResult, dsn: Optional[str] = None, opener: Callable = open_store) -> str:
     """What the record_evidence activity does: the PostgreSQL store (the run signed into its log,
     with the state directory's key or DRDRILL_EVIDENCE_KEY) and runs/<drill id>/ beside it, carrying
     the signed log entry. Returns evidence.json's path.
 
+    `opener`: how to open the store (a worker's StorePool.open keeps connections between activities).
     Idempotent for the same record (a retried activity); a second, different record for a drill id
     already stored raises EvidenceConflict and changes nothing, neither the store nor the files.
     """
     doc = evidence_document(result)
     key = signer(state_dir)
-    with open_store(dsn, state_dir=state_dir) as store:
+    with opener(dsn, state_dir=state_dir) as store:
         store.record(doc, key)
-        doc["log_entry"] = store.load(result.drill_id).get("log_entry")
+        doc["log_entry"] = store.log_entry(result.drill_id)
     return write_evidence_file(state_dir, result, doc)
 
 

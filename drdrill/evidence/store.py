@@ -25,6 +25,8 @@ Where the embedded store lives, and who starts and stops its server: embedded.py
 from __future__ import annotations
 
 import json
+import os
+import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -201,6 +203,66 @@ def open_store(dsn: Optional[str] = None, state_dir: Optional[str | Path] = None
         store.close()
 
 
+class StorePool:
+    """Evidence-store connections kept open between uses by one process's activities, as open_store
+    gives them (schema checked at every use), at most `keep` of them idle. A burst of drills opened
+    a new PostgreSQL connection (a server process forked, authenticated, ended) four times per
+    drill (bench/RESULTS.md §18). A connection that saw an error is closed, never reused; one the
+    server closed while it was idle is replaced once."""
+
+    def __init__(self, keep: int = 4):
+        self.keep = keep
+        self._idle: list[EvidenceStore] = []
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _take(self, dsn: str) -> Optional["EvidenceStore"]:
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child must not share its parent's sockets
+                self._idle, self._pid = [], os.getpid()
+            for i, store in enumerate(self._idle):
+                if store.dsn == dsn:
+                    return self._idle.pop(i)
+        return None
+
+    @contextmanager
+    def open(self, dsn: Optional[str] = None, state_dir: Optional[str | Path] = None) -> Iterator["EvidenceStore"]:
+        target = dsn or evidence_dsn(state_dir)
+        store = self._take(target)
+        if store is not None:
+            try:
+                store.migrate()
+            except psycopg.OperationalError:  # closed by the server while idle: a new one below
+                store.close()
+                store = None
+            except BaseException:
+                store.close()
+                raise
+        if store is None:
+            store = EvidenceStore(target)
+            try:
+                store.migrate()
+            except BaseException:
+                store.close()
+                raise
+        try:
+            yield store
+        except BaseException:
+            store.close()
+            raise
+        with self._lock:
+            if len(self._idle) < self.keep and not store.conn.closed:
+                self._idle.append(store)
+                return
+        store.close()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for store in idle:
+            store.close()
+
+
 # ------------------------------------------------------------------ the store
 
 
@@ -210,6 +272,7 @@ def _dt(value: Optional[str]) -> Optional[datetime]:
 
 class EvidenceStore:
     def __init__(self, dsn: str):
+        self.dsn = dsn
         try:
             self.conn = psycopg.connect(dsn, connect_timeout=10, autocommit=True)
         except psycopg.OperationalError as exc:
@@ -421,6 +484,12 @@ class EvidenceStore:
         doc = document_from_parts(json.loads(run[6]), rows, run[5], run[7])
         doc["log_entry"] = entry[0] if entry else None
         return doc
+
+    def log_entry(self, drill_id: str) -> Optional[dict]:
+        """The run's signed log entry, as `load` gives it in `log_entry` (without reading the run back)."""
+        with self.conn.transaction():
+            entry = self._log("drill_id = %s", (drill_id,))
+        return entry[0] if entry else None
 
     def _log(self, where: str = "true", args: tuple = ()) -> list[dict]:
         rows = self.conn.execute(

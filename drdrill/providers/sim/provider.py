@@ -23,6 +23,7 @@ from drdrill.core.models import (
     RestoredResource,
 )
 from drdrill.core.paths import default_state_dir
+from drdrill.core.progress import heartbeat_interval
 from drdrill.providers.base import (
     NotReadyYet,
     Provider,
@@ -33,6 +34,12 @@ from drdrill.providers.base import (
     require_drill_tag,
     select_for_target,
 )
+
+# How often a simulated wait heartbeats (and so notices a cancellation): every SLEEP_STEP, or a sixth
+# of the activity's heartbeat timeout when that is shorter (tests use 2 s). Temporal hears a heartbeat
+# at most every 5 s anyway (worker.py's throttle), and each call costs the worker's event loop a task:
+# at 0.2 s it was 6% of a worker's Python CPU in a burst of sim drills (bench/RESULTS.md §18).
+SLEEP_STEP = 1.0
 
 OPS = ("find_recovery_point", "create_isolation", "verify_isolation", "restore", "wait_ready", "teardown")
 
@@ -196,7 +203,7 @@ class SimProvider(Provider):
             left = end - time.monotonic()
             if left <= 0:
                 return
-            self._sleep(min(0.2, left))
+            self._sleep(min(SLEEP_STEP, heartbeat_interval(3 * SLEEP_STEP) / 2, left))
 
     def _latency(self, faults: dict, op: str) -> None:
         lat = (faults.get("latency") or {})
