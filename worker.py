@@ -341,6 +341,7 @@ def activity_objects(
         drill.find_recovery_point,
         drill.create_isolation,
         drill.verify_isolation,
+        drill.stage,
         drill.restore,
         drill.wait_ready,
         drill.teardown,

@@ -29,6 +29,7 @@ from drdrill.providers.activity_io import (
     FindRecoveryPointInput,
     ListOrphansInput,
     RestoreInput,
+    StageInput,
     TeardownInput,
     VerifyIsolationInput,
     WaitReadyInput,
@@ -186,6 +187,12 @@ class DrillActivities:
     @activity.defn(name="verify_isolation")
     def verify_isolation(self, inp: VerifyIsolationInput) -> IsolationProof:
         return self._call(inp.env.family, None, lambda p: p.verify_isolation(inp.ctx, inp.env))
+
+    @activity.defn(name="stage")
+    def stage(self, inp: StageInput) -> Optional[str]:
+        """The part of a target's restore that starts nothing (Provider.stage), beside the isolation."""
+        family = family_of(inp.target.provider)
+        return self._creating(family, inp.ctx, inp.target.name, lambda p: p.stage(inp.ctx, inp.target, inp.point, inp.isolation))
 
     @activity.defn(name="restore")
     def restore(self, inp: RestoreInput) -> RestoredResource:

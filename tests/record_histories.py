@@ -11,7 +11,8 @@ The drills: a simulated drill that passes, one whose check fails, a recovery pla
 answered (one refused answer, then a signed approval) with pre- and post-actions, a plan whose gate
 is rejected, a drill cancelled during its hold for inspection (after an `extend` signal), and a
 PostgreSQL drill in an isolated network whose network checks run in its probe (probe routing; needs
-root, as tests/test_probe.py does).
+root, as tests/test_probe.py does), and a pgBackRest point-in-time drill whose backup is laid down
+while its isolation is made and proven (the `stage` activity, issue 25; needs pgBackRest).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tests.sim_harness import final_result, phase_of, sim_yaml
 from tests.pg_fixtures import cluster_root, shop_dsn, shop_repo  # noqa: F401  (fixtures)
 from tests.test_plan import approvers, keys, sim_plan, sim_state  # noqa: F401  (fixtures)
 from tests.test_probe import network_drill, network_root, production  # noqa: F401  (fixtures)
+from tests.test_pitr import Stanza, needs_pgbackrest, pgbackrest_source, pitr_drill
 from worker import connect, running_worker
 from workflows.drill import DrillWorkflow
 
@@ -135,3 +137,19 @@ def test_record_a_postgres_drill_whose_network_checks_run_in_its_probe(temporal_
   - {name: on-the-worker, type: command, target: shop, argv: [sh, -c, 'test -n "$DRDRILL_PORT"']}"""
     text = network_drill(shop_repo, checks, name="pg-probe")
     _record_sync(temporal_server, tmp_path, tmp_path / "unused", "pg-probe", text, providers={"postgres": PostgresProvider()})
+
+
+@needs_pgbackrest
+def test_record_a_pitr_drill_laid_down_beside_its_isolation(temporal_server, tmp_path, cluster_root):
+    stanza = Stanza(cluster_root)
+    try:
+        stanza.backup()
+        stanza.prod.markers(2)
+        stanza.prod.archive()
+        text = pitr_drill(pgbackrest_source(stanza), name="pg-pitr-staged")
+        _record_sync(temporal_server, tmp_path, tmp_path / "unused", "pg-pitr-staged", text, providers={"postgres": PostgresProvider()})
+    finally:
+        stanza.prod.stop()
+    recorded = json.loads((HISTORIES / "pg-pitr-staged.json").read_text())
+    names = [e.get("activityTaskScheduledEventAttributes", {}).get("activityType", {}).get("name") for e in recorded["events"]]
+    assert "stage" in names, "the lay-down ran as its own activity"

@@ -210,6 +210,14 @@ def test_replaying_all_wal_passes_with_rows_written_after_the_backup(drill_harne
     assert rows[-1][1] <= reached < rows[-1][1] + timedelta(seconds=1)
     assert {c["name"]: c["outcome"] for c in restored.details["isolation"]}["archiving off"] == "PASSED"
     assert restored.details["repository"]["unchanged"] is True
+    # The backup was laid down while the isolation was made and proven (staging.py); the recovered
+    # server was started only once the proof had passed.
+    lay = next(e for e in result.timeline if e.phase == "lay down" and e.target == "app")
+    proof = next(e for e in result.timeline if e.phase == "verify isolation")
+    started = next(e for e in result.timeline if e.phase == "restore" and e.target == "app")
+    assert lay.outcome == "PASSED" and "no server started" in lay.detail and lay.started < proof.ended
+    assert proof.outcome == "PASSED" and started.started >= proof.ended
+    assert restored.details["seconds"]["lay_down_beside_isolation"] is True
     boundary = next(v for v in result.validations if v.name == "boundary")
     assert boundary.measured["newest_at_or_before"] == rows[-1][1].isoformat()
     # RPO: the declared disaster minus the last replayed transaction.
@@ -537,3 +545,41 @@ def _others_can_enter(path: str) -> bool:
     """Whether a uid other than root's can traverse every directory down to `path`."""
     p = Path(path).resolve()
     return all(d.stat().st_mode & 0o001 for d in [p, *p.parents])
+
+
+def test_physical_targets_are_laid_down_beside_the_isolation_except_on_its_network():
+    spec = parse_spec(BASE.replace("RULE", "{rule: latest}"), "d.yaml")
+    assert spec.targets[0].stages(spec.isolation)
+    networked = parse_spec(BASE.replace("RULE", "{rule: latest}") + "isolation: {postgres: network}\n", "d.yaml")
+    assert not networked.targets[0].stages(networked.isolation)
+    dump = parse_spec(BASE.replace("RULE", "{rule: latest}").replace("{pgbackrest: {stanza: main}}", "{path: /backups/app.dump}"), "d.yaml")
+    assert not dump.targets[0].stages(dump.isolation)
+
+
+def test_a_lay_down_is_taken_once_and_only_for_its_own_point(tmp_path):
+    from drdrill.providers.postgres import staging
+    from drdrill.providers.postgres.walreplay import ArchivedWal
+
+    wal = [ArchivedWal("000000010000000000000003", datetime(2026, 12, 6, 20, 0, tzinfo=timezone.utc), "ab" * 20), ArchivedWal("00000002.history")]
+    staging.write(tmp_path, "app", "backup-1@t", {"archive/main/x": "1:2"}, wal, "pgbackrest restore --set=backup-1", 1.5)
+    assert staging.take(tmp_path, "app", "backup-2@t") is None, "another point: laid down anew"
+    assert staging.take(tmp_path, "app", "backup-1@t") is None, "the record went with the first take"
+    staging.write(tmp_path, "app", "backup-1@t", {"archive/main/x": "1:2"}, wal, "pgbackrest restore --set=backup-1", 1.5)
+    taken = staging.take(tmp_path, "app", "backup-1@t")
+    assert taken == {"before": {"archive/main/x": "1:2"}, "wal": wal, "how": "pgbackrest restore --set=backup-1", "seconds": 1.5}
+    assert not staging.record_path(tmp_path, "app").exists(), "a retried restore lays the backup down again"
+
+
+def test_one_target_per_restore_permit_is_laid_down_beside_the_isolation():
+    """The lay-down takes its target's restore permit: a second target of the same permit key laid
+    down beside the isolation could wait for ever (DRDRILL_RESTORE_LIMITS of 1) for a permit only
+    the first's restore releases, so it lays down in its own restore instead."""
+    from workflows.state import DrillState
+    from workflows.steps import _staging
+
+    two = BASE.replace("RULE", "{rule: latest}").replace(
+        "validations:", "  - {name: other, provider: postgres, source: {pgbackrest: {stanza: other}}, recovery_point: {rule: latest}}\nvalidations:"
+    )
+    s = DrillState(spec=parse_spec(two, "d.yaml"))
+    assert [t.name for t in s.spec.targets] == ["app", "other"]
+    assert [t.name for t in _staging(s)] == ["app"]

@@ -24,7 +24,7 @@ HISTORIES = sorted((Path(__file__).resolve().parent / "fixtures" / "histories").
 
 def test_there_are_histories_to_replay():
     names = {p.stem for p in HISTORIES}
-    assert {"sim-passed", "sim-check-failed", "plan-approved", "plan-rejected", "sim-cancelled", "pg-probe"} <= names
+    assert {"sim-passed", "sim-check-failed", "plan-approved", "plan-rejected", "sim-cancelled", "pg-probe", "pg-pitr-staged"} <= names
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         NotifyInput,
         ProbeStatus,
         RestoreInput,
+        StageInput,
         TeardownInput,
         ValidateInput,
         VerifyIsolationInput,
@@ -51,6 +52,7 @@ LONG_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval
 TEARDOWN_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1), backoff_coefficient=2.0, maximum_interval=timedelta(minutes=2), maximum_attempts=0
 )
+ONCE = RetryPolicy(maximum_attempts=1)
 EVIDENCE_RETRY = RetryPolicy(maximum_interval=timedelta(minutes=1), maximum_attempts=20)
 # Telling the approvers must not hold the gate up: a few quick attempts, while the gate already waits.
 APPROVAL_NOTICE_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_interval=timedelta(seconds=30), maximum_attempts=3)
@@ -98,6 +100,18 @@ async def verify_isolation(s: DrillState, env: Environment) -> IsolationProof:
         task_queue=s.queue(env.family),
         start_to_close_timeout=timedelta(minutes=5),
         retry_policy=QUICK_RETRY,
+    )
+
+
+async def stage(s: DrillState, target: Target, point: RecoveryPoint) -> Optional[str]:
+    return await workflow.execute_activity_method(
+        DrillActivities.stage,
+        StageInput(ctx=s.ctx, target=target, point=point, isolation=s.spec.isolation),
+        task_queue=s.queue(target.family),
+        start_to_close_timeout=target.restore.timeout,
+        heartbeat_timeout=s.heartbeat,
+        retry_policy=ONCE,  # a failed lay-down is done again by the restore, with its own retries
+        cancellation_type=UNTIL_STOPPED,
     )
 
 

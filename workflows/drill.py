@@ -108,7 +108,7 @@ class DrillWorkflow:
     async def _drill(self) -> None:
         """The drill's steps in order; a step that fails stops the ones that depend on it."""
         s = self.s
-        if not await steps.select(s) or not await steps.recovery_points(s) or not await steps.isolation(s):
+        if not await steps.select(s) or not await steps.recovery_points(s) or not await steps.isolation_and_stage(s):
             return
         if s.spec.plan is not None:
             carry_on = await plan.run_plan(s)

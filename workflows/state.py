@@ -66,6 +66,7 @@ class DrillState:
     teardowns: list[TeardownReport] = field(default_factory=list)
     selections: list[selection.SelectionRecord] = field(default_factory=list)
     probes: dict[str, bool] = field(default_factory=dict)  # family -> its probe polls its task queue
+    restore_permits: set[str] = field(default_factory=set)  # targets holding their restore permit since their lay-down
     broken: bool = False
     late_cancel: bool = False  # a cancellation that arrived during teardown or evidence
     # A hold for inspection: until when, and how far `extend` may move it.

@@ -21,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from drdrill.providers.activity_io import WORKER_CHECKS, ProbeStatus
     from drdrill.core.models import Environment, Finding, IsolationProof, TargetState, ValidationResult
     from drdrill.core.durations import format_duration
+    from drdrill.core.operations import permit_key
     from drdrill.providers.spec import Target
 
 from workflows import calls
@@ -84,6 +85,53 @@ async def _find_point(s: DrillState, target: Target) -> bool:
     return True
 
 
+STAGE_PATCH = "stage-beside-isolation"  # issue 25: a physical backup laid down while the isolation is made and proven
+
+
+async def isolation_and_stage(s: DrillState) -> bool:
+    """2. The isolation and its proof (`isolation`) and, at the same time, the lay-down of every
+    target that `stages` (a physical backup's files: no server is started until the isolation is
+    proven, `restore` starts it). Each staging target holds its restore permit from here on; the
+    hosts are claimed first, so the lay-down and the isolation are on the same disk."""
+    staging = _staging(s)
+    if not staging or not workflow.patched(STAGE_PATCH):
+        return await isolation(s)
+    for family in dict.fromkeys(t.family for t in staging):
+        try:
+            s.hosts[family] = await calls.claim_host(family)
+        except ActivityError:
+            return await isolation(s)  # isolate claims it again, and records why it cannot
+    proven, _ = await asyncio.gather(isolation(s), asyncio.gather(*(_stage(s, t) for t in staging)))
+    return proven
+
+
+def _staging(s: DrillState) -> list[Target]:
+    """The targets laid down beside the isolation: those that `stages`, without a recovery plan
+    (whose gates may come first), and one per restore permit key: the lay-down takes the target's
+    restore permit, so a second target waiting there for a permit only its own restore would release
+    (DRDRILL_RESTORE_LIMITS of 1) would wait for ever. The others lay down in their restore."""
+    if s.spec.plan is not None:
+        return []
+    chosen: dict[str, Target] = {}
+    for t in s.spec.targets:
+        if t.stages(s.spec.isolation):
+            chosen.setdefault(permit_key(t, s.spec.isolation), t)
+    return list(chosen.values())
+
+
+async def _stage(s: DrillState, target: Target) -> None:
+    await s.permits.acquire_restore(target, s.spec, on_wait=lambda: s.target(target.name, "restore queued"))
+    s.restore_permits.add(target.name)
+    started = workflow.now()
+    try:
+        detail = await calls.stage(s, target, s.points[target.name])
+    except ActivityError as exc:
+        s.event("lay down", started, workflow.now(), "FAILED", target=target.name, detail=f"{describe(exc)}; the restore lays it down anew")
+        return
+    if detail:
+        s.event("lay down", started, workflow.now(), "PASSED", target=target.name, detail=f"{detail}, while the isolation was made and proven")
+
+
 async def isolation(s: DrillState) -> bool:
     """2. Isolation per provider family, then proof that there is no way out."""
     s.phase("isolate")
@@ -105,7 +153,8 @@ async def isolation(s: DrillState) -> bool:
     if outcome != "PASSED":
         s.finding(
             "ISOLATION_NOT_PROVEN" if outcome == "COULD_NOT_VERIFY" else "ISOLATION_BROKEN",
-            "the isolated environment could not be proven to have no route to production; nothing was restored into it",
+            "the isolated environment could not be proven to have no route to production; nothing was restored into it"
+            + (" (no restored server was started; a backup laid down meanwhile is deleted with it)" if s.restore_permits else ""),
             could_not_verify=outcome == "COULD_NOT_VERIFY",
         )
         return False
@@ -116,7 +165,8 @@ async def _isolate(s: DrillState, family: str) -> Optional[Environment]:
     try:
         # Resources that live on a worker's own disk (postgres clusters) pin the family to
         # that worker's host: every later activity for it goes to the host's queue.
-        s.hosts[family] = await calls.claim_host(family)
+        if family not in s.hosts:  # claimed already when a target's backup is laid down beside (isolation_and_stage)
+            s.hosts[family] = await calls.claim_host(family)
     except ActivityError as exc:
         s.activity_finding(exc, None, "ISOLATION_FAILED")
         return None
@@ -150,10 +200,12 @@ async def restore_all(s: DrillState) -> None:
 
 async def restore_limited(s: DrillState, target: Target) -> bool:
     """_restore within the restore limit of the target's account/region (DRDRILL_RESTORE_LIMITS)."""
-    await s.permits.acquire_restore(target, s.spec, on_wait=lambda: s.target(target.name, "restore queued"))
+    if target.name not in s.restore_permits:  # held since its lay-down otherwise (_stage)
+        await s.permits.acquire_restore(target, s.spec, on_wait=lambda: s.target(target.name, "restore queued"))
     try:
         return await _restore(s, target)
     finally:
+        s.restore_permits.discard(target.name)
         await s.permits.release_restore(target, s.spec)
 
 

@@ -200,6 +200,11 @@ class TargetBase(Strict):
         """The endpoint fields a target of this kind publishes under `isolation`."""
         return cls.ENDPOINT_FIELDS
 
+    def stages(self, isolation: Any) -> bool:
+        """Whether its backup is laid down (the `stage` activity) while the isolation is made and
+        proven, the restored server started only after the proof: a physical restore's files."""
+        return False
+
     def permit_key(self, isolation: Any) -> str:
         """The account/region this target's resources count against (concurrency permits): the family
         by default; a cloud names its region, subscription or project."""

@@ -17,6 +17,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Optional
@@ -33,6 +34,9 @@ SUPERUSER = "drdrill"
 # Unix socket paths are limited to 107 bytes; keep cluster roots short. Root's default (others: see
 # default_cluster_root).
 DEFAULT_ROOT = "/run/drdrill"
+
+
+_CLAIMING = threading.Lock()
 
 
 class ClusterError(Exception):
@@ -247,6 +251,10 @@ class LocalCluster:
         whatever it makes next (a cluster, a network namespace) is found and removed by tag."""
         if len(str(self.sock)) > 100:
             raise ClusterError(f"cluster path {self.path} is too long for a Unix socket; set DRDRILL_CLUSTER_ROOT shorter")
+        with _CLAIMING:  # a drill's isolation and its restore's lay-down (stage) claim the directory at the same time
+            self._claim(tags)
+
+    def _claim(self, tags: dict) -> None:
         self.path.mkdir(mode=0o700, exist_ok=True)
         # A sandboxed cluster's directory stays root's: traversable, so the sandbox uid reaches its
         # own data/ and sock/, and nothing in it (the metadata) is writable by that uid.

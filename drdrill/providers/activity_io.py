@@ -44,6 +44,15 @@ class VerifyIsolationInput(BaseModel):
     env: Environment
 
 
+class StageInput(BaseModel):
+    """A target's lay-down (Provider.stage), run while the isolation is made and proven."""
+
+    ctx: DrillContext
+    target: Target
+    point: RecoveryPoint
+    isolation: IsolationSpec
+
+
 class RestoreInput(BaseModel):
     ctx: DrillContext
     target: Target

@@ -291,6 +291,12 @@ class Provider(ABC):
     def restore(self, ctx: DrillContext, target: TargetBase, point: RecoveryPoint, env: Environment) -> RestoredResource:
         """Restore `point` into `env` (idempotently: deterministic names / client tokens)."""
 
+    def stage(self, ctx: DrillContext, target: TargetBase, point: RecoveryPoint, isolation: IsolationBase) -> Optional[str]:
+        """For a target that `stages`: the part of its restore that starts nothing (a physical
+        backup's files laid down), run while the isolation is made and proven; `restore` continues
+        from it. What it did, for the timeline; None: nothing to stage (restore does it all)."""
+        return None
+
     @abstractmethod
     def wait_ready(self, ctx: DrillContext, target: TargetBase, resource: RestoredResource, timeout: float) -> RestoredResource:
         """Wait (heartbeating) until the restored resource serves; fill in its endpoint."""

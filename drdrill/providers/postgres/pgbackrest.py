@@ -67,6 +67,7 @@ class PgBackRest(PhysicalSource):
         self._info: Optional[dict[str, Any]] = None
         self._repos: Optional[tuple[list[Path], list[Path]]] = None
         self._remote: Optional[tuple[int, Endpoint]] = None  # the S3 repository sandboxed runs reach
+        self._archive_listing: Optional[dict[str, Any]] = None  # inventory's listing of archive/<stanza>, for archived_wal
         self.containment = "outside the sandbox"
 
     # -------------------------------------------------------------- running pgBackRest
@@ -275,10 +276,17 @@ class PgBackRest(PhysicalSource):
         return json.loads(proc.stdout or "{}")
 
     def archived_wal(self, target: PostgresTarget) -> list[ArchivedWal]:
+        """The archived WAL: from the listing `inventory` has just made, when it has (the restore
+        lists the repository, then its WAL, at the same moment: one repo-ls, not two), else listed."""
         stanza = target.source.pgbackrest.stanza
+        listed, self._archive_listing = self._archive_listing, None
         wal = []
         for archive_id in self._archive_ids(target):
-            for path, entry in self._listing(target, f"archive/{stanza}/{archive_id}").items():
+            if listed is not None:
+                entries = {p[len(archive_id) + 1:]: e for p, e in listed.items() if p.startswith(f"{archive_id}/")}
+            else:
+                entries = self._listing(target, f"archive/{stanza}/{archive_id}")
+            for path, entry in entries.items():
                 name = Path(path).name
                 if entry.get("type") != "file":
                     continue
@@ -294,7 +302,10 @@ class PgBackRest(PhysicalSource):
         stanza = target.source.pgbackrest.stanza
         files = {}
         for top in (f"archive/{stanza}", f"backup/{stanza}"):
-            for path, entry in self._listing(target, top).items():
+            listing = self._listing(target, top)
+            if top.startswith("archive/"):
+                self._archive_listing = listing  # for archived_wal, called next by the restore
+            for path, entry in listing.items():
                 if entry.get("type") == "file":
                     files[f"{top}/{path}"] = f"{entry.get('size')}:{entry.get('time')}"
         return files

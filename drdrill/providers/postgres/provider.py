@@ -47,6 +47,7 @@ from drdrill.providers.postgres.barman import Barman
 from drdrill.providers.postgres.pgbackrest import PgBackRest
 from drdrill.providers.postgres.repository import DrdrillRepository
 from drdrill.providers.postgres.walarchive import WalArchive
+from drdrill.providers.postgres.recovery import PhysicalSource
 from drdrill.providers.postgres.sources import RecoverySource
 from drdrill.providers.base import (
     NotOurs,
@@ -201,6 +202,19 @@ class PostgresProvider(Provider):
         if env.details.get("netns"):
             return self._restore_network(ctx, target, point, env)
         return source_of(target).restore(ctx, target, point, LocalCluster(env.details["path"]))
+
+    def stage(self, ctx: DrillContext, target: Any, point: RecoveryPoint, isolation: Any) -> Optional[str]:
+        """A physical backup laid down in the drill's cluster directory while its isolation is made
+        and proven (staging.py); the directory claimed (tagged) first, as create_isolation does."""
+        source = source_of(target)
+        if not target.stages(isolation) or not isinstance(source, PhysicalSource):
+            return None
+        cluster = self.cluster(ctx)
+        try:
+            cluster.claim(ctx.tags())
+        except ClusterError as exc:
+            raise ProviderError("ISOLATION_FAILED", f"could not create the drill's cluster directory: {exc}", retryable=True) from exc
+        return source.stage(ctx, target, point, cluster)
 
     def discover(self, kind: str, selection: Any) -> list[ProtectedResource]:
         return discover.discover(kind, selection)

@@ -58,6 +58,7 @@ from drdrill.providers.postgres.walreplay import (
 )
 from drdrill.providers.postgres.walcheck import WalChecks
 from drdrill.providers.postgres.pagechecks import check_page_checksums
+import drdrill.providers.postgres.staging as staging
 
 @dataclass
 class Backup:
@@ -256,15 +257,12 @@ class PhysicalSource(RecoverySource):
         log = cluster.path / f"{target.name}.log"
         port = recovery_port(target.name)
         started = time.monotonic()
-
-        before = self.inventory(target)
-        wal_before = self.archived_wal(target)
-        config_to, fetched = cluster.path / f"{target.name}-backup-config", cluster.path / f"{target.name}-fetch"
-        stop_server(data, binaries)  # a retried attempt starts over
-        fresh_area(cluster.path, (data, spool, scratch, config_to, fetched), log)
-        heartbeat({"target": target.name, "step": f"{self.tool_name}: restoring backup {backup.label}"})
-        how = self.lay_down(target, backup, data, recovery_target, scratch)
+        staged = staging.take(cluster.path, target.name, point.id)  # laid down beside the isolation (stage)
+        if staged is None:
+            staged = self._laid_down(target, point, cluster)
+        before, wal_before, how = staged["before"], staged["wal"], staged["how"]
         laid_down = time.monotonic()
+        config_to, fetched = cluster.path / f"{target.name}-backup-config", cluster.path / f"{target.name}-fetch"
         config = self._prepare(target, backup, data, cluster.path, config_to, recovery_target)
         hand_to_server_user(scratch)
         check_page_checksums(target, data, binaries)  # before it starts (pagechecks.py; read back after it serves)
@@ -321,9 +319,34 @@ class PhysicalSource(RecoverySource):
                 "wal_checked": checks.summary(feeder),
                 "repository": untouched["summary"],
                 "server": {"major": binaries.major, "bindir": binaries.bindir, "port": port, "data": str(data), "log": str(log)},
-                "seconds": {"lay_down": round(laid_down - started, 3), "total": round(time.monotonic() - started, 3)},
+                "seconds": _seconds(staged, laid_down - started, time.monotonic() - started),
             },
         )
+
+    def stage(self, ctx: DrillContext, target: PostgresTarget, point: RecoveryPoint, cluster: LocalCluster) -> str:
+        """Lay `point`'s backup down in the drill's cluster directory and start nothing (staging.py):
+        run beside the isolation's creation and proof; `restore` continues from it."""
+        staging.discard(cluster.path, target.name)
+        laid = self._laid_down(target, point, cluster)
+        staging.write(cluster.path, target.name, point.id, laid["before"], laid["wal"], laid["how"], laid["seconds"])
+        return f"{laid['how']}, in {laid['seconds']:.1f} s; no server started"
+
+    def _laid_down(self, target: PostgresTarget, point: RecoveryPoint, cluster: LocalCluster) -> dict[str, Any]:
+        """The repository listed (files, archived WAL), a fresh restore area, the backup laid down in it."""
+        backup = Backup.from_metadata(point.metadata["backup"])
+        recovery_target = parse_time(point.metadata.get("recovery_target"))
+        binaries = physical_binaries(backup.major, target.name, backup.label)
+        data, spool, scratch, config_to, fetched = (
+            cluster.path / f"{target.name}-{part}" for part in ("data", "wal", "scratch", "backup-config", "fetch")
+        )
+        started = time.monotonic()
+        before = self.inventory(target)
+        wal_before = self.archived_wal(target)
+        stop_server(data, binaries)  # a retried attempt starts over
+        fresh_area(cluster.path, (data, spool, scratch, config_to, fetched), cluster.path / f"{target.name}.log")
+        heartbeat({"target": target.name, "step": f"{self.tool_name}: restoring backup {backup.label}"})
+        how = self.lay_down(target, backup, data, recovery_target, scratch)
+        return {"before": before, "wal": wal_before, "how": how, "seconds": round(time.monotonic() - started, 3), "staged": False}
 
     def _prepare(
         self, target: PostgresTarget, backup: Backup, data: Path, area: Path, config_to: Path, recovery_target: Optional[datetime]
@@ -351,6 +374,14 @@ class PhysicalSource(RecoverySource):
 
     def settings(self, target: PostgresTarget) -> Any:
         return getattr(target.source, target.source.kind)
+
+
+def _seconds(staged: dict[str, Any], to_laid_down: float, total: float) -> dict[str, Any]:
+    """The restore's times: laid down within this activity, or earlier beside the isolation (staged)."""
+    if "staged" in staged:
+        return {"lay_down": round(to_laid_down, 3), "total": round(total, 3)}
+    lay = staged["seconds"]
+    return {"lay_down": lay, "total": round(lay + total, 3), "lay_down_beside_isolation": True, "after_lay_down": round(total, 3)}
 
 
 def fresh_area(area: Path, dirs: tuple[Path, ...], log: Path) -> None:

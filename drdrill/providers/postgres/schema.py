@@ -263,6 +263,9 @@ class PostgresRestoreOptions(RestoreOptions):
         return check_environment(v)
 
 
+PHYSICAL_KINDS = ("pgbackrest", "barman", "wal_archive")  # recovered from a physical backup plus WAL
+
+
 class PostgresTarget(TargetBase):
     provider: Literal["postgres"]
     source: PostgresSource
@@ -276,6 +279,10 @@ class PostgresTarget(TargetBase):
     ENDPOINT_FIELDS: ClassVar[tuple[str, ...]] = NETWORK_FIELDS
     NO_HOST_FIX: ClassVar[str] = "the default isolation has no TCP listener (use an sql check); set isolation.postgres: network for one"
     INVENTORY_BY_POINT: ClassVar[bool] = True  # dump files, a stanza, …: no inventory lists them
+
+    def stages(self, isolation: Any) -> bool:
+        """A physical source's backup is laid down beside the isolation (staging.py); not on the network isolation."""
+        return self.source is not None and self.source.kind in PHYSICAL_KINDS and getattr(isolation, "postgres", "socket") != "network"
 
     def inventory_selection(self) -> Optional[Selection]:
         """drdrill's own repository is found as a selection of it finds it."""
