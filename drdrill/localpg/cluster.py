@@ -136,8 +136,8 @@ def cluster_root(given: Optional[str] = None) -> Path:
     given = given or os.environ.get("DRDRILL_CLUSTER_ROOT")
     root = Path(given) if given else default_cluster_root()
     fix = (
-        f"Remove it (if nothing of yours is in it) or set DRDRILL_CLUSTER_ROOT to a directory you own with mode 0711 "
-        f"(mkdir -m 0711 DIR)."
+        "Remove it (if nothing of yours is in it) or set DRDRILL_CLUSTER_ROOT to a directory you own with mode 0711 "
+        "(mkdir -m 0711 DIR)."
     )
     try:
         safefs.private_dir(root, mode=0o711, fix=fix)

@@ -10,7 +10,6 @@ Credentials come from the variables the drill names (AWS_ACCESS_KEY_ID, …), pa
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
