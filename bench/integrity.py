@@ -94,13 +94,13 @@ def restore_and_check(root: Path, archive: Path, jobs: int) -> dict:
 
 
 def before_command(rev: str, work: Path) -> list[str]:
-    """`drdrill dump` as commit `rev` had it: its dumpmanifest.py, with this checkout's other modules."""
+    """`drdrill dump` as commit `rev` had it: that commit's whole tree (git archive), run by this
+    interpreter, as its `drdrill` entry point would."""
     old = work / "before"
     old.mkdir()
-    text = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "show", f"{rev}:drdrill/providers/postgres/dumpmanifest.py"],
-                          capture_output=True, text=True, check=True).stdout
-    (old / "dumpmanifest_before.py").write_text(text)
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); import dumpmanifest_before as d; sys.exit(d.main(sys.argv[1:]))"]
+    archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "archive", rev, "app", "drdrill"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); from app.entry import main; sys.exit(main())", "dump"]
 
 
 def dumps(dsn: str, work: Path, runs: int, before: Optional[list[str]], one_connection: bool = False) -> dict:
@@ -147,6 +147,17 @@ def backend_cpu(dsn: str, statement: str) -> float:
         return cpu(pid) - c0
 
 
+def dump_query(dsn: str, method: str) -> str:
+    """drdrill dump's own query of pgbench_accounts' key ranges with `method`, as one part."""
+    from drdrill.providers.postgres.dumpfingerprints import plan_table, part_query
+    from drdrill.localpg.data import hash_columns
+
+    with psycopg.connect(dsn) as conn:
+        plan = plan_table(conn, "public.pgbench_accounts", 1, False)
+        plan.method, plan.columns = method, hash_columns(conn, plan.table, method)
+        return part_query(plan, (0, None)).as_string(conn)
+
+
 def cpu_split(dsn: str, scale: int) -> dict:
     """Where the server's CPU goes: pg_dump's COPY of pgbench_accounts against the fingerprints'
     aggregates (per key range, as drdrill dump runs it; whole table; a bare count)."""
@@ -154,6 +165,8 @@ def cpu_split(dsn: str, scale: int) -> dict:
     row = "hash_record_extended(ROW(aid, bid, abalance, filler), 0)"
     return {
         "copy_out": backend_cpu(dsn, "COPY pgbench_accounts TO STDOUT"),
+        "dump_key_ranges_columns": backend_cpu(dsn, dump_query(dsn, "columns")),  # what drdrill dump runs (issue 26's method)
+        "dump_key_ranges_record": backend_cpu(dsn, dump_query(dsn, "record")),  # … and ran before it
         "fingerprint_key_ranges": backend_cpu(dsn, f"SELECT (aid - 1) / {n}, count(*), sum({row})::text FROM pgbench_accounts AS t GROUP BY 1"),
         "fingerprint_whole_table": backend_cpu(dsn, f"SELECT count(*), sum({row})::text FROM pgbench_accounts AS t"),
         "count_only": backend_cpu(dsn, "SELECT count(*) FROM pgbench_accounts"),
