@@ -78,11 +78,12 @@ COLUMN_HASHES = {
 _NULL_MARK = 0x2545F4914F6CDD1D  # a NULL in the fold: this constant XOR the column's position
 
 
-def _column_hash(column: str, typ: str, seed: sql.Composable) -> sql.Composable:
+def _column_hash(column: str, typ: str) -> sql.Composable:
+    """The call hashing `column`, up to its seed argument (the caller closes it)."""
     fn = COLUMN_HASHES.get(typ)
     if fn is None:
-        return sql.SQL("pg_catalog.hash_record_extended(ROW({}), {})").format(sql.Identifier(column), seed)
-    return sql.SQL("pg_catalog.{}({}, {})").format(sql.SQL(fn), sql.Identifier(column), seed)
+        return sql.SQL("pg_catalog.hash_record_extended(ROW({}), ").format(sql.Identifier(column))
+    return sql.SQL("pg_catalog.{}({}, ").format(sql.SQL(fn), sql.Identifier(column))
 
 
 def row_hash(method: str, columns: Optional[list] = None) -> sql.Composable:
@@ -99,12 +100,13 @@ def row_hash(method: str, columns: Optional[list] = None) -> sql.Composable:
         raise ValueError(f"unknown fingerprint method {method!r}")
     if not columns:
         return sql.SQL("0::int8")  # a table of no columns: its rows are counted, all alike
-    chain: sql.Composable = sql.SQL("0")
+    # Flat, not nested Composables: a table may have 1,600 columns.
+    chain = sql.Composed([_column_hash(c, t) for c, t in reversed(columns)] + [sql.SQL("0" + ")" * len(columns))])
     fold = []
-    for position, (column, typ) in enumerate(columns or [], 1):
-        chain = _column_hash(column, typ, chain)
+    for position, (column, typ) in enumerate(columns, 1):
         null = _NULL_MARK ^ position
-        fold.append(sql.SQL("coalesce({}, {})").format(_column_hash(column, typ, sql.Literal(position)), sql.Literal(null - (1 << 64) if null >= 1 << 63 else null)))
+        null = null - (1 << 64) if null >= 1 << 63 else null
+        fold.append(sql.SQL("coalesce({}{}), {})").format(_column_hash(column, typ), sql.Literal(position), sql.Literal(null)))
     return sql.SQL("coalesce({}, pg_catalog.hashint8extended({}, 1))").format(chain, sql.SQL(" # ").join(fold))
 
 

@@ -1,6 +1,7 @@
 """The fingerprints of `drdrill dump`'s manifest, computed while pg_dump reads the same snapshot.
 
-Each table's rows and content fingerprint (data.py's: the sum of a 64-bit hash of each row), and,
+Each table's rows and content fingerprint (data.py's: the sum of a 64-bit hash of each row, by the
+"columns" method where the column types allow it, else "text"), and,
 for a table with a single-column integer primary key, the same per key range: about 1,000 ranges
 [lo + n·width, lo + (n+1)·width). The numbers are those the drill recomputes on the restored table
 (data.fingerprint, data.key_ranges); only how they are computed here is tuned for a dump running
@@ -12,9 +13,10 @@ beside them:
 - **Several connections in the one snapshot** (`SET TRANSACTION SNAPSHOT`): a table larger than
   SPLIT_PAGES is read in parts of its blocks (`ctid` ranges: a TID range scan, PostgreSQL 14+), the
   parts spread over the connections, and the parts' counts and sums added up (a sum of row hashes
-  is additive). The fingerprint costs more CPU per row than pg_dump's COPY does (2.1 s against
-  1.6 s of server CPU for 1 GiB of pgbench); in one backend it would finish after pg_dump on a
-  busy machine, where each process gets an equal share of the CPU; in two it finishes first.
+  is additive). The fingerprint ("record": 2.1 s of server CPU for 1 GiB of pgbench, "columns":
+  ~1.4 s) costs about as much CPU per row as pg_dump's COPY does (1.6 s); in one backend it could
+  finish after pg_dump on a busy machine, where each process gets an equal share of the CPU; in
+  two it finishes first.
 """
 
 from __future__ import annotations
