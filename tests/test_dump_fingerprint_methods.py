@@ -142,3 +142,23 @@ def test_manifests_of_every_earlier_method_still_verify_and_an_unknown_one_canno
     assert outcomes["unknown-method"][0] == "COULD_NOT_VERIFY", outcomes
     assert "public.ghost by a method this drdrill does not know (columns9; it knows columns, record, text)" in outcomes["unknown-method"][1]
     assert clusters_left(cluster_root) == []
+
+
+def test_a_table_of_1500_columns_is_hashed_by_columns(source):
+    """The chain of column hashes is written flat: 1,500 nested calls, one statement."""
+    with psycopg.connect(source, autocommit=True) as conn:
+        conn.execute("CREATE TABLE wide (" + ", ".join(f"c{i} int" for i in range(1500)) + ")")
+        conn.execute("INSERT INTO wide (c0, c1499) VALUES (1, 2), (3, NULL)")
+    got = in_snapshot(source, ["public.wide"])["public.wide"]
+    with psycopg.connect(source, autocommit=True) as conn:
+        again = fingerprint(conn, "public.wide", "columns")
+    assert got["method"] == again["method"] == "columns" and (got["rows"], got["checksum"]) == (again["rows"], again["checksum"])
+
+
+def test_the_dump_command_loads_no_pydantic_and_no_drill_format():
+    """`drdrill dump`'s modules load while pg_dump runs, on the CPU it shares: its own only (the
+    providers package no longer imports base and spec with it)."""
+    code = ("import sys, app.entry, drdrill.core.dumpstart, drdrill.providers.postgres.dumpmanifest; "
+            "print(sorted(m for m in ('pydantic', 'drdrill.providers.base', 'drdrill.providers.spec', 'drdrill.core.models', "
+            "'drdrill.localpg.cluster', 'temporalio') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
