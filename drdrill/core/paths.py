@@ -1,4 +1,4 @@
-"""Where drdrill keeps its state: evidence files, backups, the embedded Temporal and evidence store."""
+"""Where drdrill keeps its state: evidence files, backups, the embedded Temporal and evidence store; a file's sha256."""
 
 from __future__ import annotations
 

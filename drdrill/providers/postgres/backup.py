@@ -11,7 +11,6 @@ Repository layout (one directory per recovery point, written atomically):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
