@@ -18,9 +18,11 @@ with the method the manifest names:
   so a row's hash depends on every column in its place, as hash_record_extended's does. A NULL
   makes that chain NULL: such a row is hashed instead by the fold below (each column hashed with
   its position as seed, NULL as a constant of that position, XORed and mixed once more). A type
-  outside COLUMN_HASHES is hashed as a one-column record (PostgreSQL 14+). 1.5x cheaper than
-  "record" per row (bench/RESULTS.md §15); the strength is the same: 64-bit hashes of the same
-  per-type hash functions, summed.
+  outside COLUMN_HASHES is hashed as a one-column record (PostgreSQL 14+). ~1.4x cheaper than
+  "record" (bench/RESULTS.md §15), with the same per-type hash functions (values their type's hash
+  treats as equal hash alike, as above), and stronger across rows: "record"'s row hash is linear
+  in its columns' hashes (h = 31·h + h_column), so its sum over rows is a sum per column and a
+  column's values swapped between two rows go unseen; a chain through the seeds is not linear.
 """
 
 from __future__ import annotations
