@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -57,12 +58,58 @@ def size_mib(dsn: str) -> float:
         return conn.execute("SELECT pg_database_size(current_database())").fetchone()[0] / 2**20
 
 
-def timed(argv: list[str], cpu: Optional[list[float]] = None, env: Optional[dict] = None) -> float:
+class Backends(threading.Thread):
+    """CPU seconds of the server backends of database `dbname` (every 10 ms, from /proc: a backend's
+    title names its database once it has connected; the server runs on this machine). A process
+    is known by its pid and start time; a backend's last <10 ms are missed."""
+
+    def __init__(self, dbname: str) -> None:
+        super().__init__(daemon=True)
+        self.mark, self.seen, self.ours, self.done = f" {dbname} ", {}, set(), threading.Event()
+        self.tick = os.sysconf("SC_CLK_TCK")
+
+    def scan(self) -> None:
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            try:
+                comm, _, rest = Path(f"/proc/{name}/stat").read_text().partition(") ")
+                if not comm.endswith("(postgres"):
+                    continue
+                fields = rest.split()
+                key = (int(name), fields[19])  # pid, start time: a reused pid is another process
+                if key not in self.ours:
+                    if self.mark not in Path(f"/proc/{name}/cmdline").read_text():
+                        continue  # not ours, or not connected yet: looked at again next time
+                    self.ours.add(key)
+                self.seen[key] = (int(fields[11]) + int(fields[12])) / self.tick
+            except OSError:
+                continue
+
+    def run(self) -> None:
+        while not self.done.wait(0.01):
+            self.scan()
+
+    def stop(self) -> float:
+        self.scan()
+        self.done.set()
+        self.join()
+        return sum(self.seen.values())
+
+
+def timed(argv: list[str], cpu: Optional[list[float]] = None, env: Optional[dict] = None, server: Optional[tuple[str, list[float]]] = None) -> float:
     """Wall seconds of `argv`; its CPU seconds (user + system, with its children: pg_dump, pg_restore -l)
-    appended to `cpu`."""
+    appended to `cpu`; with `server` (database, list), its backends' CPU seconds appended to the list."""
+    poll = Backends(server[0]) if server else None
+    if poll:
+        poll.scan()  # backends already there (none expected) are counted from their current CPU
+        before = sum(poll.seen.values())
+        poll.start()
     r0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **env} if env else None)
     wall, r1 = time.perf_counter() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
+    if poll:
+        server[1].append(poll.stop() - before)
     if proc.returncode != 0:
         raise RuntimeError(f"{argv[0]}: {proc.stderr.strip()}")
     if cpu is not None:
@@ -94,13 +141,14 @@ def restore_and_check(root: Path, archive: Path, jobs: int) -> dict:
 
 
 def before_command(rev: str, work: Path) -> list[str]:
-    """`drdrill dump` as commit `rev` had it: its dumpmanifest.py, with this checkout's other modules."""
+    """`drdrill dump` as commit `rev` had it: that commit's whole tree (git archive), run by this
+    interpreter, as its `drdrill` entry point would."""
     old = work / "before"
     old.mkdir()
-    text = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "show", f"{rev}:drdrill/providers/postgres/dumpmanifest.py"],
-                          capture_output=True, text=True, check=True).stdout
-    (old / "dumpmanifest_before.py").write_text(text)
-    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); import dumpmanifest_before as d; sys.exit(d.main(sys.argv[1:]))"]
+    archive = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent.parent), "archive", rev, "app", "drdrill"], capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(old)], check=True)  # as an installed tree is: no compiling in the timed runs
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(old)!r}); from app.entry import main; sys.exit(main())", "dump"]
 
 
 def dumps(dsn: str, work: Path, runs: int, before: Optional[list[str]], one_connection: bool = False) -> dict:
@@ -110,16 +158,19 @@ def dumps(dsn: str, work: Path, runs: int, before: Optional[list[str]], one_conn
                **({"before": before} if before else {})}
     times: dict[str, list[float]] = {m: [] for m in methods}
     cpu: dict[str, list[float]] = {m: [] for m in methods}
+    server: dict[str, list[float]] = {m: [] for m in methods}
+    dbname = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
     loads = []
     for i in range(runs):
         for m, cmd in methods.items():
             out = work / f"{m}.dump"
             env = {"DRDRILL_DUMP_WORKERS": "1"} if m == "one_connection" else None
-            times[m].append(timed([*cmd, "-Fc", "-f", str(out), "-d", dsn], cpu[m], env))
+            times[m].append(timed([*cmd, "-Fc", "-f", str(out), "-d", dsn], cpu[m], env, (dbname, server[m])))
         loads.append(load())
-        print(f"run {i + 1}: " + ", ".join(f"{m} {t[-1]:.2f}s" for m, t in times.items()) + f", load {loads[-1]}", flush=True)
+        print(f"run {i + 1}: " + ", ".join(f"{m} {t[-1]:.2f}s (CPU client {cpu[m][-1]:.2f} + server {server[m][-1]:.2f})" for m, t in times.items())
+              + f", load {loads[-1]}", flush=True)
     manifest = work / "drdrill_dump.dump.manifest.json"
-    return {"times": times, "client_cpu": cpu, "loads": loads, "archive": work / "drdrill_dump.dump", "manifest_bytes": manifest.stat().st_size,
+    return {"times": times, "client_cpu": cpu, "server_cpu": server, "loads": loads, "archive": work / "drdrill_dump.dump", "manifest_bytes": manifest.stat().st_size,
             "ranges": {t: len(v.get("ranges") or {}) for t, v in json.loads(manifest.read_text())["tables"].items()},
             "ratios": [d / b for d, b in zip(times["drdrill_dump"], times["pg_dump"])]}
 
@@ -147,6 +198,17 @@ def backend_cpu(dsn: str, statement: str) -> float:
         return cpu(pid) - c0
 
 
+def dump_query(dsn: str, method: str) -> str:
+    """drdrill dump's own query of pgbench_accounts' key ranges with `method`, as one part."""
+    from drdrill.providers.postgres.dumpfingerprints import plan_table, part_query
+    from drdrill.localpg.data import hash_columns
+
+    with psycopg.connect(dsn) as conn:
+        plan = plan_table(conn, "public.pgbench_accounts", 1, False)
+        plan.method, plan.columns = method, hash_columns(conn, plan.table, method)
+        return part_query(plan, (0, None)).as_string(conn)
+
+
 def cpu_split(dsn: str, scale: int) -> dict:
     """Where the server's CPU goes: pg_dump's COPY of pgbench_accounts against the fingerprints'
     aggregates (per key range, as drdrill dump runs it; whole table; a bare count)."""
@@ -154,6 +216,8 @@ def cpu_split(dsn: str, scale: int) -> dict:
     row = "hash_record_extended(ROW(aid, bid, abalance, filler), 0)"
     return {
         "copy_out": backend_cpu(dsn, "COPY pgbench_accounts TO STDOUT"),
+        "dump_key_ranges_columns": backend_cpu(dsn, dump_query(dsn, "columns")),  # what drdrill dump runs (issue 26's method)
+        "dump_key_ranges_record": backend_cpu(dsn, dump_query(dsn, "record")),  # … and ran before it
         "fingerprint_key_ranges": backend_cpu(dsn, f"SELECT (aid - 1) / {n}, count(*), sum({row})::text FROM pgbench_accounts AS t GROUP BY 1"),
         "fingerprint_whole_table": backend_cpu(dsn, f"SELECT count(*), sum({row})::text FROM pgbench_accounts AS t"),
         "count_only": backend_cpu(dsn, "SELECT count(*) FROM pgbench_accounts"),
@@ -201,6 +265,7 @@ def main() -> None:
         "scale": a.scale, "database_mib": mib, "archive_mib": archive_mib, "jobs": a.jobs,
         **{f"{m}_seconds": summary(t) for m, t in d["times"].items()}, "dump_loads": d["loads"],
         **{f"{m}_client_cpu_seconds": summary(t) for m, t in d["client_cpu"].items()},
+        **{f"{m}_server_cpu_seconds": summary(t) for m, t in d["server_cpu"].items()},
         "ratio_per_run": summary(d["ratios"]), "server_backend_cpu_seconds": cpu,
         "restore_seconds": summary([c["restore_seconds"] for c in checks]),
         "amcheck_seconds": summary([c["amcheck_seconds"] for c in checks]),

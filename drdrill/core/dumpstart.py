@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-MANIFEST_SUFFIX = ".manifest.json"  # the same as providers/postgres/artefacts.py's (a test holds them equal)
+MANIFEST_SUFFIX = ".manifest.json"  # `drdrill dump`'s sidecar (providers/postgres/artefacts.py reads it by this name)
 
 # pg_dump's options that take a value (short, and long when not written --opt=value).
 _SHORT_WITH_VALUE = set("dEfFhjnNpStTUZe")

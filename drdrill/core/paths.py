@@ -1,8 +1,10 @@
-"""Where drdrill keeps its state: evidence files, backups, the embedded Temporal and evidence store."""
+"""Where drdrill keeps its state: evidence files, backups, the embedded Temporal and evidence store; a file's sha256."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+from pathlib import Path
 from typing import Mapping
 
 
@@ -56,3 +58,18 @@ def reachable(target: str) -> str:
 def real_socket_path(path: str) -> str:
     """The socket's own path, for a path `socket_path` shortened (what another process can use)."""
     return _shortened.get(path, path)
+
+
+def sha256_path(path: Path) -> tuple[str, int]:
+    """sha256 and size of a file, or of a directory archive (its files in name order)."""
+    h = hashlib.sha256()
+    size = 0
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+                size += len(chunk)
+    return h.hexdigest(), size

@@ -14,7 +14,7 @@ import psycopg
 from drdrill.providers.activity_io import ValidateInput
 from drdrill.core.progress import heartbeat
 from drdrill.core.durations import format_duration
-from drdrill.localpg.data import differing_ranges, fingerprints_parallel, list_tables, table_ident
+from drdrill.localpg.data import METHODS, differing_ranges, fingerprints_parallel, list_tables, table_ident
 from drdrill.validation.common import CouldNotVerify, Failed, compare, first_line, jsonable, short
 
 
@@ -134,9 +134,13 @@ def check_checksum(inp: ValidateInput, ct: float):
             kw["dbname"] = db
         return psycopg.connect(res.endpoint["dsn"], **kw)
 
+    # Recompute with the hash method the manifest used (manifests without one used "text").
+    methods = {t: tables[t].get("method", "text") for t in wanted}
+    unknown = sorted(t for t, m in methods.items() if m not in METHODS)
+    if unknown:
+        raise CouldNotVerify(f"the manifest fingerprints {', '.join(unknown)} by a method this drdrill does not know "
+                             f"({', '.join(sorted({methods[t] for t in unknown}))}; it knows {', '.join(METHODS)})", retry=False)
     try:
-        # Recompute with the hash method the manifest used (manifests without one used "text").
-        methods = {t: tables[t].get("method", "text") for t in wanted}
         got = fingerprints_parallel(
             connect, wanted, workers=int(os.environ.get("DRDRILL_CHECKSUM_WORKERS", "4")),
             on_table=lambda t: heartbeat({"table": t}), methods=methods,

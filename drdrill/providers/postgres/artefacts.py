@@ -22,12 +22,12 @@ from typing import Iterator, Optional
 
 import zstandard
 
+from drdrill.core.dumpstart import MANIFEST_SUFFIX  # noqa: F401 (`drdrill dump`'s sidecar: rows and fingerprints in the dump's snapshot)
 from drdrill.providers.base import ProviderError
 
 HEADER_BYTES = 64 * 1024  # enough for every pg_dump header: custom's is ~200 bytes, plain's ~1 KiB
 TAIL_BYTES = 4 * 1024  # pg_dump's closing comment sits in the last few hundred bytes
 DUMP_COMPLETE = b"-- PostgreSQL database dump complete"
-MANIFEST_SUFFIX = ".manifest.json"  # `drdrill dump`'s sidecar: rows and fingerprints in the dump's snapshot
 _ARCHIVE_FORMATS = {1: "custom", 3: "tar", 5: "directory"}  # pg_backup.h ArchiveFormat
 
 

@@ -11,7 +11,6 @@ Repository layout (one directory per recovery point, written atomically):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -23,27 +22,13 @@ from pathlib import Path
 import psycopg
 
 from drdrill.core.models import RecoveryPoint
+from drdrill.core.paths import sha256_path  # noqa: F401 (repository.py's, and this module's)
 from drdrill.core.times import parse_time
 from drdrill.providers.base import ProviderError
 from drdrill.localpg.cluster import tool
 from drdrill.localpg.data import fingerprints_parallel, list_tables
 
 MANIFEST = "manifest.json"
-
-
-def sha256_path(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, or of a directory archive (its files in name order)."""
-    h = hashlib.sha256()
-    size = 0
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    for f in files:
-        if path.is_dir():
-            h.update(str(f.relative_to(path)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            while chunk := fh.read(1 << 20):
-                h.update(chunk)
-                size += len(chunk)
-    return h.hexdigest(), size
 
 
 def libpq_env(dsn: str) -> dict[str, str]:

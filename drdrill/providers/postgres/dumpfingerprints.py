@@ -1,6 +1,7 @@
 """The fingerprints of `drdrill dump`'s manifest, computed while pg_dump reads the same snapshot.
 
-Each table's rows and content fingerprint (data.py's: the sum of a 64-bit hash of each row), and,
+Each table's rows and content fingerprint (data.py's: the sum of a 64-bit hash of each row, by the
+"columns" method where the column types allow it, else "text"), and,
 for a table with a single-column integer primary key, the same per key range: about 1,000 ranges
 [lo + n·width, lo + (n+1)·width). The numbers are those the drill recomputes on the restored table
 (data.fingerprint, data.key_ranges); only how they are computed here is tuned for a dump running
@@ -12,9 +13,10 @@ beside them:
 - **Several connections in the one snapshot** (`SET TRANSACTION SNAPSHOT`): a table larger than
   SPLIT_PAGES is read in parts of its blocks (`ctid` ranges: a TID range scan, PostgreSQL 14+), the
   parts spread over the connections, and the parts' counts and sums added up (a sum of row hashes
-  is additive). The fingerprint costs more CPU per row than pg_dump's COPY does (2.1 s against
-  1.6 s of server CPU for 1 GiB of pgbench); in one backend it would finish after pg_dump on a
-  busy machine, where each process gets an equal share of the CPU; in two it finishes first.
+  is additive). The fingerprint ("record": 2.1 s of server CPU for 1 GiB of pgbench, "columns":
+  ~1.4 s) costs about as much CPU per row as pg_dump's COPY does (1.6 s); in one backend it could
+  finish after pg_dump on a busy machine, where each process gets an equal share of the CPU; in
+  two it finishes first.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Callable, Optional
 import psycopg
 from psycopg import sql
 
-from drdrill.localpg.data import COLUMNS, table_ident
+from drdrill.localpg.data import UNHASHABLE, hash_columns, row_hash, table_ident
 
 RANGES = 1000  # about this many key ranges per large table
 RANGE_ROWS = 100  # …and no fewer rows than this per range on a small one
@@ -53,16 +55,16 @@ _INT_PK = """
 SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
 WHERE i.indrelid = %s::regclass AND i.indisprimary AND i.indnkeyatts = 1 AND a.atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)"""
 _PAGES = "SELECT c.relkind, pg_relation_size(c.oid) / current_setting('block_size')::int, c.reltuples FROM pg_class c WHERE c.oid = %s::regclass"
-_UNHASHABLE = (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported)
 
 
 @dataclass
 class TablePlan:
-    """How one table is read: its hash method, key ranges (key None: the whole table) and block parts."""
+    """How one table is read: its hash method (data.row_hash's, with its `columns`), key ranges (key
+    None: the whole table) and block parts."""
 
     table: str
-    columns: list[str]
-    method: str = "record"
+    columns: Optional[list] = None
+    method: str = "columns"
     pages: int = 0
     key: Optional[str] = None
     lo: int = 0
@@ -73,7 +75,8 @@ class TablePlan:
 def plan_table(conn: psycopg.Connection, table: str, parts: int, tid_ranges: bool) -> TablePlan:
     """The key ranges (as before: ~1,000, at least RANGE_ROWS rows each) and block parts of `table`."""
     name = table_ident(table).as_string(conn)
-    plan = TablePlan(table, [r[0] for r in conn.execute(COLUMNS, (name,)).fetchall()])
+    plan = TablePlan(table)
+    plan.columns = hash_columns(conn, table, plan.method)
     kind, pages, estimate = conn.execute(_PAGES, (name,)).fetchone()
     plan.pages = int(pages)
     if tid_ranges and kind == "r" and pages > SPLIT_PAGES and parts > 1:
@@ -95,8 +98,7 @@ def plan_table(conn: psycopg.Connection, table: str, parts: int, tid_ranges: boo
 
 def part_query(plan: TablePlan, part: tuple[int, Optional[int]]) -> sql.Composable:
     """Rows and fingerprint sum of one block part of the table, by key range when it has them."""
-    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in plan.columns))
-    digest = sql.SQL("hash_record_extended({}, 0)").format(row) if plan.method == "record" else sql.SQL("hashtextextended(t::text, 0)")
+    digest = row_hash(plan.method, plan.columns)
     where = sql.SQL("")
     if part != (0, None):
         first, end = part
@@ -114,7 +116,7 @@ def run_part(conn: psycopg.Connection, plan: TablePlan, part: tuple[int, Optiona
     try:
         with conn.transaction():  # a savepoint: the snapshot's transaction survives the error
             return [(int(n), int(c), int(s)) for n, c, s in conn.execute(part_query(plan, part)).fetchall()]
-    except _UNHASHABLE:
+    except UNHASHABLE:
         return None
 
 
@@ -133,16 +135,22 @@ def entry(plan: TablePlan, results: list[list[tuple[int, int, int]]]) -> dict:
     return out
 
 
-def table_manifests(conn: psycopg.Connection, tables: list[str], open_worker: Optional[Callable[[], Optional[psycopg.Connection]]] = None) -> dict[str, dict]:
+def table_manifests(conn: psycopg.Connection, tables: list[str], open_worker: Optional[Callable[[], Optional[psycopg.Connection]]] = None,
+                    method: str = "columns") -> dict[str, dict]:
     """Every table's manifest entry, computed in `conn`'s snapshot (an open REPEATABLE READ
     transaction that exported it) and in those of up to WORKERS - 1 more connections that
-    `open_worker` opens in the same snapshot (None when it cannot: the work is shared by fewer)."""
+    `open_worker` opens in the same snapshot (None when it cannot: the work is shared by fewer).
+    `method`: data.row_hash's, where the table's column types allow it, else "text" ("record"
+    gives the manifests written before issue 26's "columns")."""
     for setting in PLANNER:
         conn.execute(setting)
     tid_ranges = conn.info.server_version >= 140000
     plans = [plan_table(conn, t, WORKERS, tid_ranges) for t in tables]
-    for plan in plans:  # "record" where every column type has an extended hash (PostgreSQL 14+), else "text"
-        plan.method = "record" if _hashable(conn, plan) else "text"
+    for plan in plans:  # `method` where every column type has an extended hash, else "text"
+        if method != plan.method:
+            plan.method, plan.columns = method, hash_columns(conn, plan.table, method)
+        if not _hashable(conn, plan):
+            plan.method, plan.columns = "text", None
     units = sorted(((p, part) for p in plans for part in p.parts), key=lambda u: u[0].pages / len(u[0].parts), reverse=True)
     conns = [conn]
     if open_worker is not None and len(units) > 1:
@@ -174,20 +182,19 @@ def table_manifests(conn: psycopg.Connection, tables: list[str], open_worker: Op
             extra.close()
     for plan in plans:
         if plan.table in redo:  # the probe's row did not show it: the whole table again, as text
-            plan.method, plan.parts = "text", [(0, None)]
+            plan.method, plan.columns, plan.parts = "text", None, [(0, None)]
             results[plan.table] = [run_part(conn, plan, (0, None)) or []]
     return {p.table: entry(p, results[p.table]) for p in plans}
 
 
 def _hashable(conn: psycopg.Connection, plan: TablePlan) -> bool:
-    """Whether "record" can hash the table's rows: its first row, hashed (an error at once when a
-    column type has no extended hash function, or before PostgreSQL 14)."""
-    row = sql.SQL("ROW({})").format(sql.SQL(", ").join(sql.Identifier(c) for c in plan.columns))
+    """Whether plan.method can hash the table's rows: its first row, hashed (an error at once when a
+    column type has no extended hash function, or, for a record's, before PostgreSQL 14)."""
     try:
         with conn.transaction():
-            conn.execute(sql.SQL("SELECT hash_record_extended({}, 0) FROM {} AS t LIMIT 1").format(row, table_ident(plan.table))).fetchall()
+            conn.execute(sql.SQL("SELECT {} FROM {} AS t LIMIT 1").format(row_hash(plan.method, plan.columns), table_ident(plan.table))).fetchall()
         return True
-    except _UNHASHABLE:
+    except UNHASHABLE:
         return False
 
 
