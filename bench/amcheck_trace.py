@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import json
 import os
 import re
 import shutil
@@ -27,11 +26,11 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import psycopg
 
-from bench.common import ADMIN_DSN, load, time_limit, write_result
+from bench.common import load, time_limit, write_result
 from bench.integrity import database, size_mib
 from drdrill.localpg.cluster import LocalCluster, tool
 from drdrill.localpg.sandbox import Inputs

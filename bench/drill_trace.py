@@ -30,7 +30,7 @@ from pathlib import Path
 from app import server_file
 from bench.common import load, summary, time_limit, write_result
 from bench.pitr import DRILL, Source, bare, ids, owned
-from bench.server_fixed_cost import DRDRILL, Server, command, drill_span
+from bench.server_fixed_cost import Server, drill_span
 from drdrill.providers.spec import parse_spec
 
 
@@ -201,7 +201,7 @@ def run(a) -> dict:
             asyncio.run(submit(server.state, variants["amcheck"], server.proc.pid))  # warm-up
         sfc.DRDRILL = own
         for i in range(a.runs):
-            c0, t0 = cpu_seconds(), time.perf_counter()
+            c0 = cpu_seconds()
             b = bare_amcheck(source, root, last, a.jobs)
             b["machine_cpu_seconds"] = cpu_seconds() - c0
             row = {"run": i + 1, "bare": b, "load_before": load()}
