@@ -99,7 +99,8 @@ async def isolation_and_stage(s: DrillState) -> bool:
     for family in dict.fromkeys(t.family for t in staging):
         try:
             s.hosts[family] = await calls.claim_host(family)
-        except ActivityError:
+        except ActivityError as exc:
+            cancelled(exc)
             return await isolation(s)  # isolate claims it again, and records why it cannot
     proven, _ = await asyncio.gather(isolation(s), asyncio.gather(*(_stage(s, t) for t in staging)))
     return proven
@@ -126,6 +127,7 @@ async def _stage(s: DrillState, target: Target) -> None:
     try:
         detail = await calls.stage(s, target, s.points[target.name])
     except ActivityError as exc:
+        cancelled(exc)  # a cancelled drill's lay-down did not fail
         s.event("lay down", started, workflow.now(), "FAILED", target=target.name, detail=f"{describe(exc)}; the restore lays it down anew")
         return
     if detail:
